@@ -1,0 +1,66 @@
+//! Where the shop's infrastructure lives, and what a test does when it is not there.
+//!
+//! Every example and test reads broker addresses through this crate, so there is exactly one place
+//! that knows the environment variables and their local defaults (the ports `cargo xtask brokers up`
+//! and `docker-compose.yml` use). It has no dependencies on purpose: a chapter that needs no broker
+//! pays nothing for it.
+//!
+//! The rule for tests that need a broker lives here too ([`unavailable`]): when the broker does not
+//! answer, a test prints why and skips, unless `REQUIRE_BROKERS=1` is set (as `cargo xtask test` and CI
+//! do), in which case the test fails. A skipped test is a visible gap; a failed one is a broken build.
+
+use std::env;
+use std::fmt::Display;
+
+/// Kafka bootstrap servers: `KAFKA_BROKERS`, default `127.0.0.1:9092`.
+pub fn kafka_brokers() -> String {
+    env_or("KAFKA_BROKERS", "127.0.0.1:9092")
+}
+
+/// RabbitMQ URI: `AMQP_ADDR`, default `amqp://guest:guest@127.0.0.1:5672/%2f` (the default vhost).
+pub fn amqp_addr() -> String {
+    env_or("AMQP_ADDR", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
+/// PostgreSQL connection string: `DATABASE_URL`, default the `shop` database on 127.0.0.1:5432.
+pub fn database_url() -> String {
+    env_or("DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:5432/shop")
+}
+
+/// Whether this run insists on real brokers (`REQUIRE_BROKERS` set to anything but `0` or empty).
+pub fn brokers_required() -> bool {
+    env::var("REQUIRE_BROKERS").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Decides what a test does when `broker` could not be reached: panics with `error` and a hint when
+/// brokers are required, otherwise prints why the test skips. Call it and `return` from the test.
+///
+/// ```no_run
+/// # async fn connect() -> Result<(), String> { Ok(()) }
+/// # async fn test() {
+/// let conn = match connect().await {
+///     Ok(conn) => conn,
+///     Err(e) => return infra::unavailable("RabbitMQ", &infra::amqp_addr(), e),
+/// };
+/// # }
+/// ```
+#[track_caller]
+pub fn unavailable(broker: &str, addr: &str, error: impl Display) {
+    if brokers_required() {
+        panic!(
+            "{broker} is required (REQUIRE_BROKERS=1) but did not answer at {addr}: {error}\n\
+             start it with `cargo xtask brokers up` (or `docker compose up -d --wait`)"
+        );
+    }
+    eprintln!(
+        "SKIPPED: {broker} did not answer at {addr} ({error}); \
+         run `cargo xtask brokers up` to run this test, or `cargo xtask test` to require it"
+    );
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    match env::var(key) {
+        Ok(value) if !value.trim().is_empty() => value,
+        _ => default.to_owned(),
+    }
+}

@@ -1,0 +1,183 @@
+//! The orders domain: what a client sends, what the service stores, how it is validated.
+//!
+//! Request types reject unknown fields: a client that sends `quantty` learns about its typo from a
+//! 422 instead of silently ordering the default. Business rules (a non-empty order, positive
+//! quantities) are checked after decoding, and every violation is reported at once, so a client
+//! fixes its request in one round trip rather than one error at a time.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::problem::FieldError;
+
+// ANCHOR: NewOrder
+/// The body of `POST /v1/orders` and `POST /v2/orders`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrder {
+    pub customer_id: String,
+    pub lines: Vec<OrderLine>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLine {
+    pub sku: String,
+    pub quantity: u32,
+    /// Minor units (cents). Integers, never floats, for money.
+    pub unit_price_cents: u64,
+}
+// ANCHOR_END: NewOrder
+
+/// Upper bounds that keep one request from doing unbounded work.
+pub const MAX_LINES: usize = 100;
+pub const MAX_QUANTITY: u32 = 1_000;
+
+impl NewOrder {
+    // ANCHOR: validate
+    /// Checks the business rules a well-formed request can still break; returns every violation.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if self.customer_id.trim().is_empty() {
+            errors.push(FieldError::new("/customer_id", "must not be empty"));
+        }
+        if self.lines.is_empty() {
+            errors.push(FieldError::new("/lines", "an order needs at least one line"));
+        }
+        if self.lines.len() > MAX_LINES {
+            errors.push(FieldError::new("/lines", format!("at most {MAX_LINES} lines per order")));
+        }
+        for (i, line) in self.lines.iter().enumerate() {
+            if line.sku.trim().is_empty() {
+                errors.push(FieldError::new(format!("/lines/{i}/sku"), "must not be empty"));
+            }
+            if !(1..=MAX_QUANTITY).contains(&line.quantity) {
+                errors.push(FieldError::new(format!("/lines/{i}/quantity"), format!("must be between 1 and {MAX_QUANTITY}")));
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+    // ANCHOR_END: validate
+
+    /// The order total in cents, or `None` if it would overflow (a request crafted to wrap around).
+    pub fn total_cents(&self) -> Option<u64> {
+        self.lines
+            .iter()
+            .try_fold(0u64, |sum, line| line.unit_price_cents.checked_mul(u64::from(line.quantity))?.checked_add(sum))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Placed,
+}
+
+/// An order as the service stores it. Each API version renders it its own way (see `server`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Order {
+    pub id: Uuid,
+    pub customer_id: String,
+    pub lines: Vec<OrderLine>,
+    pub total_cents: u64,
+    pub status: OrderStatus,
+    /// Creation order, for stable listings.
+    pub seq: u64,
+}
+
+/// An in-memory order store. Production keeps orders in a database, and writes the idempotency
+/// record in the same transaction as the order, so that neither can exist without the other.
+#[derive(Debug, Default)]
+pub struct OrderStore {
+    inner: Mutex<StoreInner>,
+}
+
+#[derive(Debug, Default)]
+struct StoreInner {
+    orders: HashMap<Uuid, Order>,
+    next_seq: u64,
+}
+
+impl OrderStore {
+    /// Stores a validated order and returns it. `total_cents` must come from [`NewOrder::total_cents`].
+    pub fn insert(&self, new: NewOrder, total_cents: u64) -> Order {
+        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        inner.next_seq += 1;
+        let order = Order {
+            id: Uuid::new_v4(),
+            customer_id: new.customer_id,
+            lines: new.lines,
+            total_cents,
+            status: OrderStatus::Placed,
+            seq: inner.next_seq,
+        };
+        inner.orders.insert(order.id, order.clone());
+        order
+    }
+
+    pub fn get(&self, id: Uuid) -> Option<Order> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).orders.get(&id).cloned()
+    }
+
+    /// All orders (of one customer, if given), oldest first.
+    pub fn list(&self, customer_id: Option<&str>) -> Vec<Order> {
+        let inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut orders: Vec<Order> =
+            inner.orders.values().filter(|o| customer_id.is_none_or(|c| o.customer_id == c)).cloned().collect();
+        orders.sort_by_key(|o| o.seq);
+        orders
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).orders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(quantity: u32, unit_price_cents: u64) -> OrderLine {
+        OrderLine { sku: "mug".into(), quantity, unit_price_cents }
+    }
+
+    #[test]
+    fn reports_every_violation_at_once() {
+        let order = NewOrder { customer_id: " ".into(), lines: vec![line(0, 100), OrderLine { sku: "".into(), ..line(1, 1) }] };
+        let pointers: Vec<String> = order.validate().unwrap_err().into_iter().map(|e| e.pointer).collect();
+        assert_eq!(pointers, ["/customer_id", "/lines/0/quantity", "/lines/1/sku"]);
+    }
+
+    #[test]
+    fn an_empty_order_is_invalid() {
+        let order = NewOrder { customer_id: "c-1".into(), lines: vec![] };
+        assert_eq!(order.validate().unwrap_err()[0].pointer, "/lines");
+    }
+
+    #[test]
+    fn totals_refuse_to_overflow() {
+        let ok = NewOrder { customer_id: "c".into(), lines: vec![line(2, 1250), line(1, 399)] };
+        assert_eq!(ok.total_cents(), Some(2899));
+        let huge = NewOrder { customer_id: "c".into(), lines: vec![line(1000, u64::MAX / 10)] };
+        assert_eq!(huge.total_cents(), None);
+    }
+
+    #[test]
+    fn listing_keeps_creation_order_and_filters_by_customer() {
+        let store = OrderStore::default();
+        let a = store.insert(NewOrder { customer_id: "c-1".into(), lines: vec![line(1, 1)] }, 1);
+        let b = store.insert(NewOrder { customer_id: "c-2".into(), lines: vec![line(1, 1)] }, 1);
+        let c = store.insert(NewOrder { customer_id: "c-1".into(), lines: vec![line(1, 1)] }, 1);
+        let ids = |orders: Vec<Order>| orders.into_iter().map(|o| o.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.list(None)), [a.id, b.id, c.id]);
+        assert_eq!(ids(store.list(Some("c-1"))), [a.id, c.id]);
+        assert_eq!(store.get(b.id), Some(b));
+    }
+}

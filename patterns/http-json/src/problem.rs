@@ -1,0 +1,167 @@
+//! RFC 9457 problem details: one error format for every failure the service reports.
+//!
+//! A client should never have to parse prose to learn what went wrong. Every error response here
+//! has the media type `application/problem+json` and a body with a stable `type` (a URI the client
+//! can match on), a short `title`, the HTTP `status`, a `detail` for humans and, for validation
+//! failures, an `errors` list with a JSON Pointer to each offending field.
+//!
+//! [`JsonBody`] is the request-side half: a drop-in for axum's `Json` extractor that turns each of
+//! its rejections (malformed JSON, wrong field types, wrong content type, a body over the limit) into
+//! a problem, instead of axum's plain-text default.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+// ANCHOR: Problem
+/// An RFC 9457 problem details object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Identifies the kind of problem; clients branch on this, never on `title` or `detail`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// One entry per invalid field, for validation problems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// One invalid field: where (a JSON Pointer into the request body) and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub pointer: String,
+    pub detail: String,
+}
+// ANCHOR_END: Problem
+
+impl FieldError {
+    pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        FieldError { pointer: pointer.into(), detail: detail.into() }
+    }
+}
+
+impl Problem {
+    fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Self {
+        Problem {
+            // Relative URIs: RFC 9457 allows them, and they never pretend to be a real site.
+            kind: format!("/problems/{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn malformed_json(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed-json", "The request body is not valid JSON", detail)
+    }
+
+    pub fn invalid_fields(detail: impl Into<String>, errors: Vec<FieldError>) -> Self {
+        let mut problem =
+            Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-fields", "The request has invalid fields", detail);
+        problem.errors = errors;
+        problem
+    }
+
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Send JSON with Content-Type: application/json", detail)
+    }
+
+    pub fn body_too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "The request body is too large", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "No such resource", detail)
+    }
+
+    pub fn method_not_allowed(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "This method is not allowed here", detail)
+    }
+
+    pub fn idempotency_key_missing() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency-key-missing",
+            "An Idempotency-Key header is required",
+            "POST /orders creates an order; send a unique Idempotency-Key (1 to 255 visible ASCII characters) \
+             and reuse it when you retry, so a retry cannot create a second order",
+        )
+    }
+
+    pub fn idempotency_key_reused() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "This Idempotency-Key was used with a different request",
+            "a key identifies one request: retries must send the same body; use a new key for a new order",
+        )
+    }
+
+    pub fn request_in_progress() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "request-in-progress",
+            "A request with this Idempotency-Key is still being processed",
+            "retry after a short delay to receive its result",
+        )
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "The service failed to handle the request", detail)
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let mut response = (status, axum::Json(self)).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+// ANCHOR: JsonBody
+/// Like `axum::Json<T>`, but every rejection becomes a [`Problem`].
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(problem_from(rejection)),
+        }
+    }
+}
+
+fn problem_from(rejection: JsonRejection) -> Problem {
+    // body_text() carries serde's message, which names the field and the line/column.
+    let detail = rejection.body_text();
+    match rejection {
+        JsonRejection::JsonSyntaxError(_) => Problem::malformed_json(detail),
+        // Valid JSON of the wrong shape: a missing, unknown or mistyped field.
+        JsonRejection::JsonDataError(_) => Problem::invalid_fields(detail, Vec::new()),
+        JsonRejection::MissingJsonContentType(_) => Problem::unsupported_media_type(detail),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Problem::body_too_large(detail),
+        other => Problem::malformed_json(other.body_text()),
+    }
+}
+// ANCHOR_END: JsonBody

@@ -1,0 +1,471 @@
+//! `cargo xtask brokers up|down|status`: real brokers on any machine.
+//!
+//! `up` uses a broker that already answers as it is. For the others it prefers a container engine
+//! (`docker compose up -d --wait` with the repository's `docker-compose.yml`) and falls back to native
+//! processes: PostgreSQL and RabbitMQ from the distribution's packages, Tansu for the Kafka API. It
+//! returns only when each broker completes a real handshake (see `probe.rs`), and records what it
+//! started in `target/brokers/started`, so that `down` stops exactly that and nothing else.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::probe::{self, AmqpUri, PgUrl, ProbeError};
+use crate::{Fail, cmd, command_exists, run, run_quiet, workspace_root};
+
+/// Tansu, pinned: the Kafka-API broker used when no container engine is available.
+const TANSU: &str = "tansu@0.6.0";
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broker {
+    Kafka,
+    RabbitMq,
+    Postgres,
+}
+
+pub const ALL: [Broker; 3] = [Broker::Kafka, Broker::RabbitMq, Broker::Postgres];
+
+impl Broker {
+    fn name(self) -> &'static str {
+        match self {
+            Broker::Kafka => "kafka",
+            Broker::RabbitMq => "rabbitmq",
+            Broker::Postgres => "postgres",
+        }
+    }
+
+    /// The service name in docker-compose.yml.
+    fn compose_service(self) -> &'static str {
+        self.name()
+    }
+
+    fn env_var(self) -> &'static str {
+        match self {
+            Broker::Kafka => "KAFKA_BROKERS",
+            Broker::RabbitMq => "AMQP_ADDR",
+            Broker::Postgres => "DATABASE_URL",
+        }
+    }
+
+    fn address(self) -> String {
+        match self {
+            Broker::Kafka => infra::kafka_brokers(),
+            Broker::RabbitMq => infra::amqp_addr(),
+            Broker::Postgres => infra::database_url(),
+        }
+    }
+
+    /// `host:port` the broker listens on, parsed from its address.
+    fn host_port(self) -> Result<String, Fail> {
+        let addr = self.address();
+        match self {
+            Broker::Kafka => Ok(addr.split(',').next().unwrap_or_default().trim().to_owned()),
+            Broker::RabbitMq => Ok(AmqpUri::parse(&addr).map_err(Fail::msg)?.host_port),
+            Broker::Postgres => Ok(PgUrl::parse(&addr).map_err(Fail::msg)?.host_port),
+        }
+    }
+
+    fn probe(self) -> Result<String, ProbeError> {
+        let addr = self.address();
+        let bad_config = |e: String| ProbeError::Protocol(format!("{}: {e}", self.env_var()));
+        match self {
+            Broker::Kafka => probe::kafka(addr.split(',').next().unwrap_or_default().trim())
+                .map(|brokers| format!("Kafka API, advertises {}", brokers.join(", "))),
+            Broker::RabbitMq => probe::amqp(&AmqpUri::parse(&addr).map_err(bad_config)?),
+            Broker::Postgres => probe::postgres(&PgUrl::parse(&addr).map_err(bad_config)?),
+        }
+    }
+}
+
+/// How a broker was started by `up`, one line each in `target/brokers/started`.
+#[derive(Debug, PartialEq)]
+enum Started {
+    Compose(Broker),
+    Native(Broker),
+}
+
+impl Started {
+    fn line(&self) -> String {
+        match self {
+            Started::Compose(b) => format!("{} compose", b.name()),
+            Started::Native(b) => format!("{} native", b.name()),
+        }
+    }
+    fn parse(line: &str) -> Option<Self> {
+        let (name, how) = line.split_once(' ')?;
+        let broker = ALL.into_iter().find(|b| b.name() == name)?;
+        match how {
+            "compose" => Some(Started::Compose(broker)),
+            "native" => Some(Started::Native(broker)),
+            _ => None,
+        }
+    }
+    fn broker(&self) -> Broker {
+        match self {
+            Started::Compose(b) | Started::Native(b) => *b,
+        }
+    }
+}
+
+fn state_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    target.join("brokers")
+}
+
+fn load_started() -> Vec<Started> {
+    fs::read_to_string(state_dir().join("started"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(Started::parse)
+        .collect()
+}
+
+fn save_started(started: &[Started]) -> Result<(), Fail> {
+    let dir = state_dir();
+    fs::create_dir_all(&dir).map_err(|e| Fail::msg(format!("cannot create {}: {e}", dir.display())))?;
+    let text: String = started.iter().map(|s| s.line() + "\n").collect();
+    fs::write(dir.join("started"), text).map_err(|e| Fail::msg(format!("cannot record started brokers: {e}")))
+}
+
+fn print_row(broker: Broker, state: &str) {
+    println!("  {:<9} {:<45} {state}", broker.name(), broker.address());
+}
+
+/// Starts whatever does not answer yet and waits until every broker completes a handshake.
+pub fn up() -> Result<(), Fail> {
+    println!("brokers: checking what already answers");
+    let mut missing = Vec::new();
+    for broker in ALL {
+        match broker.probe() {
+            Ok(info) => print_row(broker, &format!("up ({info}), used as is")),
+            Err(ProbeError::Refused(_)) => missing.push(broker),
+            Err(ProbeError::Protocol(e)) => {
+                return Err(Fail::msg(format!(
+                    "something answers at {} for {} but the handshake failed: {e}\n\
+                     stop it, or point {} at a working {}",
+                    broker.host_port()?,
+                    broker.name(),
+                    broker.env_var(),
+                    broker.name()
+                )));
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+
+    let mut started = load_started();
+    if container_engine() {
+        let services: Vec<&str> = missing.iter().map(|b| b.compose_service()).collect();
+        println!("brokers: container engine found; docker compose up -d --wait {}", services.join(" "));
+        let mut compose = Command::new("docker");
+        compose.args(["compose", "up", "-d", "--wait"]).args(&services).current_dir(workspace_root());
+        run(&mut compose)?;
+        started.extend(missing.iter().map(|b| Started::Compose(*b)));
+    } else {
+        println!("brokers: no container engine; starting native brokers");
+        for &broker in &missing {
+            let began = Instant::now();
+            match broker {
+                Broker::Kafka => start_tansu()?,
+                Broker::RabbitMq => start_rabbitmq()?,
+                Broker::Postgres => start_postgres()?,
+            }
+            started.push(Started::Native(broker));
+            save_started(&started)?;
+            println!("  {:<9} started in {:.1}s", broker.name(), began.elapsed().as_secs_f64());
+        }
+    }
+    save_started(&started)?;
+
+    for &broker in &missing {
+        let info = wait_ready(broker)?;
+        print_row(broker, &format!("ready ({info})"));
+    }
+    Ok(())
+}
+
+fn wait_ready(broker: Broker) -> Result<String, Fail> {
+    let began = Instant::now();
+    loop {
+        match broker.probe() {
+            Ok(info) => return Ok(info),
+            Err(e) if began.elapsed() > READY_TIMEOUT => {
+                let logs = state_dir().display().to_string();
+                return Err(Fail::msg(format!(
+                    "{} did not complete a handshake within {}s: {e}\nits logs are in {logs}",
+                    broker.name(),
+                    READY_TIMEOUT.as_secs()
+                )));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// Stops only what `up` started, newest first.
+pub fn down() -> Result<(), Fail> {
+    let started = load_started();
+    if started.is_empty() {
+        println!("brokers: nothing was started by `cargo xtask brokers up`; nothing to stop");
+        return Ok(());
+    }
+    let mut compose: Vec<&str> = Vec::new();
+    for entry in started.iter().rev() {
+        match entry {
+            Started::Compose(b) => compose.push(b.compose_service()),
+            Started::Native(Broker::Kafka) => stop_tansu()?,
+            Started::Native(Broker::RabbitMq) => stop_rabbitmq()?,
+            Started::Native(Broker::Postgres) => stop_postgres()?,
+        }
+        println!("  {:<9} stopped", entry.broker().name());
+    }
+    if !compose.is_empty() {
+        let mut stop = Command::new("docker");
+        stop.args(["compose", "stop"]).args(&compose).current_dir(workspace_root());
+        run(&mut stop)?;
+    }
+    save_started(&[])
+}
+
+pub fn status() -> Result<(), Fail> {
+    let started = load_started();
+    let mut all_up = true;
+    for broker in ALL {
+        let origin = match started.iter().find(|s| s.broker() == broker) {
+            Some(Started::Compose(_)) => ", started by xtask with docker compose",
+            Some(Started::Native(_)) => ", started by xtask natively",
+            None => "",
+        };
+        match broker.probe() {
+            Ok(info) => print_row(broker, &format!("up ({info}{origin})")),
+            Err(e) => {
+                all_up = false;
+                print_row(broker, &format!("down: {e}"));
+            }
+        }
+    }
+    if !all_up {
+        println!("start them with `cargo xtask brokers up`");
+    }
+    Ok(())
+}
+
+/// True when a container engine answers (not merely when a `docker` client is installed).
+fn container_engine() -> bool {
+    if !command_exists("docker") {
+        return false;
+    }
+    let mut info = Command::new("docker");
+    info.args(["info", "--format", "{{.ServerVersion}}"]);
+    run_quiet(&mut info, Duration::from_secs(10)).is_ok()
+}
+
+fn is_root() -> bool {
+    run_quiet(Command::new("id").arg("-u"), Duration::from_secs(5)).is_ok_and(|out| out.trim() == "0")
+}
+
+/// Installs Debian packages when we may (root with apt-get), else says exactly what to run.
+fn apt_install(packages: &[&str]) -> Result<(), Fail> {
+    let line = packages.join(" ");
+    if !(is_root() && command_exists("apt-get")) {
+        return Err(Fail::msg(format!(
+            "{line} is not installed. Install it (Debian/Ubuntu: `sudo apt-get install -y {line}`), \
+             or run the brokers with `docker compose up -d --wait`"
+        )));
+    }
+    println!("  installing {line} from the distribution's packages");
+    let began = Instant::now();
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    println!("  installed {line} in {:.0}s", began.elapsed().as_secs_f64());
+    Ok(())
+}
+
+// --- Kafka API: Tansu ------------------------------------------------------------------------
+
+fn tansu_binary() -> Option<PathBuf> {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin").join("tansu"));
+    if command_exists("tansu") {
+        return Some(PathBuf::from("tansu"));
+    }
+    cargo_bin.filter(|p| p.exists())
+}
+
+fn start_tansu() -> Result<(), Fail> {
+    let tansu = match tansu_binary() {
+        Some(path) => path,
+        None => {
+            println!("  installing {TANSU} (cargo install --locked, once; about 9 minutes on 2 cores)");
+            let began = Instant::now();
+            run(Command::new(cmd::cargo()).args(["install", TANSU, "--locked", "--features", "dynostore"]))?;
+            println!("  installed {TANSU} in {:.0}s", began.elapsed().as_secs_f64());
+            tansu_binary().ok_or_else(|| Fail::msg("tansu installed but not found; is ~/.cargo/bin on PATH?"))?
+        }
+    };
+    let url = format!("tcp://{}", Broker::Kafka.host_port()?);
+    let dir = state_dir();
+    fs::create_dir_all(&dir).map_err(|e| Fail::msg(format!("cannot create {}: {e}", dir.display())))?;
+    let log = fs::File::create(dir.join("tansu.log")).map_err(|e| Fail::msg(format!("tansu.log: {e}")))?;
+    let log2 = log.try_clone().map_err(|e| Fail::msg(format!("tansu.log: {e}")))?;
+    use std::os::unix::process::CommandExt;
+    let child = Command::new(&tansu)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // Its own process group: it outlives this command and ignores the terminal's Ctrl-C.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Fail::msg(format!("cannot start {}: {e}", tansu.display())))?;
+    fs::write(dir.join("tansu.pid"), child.id().to_string()).map_err(|e| Fail::msg(format!("tansu.pid: {e}")))?;
+    Ok(())
+}
+
+fn stop_tansu() -> Result<(), Fail> {
+    let pid_file = state_dir().join("tansu.pid");
+    let Ok(pid) = fs::read_to_string(&pid_file) else { return Ok(()) };
+    let pid = pid.trim();
+    // Ignore the outcome: a broker that already exited is stopped.
+    let _ = run_quiet(Command::new("kill").arg(pid), Duration::from_secs(5));
+    let began = Instant::now();
+    while run_quiet(Command::new("kill").args(["-0", pid]), Duration::from_secs(5)).is_ok() {
+        if began.elapsed() > Duration::from_secs(10) {
+            let _ = run_quiet(Command::new("kill").args(["-9", pid]), Duration::from_secs(5));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = fs::remove_file(pid_file);
+    Ok(())
+}
+
+// --- RabbitMQ ---------------------------------------------------------------------------------
+
+fn start_rabbitmq() -> Result<(), Fail> {
+    if !command_exists("rabbitmq-server") {
+        apt_install(&["rabbitmq-server"])?;
+    }
+    let host_port = Broker::RabbitMq.host_port()?;
+    let (host, port) = host_port.rsplit_once(':').unwrap_or((&host_port, "5672"));
+    // -detached returns at once; `rabbitmqctl await_startup` then waits for the node to boot.
+    run(Command::new("rabbitmq-server")
+        .arg("-detached")
+        .env("RABBITMQ_NODE_IP_ADDRESS", host)
+        .env("RABBITMQ_NODE_PORT", port))?;
+    run(Command::new("rabbitmqctl").args(["--timeout", "120", "await_startup"]))
+}
+
+fn stop_rabbitmq() -> Result<(), Fail> {
+    run(Command::new("rabbitmqctl").arg("stop"))
+}
+
+// --- PostgreSQL -------------------------------------------------------------------------------
+
+/// Directory holding initdb/pg_ctl: the newest /usr/lib/postgresql/<v>/bin, or whatever is on PATH.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, bin)| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Some(bin);
+    }
+    command_exists("initdb").then(PathBuf::new)
+}
+
+/// PostgreSQL refuses to run as root; when we are root, run its tools as the `postgres` user.
+fn pg_command(bin: &Path, tool: &str, as_postgres: bool) -> Command {
+    let tool = bin.join(tool);
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(tool);
+        c
+    } else {
+        Command::new(tool)
+    }
+}
+
+fn pg_data() -> PathBuf {
+    state_dir().join("postgres")
+}
+
+fn start_postgres() -> Result<(), Fail> {
+    let bin = match postgres_bin() {
+        Some(bin) => bin,
+        None => {
+            apt_install(&["postgresql"])?;
+            postgres_bin().ok_or_else(|| Fail::msg("postgresql installed but initdb not found"))?
+        }
+    };
+    let url = PgUrl::parse(&infra::database_url()).map_err(Fail::msg)?;
+    let (host, port) = url.host_port.rsplit_once(':').unwrap_or((&url.host_port, "5432"));
+    let root = is_root();
+    let dir = pg_data();
+    let data = dir.join("data");
+    fs::create_dir_all(&dir).map_err(|e| Fail::msg(format!("cannot create {}: {e}", dir.display())))?;
+    if root {
+        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir))?;
+    }
+    if !data.join("PG_VERSION").exists() {
+        // Trust authentication on loopback: a throwaway development database, never a production setup.
+        run(pg_command(&bin, "initdb", root)
+            .args(["--auth=trust", "--encoding=UTF8", "--username", &url.user, "-D"])
+            .arg(&data)
+            .stdout(Stdio::null()))?;
+    }
+    let options = format!("-c listen_addresses={host} -p {port} -k {}", dir.display());
+    run(pg_command(&bin, "pg_ctl", root)
+        .args(["-D"])
+        .arg(&data)
+        .arg("-l")
+        .arg(dir.join("postgres.log"))
+        .args(["-o", &options, "-w", "-t", "60", "start"])
+        .stdout(Stdio::null()))?;
+    // The database the tests use; "already exists" on a restart is fine.
+    let mut create = pg_command(&bin, "createdb", root);
+    create.args(["-h", host, "-p", port, "-U", &url.user, &url.database]);
+    if let Err(e) = run_quiet(&mut create, Duration::from_secs(30)) {
+        if !e.to_string().contains("already exists") {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn stop_postgres() -> Result<(), Fail> {
+    let Some(bin) = postgres_bin() else { return Ok(()) };
+    run(pg_command(&bin, "pg_ctl", is_root())
+        .args(["-D"])
+        .arg(pg_data().join("data"))
+        .args(["-m", "fast", "-w", "stop"])
+        .stdout(Stdio::null()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn started_lines_round_trip() {
+        for s in [Started::Native(Broker::Kafka), Started::Compose(Broker::Postgres), Started::Native(Broker::RabbitMq)] {
+            assert_eq!(Started::parse(&s.line()), Some(s));
+        }
+        assert_eq!(Started::parse("kafka somehow"), None);
+        assert_eq!(Started::parse("redis native"), None);
+    }
+}
