@@ -130,7 +130,7 @@ fn save_started(started: &[Started]) -> Result<(), Fail> {
 }
 
 fn print_row(broker: Broker, state: &str) {
-    println!("  {:<9} {:<45} {state}", broker.name(), broker.address());
+    println!("  {:<9} {:<50} {state}", broker.name(), broker.address());
 }
 
 /// Starts whatever does not answer yet and waits until every broker completes a handshake.
