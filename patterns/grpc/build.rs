@@ -1,0 +1,23 @@
+//! Generates the Rust code for the payments protos: today's schema (v2, client and server) and the
+//! first release (v1, client only, for the schema evolution tests).
+//!
+//! `protoc` comes from the `protoc-bin-vendored` crate, so a reader needs no system protobuf
+//! compiler. Both schemas share one package name, as a real evolving schema does, so each is
+//! generated into its own directory under OUT_DIR.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    for (version, with_server) in [("v1", false), ("v2", true)] {
+        let dir = out_dir.join(version);
+        std::fs::create_dir_all(&dir)?;
+        let mut config = tonic_prost_build::Config::new();
+        config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+        tonic_prost_build::configure()
+            .build_server(with_server)
+            .out_dir(&dir)
+            .compile_with_config(config, &[format!("proto/{version}/payments.proto")], &["proto".to_owned()])?;
+    }
+    Ok(())
+}

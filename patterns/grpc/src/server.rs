@@ -1,0 +1,53 @@
+//! Serving the payments service on a loopback port, with the correlation interceptor in front.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tracing::info;
+
+use crate::correlation;
+use crate::ledger::Ledger;
+use crate::proto::v2::payments_server::PaymentsServer;
+use crate::service::{PaymentsService, ServiceConfig};
+
+/// A payments server on `127.0.0.1:<port>`; stop it with [`RunningPayments::shutdown`].
+pub struct RunningPayments {
+    pub addr: SocketAddr,
+    pub ledger: Arc<Ledger>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+// ANCHOR: spawn
+/// Serves [`PaymentsService`] on `127.0.0.1:0` (a free port chosen by the OS) in a background task.
+pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningPayments> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let service = PaymentsService::new(config);
+    let ledger = service.ledger();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(
+        Server::builder()
+            .add_service(PaymentsServer::with_interceptor(service, correlation::accept))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            }),
+    );
+    info!("payments-service listening on {addr}");
+    Ok(RunningPayments { addr, ledger, stop, task })
+}
+// ANCHOR_END: spawn
+
+impl RunningPayments {
+    /// Stops accepting calls, lets running ones finish, and waits for the server to exit.
+    pub async fn shutdown(self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
+}
