@@ -65,6 +65,22 @@ struct LedgerInner {
     by_order: HashMap<String, String>,
 }
 
+// ANCHOR: validate
+/// The checks that need nothing but the request: run them first, before any slow or costly work.
+pub fn validate(request: &AuthorizeRequest) -> Result<(), PaymentError> {
+    if request.order_id.trim().is_empty() {
+        return Err(PaymentError::Invalid("order_id is required".into()));
+    }
+    if request.amount_cents == 0 {
+        return Err(PaymentError::Invalid("amount_cents must be positive".into()));
+    }
+    if request.currency != CURRENCY {
+        return Err(PaymentError::Invalid(format!("currency must be {CURRENCY}, got {:?}", request.currency)));
+    }
+    Ok(())
+}
+// ANCHOR_END: validate
+
 impl Ledger {
     fn lock(&self) -> std::sync::MutexGuard<'_, LedgerInner> {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -74,15 +90,7 @@ impl Ledger {
     /// Validates and authorizes a payment. One authorization per order: a second attempt for the
     /// same order is `AlreadyAuthorized`, naming the first payment.
     pub fn authorize(&self, request: &AuthorizeRequest) -> Result<Payment, PaymentError> {
-        if request.order_id.trim().is_empty() {
-            return Err(PaymentError::Invalid("order_id is required".into()));
-        }
-        if request.amount_cents == 0 {
-            return Err(PaymentError::Invalid("amount_cents must be positive".into()));
-        }
-        if request.currency != CURRENCY {
-            return Err(PaymentError::Invalid(format!("currency must be {CURRENCY}, got {:?}", request.currency)));
-        }
+        validate(request)?;
         if request.card_token == DECLINED_CARD {
             return Err(PaymentError::Declined("insufficient funds".into()));
         }

@@ -15,7 +15,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::correlation::CorrelationId;
 use crate::deadline;
-use crate::ledger::Ledger;
+use crate::ledger::{self, Ledger};
 use crate::proto::v2::payments_server::Payments;
 use crate::proto::v2::{
     AuthorizationResult, AuthorizeRequest, BatchSummary, CaptureRequest, Decline, Payment, PaymentEvent, PaymentStatus,
@@ -69,22 +69,24 @@ impl Payments for PaymentsService {
         let span = info_span!("payments-service", correlation_id = %id);
         async move {
             let req = request.into_inner();
-            info!(order_id = %req.order_id, amount_cents = req.amount_cents, "Authorize; caller's deadline {budget:?}");
+            let deadline = budget.map_or("none".to_owned(), |b| format!("{b:?}"));
+            info!(order_id = %req.order_id, amount_cents = req.amount_cents, "Authorize; caller's deadline: {deadline}");
             if req.customer_id.is_empty() {
                 info!("no customer_id (a v1 client): risk check skipped");
             }
-            // The slow part: the card network. Bounded by the caller's deadline.
-            if let Err(status) = deadline::within(budget, tokio::time::sleep(self.config.card_network_latency)).await {
-                warn!("card network too slow for this caller: {}", status.message());
-                return Err(status);
-            }
-            match self.ledger.authorize(&req) {
+            // Cheap checks first: a bad request should not wait for the card network.
+            // The slow part, the card network, is bounded by the caller's deadline.
+            let checked = match ledger::validate(&req) {
+                Ok(()) => deadline::within(budget, tokio::time::sleep(self.config.card_network_latency)).await,
+                Err(error) => Err(Status::from(error)),
+            };
+            let authorized = checked.and_then(|()| self.ledger.authorize(&req).map_err(Status::from));
+            match authorized {
                 Ok(payment) => {
                     info!(payment_id = %payment.payment_id, "authorized");
                     Ok(with_id(payment, &id))
                 }
-                Err(error) => {
-                    let status = Status::from(error);
+                Err(status) => {
                     warn!(code = ?status.code(), "refused: {}", status.message());
                     Err(status)
                 }
