@@ -59,11 +59,22 @@ pub fn readme_examples() -> Result<Vec<String>, Fail> {
     Ok(example_commands(&readme))
 }
 
+/// Inline code spans (one line each) that run an example; fenced blocks are prose, not commands.
 fn example_commands(markdown: &str) -> Vec<String> {
     let mut commands: Vec<String> = Vec::new();
-    for span in markdown.split('`').skip(1).step_by(2) {
-        if span.contains("cargo run") && span.contains("--example ") && !commands.iter().any(|c| c == span) {
-            commands.push(span.to_owned());
+    let mut in_fence = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence {
+            continue;
+        }
+        for span in line.split('`').skip(1).step_by(2) {
+            if span.contains("cargo run") && span.contains("--example ") && !commands.iter().any(|c| c == span) {
+                commands.push(span.to_owned());
+            }
         }
     }
     commands
@@ -76,7 +87,8 @@ mod tests {
     #[test]
     fn finds_example_commands_in_code_spans_once() {
         let md = "Run `cargo run --example a` first.\n| x | `SLOW=1 cargo run --example a -- --slow` |\n\
-                  `cargo run --example a` again, and `cargo test` is not one.";
-        assert_eq!(example_commands(md), ["cargo run --example a", "SLOW=1 cargo run --example a -- --slow"]);
+                  `cargo run --example a` again, and `cargo test` is not one.\n\
+                  ```console\n$ cargo run --example fenced\n```\n`cargo run --example b`";
+        assert_eq!(example_commands(md), ["cargo run --example a", "SLOW=1 cargo run --example a -- --slow", "cargo run --example b"]);
     }
 }

@@ -15,6 +15,7 @@ impl Sample {
         Some(Sample(measurements))
     }
 
+    // ANCHOR: percentile
     /// The nearest-rank percentile: the smallest measurement with at least `p`% of the sample at
     /// or below it. `p` is clamped to 0..=100.
     pub fn percentile(&self, p: f64) -> Duration {
@@ -22,6 +23,7 @@ impl Sample {
         let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
         self.0[rank.clamp(1, self.0.len()) - 1]
     }
+    // ANCHOR_END: percentile
 
     pub fn len(&self) -> usize {
         self.0.len()

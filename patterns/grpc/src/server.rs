@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::correlation;
@@ -34,7 +34,8 @@ pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningPayments> {
     let task = tokio::spawn(
         Server::builder()
             .add_service(PaymentsServer::with_interceptor(service, correlation::accept))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            // TCP_NODELAY: small messages go out at once instead of waiting for the peer's ACK.
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
                 let _ = stopped.await;
             }),
     );
