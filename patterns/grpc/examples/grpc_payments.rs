@@ -9,6 +9,7 @@
 //! bidirectional) and an old v1 client calling today's service. The server binds 127.0.0.1:0. The
 //! example checks its own outcome and exits non-zero if the pattern failed.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{bail, ensure};
@@ -22,12 +23,18 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tracing::{info, info_span, warn};
+use tracing_subscriber::EnvFilter;
 
 const CORRELATION_ID: &str = "checkout-7f3a";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_target(false).with_timer(tracing_subscriber::fmt::time::uptime()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_target(false)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let slow = args.iter().any(|a| a == "--slow");
     let invalid = args.iter().any(|a| a == "--invalid");

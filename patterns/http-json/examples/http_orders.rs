@@ -8,6 +8,7 @@
 //! The service binds 127.0.0.1:0. Every step is logged; the example checks its own outcome (exactly
 //! one order, whatever happened) and exits non-zero if the pattern failed.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -15,10 +16,16 @@ use http_json::client::{ClientError, OrdersClient};
 use http_json::orders::{NewOrder, OrderLine};
 use http_json::server::{ServiceConfig, spawn};
 use tracing::{info, info_span, warn};
+use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_target(false).with_timer(tracing_subscriber::fmt::time::uptime()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_target(false)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let slow = args.iter().any(|a| a == "--slow");
     let invalid = args.iter().any(|a| a == "--invalid");
