@@ -12,6 +12,9 @@
 use std::env;
 use std::fmt::Display;
 
+#[cfg(feature = "examples")]
+pub mod example;
+
 /// Kafka bootstrap servers: `KAFKA_BROKERS`, default `127.0.0.1:9092`.
 pub fn kafka_brokers() -> String {
     env_or("KAFKA_BROKERS", "127.0.0.1:9092")

@@ -9,7 +9,6 @@
 //! bidirectional) and an old v1 client calling today's service. The server binds 127.0.0.1:0. The
 //! example checks its own outcome and exits non-zero if the pattern failed.
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{bail, ensure};
@@ -23,24 +22,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tracing::{info, info_span, warn};
-use tracing_subscriber::EnvFilter;
 
 const CORRELATION_ID: &str = "checkout-7f3a";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_target(false)
-        .with_timer(tracing_subscriber::fmt::time::uptime())
-        .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let slow = args.iter().any(|a| a == "--slow");
-    let invalid = args.iter().any(|a| a == "--invalid");
-    if let Some(unknown) = args.iter().find(|a| !matches!(a.as_str(), "--slow" | "--invalid")) {
-        bail!("unknown flag {unknown}; try --slow or --invalid");
-    }
+    infra::example::init_logging();
+    let flags = infra::example::Flags::parse(&["--slow", "--invalid"]).map_err(anyhow::Error::msg)?;
+    let (slow, invalid) = (flags.has("--slow"), flags.has("--invalid"));
 
     let card_network_latency = if slow { Duration::from_millis(800) } else { Duration::from_millis(20) };
     let config = ServiceConfig { card_network_latency, settlement_step: Duration::from_millis(150) };

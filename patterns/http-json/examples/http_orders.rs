@@ -8,7 +8,6 @@
 //! The service binds 127.0.0.1:0. Every step is logged; the example checks its own outcome (exactly
 //! one order, whatever happened) and exits non-zero if the pattern failed.
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -16,22 +15,12 @@ use http_json::client::{ClientError, OrdersClient};
 use http_json::orders::{NewOrder, OrderLine};
 use http_json::server::{ServiceConfig, spawn};
 use tracing::{info, info_span, warn};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_target(false)
-        .with_timer(tracing_subscriber::fmt::time::uptime())
-        .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let slow = args.iter().any(|a| a == "--slow");
-    let invalid = args.iter().any(|a| a == "--invalid");
-    if let Some(unknown) = args.iter().find(|a| !matches!(a.as_str(), "--slow" | "--invalid")) {
-        anyhow::bail!("unknown flag {unknown}; try --slow or --invalid");
-    }
+    infra::example::init_logging();
+    let flags = infra::example::Flags::parse(&["--slow", "--invalid"]).map_err(anyhow::Error::msg)?;
+    let (slow, invalid) = (flags.has("--slow"), flags.has("--invalid"));
 
     // Break-it switch: the service answers 1.5 s late, the checkout waits at most 500 ms.
     let latency = if slow { Duration::from_millis(1500) } else { Duration::ZERO };
