@@ -168,14 +168,16 @@ pub fn up() -> Result<(), Fail> {
     } else {
         println!("brokers: no container engine; starting native brokers");
         for &broker in &missing {
+            // Recorded before starting: a start that fails halfway may still leave a process
+            // behind, and `down` must be able to stop it.
+            started.push(Started::Native(broker));
+            save_started(&started)?;
             let began = Instant::now();
             match broker {
                 Broker::Kafka => start_tansu()?,
                 Broker::RabbitMq => start_rabbitmq()?,
                 Broker::Postgres => start_postgres()?,
             }
-            started.push(Started::Native(broker));
-            save_started(&started)?;
             println!("  {:<9} started in {:.1}s", broker.name(), began.elapsed().as_secs_f64());
         }
     }
@@ -194,7 +196,10 @@ fn wait_ready(broker: Broker) -> Result<String, Fail> {
         match broker.probe() {
             Ok(info) => return Ok(info),
             Err(e) if began.elapsed() > READY_TIMEOUT => {
-                let logs = state_dir().display().to_string();
+                let logs = match broker {
+                    Broker::RabbitMq => "/var/log/rabbitmq".to_owned(),
+                    _ => state_dir().display().to_string(),
+                };
                 return Err(Fail::msg(format!(
                     "{} did not complete a handshake within {}s: {e}\nits logs are in {logs}",
                     broker.name(),
@@ -215,13 +220,22 @@ pub fn down() -> Result<(), Fail> {
     }
     let mut compose: Vec<&str> = Vec::new();
     for entry in started.iter().rev() {
-        match entry {
-            Started::Compose(b) => compose.push(b.compose_service()),
-            Started::Native(Broker::Kafka) => stop_tansu()?,
-            Started::Native(Broker::RabbitMq) => stop_rabbitmq()?,
-            Started::Native(Broker::Postgres) => stop_postgres()?,
+        let stopped = match entry {
+            Started::Compose(b) => {
+                compose.push(b.compose_service());
+                continue;
+            }
+            Started::Native(Broker::Kafka) => stop_tansu(),
+            Started::Native(Broker::RabbitMq) => stop_rabbitmq(),
+            Started::Native(Broker::Postgres) => stop_postgres(),
+        };
+        let name = entry.broker().name();
+        match (stopped, entry.broker().probe()) {
+            (Ok(()), _) => println!("  {name:<9} stopped"),
+            // Its stop command failed because it was not running (a start that failed halfway).
+            (Err(_), Err(ProbeError::Refused(_))) => println!("  {name:<9} was not running"),
+            (Err(e), _) => return Err(e),
         }
-        println!("  {:<9} stopped", entry.broker().name());
     }
     if !compose.is_empty() {
         let mut stop = Command::new("docker");
@@ -358,12 +372,12 @@ fn start_rabbitmq() -> Result<(), Fail> {
     }
     let host_port = Broker::RabbitMq.host_port()?;
     let (host, port) = host_port.rsplit_once(':').unwrap_or((&host_port, "5672"));
-    // -detached returns at once; `rabbitmqctl await_startup` then waits for the node to boot.
+    // -detached returns at once; `wait_ready` then polls with a real AMQP handshake. (Not
+    // `rabbitmqctl await_startup`: it fails outright if the node has not registered yet.)
     run(Command::new("rabbitmq-server")
         .arg("-detached")
         .env("RABBITMQ_NODE_IP_ADDRESS", host)
-        .env("RABBITMQ_NODE_PORT", port))?;
-    run(Command::new("rabbitmqctl").args(["--timeout", "120", "await_startup"]))
+        .env("RABBITMQ_NODE_PORT", port))
 }
 
 fn stop_rabbitmq() -> Result<(), Fail> {
