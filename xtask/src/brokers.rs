@@ -197,9 +197,12 @@ fn wait_ready(broker: Broker) -> Result<String, Fail> {
             Ok(info) => return Ok(info),
             Err(e) if began.elapsed() > READY_TIMEOUT => {
                 let logs = match broker {
-                    Broker::RabbitMq => "/var/log/rabbitmq".to_owned(),
-                    _ => state_dir().display().to_string(),
-                };
+                    Broker::Kafka => state_dir().join("tansu.log"),
+                    Broker::RabbitMq => PathBuf::from("/var/log/rabbitmq"),
+                    Broker::Postgres => pg_dir().join("postgres.log"),
+                }
+                .display()
+                .to_string();
                 return Err(Fail::msg(format!(
                     "{} did not complete a handshake within {}s: {e}\nits logs are in {logs}",
                     broker.name(),
@@ -414,8 +417,16 @@ fn pg_command(bin: &Path, tool: &str, as_postgres: bool) -> Command {
     }
 }
 
-fn pg_data() -> PathBuf {
-    state_dir().join("postgres")
+/// Where the throwaway cluster lives: under the system temp dir, not the workspace, because as root
+/// it runs as the `postgres` user, who may not be allowed into the clone (under /root, say). The
+/// workspace path is hashed into the name so two clones never share a cluster.
+fn pg_dir() -> PathBuf {
+    // FNV-1a: stable across toolchains, unlike std's DefaultHasher, so `up` and `down` agree.
+    let hash = workspace_root()
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    std::env::temp_dir().join(format!("shop-postgres-{hash:016x}"))
 }
 
 fn start_postgres() -> Result<(), Fail> {
@@ -429,7 +440,7 @@ fn start_postgres() -> Result<(), Fail> {
     let url = PgUrl::parse(&infra::database_url()).map_err(Fail::msg)?;
     let (host, port) = url.host_port.rsplit_once(':').unwrap_or((&url.host_port, "5432"));
     let root = is_root();
-    let dir = pg_data();
+    let dir = pg_dir();
     let data = dir.join("data");
     fs::create_dir_all(&dir).map_err(|e| Fail::msg(format!("cannot create {}: {e}", dir.display())))?;
     if root {
@@ -465,7 +476,7 @@ fn stop_postgres() -> Result<(), Fail> {
     let Some(bin) = postgres_bin() else { return Ok(()) };
     run(pg_command(&bin, "pg_ctl", is_root())
         .args(["-D"])
-        .arg(pg_data().join("data"))
+        .arg(pg_dir().join("data"))
         .args(["-m", "fast", "-w", "stop"])
         .stdout(Stdio::null()))
 }

@@ -1,0 +1,47 @@
+//! Wrapping one call: `breaker.call(future)`, for clients that are not tower services (reqwest).
+
+use std::future::IntoFuture;
+
+use crate::breaker::{CircuitBreaker, Outcome, Rejected};
+use crate::classify::{AnyError, Classify};
+
+// ANCHOR: CallError
+/// A call through the breaker failed: either the breaker refused it, or the call itself failed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError<E> {
+    #[error(transparent)]
+    Rejected(Rejected),
+    #[error(transparent)]
+    Inner(E),
+}
+// ANCHOR_END: CallError
+
+impl CircuitBreaker {
+    // ANCHOR: call
+    /// Runs `call` if the breaker allows it, counting any `Err` as a failure.
+    pub async fn call<F, T, E>(&self, call: F) -> Result<T, CallError<E>>
+    where
+        F: IntoFuture<Output = Result<T, E>>,
+    {
+        self.call_with(call, AnyError).await
+    }
+
+    /// Runs `call` if the breaker allows it, counting its result as `classifier` says.
+    pub async fn call_with<F, T, E, C>(&self, call: F, classifier: C) -> Result<T, CallError<E>>
+    where
+        F: IntoFuture<Output = Result<T, E>>,
+        C: Classify<T, E>,
+    {
+        let permit = self.try_acquire().map_err(CallError::Rejected)?;
+        // If this future is dropped here (the caller gave up), the permit's Drop gives it back.
+        let result = call.into_future().await;
+        permit.record(classifier.classify(&result));
+        result.map_err(CallError::Inner)
+    }
+    // ANCHOR_END: call
+
+    /// Records an outcome without a call, for callers that judge results themselves.
+    pub fn record_outcome(&self, outcome: Outcome) -> Result<(), Rejected> {
+        self.try_acquire().map(|permit| permit.record(outcome))
+    }
+}

@@ -1,0 +1,196 @@
+//! Sliding windows over recent call outcomes.
+//!
+//! Both windows keep running totals next to the raw data, so recording a call and reading the
+//! failure rate cost O(1) (O(buckets) for eviction in the time-based window), with no allocation
+//! after construction. They are public so the property test can check them against a naive model.
+
+use std::time::Duration;
+
+/// One call's outcome, as the window sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sample {
+    pub failed: bool,
+    pub slow: bool,
+}
+
+/// How many calls a window holds, and how many of those failed or were slow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub calls: u32,
+    pub failures: u32,
+    pub slow: u32,
+}
+
+impl Totals {
+    pub(crate) fn add(&mut self, s: Sample) {
+        self.calls += 1;
+        self.failures += u32::from(s.failed);
+        self.slow += u32::from(s.slow);
+    }
+
+    fn remove(&mut self, other: Totals) {
+        self.calls -= other.calls;
+        self.failures -= other.failures;
+        self.slow -= other.slow;
+    }
+
+    /// `part` as a percentage of the calls (0 when there are none).
+    pub fn percent(&self, part: u32) -> f64 {
+        if self.calls == 0 { 0.0 } else { f64::from(part) * 100.0 / f64::from(self.calls) }
+    }
+}
+
+// ANCHOR: CountWindow
+/// The last `size` calls, in a ring buffer.
+#[derive(Debug, Clone)]
+pub struct CountWindow {
+    ring: Vec<Sample>,
+    /// Where the next sample goes; once the ring is full, also the oldest sample.
+    next: usize,
+    totals: Totals,
+}
+
+impl CountWindow {
+    pub fn new(size: u32) -> Self {
+        CountWindow { ring: Vec::with_capacity(size as usize), next: 0, totals: Totals::default() }
+    }
+
+    pub fn record(&mut self, sample: Sample) {
+        if self.ring.len() < self.ring.capacity() {
+            self.ring.push(sample);
+        } else {
+            // Full: the new sample replaces the oldest, whose counts leave the totals.
+            let evicted = std::mem::replace(&mut self.ring[self.next], sample);
+            let mut old = Totals::default();
+            old.add(evicted);
+            self.totals.remove(old);
+        }
+        self.next = (self.next + 1) % self.ring.capacity();
+        self.totals.add(sample);
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    pub fn clear(&mut self) {
+        self.ring.clear();
+        self.next = 0;
+        self.totals = Totals::default();
+    }
+}
+// ANCHOR_END: CountWindow
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Which slice of time this bucket holds: elapsed time divided by the bucket width.
+    epoch: u64,
+    totals: Totals,
+}
+
+// ANCHOR: TimeWindow
+/// The calls of the last `buckets` slices of `bucket_width` each. Time is given by the caller as
+/// the duration since a fixed start, which keeps the window testable and clock-free.
+#[derive(Debug, Clone)]
+pub struct TimeWindow {
+    buckets: Vec<Bucket>,
+    width: Duration,
+    totals: Totals,
+}
+
+impl TimeWindow {
+    pub fn new(buckets: u32, width: Duration) -> Self {
+        TimeWindow { buckets: vec![Bucket::default(); buckets as usize], width, totals: Totals::default() }
+    }
+
+    fn epoch(&self, at: Duration) -> u64 {
+        (at.as_nanos() / self.width.as_nanos().max(1)) as u64
+    }
+
+    /// Drops every bucket that has slid out of the window ending at `now`.
+    fn evict(&mut self, now: u64) {
+        let span = self.buckets.len() as u64;
+        for bucket in &mut self.buckets {
+            if bucket.totals.calls > 0 && bucket.epoch + span <= now {
+                self.totals.remove(bucket.totals);
+                bucket.totals = Totals::default();
+            }
+        }
+    }
+
+    pub fn record(&mut self, at: Duration, sample: Sample) {
+        let now = self.epoch(at);
+        self.evict(now);
+        let slot = (now % self.buckets.len() as u64) as usize;
+        let bucket = &mut self.buckets[slot];
+        if bucket.epoch != now {
+            // Reused slot: whatever it held is older than the window and was evicted above.
+            *bucket = Bucket { epoch: now, totals: Totals::default() };
+        }
+        bucket.totals.add(sample);
+        self.totals.add(sample);
+    }
+
+    /// The totals of the window ending at `at`.
+    pub fn totals(&mut self, at: Duration) -> Totals {
+        let now = self.epoch(at);
+        self.evict(now);
+        self.totals
+    }
+
+    pub fn clear(&mut self) {
+        self.buckets.fill(Bucket::default());
+        self.totals = Totals::default();
+    }
+}
+// ANCHOR_END: TimeWindow
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAIL: Sample = Sample { failed: true, slow: false };
+    const OK: Sample = Sample { failed: false, slow: false };
+    const SLOW: Sample = Sample { failed: false, slow: true };
+
+    #[test]
+    fn the_count_window_wraps_around_and_forgets_the_oldest() {
+        let mut w = CountWindow::new(3);
+        for s in [FAIL, FAIL, OK] {
+            w.record(s);
+        }
+        assert_eq!(w.totals(), Totals { calls: 3, failures: 2, slow: 0 });
+        w.record(SLOW); // evicts the first FAIL
+        assert_eq!(w.totals(), Totals { calls: 3, failures: 1, slow: 1 });
+        w.record(OK); // evicts the second FAIL
+        w.record(OK); // evicts OK
+        assert_eq!(w.totals(), Totals { calls: 3, failures: 0, slow: 1 });
+        w.record(OK); // evicts SLOW
+        assert_eq!(w.totals(), Totals { calls: 3, failures: 0, slow: 0 });
+        w.clear();
+        assert_eq!(w.totals(), Totals::default());
+    }
+
+    #[test]
+    fn the_time_window_evicts_whole_buckets_as_time_passes() {
+        let s = Duration::from_secs;
+        let mut w = TimeWindow::new(3, s(1)); // the last 3 seconds, in 1-second buckets
+        w.record(s(0), FAIL);
+        w.record(Duration::from_millis(1500), FAIL);
+        w.record(s(2), OK);
+        assert_eq!(w.totals(Duration::from_millis(2999)), Totals { calls: 3, failures: 2, slow: 0 });
+        // At 3 s the bucket of second 0 leaves the window.
+        assert_eq!(w.totals(s(3)), Totals { calls: 2, failures: 1, slow: 0 });
+        // A new call at 4 s reuses the slot of second 1, whose call is gone too.
+        w.record(s(4), SLOW);
+        assert_eq!(w.totals(s(4)), Totals { calls: 2, failures: 0, slow: 1 });
+        // Long silence empties the window.
+        assert_eq!(w.totals(s(60)), Totals::default());
+    }
+
+    #[test]
+    fn percentages_of_an_empty_window_are_zero() {
+        assert_eq!(Totals::default().percent(0), 0.0);
+        assert_eq!(Totals { calls: 4, failures: 1, slow: 0 }.percent(1), 25.0);
+    }
+}
