@@ -78,6 +78,24 @@ pub enum Reason {
     Reset,
 }
 
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::FailureRate { percent } => write!(f, "{percent:.0}% of recent calls failed"),
+            Reason::SlowCallRate { percent } => write!(f, "{percent:.0}% of recent calls were slow"),
+            Reason::OpenWaitElapsed => f.write_str("the open wait is over: probing"),
+            Reason::ProbesSucceeded => f.write_str("the probes succeeded"),
+            Reason::ProbesFailed { failure_percent, slow_percent } => {
+                write!(f, "the probes failed ({failure_percent:.0}% failed, {slow_percent:.0}% slow)")
+            }
+            Reason::HalfOpenTimedOut => f.write_str("the probes never answered"),
+            Reason::Forced => f.write_str("forced open by an operator"),
+            Reason::Disabled => f.write_str("disabled by an operator"),
+            Reason::Reset => f.write_str("reset by an operator"),
+        }
+    }
+}
+
 /// A state change, delivered once to every listener.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Transition {
