@@ -135,9 +135,13 @@ fn test() -> Result<(), Fail> {
     brokers::up().map_err(|e| Fail::msg(format!("brokers: {e}")))?;
 
     println!("\n== 2/4 cargo test --workspace (REQUIRE_BROKERS=1: an unreachable broker fails)");
-    let mut cargo_test = Command::new(cmd::cargo());
-    cargo_test.args(["test", "--workspace"]).current_dir(workspace_root()).env("REQUIRE_BROKERS", "1");
-    tally.cargo_test(&mut cargo_test)?;
+    // --all-targets also runs each benchmark once, in criterion's test mode, so benches cannot rot;
+    // it leaves out doctests, which get their own run.
+    for targets in ["--all-targets", "--doc"] {
+        let mut cargo_test = Command::new(cmd::cargo());
+        cargo_test.args(["test", "--workspace", targets]).current_dir(workspace_root()).env("REQUIRE_BROKERS", "1");
+        tally.cargo_test(&mut cargo_test)?;
+    }
 
     println!("\n== 3/4 every example the README lists, as a reader would type it");
     for example in book::readme_examples()? {

@@ -144,6 +144,7 @@ struct HalfOpenState {
 }
 
 struct Machine {
+    outcomes: Outcomes,
     state: State,
     generation: u64,
     window: Window,
@@ -151,14 +152,20 @@ struct Machine {
     half_open: HalfOpenState,
 }
 
+/// Counted without the lock: rejections (forced-open rejects without locking) and transitions.
 #[derive(Default)]
 struct Counters {
-    successful: AtomicU64,
-    failed: AtomicU64,
-    slow: AtomicU64,
-    ignored: AtomicU64,
     rejected: AtomicU64,
     transitions: AtomicU64,
+}
+
+/// Counted under the lock that recording takes anyway, which is cheaper than an atomic each.
+#[derive(Clone, Copy, Default)]
+struct Outcomes {
+    successful: u64,
+    failed: u64,
+    slow: u64,
+    ignored: u64,
 }
 
 struct Shared {
@@ -213,7 +220,7 @@ impl Builder {
             WindowKind::CountBased { size } => Window::Count(CountWindow::new(size)),
             WindowKind::TimeBased { buckets, bucket_width } => Window::Time(TimeWindow::new(buckets, bucket_width)),
         };
-        let machine = Machine { state: State::Closed, generation: 0, window, opened_at: None, half_open: HalfOpenState::default() };
+        let machine = Machine { outcomes: Outcomes::default(), state: State::Closed, generation: 0, window, opened_at: None, half_open: HalfOpenState::default() };
         CircuitBreaker {
             shared: Arc::new(Shared {
                 config: self.config,
@@ -287,16 +294,16 @@ impl CircuitBreaker {
             State::HalfOpen => m.half_open.probes,
             _ => shared.window_totals(&mut m),
         };
-        let c = &shared.counters;
+        let (c, o) = (&shared.counters, m.outcomes);
         Metrics {
             state: m.state,
             window,
             failure_rate: window.percent(window.failures),
             slow_call_rate: window.percent(window.slow),
-            successful: c.successful.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            slow: c.slow.load(Ordering::Relaxed),
-            ignored: c.ignored.load(Ordering::Relaxed),
+            successful: o.successful,
+            failed: o.failed,
+            slow: o.slow,
+            ignored: o.ignored,
             rejected: c.rejected.load(Ordering::Relaxed),
             transitions: c.transitions.load(Ordering::Relaxed),
         }
@@ -392,33 +399,36 @@ impl Shared {
             (Some(config), Some(started)) => started.elapsed() >= config.duration,
             _ => false,
         };
-        let counter = match outcome {
-            Outcome::Success => &self.counters.successful,
-            Outcome::Failure => &self.counters.failed,
-            Outcome::Ignored => &self.counters.ignored,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        if slow {
-            self.counters.slow.fetch_add(1, Ordering::Relaxed);
-        }
-        if ticket.kind == TicketKind::Disabled {
-            return;
-        }
         let sample = Sample { failed: outcome == Outcome::Failure, slow };
 
         let mut m = self.lock();
-        if m.generation != ticket.generation {
+        let counts = &mut m.outcomes;
+        match outcome {
+            Outcome::Success => counts.successful += 1,
+            Outcome::Failure => counts.failed += 1,
+            Outcome::Ignored => counts.ignored += 1,
+        }
+        counts.slow += u64::from(slow);
+        if ticket.kind == TicketKind::Disabled || m.generation != ticket.generation {
             return; // the state moved on while this call ran: its outcome belongs to the past
         }
         let transition = match ticket.kind {
             TicketKind::Closed if outcome == Outcome::Ignored => None,
             TicketKind::Closed => {
-                let at = self.now_if(matches!(m.window, Window::Time(_))).map(|now| now - self.start);
-                match &mut m.window {
-                    Window::Count(w) => w.record(sample),
-                    Window::Time(w) => w.record(at.unwrap_or_default(), sample),
-                }
-                let totals = self.window_totals(&mut m);
+                let judge = match &mut m.window {
+                    Window::Count(w) => {
+                        w.record(sample);
+                        // In a count window a plain success cannot raise either rate, so it can
+                        // only open the breaker by bringing the window up to the minimum.
+                        sample != Sample::default() || w.totals().calls == self.config.minimum_calls
+                    }
+                    Window::Time(w) => {
+                        // Time-based eviction can raise a rate at any record: always judge.
+                        w.record(Instant::now() - self.start, sample);
+                        true
+                    }
+                };
+                let totals = if judge { self.window_totals(&mut m) } else { Totals::default() };
                 self.verdict_closed(totals).map(|reason| self.transition(&mut m, State::Open, reason, Instant::now()))
             }
             TicketKind::Probe if outcome == Outcome::Ignored => {
@@ -458,23 +468,22 @@ impl Shared {
         if totals.calls < self.config.minimum_calls {
             return None;
         }
-        let failure_percent = totals.percent(totals.failures);
-        if failure_percent >= self.config.failure_rate_threshold {
-            return Some(Reason::FailureRate { percent: failure_percent });
+        if totals.reaches(totals.failures, self.config.failure_rate_threshold) {
+            return Some(Reason::FailureRate { percent: totals.percent(totals.failures) });
         }
-        let slow_percent = totals.percent(totals.slow);
         match self.config.slow_calls {
-            Some(slow) if slow_percent >= slow.rate_threshold => Some(Reason::SlowCallRate { percent: slow_percent }),
+            Some(slow) if totals.reaches(totals.slow, slow.rate_threshold) => {
+                Some(Reason::SlowCallRate { percent: totals.percent(totals.slow) })
+            }
             _ => None,
         }
     }
 
     /// The probes are judged by the same thresholds, all of them together.
     fn verdict_half_open(&self, probes: Totals) -> (State, Reason) {
-        let failure_percent = probes.percent(probes.failures);
-        let slow_percent = probes.percent(probes.slow);
-        let too_slow = self.config.slow_calls.is_some_and(|slow| slow_percent >= slow.rate_threshold);
-        if failure_percent >= self.config.failure_rate_threshold || too_slow {
+        let too_slow = self.config.slow_calls.is_some_and(|slow| probes.reaches(probes.slow, slow.rate_threshold));
+        if probes.reaches(probes.failures, self.config.failure_rate_threshold) || too_slow {
+            let (failure_percent, slow_percent) = (probes.percent(probes.failures), probes.percent(probes.slow));
             (State::Open, Reason::ProbesFailed { failure_percent, slow_percent })
         } else {
             (State::Closed, Reason::ProbesSucceeded)

@@ -1,0 +1,75 @@
+//! Fallbacks: an older or default answer when the real one cannot be had, marked as degraded.
+//!
+//! A fallback trades correctness for availability, so it must never pass for the real thing: the
+//! type says which one the caller got, and a degraded answer carries why, and how old it is.
+
+use std::fmt::Display;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+// ANCHOR: Answer
+/// An answer, and whether it is the real one.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer<T> {
+    Fresh(T),
+    Degraded {
+        value: T,
+        /// Why the real answer could not be had.
+        why: String,
+        /// How old the value is; `None` for a default that was never real.
+        age: Option<Duration>,
+    },
+}
+// ANCHOR_END: Answer
+
+impl<T> Answer<T> {
+    pub fn value(&self) -> &T {
+        match self {
+            Answer::Fresh(value) | Answer::Degraded { value, .. } => value,
+        }
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        matches!(self, Answer::Degraded { .. })
+    }
+}
+
+/// The last answer that was real, and when it was.
+#[derive(Debug, Default)]
+pub struct LastKnownGood<T> {
+    slot: Mutex<Option<(T, Instant)>>,
+}
+
+impl<T: Clone> LastKnownGood<T> {
+    pub fn new() -> Self {
+        LastKnownGood { slot: Mutex::new(None) }
+    }
+
+    fn remember(&self, value: T) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((value, Instant::now()));
+    }
+
+    fn recall(&self) -> Option<(T, Duration)> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(v, at)| (v.clone(), at.elapsed()))
+    }
+
+    // ANCHOR: or_fallback
+    /// The call's answer if it succeeds (remembered for next time); else the last good answer,
+    /// else `default`, both marked degraded; else the call's error.
+    pub async fn or_fallback<E: Display>(&self, call: impl Future<Output = Result<T, E>>, default: Option<T>) -> Result<Answer<T>, E> {
+        match call.await {
+            Ok(value) => {
+                self.remember(value.clone());
+                Ok(Answer::Fresh(value))
+            }
+            Err(error) => match (self.recall(), default) {
+                (Some((value, age)), _) => Ok(Answer::Degraded { value, why: error.to_string(), age: Some(age) }),
+                (None, Some(value)) => Ok(Answer::Degraded { value, why: error.to_string(), age: None }),
+                (None, None) => Err(error),
+            },
+        }
+    }
+    // ANCHOR_END: or_fallback
+}
