@@ -1,0 +1,64 @@
+//! The gateway shows stock from the inventory service through a circuit breaker; while the breaker
+//! is open, it answers from the last good answer, marked as degraded.
+//!
+//! Run it:   `cargo run --example fallback`
+//! Break it: `cargo run --example fallback -- --no-fallback`  the same outage, errors instead
+//!
+//! The inventory service answers, then fails for a while, then recovers. Every page logs what it
+//! showed: fresh stock, degraded stock (with its age and the reason), or an error.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::ensure;
+use circuit_breaker::{CircuitBreaker, Config};
+use resilience::fallback::{Answer, LastKnownGood};
+use tracing::{info, warn};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    infra::example::init_logging();
+    let flags = infra::example::Flags::parse(&["--no-fallback"]).map_err(anyhow::Error::msg)?;
+    let with_fallback = !flags.has("--no-fallback");
+    let breaker = CircuitBreaker::builder(Config::builder().count_window(4).minimum_calls(4).open_wait(Duration::from_millis(300)).half_open_permits(1).build()?)
+        .on_transition(|t| warn!("breaker {:?} -> {:?}: {}", t.from, t.to, t.reason))
+        .build();
+    let inventory_down = AtomicBool::new(false);
+    let last_good = LastKnownGood::new();
+    let (mut fresh, mut degraded, mut errors) = (0, 0, 0);
+
+    for page in 0..40 {
+        inventory_down.store((10..25).contains(&page), Ordering::Relaxed);
+        // ANCHOR: page
+        let stock = breaker.call(async {
+            if inventory_down.load(Ordering::Relaxed) { Err("503 from inventory") } else { Ok(12u32) }
+        });
+        let default = None; // no safe default for stock: better an honest "unknown" than a made-up number
+        let answer = if with_fallback { last_good.or_fallback(stock, default).await } else { stock.await.map(Answer::Fresh) };
+        match answer {
+            Ok(Answer::Fresh(stock)) => {
+                fresh += 1;
+                info!(page, "stock: {stock}");
+            }
+            Ok(Answer::Degraded { value, why, age }) => {
+                degraded += 1;
+                let age = age.map_or("a default".to_owned(), |a| format!("{} ms old", a.as_millis()));
+                warn!(page, "stock: {value} (DEGRADED: {age}, because {why})");
+            }
+            Err(error) => {
+                errors += 1;
+                warn!(page, "stock unavailable: {error}");
+            }
+        }
+        // ANCHOR_END: page
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    info!("pages: {fresh} fresh, {degraded} degraded, {errors} errors");
+    if with_fallback {
+        ensure!(errors == 0 && degraded > 0, "every page during the outage should show degraded stock");
+    } else {
+        ensure!(degraded == 0 && errors > 0, "without a fallback the outage shows as errors");
+    }
+    ensure!(fresh >= 20, "pages before and after the outage are fresh");
+    Ok(())
+}
