@@ -7,9 +7,7 @@
 //! the breaker's own cost on the happy path. `cargo test` runs this file once in criterion's test
 //! mode, which keeps it compiling and working.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Config};
@@ -18,30 +16,11 @@ use failsafe::futures::CircuitBreaker as _;
 use recloser::{AsyncRecloser, Recloser};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-/// Counts every allocation the process makes.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "../tests/support/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 async fn work() -> Result<u64, &'static str> {
     Ok(black_box(42))
@@ -50,12 +29,12 @@ async fn work() -> Result<u64, &'static str> {
 /// Runs `call` `n` times on the runtime; returns the elapsed time and the allocations made.
 fn run(rt: &tokio::runtime::Runtime, n: u64, mut call: impl AsyncFnMut()) -> (Duration, u64) {
     rt.block_on(async {
-        let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+        let allocations = counting::allocations();
         let began = Instant::now();
         for _ in 0..n {
             call().await;
         }
-        (began.elapsed(), ALLOCATIONS.load(Ordering::Relaxed) - allocations)
+        (began.elapsed(), counting::allocations() - allocations)
     })
 }
 
@@ -74,16 +53,18 @@ fn main() {
         .layer(echo());
     let mut no_layer = echo();
 
-    let mut contenders: Vec<(&str, Box<dyn FnMut(u64) -> (Duration, u64)>)> = vec![
-        ("no breaker, async fn", Box::new(|n| run(&rt, n, async || drop(black_box(work().await))))),
-        ("circuit-breaker call()", Box::new(|n| run(&rt, n, async || drop(black_box(ours.call(work()).await))))),
-        ("recloser 1.4", Box::new(|n| run(&rt, n, async || drop(black_box(recloser.call(work()).await))))),
-        ("failsafe 1.3", Box::new(|n| run(&rt, n, async || drop(black_box(failsafe.call(work()).await))))),
+    // Each contender runs `n` calls and reports (time, allocations). The tower ones await
+    // readiness and then the call, in full.
+    type Contender<'a> = (&'static str, Box<dyn FnMut(u64) -> (Duration, u64) + 'a>);
+    let mut contenders: Vec<Contender> = vec![
+        ("no breaker, async fn", Box::new(|n| run(&rt, n, async || consume(work().await)))),
+        ("circuit-breaker call()", Box::new(|n| run(&rt, n, async || consume(ours.call(work()).await)))),
+        ("recloser 1.4", Box::new(|n| run(&rt, n, async || consume(recloser.call(work()).await)))),
+        ("failsafe 1.3", Box::new(|n| run(&rt, n, async || consume(failsafe.call(work()).await)))),
+        ("no breaker, tower", Box::new(|n| run(&rt, n, async || consume(call_tower(&mut no_layer).await)))),
+        ("circuit-breaker layer", Box::new(|n| run(&rt, n, async || consume(call_tower(&mut ours_layer).await)))),
+        ("tower-resilience 0.14", Box::new(|n| run(&rt, n, async || consume(call_tower(&mut theirs_layer).await)))),
     ];
-    // The tower contenders: readiness, then the call, awaited in full.
-    contenders.push(("no breaker, tower", Box::new(|n| run(&rt, n, async || drop(black_box(call_tower(&mut no_layer).await))))));
-    contenders.push(("circuit-breaker layer", Box::new(|n| run(&rt, n, async || drop(black_box(call_tower(&mut ours_layer).await))))));
-    contenders.push(("tower-resilience 0.14", Box::new(|n| run(&rt, n, async || drop(black_box(call_tower(&mut theirs_layer).await))))));
 
     let mut criterion = Criterion::default().configure_from_args();
     let mut group = criterion.benchmark_group("closed_call");
@@ -99,6 +80,11 @@ fn main() {
         let (_, allocations) = measure(10_000);
         println!("  {name:<24} {:>6.2}", allocations as f64 / 10_000.0);
     }
+}
+
+/// Keeps the optimizer from discarding a result, whatever its type.
+fn consume<T>(value: T) {
+    let _ = black_box(value);
 }
 
 async fn call_tower<S: Service<u64>>(service: &mut S) -> Result<S::Response, S::Error> {
