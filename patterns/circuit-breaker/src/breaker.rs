@@ -16,7 +16,7 @@
 //! generation, so an outcome that arrives after the state moved on (a call started before the
 //! breaker opened) is discarded instead of polluting the new state's numbers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::time::Instant;
@@ -152,11 +152,13 @@ struct Machine {
     half_open: HalfOpenState,
 }
 
-/// Counted without the lock: rejections (forced-open rejects without locking) and transitions.
+/// Counted without the lock: rejections (forced-open rejects without locking), transitions, and
+/// the successes recorded on the all-clear fast path.
 #[derive(Default)]
 struct Counters {
     rejected: AtomicU64,
     transitions: AtomicU64,
+    fast_successes: AtomicU64,
 }
 
 /// Counted under the lock that recording takes anyway, which is cheaper than an atomic each.
@@ -172,6 +174,9 @@ struct Shared {
     config: Config,
     /// State in the low 8 bits, generation above: one load answers "closed, in which generation?".
     word: AtomicU64,
+    /// Set (under the lock) while a closed count window holds nothing but plain successes, so
+    /// another plain success would change nothing in it; cleared by anything else.
+    all_clear: AtomicBool,
     machine: Mutex<Machine>,
     start: Instant,
     counters: Counters,
@@ -225,6 +230,7 @@ impl Builder {
             shared: Arc::new(Shared {
                 config: self.config,
                 word: AtomicU64::new(State::Closed as u64),
+                all_clear: AtomicBool::new(false),
                 machine: Mutex::new(machine),
                 start: Instant::now(),
                 counters: Counters::default(),
@@ -255,19 +261,23 @@ impl CircuitBreaker {
     // ANCHOR: try_acquire
     /// Asks to make a call. The permit must be given an [`Outcome`] with [`Permit::record`];
     /// dropping it instead (a cancelled call) counts nothing and gives a probe's permit back.
+    #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         self.shared.acquire().map(|ticket| Permit { shared: &self.shared, ticket: Some(ticket) })
     }
     // ANCHOR_END: try_acquire
 
+    #[inline]
     pub(crate) fn acquire_ticket(&self) -> Result<Ticket, Rejected> {
         self.shared.acquire()
     }
 
+    #[inline]
     pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome) {
         self.shared.complete(ticket, outcome);
     }
 
+    #[inline]
     pub(crate) fn abandon(&self, ticket: Ticket) {
         self.shared.abandon(ticket);
     }
@@ -300,7 +310,7 @@ impl CircuitBreaker {
             window,
             failure_rate: window.percent(window.failures),
             slow_call_rate: window.percent(window.slow),
-            successful: o.successful,
+            successful: o.successful + c.fast_successes.load(Ordering::Relaxed),
             failed: o.failed,
             slow: o.slow,
             ignored: o.ignored,
@@ -319,6 +329,7 @@ pub struct Permit<'a> {
 }
 
 impl Permit<'_> {
+    #[inline]
     pub fn record(mut self, outcome: Outcome) {
         if let Some(ticket) = self.ticket.take() {
             self.shared.complete(ticket, outcome);
@@ -327,6 +338,7 @@ impl Permit<'_> {
 }
 
 impl Drop for Permit<'_> {
+    #[inline]
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             self.shared.abandon(ticket);
@@ -342,11 +354,13 @@ impl Shared {
         self.machine.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    #[inline]
     fn now_if(&self, needed: bool) -> Option<Instant> {
         needed.then(Instant::now)
     }
 
     // ANCHOR: acquire
+    #[inline]
     fn acquire(&self) -> Result<Ticket, Rejected> {
         let word = self.word.load(Ordering::Acquire);
         let generation = word >> 8;
@@ -394,13 +408,26 @@ impl Shared {
     }
 
     // ANCHOR: complete
+    #[inline]
     fn complete(&self, ticket: Ticket, outcome: Outcome) {
-        let slow = match (self.config.slow_calls, ticket.started) {
+        let slow = match (&self.config.slow_calls, ticket.started) {
             (Some(config), Some(started)) => started.elapsed() >= config.duration,
             _ => false,
         };
-        let sample = Sample { failed: outcome == Outcome::Failure, slow };
+        // The all-clear fast path: in a window of nothing but successes, another success would
+        // evict a success and add one: nothing to change, nothing to judge, no lock to take. A
+        // failure recorded concurrently can always be ordered after this success, which saw the
+        // flag before that failure cleared it.
+        if outcome == Outcome::Success && !slow && ticket.kind == TicketKind::Closed && self.all_clear.load(Ordering::Acquire) {
+            self.counters.fast_successes.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.complete_locked(ticket, outcome, slow);
+    }
 
+    /// Everything but the all-clear fast path: record under the lock, and maybe change state.
+    fn complete_locked(&self, ticket: Ticket, outcome: Outcome, slow: bool) {
+        let sample = Sample { failed: outcome == Outcome::Failure, slow };
         let mut m = self.lock();
         let counts = &mut m.outcomes;
         match outcome {
@@ -418,9 +445,12 @@ impl Shared {
                 let judge = match &mut m.window {
                     Window::Count(w) => {
                         w.record(sample);
+                        let totals = w.totals();
+                        let clear = totals.failures == 0 && totals.slow == 0 && w.is_full();
+                        self.all_clear.store(clear, Ordering::Release);
                         // In a count window a plain success cannot raise either rate, so it can
                         // only open the breaker by bringing the window up to the minimum.
-                        sample != Sample::default() || w.totals().calls == self.config.minimum_calls
+                        sample != Sample::default() || totals.calls == self.config.minimum_calls
                     }
                     Window::Time(w) => {
                         // Time-based eviction can raise a rate at any record: always judge.
@@ -503,6 +533,7 @@ impl Shared {
         let from = m.state;
         m.state = to;
         m.generation += 1;
+        self.all_clear.store(false, Ordering::Release);
         match &mut m.window {
             Window::Count(w) => w.clear(),
             Window::Time(w) => w.clear(),
@@ -523,6 +554,7 @@ impl Shared {
                 Window::Count(w) => w.clear(),
                 Window::Time(w) => w.clear(),
             }
+            self.all_clear.store(false, Ordering::Release);
             None
         } else {
             Some(self.transition(&mut m, to, reason, Instant::now()))

@@ -49,6 +49,7 @@ impl Totals {
 /// The last `size` calls, in a ring buffer.
 #[derive(Debug, Clone)]
 pub struct CountWindow {
+    size: usize,
     ring: Vec<Sample>,
     /// Where the next sample goes; once the ring is full, also the oldest sample.
     next: usize,
@@ -57,11 +58,11 @@ pub struct CountWindow {
 
 impl CountWindow {
     pub fn new(size: u32) -> Self {
-        CountWindow { ring: Vec::with_capacity(size as usize), next: 0, totals: Totals::default() }
+        CountWindow { size: size as usize, ring: Vec::with_capacity(size as usize), next: 0, totals: Totals::default() }
     }
 
     pub fn record(&mut self, sample: Sample) {
-        if self.ring.len() < self.ring.capacity() {
+        if self.ring.len() < self.size {
             self.ring.push(sample);
         } else {
             // Full: the new sample replaces the oldest, whose counts leave the totals.
@@ -72,7 +73,7 @@ impl CountWindow {
         }
         // A branch, not `%`: a division per call is measurable on the hot path.
         self.next += 1;
-        if self.next == self.ring.capacity() {
+        if self.next == self.size {
             self.next = 0;
         }
         self.totals.add(sample);
@@ -80,6 +81,11 @@ impl CountWindow {
 
     pub fn totals(&self) -> Totals {
         self.totals
+    }
+
+    /// Whether the window holds `size` calls (the oldest is evicted by the next one).
+    pub fn is_full(&self) -> bool {
+        self.ring.len() == self.size
     }
 
     pub fn clear(&mut self) {

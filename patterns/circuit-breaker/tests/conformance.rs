@@ -292,6 +292,45 @@ fn a_transition_is_reported_exactly_once_when_64_failures_race_across_the_thresh
     assert_eq!(breaker.metrics().failed, 64);
 }
 
+#[test]
+fn concurrent_mixed_outcomes_are_all_counted_exactly() {
+    // Mostly successes (the lock-free all-clear path) and some failures (the locked path), from
+    // 64 threads at once. Whatever state the interleaving drives the breaker to, every outcome it
+    // accepted is counted, and every call it refused is counted as a rejection.
+    let breaker = CircuitBreaker::new(Config::builder().count_window(20).minimum_calls(20).build().unwrap());
+    let (successes, failures, refused) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    let start = Barrier::new(64);
+    std::thread::scope(|scope| {
+        for t in 0..64 {
+            let (breaker, successes, failures, refused, start) = (&breaker, &successes, &failures, &refused, &start);
+            scope.spawn(move || {
+                start.wait();
+                for i in 0..100 {
+                    let Ok(permit) = breaker.try_acquire() else {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    };
+                    if (i + t) % 25 == 0 {
+                        permit.record(F);
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        permit.record(S);
+                        successes.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let m = breaker.metrics();
+    let (s, f, r) = (successes.into_inner(), failures.into_inner(), refused.into_inner());
+    assert_eq!(s + f + r, 6_400);
+    assert_eq!((m.successful, m.failed, m.rejected), (s as u64, f as u64, r as u64));
+    // The window still judges after all that: reset, then failures open it.
+    breaker.reset();
+    record(&breaker, &[F; 20]);
+    assert_eq!(breaker.state(), State::Open);
+}
+
 #[tokio::test(start_paused = true)]
 async fn force_open_disable_and_reset() {
     let (breaker, events) = with_events(ten_calls());
