@@ -436,8 +436,10 @@ impl Shared {
             Outcome::Ignored => counts.ignored += 1,
         }
         counts.slow += u64::from(slow);
+        // Disabled judges nothing; and if the state moved on while this call ran (another
+        // generation), its outcome belongs to a window or a half-open that no longer exists.
         if ticket.kind == TicketKind::Disabled || m.generation != ticket.generation {
-            return; // the state moved on while this call ran: its outcome belongs to the past
+            return;
         }
         let transition = match ticket.kind {
             TicketKind::Closed if outcome == Outcome::Ignored => None,
