@@ -1,0 +1,51 @@
+//! Producer and consumer settings, and topic creation.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+
+fn base(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers).set("socket.timeout.ms", "10000");
+    config
+}
+
+// ANCHOR: producer
+/// A producer that waits for the leader's and replicas' acknowledgement, and is idempotent:
+/// its own retries (after a lost ack) cannot write an event twice or out of order.
+pub fn producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
+    base(brokers).set("acks", "all").set("enable.idempotence", "true").set("message.timeout.ms", "30000").create()
+}
+// ANCHOR_END: producer
+
+// ANCHOR: consumer
+/// A consumer for at-least-once processing: offsets are committed by the code, after the work,
+/// never automatically in the background (which could commit before the work is done).
+pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, KafkaError> {
+    base(brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .create()
+}
+// ANCHOR_END: consumer
+
+/// Creates topics that do not exist yet; an existing topic is fine.
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = base(brokers).create()?;
+    let new: Vec<NewTopic> = topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaError::AdminOp(code)).inspect_err(|_| tracing::warn!(%topic, "cannot create topic")),
+        }
+    }
+    Ok(())
+}

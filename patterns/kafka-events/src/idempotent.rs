@@ -1,0 +1,107 @@
+//! The idempotent consumer: processed event ids in PostgreSQL, in the same transaction as the effect.
+//!
+//! At-least-once delivery means a consumer sees some events twice (after a crash before its
+//! commit, after a rebalance). The effect here, adding an order to its customer's totals, must not
+//! happen twice. The store inserts the event id into `processed_events` and applies the effect in
+//! one transaction: if the id is already there, the insert does nothing and neither does the effect.
+//! A crash between the two is impossible, because there is no "between": the transaction commits
+//! both or neither.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::envelope::{Event, OrderPlaced};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("schema name {0:?} must be lowercase letters, digits and underscores, starting with a letter")]
+    BadSchemaName(String),
+}
+
+/// Order totals per customer: `(orders, total_cents)`.
+pub type CustomerTotals = BTreeMap<String, (i64, i64)>;
+
+/// Adds one order to in-memory totals (for projections rebuilt by replay).
+pub fn add_to_totals(totals: &mut CustomerTotals, order: &OrderPlaced) {
+    let entry = totals.entry(order.customer_id.clone()).or_default();
+    entry.0 += 1;
+    entry.1 += i64::try_from(order.total_cents).unwrap_or(i64::MAX);
+}
+
+/// A consumer's processed events and its projection, in one PostgreSQL schema.
+pub struct Store {
+    client: Client,
+    schema: String,
+    consumer: String,
+}
+
+impl Store {
+    /// Connects, and creates the schema and its tables if they do not exist.
+    pub async fn connect(url: &str, schema: &str, consumer: &str) -> Result<Self, StoreError> {
+        let valid = schema.starts_with(|c: char| c.is_ascii_lowercase())
+            && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(StoreError::BadSchemaName(schema.to_owned()));
+        }
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!("postgres connection ended: {e}");
+            }
+        });
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema};
+                 CREATE TABLE IF NOT EXISTS {schema}.processed_events (
+                     consumer TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (consumer, event_id));
+                 CREATE TABLE IF NOT EXISTS {schema}.customer_totals (
+                     customer_id TEXT PRIMARY KEY, orders BIGINT NOT NULL, total_cents BIGINT NOT NULL);"
+            ))
+            .await?;
+        Ok(Store { client, schema: schema.to_owned(), consumer: consumer.to_owned() })
+    }
+
+    // ANCHOR: apply_once
+    /// Applies the event's effect exactly once; returns whether it was applied now (`false`: a
+    /// duplicate, already applied before).
+    pub async fn apply_once(&mut self, event: &Event) -> Result<bool, StoreError> {
+        let schema = &self.schema;
+        let tx = self.client.transaction().await?;
+        let first_time = tx
+            .execute(
+                &format!("INSERT INTO {schema}.processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
+                &[&self.consumer, &event.metadata.event_id.to_string()],
+            )
+            .await?
+            == 1;
+        if first_time {
+            let cents = i64::try_from(event.order.total_cents).unwrap_or(i64::MAX);
+            tx.execute(
+                &format!(
+                    "INSERT INTO {schema}.customer_totals (customer_id, orders, total_cents) VALUES ($1, 1, $2)
+                     ON CONFLICT (customer_id) DO UPDATE
+                     SET orders = customer_totals.orders + 1, total_cents = customer_totals.total_cents + EXCLUDED.total_cents"
+                ),
+                &[&event.order.customer_id, &cents],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(first_time)
+    }
+    // ANCHOR_END: apply_once
+
+    pub async fn totals(&self) -> Result<CustomerTotals, StoreError> {
+        let rows = self.client.query(&format!("SELECT customer_id, orders, total_cents FROM {}.customer_totals", self.schema), &[]).await?;
+        Ok(rows.iter().map(|row| (row.get(0), (row.get(1), row.get(2)))).collect())
+    }
+
+    /// Drops the schema (tests clean up after themselves).
+    pub async fn drop_schema(self) -> Result<(), StoreError> {
+        self.client.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema)).await?;
+        Ok(())
+    }
+}
