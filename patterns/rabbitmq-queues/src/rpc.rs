@@ -1,0 +1,136 @@
+//! Request-reply over queues: the caller names a reply queue and tags each request with a
+//! correlation id; the server answers to that queue with the same id.
+//!
+//! A reply can arrive after its caller stopped waiting (the server was slow). It then matches no
+//! pending call and is dropped, counted, and never delivered to the wrong caller. The request
+//! itself carries an expiration equal to the caller's timeout, so a request nobody waits for any
+//! more is not even processed if it is still queued.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::warn;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
+
+/// The calling side: one exclusive reply queue, shared by all calls made through this client.
+pub struct RpcClient {
+    channel: Channel,
+    reply_queue: String,
+    pending: Pending,
+    late_replies: Arc<AtomicU64>,
+    replies: JoinHandle<()>,
+}
+
+impl RpcClient {
+    /// Declares a private, server-named reply queue and starts routing replies to their callers.
+    pub async fn new(connection: &Connection) -> lapin::Result<Self> {
+        let channel = connection.create_channel().await?;
+        let private = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = channel.queue_declare("".into(), private, FieldTable::default()).await?;
+        let reply_queue = queue.name().to_string();
+        let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let mut consumer = channel.basic_consume(reply_queue.as_str().into(), "rpc-replies".into(), no_ack, FieldTable::default()).await?;
+        let (pending, late_replies): (Pending, _) = (Arc::default(), Arc::new(AtomicU64::new(0)));
+        let (routes, late) = (Arc::clone(&pending), Arc::clone(&late_replies));
+        // ANCHOR: route_replies
+        let replies = tokio::spawn(async move {
+            while let Some(Ok(reply)) = consumer.next().await {
+                let id = reply.properties.correlation_id().as_ref().map(|id| id.to_string()).unwrap_or_default();
+                let waiting = routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                match waiting {
+                    Some(caller) => {
+                        let _ = caller.send(reply.data);
+                    }
+                    None => {
+                        late.fetch_add(1, Ordering::Relaxed);
+                        warn!(correlation_id = %id, "a reply arrived after its caller stopped waiting: discarded");
+                    }
+                }
+            }
+        });
+        // ANCHOR_END: route_replies
+        Ok(RpcClient { channel, reply_queue, pending, late_replies, replies })
+    }
+
+    // ANCHOR: call
+    /// Sends `request` to `queue` and waits at most `wait` for the reply.
+    pub async fn call(&self, queue: &str, request: &[u8], wait: Duration) -> Result<Vec<u8>, RpcError> {
+        let id = Uuid::new_v4().to_string();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), reply_tx);
+        let properties = BasicProperties::default()
+            .with_reply_to(self.reply_queue.as_str().into())
+            .with_correlation_id(id.as_str().into())
+            .with_expiration(wait.as_millis().to_string().as_str().into());
+        let sent = self.channel.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), request, properties).await;
+        let answer = match sent {
+            Ok(_) => tokio::time::timeout(wait, reply_rx).await,
+            Err(e) => {
+                self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                return Err(e.into());
+            }
+        };
+        match answer {
+            Ok(Ok(reply)) => Ok(reply),
+            _ => {
+                // Forget the call: a reply that comes later finds no one and is discarded.
+                self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                Err(RpcError::Timeout(wait))
+            }
+        }
+    }
+    // ANCHOR_END: call
+
+    /// Replies that arrived after their caller had given up.
+    pub fn late_replies(&self) -> u64 {
+        self.late_replies.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RpcClient {
+    fn drop(&mut self) {
+        self.replies.abort();
+    }
+}
+
+// ANCHOR: serve
+/// The serving side: answers each request on `queue` with `handler`'s reply, sent to the request's
+/// `reply_to` with its `correlation_id`, then acknowledges the request. Runs until the channel closes.
+pub async fn serve<F, Fut>(channel: &Channel, queue: &str, mut handler: F) -> lapin::Result<()>
+where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: Future<Output = Vec<u8>>,
+{
+    channel.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await?;
+    let mut requests = channel.basic_consume(queue.into(), "rpc-server".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    while let Some(request) = requests.next().await {
+        let request = request?;
+        let (reply_to, id) = (request.properties.reply_to().clone(), request.properties.correlation_id().clone());
+        let reply = handler(request.data.clone()).await;
+        if let (Some(reply_to), Some(id)) = (reply_to, id) {
+            let properties = BasicProperties::default().with_correlation_id(id);
+            channel.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &reply, properties).await?;
+        }
+        request.ack(BasicAckOptions::default()).await?;
+    }
+    Ok(())
+}
+// ANCHOR_END: serve
