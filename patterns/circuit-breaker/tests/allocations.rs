@@ -10,7 +10,7 @@ mod counting;
 #[global_allocator]
 static GLOBAL: counting::Counting = counting::Counting;
 
-/// One test function, so no other test thread allocates while this one counts.
+/// Counted on this thread only (the runtime is current-thread, so the breaker runs here too).
 #[test]
 fn closed_calls_make_no_heap_allocation() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();

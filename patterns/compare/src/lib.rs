@@ -1,4 +1,5 @@
-//! Comparing protocols, measured: the tools behind `cargo run --release --example protocol_bench`.
+//! Comparing protocols, measured: the tools behind `cargo run --release --example protocol_bench`
+//! (request/response) and `cargo run --release --example messaging_bench` (the brokers).
 //!
 //! Latency figures only mean something next to a baseline taken on the same machine in the same
 //! run: this crate's baseline is a raw TCP echo ([`echo`]), the least work a request/response
