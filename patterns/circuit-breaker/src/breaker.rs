@@ -134,6 +134,15 @@ enum Window {
     Time(TimeWindow),
 }
 
+impl Window {
+    fn clear(&mut self) {
+        match self {
+            Window::Count(w) => w.clear(),
+            Window::Time(w) => w.clear(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct HalfOpenState {
     started: Option<Instant>,
@@ -444,7 +453,8 @@ impl Shared {
         let transition = match ticket.kind {
             TicketKind::Closed if outcome == Outcome::Ignored => None,
             TicketKind::Closed => {
-                let judge = match &mut m.window {
+                // The totals to judge, or `None` when this record cannot change the verdict.
+                let totals = match &mut m.window {
                     Window::Count(w) => {
                         w.record(sample);
                         let totals = w.totals();
@@ -452,16 +462,18 @@ impl Shared {
                         self.all_clear.store(clear, Ordering::Release);
                         // In a count window a plain success cannot raise either rate, so it can
                         // only open the breaker by bringing the window up to the minimum.
-                        sample != Sample::default() || totals.calls == self.config.minimum_calls
+                        (sample != Sample::default() || totals.calls == self.config.minimum_calls).then_some(totals)
                     }
                     Window::Time(w) => {
                         // Time-based eviction can raise a rate at any record: always judge.
-                        w.record(Instant::now() - self.start, sample);
-                        true
+                        let at = Instant::now() - self.start;
+                        w.record(at, sample);
+                        Some(w.totals(at))
                     }
                 };
-                let totals = if judge { self.window_totals(&mut m) } else { Totals::default() };
-                self.verdict_closed(totals).map(|reason| self.transition(&mut m, State::Open, reason, Instant::now()))
+                totals
+                    .and_then(|totals| self.verdict_closed(totals))
+                    .map(|reason| self.transition(&mut m, State::Open, reason, Instant::now()))
             }
             TicketKind::Probe if outcome == Outcome::Ignored => {
                 m.half_open.issued -= 1; // an ignored probe proved nothing: let someone else probe
@@ -536,10 +548,7 @@ impl Shared {
         m.state = to;
         m.generation += 1;
         self.all_clear.store(false, Ordering::Release);
-        match &mut m.window {
-            Window::Count(w) => w.clear(),
-            Window::Time(w) => w.clear(),
-        }
+        m.window.clear();
         m.opened_at = (to == State::Open).then_some(now);
         m.half_open = HalfOpenState { started: (to == State::HalfOpen).then_some(now), ..HalfOpenState::default() };
         self.word.store(m.generation << 8 | to as u64, Ordering::Release);
@@ -552,10 +561,7 @@ impl Shared {
     fn set(&self, to: State, reason: Reason) {
         let mut m = self.lock();
         let transition = if m.state == to {
-            match &mut m.window {
-                Window::Count(w) => w.clear(),
-                Window::Time(w) => w.clear(),
-            }
+            m.window.clear();
             self.all_clear.store(false, Ordering::Release);
             None
         } else {

@@ -2,7 +2,7 @@
 
 use std::future::IntoFuture;
 
-use crate::breaker::{CircuitBreaker, Outcome, Rejected};
+use crate::breaker::{CircuitBreaker, Rejected};
 use crate::classify::{AnyError, Classify};
 
 // ANCHOR: CallError
@@ -39,9 +39,4 @@ impl CircuitBreaker {
         result.map_err(CallError::Inner)
     }
     // ANCHOR_END: call
-
-    /// Records an outcome without a call, for callers that judge results themselves.
-    pub fn record_outcome(&self, outcome: Outcome) -> Result<(), Rejected> {
-        self.try_acquire().map(|permit| permit.record(outcome))
-    }
 }
