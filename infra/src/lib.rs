@@ -20,6 +20,11 @@ pub fn kafka_brokers() -> String {
     env_or("KAFKA_BROKERS", "127.0.0.1:9092")
 }
 
+/// The first of the `KAFKA_BROKERS` addresses, `host:port`: where a plain connection check goes.
+pub fn first_kafka_broker() -> String {
+    kafka_brokers().split(',').next().unwrap_or_default().trim().to_owned()
+}
+
 /// RabbitMQ URI: `AMQP_ADDR`, default `amqp://guest:guest@127.0.0.1:5672/%2f` (the default vhost).
 pub fn amqp_addr() -> String {
     env_or("AMQP_ADDR", "amqp://guest:guest@127.0.0.1:5672/%2f")

@@ -61,7 +61,7 @@ impl Broker {
     fn host_port(self) -> Result<String, Fail> {
         let addr = self.address();
         match self {
-            Broker::Kafka => Ok(addr.split(',').next().unwrap_or_default().trim().to_owned()),
+            Broker::Kafka => Ok(infra::first_kafka_broker()),
             Broker::RabbitMq => Ok(AmqpUri::parse(&addr).map_err(Fail::msg)?.host_port),
             Broker::Postgres => Ok(PgUrl::parse(&addr).map_err(Fail::msg)?.host_port),
         }
@@ -71,7 +71,7 @@ impl Broker {
         let addr = self.address();
         let bad_config = |e: String| ProbeError::Protocol(format!("{}: {e}", self.env_var()));
         match self {
-            Broker::Kafka => probe::kafka(addr.split(',').next().unwrap_or_default().trim())
+            Broker::Kafka => probe::kafka(&infra::first_kafka_broker())
                 .map(|brokers| format!("Kafka API, advertises {}", brokers.join(", "))),
             Broker::RabbitMq => probe::amqp(&AmqpUri::parse(&addr).map_err(bad_config)?),
             Broker::Postgres => probe::postgres(&PgUrl::parse(&addr).map_err(bad_config)?),

@@ -138,8 +138,7 @@ fn subscribe(brokers: &str, group: &str, topic: &str) -> anyhow::Result<StreamCo
 async fn brokers(topic: &str, dlq: &str) -> anyhow::Result<(String, Option<MockCluster<'static, DefaultProducerContext>>)> {
     let brokers = infra::kafka_brokers();
     // Nothing listening at all: no need to wait for the client's own connection retries.
-    let first = brokers.split(',').next().unwrap_or_default().to_owned();
-    let listening = matches!(timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(first)).await, Ok(Ok(_)));
+    let listening = matches!(timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(infra::first_kafka_broker())).await, Ok(Ok(_)));
     let created = if listening { timeout(Duration::from_secs(10), create_topics(&brokers, &[(topic, 3), (dlq, 1)])).await.ok() } else { None };
     match created {
         Some(Ok(())) => {

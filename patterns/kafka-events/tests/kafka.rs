@@ -38,21 +38,17 @@ async fn fixture(partitions: i32) -> Option<Fixture> {
     let (topic, dlq) = (unique("orders"), unique("orders-dlq"));
     match timeout(STEP, create_topics(&brokers, &[(&topic, partitions), (&dlq, 1)])).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return infra::unavailable("Kafka", &brokers, e).and(None),
-        Err(_) => return infra::unavailable("Kafka", &brokers, "no answer to CreateTopics").and(None),
+        Ok(Err(e)) => {
+            infra::unavailable("Kafka", &brokers, e);
+            return None;
+        }
+        Err(_) => {
+            infra::unavailable("Kafka", &brokers, "no answer to CreateTopics");
+            return None;
+        }
     }
     let producer = producer(&brokers).expect("producer config");
     Some(Fixture { brokers, topic, dlq, producer })
-}
-
-trait AndNone {
-    fn and<T>(self, none: Option<T>) -> Option<T>;
-}
-
-impl AndNone for () {
-    fn and<T>(self, none: Option<T>) -> Option<T> {
-        none
-    }
 }
 
 fn order(order_id: &str, customer_id: &str, total_cents: u64) -> OrderPlaced {

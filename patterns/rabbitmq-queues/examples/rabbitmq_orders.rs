@@ -9,7 +9,6 @@
 //! Needs a broker: `cargo xtask brokers up` (or `docker compose up -d --wait`).
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -47,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     for (i, payment) in payments.iter().enumerate() {
         if i == 3 && flags.has("--drop-connection") {
             checkout.in_scope(|| warn!("the broker drops every connection now"));
-            drop_all_connections()?;
+            rabbitmq_queues::admin::close_all_connections("example: the broker drops every connection").map_err(anyhow::Error::msg)?;
         }
         let attempts = publish_until_confirmed(&channel, "", &names.captures, payment.as_bytes(), persistent()).await?;
         checkout.in_scope(|| info!(attempts, "capture {payment} published and confirmed"));
@@ -178,16 +177,5 @@ async fn stock_check(connection: &Connection, queue: &str) -> anyhow::Result<()>
     .context("the slow reply never came")?;
     span.in_scope(|| info!("the late sencha reply arrived and was discarded: no caller was waiting for it"));
     server.abort();
-    Ok(())
-}
-
-/// Asks the broker to close every client connection (`rabbitmqctl`, natively or in the compose container).
-fn drop_all_connections() -> anyhow::Result<()> {
-    let args = ["close_all_connections", "example: the broker drops every connection"];
-    if Command::new("rabbitmqctl").args(args).output().is_ok_and(|o| o.status.success()) {
-        return Ok(());
-    }
-    let compose = Command::new("docker").args(["compose", "exec", "-T", "rabbitmq", "rabbitmqctl"]).args(args).output();
-    ensure!(compose.is_ok_and(|o| o.status.success()), "--drop-connection needs `rabbitmqctl` (native broker) or `docker compose exec rabbitmq rabbitmqctl`");
     Ok(())
 }

@@ -80,22 +80,19 @@ impl RpcClient {
             .with_reply_to(self.reply_queue.as_str().into())
             .with_correlation_id(id.as_str().into())
             .with_expiration(wait.as_millis().to_string().as_str().into());
-        let sent = self.channel.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), request, properties).await;
-        let answer = match sent {
-            Ok(_) => tokio::time::timeout(wait, reply_rx).await,
-            Err(e) => {
-                self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                return Err(e.into());
+        let answer = async {
+            self.channel.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), request, properties).await?;
+            match tokio::time::timeout(wait, reply_rx).await {
+                Ok(Ok(reply)) => Ok(reply),
+                _ => Err(RpcError::Timeout(wait)),
             }
         };
-        match answer {
-            Ok(Ok(reply)) => Ok(reply),
-            _ => {
-                // Forget the call: a reply that comes later finds no one and is discarded.
-                self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                Err(RpcError::Timeout(wait))
-            }
+        let answer = answer.await;
+        if answer.is_err() {
+            // Forget the call: a reply that comes later finds no one and is discarded.
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         }
+        answer
     }
     // ANCHOR_END: call
 

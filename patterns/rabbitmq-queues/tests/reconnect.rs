@@ -5,7 +5,6 @@
 //! the broker: test files run one after another, so no other test is disturbed.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,22 +16,6 @@ use rabbitmq_queues::topology;
 use tokio::time::timeout;
 
 const STEP: Duration = Duration::from_secs(60);
-
-/// Asks the broker to close every client connection: natively with `rabbitmqctl`, or inside the
-/// compose container. Returns why it could not, if neither works.
-fn close_all_connections() -> Result<(), String> {
-    let args = ["close_all_connections", "test: the broker drops every connection"];
-    let native = Command::new("rabbitmqctl").args(args).output();
-    if native.as_ref().is_ok_and(|o| o.status.success()) {
-        return Ok(());
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let compose = Command::new("docker").args(["compose", "exec", "-T", "rabbitmq", "rabbitmqctl"]).args(args).current_dir(root).output();
-    match compose {
-        Ok(o) if o.status.success() => Ok(()),
-        _ => Err(format!("neither `rabbitmqctl` nor `docker compose exec rabbitmq rabbitmqctl` could close connections ({native:?})")),
-    }
-}
 
 // ANCHOR: reconnect_test
 #[tokio::test]
@@ -70,7 +53,7 @@ async fn publisher_and_consumer_recover_and_no_confirmed_message_is_lost() {
     let mut resent = 0;
     for i in 0..200 {
         if i == 50 {
-            if let Err(why) = close_all_connections() {
+            if let Err(why) = rabbitmq_queues::admin::close_all_connections("test: the broker drops every connection") {
                 return infra::unavailable("RabbitMQ (management)", &uri, why);
             }
         }
