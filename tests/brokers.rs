@@ -35,26 +35,54 @@ async fn kafka_produce_then_consume_through_a_consumer_group() {
 
     // Topics are created explicitly: the broker may not auto-create them (Tansu does not, and
     // production clusters usually forbid it).
-    let admin: AdminClient<_> = config.create().expect("admin client config is valid");
+    let admin: AdminClient<_> =
+        config.create().expect("admin client config is valid");
     let topic = unique("smoke-orders");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let created = timeout(STEP, admin.create_topics(&[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))], &options)).await;
+    let options =
+        AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let created = timeout(
+        STEP,
+        admin.create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &options,
+        ),
+    )
+    .await;
     match created {
         Ok(Ok(results)) => {
             for result in results {
-                result.unwrap_or_else(|(name, code)| panic!("creating topic {name} failed: {code}"));
+                result.unwrap_or_else(|(name, code)| {
+                    panic!("creating topic {name} failed: {code}")
+                });
             }
         }
         Ok(Err(e)) => return infra::unavailable("Kafka", &brokers, e),
-        Err(_) => return infra::unavailable("Kafka", &brokers, "no answer to CreateTopics within 30s"),
+        Err(_) => {
+            return infra::unavailable(
+                "Kafka",
+                &brokers,
+                "no answer to CreateTopics within 30s",
+            );
+        }
     }
 
-    let producer: FutureProducer = config.clone().set("message.timeout.ms", "10000").create().expect("producer config is valid");
-    for (key, payload) in [("order-1", "placed"), ("order-1", "paid"), ("order-2", "placed")] {
+    let producer: FutureProducer = config
+        .clone()
+        .set("message.timeout.ms", "10000")
+        .create()
+        .expect("producer config is valid");
+    for (key, payload) in
+        [("order-1", "placed"), ("order-1", "paid"), ("order-2", "placed")]
+    {
         producer
-            .send(FutureRecord::to(&topic).key(key).payload(payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
             .await
-            .unwrap_or_else(|(e, _)| panic!("producing {key}={payload} failed: {e}"));
+            .unwrap_or_else(|(e, _)| {
+                panic!("producing {key}={payload} failed: {e}")
+            });
     }
 
     let consumer: StreamConsumer = config
@@ -69,40 +97,71 @@ async fn kafka_produce_then_consume_through_a_consumer_group() {
     while received.len() < 3 {
         let message = timeout(STEP, consumer.recv())
             .await
-            .unwrap_or_else(|_| panic!("only {} of 3 messages arrived within 30s: {received:?}", received.len()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of 3 messages arrived within 30s: {received:?}",
+                    received.len()
+                )
+            })
             .expect("consume");
-        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-        let payload = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+        let key =
+            String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        let payload = String::from_utf8_lossy(message.payload().unwrap_or_default())
+            .into_owned();
         received.push((key, payload));
         consumer.commit_message(&message, CommitMode::Sync).expect("commit offset");
     }
     // One partition: the log order is the produce order.
-    let expected = [("order-1", "placed"), ("order-1", "paid"), ("order-2", "placed")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let expected =
+        [("order-1", "placed"), ("order-1", "paid"), ("order-2", "placed")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
     assert_eq!(received, expected);
 
-    let committed = consumer.committed(Duration::from_secs(10)).expect("read committed offsets");
+    let committed =
+        consumer.committed(Duration::from_secs(10)).expect("read committed offsets");
     let offsets: Vec<_> = committed.elements().iter().map(|e| e.offset()).collect();
-    assert_eq!(offsets, [rdkafka::Offset::Offset(3)], "the group committed past all three messages");
+    assert_eq!(
+        offsets,
+        [rdkafka::Offset::Offset(3)],
+        "the group committed past all three messages"
+    );
     consumer.unsubscribe();
 }
 
 #[tokio::test]
 async fn rabbitmq_publish_with_confirm_then_consume_with_ack() {
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    };
     use lapin::types::FieldTable;
     use lapin::{BasicProperties, Connection, ConnectionProperties};
 
     let addr = infra::amqp_addr();
-    let conn = match timeout(STEP, Connection::connect(&addr, ConnectionProperties::default())).await {
+    let conn = match timeout(
+        STEP,
+        Connection::connect(&addr, ConnectionProperties::default()),
+    )
+    .await
+    {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return infra::unavailable("RabbitMQ", &addr, e),
-        Err(_) => return infra::unavailable("RabbitMQ", &addr, "no answer within 30s"),
+        Err(_) => {
+            return infra::unavailable("RabbitMQ", &addr, "no answer within 30s");
+        }
     };
     let channel = conn.create_channel().await.expect("open channel");
-    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("enable publisher confirms");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("enable publisher confirms");
     let queue = unique("smoke.orders");
     channel
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
         .await
         .expect("declare queue");
 
@@ -118,10 +177,18 @@ async fn rabbitmq_publish_with_confirm_then_consume_with_ack() {
         .expect("publish")
         .await
         .expect("publisher confirm");
-    assert!(confirm.is_ack(), "the broker must ack (not nack) a publish to a declared queue: {confirm:?}");
+    assert!(
+        confirm.is_ack(),
+        "the broker must ack (not nack) a publish to a declared queue: {confirm:?}"
+    );
 
     let mut consumer = channel
-        .basic_consume(queue.as_str().into(), "smoke".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            "smoke".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("consume");
     let delivery = timeout(STEP, consumer.next())
@@ -132,7 +199,10 @@ async fn rabbitmq_publish_with_confirm_then_consume_with_ack() {
     assert_eq!(delivery.data, br#"{"order_id":"order-1"}"#);
     delivery.ack(BasicAckOptions::default()).await.expect("ack");
 
-    let deleted = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.expect("delete queue");
+    let deleted = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete queue");
     assert_eq!(deleted, 0, "the acked message must not still be in the queue");
     conn.close(200, "smoke test done".into()).await.expect("close connection");
 }
@@ -140,11 +210,20 @@ async fn rabbitmq_publish_with_confirm_then_consume_with_ack() {
 #[tokio::test]
 async fn postgres_sql_round_trip() {
     let url = infra::database_url();
-    let (client, connection) = match timeout(STEP, tokio_postgres::connect(&url, tokio_postgres::NoTls)).await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return infra::unavailable("PostgreSQL", &url, e),
-        Err(_) => return infra::unavailable("PostgreSQL", &url, "no answer within 30s"),
-    };
+    let (client, connection) =
+        match timeout(STEP, tokio_postgres::connect(&url, tokio_postgres::NoTls))
+            .await
+        {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return infra::unavailable("PostgreSQL", &url, e),
+            Err(_) => {
+                return infra::unavailable(
+                    "PostgreSQL",
+                    &url,
+                    "no answer within 30s",
+                );
+            }
+        };
     let driver = tokio::spawn(connection);
 
     let table = unique("smoke_orders").replace('-', "_");
@@ -153,11 +232,22 @@ async fn postgres_sql_round_trip() {
         .await
         .expect("create table");
     let inserted = client
-        .execute(&format!("INSERT INTO {table} (id, total_cents) VALUES ($1, $2), ($3, $4)"), &[&"order-1", &1250i64, &"order-2", &399i64])
+        .execute(
+            &format!(
+                "INSERT INTO {table} (id, total_cents) VALUES ($1, $2), ($3, $4)"
+            ),
+            &[&"order-1", &1250i64, &"order-2", &399i64],
+        )
         .await
         .expect("insert");
     assert_eq!(inserted, 2);
-    let row = client.query_one(&format!("SELECT count(*), sum(total_cents)::BIGINT FROM {table}"), &[]).await.expect("select");
+    let row = client
+        .query_one(
+            &format!("SELECT count(*), sum(total_cents)::BIGINT FROM {table}"),
+            &[],
+        )
+        .await
+        .expect("select");
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2, 1649));
 
     drop(client);

@@ -21,7 +21,8 @@ fn root() -> PathBuf {
 }
 
 fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
 /// Files under `dir` (recursively) whose name ends with `suffix`, skipping build output and VCS.
@@ -29,11 +30,17 @@ fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).flatten() {
+        for entry in fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .flatten()
+        {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
             if path.is_dir() {
-                if !matches!(name.as_str(), "target" | ".git" | "build" | "node_modules" | "mdbook-quiz") {
+                if !matches!(
+                    name.as_str(),
+                    "target" | ".git" | "build" | "node_modules" | "mdbook-quiz"
+                ) {
                     stack.push(path);
                 }
             } else if name.ends_with(suffix) {
@@ -46,19 +53,30 @@ fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 }
 
 fn chapters() -> Vec<PathBuf> {
-    files(&root().join("book/src"), ".md").into_iter().filter(|p| !p.ends_with("SUMMARY.md")).collect()
+    files(&root().join("book/src"), ".md")
+        .into_iter()
+        .filter(|p| !p.ends_with("SUMMARY.md"))
+        .collect()
 }
 
 /// Every `{{#<directive> <argument>}}` in a Markdown text.
 fn directives<'a>(markdown: &'a str, directive: &str) -> Vec<&'a str> {
     let open = format!("{{{{#{directive} ");
-    markdown.match_indices(&open).filter_map(|(at, _)| markdown[at + open.len()..].split_once("}}").map(|(arg, _)| arg.trim())).collect()
+    markdown
+        .match_indices(&open)
+        .filter_map(|(at, _)| {
+            markdown[at + open.len()..].split_once("}}").map(|(arg, _)| arg.trim())
+        })
+        .collect()
 }
 
 /// The lines between `ANCHOR: name` and `ANCHOR_END: name`, without nested anchor markers.
 fn anchor_body(source: &str, name: &str) -> Option<String> {
     let is_marker = |line: &str, kind: &str| {
-        line.split_once(kind).is_some_and(|(_, rest)| rest.trim().trim_end_matches("*/").trim().trim_end_matches("-->").trim() == name)
+        line.split_once(kind).is_some_and(|(_, rest)| {
+            rest.trim().trim_end_matches("*/").trim().trim_end_matches("-->").trim()
+                == name
+        })
     };
     let mut lines = source.lines().skip_while(|l| !is_marker(l, "ANCHOR: "));
     lines.next()?;
@@ -82,10 +100,13 @@ fn every_book_include_resolves_to_a_non_empty_anchor() {
         let text = read(&chapter);
         for include in directives(&text, "include") {
             count += 1;
-            let (file, anchor) = include.split_once(':').map_or((include, None), |(f, a)| (f, Some(a)));
+            let (file, anchor) = include
+                .split_once(':')
+                .map_or((include, None), |(f, a)| (f, Some(a)));
             let target = chapter.parent().unwrap().join(file);
             let Ok(source) = fs::read_to_string(&target) else {
-                problems.push(format!("{}: {include}: no such file", chapter.display()));
+                problems
+                    .push(format!("{}: {include}: no such file", chapter.display()));
                 continue;
             };
             let body = match anchor {
@@ -94,13 +115,22 @@ fn every_book_include_resolves_to_a_non_empty_anchor() {
             };
             match body {
                 Some(body) if !body.trim().is_empty() => {}
-                Some(_) => problems.push(format!("{}: {include}: the anchor is empty", chapter.display())),
-                None => problems.push(format!("{}: {include}: no ANCHOR/ANCHOR_END pair with that name", chapter.display())),
+                Some(_) => problems.push(format!(
+                    "{}: {include}: the anchor is empty",
+                    chapter.display()
+                )),
+                None => problems.push(format!(
+                    "{}: {include}: no ANCHOR/ANCHOR_END pair with that name",
+                    chapter.display()
+                )),
             }
         }
     }
     assert!(problems.is_empty(), "broken includes:\n{}", problems.join("\n"));
-    assert!(count >= 20, "only {count} includes found: is the book still including its code?");
+    assert!(
+        count >= 20,
+        "only {count} includes found: is the book still including its code?"
+    );
 }
 
 #[test]
@@ -110,7 +140,11 @@ fn every_rust_file_starts_with_a_module_header() {
         .filter(|path| !read(path).trim_start().starts_with("//!"))
         .map(|path| path.strip_prefix(root()).unwrap().display().to_string())
         .collect();
-    assert!(missing.is_empty(), "these files need a `//!` header saying what they are for:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "these files need a `//!` header saying what they are for:\n{}",
+        missing.join("\n")
+    );
 }
 
 /// `(title, file)` for each numbered chapter in SUMMARY.md (list items; the introduction is not one).
@@ -134,8 +168,15 @@ fn every_chapter_but_the_introduction_ends_with_its_quiz() {
         let stem = file.trim_end_matches(".md");
         let expected = format!("../quizzes/{stem}.toml");
         let quizzes = directives(&text, "quiz");
-        assert_eq!(quizzes, [expected.as_str()], "chapter {title:?} ({file}) must embed exactly {{{{#quiz {expected}}}}}");
-        assert!(root().join("book/quizzes").join(format!("{stem}.toml")).exists(), "chapter {title:?}: {expected} is missing");
+        assert_eq!(
+            quizzes,
+            [expected.as_str()],
+            "chapter {title:?} ({file}) must embed exactly {{{{#quiz {expected}}}}}"
+        );
+        assert!(
+            root().join("book/quizzes").join(format!("{stem}.toml")).exists(),
+            "chapter {title:?}: {expected} is missing"
+        );
     }
 }
 
@@ -146,10 +187,20 @@ fn every_quiz_parses_and_explains_its_answers() {
     assert!(!quizzes.is_empty());
     for path in quizzes {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let quiz = quiz_schema::parse(&read(&path)).unwrap_or_else(|e| panic!("{name} does not match the mdbook-quiz schema: {e}"));
-        assert!(quiz.questions.len() >= 8, "{name}: {} questions, at least 8 wanted", quiz.questions.len());
-        let about_examples = quiz.questions.iter().filter(|q| q.prompt().contains("example")).count();
-        assert!(about_examples >= 2, "{name}: only {about_examples} questions about the chapter's example (at least 2 wanted)");
+        let quiz = quiz_schema::parse(&read(&path)).unwrap_or_else(|e| {
+            panic!("{name} does not match the mdbook-quiz schema: {e}")
+        });
+        assert!(
+            quiz.questions.len() >= 8,
+            "{name}: {} questions, at least 8 wanted",
+            quiz.questions.len()
+        );
+        let about_examples =
+            quiz.questions.iter().filter(|q| q.prompt().contains("example")).count();
+        assert!(
+            about_examples >= 2,
+            "{name}: only {about_examples} questions about the chapter's example (at least 2 wanted)"
+        );
         for (i, question) in quiz.questions.iter().enumerate() {
             let at = format!("{name} question {}", i + 1);
             assert!(!question.prompt().trim().is_empty(), "{at}: empty prompt");
@@ -158,14 +209,22 @@ fn every_quiz_parses_and_explains_its_answers() {
                 let distractors = &q.prompt.distractors;
                 assert!(distractors.len() >= 2, "{at}: at least two distractors");
                 // Every wrong option needs its own explanation: a sentence or more for each.
-                assert!(context.len() >= 80 * distractors.len(), "{at}: the context must explain the answer and each of the {} distractors", distractors.len());
-                let mut options: Vec<&String> = distractors.iter().chain(q.answer.answer.as_slice()).collect();
+                assert!(
+                    context.len() >= 80 * distractors.len(),
+                    "{at}: the context must explain the answer and each of the {} distractors",
+                    distractors.len()
+                );
+                let mut options: Vec<&String> =
+                    distractors.iter().chain(q.answer.answer.as_slice()).collect();
                 let total = options.len();
                 options.sort();
                 options.dedup();
                 assert_eq!(options.len(), total, "{at}: two options are identical");
             } else {
-                assert!(context.len() >= 80, "{at}: the context must explain the answer");
+                assert!(
+                    context.len() >= 80,
+                    "{at}: the context must explain the answer"
+                );
             }
         }
     }
@@ -174,11 +233,24 @@ fn every_quiz_parses_and_explains_its_answers() {
 /// Example name -> the files that define it.
 fn examples_in_workspace() -> BTreeMap<String, Vec<PathBuf>> {
     let mut dirs = vec![root().join("examples")];
-    dirs.extend(fs::read_dir(root().join("patterns")).unwrap().flatten().map(|e| e.path().join("examples")));
+    dirs.extend(
+        fs::read_dir(root().join("patterns"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join("examples")),
+    );
     let mut examples: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for dir in dirs.into_iter().filter(|d| d.is_dir()) {
-        for file in fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "rs")) {
-            examples.entry(file.file_stem().unwrap().to_string_lossy().into_owned()).or_default().push(file);
+        for file in fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        {
+            examples
+                .entry(file.file_stem().unwrap().to_string_lossy().into_owned())
+                .or_default()
+                .push(file);
         }
     }
     examples
@@ -187,7 +259,12 @@ fn examples_in_workspace() -> BTreeMap<String, Vec<PathBuf>> {
 /// Names after `--example ` in a text; a placeholder such as `--example ...` names nothing.
 fn examples_named_in(text: &str) -> BTreeSet<String> {
     text.match_indices("--example ")
-        .map(|(at, flag)| text[at + flag.len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<String>())
+        .map(|(at, flag)| {
+            text[at + flag.len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
         .filter(|name| !name.is_empty())
         .collect()
 }
@@ -195,8 +272,12 @@ fn examples_named_in(text: &str) -> BTreeSet<String> {
 #[test]
 fn example_names_are_unique_across_the_workspace() {
     let examples = examples_in_workspace();
-    let clashes: Vec<_> = examples.iter().filter(|(_, files)| files.len() > 1).collect();
-    assert!(clashes.is_empty(), "`cargo run --example NAME` from the root needs unique names: {clashes:?}");
+    let clashes: Vec<_> =
+        examples.iter().filter(|(_, files)| files.len() > 1).collect();
+    assert!(
+        clashes.is_empty(),
+        "`cargo run --example NAME` from the root needs unique names: {clashes:?}"
+    );
 }
 
 #[test]
@@ -207,21 +288,39 @@ fn every_example_the_readme_and_the_book_name_exists() {
     for source in sources {
         let named = examples_named_in(&read(&source));
         for name in named {
-            assert!(examples.contains_key(&name), "{} runs `--example {name}`, which does not exist", source.display());
+            assert!(
+                examples.contains_key(&name),
+                "{} runs `--example {name}`, which does not exist",
+                source.display()
+            );
         }
     }
     let in_readme = examples_named_in(&read(&root().join("README.md")));
-    let unlisted: Vec<_> = examples.keys().filter(|name| !in_readme.contains(*name)).collect();
-    assert!(unlisted.is_empty(), "every example belongs in the README's table: {unlisted:?}");
+    let unlisted: Vec<_> =
+        examples.keys().filter(|name| !in_readme.contains(*name)).collect();
+    assert!(
+        unlisted.is_empty(),
+        "every example belongs in the README's table: {unlisted:?}"
+    );
 }
 
 #[test]
 fn ci_runs_the_test_command_the_readme_gives() {
     let ci = read(&root().join(".ci/run"));
     let readme = read(&root().join("README.md"));
-    let commands: Vec<&str> = ci.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    assert!(commands.iter().any(|c| c.ends_with("cargo xtask test")), ".ci/run must call `cargo xtask test`: {commands:?}");
-    assert!(readme.contains("cargo xtask test"), "the README must give `cargo xtask test` as the test command");
+    let commands: Vec<&str> = ci
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(
+        commands.iter().any(|c| c.ends_with("cargo xtask test")),
+        ".ci/run must call `cargo xtask test`: {commands:?}"
+    );
+    assert!(
+        readme.contains("cargo xtask test"),
+        "the README must give `cargo xtask test` as the test command"
+    );
 }
 
 #[test]
@@ -229,7 +328,11 @@ fn every_pattern_crate_has_a_readme() {
     for entry in fs::read_dir(root().join("patterns")).unwrap().flatten() {
         let readme = entry.path().join("README.md");
         assert!(readme.exists(), "{} has no README.md", entry.path().display());
-        assert!(read(&readme).contains("cargo run"), "{} should say how to run its examples", readme.display());
+        assert!(
+            read(&readme).contains("cargo run"),
+            "{} should say how to run its examples",
+            readme.display()
+        );
     }
 }
 
@@ -239,5 +342,8 @@ fn anchors_are_found_the_way_mdbook_finds_them() {
     assert_eq!(anchor_body(source, "outer").as_deref(), Some("b\nc"));
     assert_eq!(anchor_body(source, "inner").as_deref(), Some("c"));
     assert_eq!(anchor_body(source, "inne"), None, "anchor names match whole");
-    assert_eq!(directives("x {{#include ../a.rs:b}} y {{#quiz q.toml}}", "include"), ["../a.rs:b"]);
+    assert_eq!(
+        directives("x {{#include ../a.rs:b}} y {{#quiz q.toml}}", "include"),
+        ["../a.rs:b"]
+    );
 }

@@ -11,7 +11,10 @@ use tracing_subscriber::EnvFilter;
 /// colours only when stdout is a terminal.
 pub fn init_logging() {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_ansi(std::io::stdout().is_terminal())
         .with_target(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())
@@ -28,10 +31,16 @@ impl Flags {
         Self::from_args(std::env::args().skip(1), known)
     }
 
-    fn from_args(args: impl Iterator<Item = String>, known: &[&str]) -> Result<Flags, String> {
+    fn from_args(
+        args: impl Iterator<Item = String>,
+        known: &[&str],
+    ) -> Result<Flags, String> {
         let args: Vec<String> = args.collect();
         match args.iter().find(|a| !known.contains(&a.as_str())) {
-            Some(unknown) => Err(format!("unknown argument {unknown:?}; this example knows {}", known.join(", "))),
+            Some(unknown) => Err(format!(
+                "unknown argument {unknown:?}; this example knows {}",
+                known.join(", ")
+            )),
             None => Ok(Flags(args)),
         }
     }
@@ -51,9 +60,14 @@ mod tests {
 
     #[test]
     fn known_flags_are_read_and_unknown_ones_refused() {
-        let flags = Flags::from_args(args(&["--slow"]), &["--slow", "--invalid"]).unwrap();
+        let flags =
+            Flags::from_args(args(&["--slow"]), &["--slow", "--invalid"]).unwrap();
         assert!(flags.has("--slow") && !flags.has("--invalid"));
-        let err = Flags::from_args(args(&["--slwo"]), &["--slow", "--invalid"]).unwrap_err();
-        assert_eq!(err, "unknown argument \"--slwo\"; this example knows --slow, --invalid");
+        let err = Flags::from_args(args(&["--slwo"]), &["--slow", "--invalid"])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "unknown argument \"--slwo\"; this example knows --slow, --invalid"
+        );
     }
 }

@@ -17,7 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tonic_prost_build::configure()
             .build_server(with_server)
             .out_dir(&dir)
-            .compile_with_config(config, &[format!("proto/{version}/payments.proto")], &["proto".to_owned()])?;
+            .compile_with_config(
+                config,
+                &[format!("proto/{version}/payments.proto")],
+                &["proto".to_owned()],
+            )?;
     }
     Ok(())
 }

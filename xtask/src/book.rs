@@ -10,17 +10,24 @@ use std::time::{Duration, Instant};
 use crate::{Fail, cmd, run, run_quiet, workspace_root};
 
 /// (binary, crate, exact version).
-const TOOLS: [(&str, &str, &str); 3] =
-    [("mdbook", "mdbook", "0.5.4"), ("mdbook-quiz", "mdbook-quiz", "0.5.0"), ("mdbook-mermaid", "mdbook-mermaid", "0.17.1")];
+const TOOLS: [(&str, &str, &str); 3] = [
+    ("mdbook", "mdbook", "0.5.4"),
+    ("mdbook-quiz", "mdbook-quiz", "0.5.0"),
+    ("mdbook-mermaid", "mdbook-mermaid", "0.17.1"),
+];
 
 fn installed_version(binary: &str) -> Option<String> {
-    run_quiet(Command::new(binary).arg("--version"), Duration::from_secs(10)).ok().map(|v| v.trim().to_owned())
+    run_quiet(Command::new(binary).arg("--version"), Duration::from_secs(10))
+        .ok()
+        .map(|v| v.trim().to_owned())
 }
 
 fn ensure_tools() -> Result<(), Fail> {
     let missing: Vec<String> = TOOLS
         .iter()
-        .filter(|(bin, _, version)| !installed_version(bin).is_some_and(|v| v.ends_with(version)))
+        .filter(|(bin, _, version)| {
+            !installed_version(bin).is_some_and(|v| v.ends_with(version))
+        })
         .map(|(_, krate, version)| format!("{krate}@{version}"))
         .collect();
     if missing.is_empty() {
@@ -49,7 +56,9 @@ pub fn build() -> Result<(), Fail> {
 
 pub fn serve() -> Result<(), Fail> {
     ensure_tools()?;
-    run(Command::new("mdbook").args(["serve", "--hostname", "127.0.0.1"]).arg(workspace_root().join("book")))
+    run(Command::new("mdbook")
+        .args(["serve", "--hostname", "127.0.0.1"])
+        .arg(workspace_root().join("book")))
 }
 
 /// Every `cargo run ... --example ...` command written in README.md, in order, without repeats.
@@ -72,7 +81,10 @@ fn example_commands(markdown: &str) -> Vec<String> {
             continue;
         }
         for span in line.split('`').skip(1).step_by(2) {
-            if span.contains("cargo run") && span.contains("--example ") && !commands.iter().any(|c| c == span) {
+            if span.contains("cargo run")
+                && span.contains("--example ")
+                && !commands.iter().any(|c| c == span)
+            {
                 commands.push(span.to_owned());
             }
         }
@@ -89,6 +101,13 @@ mod tests {
         let md = "Run `cargo run --example a` first.\n| x | `SLOW=1 cargo run --example a -- --slow` |\n\
                   `cargo run --example a` again, and `cargo test` is not one.\n\
                   ```console\n$ cargo run --example fenced\n```\n`cargo run --example b`";
-        assert_eq!(example_commands(md), ["cargo run --example a", "SLOW=1 cargo run --example a -- --slow", "cargo run --example b"]);
+        assert_eq!(
+            example_commands(md),
+            [
+                "cargo run --example a",
+                "SLOW=1 cargo run --example a -- --slow",
+                "cargo run --example b"
+            ]
+        );
     }
 }

@@ -62,19 +62,31 @@ impl Broker {
         let addr = self.address();
         match self {
             Broker::Kafka => Ok(infra::first_kafka_broker()),
-            Broker::RabbitMq => Ok(AmqpUri::parse(&addr).map_err(Fail::msg)?.host_port),
-            Broker::Postgres => Ok(PgUrl::parse(&addr).map_err(Fail::msg)?.host_port),
+            Broker::RabbitMq => {
+                Ok(AmqpUri::parse(&addr).map_err(Fail::msg)?.host_port)
+            }
+            Broker::Postgres => {
+                Ok(PgUrl::parse(&addr).map_err(Fail::msg)?.host_port)
+            }
         }
     }
 
     fn probe(self) -> Result<String, ProbeError> {
         let addr = self.address();
-        let bad_config = |e: String| ProbeError::Protocol(format!("{}: {e}", self.env_var()));
+        let bad_config =
+            |e: String| ProbeError::Protocol(format!("{}: {e}", self.env_var()));
         match self {
-            Broker::Kafka => probe::kafka(&infra::first_kafka_broker())
-                .map(|brokers| format!("Kafka API, advertises {}", brokers.join(", "))),
-            Broker::RabbitMq => probe::amqp(&AmqpUri::parse(&addr).map_err(bad_config)?),
-            Broker::Postgres => probe::postgres(&PgUrl::parse(&addr).map_err(bad_config)?),
+            Broker::Kafka => {
+                probe::kafka(&infra::first_kafka_broker()).map(|brokers| {
+                    format!("Kafka API, advertises {}", brokers.join(", "))
+                })
+            }
+            Broker::RabbitMq => {
+                probe::amqp(&AmqpUri::parse(&addr).map_err(bad_config)?)
+            }
+            Broker::Postgres => {
+                probe::postgres(&PgUrl::parse(&addr).map_err(bad_config)?)
+            }
         }
     }
 }
@@ -110,7 +122,9 @@ impl Started {
 }
 
 fn state_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
     target.join("brokers")
 }
 
@@ -124,9 +138,11 @@ fn load_started() -> Vec<Started> {
 
 fn save_started(started: &[Started]) -> Result<(), Fail> {
     let dir = state_dir();
-    fs::create_dir_all(&dir).map_err(|e| Fail::msg(format!("cannot create {}: {e}", dir.display())))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| Fail::msg(format!("cannot create {}: {e}", dir.display())))?;
     let text: String = started.iter().map(|s| s.line() + "\n").collect();
-    fs::write(dir.join("started"), text).map_err(|e| Fail::msg(format!("cannot record started brokers: {e}")))
+    fs::write(dir.join("started"), text)
+        .map_err(|e| Fail::msg(format!("cannot record started brokers: {e}")))
 }
 
 fn print_row(broker: Broker, state: &str) {
@@ -159,10 +175,17 @@ pub fn up() -> Result<(), Fail> {
 
     let mut started = load_started();
     if container_engine() {
-        let services: Vec<&str> = missing.iter().map(|b| b.compose_service()).collect();
-        println!("brokers: container engine found; docker compose up -d --wait {}", services.join(" "));
+        let services: Vec<&str> =
+            missing.iter().map(|b| b.compose_service()).collect();
+        println!(
+            "brokers: container engine found; docker compose up -d --wait {}",
+            services.join(" ")
+        );
         let mut compose = Command::new("docker");
-        compose.args(["compose", "up", "-d", "--wait"]).args(&services).current_dir(workspace_root());
+        compose
+            .args(["compose", "up", "-d", "--wait"])
+            .args(&services)
+            .current_dir(workspace_root());
         run(&mut compose)?;
         started.extend(missing.iter().map(|b| Started::Compose(*b)));
     } else {
@@ -178,7 +201,11 @@ pub fn up() -> Result<(), Fail> {
                 Broker::RabbitMq => start_rabbitmq()?,
                 Broker::Postgres => start_postgres()?,
             }
-            println!("  {:<9} started in {:.1}s", broker.name(), began.elapsed().as_secs_f64());
+            println!(
+                "  {:<9} started in {:.1}s",
+                broker.name(),
+                began.elapsed().as_secs_f64()
+            );
         }
     }
     save_started(&started)?;
@@ -218,7 +245,9 @@ fn wait_ready(broker: Broker) -> Result<String, Fail> {
 pub fn down() -> Result<(), Fail> {
     let started = load_started();
     if started.is_empty() {
-        println!("brokers: nothing was started by `cargo xtask brokers up`; nothing to stop");
+        println!(
+            "brokers: nothing was started by `cargo xtask brokers up`; nothing to stop"
+        );
         return Ok(());
     }
     let mut compose: Vec<&str> = Vec::new();
@@ -236,7 +265,9 @@ pub fn down() -> Result<(), Fail> {
         match (stopped, entry.broker().probe()) {
             (Ok(()), _) => println!("  {name:<9} stopped"),
             // Its stop command failed because it was not running (a start that failed halfway).
-            (Err(_), Err(ProbeError::Refused(_))) => println!("  {name:<9} was not running"),
+            (Err(_), Err(ProbeError::Refused(_))) => {
+                println!("  {name:<9} was not running")
+            }
             (Err(e), _) => return Err(e),
         }
     }
@@ -282,7 +313,8 @@ fn container_engine() -> bool {
 }
 
 fn is_root() -> bool {
-    run_quiet(Command::new("id").arg("-u"), Duration::from_secs(5)).is_ok_and(|out| out.trim() == "0")
+    run_quiet(Command::new("id").arg("-u"), Duration::from_secs(5))
+        .is_ok_and(|out| out.trim() == "0")
 }
 
 /// Installs Debian packages when we may (root with apt-get), else says exactly what to run.
@@ -310,7 +342,9 @@ fn apt_install(packages: &[&str]) -> Result<(), Fail> {
 fn tansu_binary() -> Option<PathBuf> {
     let cargo_bin = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo"))
+        })
         .map(|home| home.join("bin").join("tansu"));
     if command_exists("tansu") {
         return Some(PathBuf::from("tansu"));
@@ -322,17 +356,29 @@ fn start_tansu() -> Result<(), Fail> {
     let tansu = match tansu_binary() {
         Some(path) => path,
         None => {
-            println!("  installing {TANSU} (cargo install --locked, once; about 9 minutes on 2 cores)");
+            println!(
+                "  installing {TANSU} (cargo install --locked, once; about 9 minutes on 2 cores)"
+            );
             let began = Instant::now();
-            run(Command::new(cmd::cargo()).args(["install", TANSU, "--locked", "--features", "dynostore"]))?;
+            run(Command::new(cmd::cargo()).args([
+                "install",
+                TANSU,
+                "--locked",
+                "--features",
+                "dynostore",
+            ]))?;
             println!("  installed {TANSU} in {:.0}s", began.elapsed().as_secs_f64());
-            tansu_binary().ok_or_else(|| Fail::msg("tansu installed but not found; is ~/.cargo/bin on PATH?"))?
+            tansu_binary().ok_or_else(|| {
+                Fail::msg("tansu installed but not found; is ~/.cargo/bin on PATH?")
+            })?
         }
     };
     let url = format!("tcp://{}", Broker::Kafka.host_port()?);
     let dir = state_dir();
-    fs::create_dir_all(&dir).map_err(|e| Fail::msg(format!("cannot create {}: {e}", dir.display())))?;
-    let log = fs::File::create(dir.join("tansu.log")).map_err(|e| Fail::msg(format!("tansu.log: {e}")))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| Fail::msg(format!("cannot create {}: {e}", dir.display())))?;
+    let log = fs::File::create(dir.join("tansu.log"))
+        .map_err(|e| Fail::msg(format!("tansu.log: {e}")))?;
     let log2 = log.try_clone().map_err(|e| Fail::msg(format!("tansu.log: {e}")))?;
     use std::os::unix::process::CommandExt;
     let child = Command::new(&tansu)
@@ -345,7 +391,8 @@ fn start_tansu() -> Result<(), Fail> {
         .process_group(0)
         .spawn()
         .map_err(|e| Fail::msg(format!("cannot start {}: {e}", tansu.display())))?;
-    fs::write(dir.join("tansu.pid"), child.id().to_string()).map_err(|e| Fail::msg(format!("tansu.pid: {e}")))?;
+    fs::write(dir.join("tansu.pid"), child.id().to_string())
+        .map_err(|e| Fail::msg(format!("tansu.pid: {e}")))?;
     Ok(())
 }
 
@@ -356,9 +403,14 @@ fn stop_tansu() -> Result<(), Fail> {
     // Ignore the outcome: a broker that already exited is stopped.
     let _ = run_quiet(Command::new("kill").arg(pid), Duration::from_secs(5));
     let began = Instant::now();
-    while run_quiet(Command::new("kill").args(["-0", pid]), Duration::from_secs(5)).is_ok() {
+    while run_quiet(Command::new("kill").args(["-0", pid]), Duration::from_secs(5))
+        .is_ok()
+    {
         if began.elapsed() > Duration::from_secs(10) {
-            let _ = run_quiet(Command::new("kill").args(["-9", pid]), Duration::from_secs(5));
+            let _ = run_quiet(
+                Command::new("kill").args(["-9", pid]),
+                Duration::from_secs(5),
+            );
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -395,7 +447,9 @@ fn postgres_bin() -> Option<PathBuf> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter_map(|e| {
+            Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin")))
+        })
         .filter(|(_, bin)| bin.join("initdb").exists())
         .collect();
     versions.sort();
@@ -425,7 +479,9 @@ fn pg_dir() -> PathBuf {
     let hash = workspace_root()
         .to_string_lossy()
         .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
     std::env::temp_dir().join(format!("shop-postgres-{hash:016x}"))
 }
 
@@ -434,15 +490,19 @@ fn start_postgres() -> Result<(), Fail> {
         Some(bin) => bin,
         None => {
             apt_install(&["postgresql"])?;
-            postgres_bin().ok_or_else(|| Fail::msg("postgresql installed but initdb not found"))?
+            postgres_bin().ok_or_else(|| {
+                Fail::msg("postgresql installed but initdb not found")
+            })?
         }
     };
     let url = PgUrl::parse(&infra::database_url()).map_err(Fail::msg)?;
-    let (host, port) = url.host_port.rsplit_once(':').unwrap_or((&url.host_port, "5432"));
+    let (host, port) =
+        url.host_port.rsplit_once(':').unwrap_or((&url.host_port, "5432"));
     let root = is_root();
     let dir = pg_dir();
     let data = dir.join("data");
-    fs::create_dir_all(&dir).map_err(|e| Fail::msg(format!("cannot create {}: {e}", dir.display())))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| Fail::msg(format!("cannot create {}: {e}", dir.display())))?;
     if root {
         run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir))?;
     }
@@ -453,7 +513,8 @@ fn start_postgres() -> Result<(), Fail> {
             .arg(&data)
             .stdout(Stdio::null()))?;
     }
-    let options = format!("-c listen_addresses={host} -p {port} -k {}", dir.display());
+    let options =
+        format!("-c listen_addresses={host} -p {port} -k {}", dir.display());
     run(pg_command(&bin, "pg_ctl", root)
         .args(["-D"])
         .arg(&data)
@@ -487,7 +548,11 @@ mod tests {
 
     #[test]
     fn started_lines_round_trip() {
-        for s in [Started::Native(Broker::Kafka), Started::Compose(Broker::Postgres), Started::Native(Broker::RabbitMq)] {
+        for s in [
+            Started::Native(Broker::Kafka),
+            Started::Compose(Broker::Postgres),
+            Started::Native(Broker::RabbitMq),
+        ] {
             assert_eq!(Started::parse(&s.line()), Some(s));
         }
         assert_eq!(Started::parse("kafka somehow"), None);

@@ -66,7 +66,10 @@ fn main() -> ExitCode {
 
 pub fn workspace_root() -> PathBuf {
     // xtask/Cargo.toml sits one level below the workspace root.
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 pub mod cmd {
@@ -77,8 +80,9 @@ pub mod cmd {
 }
 
 pub fn command_exists(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
+    })
 }
 
 fn describe(command: &Command) -> String {
@@ -94,8 +98,14 @@ fn describe(command: &Command) -> String {
 pub fn run(command: &mut Command) -> Result<(), Fail> {
     let line = describe(command);
     println!("  $ {line}");
-    let status = command.status().map_err(|e| Fail::msg(format!("cannot run `{line}`: {e}")))?;
-    if status.success() { Ok(()) } else { Err(Fail::msg(format!("`{line}` failed ({status})"))) }
+    let status = command
+        .status()
+        .map_err(|e| Fail::msg(format!("cannot run `{line}`: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Fail::msg(format!("`{line}` failed ({status})")))
+    }
 }
 
 /// Runs a command with captured output and a time limit; returns its stdout, or a failure with its
@@ -112,7 +122,9 @@ pub fn run_quiet(command: &mut Command, limit: Duration) -> Result<String, Fail>
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || tx.send(child.wait_with_output()));
     match rx.recv_timeout(limit) {
-        Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Ok(Ok(out)) if out.status.success() => {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
         Ok(Ok(out)) => Err(Fail::msg(format!(
             "`{line}` failed ({}): {}",
             out.status,
@@ -121,7 +133,10 @@ pub fn run_quiet(command: &mut Command, limit: Duration) -> Result<String, Fail>
         Ok(Err(e)) => Err(Fail::msg(format!("`{line}`: {e}"))),
         Err(_) => {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            Err(Fail::msg(format!("`{line}` did not finish within {}s", limit.as_secs())))
+            Err(Fail::msg(format!(
+                "`{line}` did not finish within {}s",
+                limit.as_secs()
+            )))
         }
     }
 }
@@ -134,12 +149,17 @@ fn test() -> Result<(), Fail> {
     println!("\n== 1/4 brokers");
     brokers::up().map_err(|e| Fail::msg(format!("brokers: {e}")))?;
 
-    println!("\n== 2/4 cargo test --workspace (REQUIRE_BROKERS=1: an unreachable broker fails)");
+    println!(
+        "\n== 2/4 cargo test --workspace (REQUIRE_BROKERS=1: an unreachable broker fails)"
+    );
     // --all-targets also runs each benchmark once, in criterion's test mode, so benches cannot rot;
     // it leaves out doctests, which get their own run.
     for targets in ["--all-targets", "--doc"] {
         let mut cargo_test = Command::new(cmd::cargo());
-        cargo_test.args(["test", "--workspace", targets]).current_dir(workspace_root()).env("REQUIRE_BROKERS", "1");
+        cargo_test
+            .args(["test", "--workspace", targets])
+            .current_dir(workspace_root())
+            .env("REQUIRE_BROKERS", "1");
         tally.cargo_test(&mut cargo_test)?;
     }
 
@@ -155,7 +175,9 @@ fn test() -> Result<(), Fail> {
             .status()
             .map_err(|e| Fail::msg(format!("cannot run bash: {e}")))?;
         if !status.success() {
-            return Err(Fail::msg(format!("example `{example}` failed ({status}); run it yourself to see why")));
+            return Err(Fail::msg(format!(
+                "example `{example}` failed ({status}); run it yourself to see why"
+            )));
         }
         tally.passed += 1;
         println!("  ok: {example} ({:.1}s)", step.elapsed().as_secs_f64());
@@ -185,7 +207,10 @@ impl Tally {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| Fail::msg(format!("cannot run cargo test: {e}")))?;
-        let stdout = child.stdout.take().ok_or_else(|| Fail::msg("cargo test has no stdout"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Fail::msg("cargo test has no stdout"))?;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             println!("{line}");
             if let Some((passed, failed)) = parse_test_result(&line) {
@@ -193,7 +218,8 @@ impl Tally {
                 self.failed += failed;
             }
         }
-        let status = child.wait().map_err(|e| Fail::msg(format!("cargo test: {e}")))?;
+        let status =
+            child.wait().map_err(|e| Fail::msg(format!("cargo test: {e}")))?;
         if status.success() {
             Ok(())
         } else {
@@ -209,7 +235,15 @@ impl Tally {
 fn parse_test_result(line: &str) -> Option<(u64, u64)> {
     let rest = line.trim().strip_prefix("test result: ")?;
     let count = |word: &str| -> Option<u64> {
-        rest.split(';').find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)?.trim().parse().ok())
+        rest.split(';').find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(word)?
+                .trim()
+                .parse()
+                .ok()
+        })
     };
     Some((count("passed")?, count("failed")?))
 }
@@ -217,12 +251,16 @@ fn parse_test_result(line: &str) -> Option<(u64, u64)> {
 fn doctor() -> Result<(), Fail> {
     println!("toolchain:");
     for (tool, args) in [("cargo", "--version"), ("rustc", "--version")] {
-        let out = run_quiet(Command::new(tool).arg(args), Duration::from_secs(10)).unwrap_or_else(|e| e.to_string());
+        let out = run_quiet(Command::new(tool).arg(args), Duration::from_secs(10))
+            .unwrap_or_else(|e| e.to_string());
         println!("  {tool:<15} {}", out.trim());
     }
     println!("book tools (installed by `cargo xtask book`):");
     book::report_tools();
-    println!("container engine: {}", if command_exists("docker") { "docker client found" } else { "none" });
+    println!(
+        "container engine: {}",
+        if command_exists("docker") { "docker client found" } else { "none" }
+    );
     println!("brokers:");
     brokers::status()
 }
@@ -234,10 +272,15 @@ mod tests {
     #[test]
     fn reads_cargo_test_summaries() {
         assert_eq!(
-            parse_test_result("test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s"),
+            parse_test_result(
+                "test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s"
+            ),
             Some((12, 0))
         );
-        assert_eq!(parse_test_result("test result: FAILED. 3 passed; 2 failed; 0 ignored"), Some((3, 2)));
+        assert_eq!(
+            parse_test_result("test result: FAILED. 3 passed; 2 failed; 0 ignored"),
+            Some((3, 2))
+        );
         assert_eq!(parse_test_result("running 3 tests"), None);
     }
 }

@@ -31,9 +31,9 @@ impl std::fmt::Display for ProbeError {
 type Probe<T> = Result<T, ProbeError>;
 
 fn connect(host_port: &str) -> Probe<TcpStream> {
-    let addrs = host_port
-        .to_socket_addrs()
-        .map_err(|e| ProbeError::Refused(format!("cannot resolve {host_port}: {e}")))?;
+    let addrs = host_port.to_socket_addrs().map_err(|e| {
+        ProbeError::Refused(format!("cannot resolve {host_port}: {e}"))
+    })?;
     let mut last = format!("no address for {host_port}");
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
@@ -75,13 +75,17 @@ pub fn kafka(bootstrap: &str) -> Probe<Vec<String>> {
     stream.read_exact(&mut len).map_err(io("reading Metadata response"))?;
     let len = i32::from_be_bytes(len);
     if !(8..=16 << 20).contains(&len) {
-        return Err(ProbeError::Protocol(format!("implausible Kafka frame length {len}: not a Kafka broker?")));
+        return Err(ProbeError::Protocol(format!(
+            "implausible Kafka frame length {len}: not a Kafka broker?"
+        )));
     }
     let mut body = vec![0u8; len as usize];
     stream.read_exact(&mut body).map_err(io("reading Metadata response"))?;
     let mut r = Reader(&body);
     if r.i32()? != CORRELATION_ID {
-        return Err(ProbeError::Protocol("Metadata response has the wrong correlation id".into()));
+        return Err(ProbeError::Protocol(
+            "Metadata response has the wrong correlation id".into(),
+        ));
     }
     let count = r.i32()?;
     let mut brokers = Vec::new();
@@ -93,7 +97,9 @@ pub fn kafka(bootstrap: &str) -> Probe<Vec<String>> {
         brokers.push(format!("{host}:{port}"));
     }
     if brokers.is_empty() {
-        return Err(ProbeError::Protocol("Metadata response lists no brokers (still starting?)".into()));
+        return Err(ProbeError::Protocol(
+            "Metadata response lists no brokers (still starting?)".into(),
+        ));
     }
     Ok(brokers)
 }
@@ -112,18 +118,28 @@ pub struct AmqpUri {
 
 impl AmqpUri {
     pub fn parse(uri: &str) -> Result<Self, String> {
-        let rest = uri
-            .strip_prefix("amqp://")
-            .ok_or_else(|| format!("AMQP_ADDR must start with amqp:// (got {uri})"))?;
+        let rest = uri.strip_prefix("amqp://").ok_or_else(|| {
+            format!("AMQP_ADDR must start with amqp:// (got {uri})")
+        })?;
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, host) = authority.rsplit_once('@').unwrap_or(("guest:guest", authority));
+        let (userinfo, host) =
+            authority.rsplit_once('@').unwrap_or(("guest:guest", authority));
         let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-        let host_port = if host.contains(':') { host.to_owned() } else { format!("{host}:5672") };
+        let host_port = if host.contains(':') {
+            host.to_owned()
+        } else {
+            format!("{host}:5672")
+        };
         let vhost = match percent_decode(path) {
             v if v.is_empty() => "/".to_owned(),
             v => v,
         };
-        Ok(AmqpUri { host_port, user: percent_decode(user), pass: percent_decode(pass), vhost })
+        Ok(AmqpUri {
+            host_port,
+            user: percent_decode(user),
+            pass: percent_decode(pass),
+            vhost,
+        })
     }
 }
 
@@ -132,7 +148,9 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
         match (bytes[i], hex) {
             (b'%', Some(b)) => {
                 out.push(b);
@@ -150,7 +168,12 @@ fn percent_decode(s: &str) -> String {
 const FRAME_METHOD: u8 = 1;
 const FRAME_END: u8 = 0xCE;
 
-fn amqp_send(stream: &mut TcpStream, class: u16, method: u16, args: &[u8]) -> Probe<()> {
+fn amqp_send(
+    stream: &mut TcpStream,
+    class: u16,
+    method: u16,
+    args: &[u8],
+) -> Probe<()> {
     let mut payload = Vec::with_capacity(4 + args.len());
     payload.extend_from_slice(&class.to_be_bytes());
     payload.extend_from_slice(&method.to_be_bytes());
@@ -166,22 +189,33 @@ fn amqp_send(stream: &mut TcpStream, class: u16, method: u16, args: &[u8]) -> Pr
 fn amqp_recv(stream: &mut TcpStream) -> Probe<(u16, u16, Vec<u8>)> {
     let mut header = [0u8; 7];
     stream.read_exact(&mut header).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => ProbeError::Protocol(
-            "the AMQP server closed the connection (wrong user or password?)".into(),
-        ),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+            ProbeError::Protocol(
+                "the AMQP server closed the connection (wrong user or password?)"
+                    .into(),
+            )
+        }
         _ => ProbeError::Protocol(format!("reading AMQP frame: {e}")),
     })?;
     if header[0] != FRAME_METHOD {
-        return Err(ProbeError::Protocol(format!("expected an AMQP method frame, got frame type {}", header[0])));
+        return Err(ProbeError::Protocol(format!(
+            "expected an AMQP method frame, got frame type {}",
+            header[0]
+        )));
     }
-    let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+    let size =
+        u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
     if size > 1 << 20 {
-        return Err(ProbeError::Protocol(format!("implausible AMQP frame size {size}")));
+        return Err(ProbeError::Protocol(format!(
+            "implausible AMQP frame size {size}"
+        )));
     }
     let mut payload = vec![0u8; size + 1];
     stream.read_exact(&mut payload).map_err(io("reading AMQP frame"))?;
     if payload.pop() != Some(FRAME_END) {
-        return Err(ProbeError::Protocol("AMQP frame without frame-end octet".into()));
+        return Err(ProbeError::Protocol(
+            "AMQP frame without frame-end octet".into(),
+        ));
     }
     let mut r = Reader(&payload);
     let class = r.u16()?;
@@ -197,10 +231,14 @@ fn shortstr(out: &mut Vec<u8>, s: &str) {
 /// Opens (and closes) an AMQP connection; returns the server's product and version.
 pub fn amqp(uri: &AmqpUri) -> Probe<String> {
     let mut stream = connect(&uri.host_port)?;
-    stream.write_all(b"AMQP\x00\x00\x09\x01").map_err(io("sending AMQP protocol header"))?;
+    stream
+        .write_all(b"AMQP\x00\x00\x09\x01")
+        .map_err(io("sending AMQP protocol header"))?;
     let (class, method, _) = amqp_recv(&mut stream)?;
     if (class, method) != (10, 10) {
-        return Err(ProbeError::Protocol(format!("expected connection.start, got {class}.{method}")));
+        return Err(ProbeError::Protocol(format!(
+            "expected connection.start, got {class}.{method}"
+        )));
     }
 
     let mut start_ok = Vec::new();
@@ -217,7 +255,9 @@ pub fn amqp(uri: &AmqpUri) -> Probe<String> {
         return Err(amqp_close_reason(&args));
     }
     if (class, method) != (10, 30) {
-        return Err(ProbeError::Protocol(format!("expected connection.tune, got {class}.{method}")));
+        return Err(ProbeError::Protocol(format!(
+            "expected connection.tune, got {class}.{method}"
+        )));
     }
     let mut tune = Reader(&args);
     let channel_max = tune.u16()?;
@@ -238,7 +278,9 @@ pub fn amqp(uri: &AmqpUri) -> Probe<String> {
         return Err(amqp_close_reason(&args));
     }
     if (class, method) != (10, 41) {
-        return Err(ProbeError::Protocol(format!("expected connection.open-ok, got {class}.{method}")));
+        return Err(ProbeError::Protocol(format!(
+            "expected connection.open-ok, got {class}.{method}"
+        )));
     }
 
     let mut close = Vec::new();
@@ -253,8 +295,9 @@ pub fn amqp(uri: &AmqpUri) -> Probe<String> {
 
 fn amqp_close_reason(args: &[u8]) -> ProbeError {
     let mut r = Reader(args);
-    let reason = (|| Ok::<_, ProbeError>(format!("{} {}", r.u16()?, r.shortstr()?)))()
-        .unwrap_or_else(|_| "unreadable reason".into());
+    let reason =
+        (|| Ok::<_, ProbeError>(format!("{} {}", r.u16()?, r.shortstr()?)))()
+            .unwrap_or_else(|_| "unreadable reason".into());
     ProbeError::Protocol(format!("the AMQP server refused the connection: {reason}"))
 }
 
@@ -274,13 +317,25 @@ impl PgUrl {
         let rest = url
             .strip_prefix("postgres://")
             .or_else(|| url.strip_prefix("postgresql://"))
-            .ok_or_else(|| format!("DATABASE_URL must start with postgres:// (got {url})"))?;
-        let (authority, database) = rest.split_once('/').unwrap_or((rest, "postgres"));
+            .ok_or_else(|| {
+                format!("DATABASE_URL must start with postgres:// (got {url})")
+            })?;
+        let (authority, database) =
+            rest.split_once('/').unwrap_or((rest, "postgres"));
         let database = database.split('?').next().unwrap_or("postgres");
-        let (userinfo, host) = authority.rsplit_once('@').unwrap_or(("postgres", authority));
+        let (userinfo, host) =
+            authority.rsplit_once('@').unwrap_or(("postgres", authority));
         let user = userinfo.split(':').next().unwrap_or("postgres");
-        let host_port = if host.contains(':') { host.to_owned() } else { format!("{host}:5432") };
-        Ok(PgUrl { host_port, user: percent_decode(user), database: percent_decode(database) })
+        let host_port = if host.contains(':') {
+            host.to_owned()
+        } else {
+            format!("{host}:5432")
+        };
+        Ok(PgUrl {
+            host_port,
+            user: percent_decode(user),
+            database: percent_decode(database),
+        })
     }
 }
 
@@ -289,7 +344,8 @@ pub fn postgres(url: &PgUrl) -> Probe<String> {
     let mut stream = connect(&url.host_port)?;
     let mut body = Vec::new();
     body.extend_from_slice(&196608i32.to_be_bytes()); // protocol 3.0
-    for (k, v) in [("user", url.user.as_str()), ("database", url.database.as_str())] {
+    for (k, v) in [("user", url.user.as_str()), ("database", url.database.as_str())]
+    {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());
@@ -317,7 +373,9 @@ pub fn postgres(url: &PgUrl) -> Probe<String> {
             b'S' => {
                 let mut parts = payload.split(|b| *b == 0);
                 if parts.next() == Some(b"server_version") {
-                    version = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    version =
+                        String::from_utf8_lossy(parts.next().unwrap_or_default())
+                            .into_owned();
                 }
             }
             b'E' => return Err(pg_error(&payload)),
@@ -352,7 +410,9 @@ fn pg_recv(stream: &mut TcpStream) -> Probe<(u8, Vec<u8>)> {
     stream.read_exact(&mut header).map_err(io("reading PostgreSQL message"))?;
     let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     if !(4..=1 << 20).contains(&len) {
-        return Err(ProbeError::Protocol(format!("implausible PostgreSQL message length {len}: not PostgreSQL?")));
+        return Err(ProbeError::Protocol(format!(
+            "implausible PostgreSQL message length {len}: not PostgreSQL?"
+        )));
     }
     let mut payload = vec![0u8; len as usize - 4];
     stream.read_exact(&mut payload).map_err(io("reading PostgreSQL message"))?;
@@ -424,17 +484,35 @@ mod tests {
         let uri = AmqpUri::parse("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
         assert_eq!(
             uri,
-            AmqpUri { host_port: "127.0.0.1:5672".into(), user: "guest".into(), pass: "guest".into(), vhost: "/".into() }
+            AmqpUri {
+                host_port: "127.0.0.1:5672".into(),
+                user: "guest".into(),
+                pass: "guest".into(),
+                vhost: "/".into()
+            }
         );
         assert_eq!(AmqpUri::parse("amqp://rabbit/shop").unwrap().vhost, "shop");
-        assert_eq!(AmqpUri::parse("amqp://rabbit").unwrap().host_port, "rabbit:5672");
+        assert_eq!(
+            AmqpUri::parse("amqp://rabbit").unwrap().host_port,
+            "rabbit:5672"
+        );
         assert!(AmqpUri::parse("http://rabbit").is_err());
     }
 
     #[test]
     fn parses_database_urls() {
-        let url = PgUrl::parse("postgres://postgres:secret@127.0.0.1:5432/shop?sslmode=disable").unwrap();
-        assert_eq!(url, PgUrl { host_port: "127.0.0.1:5432".into(), user: "postgres".into(), database: "shop".into() });
+        let url = PgUrl::parse(
+            "postgres://postgres:secret@127.0.0.1:5432/shop?sslmode=disable",
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            PgUrl {
+                host_port: "127.0.0.1:5432".into(),
+                user: "postgres".into(),
+                database: "shop".into()
+            }
+        );
         assert_eq!(PgUrl::parse("postgresql://db").unwrap().host_port, "db:5432");
         assert!(PgUrl::parse("mysql://db").is_err());
     }
@@ -449,8 +527,15 @@ mod tests {
     #[test]
     fn nothing_listening_is_refused_not_a_protocol_error() {
         // Bind then drop a listener so the port is very likely closed.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        assert!(matches!(kafka(&format!("127.0.0.1:{port}")), Err(ProbeError::Refused(_))));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(matches!(
+            kafka(&format!("127.0.0.1:{port}")),
+            Err(ProbeError::Refused(_))
+        ));
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! `prompt.distractor` fails a test instead of silently dropping the distractors in the browser.
 //! Field names follow mdbook-quiz's camelCase TOML keys.
 
-#![allow(dead_code, reason = "the tidy test reads fields the terminal quiz does not show")]
+#![allow(
+    dead_code,
+    reason = "the tidy test reads fields the terminal quiz does not show"
+)]
 
 use serde::Deserialize;
 

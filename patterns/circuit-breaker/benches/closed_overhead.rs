@@ -27,7 +27,11 @@ async fn work() -> Result<u64, &'static str> {
 }
 
 /// Runs `call` `n` times on the runtime; returns the elapsed time and the allocations made.
-fn run(rt: &tokio::runtime::Runtime, n: u64, mut call: impl AsyncFnMut()) -> (Duration, u64) {
+fn run(
+    rt: &tokio::runtime::Runtime,
+    n: u64,
+    mut call: impl AsyncFnMut(),
+) -> (Duration, u64) {
     rt.block_on(async {
         let allocations = counting::allocations();
         let began = Instant::now();
@@ -39,31 +43,65 @@ fn run(rt: &tokio::runtime::Runtime, n: u64, mut call: impl AsyncFnMut()) -> (Du
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime");
     let _clock = rt.enter();
 
     let ours = CircuitBreaker::new(Config::default());
     let recloser = AsyncRecloser::from(Recloser::custom().build());
     let failsafe = failsafe::Config::new().build();
-    let echo = || service_fn(|x: u64| async move { Ok::<_, &'static str>(black_box(x)) });
-    let mut ours_layer = CircuitBreakerLayer::new(CircuitBreaker::new(Config::default())).layer(echo());
-    let mut theirs_layer = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
-        .build()
-        .expect("a valid tower-resilience config")
-        .layer(echo());
+    let echo =
+        || service_fn(|x: u64| async move { Ok::<_, &'static str>(black_box(x)) });
+    let mut ours_layer =
+        CircuitBreakerLayer::new(CircuitBreaker::new(Config::default()))
+            .layer(echo());
+    let mut theirs_layer =
+        tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+            .build()
+            .expect("a valid tower-resilience config")
+            .layer(echo());
     let mut no_layer = echo();
 
     // Each contender runs `n` calls and reports (time, allocations). The tower ones await
     // readiness and then the call, in full.
     type Contender<'a> = (&'static str, Box<dyn FnMut(u64) -> (Duration, u64) + 'a>);
     let mut contenders: Vec<Contender> = vec![
-        ("no breaker, async fn", Box::new(|n| run(&rt, n, async || consume(work().await)))),
-        ("circuit-breaker call()", Box::new(|n| run(&rt, n, async || consume(ours.call(work()).await)))),
-        ("recloser 1.4", Box::new(|n| run(&rt, n, async || consume(recloser.call(work()).await)))),
-        ("failsafe 1.3", Box::new(|n| run(&rt, n, async || consume(failsafe.call(work()).await)))),
-        ("no breaker, tower", Box::new(|n| run(&rt, n, async || consume(call_tower(&mut no_layer).await)))),
-        ("circuit-breaker layer", Box::new(|n| run(&rt, n, async || consume(call_tower(&mut ours_layer).await)))),
-        ("tower-resilience 0.14", Box::new(|n| run(&rt, n, async || consume(call_tower(&mut theirs_layer).await)))),
+        (
+            "no breaker, async fn",
+            Box::new(|n| run(&rt, n, async || consume(work().await))),
+        ),
+        (
+            "circuit-breaker call()",
+            Box::new(|n| run(&rt, n, async || consume(ours.call(work()).await))),
+        ),
+        (
+            "recloser 1.4",
+            Box::new(|n| run(&rt, n, async || consume(recloser.call(work()).await))),
+        ),
+        (
+            "failsafe 1.3",
+            Box::new(|n| run(&rt, n, async || consume(failsafe.call(work()).await))),
+        ),
+        (
+            "no breaker, tower",
+            Box::new(|n| {
+                run(&rt, n, async || consume(call_tower(&mut no_layer).await))
+            }),
+        ),
+        (
+            "circuit-breaker layer",
+            Box::new(|n| {
+                run(&rt, n, async || consume(call_tower(&mut ours_layer).await))
+            }),
+        ),
+        (
+            "tower-resilience 0.14",
+            Box::new(|n| {
+                run(&rt, n, async || consume(call_tower(&mut theirs_layer).await))
+            }),
+        ),
     ];
 
     let mut criterion = Criterion::default().configure_from_args();
@@ -87,6 +125,8 @@ fn consume<T>(value: T) {
     let _ = black_box(value);
 }
 
-async fn call_tower<S: Service<u64>>(service: &mut S) -> Result<S::Response, S::Error> {
+async fn call_tower<S: Service<u64>>(
+    service: &mut S,
+) -> Result<S::Response, S::Error> {
     service.ready().await?.call(1).await
 }

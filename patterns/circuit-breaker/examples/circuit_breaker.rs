@@ -37,7 +37,11 @@ struct Inventory {
 impl Inventory {
     async fn check_stock(&self, sku: &str) -> Result<u32, String> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let fault = self.fault.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or(Fault::Healthy);
+        let fault = self
+            .fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(Fault::Healthy);
         match fault {
             Fault::Healthy => Ok(sku.len() as u32),
             Fault::Failing => Err("503 Service Unavailable".into()),
@@ -79,7 +83,11 @@ fn breaker() -> anyhow::Result<CircuitBreaker> {
 
 // ANCHOR: one_call
 /// One gateway call: through the breaker (if any), with a timeout on the upstream call.
-async fn call(inventory: &Inventory, breaker: Option<&CircuitBreaker>, tally: &mut Tally) {
+async fn call(
+    inventory: &Inventory,
+    breaker: Option<&CircuitBreaker>,
+    tally: &mut Tally,
+) {
     let began = Instant::now();
     let upstream = async {
         match timeout(CALL_TIMEOUT, inventory.check_stock("mug-espresso")).await {
@@ -95,7 +103,9 @@ async fn call(inventory: &Inventory, breaker: Option<&CircuitBreaker>, tally: &m
     match result {
         Ok(_) => tally.ok += 1,
         Err(CallError::Rejected(_)) => tally.rejected += 1,
-        Err(CallError::Inner(e)) if e.starts_with("no answer") => tally.timed_out += 1,
+        Err(CallError::Inner(e)) if e.starts_with("no answer") => {
+            tally.timed_out += 1
+        }
         Err(CallError::Inner(_)) => tally.failed += 1,
     }
 }
@@ -104,7 +114,8 @@ async fn call(inventory: &Inventory, breaker: Option<&CircuitBreaker>, tally: &m
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     infra::example::init_logging();
-    let flags = infra::example::Flags::parse(&["--no-breaker"]).map_err(anyhow::Error::msg)?;
+    let flags = infra::example::Flags::parse(&["--no-breaker"])
+        .map_err(anyhow::Error::msg)?;
     let breaker = if flags.has("--no-breaker") { None } else { Some(breaker()?) };
     let inventory = Arc::new(Inventory::default());
     let plan = [
@@ -113,7 +124,10 @@ async fn main() -> anyhow::Result<()> {
         ("slow", Fault::Slow(Duration::from_millis(120)), 20),
         ("recovering", Fault::Healthy, 40),
     ];
-    info!("gateway -> inventory, one call every 25 ms, {CALL_TIMEOUT:?} timeout, breaker: {}", if breaker.is_some() { "on" } else { "off" });
+    info!(
+        "gateway -> inventory, one call every 25 ms, {CALL_TIMEOUT:?} timeout, breaker: {}",
+        if breaker.is_some() { "on" } else { "off" }
+    );
 
     let mut upstream_calls_in_outage = 0;
     for (name, fault, calls) in plan {
@@ -143,14 +157,28 @@ async fn main() -> anyhow::Result<()> {
     match &breaker {
         Some(breaker) => {
             let m = breaker.metrics();
-            info!("breaker metrics: {} ok, {} failed, {} slow, {} rejected, {} transitions", m.successful, m.failed, m.slow, m.rejected, m.transitions);
-            ensure!(upstream_calls_in_outage < 20, "the breaker should spare the failing upstream most of its 40 calls");
-            ensure!(breaker.state() == State::Closed, "the breaker should close once the upstream recovered");
+            info!(
+                "breaker metrics: {} ok, {} failed, {} slow, {} rejected, {} transitions",
+                m.successful, m.failed, m.slow, m.rejected, m.transitions
+            );
+            ensure!(
+                upstream_calls_in_outage < 20,
+                "the breaker should spare the failing upstream most of its 40 calls"
+            );
+            ensure!(
+                breaker.state() == State::Closed,
+                "the breaker should close once the upstream recovered"
+            );
             info!("done: the breaker opened during the outage and closed after it");
         }
         None => {
-            ensure!(upstream_calls_in_outage == 40, "without a breaker every call reaches the failing upstream");
-            info!("done: without a breaker the failing upstream took every one of the 40 calls");
+            ensure!(
+                upstream_calls_in_outage == 40,
+                "without a breaker every call reaches the failing upstream"
+            );
+            info!(
+                "done: without a breaker the failing upstream took every one of the 40 calls"
+            );
         }
     }
     Ok(())

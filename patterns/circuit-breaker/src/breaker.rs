@@ -81,12 +81,19 @@ pub enum Reason {
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Reason::FailureRate { percent } => write!(f, "{percent:.0}% of recent calls failed"),
-            Reason::SlowCallRate { percent } => write!(f, "{percent:.0}% of recent calls were slow"),
+            Reason::FailureRate { percent } => {
+                write!(f, "{percent:.0}% of recent calls failed")
+            }
+            Reason::SlowCallRate { percent } => {
+                write!(f, "{percent:.0}% of recent calls were slow")
+            }
             Reason::OpenWaitElapsed => f.write_str("the open wait is over: probing"),
             Reason::ProbesSucceeded => f.write_str("the probes succeeded"),
             Reason::ProbesFailed { failure_percent, slow_percent } => {
-                write!(f, "the probes failed ({failure_percent:.0}% failed, {slow_percent:.0}% slow)")
+                write!(
+                    f,
+                    "the probes failed ({failure_percent:.0}% failed, {slow_percent:.0}% slow)"
+                )
             }
             Reason::HalfOpenTimedOut => f.write_str("the probes never answered"),
             Reason::Forced => f.write_str("forced open by an operator"),
@@ -106,7 +113,9 @@ pub struct Transition {
 
 /// A call the breaker refused, without calling the dependency.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("circuit breaker is {state:?}: call rejected without calling the dependency")]
+#[error(
+    "circuit breaker is {state:?}: call rejected without calling the dependency"
+)]
 pub struct Rejected {
     pub state: State,
 }
@@ -224,7 +233,10 @@ pub struct Builder {
 impl Builder {
     /// Calls `listener` once for every state change, after the change is made and outside the
     /// breaker's lock (so a listener may call the breaker).
-    pub fn on_transition(mut self, listener: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
+    pub fn on_transition(
+        mut self,
+        listener: impl Fn(&Transition) + Send + Sync + 'static,
+    ) -> Self {
         self.listeners.push(Arc::new(listener));
         self
     }
@@ -232,9 +244,18 @@ impl Builder {
     pub fn build(self) -> CircuitBreaker {
         let window = match self.config.window {
             WindowKind::CountBased { size } => Window::Count(CountWindow::new(size)),
-            WindowKind::TimeBased { buckets, bucket_width } => Window::Time(TimeWindow::new(buckets, bucket_width)),
+            WindowKind::TimeBased { buckets, bucket_width } => {
+                Window::Time(TimeWindow::new(buckets, bucket_width))
+            }
         };
-        let machine = Machine { outcomes: Outcomes::default(), state: State::Closed, generation: 0, window, opened_at: None, half_open: HalfOpenState::default() };
+        let machine = Machine {
+            outcomes: Outcomes::default(),
+            state: State::Closed,
+            generation: 0,
+            window,
+            opened_at: None,
+            half_open: HalfOpenState::default(),
+        };
         CircuitBreaker {
             shared: Arc::new(Shared {
                 config: self.config,
@@ -272,7 +293,9 @@ impl CircuitBreaker {
     /// dropping it instead (a cancelled call) counts nothing and gives a probe's permit back.
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
-        self.shared.acquire().map(|ticket| Permit { shared: &self.shared, ticket: Some(ticket) })
+        self.shared
+            .acquire()
+            .map(|ticket| Permit { shared: &self.shared, ticket: Some(ticket) })
     }
     // ANCHOR_END: try_acquire
 
@@ -376,33 +399,67 @@ impl Shared {
         let started = self.now_if(self.config.slow_calls.is_some());
         match State::from_bits(word) {
             // The hot path: no lock, no allocation.
-            State::Closed => Ok(Ticket { kind: TicketKind::Closed, generation, started }),
-            State::Disabled => Ok(Ticket { kind: TicketKind::Disabled, generation, started }),
+            State::Closed => {
+                Ok(Ticket { kind: TicketKind::Closed, generation, started })
+            }
+            State::Disabled => {
+                Ok(Ticket { kind: TicketKind::Disabled, generation, started })
+            }
             State::ForcedOpen => Err(self.reject(State::ForcedOpen)),
             State::Open | State::HalfOpen => self.acquire_contended(started),
         }
     }
 
     /// Open and half-open: decide under the lock, since probe permits are scarce.
-    fn acquire_contended(&self, started: Option<Instant>) -> Result<Ticket, Rejected> {
+    fn acquire_contended(
+        &self,
+        started: Option<Instant>,
+    ) -> Result<Ticket, Rejected> {
         let now = Instant::now();
         let mut m = self.lock();
         let mut transition = None;
-        if m.state == State::Open && m.opened_at.is_some_and(|at| now >= at + self.config.open_wait) {
-            transition = Some(self.transition(&mut m, State::HalfOpen, Reason::OpenWaitElapsed, now));
+        if m.state == State::Open
+            && m.opened_at.is_some_and(|at| now >= at + self.config.open_wait)
+        {
+            transition = Some(self.transition(
+                &mut m,
+                State::HalfOpen,
+                Reason::OpenWaitElapsed,
+                now,
+            ));
         }
         let permits = self.config.half_open_permits;
-        let stuck = m.half_open.started.is_some_and(|at| now >= at + self.config.max_half_open_wait);
+        let stuck = m
+            .half_open
+            .started
+            .is_some_and(|at| now >= at + self.config.max_half_open_wait);
         if m.state == State::HalfOpen && m.half_open.issued >= permits && stuck {
-            transition = Some(self.transition(&mut m, State::Open, Reason::HalfOpenTimedOut, now));
+            transition = Some(self.transition(
+                &mut m,
+                State::Open,
+                Reason::HalfOpenTimedOut,
+                now,
+            ));
         }
         let result = match m.state {
             State::HalfOpen if m.half_open.issued < permits => {
                 m.half_open.issued += 1;
-                Ok(Ticket { kind: TicketKind::Probe, generation: m.generation, started })
+                Ok(Ticket {
+                    kind: TicketKind::Probe,
+                    generation: m.generation,
+                    started,
+                })
             }
-            State::Closed => Ok(Ticket { kind: TicketKind::Closed, generation: m.generation, started }),
-            State::Disabled => Ok(Ticket { kind: TicketKind::Disabled, generation: m.generation, started }),
+            State::Closed => Ok(Ticket {
+                kind: TicketKind::Closed,
+                generation: m.generation,
+                started,
+            }),
+            State::Disabled => Ok(Ticket {
+                kind: TicketKind::Disabled,
+                generation: m.generation,
+                started,
+            }),
             state => Err(state),
         };
         drop(m);
@@ -427,7 +484,11 @@ impl Shared {
         // evict a success and add one: nothing to change, nothing to judge, no lock to take. A
         // failure recorded concurrently can always be ordered after this success, which saw the
         // flag before that failure cleared it.
-        if outcome == Outcome::Success && !slow && ticket.kind == TicketKind::Closed && self.all_clear.load(Ordering::Acquire) {
+        if outcome == Outcome::Success
+            && !slow
+            && ticket.kind == TicketKind::Closed
+            && self.all_clear.load(Ordering::Acquire)
+        {
             self.counters.fast_successes.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -458,11 +519,14 @@ impl Shared {
                     Window::Count(w) => {
                         w.record(sample);
                         let totals = w.totals();
-                        let clear = totals.failures == 0 && totals.slow == 0 && w.is_full();
+                        let clear =
+                            totals.failures == 0 && totals.slow == 0 && w.is_full();
                         self.all_clear.store(clear, Ordering::Release);
                         // In a count window a plain success cannot raise either rate, so it can
                         // only open the breaker by bringing the window up to the minimum.
-                        (sample != Sample::default() || totals.calls == self.config.minimum_calls).then_some(totals)
+                        (sample != Sample::default()
+                            || totals.calls == self.config.minimum_calls)
+                            .then_some(totals)
                     }
                     Window::Time(w) => {
                         // Time-based eviction can raise a rate at any record: always judge.
@@ -471,9 +535,9 @@ impl Shared {
                         Some(w.totals(at))
                     }
                 };
-                totals
-                    .and_then(|totals| self.verdict_closed(totals))
-                    .map(|reason| self.transition(&mut m, State::Open, reason, Instant::now()))
+                totals.and_then(|totals| self.verdict_closed(totals)).map(|reason| {
+                    self.transition(&mut m, State::Open, reason, Instant::now())
+                })
             }
             TicketKind::Probe if outcome == Outcome::Ignored => {
                 m.half_open.issued -= 1; // an ignored probe proved nothing: let someone else probe
@@ -513,7 +577,9 @@ impl Shared {
             return None;
         }
         if totals.reaches(totals.failures, self.config.failure_rate_threshold) {
-            return Some(Reason::FailureRate { percent: totals.percent(totals.failures) });
+            return Some(Reason::FailureRate {
+                percent: totals.percent(totals.failures),
+            });
         }
         match self.config.slow_calls {
             Some(slow) if totals.reaches(totals.slow, slow.rate_threshold) => {
@@ -525,9 +591,15 @@ impl Shared {
 
     /// The probes are judged by the same thresholds, all of them together.
     fn verdict_half_open(&self, probes: Totals) -> (State, Reason) {
-        let too_slow = self.config.slow_calls.is_some_and(|slow| probes.reaches(probes.slow, slow.rate_threshold));
-        if probes.reaches(probes.failures, self.config.failure_rate_threshold) || too_slow {
-            let (failure_percent, slow_percent) = (probes.percent(probes.failures), probes.percent(probes.slow));
+        let too_slow = self
+            .config
+            .slow_calls
+            .is_some_and(|slow| probes.reaches(probes.slow, slow.rate_threshold));
+        if probes.reaches(probes.failures, self.config.failure_rate_threshold)
+            || too_slow
+        {
+            let (failure_percent, slow_percent) =
+                (probes.percent(probes.failures), probes.percent(probes.slow));
             (State::Open, Reason::ProbesFailed { failure_percent, slow_percent })
         } else {
             (State::Closed, Reason::ProbesSucceeded)
@@ -543,14 +615,23 @@ impl Shared {
     }
 
     /// Moves to `to`; the caller notifies listeners after releasing the lock.
-    fn transition(&self, m: &mut Machine, to: State, reason: Reason, now: Instant) -> Transition {
+    fn transition(
+        &self,
+        m: &mut Machine,
+        to: State,
+        reason: Reason,
+        now: Instant,
+    ) -> Transition {
         let from = m.state;
         m.state = to;
         m.generation += 1;
         self.all_clear.store(false, Ordering::Release);
         m.window.clear();
         m.opened_at = (to == State::Open).then_some(now);
-        m.half_open = HalfOpenState { started: (to == State::HalfOpen).then_some(now), ..HalfOpenState::default() };
+        m.half_open = HalfOpenState {
+            started: (to == State::HalfOpen).then_some(now),
+            ..HalfOpenState::default()
+        };
         self.word.store(m.generation << 8 | to as u64, Ordering::Release);
         self.counters.transitions.fetch_add(1, Ordering::Relaxed);
         Transition { from, to, reason }
@@ -582,6 +663,9 @@ impl Shared {
 
 impl std::fmt::Debug for CircuitBreaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CircuitBreaker").field("state", &self.state()).field("config", &self.shared.config).finish()
+        f.debug_struct("CircuitBreaker")
+            .field("state", &self.state())
+            .field("config", &self.shared.config)
+            .finish()
     }
 }

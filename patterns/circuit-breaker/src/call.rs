@@ -27,7 +27,11 @@ impl CircuitBreaker {
     }
 
     /// Runs `call` if the breaker allows it, counting its result as `classifier` says.
-    pub async fn call_with<F, T, E, C>(&self, call: F, classifier: C) -> Result<T, CallError<E>>
+    pub async fn call_with<F, T, E, C>(
+        &self,
+        call: F,
+        classifier: C,
+    ) -> Result<T, CallError<E>>
     where
         F: IntoFuture<Output = Result<T, E>>,
         C: Classify<T, E>,

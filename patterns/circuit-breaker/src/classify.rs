@@ -64,9 +64,14 @@ mod tests {
         assert_eq!(http_status(429), Outcome::Failure);
         assert_eq!(http_status(500), Outcome::Failure);
         assert_eq!(http_status(503), Outcome::Failure);
-        let response = |code: u16| Ok::<_, ()>(http::Response::builder().status(code).body(()).unwrap());
+        let response = |code: u16| {
+            Ok::<_, ()>(http::Response::builder().status(code).body(()).unwrap())
+        };
         assert_eq!(HttpResponse.classify(&response(502)), Outcome::Failure);
         assert_eq!(HttpResponse.classify(&response(400)), Outcome::Success);
-        assert_eq!(HttpResponse.classify(&Err::<http::Response<()>, _>("timeout")), Outcome::Failure);
+        assert_eq!(
+            HttpResponse.classify(&Err::<http::Response<()>, _>("timeout")),
+            Outcome::Failure
+        );
     }
 }

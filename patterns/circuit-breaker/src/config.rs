@@ -81,14 +81,20 @@ impl Config {
             if value.is_finite() && value > 0.0 && value <= 100.0 {
                 Ok(())
             } else {
-                Err(invalid(field, format!("must be a percentage in (0, 100], got {value}")))
+                Err(invalid(
+                    field,
+                    format!("must be a percentage in (0, 100], got {value}"),
+                ))
             }
         };
         rate("failure_rate_threshold", self.failure_rate_threshold)?;
         if let Some(slow) = self.slow_calls {
             rate("slow_calls.rate_threshold", slow.rate_threshold)?;
             if slow.duration.is_zero() {
-                return Err(invalid("slow_calls.duration", "must be positive (every call would be slow)"));
+                return Err(invalid(
+                    "slow_calls.duration",
+                    "must be positive (every call would be slow)",
+                ));
             }
         }
         let capacity = match self.window {
@@ -113,11 +119,20 @@ impl Config {
         }
         if let Some(size) = capacity {
             if self.minimum_calls > size {
-                return Err(invalid("minimum_calls", format!("{} can never be reached by a window of {size} calls", self.minimum_calls)));
+                return Err(invalid(
+                    "minimum_calls",
+                    format!(
+                        "{} can never be reached by a window of {size} calls",
+                        self.minimum_calls
+                    ),
+                ));
             }
         }
         if self.half_open_permits == 0 {
-            return Err(invalid("half_open_permits", "must be at least 1, or the breaker could never close"));
+            return Err(invalid(
+                "half_open_permits",
+                "must be at least 1, or the breaker could never close",
+            ));
         }
         if self.max_half_open_wait.is_zero() {
             return Err(invalid("max_half_open_wait", "must be positive"));
@@ -145,7 +160,8 @@ impl ConfigBuilder {
     }
     /// Counts calls of at least `duration` as slow, and opens at `rate_percent` slow calls.
     pub fn slow_calls(mut self, rate_percent: f64, duration: Duration) -> Self {
-        self.0.slow_calls = Some(SlowCalls { rate_threshold: rate_percent, duration });
+        self.0.slow_calls =
+            Some(SlowCalls { rate_threshold: rate_percent, duration });
         self
     }
     pub fn minimum_calls(mut self, calls: u32) -> Self {

@@ -41,7 +41,12 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreakerService<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreakerService { inner, breaker: self.breaker.clone(), classifier: self.classifier.clone(), admission: None }
+        CircuitBreakerService {
+            inner,
+            breaker: self.breaker.clone(),
+            classifier: self.classifier.clone(),
+            admission: None,
+        }
     }
 }
 // ANCHOR_END: CircuitBreakerLayer
@@ -84,7 +89,12 @@ pub struct CircuitBreakerService<S, C = AnyError> {
 
 impl<S: Clone, C: Clone> Clone for CircuitBreakerService<S, C> {
     fn clone(&self) -> Self {
-        CircuitBreakerService { inner: self.inner.clone(), breaker: self.breaker.clone(), classifier: self.classifier.clone(), admission: None }
+        CircuitBreakerService {
+            inner: self.inner.clone(),
+            breaker: self.breaker.clone(),
+            classifier: self.classifier.clone(),
+            admission: None,
+        }
     }
 }
 
@@ -105,24 +115,37 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let admission = self.admission.get_or_insert_with(|| match self.breaker.acquire_ticket() {
-            Ok(ticket) => Admission::Granted(OwnedTicket { breaker: self.breaker.clone(), ticket: Some(ticket) }),
-            Err(rejected) => Admission::Refused(rejected),
+        let admission = self.admission.get_or_insert_with(|| {
+            match self.breaker.acquire_ticket() {
+                Ok(ticket) => Admission::Granted(OwnedTicket {
+                    breaker: self.breaker.clone(),
+                    ticket: Some(ticket),
+                }),
+                Err(rejected) => Admission::Refused(rejected),
+            }
         });
         match admission {
             // Ready to answer with the rejection; the inner service is left alone.
             Admission::Refused(_) => Poll::Ready(Ok(())),
-            Admission::Granted(_) => self.inner.poll_ready(cx).map_err(CallError::Inner),
+            Admission::Granted(_) => {
+                self.inner.poll_ready(cx).map_err(CallError::Inner)
+            }
         }
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
         match self.admission.take() {
-            Some(Admission::Granted(ticket)) => {
-                ResponseFuture::Called { inner: self.inner.call(request), ticket: Some(ticket), classifier: self.classifier.clone() }
+            Some(Admission::Granted(ticket)) => ResponseFuture::Called {
+                inner: self.inner.call(request),
+                ticket: Some(ticket),
+                classifier: self.classifier.clone(),
+            },
+            Some(Admission::Refused(rejected)) => {
+                ResponseFuture::Refused { rejected }
             }
-            Some(Admission::Refused(rejected)) => ResponseFuture::Refused { rejected },
-            None => panic!("CircuitBreakerService::call before poll_ready returned Ready (a tower contract violation)"),
+            None => panic!(
+                "CircuitBreakerService::call before poll_ready returned Ready (a tower contract violation)"
+            ),
         }
     }
 }
@@ -146,7 +169,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            ResponseFutureProj::Refused { rejected } => Poll::Ready(Err(CallError::Rejected(*rejected))),
+            ResponseFutureProj::Refused { rejected } => {
+                Poll::Ready(Err(CallError::Rejected(*rejected)))
+            }
             ResponseFutureProj::Called { inner, ticket, classifier } => {
                 let result = ready!(inner.poll(cx));
                 if let Some(ticket) = ticket.take() {

@@ -30,7 +30,10 @@ pub mod config;
 pub mod layer;
 pub mod window;
 
-pub use breaker::{Builder, CircuitBreaker, Metrics, Outcome, Permit, Reason, Rejected, State, Transition};
+pub use breaker::{
+    Builder, CircuitBreaker, Metrics, Outcome, Permit, Reason, Rejected, State,
+    Transition,
+};
 pub use call::CallError;
 pub use config::{Config, ConfigBuilder, ConfigError, SlowCalls, WindowKind};
 pub use layer::{CircuitBreakerLayer, CircuitBreakerService};

@@ -41,7 +41,11 @@ impl Totals {
 
     /// `part` as a percentage of the calls (0 when there are none).
     pub fn percent(&self, part: u32) -> f64 {
-        if self.calls == 0 { 0.0 } else { f64::from(part) * 100.0 / f64::from(self.calls) }
+        if self.calls == 0 {
+            0.0
+        } else {
+            f64::from(part) * 100.0 / f64::from(self.calls)
+        }
     }
 }
 
@@ -58,7 +62,12 @@ pub struct CountWindow {
 
 impl CountWindow {
     pub fn new(size: u32) -> Self {
-        CountWindow { size: size as usize, ring: Vec::with_capacity(size as usize), next: 0, totals: Totals::default() }
+        CountWindow {
+            size: size as usize,
+            ring: Vec::with_capacity(size as usize),
+            next: 0,
+            totals: Totals::default(),
+        }
     }
 
     pub fn record(&mut self, sample: Sample) {
@@ -115,7 +124,11 @@ pub struct TimeWindow {
 
 impl TimeWindow {
     pub fn new(buckets: u32, width: Duration) -> Self {
-        TimeWindow { buckets: vec![Bucket::default(); buckets as usize], width, totals: Totals::default() }
+        TimeWindow {
+            buckets: vec![Bucket::default(); buckets as usize],
+            width,
+            totals: Totals::default(),
+        }
     }
 
     fn epoch(&self, at: Duration) -> u64 {
@@ -193,7 +206,10 @@ mod tests {
         w.record(s(0), FAIL);
         w.record(Duration::from_millis(1500), FAIL);
         w.record(s(2), OK);
-        assert_eq!(w.totals(Duration::from_millis(2999)), Totals { calls: 3, failures: 2, slow: 0 });
+        assert_eq!(
+            w.totals(Duration::from_millis(2999)),
+            Totals { calls: 3, failures: 2, slow: 0 }
+        );
         // At 3 s the bucket of second 0 leaves the window.
         assert_eq!(w.totals(s(3)), Totals { calls: 2, failures: 1, slow: 0 });
         // A new call at 4 s reuses the slot of second 1, whose call is gone too.

@@ -13,9 +13,16 @@ static GLOBAL: counting::Counting = counting::Counting;
 /// Counted on this thread only (the runtime is current-thread, so the breaker runs here too).
 #[test]
 fn closed_calls_make_no_heap_allocation() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-    let breaker = CircuitBreaker::new(Config::builder().time_window(10, std::time::Duration::from_secs(1)).build().unwrap());
-    let mut layered = CircuitBreakerLayer::new(breaker.clone()).layer(service_fn(|x: u64| async move { Ok::<_, ()>(x) }));
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let breaker = CircuitBreaker::new(
+        Config::builder()
+            .time_window(10, std::time::Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    let mut layered = CircuitBreakerLayer::new(breaker.clone())
+        .layer(service_fn(|x: u64| async move { Ok::<_, ()>(x) }));
     rt.block_on(async {
         // Warm up: lazily initialised runtime and timer state may allocate once.
         for _ in 0..100 {
@@ -28,7 +35,11 @@ fn closed_calls_make_no_heap_allocation() {
             let _ = breaker.call(async { outcome }).await;
             layered.ready().await.unwrap().call(1).await.unwrap();
         }
-        assert_eq!(counting::allocations() - before, 0, "the closed path must not allocate");
+        assert_eq!(
+            counting::allocations() - before,
+            0,
+            "the closed path must not allocate"
+        );
     });
     assert_eq!(breaker.state(), circuit_breaker::State::Closed);
 }

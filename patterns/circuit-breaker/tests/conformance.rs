@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use circuit_breaker::{CallError, CircuitBreaker, CircuitBreakerLayer, Config, Outcome, Reason, State, Transition};
+use circuit_breaker::{
+    CallError, CircuitBreaker, CircuitBreakerLayer, Config, Outcome, Reason, State,
+    Transition,
+};
 use tokio::time::advance;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -17,7 +20,9 @@ type Events = Arc<Mutex<Vec<Transition>>>;
 fn with_events(config: Config) -> (CircuitBreaker, Events) {
     let events: Events = Arc::default();
     let sink = Arc::clone(&events);
-    let breaker = CircuitBreaker::builder(config).on_transition(move |t| sink.lock().unwrap().push(*t)).build();
+    let breaker = CircuitBreaker::builder(config)
+        .on_transition(move |t| sink.lock().unwrap().push(*t))
+        .build();
     (breaker, events)
 }
 
@@ -27,7 +32,10 @@ fn moves(events: &Events) -> Vec<(State, State)> {
 
 fn record(breaker: &CircuitBreaker, outcomes: &[Outcome]) {
     for outcome in outcomes {
-        breaker.try_acquire().expect("the breaker should let this call through").record(*outcome);
+        breaker
+            .try_acquire()
+            .expect("the breaker should let this call through")
+            .record(*outcome);
     }
 }
 
@@ -54,19 +62,46 @@ fn open(breaker: &CircuitBreaker) {
 #[test]
 fn invalid_configs_name_the_field() {
     let field = |b: circuit_breaker::ConfigBuilder| b.build().unwrap_err().field;
-    assert_eq!(field(Config::builder().failure_rate_threshold(0.0)), "failure_rate_threshold");
-    assert_eq!(field(Config::builder().failure_rate_threshold(100.1)), "failure_rate_threshold");
-    assert_eq!(field(Config::builder().failure_rate_threshold(f64::NAN)), "failure_rate_threshold");
-    assert_eq!(field(Config::builder().slow_calls(0.0, Duration::from_secs(1))), "slow_calls.rate_threshold");
-    assert_eq!(field(Config::builder().slow_calls(50.0, Duration::ZERO)), "slow_calls.duration");
+    assert_eq!(
+        field(Config::builder().failure_rate_threshold(0.0)),
+        "failure_rate_threshold"
+    );
+    assert_eq!(
+        field(Config::builder().failure_rate_threshold(100.1)),
+        "failure_rate_threshold"
+    );
+    assert_eq!(
+        field(Config::builder().failure_rate_threshold(f64::NAN)),
+        "failure_rate_threshold"
+    );
+    assert_eq!(
+        field(Config::builder().slow_calls(0.0, Duration::from_secs(1))),
+        "slow_calls.rate_threshold"
+    );
+    assert_eq!(
+        field(Config::builder().slow_calls(50.0, Duration::ZERO)),
+        "slow_calls.duration"
+    );
     assert_eq!(field(Config::builder().count_window(0)), "window");
-    assert_eq!(field(Config::builder().time_window(0, Duration::from_secs(1))), "window");
+    assert_eq!(
+        field(Config::builder().time_window(0, Duration::from_secs(1))),
+        "window"
+    );
     assert_eq!(field(Config::builder().time_window(10, Duration::ZERO)), "window");
     assert_eq!(field(Config::builder().minimum_calls(0)), "minimum_calls");
-    assert_eq!(field(Config::builder().count_window(5).minimum_calls(6)), "minimum_calls");
+    assert_eq!(
+        field(Config::builder().count_window(5).minimum_calls(6)),
+        "minimum_calls"
+    );
     assert_eq!(field(Config::builder().half_open_permits(0)), "half_open_permits");
-    assert_eq!(field(Config::builder().max_half_open_wait(Duration::ZERO)), "max_half_open_wait");
-    assert!(Config::builder().failure_rate_threshold(100.0).build().is_ok(), "100% is a valid threshold");
+    assert_eq!(
+        field(Config::builder().max_half_open_wait(Duration::ZERO)),
+        "max_half_open_wait"
+    );
+    assert!(
+        Config::builder().failure_rate_threshold(100.0).build().is_ok(),
+        "100% is a valid threshold"
+    );
     assert!(Config::default().validate().is_ok());
 }
 
@@ -77,7 +112,10 @@ fn a_failure_rate_exactly_at_the_threshold_opens() {
     let (breaker, events) = with_events(ten_calls());
     record(&breaker, &[S, S, S, S, S, F, F, F, F, F]);
     assert_eq!(breaker.state(), State::Open);
-    assert_eq!(events.lock().unwrap()[0].reason, Reason::FailureRate { percent: 50.0 });
+    assert_eq!(
+        events.lock().unwrap()[0].reason,
+        Reason::FailureRate { percent: 50.0 }
+    );
 }
 
 #[test]
@@ -97,17 +135,31 @@ fn a_failure_rate_just_above_the_threshold_opens() {
 
 #[test]
 fn no_verdict_before_the_minimum_number_of_calls() {
-    let config = Config::builder().count_window(10).minimum_calls(5).failure_rate_threshold(50.0).build().unwrap();
+    let config = Config::builder()
+        .count_window(10)
+        .minimum_calls(5)
+        .failure_rate_threshold(50.0)
+        .build()
+        .unwrap();
     let breaker = CircuitBreaker::new(config);
     record(&breaker, &[F, F, F, F]);
-    assert_eq!(breaker.state(), State::Closed, "100% failures, but only 4 calls of the 5 needed");
+    assert_eq!(
+        breaker.state(),
+        State::Closed,
+        "100% failures, but only 4 calls of the 5 needed"
+    );
     record(&breaker, &[F]);
     assert_eq!(breaker.state(), State::Open);
 }
 
 #[test]
 fn the_count_window_forgets_calls_that_slid_out() {
-    let config = Config::builder().count_window(4).minimum_calls(4).failure_rate_threshold(75.0).build().unwrap();
+    let config = Config::builder()
+        .count_window(4)
+        .minimum_calls(4)
+        .failure_rate_threshold(75.0)
+        .build()
+        .unwrap();
     let breaker = CircuitBreaker::new(config);
     record(&breaker, &[F, F, S, S]); // 50%
     record(&breaker, &[S]); // window F S S S: 25%, the first F wrapped out
@@ -131,7 +183,11 @@ async fn the_time_window_evicts_old_buckets() {
     record(&breaker, &[F]);
     advance(Duration::from_secs(4)).await; // the first failure's bucket has left the 5 s window
     record(&breaker, &[S, S]);
-    assert_eq!(breaker.state(), State::Closed, "F S S is 33%; counting the evicted F would make 50%");
+    assert_eq!(
+        breaker.state(),
+        State::Closed,
+        "F S S is 33%; counting the evicted F would make 50%"
+    );
     assert_eq!(breaker.metrics().window.calls, 3);
     record(&breaker, &[F]); // F S S F: 50%
     assert_eq!(breaker.state(), State::Open);
@@ -154,7 +210,10 @@ async fn slow_calls_open_the_breaker_even_when_they_succeed() {
         answer.await.unwrap();
     }
     assert_eq!(breaker.state(), State::Open);
-    assert_eq!(events.lock().unwrap()[0].reason, Reason::SlowCallRate { percent: 50.0 });
+    assert_eq!(
+        events.lock().unwrap()[0].reason,
+        Reason::SlowCallRate { percent: 50.0 }
+    );
     assert_eq!(breaker.metrics().slow, 2);
 }
 
@@ -175,7 +234,15 @@ async fn open_becomes_half_open_when_the_wait_has_elapsed() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_probe_gives_its_permit_back() {
-    let breaker = CircuitBreaker::new(Config::builder().count_window(1).minimum_calls(1).half_open_permits(1).open_wait(Duration::from_secs(1)).build().unwrap());
+    let breaker = CircuitBreaker::new(
+        Config::builder()
+            .count_window(1)
+            .minimum_calls(1)
+            .half_open_permits(1)
+            .open_wait(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
     record(&breaker, &[F]);
     advance(Duration::from_secs(1)).await;
     let probe = breaker.try_acquire().unwrap();
@@ -187,7 +254,15 @@ async fn a_dropped_probe_gives_its_permit_back() {
 
 #[tokio::test(start_paused = true)]
 async fn an_ignored_probe_gives_its_permit_back() {
-    let breaker = CircuitBreaker::new(Config::builder().count_window(1).minimum_calls(1).half_open_permits(1).open_wait(Duration::from_secs(1)).build().unwrap());
+    let breaker = CircuitBreaker::new(
+        Config::builder()
+            .count_window(1)
+            .minimum_calls(1)
+            .half_open_permits(1)
+            .open_wait(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
     record(&breaker, &[F]);
     advance(Duration::from_secs(1)).await;
     breaker.try_acquire().unwrap().record(I);
@@ -198,7 +273,13 @@ async fn an_ignored_probe_gives_its_permit_back() {
 
 #[tokio::test(start_paused = true)]
 async fn half_open_admits_exactly_its_permits_among_64_concurrent_callers() {
-    let config = Config::builder().count_window(1).minimum_calls(1).half_open_permits(3).open_wait(Duration::from_secs(1)).build().unwrap();
+    let config = Config::builder()
+        .count_window(1)
+        .minimum_calls(1)
+        .half_open_permits(3)
+        .open_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let breaker = CircuitBreaker::new(config);
     record(&breaker, &[F]);
     advance(Duration::from_secs(1)).await;
@@ -235,8 +316,20 @@ async fn the_full_cycle_closed_open_half_open_open_half_open_closed() {
     record(&breaker, &[S, S]);
     assert_eq!(breaker.state(), State::Closed);
     use State::*;
-    assert_eq!(moves(&events), [(Closed, Open), (Open, HalfOpen), (HalfOpen, Open), (Open, HalfOpen), (HalfOpen, Closed)]);
-    assert_eq!(events.lock().unwrap()[2].reason, Reason::ProbesFailed { failure_percent: 50.0, slow_percent: 0.0 });
+    assert_eq!(
+        moves(&events),
+        [
+            (Closed, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Closed)
+        ]
+    );
+    assert_eq!(
+        events.lock().unwrap()[2].reason,
+        Reason::ProbesFailed { failure_percent: 50.0, slow_percent: 0.0 }
+    );
     // Closed again with a clean window: one failure is not a verdict.
     record(&breaker, &[F]);
     assert_eq!(breaker.state(), State::Closed);
@@ -249,10 +342,21 @@ async fn a_half_open_whose_probes_never_answer_opens_again() {
     advance(Duration::from_secs(10)).await;
     let hung = [breaker.try_acquire().unwrap(), breaker.try_acquire().unwrap()];
     advance(Duration::from_secs(29)).await;
-    assert_eq!(breaker.try_acquire().err().map(|r| r.state), Some(State::HalfOpen), "still waiting for the probes");
+    assert_eq!(
+        breaker.try_acquire().err().map(|r| r.state),
+        Some(State::HalfOpen),
+        "still waiting for the probes"
+    );
     advance(Duration::from_secs(1)).await;
-    assert_eq!(breaker.try_acquire().err().map(|r| r.state), Some(State::Open), "gave up on the probes");
-    assert_eq!(events.lock().unwrap().last().unwrap().reason, Reason::HalfOpenTimedOut);
+    assert_eq!(
+        breaker.try_acquire().err().map(|r| r.state),
+        Some(State::Open),
+        "gave up on the probes"
+    );
+    assert_eq!(
+        events.lock().unwrap().last().unwrap().reason,
+        Reason::HalfOpenTimedOut
+    );
     for late in hung {
         late.record(S); // answers from an old half-open decide nothing now
     }
@@ -269,13 +373,18 @@ fn an_outcome_from_before_a_transition_is_discarded() {
     breaker.force_open();
     breaker.reset();
     in_flight.record(F);
-    assert_eq!(breaker.metrics().window.calls, 0, "the failure belongs to a window that no longer exists");
+    assert_eq!(
+        breaker.metrics().window.calls,
+        0,
+        "the failure belongs to a window that no longer exists"
+    );
 }
 
 // --- events, metrics, operators ---------------------------------------------------------------
 
 #[test]
-fn a_transition_is_reported_exactly_once_when_64_failures_race_across_the_threshold() {
+fn a_transition_is_reported_exactly_once_when_64_failures_race_across_the_threshold()
+{
     let (breaker, events) = with_events(ten_calls());
     let all_admitted = Barrier::new(64);
     std::thread::scope(|scope| {
@@ -297,12 +406,16 @@ fn concurrent_mixed_outcomes_are_all_counted_exactly() {
     // Mostly successes (the lock-free all-clear path) and some failures (the locked path), from
     // 64 threads at once. Whatever state the interleaving drives the breaker to, every outcome it
     // accepted is counted, and every call it refused is counted as a rejection.
-    let breaker = CircuitBreaker::new(Config::builder().count_window(20).minimum_calls(20).build().unwrap());
-    let (successes, failures, refused) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    let breaker = CircuitBreaker::new(
+        Config::builder().count_window(20).minimum_calls(20).build().unwrap(),
+    );
+    let (successes, failures, refused) =
+        (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
     let start = Barrier::new(64);
     std::thread::scope(|scope| {
         for t in 0..64 {
-            let (breaker, successes, failures, refused, start) = (&breaker, &successes, &failures, &refused, &start);
+            let (breaker, successes, failures, refused, start) =
+                (&breaker, &successes, &failures, &refused, &start);
             scope.spawn(move || {
                 start.wait();
                 for i in 0..100 {
@@ -322,7 +435,8 @@ fn concurrent_mixed_outcomes_are_all_counted_exactly() {
         }
     });
     let m = breaker.metrics();
-    let (s, f, r) = (successes.into_inner(), failures.into_inner(), refused.into_inner());
+    let (s, f, r) =
+        (successes.into_inner(), failures.into_inner(), refused.into_inner());
     assert_eq!(s + f + r, 6_400);
     assert_eq!((m.successful, m.failed, m.rejected), (s as u64, f as u64, r as u64));
     // The window still judges after all that: reset, then failures open it.
@@ -336,7 +450,11 @@ async fn force_open_disable_and_reset() {
     let (breaker, events) = with_events(ten_calls());
     breaker.force_open();
     advance(Duration::from_secs(3600)).await;
-    assert_eq!(breaker.try_acquire().err().map(|r| r.state), Some(State::ForcedOpen), "no half-open from forced-open");
+    assert_eq!(
+        breaker.try_acquire().err().map(|r| r.state),
+        Some(State::ForcedOpen),
+        "no half-open from forced-open"
+    );
     breaker.force_open(); // already there: no second event
     breaker.disable();
     record(&breaker, &[F; 50]);
@@ -345,7 +463,10 @@ async fn force_open_disable_and_reset() {
     assert_eq!(breaker.state(), State::Closed);
     assert_eq!(breaker.metrics().window.calls, 0);
     use State::*;
-    assert_eq!(moves(&events), [(Closed, ForcedOpen), (ForcedOpen, Disabled), (Disabled, Closed)]);
+    assert_eq!(
+        moves(&events),
+        [(Closed, ForcedOpen), (ForcedOpen, Disabled), (Disabled, Closed)]
+    );
 }
 
 #[test]
@@ -354,7 +475,10 @@ fn metrics_count_every_kind_of_call() {
     record(&breaker, &[S, S, I, F, F, F, F, F, F, F, F]);
     assert!(breaker.try_acquire().is_err());
     let m = breaker.metrics();
-    assert_eq!((m.successful, m.failed, m.ignored, m.rejected, m.state), (2, 8, 1, 1, State::Open));
+    assert_eq!(
+        (m.successful, m.failed, m.ignored, m.rejected, m.state),
+        (2, 8, 1, 1, State::Open)
+    );
 }
 
 // --- the two ways to use it -------------------------------------------------------------------
@@ -374,7 +498,11 @@ async fn call_runs_the_future_only_when_allowed() {
         })
         .await;
     assert!(matches!(result, Err(CallError::Rejected(r)) if r.state == State::Open));
-    assert_eq!(ran.load(Ordering::SeqCst), 0, "an open breaker does not even start the call");
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "an open breaker does not even start the call"
+    );
 }
 
 #[tokio::test]
@@ -387,7 +515,11 @@ async fn a_classifier_decides_what_counts_as_a_failure() {
     for _ in 0..20 {
         breaker.call_with(async { Ok::<u16, ()>(404) }, by_status).await.unwrap();
     }
-    assert_eq!(breaker.state(), State::Closed, "404s are the caller's problem, not the upstream's");
+    assert_eq!(
+        breaker.state(),
+        State::Closed,
+        "404s are the caller's problem, not the upstream's"
+    );
     for _ in 0..4 {
         breaker.call_with(async { Ok::<u16, ()>(503) }, by_status).await.unwrap();
     }
@@ -397,8 +529,10 @@ async fn a_classifier_decides_what_counts_as_a_failure() {
 }
 
 #[tokio::test]
-async fn the_layer_rejects_without_touching_the_inner_service_and_clones_share_state() {
-    let (readied, called) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+async fn the_layer_rejects_without_touching_the_inner_service_and_clones_share_state()
+ {
+    let (readied, called) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let inner = {
         let called = Arc::clone(&called);
         service_fn(move |fail: bool| {
@@ -412,16 +546,30 @@ async fn the_layer_rejects_without_touching_the_inner_service_and_clones_share_s
     let mut second = first.clone();
 
     for _ in 0..10 {
-        assert!(matches!(first.ready().await.unwrap().call(true).await, Err(CallError::Inner("upstream 500"))));
+        assert!(matches!(
+            first.ready().await.unwrap().call(true).await,
+            Err(CallError::Inner("upstream 500"))
+        ));
     }
     assert_eq!(breaker.state(), State::Open);
-    let (readied_before, called_before) = (readied.load(Ordering::SeqCst), called.load(Ordering::SeqCst));
+    let (readied_before, called_before) =
+        (readied.load(Ordering::SeqCst), called.load(Ordering::SeqCst));
 
     // The clone shares the breaker: it is open for the second service too.
     let rejected = second.ready().await.unwrap().call(false).await;
-    assert!(matches!(rejected, Err(CallError::Rejected(r)) if r.state == State::Open));
-    assert_eq!(called.load(Ordering::SeqCst), called_before, "no call reached the upstream");
-    assert_eq!(readied.load(Ordering::SeqCst), readied_before, "the upstream was not even polled for readiness");
+    assert!(
+        matches!(rejected, Err(CallError::Rejected(r)) if r.state == State::Open)
+    );
+    assert_eq!(
+        called.load(Ordering::SeqCst),
+        called_before,
+        "no call reached the upstream"
+    );
+    assert_eq!(
+        readied.load(Ordering::SeqCst),
+        readied_before,
+        "the upstream was not even polled for readiness"
+    );
 }
 
 /// A service wrapper that counts `poll_ready` calls.
@@ -435,7 +583,10 @@ impl<S: Service<R>, R> Service<R> for CountReady<S> {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
         self.readied.fetch_add(1, Ordering::SeqCst);
         self.inner.poll_ready(cx)
     }

@@ -17,9 +17,13 @@ use anyhow::{Context, bail};
 use compare::stats::Sample;
 use futures::StreamExt;
 use futures::future::try_join_all;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
-use rabbitmq_queues::publish::{enable_confirms, persistent, publish_batch, publish_confirmed};
+use rabbitmq_queues::publish::{
+    enable_confirms, persistent, publish_batch, publish_confirmed,
+};
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -30,7 +34,9 @@ const PAYLOAD: [u8; 100] = [b'x'; 100];
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
-        println!("note: a debug build measures the compiler's debug code; run with --release for real figures");
+        println!(
+            "note: a debug build measures the compiler's debug code; run with --release for real figures"
+        );
     }
     kafka().await?;
     rabbitmq().await
@@ -43,9 +49,16 @@ fn per_second(count: usize, elapsed: Duration) -> String {
 async fn kafka() -> anyhow::Result<()> {
     let brokers = infra::kafka_brokers();
     let topic = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    match timeout(Duration::from_secs(10), kafka_events::client::create_topics(&brokers, &[(&topic, 1)])).await {
+    match timeout(
+        Duration::from_secs(10),
+        kafka_events::client::create_topics(&brokers, &[(&topic, 1)]),
+    )
+    .await
+    {
         Ok(Ok(())) => {}
-        _ => bail!("no Kafka broker answers at {brokers}: start one with `cargo xtask brokers up`"),
+        _ => bail!(
+            "no Kafka broker answers at {brokers}: start one with `cargo xtask brokers up`"
+        ),
     }
     println!("Kafka API at {brokers}");
     let producer: FutureProducer = rdkafka::ClientConfig::new()
@@ -56,9 +69,17 @@ async fn kafka() -> anyhow::Result<()> {
 
     let count = 20_000;
     let began = Instant::now();
-    let sends = (0..count).map(|_| producer.send(FutureRecord::<(), _>::to(&topic).payload(&PAYLOAD[..]), Duration::from_secs(60)));
+    let sends = (0..count).map(|_| {
+        producer.send(
+            FutureRecord::<(), _>::to(&topic).payload(&PAYLOAD[..]),
+            Duration::from_secs(60),
+        )
+    });
     try_join_all(sends).await.map_err(|(e, _)| e)?;
-    println!("  produce, batched, 100 B       {}  ({count} messages)", per_second(count, began.elapsed()));
+    println!(
+        "  produce, batched, 100 B       {}  ({count} messages)",
+        per_second(count, began.elapsed())
+    );
 
     // A short fetch wait: a broker may hold a fetch until `fetch.wait.max.ms` (500 ms by default)
     // even when data has arrived, and then the wait, not the broker, is what gets measured.
@@ -71,13 +92,23 @@ async fn kafka() -> anyhow::Result<()> {
         .create()?;
     consumer.subscribe(&[&topic])?;
     for _ in 0..count {
-        timeout(Duration::from_secs(60), consumer.recv()).await.context("draining the batch")??;
+        timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .context("draining the batch")??;
     }
     let mut latencies = Vec::with_capacity(500);
     for _ in 0..500 {
         let sent = Instant::now();
-        producer.send(FutureRecord::<(), _>::to(&topic).payload(&PAYLOAD[..]), Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
-        let message = timeout(Duration::from_secs(10), consumer.recv()).await.context("end-to-end message")??;
+        producer
+            .send(
+                FutureRecord::<(), _>::to(&topic).payload(&PAYLOAD[..]),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        let message = timeout(Duration::from_secs(10), consumer.recv())
+            .await
+            .context("end-to-end message")??;
         latencies.push(sent.elapsed());
         debug_assert_eq!(message.payload().map(<[u8]>::len), Some(PAYLOAD.len()));
     }
@@ -93,8 +124,12 @@ async fn kafka() -> anyhow::Result<()> {
 
 async fn rabbitmq() -> anyhow::Result<()> {
     let uri = infra::amqp_addr();
-    let Ok(Ok((connection, channel))) = timeout(Duration::from_secs(10), rabbitmq_queues::connect(&uri)).await else {
-        bail!("no RabbitMQ broker answers at {uri}: start one with `cargo xtask brokers up`");
+    let Ok(Ok((connection, channel))) =
+        timeout(Duration::from_secs(10), rabbitmq_queues::connect(&uri)).await
+    else {
+        bail!(
+            "no RabbitMQ broker answers at {uri}: start one with `cargo xtask brokers up`"
+        );
     };
     println!("RabbitMQ at {uri}");
     enable_confirms(&channel).await?;
@@ -106,7 +141,10 @@ async fn rabbitmq() -> anyhow::Result<()> {
     for _ in 0..single {
         publish_confirmed(&channel, "", &queue, &PAYLOAD, persistent()).await?;
     }
-    println!("  publish, confirm each         {}  ({single} messages)", per_second(single, began.elapsed()));
+    println!(
+        "  publish, confirm each         {}  ({single} messages)",
+        per_second(single, began.elapsed())
+    );
 
     let batched = 20_000;
     let batch: Vec<Vec<u8>> = vec![PAYLOAD.to_vec(); 500];
@@ -114,21 +152,39 @@ async fn rabbitmq() -> anyhow::Result<()> {
     for _ in 0..batched / batch.len() {
         publish_batch(&channel, "", &queue, &batch).await?;
     }
-    println!("  publish, confirm per 500      {}  ({batched} messages)", per_second(batched, began.elapsed()));
+    println!(
+        "  publish, confirm per 500      {}  ({batched} messages)",
+        per_second(batched, began.elapsed())
+    );
 
     let total = single + batched;
     channel.basic_qos(500, BasicQosOptions::default()).await?;
-    let mut deliveries = channel.basic_consume(queue.as_str().into(), "bench".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     let began = Instant::now();
     for received in 1..=total {
-        let delivery = timeout(Duration::from_secs(30), deliveries.next()).await.context("consuming")?.context("consumer closed")??;
+        let delivery = timeout(Duration::from_secs(30), deliveries.next())
+            .await
+            .context("consuming")?
+            .context("consumer closed")??;
         // Acknowledge every 100th with `multiple`, covering the 99 before it in one frame.
         if received % 100 == 0 || received == total {
             delivery.ack(BasicAckOptions { multiple: true }).await?;
         }
     }
-    println!("  consume, manual acks          {}  ({total} messages)", per_second(total, began.elapsed()));
-    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    println!(
+        "  consume, manual acks          {}  ({total} messages)",
+        per_second(total, began.elapsed())
+    );
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
     connection.close(200, "done".into()).await?;
     Ok(())
 }

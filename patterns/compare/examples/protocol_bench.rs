@@ -19,25 +19,48 @@ use http_json::orders::{NewOrder, OrderLine};
 async fn main() -> anyhow::Result<()> {
     let iterations = parse_iterations()?;
     if cfg!(debug_assertions) {
-        println!("note: a debug build measures the compiler's debug code; run with --release for real figures");
+        println!(
+            "note: a debug build measures the compiler's debug code; run with --release for real figures"
+        );
     }
     let warmup = (iterations / 10).max(10);
-    println!("{iterations} round trips per transport after {warmup} warm-up calls, one at a time, over loopback\n");
+    println!(
+        "{iterations} round trips per transport after {warmup} warm-up calls, one at a time, over loopback\n"
+    );
 
     let (echo_addr, echo_server) = echo::spawn().await?;
     let mut echo_client = EchoClient::connect(echo_addr).await?;
     let message = [b'x'; 256];
-    let tcp = measure(warmup, iterations, async |_| echo_client.round_trip(&message).await).await.context("TCP echo")?;
+    let tcp = measure(warmup, iterations, async |_| {
+        echo_client.round_trip(&message).await
+    })
+    .await
+    .context("TCP echo")?;
     echo_server.abort();
 
-    let orders = http_json::server::spawn(http_json::server::ServiceConfig::default()).await?;
-    let http = http_json::client::OrdersClient::new(orders.base_url(), Duration::from_secs(5))?;
-    let order = NewOrder { customer_id: "c-42".into(), lines: vec![OrderLine { sku: "mug".into(), quantity: 2, unit_price_cents: 1250 }] };
+    let orders =
+        http_json::server::spawn(http_json::server::ServiceConfig::default())
+            .await?;
+    let http = http_json::client::OrdersClient::new(
+        orders.base_url(),
+        Duration::from_secs(5),
+    )?;
+    let order = NewOrder {
+        customer_id: "c-42".into(),
+        lines: vec![OrderLine {
+            sku: "mug".into(),
+            quantity: 2,
+            unit_price_cents: 1250,
+        }],
+    };
     let id = http.create("bench-1", &order).await?.order.id;
-    let http_sample = measure(warmup, iterations, async |_| http.get(id).await).await.context("HTTP/JSON")?;
+    let http_sample = measure(warmup, iterations, async |_| http.get(id).await)
+        .await
+        .context("HTTP/JSON")?;
     orders.shutdown().await?;
 
-    let payments = grpc::server::spawn(grpc::service::ServiceConfig::default()).await?;
+    let payments =
+        grpc::server::spawn(grpc::service::ServiceConfig::default()).await?;
     let mut grpc_client = grpc::client::connect(payments.addr, "bench").await?;
     let grpc_sample = measure(warmup, iterations, async |i| {
         let request = AuthorizeRequest {
@@ -53,8 +76,15 @@ async fn main() -> anyhow::Result<()> {
     .context("gRPC")?;
     payments.shutdown().await.map_err(|e| anyhow::anyhow!(e))?;
 
-    println!("{:<22} {:>10} {:>10} {:>12} {:>12}", "transport", "p50", "p99", "p50 / echo", "p99 / echo");
-    for (name, sample) in [("raw TCP echo (baseline)", &tcp), ("HTTP/JSON GET", &http_sample), ("gRPC unary Authorize", &grpc_sample)] {
+    println!(
+        "{:<22} {:>10} {:>10} {:>12} {:>12}",
+        "transport", "p50", "p99", "p50 / echo", "p99 / echo"
+    );
+    for (name, sample) in [
+        ("raw TCP echo (baseline)", &tcp),
+        ("HTTP/JSON GET", &http_sample),
+        ("gRPC unary Authorize", &grpc_sample),
+    ] {
         let (p50, p99) = (sample.percentile(50.0), sample.percentile(99.0));
         println!(
             "{name:<22} {:>10} {:>10} {:>11.1}x {:>11.1}x",
@@ -68,7 +98,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Runs `call` `warmup` times unmeasured, then `iterations` times measured, one at a time.
-async fn measure<T, E>(warmup: usize, iterations: usize, mut call: impl AsyncFnMut(usize) -> Result<T, E>) -> anyhow::Result<Sample>
+async fn measure<T, E>(
+    warmup: usize,
+    iterations: usize,
+    mut call: impl AsyncFnMut(usize) -> Result<T, E>,
+) -> anyhow::Result<Sample>
 where
     E: std::error::Error + Send + Sync + 'static,
 {

@@ -20,19 +20,33 @@ use crate::proto::v2::{AuthorizeRequest, Payment};
 pub type Client = PaymentsClient<InterceptedService<Channel, AttachCorrelationId>>;
 
 /// Connects to `addr` (plain HTTP/2 on loopback; production adds TLS) within two seconds.
-pub async fn connect(addr: SocketAddr, correlation_id: &str) -> Result<Client, Status> {
+pub async fn connect(
+    addr: SocketAddr,
+    correlation_id: &str,
+) -> Result<Client, Status> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await
-        .map_err(|e| Status::unavailable(format!("cannot reach the payments service at {addr}: {e}")))?;
-    Ok(PaymentsClient::with_interceptor(channel, AttachCorrelationId::new(correlation_id)?))
+        .map_err(|e| {
+            Status::unavailable(format!(
+                "cannot reach the payments service at {addr}: {e}"
+            ))
+        })?;
+    Ok(PaymentsClient::with_interceptor(
+        channel,
+        AttachCorrelationId::new(correlation_id)?,
+    ))
 }
 
 // ANCHOR: authorize
 /// `Authorize` with a deadline the server can see, enforced on both sides.
-pub async fn authorize(client: &mut Client, message: AuthorizeRequest, deadline: Duration) -> Result<Payment, Status> {
+pub async fn authorize(
+    client: &mut Client,
+    message: AuthorizeRequest,
+    deadline: Duration,
+) -> Result<Payment, Status> {
     let mut request = Request::new(message);
     request.set_timeout(deadline); // sent as the grpc-timeout header
     tokio::select! {

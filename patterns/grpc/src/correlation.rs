@@ -20,7 +20,11 @@ pub struct CorrelationId(pub String);
 impl CorrelationId {
     /// The id the server interceptor stored; `"unknown"` if the service runs without it.
     pub fn of<T>(request: &Request<T>) -> CorrelationId {
-        request.extensions().get::<CorrelationId>().cloned().unwrap_or_else(|| CorrelationId("unknown".into()))
+        request
+            .extensions()
+            .get::<CorrelationId>()
+            .cloned()
+            .unwrap_or_else(|| CorrelationId("unknown".into()))
     }
 
     /// Echoes the id in response metadata, so the caller can match answers to requests.
@@ -65,7 +69,11 @@ pub struct AttachCorrelationId(AsciiMetadataValue);
 impl AttachCorrelationId {
     /// Fails on ids the server would replace (see [`is_sane`]).
     pub fn new(id: &str) -> Result<Self, Status> {
-        let invalid = || Status::invalid_argument(format!("correlation id {id:?} must be 1 to 128 visible ASCII characters"));
+        let invalid = || {
+            Status::invalid_argument(format!(
+                "correlation id {id:?} must be 1 to 128 visible ASCII characters"
+            ))
+        };
         if !is_sane(id) {
             return Err(invalid());
         }
@@ -88,7 +96,9 @@ mod tests {
     #[test]
     fn adopts_a_sane_id_and_replaces_a_missing_or_odd_one() {
         let mut request = Request::new(());
-        request.metadata_mut().insert(CORRELATION_ID, "checkout-7f3a".parse().unwrap());
+        request
+            .metadata_mut()
+            .insert(CORRELATION_ID, "checkout-7f3a".parse().unwrap());
         assert_eq!(CorrelationId::of(&accept(request).unwrap()).0, "checkout-7f3a");
 
         let generated = CorrelationId::of(&accept(Request::new(())).unwrap()).0;

@@ -21,7 +21,10 @@ pub fn return_margin(budget: Duration) -> Duration {
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if digits.is_empty()
+        || digits.len() > 8
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let n: u64 = digits.parse().ok()?;
@@ -39,17 +42,25 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 
 /// The caller's budget for this call, if it sent one.
 pub fn from_metadata(metadata: &MetadataMap) -> Option<Duration> {
-    metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout)
+    metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
 }
 
 // ANCHOR: within
 /// Runs `work` within the caller's budget (less [`return_margin`]); no budget means no limit.
-pub async fn within<T>(budget: Option<Duration>, work: impl Future<Output = T>) -> Result<T, Status> {
+pub async fn within<T>(
+    budget: Option<Duration>,
+    work: impl Future<Output = T>,
+) -> Result<T, Status> {
     let Some(budget) = budget else { return Ok(work.await) };
     let usable = budget.saturating_sub(return_margin(budget));
-    tokio::time::timeout(usable, work)
-        .await
-        .map_err(|_| Status::deadline_exceeded(format!("the caller's deadline of {budget:?} passed; work abandoned")))
+    tokio::time::timeout(usable, work).await.map_err(|_| {
+        Status::deadline_exceeded(format!(
+            "the caller's deadline of {budget:?} passed; work abandoned"
+        ))
+    })
 }
 // ANCHOR_END: within
 
@@ -83,20 +94,38 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn work_past_the_budget_is_abandoned_with_deadline_exceeded() {
         let began = tokio::time::Instant::now();
-        let out = within(Some(Duration::from_millis(100)), tokio::time::sleep(Duration::from_secs(10))).await;
+        let out = within(
+            Some(Duration::from_millis(100)),
+            tokio::time::sleep(Duration::from_secs(10)),
+        )
+        .await;
         assert_eq!(out.unwrap_err().code(), tonic::Code::DeadlineExceeded);
-        assert_eq!(began.elapsed(), Duration::from_millis(90), "budget minus a tenth kept for the way back");
+        assert_eq!(
+            began.elapsed(),
+            Duration::from_millis(90),
+            "budget minus a tenth kept for the way back"
+        );
     }
 
     #[test]
     fn the_margin_is_a_tenth_but_never_below_five_ms() {
-        assert_eq!(return_margin(Duration::from_secs(1)), Duration::from_millis(100));
-        assert_eq!(return_margin(Duration::from_millis(20)), Duration::from_millis(5));
+        assert_eq!(
+            return_margin(Duration::from_secs(1)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            return_margin(Duration::from_millis(20)),
+            Duration::from_millis(5)
+        );
         assert_eq!(return_margin(Duration::ZERO), Duration::from_millis(5));
     }
 
     #[tokio::test(start_paused = true)]
     async fn no_budget_means_no_limit() {
-        assert!(within(None, tokio::time::sleep(Duration::from_secs(3600))).await.is_ok());
+        assert!(
+            within(None, tokio::time::sleep(Duration::from_secs(3600)))
+                .await
+                .is_ok()
+        );
     }
 }

@@ -41,11 +41,15 @@ impl From<PaymentError> for Status {
     fn from(error: PaymentError) -> Self {
         let code = match &error {
             // The caller sent something that can never succeed: fix the request, do not retry.
-            PaymentError::Invalid(_) | PaymentError::OverCapture { .. } => Code::InvalidArgument,
+            PaymentError::Invalid(_) | PaymentError::OverCapture { .. } => {
+                Code::InvalidArgument
+            }
             // Retrying the same authorization is harmless and answered with this, not a second charge.
             PaymentError::AlreadyAuthorized { .. } => Code::AlreadyExists,
             // The request was fine, the world said no: retrying unchanged will not help.
-            PaymentError::Declined(_) | PaymentError::NotCapturable { .. } => Code::FailedPrecondition,
+            PaymentError::Declined(_) | PaymentError::NotCapturable { .. } => {
+                Code::FailedPrecondition
+            }
             PaymentError::UnknownPayment(_) => Code::NotFound,
         };
         Status::new(code, error.to_string())
@@ -75,7 +79,10 @@ pub fn validate(request: &AuthorizeRequest) -> Result<(), PaymentError> {
         return Err(PaymentError::Invalid("amount_cents must be positive".into()));
     }
     if request.currency != CURRENCY {
-        return Err(PaymentError::Invalid(format!("currency must be {CURRENCY}, got {:?}", request.currency)));
+        return Err(PaymentError::Invalid(format!(
+            "currency must be {CURRENCY}, got {:?}",
+            request.currency
+        )));
     }
     Ok(())
 }
@@ -89,7 +96,10 @@ impl Ledger {
     // ANCHOR: authorize
     /// Validates and authorizes a payment. One authorization per order: a second attempt for the
     /// same order is `AlreadyAuthorized`, naming the first payment.
-    pub fn authorize(&self, request: &AuthorizeRequest) -> Result<Payment, PaymentError> {
+    pub fn authorize(
+        &self,
+        request: &AuthorizeRequest,
+    ) -> Result<Payment, PaymentError> {
         validate(request)?;
         if request.card_token == DECLINED_CARD {
             return Err(PaymentError::Declined("insufficient funds".into()));
@@ -100,7 +110,10 @@ impl Ledger {
         }
         let mut inner = self.lock();
         if let Some(payment_id) = inner.by_order.get(&request.order_id) {
-            return Err(PaymentError::AlreadyAuthorized { order_id: request.order_id.clone(), payment_id: payment_id.clone() });
+            return Err(PaymentError::AlreadyAuthorized {
+                order_id: request.order_id.clone(),
+                payment_id: payment_id.clone(),
+            });
         }
         let id = Uuid::new_v4().simple().to_string();
         let payment = Payment {
@@ -117,19 +130,36 @@ impl Ledger {
     // ANCHOR_END: authorize
 
     pub fn get(&self, payment_id: &str) -> Result<Payment, PaymentError> {
-        self.lock().payments.get(payment_id).cloned().ok_or_else(|| PaymentError::UnknownPayment(payment_id.to_owned()))
+        self.lock()
+            .payments
+            .get(payment_id)
+            .cloned()
+            .ok_or_else(|| PaymentError::UnknownPayment(payment_id.to_owned()))
     }
 
     /// Captures (part of) an authorized payment.
-    pub fn capture(&self, payment_id: &str, amount_cents: u64) -> Result<u64, PaymentError> {
+    pub fn capture(
+        &self,
+        payment_id: &str,
+        amount_cents: u64,
+    ) -> Result<u64, PaymentError> {
         let mut inner = self.lock();
-        let payment = inner.payments.get_mut(payment_id).ok_or_else(|| PaymentError::UnknownPayment(payment_id.to_owned()))?;
+        let payment = inner
+            .payments
+            .get_mut(payment_id)
+            .ok_or_else(|| PaymentError::UnknownPayment(payment_id.to_owned()))?;
         let status = payment.status();
         if status != PaymentStatus::Authorized {
-            return Err(PaymentError::NotCapturable { payment_id: payment_id.to_owned(), status });
+            return Err(PaymentError::NotCapturable {
+                payment_id: payment_id.to_owned(),
+                status,
+            });
         }
         if amount_cents == 0 || amount_cents > payment.amount_cents {
-            return Err(PaymentError::OverCapture { requested: amount_cents, authorized: payment.amount_cents });
+            return Err(PaymentError::OverCapture {
+                requested: amount_cents,
+                authorized: payment.amount_cents,
+            });
         }
         payment.set_status(PaymentStatus::Captured);
         Ok(amount_cents)
@@ -139,7 +169,10 @@ impl Ledger {
     /// its new status; a settled payment stays settled.
     pub fn advance(&self, payment_id: &str) -> Result<PaymentStatus, PaymentError> {
         let mut inner = self.lock();
-        let payment = inner.payments.get_mut(payment_id).ok_or_else(|| PaymentError::UnknownPayment(payment_id.to_owned()))?;
+        let payment = inner
+            .payments
+            .get_mut(payment_id)
+            .ok_or_else(|| PaymentError::UnknownPayment(payment_id.to_owned()))?;
         let next = match payment.status() {
             PaymentStatus::Authorized => PaymentStatus::Captured,
             _ => PaymentStatus::Settled,
@@ -162,23 +195,61 @@ mod tests {
     use super::*;
 
     fn request(order_id: &str) -> AuthorizeRequest {
-        AuthorizeRequest { order_id: order_id.into(), amount_cents: 2899, currency: "EUR".into(), card_token: "tok_visa".into(), customer_id: String::new() }
+        AuthorizeRequest {
+            order_id: order_id.into(),
+            amount_cents: 2899,
+            currency: "EUR".into(),
+            card_token: "tok_visa".into(),
+            customer_id: String::new(),
+        }
     }
 
     #[test]
     fn each_domain_error_has_its_status_code() {
         let ledger = Ledger::default();
-        let code = |r: &AuthorizeRequest| Status::from(ledger.authorize(r).unwrap_err()).code();
-        assert_eq!(code(&AuthorizeRequest { amount_cents: 0, ..request("o-1") }), Code::InvalidArgument);
-        assert_eq!(code(&AuthorizeRequest { currency: "USD".into(), ..request("o-1") }), Code::InvalidArgument);
-        assert_eq!(code(&AuthorizeRequest { order_id: " ".into(), ..request("o-1") }), Code::InvalidArgument);
-        assert_eq!(code(&AuthorizeRequest { card_token: DECLINED_CARD.into(), ..request("o-1") }), Code::FailedPrecondition);
-        assert_eq!(code(&AuthorizeRequest { customer_id: RISKY_CUSTOMER.into(), ..request("o-1") }), Code::FailedPrecondition);
+        let code = |r: &AuthorizeRequest| {
+            Status::from(ledger.authorize(r).unwrap_err()).code()
+        };
+        assert_eq!(
+            code(&AuthorizeRequest { amount_cents: 0, ..request("o-1") }),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(&AuthorizeRequest { currency: "USD".into(), ..request("o-1") }),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(&AuthorizeRequest { order_id: " ".into(), ..request("o-1") }),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(&AuthorizeRequest {
+                card_token: DECLINED_CARD.into(),
+                ..request("o-1")
+            }),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(&AuthorizeRequest {
+                customer_id: RISKY_CUSTOMER.into(),
+                ..request("o-1")
+            }),
+            Code::FailedPrecondition
+        );
         let first = ledger.authorize(&request("o-1")).unwrap();
         let again = ledger.authorize(&request("o-1")).unwrap_err();
-        assert_eq!(again, PaymentError::AlreadyAuthorized { order_id: "o-1".into(), payment_id: first.payment_id });
+        assert_eq!(
+            again,
+            PaymentError::AlreadyAuthorized {
+                order_id: "o-1".into(),
+                payment_id: first.payment_id
+            }
+        );
         assert_eq!(Status::from(again).code(), Code::AlreadyExists);
-        assert_eq!(Status::from(ledger.get("pay_nope").unwrap_err()).code(), Code::NotFound);
+        assert_eq!(
+            Status::from(ledger.get("pay_nope").unwrap_err()).code(),
+            Code::NotFound
+        );
         assert_eq!(ledger.len(), 1, "failed attempts store nothing");
     }
 
@@ -186,9 +257,15 @@ mod tests {
     fn captures_only_what_was_authorized_and_only_once() {
         let ledger = Ledger::default();
         let payment = ledger.authorize(&request("o-1")).unwrap();
-        assert!(matches!(ledger.capture(&payment.payment_id, 5000), Err(PaymentError::OverCapture { .. })));
+        assert!(matches!(
+            ledger.capture(&payment.payment_id, 5000),
+            Err(PaymentError::OverCapture { .. })
+        ));
         assert_eq!(ledger.capture(&payment.payment_id, 2899), Ok(2899));
-        assert!(matches!(ledger.capture(&payment.payment_id, 1), Err(PaymentError::NotCapturable { .. })));
+        assert!(matches!(
+            ledger.capture(&payment.payment_id, 1),
+            Err(PaymentError::NotCapturable { .. })
+        ));
     }
 
     #[test]
@@ -196,6 +273,13 @@ mod tests {
         let ledger = Ledger::default();
         let id = ledger.authorize(&request("o-1")).unwrap().payment_id;
         let steps: Vec<_> = (0..3).map(|_| ledger.advance(&id).unwrap()).collect();
-        assert_eq!(steps, [PaymentStatus::Captured, PaymentStatus::Settled, PaymentStatus::Settled]);
+        assert_eq!(
+            steps,
+            [
+                PaymentStatus::Captured,
+                PaymentStatus::Settled,
+                PaymentStatus::Settled
+            ]
+        );
     }
 }

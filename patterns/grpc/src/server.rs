@@ -33,11 +33,17 @@ pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningPayments> {
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(
         Server::builder()
-            .add_service(PaymentsServer::with_interceptor(service, correlation::accept))
+            .add_service(PaymentsServer::with_interceptor(
+                service,
+                correlation::accept,
+            ))
             // TCP_NODELAY: small messages go out at once instead of waiting for the peer's ACK.
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
-                let _ = stopped.await;
-            }),
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
     );
     info!("payments-service listening on {addr}");
     Ok(RunningPayments { addr, ledger, stop, task })
@@ -46,7 +52,9 @@ pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningPayments> {
 
 impl RunningPayments {
     /// Stops accepting calls, lets running ones finish, and waits for the server to exit.
-    pub async fn shutdown(self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    pub async fn shutdown(
+        self,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let _ = self.stop.send(());
         self.task.await??;
         Ok(())

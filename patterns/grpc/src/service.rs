@@ -18,8 +18,9 @@ use crate::deadline;
 use crate::ledger::{self, Ledger};
 use crate::proto::v2::payments_server::Payments;
 use crate::proto::v2::{
-    AuthorizationResult, AuthorizeRequest, BatchSummary, CaptureRequest, Decline, Payment, PaymentEvent, PaymentStatus,
-    Rejection, WatchPaymentRequest, authorization_result::Outcome,
+    AuthorizationResult, AuthorizeRequest, BatchSummary, CaptureRequest, Decline,
+    Payment, PaymentEvent, PaymentStatus, Rejection, WatchPaymentRequest,
+    authorization_result::Outcome,
 };
 
 /// How the service behaves, including the faults the examples inject.
@@ -33,7 +34,10 @@ pub struct ServiceConfig {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig { card_network_latency: Duration::ZERO, settlement_step: Duration::from_millis(50) }
+        ServiceConfig {
+            card_network_latency: Duration::ZERO,
+            settlement_step: Duration::from_millis(50),
+        }
     }
 }
 
@@ -71,7 +75,10 @@ fn with_id<T>(message: T, id: &CorrelationId) -> Response<T> {
 #[tonic::async_trait]
 impl Payments for PaymentsService {
     // ANCHOR: authorize
-    async fn authorize(&self, request: Request<AuthorizeRequest>) -> Result<Response<Payment>, Status> {
+    async fn authorize(
+        &self,
+        request: Request<AuthorizeRequest>,
+    ) -> Result<Response<Payment>, Status> {
         let id = CorrelationId::of(&request);
         let budget = deadline::from_metadata(request.metadata());
         let span = info_span!("payments-service", correlation_id = %id);
@@ -108,7 +115,10 @@ impl Payments for PaymentsService {
     type WatchPaymentStream = ReceiverStream<Result<PaymentEvent, Status>>;
 
     // ANCHOR: watch_payment
-    async fn watch_payment(&self, request: Request<WatchPaymentRequest>) -> Result<Response<Self::WatchPaymentStream>, Status> {
+    async fn watch_payment(
+        &self,
+        request: Request<WatchPaymentRequest>,
+    ) -> Result<Response<Self::WatchPaymentStream>, Status> {
         let id = CorrelationId::of(&request);
         let span = info_span!("payments-service", correlation_id = %id);
         let payment_id = request.into_inner().payment_id;
@@ -121,7 +131,11 @@ impl Payments for PaymentsService {
                 info!(%payment_id, "WatchPayment: streaming until settled");
                 let mut status = current.status();
                 for sequence in 1.. {
-                    let event = PaymentEvent { payment_id: payment_id.clone(), status: status as i32, sequence };
+                    let event = PaymentEvent {
+                        payment_id: payment_id.clone(),
+                        status: status as i32,
+                        sequence,
+                    };
                     if tx.send(Ok(event)).await.is_err() {
                         info!("the watcher went away; stop streaming");
                         return;
@@ -147,7 +161,10 @@ impl Payments for PaymentsService {
     // ANCHOR_END: watch_payment
 
     // ANCHOR: capture_batch
-    async fn capture_batch(&self, request: Request<Streaming<CaptureRequest>>) -> Result<Response<BatchSummary>, Status> {
+    async fn capture_batch(
+        &self,
+        request: Request<Streaming<CaptureRequest>>,
+    ) -> Result<Response<BatchSummary>, Status> {
         let id = CorrelationId::of(&request);
         let span = info_span!("payments-service", correlation_id = %id);
         async move {
@@ -155,15 +172,24 @@ impl Payments for PaymentsService {
             let mut summary = BatchSummary::default();
             // A refused item is recorded and the batch goes on: one bad line loses nothing else.
             while let Some(capture) = captures.message().await? {
-                match self.ledger.capture(&capture.payment_id, capture.amount_cents) {
+                match self.ledger.capture(&capture.payment_id, capture.amount_cents)
+                {
                     Ok(cents) => {
                         summary.captured += 1;
                         summary.captured_cents += cents;
                     }
-                    Err(error) => summary.rejections.push(Rejection { payment_id: capture.payment_id, reason: error.to_string() }),
+                    Err(error) => summary.rejections.push(Rejection {
+                        payment_id: capture.payment_id,
+                        reason: error.to_string(),
+                    }),
                 }
             }
-            info!(captured = summary.captured, rejected = summary.rejections.len(), "CaptureBatch done, {} cents", summary.captured_cents);
+            info!(
+                captured = summary.captured,
+                rejected = summary.rejections.len(),
+                "CaptureBatch done, {} cents",
+                summary.captured_cents
+            );
             Ok(with_id(summary, &id))
         }
         .instrument(span)
@@ -174,7 +200,10 @@ impl Payments for PaymentsService {
     type AuthorizeStreamStream = ReceiverStream<Result<AuthorizationResult, Status>>;
 
     // ANCHOR: authorize_stream
-    async fn authorize_stream(&self, request: Request<Streaming<AuthorizeRequest>>) -> Result<Response<Self::AuthorizeStreamStream>, Status> {
+    async fn authorize_stream(
+        &self,
+        request: Request<Streaming<AuthorizeRequest>>,
+    ) -> Result<Response<Self::AuthorizeStreamStream>, Status> {
         let id = CorrelationId::of(&request);
         let span = info_span!("payments-service", correlation_id = %id);
         let mut inbound = request.into_inner();
@@ -197,10 +226,16 @@ impl Payments for PaymentsService {
                         Ok(payment) => Outcome::Payment(payment),
                         Err(error) => {
                             let status = Status::from(error);
-                            Outcome::Decline(Decline { code: format!("{:?}", status.code()), reason: status.message().to_owned() })
+                            Outcome::Decline(Decline {
+                                code: format!("{:?}", status.code()),
+                                reason: status.message().to_owned(),
+                            })
                         }
                     };
-                    let result = AuthorizationResult { order_id: req.order_id, outcome: Some(outcome) };
+                    let result = AuthorizationResult {
+                        order_id: req.order_id,
+                        outcome: Some(outcome),
+                    };
                     if tx.send(Ok(result)).await.is_err() {
                         info!("the caller went away; stop answering");
                         return;

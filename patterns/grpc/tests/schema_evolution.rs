@@ -17,35 +17,76 @@ fn a_v1_reader_decodes_a_v2_message_and_skips_the_new_field() {
         amount_cents: 2899,
         authorization_code: "A1B2C3".into(),
     };
-    let old = v1::Payment::decode(new.encode_to_vec().as_slice()).expect("v1 reads v2 bytes");
-    assert_eq!(old, v1::Payment { payment_id: "pay_1".into(), order_id: "o-1".into(), status: new.status, amount_cents: 2899 });
+    let old = v1::Payment::decode(new.encode_to_vec().as_slice())
+        .expect("v1 reads v2 bytes");
+    assert_eq!(
+        old,
+        v1::Payment {
+            payment_id: "pay_1".into(),
+            order_id: "o-1".into(),
+            status: new.status,
+            amount_cents: 2899
+        }
+    );
 }
 
 #[test]
 fn a_v2_reader_decodes_a_v1_message_and_defaults_the_new_field() {
-    let old = v1::AuthorizeRequest { order_id: "o-1".into(), amount_cents: 2899, currency: "EUR".into(), card_token: "tok_visa".into() };
-    let new = v2::AuthorizeRequest::decode(old.encode_to_vec().as_slice()).expect("v2 reads v1 bytes");
+    let old = v1::AuthorizeRequest {
+        order_id: "o-1".into(),
+        amount_cents: 2899,
+        currency: "EUR".into(),
+        card_token: "tok_visa".into(),
+    };
+    let new = v2::AuthorizeRequest::decode(old.encode_to_vec().as_slice())
+        .expect("v2 reads v1 bytes");
     assert_eq!(new.order_id, "o-1");
-    assert_eq!(new.customer_id, "", "absent means empty: the service must treat empty as 'not sent'");
+    assert_eq!(
+        new.customer_id, "",
+        "absent means empty: the service must treat empty as 'not sent'"
+    );
 }
 
 #[test]
 fn a_v1_middleman_that_decodes_and_reencodes_drops_the_new_field() {
     // prost keeps no unknown fields: a service built on v1 that forwards a v2 message loses data.
-    let new = v2::Payment { payment_id: "pay_1".into(), authorization_code: "A1B2C3".into(), ..Default::default() };
-    let forwarded = v1::Payment::decode(new.encode_to_vec().as_slice()).unwrap().encode_to_vec();
+    let new = v2::Payment {
+        payment_id: "pay_1".into(),
+        authorization_code: "A1B2C3".into(),
+        ..Default::default()
+    };
+    let forwarded =
+        v1::Payment::decode(new.encode_to_vec().as_slice()).unwrap().encode_to_vec();
     let arrived = v2::Payment::decode(forwarded.as_slice()).unwrap();
     assert_eq!(arrived.payment_id, "pay_1");
-    assert_eq!(arrived.authorization_code, "", "lost in transit through the v1 middleman");
+    assert_eq!(
+        arrived.authorization_code, "",
+        "lost in transit through the v1 middleman"
+    );
 }
 // ANCHOR_END: evolution_tests
 
 #[tokio::test]
 async fn a_v1_client_still_works_against_the_v2_service() {
-    let server = grpc::server::spawn(grpc::service::ServiceConfig::default()).await.unwrap();
-    let mut old_client = v1::payments_client::PaymentsClient::connect(format!("http://{}", server.addr)).await.unwrap();
-    let request = v1::AuthorizeRequest { order_id: "o-1".into(), amount_cents: 2899, currency: "EUR".into(), card_token: "tok_visa".into() };
-    let payment = old_client.authorize(request).await.expect("an old client is still served").into_inner();
+    let server =
+        grpc::server::spawn(grpc::service::ServiceConfig::default()).await.unwrap();
+    let mut old_client = v1::payments_client::PaymentsClient::connect(format!(
+        "http://{}",
+        server.addr
+    ))
+    .await
+    .unwrap();
+    let request = v1::AuthorizeRequest {
+        order_id: "o-1".into(),
+        amount_cents: 2899,
+        currency: "EUR".into(),
+        card_token: "tok_visa".into(),
+    };
+    let payment = old_client
+        .authorize(request)
+        .await
+        .expect("an old client is still served")
+        .into_inner();
     assert_eq!((payment.order_id.as_str(), payment.amount_cents), ("o-1", 2899));
     assert_eq!(payment.status(), v1::PaymentStatus::Authorized);
     assert_eq!(server.ledger.len(), 1);

@@ -23,7 +23,9 @@ use crate::versions::{v1::OrderV1, v2::OrderV2};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No answer in time. The outcome is unknown: retry only with the same idempotency key.
-    #[error("no answer within {0:?}; the request may or may not have been processed")]
+    #[error(
+        "no answer within {0:?}; the request may or may not have been processed"
+    )]
     Timeout(Duration),
     /// The service answered with a problem (4xx: fix the request; 5xx: maybe retry).
     #[error("{} {}: {}", .0.status, .0.title, .0.detail)]
@@ -42,7 +44,9 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Timeout(_) | ClientError::Transport(_) => true,
-            ClientError::Rejected(p) => p.status >= 500 || p.status == 409 || p.status == 429,
+            ClientError::Rejected(p) => {
+                p.status >= 500 || p.status == 409 || p.status == 429
+            }
             ClientError::Unexpected { status, .. } => status.is_server_error(),
         }
     }
@@ -75,13 +79,21 @@ pub struct OrdersClient {
 impl OrdersClient {
     /// A client for the service at `base_url` (`http://127.0.0.1:8080`) whose every call gives up
     /// after `timeout`.
-    pub fn new(base_url: impl Into<String>, timeout: Duration) -> Result<Self, ClientError> {
+    pub fn new(
+        base_url: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .build()
             .map_err(ClientError::Transport)?;
-        Ok(OrdersClient { http, base_url: base_url.into(), timeout, correlation_id: None })
+        Ok(OrdersClient {
+            http,
+            base_url: base_url.into(),
+            timeout,
+            correlation_id: None,
+        })
     }
 
     /// The same client with a different timeout (it shares the connection pool).
@@ -94,8 +106,15 @@ impl OrdersClient {
         OrdersClient { correlation_id: Some(id.into()), ..self.clone() }
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut request = self.http.request(method, format!("{}{path}", self.base_url)).timeout(self.timeout);
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base_url))
+            .timeout(self.timeout);
         if let Some(id) = &self.correlation_id {
             request = request.header(CORRELATION_ID, id);
         }
@@ -104,9 +123,20 @@ impl OrdersClient {
 
     // ANCHOR: create
     /// `POST /v1/orders`. Reuse `idempotency_key` for every retry of the same order.
-    pub async fn create(&self, idempotency_key: &str, order: &NewOrder) -> Result<Created, ClientError> {
-        let response = self.send(self.request(reqwest::Method::POST, "/v1/orders").header(IDEMPOTENCY_KEY, idempotency_key).json(order)).await?;
-        let replayed = response.headers().get(IDEMPOTENT_REPLAYED).is_some_and(|v| v == "true");
+    pub async fn create(
+        &self,
+        idempotency_key: &str,
+        order: &NewOrder,
+    ) -> Result<Created, ClientError> {
+        let response = self
+            .send(
+                self.request(reqwest::Method::POST, "/v1/orders")
+                    .header(IDEMPOTENCY_KEY, idempotency_key)
+                    .json(order),
+            )
+            .await?;
+        let replayed =
+            response.headers().get(IDEMPOTENT_REPLAYED).is_some_and(|v| v == "true");
         let order = decode(response, StatusCode::CREATED).await?;
         Ok(Created { order, replayed })
     }
@@ -114,18 +144,25 @@ impl OrdersClient {
 
     /// `GET /v1/orders/{id}`.
     pub async fn get(&self, id: Uuid) -> Result<OrderV1, ClientError> {
-        let response = self.send(self.request(reqwest::Method::GET, &format!("/v1/orders/{id}"))).await?;
+        let response = self
+            .send(self.request(reqwest::Method::GET, &format!("/v1/orders/{id}")))
+            .await?;
         decode(response, StatusCode::OK).await
     }
 
     /// `GET /v2/orders/{id}`: the same order in the version 2 representation.
     pub async fn get_v2(&self, id: Uuid) -> Result<OrderV2, ClientError> {
-        let response = self.send(self.request(reqwest::Method::GET, &format!("/v2/orders/{id}"))).await?;
+        let response = self
+            .send(self.request(reqwest::Method::GET, &format!("/v2/orders/{id}")))
+            .await?;
         decode(response, StatusCode::OK).await
     }
 
     /// `GET /v1/orders`, optionally for one customer.
-    pub async fn list(&self, customer_id: Option<&str>) -> Result<Vec<OrderV1>, ClientError> {
+    pub async fn list(
+        &self,
+        customer_id: Option<&str>,
+    ) -> Result<Vec<OrderV1>, ClientError> {
         let mut request = self.request(reqwest::Method::GET, "/v1/orders");
         if let Some(customer) = customer_id {
             request = request.query(&[("customer_id", customer)]);
@@ -135,26 +172,52 @@ impl OrdersClient {
 
     /// `POST` an arbitrary body with an arbitrary content type, for showing how the service treats
     /// bad input. Returns the problem the service answered with.
-    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>, idempotency_key: &str) -> Result<Problem, ClientError> {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        idempotency_key: &str,
+    ) -> Result<Problem, ClientError> {
         let request = self
             .request(reqwest::Method::POST, path)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .header(IDEMPOTENCY_KEY, idempotency_key)
             .body(body);
-        match decode::<serde_json::Value>(self.send(request).await?, StatusCode::CREATED).await {
+        match decode::<serde_json::Value>(
+            self.send(request).await?,
+            StatusCode::CREATED,
+        )
+        .await
+        {
             Err(ClientError::Rejected(problem)) => Ok(problem),
             Err(other) => Err(other),
-            Ok(accepted) => Err(ClientError::Unexpected { status: StatusCode::CREATED, body: accepted.to_string() }),
+            Ok(accepted) => Err(ClientError::Unexpected {
+                status: StatusCode::CREATED,
+                body: accepted.to_string(),
+            }),
         }
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        request.send().await.map_err(|e| if e.is_timeout() { ClientError::Timeout(self.timeout) } else { ClientError::Transport(e) })
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                ClientError::Timeout(self.timeout)
+            } else {
+                ClientError::Transport(e)
+            }
+        })
     }
 }
 
 /// Decodes the expected success body, or turns a problem (or anything else) into an error.
-async fn decode<T: DeserializeOwned>(response: reqwest::Response, expected: StatusCode) -> Result<T, ClientError> {
+async fn decode<T: DeserializeOwned>(
+    response: reqwest::Response,
+    expected: StatusCode,
+) -> Result<T, ClientError> {
     let status = response.status();
     let is_problem = response
         .headers()
@@ -162,7 +225,10 @@ async fn decode<T: DeserializeOwned>(response: reqwest::Response, expected: Stat
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(PROBLEM_JSON));
     let bytes = response.bytes().await.map_err(ClientError::Transport)?;
-    let unexpected = || ClientError::Unexpected { status, body: String::from_utf8_lossy(&bytes).into_owned() };
+    let unexpected = || ClientError::Unexpected {
+        status,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    };
     if status == expected {
         return serde_json::from_slice(&bytes).map_err(|_| unexpected());
     }

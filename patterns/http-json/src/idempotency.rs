@@ -28,9 +28,13 @@ pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// Reads and checks the `Idempotency-Key` header: 1 to 255 visible ASCII characters.
 pub fn key_from(headers: &HeaderMap) -> Result<String, Problem> {
-    let value = headers.get(IDEMPOTENCY_KEY).ok_or_else(Problem::idempotency_key_missing)?;
+    let value =
+        headers.get(IDEMPOTENCY_KEY).ok_or_else(Problem::idempotency_key_missing)?;
     let key = value.to_str().map_err(|_| Problem::idempotency_key_missing())?;
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    if key.is_empty()
+        || key.len() > 255
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
         return Err(Problem::idempotency_key_missing());
     }
     Ok(key.to_owned())
@@ -76,14 +80,28 @@ impl IdempotencyStore {
     /// Looks the key up and, if it is new, reserves it for this request in the same critical
     /// section, so two concurrent requests with one key cannot both run.
     pub fn begin(&self, key: String, fingerprint: Vec<u8>) -> Begin {
-        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slots =
+            self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match slots.get(&key) {
-            Some(Slot::Done { fingerprint: seen, response }) if *seen == fingerprint => Begin::Replay(response.clone()),
-            Some(Slot::InFlight { fingerprint: seen }) if *seen == fingerprint => Begin::InFlight,
+            Some(Slot::Done { fingerprint: seen, response })
+                if *seen == fingerprint =>
+            {
+                Begin::Replay(response.clone())
+            }
+            Some(Slot::InFlight { fingerprint: seen }) if *seen == fingerprint => {
+                Begin::InFlight
+            }
             Some(_) => Begin::Mismatch,
             None => {
-                slots.insert(key.clone(), Slot::InFlight { fingerprint: fingerprint.clone() });
-                Begin::Fresh(Reservation { store: self.clone(), key, fingerprint: Some(fingerprint) })
+                slots.insert(
+                    key.clone(),
+                    Slot::InFlight { fingerprint: fingerprint.clone() },
+                );
+                Begin::Fresh(Reservation {
+                    store: self.clone(),
+                    key,
+                    fingerprint: Some(fingerprint),
+                })
             }
         }
     }
@@ -91,7 +109,8 @@ impl IdempotencyStore {
 
     /// How many keys have a stored response.
     pub fn completed(&self) -> usize {
-        let slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slots =
+            self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         slots.values().filter(|s| matches!(s, Slot::Done { .. })).count()
     }
 }
@@ -109,8 +128,15 @@ pub struct Reservation {
 impl Reservation {
     pub fn complete(mut self, response: StoredResponse) {
         if let Some(fingerprint) = self.fingerprint.take() {
-            let mut slots = self.store.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            slots.insert(std::mem::take(&mut self.key), Slot::Done { fingerprint, response });
+            let mut slots = self
+                .store
+                .slots
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            slots.insert(
+                std::mem::take(&mut self.key),
+                Slot::Done { fingerprint, response },
+            );
         }
     }
 }
@@ -118,7 +144,11 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.fingerprint.is_some() {
-            let mut slots = self.store.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut slots = self
+                .store
+                .slots
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             slots.remove(&self.key);
         }
     }
@@ -129,14 +159,24 @@ mod tests {
     use super::*;
 
     fn created(body: &str) -> StoredResponse {
-        StoredResponse { status: StatusCode::CREATED, location: None, body: body.as_bytes().to_vec() }
+        StoredResponse {
+            status: StatusCode::CREATED,
+            location: None,
+            body: body.as_bytes().to_vec(),
+        }
     }
 
     #[test]
     fn replays_the_first_response_for_the_same_request() {
         let store = IdempotencyStore::default();
-        let Begin::Fresh(reservation) = store.begin("k".into(), b"order".to_vec()) else { panic!("new key") };
-        assert!(matches!(store.begin("k".into(), b"order".to_vec()), Begin::InFlight));
+        let Begin::Fresh(reservation) = store.begin("k".into(), b"order".to_vec())
+        else {
+            panic!("new key")
+        };
+        assert!(matches!(
+            store.begin("k".into(), b"order".to_vec()),
+            Begin::InFlight
+        ));
         reservation.complete(created("first"));
         match store.begin("k".into(), b"order".to_vec()) {
             Begin::Replay(response) => assert_eq!(response, created("first")),
@@ -148,16 +188,28 @@ mod tests {
     #[test]
     fn a_different_request_under_a_used_key_is_a_mismatch() {
         let store = IdempotencyStore::default();
-        let Begin::Fresh(reservation) = store.begin("k".into(), b"a".to_vec()) else { panic!("new key") };
-        assert!(matches!(store.begin("k".into(), b"b".to_vec()), Begin::Mismatch), "while in flight");
+        let Begin::Fresh(reservation) = store.begin("k".into(), b"a".to_vec())
+        else {
+            panic!("new key")
+        };
+        assert!(
+            matches!(store.begin("k".into(), b"b".to_vec()), Begin::Mismatch),
+            "while in flight"
+        );
         reservation.complete(created("a"));
-        assert!(matches!(store.begin("k".into(), b"b".to_vec()), Begin::Mismatch), "once done");
+        assert!(
+            matches!(store.begin("k".into(), b"b".to_vec()), Begin::Mismatch),
+            "once done"
+        );
     }
 
     #[test]
     fn an_abandoned_reservation_frees_its_key() {
         let store = IdempotencyStore::default();
-        let Begin::Fresh(reservation) = store.begin("k".into(), b"a".to_vec()) else { panic!("new key") };
+        let Begin::Fresh(reservation) = store.begin("k".into(), b"a".to_vec())
+        else {
+            panic!("new key")
+        };
         drop(reservation);
         assert!(matches!(store.begin("k".into(), b"a".to_vec()), Begin::Fresh(_)));
         assert_eq!(store.completed(), 0);

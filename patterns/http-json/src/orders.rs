@@ -45,17 +45,27 @@ impl NewOrder {
             errors.push(FieldError::new("/customer_id", "must not be empty"));
         }
         if self.lines.is_empty() {
-            errors.push(FieldError::new("/lines", "an order needs at least one line"));
+            errors
+                .push(FieldError::new("/lines", "an order needs at least one line"));
         }
         if self.lines.len() > MAX_LINES {
-            errors.push(FieldError::new("/lines", format!("at most {MAX_LINES} lines per order")));
+            errors.push(FieldError::new(
+                "/lines",
+                format!("at most {MAX_LINES} lines per order"),
+            ));
         }
         for (i, line) in self.lines.iter().enumerate() {
             if line.sku.trim().is_empty() {
-                errors.push(FieldError::new(format!("/lines/{i}/sku"), "must not be empty"));
+                errors.push(FieldError::new(
+                    format!("/lines/{i}/sku"),
+                    "must not be empty",
+                ));
             }
             if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-                errors.push(FieldError::new(format!("/lines/{i}/quantity"), format!("must be between 1 and {MAX_QUANTITY}")));
+                errors.push(FieldError::new(
+                    format!("/lines/{i}/quantity"),
+                    format!("must be between 1 and {MAX_QUANTITY}"),
+                ));
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
@@ -64,9 +74,11 @@ impl NewOrder {
 
     /// The order total in cents, or `None` if it would overflow (a request crafted to wrap around).
     pub fn total_cents(&self) -> Option<u64> {
-        self.lines
-            .iter()
-            .try_fold(0u64, |sum, line| line.unit_price_cents.checked_mul(u64::from(line.quantity))?.checked_add(sum))
+        self.lines.iter().try_fold(0u64, |sum, line| {
+            line.unit_price_cents
+                .checked_mul(u64::from(line.quantity))?
+                .checked_add(sum)
+        })
     }
 }
 
@@ -104,7 +116,8 @@ struct StoreInner {
 impl OrderStore {
     /// Stores a validated order and returns it. `total_cents` must come from [`NewOrder::total_cents`].
     pub fn insert(&self, new: NewOrder, total_cents: u64) -> Order {
-        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut inner =
+            self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         inner.next_seq += 1;
         let order = Order {
             id: Uuid::new_v4(),
@@ -119,20 +132,34 @@ impl OrderStore {
     }
 
     pub fn get(&self, id: Uuid) -> Option<Order> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).orders.get(&id).cloned()
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .orders
+            .get(&id)
+            .cloned()
     }
 
     /// All orders (of one customer, if given), oldest first.
     pub fn list(&self, customer_id: Option<&str>) -> Vec<Order> {
-        let inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut orders: Vec<Order> =
-            inner.orders.values().filter(|o| customer_id.is_none_or(|c| o.customer_id == c)).cloned().collect();
+        let inner =
+            self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut orders: Vec<Order> = inner
+            .orders
+            .values()
+            .filter(|o| customer_id.is_none_or(|c| o.customer_id == c))
+            .cloned()
+            .collect();
         orders.sort_by_key(|o| o.seq);
         orders
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).orders.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .orders
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -150,8 +177,12 @@ mod tests {
 
     #[test]
     fn reports_every_violation_at_once() {
-        let order = NewOrder { customer_id: " ".into(), lines: vec![line(0, 100), OrderLine { sku: "".into(), ..line(1, 1) }] };
-        let pointers: Vec<String> = order.validate().unwrap_err().into_iter().map(|e| e.pointer).collect();
+        let order = NewOrder {
+            customer_id: " ".into(),
+            lines: vec![line(0, 100), OrderLine { sku: "".into(), ..line(1, 1) }],
+        };
+        let pointers: Vec<String> =
+            order.validate().unwrap_err().into_iter().map(|e| e.pointer).collect();
         assert_eq!(pointers, ["/customer_id", "/lines/0/quantity", "/lines/1/sku"]);
     }
 
@@ -163,19 +194,36 @@ mod tests {
 
     #[test]
     fn totals_refuse_to_overflow() {
-        let ok = NewOrder { customer_id: "c".into(), lines: vec![line(2, 1250), line(1, 399)] };
+        let ok = NewOrder {
+            customer_id: "c".into(),
+            lines: vec![line(2, 1250), line(1, 399)],
+        };
         assert_eq!(ok.total_cents(), Some(2899));
-        let huge = NewOrder { customer_id: "c".into(), lines: vec![line(1000, u64::MAX / 10)] };
+        let huge = NewOrder {
+            customer_id: "c".into(),
+            lines: vec![line(1000, u64::MAX / 10)],
+        };
         assert_eq!(huge.total_cents(), None);
     }
 
     #[test]
     fn listing_keeps_creation_order_and_filters_by_customer() {
         let store = OrderStore::default();
-        let a = store.insert(NewOrder { customer_id: "c-1".into(), lines: vec![line(1, 1)] }, 1);
-        let b = store.insert(NewOrder { customer_id: "c-2".into(), lines: vec![line(1, 1)] }, 1);
-        let c = store.insert(NewOrder { customer_id: "c-1".into(), lines: vec![line(1, 1)] }, 1);
-        let ids = |orders: Vec<Order>| orders.into_iter().map(|o| o.id).collect::<Vec<_>>();
+        let a = store.insert(
+            NewOrder { customer_id: "c-1".into(), lines: vec![line(1, 1)] },
+            1,
+        );
+        let b = store.insert(
+            NewOrder { customer_id: "c-2".into(), lines: vec![line(1, 1)] },
+            1,
+        );
+        let c = store.insert(
+            NewOrder { customer_id: "c-1".into(), lines: vec![line(1, 1)] },
+            1,
+        );
+        let ids = |orders: Vec<Order>| {
+            orders.into_iter().map(|o| o.id).collect::<Vec<_>>()
+        };
         assert_eq!(ids(store.list(None)), [a.id, b.id, c.id]);
         assert_eq!(ids(store.list(Some("c-1"))), [a.id, c.id]);
         assert_eq!(store.get(b.id), Some(b));

@@ -13,8 +13,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -49,7 +49,12 @@ impl FieldError {
 }
 
 impl Problem {
-    fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        slug: &str,
+        title: &str,
+        detail: impl Into<String>,
+    ) -> Self {
         Problem {
             // Relative URIs: RFC 9457 allows them, and they never pretend to be a real site.
             kind: format!("/problems/{slug}"),
@@ -61,22 +66,44 @@ impl Problem {
     }
 
     pub fn malformed_json(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "malformed-json", "The request body is not valid JSON", detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "The request body is not valid JSON",
+            detail,
+        )
     }
 
-    pub fn invalid_fields(detail: impl Into<String>, errors: Vec<FieldError>) -> Self {
-        let mut problem =
-            Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-fields", "The request has invalid fields", detail);
+    pub fn invalid_fields(
+        detail: impl Into<String>,
+        errors: Vec<FieldError>,
+    ) -> Self {
+        let mut problem = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-fields",
+            "The request has invalid fields",
+            detail,
+        );
         problem.errors = errors;
         problem
     }
 
     pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Send JSON with Content-Type: application/json", detail)
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Send JSON with Content-Type: application/json",
+            detail,
+        )
     }
 
     pub fn body_too_large(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "The request body is too large", detail)
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "The request body is too large",
+            detail,
+        )
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -84,7 +111,12 @@ impl Problem {
     }
 
     pub fn method_not_allowed(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "This method is not allowed here", detail)
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "This method is not allowed here",
+            detail,
+        )
     }
 
     pub fn idempotency_key_missing() -> Self {
@@ -116,11 +148,17 @@ impl Problem {
     }
 
     pub fn internal(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "The service failed to handle the request", detail)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "The service failed to handle the request",
+            detail,
+        )
     }
 
     pub fn status_code(&self) -> StatusCode {
-        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        StatusCode::from_u16(self.status)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
@@ -128,7 +166,9 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status_code();
         let mut response = (status, axum::Json(self)).into_response();
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         response
     }
 }
@@ -158,9 +198,15 @@ fn problem_from(rejection: JsonRejection) -> Problem {
     match rejection {
         JsonRejection::JsonSyntaxError(_) => Problem::malformed_json(detail),
         // Valid JSON of the wrong shape: a missing, unknown or mistyped field.
-        JsonRejection::JsonDataError(_) => Problem::invalid_fields(detail, Vec::new()),
-        JsonRejection::MissingJsonContentType(_) => Problem::unsupported_media_type(detail),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Problem::body_too_large(detail),
+        JsonRejection::JsonDataError(_) => {
+            Problem::invalid_fields(detail, Vec::new())
+        }
+        JsonRejection::MissingJsonContentType(_) => {
+            Problem::unsupported_media_type(detail)
+        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::body_too_large(detail)
+        }
         other => Problem::malformed_json(other.body_text()),
     }
 }

@@ -22,7 +22,9 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
 
-use crate::idempotency::{self, Begin, IDEMPOTENT_REPLAYED, IdempotencyStore, StoredResponse};
+use crate::idempotency::{
+    self, Begin, IDEMPOTENT_REPLAYED, IdempotencyStore, StoredResponse,
+};
 use crate::orders::{NewOrder, Order, OrderStore};
 use crate::problem::{FieldError, JsonBody, Problem};
 use crate::versions::{v1::OrderV1, v2::OrderV2};
@@ -64,12 +66,26 @@ impl AppState {
 /// The whole HTTP API, ready to serve or to test with `oneshot`.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/v1/orders", post(create_order::<OrderV1>).get(list_orders::<OrderV1>))
+        .route(
+            "/v1/orders",
+            post(create_order::<OrderV1>).get(list_orders::<OrderV1>),
+        )
         .route("/v1/orders/{id}", get(get_order::<OrderV1>))
-        .route("/v2/orders", post(create_order::<OrderV2>).get(list_orders::<OrderV2>))
+        .route(
+            "/v2/orders",
+            post(create_order::<OrderV2>).get(list_orders::<OrderV2>),
+        )
         .route("/v2/orders/{id}", get(get_order::<OrderV2>))
-        .fallback(|| async { Problem::not_found("no such route: the API lives under /v1/orders and /v2/orders") })
-        .method_not_allowed_fallback(|| async { Problem::method_not_allowed("see the API's routes for the methods each path accepts") })
+        .fallback(|| async {
+            Problem::not_found(
+                "no such route: the API lives under /v1/orders and /v2/orders",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            Problem::method_not_allowed(
+                "see the API's routes for the methods each path accepts",
+            )
+        })
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), inject_latency))
         .layer(middleware::from_fn(correlate_and_log))
@@ -78,7 +94,9 @@ pub fn app(state: AppState) -> Router {
 // ANCHOR_END: app
 
 /// A representation of an order that a version of the API answers with.
-pub trait Representation: Serialize + for<'a> From<&'a Order> + Send + 'static {
+pub trait Representation:
+    Serialize + for<'a> From<&'a Order> + Send + 'static
+{
     /// The path prefix of this version, for the `Location` header.
     const PREFIX: &'static str;
 }
@@ -98,15 +116,25 @@ async fn create_order<R: Representation>(
     JsonBody(new): JsonBody<NewOrder>,
 ) -> Result<Response, Problem> {
     let key = idempotency::key_from(&headers)?;
-    new.validate().map_err(|errors| Problem::invalid_fields(format!("{} field(s) break the order rules", errors.len()), errors))?;
-    let total = new
-        .total_cents()
-        .ok_or_else(|| Problem::invalid_fields("the order total overflows", vec![FieldError::new("/lines", "total too large")]))?;
+    new.validate().map_err(|errors| {
+        Problem::invalid_fields(
+            format!("{} field(s) break the order rules", errors.len()),
+            errors,
+        )
+    })?;
+    let total = new.total_cents().ok_or_else(|| {
+        Problem::invalid_fields(
+            "the order total overflows",
+            vec![FieldError::new("/lines", "total too large")],
+        )
+    })?;
 
     // The fingerprint is the decoded request plus the version, so whitespace or key order in the
     // JSON does not matter, but the same key sent to /v1 and then /v2 does.
     let mut fingerprint = R::PREFIX.as_bytes().to_vec();
-    fingerprint.extend(serde_json::to_vec(&new).map_err(|e| Problem::internal(e.to_string()))?);
+    fingerprint.extend(
+        serde_json::to_vec(&new).map_err(|e| Problem::internal(e.to_string()))?,
+    );
 
     match state.idempotency.begin(key.clone(), fingerprint) {
         Begin::Replay(stored) => {
@@ -122,7 +150,8 @@ async fn create_order<R: Representation>(
             // No await between insert and complete: cancellation cannot separate the order from
             // its idempotency record.
             let order = state.orders.insert(new, total);
-            let body = serde_json::to_vec(&R::from(&order)).map_err(|e| Problem::internal(e.to_string()))?;
+            let body = serde_json::to_vec(&R::from(&order))
+                .map_err(|e| Problem::internal(e.to_string()))?;
             let stored = StoredResponse {
                 status: StatusCode::CREATED,
                 location: Some(format!("{}/orders/{}", R::PREFIX, order.id)),
@@ -139,15 +168,24 @@ async fn create_order<R: Representation>(
 fn respond(stored: StoredResponse, replayed: bool) -> Response {
     let mut response = (stored.status, stored.body).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(location) = stored.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+    headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(location) =
+        stored.location.and_then(|l| HeaderValue::from_str(&l).ok())
+    {
         headers.insert(header::LOCATION, location);
     }
-    headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static(if replayed { "true" } else { "false" }));
+    headers.insert(
+        IDEMPOTENT_REPLAYED,
+        HeaderValue::from_static(if replayed { "true" } else { "false" }),
+    );
     response
 }
 
-async fn get_order<R: Representation>(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<R>, Problem> {
+async fn get_order<R: Representation>(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<R>, Problem> {
     let order = Uuid::parse_str(&id)
         .ok()
         .and_then(|id| state.orders.get(id))
@@ -160,8 +198,18 @@ struct ListQuery {
     customer_id: Option<String>,
 }
 
-async fn list_orders<R: Representation>(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Json<Vec<R>> {
-    Json(state.orders.list(query.customer_id.as_deref()).iter().map(R::from).collect())
+async fn list_orders<R: Representation>(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Json<Vec<R>> {
+    Json(
+        state
+            .orders
+            .list(query.customer_id.as_deref())
+            .iter()
+            .map(R::from)
+            .collect(),
+    )
 }
 
 // ANCHOR: inject_latency
@@ -170,7 +218,11 @@ async fn list_orders<R: Representation>(State(state): State<AppState>, Query(que
 /// Why after: hyper drops a request's future when the caller hangs up, so a delay *before* the
 /// handler would make a timed-out create simply not happen. A delay after it reproduces the harder
 /// case: the order exists, but the caller gave up before hearing so.
-async fn inject_latency(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn inject_latency(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let response = next.run(request).await;
     if !state.config.latency.is_zero() {
         tokio::time::sleep(state.config.latency).await;
@@ -186,7 +238,9 @@ async fn correlate_and_log(mut request: Request, next: Next) -> Response {
         .headers()
         .get(CORRELATION_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|v| {
+            (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic())
+        })
         .map(str::to_owned)
         .unwrap_or_else(|| Uuid::new_v4().to_string());
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -197,7 +251,9 @@ async fn correlate_and_log(mut request: Request, next: Next) -> Response {
     let began = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
-    span.in_scope(|| info!("{method} {path} -> {status} in {} ms", began.elapsed().as_millis()));
+    span.in_scope(|| {
+        info!("{method} {path} -> {status} in {} ms", began.elapsed().as_millis())
+    });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(CORRELATION_ID, value);
     }

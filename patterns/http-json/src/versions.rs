@@ -30,7 +30,13 @@ pub mod v1 {
 
     impl From<&Order> for OrderV1 {
         fn from(o: &Order) -> Self {
-            OrderV1 { id: o.id, customer_id: o.customer_id.clone(), lines: o.lines.clone(), total_cents: o.total_cents, status: o.status }
+            OrderV1 {
+                id: o.id,
+                customer_id: o.customer_id.clone(),
+                lines: o.lines.clone(),
+                total_cents: o.total_cents,
+                status: o.status,
+            }
         }
     }
 }
@@ -71,7 +77,10 @@ pub mod v2 {
 
     impl Money {
         pub fn from_cents(cents: u64) -> Self {
-            Money { amount: format!("{}.{:02}", cents / 100, cents % 100), currency: CURRENCY.to_owned() }
+            Money {
+                amount: format!("{}.{:02}", cents / 100, cents % 100),
+                currency: CURRENCY.to_owned(),
+            }
         }
     }
 
@@ -83,7 +92,11 @@ pub mod v2 {
                 items: o
                     .lines
                     .iter()
-                    .map(|l| Item { sku: l.sku.clone(), quantity: l.quantity, unit_price: Money::from_cents(l.unit_price_cents) })
+                    .map(|l| Item {
+                        sku: l.sku.clone(),
+                        quantity: l.quantity,
+                        unit_price: Money::from_cents(l.unit_price_cents),
+                    })
                     .collect(),
                 total: Money::from_cents(o.total_cents),
                 status: o.status,

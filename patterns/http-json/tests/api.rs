@@ -22,16 +22,32 @@ struct Reply {
 }
 
 async fn call(router: &Router, request: Request<Body>) -> Reply {
-    let response = router.clone().oneshot(request).await.expect("the router never fails");
-    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
-    let (status, content_type, replayed, location) =
-        (response.status(), header("content-type").unwrap_or_default(), header("idempotent-replayed"), header("location"));
+    let response =
+        router.clone().oneshot(request).await.expect("the router never fails");
+    let header = |name: &str| {
+        response.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
+    };
+    let (status, content_type, replayed, location) = (
+        response.status(),
+        header("content-type").unwrap_or_default(),
+        header("idempotent-replayed"),
+        header("location"),
+    );
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("every body is JSON") };
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("every body is JSON")
+    };
     Reply { status, content_type, replayed, location, body }
 }
 
-fn post(path: &str, key: Option<&str>, content_type: &str, body: impl Into<Body>) -> Request<Body> {
+fn post(
+    path: &str,
+    key: Option<&str>,
+    content_type: &str,
+    body: impl Into<Body>,
+) -> Request<Body> {
     let mut request = Request::post(path).header(header::CONTENT_TYPE, content_type);
     if let Some(key) = key {
         request = request.header("idempotency-key", key);
@@ -88,13 +104,22 @@ async fn creates_then_gets_and_lists_an_order() {
 #[tokio::test]
 async fn a_retry_with_the_same_key_replays_and_creates_nothing() {
     let (router, state) = router();
-    let first = call(&router, post_json("/v1/orders", "checkout-7", &mug_order())).await;
+    let first =
+        call(&router, post_json("/v1/orders", "checkout-7", &mug_order())).await;
     // Same request, different JSON layout: still the same request.
-    let same_body_reformatted = post("/v1/orders", Some("checkout-7"), "application/json", format!("{:#}", mug_order()));
+    let same_body_reformatted = post(
+        "/v1/orders",
+        Some("checkout-7"),
+        "application/json",
+        format!("{:#}", mug_order()),
+    );
     let retry = call(&router, same_body_reformatted).await;
     assert_eq!(retry.status, StatusCode::CREATED);
     assert_eq!(retry.replayed.as_deref(), Some("true"));
-    assert_eq!(retry.body, first.body, "the replay is the first response, same order id");
+    assert_eq!(
+        retry.body, first.body,
+        "the replay is the first response, same order id"
+    );
     assert_eq!(retry.location, first.location);
     assert_eq!(state.orders.len(), 1);
 }
@@ -106,36 +131,76 @@ async fn the_same_key_with_a_different_body_is_422_and_creates_nothing() {
     let mut other = mug_order();
     other["lines"][0]["quantity"] = json!(3);
     let reply = call(&router, post_json("/v1/orders", "checkout-7", &other)).await;
-    assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "/problems/idempotency-key-reused");
+    assert_problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/idempotency-key-reused",
+    );
     // The same body to the other version is a different request too.
-    let reply = call(&router, post_json("/v2/orders", "checkout-7", &mug_order())).await;
-    assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "/problems/idempotency-key-reused");
+    let reply =
+        call(&router, post_json("/v2/orders", "checkout-7", &mug_order())).await;
+    assert_problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/idempotency-key-reused",
+    );
     assert_eq!(state.orders.len(), 1);
 }
 
 #[tokio::test]
 async fn a_missing_or_malformed_idempotency_key_is_400() {
     let (router, state) = router();
-    let reply = call(&router, post("/v1/orders", None, "application/json", mug_order().to_string())).await;
-    assert_problem(&reply, StatusCode::BAD_REQUEST, "/problems/idempotency-key-missing");
-    let reply = call(&router, post_json("/v1/orders", "two words", &mug_order())).await;
-    assert_problem(&reply, StatusCode::BAD_REQUEST, "/problems/idempotency-key-missing");
+    let reply = call(
+        &router,
+        post("/v1/orders", None, "application/json", mug_order().to_string()),
+    )
+    .await;
+    assert_problem(
+        &reply,
+        StatusCode::BAD_REQUEST,
+        "/problems/idempotency-key-missing",
+    );
+    let reply =
+        call(&router, post_json("/v1/orders", "two words", &mug_order())).await;
+    assert_problem(
+        &reply,
+        StatusCode::BAD_REQUEST,
+        "/problems/idempotency-key-missing",
+    );
     assert!(state.orders.is_empty());
 }
 
 #[tokio::test]
 async fn malformed_json_is_400() {
     let (router, _) = router();
-    let reply = call(&router, post("/v1/orders", Some("k"), "application/json", r#"{"customer_id": "c-42", "lines": ["#)).await;
+    let reply = call(
+        &router,
+        post(
+            "/v1/orders",
+            Some("k"),
+            "application/json",
+            r#"{"customer_id": "c-42", "lines": ["#,
+        ),
+    )
+    .await;
     assert_problem(&reply, StatusCode::BAD_REQUEST, "/problems/malformed-json");
 }
 
 #[tokio::test]
 async fn a_missing_field_is_422_and_names_the_field() {
     let (router, _) = router();
-    let reply = call(&router, post_json("/v1/orders", "k", &json!({"lines": []}))).await;
-    assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "/problems/invalid-fields");
-    assert!(reply.body["detail"].as_str().unwrap().contains("customer_id"), "{}", reply.body);
+    let reply =
+        call(&router, post_json("/v1/orders", "k", &json!({"lines": []}))).await;
+    assert_problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-fields",
+    );
+    assert!(
+        reply.body["detail"].as_str().unwrap().contains("customer_id"),
+        "{}",
+        reply.body
+    );
 }
 
 #[tokio::test]
@@ -144,8 +209,16 @@ async fn a_mistyped_field_is_422_and_names_the_field() {
     let mut order = mug_order();
     order["lines"][0]["quantity"] = json!("two");
     let reply = call(&router, post_json("/v1/orders", "k", &order)).await;
-    assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "/problems/invalid-fields");
-    assert!(reply.body["detail"].as_str().unwrap().contains("quantity"), "{}", reply.body);
+    assert_problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-fields",
+    );
+    assert!(
+        reply.body["detail"].as_str().unwrap().contains("quantity"),
+        "{}",
+        reply.body
+    );
 }
 
 #[tokio::test]
@@ -154,8 +227,16 @@ async fn an_unknown_field_is_422_not_silently_ignored() {
     let mut order = mug_order();
     order["lines"][0]["quantty"] = json!(5);
     let reply = call(&router, post_json("/v1/orders", "k", &order)).await;
-    assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "/problems/invalid-fields");
-    assert!(reply.body["detail"].as_str().unwrap().contains("quantty"), "{}", reply.body);
+    assert_problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-fields",
+    );
+    assert!(
+        reply.body["detail"].as_str().unwrap().contains("quantty"),
+        "{}",
+        reply.body
+    );
 }
 
 #[tokio::test]
@@ -163,8 +244,17 @@ async fn business_rule_violations_are_422_with_a_pointer_per_field() {
     let (router, state) = router();
     let order = json!({"customer_id": "", "lines": [{"sku": "mug", "quantity": 0, "unit_price_cents": 1}]});
     let reply = call(&router, post_json("/v1/orders", "k", &order)).await;
-    assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "/problems/invalid-fields");
-    let pointers: Vec<&str> = reply.body["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
+    assert_problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-fields",
+    );
+    let pointers: Vec<&str> = reply.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
     assert_eq!(pointers, ["/customer_id", "/lines/0/quantity"]);
     assert!(state.orders.is_empty());
 }
@@ -172,32 +262,54 @@ async fn business_rule_violations_are_422_with_a_pointer_per_field() {
 #[tokio::test]
 async fn the_wrong_content_type_is_415() {
     let (router, _) = router();
-    let reply = call(&router, post("/v1/orders", Some("k"), "text/plain", mug_order().to_string())).await;
-    assert_problem(&reply, StatusCode::UNSUPPORTED_MEDIA_TYPE, "/problems/unsupported-media-type");
+    let reply = call(
+        &router,
+        post("/v1/orders", Some("k"), "text/plain", mug_order().to_string()),
+    )
+    .await;
+    assert_problem(
+        &reply,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "/problems/unsupported-media-type",
+    );
 }
 
 #[tokio::test]
 async fn an_oversized_body_is_413() {
-    let state = AppState::new(ServiceConfig { body_limit: 1024, ..ServiceConfig::default() });
+    let state = AppState::new(ServiceConfig {
+        body_limit: 1024,
+        ..ServiceConfig::default()
+    });
     let router = app(state.clone());
     let mut order = mug_order();
     order["customer_id"] = json!("c".repeat(2048));
     let reply = call(&router, post_json("/v1/orders", "k", &order)).await;
-    assert_problem(&reply, StatusCode::PAYLOAD_TOO_LARGE, "/problems/body-too-large");
+    assert_problem(
+        &reply,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "/problems/body-too-large",
+    );
     assert!(state.orders.is_empty());
 }
 
 #[tokio::test]
 async fn unknown_orders_routes_and_methods_get_problems() {
     let (router, _) = router();
-    let reply = call(&router, get("/v1/orders/00000000-0000-0000-0000-000000000000")).await;
+    let reply =
+        call(&router, get("/v1/orders/00000000-0000-0000-0000-000000000000")).await;
     assert_problem(&reply, StatusCode::NOT_FOUND, "/problems/not-found");
     let reply = call(&router, get("/v1/orders/not-a-uuid")).await;
     assert_problem(&reply, StatusCode::NOT_FOUND, "/problems/not-found");
     let reply = call(&router, get("/v3/orders")).await;
     assert_problem(&reply, StatusCode::NOT_FOUND, "/problems/not-found");
-    let reply = call(&router, Request::delete("/v1/orders").body(Body::empty()).unwrap()).await;
-    assert_problem(&reply, StatusCode::METHOD_NOT_ALLOWED, "/problems/method-not-allowed");
+    let reply =
+        call(&router, Request::delete("/v1/orders").body(Body::empty()).unwrap())
+            .await;
+    assert_problem(
+        &reply,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "/problems/method-not-allowed",
+    );
 }
 
 #[tokio::test]
@@ -238,6 +350,9 @@ async fn v1_and_v2_serve_the_same_order_in_their_own_shape() {
     assert_eq!(v2, created.body);
     assert_eq!(v2["total"], json!({"amount": "28.99", "currency": "EUR"}));
     assert_eq!(v2["customer"], json!({"id": "c-42"}));
-    assert_eq!(v2["items"][1]["unit_price"], json!({"amount": "3.99", "currency": "EUR"}));
+    assert_eq!(
+        v2["items"][1]["unit_price"],
+        json!({"amount": "3.99", "currency": "EUR"})
+    );
     assert!(v2.get("total_cents").is_none() && v2.get("lines").is_none());
 }

@@ -56,37 +56,72 @@ fn short(id: Uuid) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     infra::example::init_logging();
-    let flags = infra::example::Flags::parse(&["--crash-before-commit", "--poison"]).map_err(anyhow::Error::msg)?;
-    let (topic, dlq) = (format!("orders-{}", Uuid::new_v4().simple()), format!("orders-dlq-{}", Uuid::new_v4().simple()));
+    let flags = infra::example::Flags::parse(&["--crash-before-commit", "--poison"])
+        .map_err(anyhow::Error::msg)?;
+    let (topic, dlq) = (
+        format!("orders-{}", Uuid::new_v4().simple()),
+        format!("orders-dlq-{}", Uuid::new_v4().simple()),
+    );
     let (brokers, _mock) = brokers(&topic, &dlq).await?;
     let producer = producer(&brokers)?;
 
-    let orders = [("o-1001", "c-42", 2899), ("o-1002", "c-7", 1500), ("o-1003", "c-42", 399), ("o-1004", "c-9", 4200), ("o-1005", "c-7", 800)];
+    let orders = [
+        ("o-1001", "c-42", 2899),
+        ("o-1002", "c-7", 1500),
+        ("o-1003", "c-42", 399),
+        ("o-1004", "c-9", 4200),
+        ("o-1005", "c-7", 800),
+    ];
     let checkout = info_span!("checkout", correlation_id = %"checkout-7f3a");
     for (i, (order_id, customer, cents)) in orders.iter().enumerate() {
-        let event = OrderPlaced { order_id: (*order_id).into(), customer_id: (*customer).into(), total_cents: *cents, currency: "EUR".into() };
-        let (partition, offset) = publish(&producer, &topic, &Metadata::order_placed("checkout-7f3a", "2026-11-22T10:00:00Z"), &event).await?;
+        let event = OrderPlaced {
+            order_id: (*order_id).into(),
+            customer_id: (*customer).into(),
+            total_cents: *cents,
+            currency: "EUR".into(),
+        };
+        let (partition, offset) = publish(
+            &producer,
+            &topic,
+            &Metadata::order_placed("checkout-7f3a", "2026-11-22T10:00:00Z"),
+            &event,
+        )
+        .await?;
         checkout.in_scope(|| info!("published OrderPlaced {order_id} (key {order_id}) to partition {partition} at offset {offset}"));
         if i == 1 && flags.has("--poison") {
-            let bad = FutureRecord::to(&topic).key("o-????").payload("{this is not json").headers(Metadata::order_placed("checkout-7f3a", "now").to_headers());
+            let bad = FutureRecord::to(&topic)
+                .key("o-????")
+                .payload("{this is not json")
+                .headers(
+                    Metadata::order_placed("checkout-7f3a", "now").to_headers(),
+                );
             producer.send(bad, STEP).await.map_err(|(e, _)| e)?;
-            checkout.in_scope(|| warn!("published a poison event (its payload is not JSON)"));
+            checkout.in_scope(|| {
+                warn!("published a poison event (its payload is not JSON)")
+            });
         }
     }
     let expected = orders.len() + usize::from(flags.has("--poison"));
 
     let group = format!("totals-{}", Uuid::new_v4().simple());
-    let dead_letters = DeadLetters { producer: producer.clone(), topic: dlq.clone() };
+    let dead_letters =
+        DeadLetters { producer: producer.clone(), topic: dlq.clone() };
     let mut totals = Totals::default();
     let span = info_span!("totals-service");
     let mut handled = 0;
     let mut service = subscribe(&brokers, &group, &topic)?;
     if flags.has("--crash-before-commit") {
         // The first event is applied, then the process dies before the offset is committed.
-        let message = timeout(STEP, service.recv()).await.context("no event arrived")??;
+        let message =
+            timeout(STEP, service.recv()).await.context("no event arrived")??;
         let event = envelope::decode(&message)?;
         span.in_scope(|| totals.apply(&event));
-        span.in_scope(|| warn!("crash! the offset of {} was never committed", event.order.order_id));
+        span.in_scope(|| {
+            warn!(
+                "crash! the offset of {} was never committed",
+                event.order.order_id
+            )
+        });
         drop(message);
         drop(service);
         service = subscribe(&brokers, &group, &topic)?;
@@ -97,11 +132,16 @@ async fn main() -> anyhow::Result<()> {
             span.in_scope(|| totals.apply(&event));
             Ok::<_, anyhow::Error>(event)
         });
-        match timeout(STEP, step).await.context("the consumer saw nothing for 30 s")?? {
+        match timeout(STEP, step)
+            .await
+            .context("the consumer saw nothing for 30 s")??
+        {
             Handled::Processed(_) => handled += 1,
             Handled::DeadLettered(error) => {
                 handled += 1;
-                span.in_scope(|| warn!("dead-lettered to {dlq}: {error}; the consumer goes on"));
+                span.in_scope(|| {
+                    warn!("dead-lettered to {dlq}: {error}; the consumer goes on")
+                });
             }
         }
     }
@@ -109,11 +149,13 @@ async fn main() -> anyhow::Result<()> {
 
     // ANCHOR: replay
     // A new group, reading from the earliest offset, rebuilds the projection from history.
-    let replay = subscribe(&brokers, &format!("replay-{}", Uuid::new_v4().simple()), &topic)?;
+    let replay =
+        subscribe(&brokers, &format!("replay-{}", Uuid::new_v4().simple()), &topic)?;
     // It only reads: no effects, no commits, and events that were dead-lettered are skipped.
     let mut rebuilt = CustomerTotals::new();
     for _ in 0..expected {
-        let message = timeout(STEP, replay.recv()).await.context("replay stalled")??;
+        let message =
+            timeout(STEP, replay.recv()).await.context("replay stalled")??;
         if let Ok(event) = envelope::decode(&message) {
             add_to_totals(&mut rebuilt, &event.order);
         }
@@ -121,36 +163,69 @@ async fn main() -> anyhow::Result<()> {
     // ANCHOR_END: replay
     info!("live totals:   {:?}", totals.by_customer);
     info!("replay totals: {:?}", rebuilt);
-    ensure!(totals.applied.len() == orders.len(), "every order applied exactly once");
-    ensure!(rebuilt == totals.by_customer, "a replay must rebuild the same projection");
+    ensure!(
+        totals.applied.len() == orders.len(),
+        "every order applied exactly once"
+    );
+    ensure!(
+        rebuilt == totals.by_customer,
+        "a replay must rebuild the same projection"
+    );
     ensure!(totals.by_customer["c-42"] == (2, 2899 + 399), "c-42 placed two orders");
     info!("done: each order applied once, and the replay agrees");
     Ok(())
 }
 
-fn subscribe(brokers: &str, group: &str, topic: &str) -> anyhow::Result<StreamConsumer> {
+fn subscribe(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+) -> anyhow::Result<StreamConsumer> {
     let consumer = consumer(brokers, group)?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
 }
 
 /// The real broker if one answers, else an in-process mock cluster (kept alive by the caller).
-async fn brokers(topic: &str, dlq: &str) -> anyhow::Result<(String, Option<MockCluster<'static, DefaultProducerContext>>)> {
+async fn brokers(
+    topic: &str,
+    dlq: &str,
+) -> anyhow::Result<(String, Option<MockCluster<'static, DefaultProducerContext>>)> {
     let brokers = infra::kafka_brokers();
     // Nothing listening at all: no need to wait for the client's own connection retries.
-    let listening = matches!(timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(infra::first_kafka_broker())).await, Ok(Ok(_)));
-    let created = if listening { timeout(Duration::from_secs(10), create_topics(&brokers, &[(topic, 3), (dlq, 1)])).await.ok() } else { None };
+    let listening = matches!(
+        timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(infra::first_kafka_broker())
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    let created = if listening {
+        timeout(
+            Duration::from_secs(10),
+            create_topics(&brokers, &[(topic, 3), (dlq, 1)]),
+        )
+        .await
+        .ok()
+    } else {
+        None
+    };
     match created {
         Some(Ok(())) => {
             info!("using the Kafka broker at {brokers}");
             Ok((brokers, None))
         }
-        _ if infra::brokers_required() => bail!("no Kafka broker answers at {brokers}: start one with `cargo xtask brokers up`"),
+        _ if infra::brokers_required() => bail!(
+            "no Kafka broker answers at {brokers}: start one with `cargo xtask brokers up`"
+        ),
         _ => {
             let mock = MockCluster::new(1)?;
             mock.create_topic(topic, 3, 1)?;
             mock.create_topic(dlq, 1, 1)?;
-            info!("no Kafka broker at {brokers}; using librdkafka's in-process mock cluster (start a real one with `cargo xtask brokers up`)");
+            info!(
+                "no Kafka broker at {brokers}; using librdkafka's in-process mock cluster (start a real one with `cargo xtask brokers up`)"
+            );
             Ok((mock.bootstrap_servers(), Some(mock)))
         }
     }

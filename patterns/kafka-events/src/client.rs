@@ -19,7 +19,11 @@ fn base(brokers: &str) -> ClientConfig {
 /// A producer that waits for the leader's and replicas' acknowledgement, and is idempotent:
 /// its own retries (after a lost ack) cannot write an event twice or out of order.
 pub fn producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
-    base(brokers).set("acks", "all").set("enable.idempotence", "true").set("message.timeout.ms", "30000").create()
+    base(brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "30000")
+        .create()
 }
 // ANCHOR_END: producer
 
@@ -37,14 +41,26 @@ pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, KafkaError
 // ANCHOR_END: consumer
 
 /// Creates topics that do not exist yet; an existing topic is fine.
-pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+pub async fn create_topics(
+    brokers: &str,
+    topics: &[(&str, i32)],
+) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = base(brokers).create()?;
-    let new: Vec<NewTopic> = topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(1))
+        })
+        .collect();
+    let options =
+        AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new, &options).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(KafkaError::AdminOp(code)).inspect_err(|_| tracing::warn!(%topic, "cannot create topic")),
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code))
+                    .inspect_err(|_| tracing::warn!(%topic, "cannot create topic"));
+            }
         }
     }
     Ok(())

@@ -105,38 +105,56 @@ impl Metadata {
             (header::CORRELATION_ID, self.correlation_id.as_str()),
         ]
         .into_iter()
-        .fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }))
+        .fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(Header { key, value: Some(value) })
+        })
     }
 }
 
 /// The value of header `name`, as UTF-8.
-pub fn header_str<'a, M: Message>(message: &'a M, name: &'static str) -> Option<&'a str>
+pub fn header_str<'a, M: Message>(
+    message: &'a M,
+    name: &'static str,
+) -> Option<&'a str>
 where
     M::Headers: 'a,
 {
-    message.headers()?.iter().find(|h| h.key == name)?.value.and_then(|v| std::str::from_utf8(v).ok())
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)?
+        .value
+        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
 // ANCHOR: decode
 /// Decodes a message: headers first (type and version decide how to read the payload), then the
 /// payload. Every failure is a [`DecodeError`]; nothing panics on bad input.
 pub fn decode<M: Message>(message: &M) -> Result<Event, DecodeError> {
-    let required = |name| header_str(message, name).ok_or(DecodeError::MissingHeader(name));
+    let required =
+        |name| header_str(message, name).ok_or(DecodeError::MissingHeader(name));
     let event_type = required(header::EVENT_TYPE)?;
     if event_type != ORDER_PLACED {
         return Err(DecodeError::UnknownType(event_type.to_owned()));
     }
     let version = required(header::SCHEMA_VERSION)?;
     let schema_version: u32 =
-        version.parse().map_err(|_| DecodeError::BadHeader { name: header::SCHEMA_VERSION, value: version.to_owned() })?;
+        version.parse().map_err(|_| DecodeError::BadHeader {
+            name: header::SCHEMA_VERSION,
+            value: version.to_owned(),
+        })?;
     if !(1..=2).contains(&schema_version) {
         return Err(DecodeError::UnsupportedVersion(schema_version));
     }
     let id = required(header::EVENT_ID)?;
-    let event_id = Uuid::parse_str(id).map_err(|_| DecodeError::BadHeader { name: header::EVENT_ID, value: id.to_owned() })?;
+    let event_id = Uuid::parse_str(id).map_err(|_| DecodeError::BadHeader {
+        name: header::EVENT_ID,
+        value: id.to_owned(),
+    })?;
     let payload = message.payload().unwrap_or_default();
     // Both versions decode into the v2 struct: v1 payloads get the default currency.
-    let order: OrderPlaced = serde_json::from_slice(payload).map_err(|e| DecodeError::BadPayload(e.to_string()))?;
+    let order: OrderPlaced = serde_json::from_slice(payload)
+        .map_err(|e| DecodeError::BadPayload(e.to_string()))?;
     let metadata = Metadata {
         event_id,
         event_type: event_type.to_owned(),

@@ -17,7 +17,9 @@ use crate::envelope::{Event, OrderPlaced};
 pub enum StoreError {
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("schema name {0:?} must be lowercase letters, digits and underscores, starting with a letter")]
+    #[error(
+        "schema name {0:?} must be lowercase letters, digits and underscores, starting with a letter"
+    )]
     BadSchemaName(String),
 }
 
@@ -40,9 +42,15 @@ pub struct Store {
 
 impl Store {
     /// Connects, and creates the schema and its tables if they do not exist.
-    pub async fn connect(url: &str, schema: &str, consumer: &str) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        schema: &str,
+        consumer: &str,
+    ) -> Result<Self, StoreError> {
         let valid = schema.starts_with(|c: char| c.is_ascii_lowercase())
-            && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid {
             return Err(StoreError::BadSchemaName(schema.to_owned()));
         }
@@ -61,7 +69,11 @@ impl Store {
                      customer_id TEXT PRIMARY KEY, orders BIGINT NOT NULL, total_cents BIGINT NOT NULL);"
             ))
             .await?;
-        Ok(Store { client, schema: schema.to_owned(), consumer: consumer.to_owned() })
+        Ok(Store {
+            client,
+            schema: schema.to_owned(),
+            consumer: consumer.to_owned(),
+        })
     }
 
     // ANCHOR: apply_once
@@ -101,7 +113,9 @@ impl Store {
 
     /// Drops the schema (tests clean up after themselves).
     pub async fn drop_schema(self) -> Result<(), StoreError> {
-        self.client.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema)).await?;
+        self.client
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await?;
         Ok(())
     }
 }

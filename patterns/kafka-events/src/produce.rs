@@ -19,10 +19,21 @@ pub enum PublishError {
 // ANCHOR: publish
 /// Publishes one event and waits for the broker's acknowledgement. The key is the order id: every
 /// event of one order lands in the same partition, which keeps them in order.
-pub async fn publish(producer: &FutureProducer, topic: &str, metadata: &Metadata, order: &OrderPlaced) -> Result<(i32, i64), PublishError> {
+pub async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    metadata: &Metadata,
+    order: &OrderPlaced,
+) -> Result<(i32, i64), PublishError> {
     let payload = serde_json::to_vec(order)?;
-    let record = FutureRecord::to(topic).key(order.order_id.as_str()).payload(&payload).headers(metadata.to_headers());
-    let delivery = producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| error)?;
+    let record = FutureRecord::to(topic)
+        .key(order.order_id.as_str())
+        .payload(&payload)
+        .headers(metadata.to_headers());
+    let delivery = producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(error, _)| error)?;
     Ok((delivery.partition, delivery.offset))
 }
 // ANCHOR_END: publish

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use kafka_events::client::{consumer, create_topics, producer};
 use kafka_events::consume::{DeadLetters, Handled, handle_next};
-use kafka_events::envelope::{self, DecodeError, Event, Metadata, OrderPlaced, header, header_str};
+use kafka_events::envelope::{
+    self, DecodeError, Event, Metadata, OrderPlaced, header, header_str,
+};
 use kafka_events::idempotent::{CustomerTotals, Store, add_to_totals};
 use kafka_events::produce::publish;
 use rdkafka::Message;
@@ -36,7 +38,9 @@ fn unique(prefix: &str) -> String {
 async fn fixture(partitions: i32) -> Option<Fixture> {
     let brokers = infra::kafka_brokers();
     let (topic, dlq) = (unique("orders"), unique("orders-dlq"));
-    match timeout(STEP, create_topics(&brokers, &[(&topic, partitions), (&dlq, 1)])).await {
+    match timeout(STEP, create_topics(&brokers, &[(&topic, partitions), (&dlq, 1)]))
+        .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             infra::unavailable("Kafka", &brokers, e);
@@ -52,18 +56,31 @@ async fn fixture(partitions: i32) -> Option<Fixture> {
 }
 
 fn order(order_id: &str, customer_id: &str, total_cents: u64) -> OrderPlaced {
-    OrderPlaced { order_id: order_id.into(), customer_id: customer_id.into(), total_cents, currency: "EUR".into() }
+    OrderPlaced {
+        order_id: order_id.into(),
+        customer_id: customer_id.into(),
+        total_cents,
+        currency: "EUR".into(),
+    }
 }
 
 fn metadata() -> Metadata {
     Metadata::order_placed("test-corr", "2026-11-22T10:00:00Z")
 }
 
-async fn next_event(consumer: &StreamConsumer, dead_letters: &DeadLetters) -> Handled {
-    timeout(STEP, handle_next(consumer, dead_letters, |event| async { Ok::<_, String>(event) }))
-        .await
-        .expect("no message within the step bound")
-        .expect("consumer step")
+async fn next_event(
+    consumer: &StreamConsumer,
+    dead_letters: &DeadLetters,
+) -> Handled {
+    timeout(
+        STEP,
+        handle_next(consumer, dead_letters, |event| async {
+            Ok::<_, String>(event)
+        }),
+    )
+    .await
+    .expect("no message within the step bound")
+    .expect("consumer step")
 }
 
 fn processed(handled: Handled) -> Event {
@@ -79,15 +96,22 @@ async fn events_of_one_order_stay_in_order_in_one_partition() {
     let mut partitions: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
     for step in 1..=5 {
         for id in ["o-1", "o-2", "o-3", "o-4"] {
-            let (partition, _) = publish(&f.producer, &f.topic, &metadata(), &order(id, "c-1", step)).await.expect("publish");
+            let (partition, _) =
+                publish(&f.producer, &f.topic, &metadata(), &order(id, "c-1", step))
+                    .await
+                    .expect("publish");
             partitions.entry(id.to_owned()).or_default().insert(partition);
         }
     }
-    assert!(partitions.values().all(|p| p.len() == 1), "each key maps to one partition: {partitions:?}");
+    assert!(
+        partitions.values().all(|p| p.len() == 1),
+        "each key maps to one partition: {partitions:?}"
+    );
 
     let consumer = consumer(&f.brokers, &unique("ordering")).unwrap();
     consumer.subscribe(&[&f.topic]).unwrap();
-    let dead_letters = DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
+    let dead_letters =
+        DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
     let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for _ in 0..20 {
         let event = processed(next_event(&consumer, &dead_letters).await);
@@ -101,7 +125,8 @@ async fn events_of_one_order_stay_in_order_in_one_partition() {
 
 // ANCHOR: crash_test
 #[tokio::test]
-async fn a_crash_before_the_commit_redelivers_and_the_idempotent_store_applies_once() {
+async fn a_crash_before_the_commit_redelivers_and_the_idempotent_store_applies_once()
+{
     let Some(f) = fixture(1).await else { return };
     let url = infra::database_url();
     let schema = format!("t_{}", Uuid::new_v4().simple());
@@ -109,13 +134,16 @@ async fn a_crash_before_the_commit_redelivers_and_the_idempotent_store_applies_o
         Ok(store) => store,
         Err(e) => return infra::unavailable("PostgreSQL", &url, e),
     };
-    publish(&f.producer, &f.topic, &metadata(), &order("o-1", "c-42", 2899)).await.expect("publish");
+    publish(&f.producer, &f.topic, &metadata(), &order("o-1", "c-42", 2899))
+        .await
+        .expect("publish");
     let group = unique("totals");
 
     // The first consumer applies the effect, then "crashes" before committing its offset.
     let first = consumer(&f.brokers, &group).unwrap();
     first.subscribe(&[&f.topic]).unwrap();
-    let message = timeout(STEP, first.recv()).await.expect("first delivery").expect("recv");
+    let message =
+        timeout(STEP, first.recv()).await.expect("first delivery").expect("recv");
     let event = envelope::decode(&message).expect("decodes");
     assert!(store.apply_once(&event).await.unwrap(), "first delivery: applied");
     drop(message);
@@ -124,64 +152,132 @@ async fn a_crash_before_the_commit_redelivers_and_the_idempotent_store_applies_o
     // Its replacement in the same group starts from the last committed offset: the same event.
     let second = consumer(&f.brokers, &group).unwrap();
     second.subscribe(&[&f.topic]).unwrap();
-    let dead_letters = DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
-    let again = timeout(STEP, handle_next(&second, &dead_letters, |event| async {
-        let applied = store.apply_once(&event).await?;
-        assert!(!applied, "the redelivered event must not be applied twice");
-        Ok::<_, kafka_events::idempotent::StoreError>(event)
-    }))
+    let dead_letters =
+        DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
+    let again = timeout(
+        STEP,
+        handle_next(&second, &dead_letters, |event| async {
+            let applied = store.apply_once(&event).await?;
+            assert!(!applied, "the redelivered event must not be applied twice");
+            Ok::<_, kafka_events::idempotent::StoreError>(event)
+        }),
+    )
     .await
     .expect("redelivery")
     .expect("step");
-    assert_eq!(processed(again).metadata.event_id, event.metadata.event_id, "the same event, delivered again");
-    assert_eq!(store.totals().await.unwrap(), CustomerTotals::from([("c-42".to_owned(), (1, 2899))]), "exactly one effect");
+    assert_eq!(
+        processed(again).metadata.event_id,
+        event.metadata.event_id,
+        "the same event, delivered again"
+    );
+    assert_eq!(
+        store.totals().await.unwrap(),
+        CustomerTotals::from([("c-42".to_owned(), (1, 2899))]),
+        "exactly one effect"
+    );
     store.drop_schema().await.unwrap();
 }
 // ANCHOR_END: crash_test
 
 #[tokio::test]
-async fn a_poison_event_is_dead_lettered_with_its_payload_headers_and_error_and_the_consumer_goes_on() {
+async fn a_poison_event_is_dead_lettered_with_its_payload_headers_and_error_and_the_consumer_goes_on()
+ {
     let Some(f) = fixture(1).await else { return };
     let poison_meta = metadata();
-    publish(&f.producer, &f.topic, &metadata(), &order("o-1", "c-1", 100)).await.unwrap();
-    let poison = FutureRecord::to(&f.topic).key("o-2").payload("{not json").headers(poison_meta.to_headers());
+    publish(&f.producer, &f.topic, &metadata(), &order("o-1", "c-1", 100))
+        .await
+        .unwrap();
+    let poison = FutureRecord::to(&f.topic)
+        .key("o-2")
+        .payload("{not json")
+        .headers(poison_meta.to_headers());
     f.producer.send(poison, STEP).await.map_err(|(e, _)| e).unwrap();
-    let no_headers = FutureRecord::to(&f.topic).key("o-3").payload(r#"{"order_id":"o-3"}"#).headers(OwnedHeaders::new().insert(Header { key: "x", value: Some("y") }));
+    let no_headers = FutureRecord::to(&f.topic)
+        .key("o-3")
+        .payload(r#"{"order_id":"o-3"}"#)
+        .headers(OwnedHeaders::new().insert(Header { key: "x", value: Some("y") }));
     f.producer.send(no_headers, STEP).await.map_err(|(e, _)| e).unwrap();
-    publish(&f.producer, &f.topic, &metadata(), &order("o-4", "c-1", 400)).await.unwrap();
+    publish(&f.producer, &f.topic, &metadata(), &order("o-4", "c-1", 400))
+        .await
+        .unwrap();
 
     let consumer = consumer(&f.brokers, &unique("dlq")).unwrap();
     consumer.subscribe(&[&f.topic]).unwrap();
-    let dead_letters = DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
-    assert_eq!(processed(next_event(&consumer, &dead_letters).await).order.order_id, "o-1");
-    assert!(matches!(next_event(&consumer, &dead_letters).await, Handled::DeadLettered(DecodeError::BadPayload(_))));
-    assert_eq!(next_event(&consumer, &dead_letters).await, Handled::DeadLettered(DecodeError::MissingHeader(header::EVENT_TYPE)));
-    assert_eq!(processed(next_event(&consumer, &dead_letters).await).order.order_id, "o-4", "the consumer kept going");
+    let dead_letters =
+        DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
+    assert_eq!(
+        processed(next_event(&consumer, &dead_letters).await).order.order_id,
+        "o-1"
+    );
+    assert!(matches!(
+        next_event(&consumer, &dead_letters).await,
+        Handled::DeadLettered(DecodeError::BadPayload(_))
+    ));
+    assert_eq!(
+        next_event(&consumer, &dead_letters).await,
+        Handled::DeadLettered(DecodeError::MissingHeader(header::EVENT_TYPE))
+    );
+    assert_eq!(
+        processed(next_event(&consumer, &dead_letters).await).order.order_id,
+        "o-4",
+        "the consumer kept going"
+    );
 
-    let inspector = kafka_events::client::consumer(&f.brokers, &unique("dlq-reader")).unwrap();
+    let inspector =
+        kafka_events::client::consumer(&f.brokers, &unique("dlq-reader")).unwrap();
     inspector.subscribe(&[&f.dlq]).unwrap();
-    let dead = timeout(STEP, inspector.recv()).await.expect("a dead letter").unwrap();
-    assert_eq!(dead.payload(), Some(&b"{not json"[..]), "the original payload, untouched");
+    let dead =
+        timeout(STEP, inspector.recv()).await.expect("a dead letter").unwrap();
+    assert_eq!(
+        dead.payload(),
+        Some(&b"{not json"[..]),
+        "the original payload, untouched"
+    );
     assert_eq!(dead.key(), Some(&b"o-2"[..]));
-    assert_eq!(header_str(&dead, header::EVENT_ID), Some(poison_meta.event_id.to_string().as_str()), "original headers kept");
-    assert!(header_str(&dead, header::DLQ_ERROR).unwrap().contains("not a valid OrderPlaced"));
-    assert!(header_str(&dead, header::DLQ_ORIGIN).unwrap().starts_with(&format!("{}/0/", f.topic)));
+    assert_eq!(
+        header_str(&dead, header::EVENT_ID),
+        Some(poison_meta.event_id.to_string().as_str()),
+        "original headers kept"
+    );
+    assert!(
+        header_str(&dead, header::DLQ_ERROR)
+            .unwrap()
+            .contains("not a valid OrderPlaced")
+    );
+    assert!(
+        header_str(&dead, header::DLQ_ORIGIN)
+            .unwrap()
+            .starts_with(&format!("{}/0/", f.topic))
+    );
 }
 
 #[tokio::test]
 async fn a_new_group_replaying_from_the_start_rebuilds_the_same_projection() {
     let Some(f) = fixture(2).await else { return };
-    for (i, customer) in ["c-1", "c-2", "c-3", "c-1", "c-2", "c-1"].into_iter().enumerate() {
-        publish(&f.producer, &f.topic, &metadata(), &order(&format!("o-{i}"), customer, 100 * (i as u64 + 1))).await.unwrap();
+    for (i, customer) in
+        ["c-1", "c-2", "c-3", "c-1", "c-2", "c-1"].into_iter().enumerate()
+    {
+        publish(
+            &f.producer,
+            &f.topic,
+            &metadata(),
+            &order(&format!("o-{i}"), customer, 100 * (i as u64 + 1)),
+        )
+        .await
+        .unwrap();
     }
-    let dead_letters = DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
+    let dead_letters =
+        DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
     let mut projections = Vec::new();
     for group in [unique("live"), unique("replay")] {
         let consumer = consumer(&f.brokers, &group).unwrap();
         consumer.subscribe(&[&f.topic]).unwrap();
         let mut totals = CustomerTotals::new();
         for _ in 0..6 {
-            add_to_totals(&mut totals, &processed(next_event(&consumer, &dead_letters).await).order);
+            add_to_totals(
+                &mut totals,
+                &processed(next_event(&consumer, &dead_letters).await).order,
+            );
         }
         projections.push(totals);
     }
@@ -194,15 +290,22 @@ async fn two_consumers_share_the_partitions_and_the_survivor_takes_over() {
     let Some(f) = fixture(2).await else { return };
     let group = unique("shared");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Uuid)>();
-    let mut consumers: Vec<Arc<StreamConsumer>> = (0..2).map(|_| Arc::new(consumer(&f.brokers, &group).unwrap())).collect();
+    let mut consumers: Vec<Arc<StreamConsumer>> =
+        (0..2).map(|_| Arc::new(consumer(&f.brokers, &group).unwrap())).collect();
     let mut tasks = Vec::new();
     for (n, consumer) in consumers.iter().enumerate() {
         consumer.subscribe(&[&f.topic]).unwrap();
         let (consumer, tx) = (Arc::clone(consumer), tx.clone());
-        let dead_letters = DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
+        let dead_letters =
+            DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
         tasks.push(tokio::spawn(async move {
             loop {
-                if let Ok(Handled::Processed(event)) = handle_next(&consumer, &dead_letters, |e| async { Ok::<_, String>(e) }).await {
+                if let Ok(Handled::Processed(event)) =
+                    handle_next(&consumer, &dead_letters, |e| async {
+                        Ok::<_, String>(e)
+                    })
+                    .await
+                {
                     let _ = tx.send((n, event.metadata.event_id));
                 }
             }
@@ -210,7 +313,10 @@ async fn two_consumers_share_the_partitions_and_the_survivor_takes_over() {
     }
     // Both consumers own a partition before any event is sent.
     timeout(STEP, async {
-        while consumers.iter().any(|c| c.assignment().map(|a| a.count()).unwrap_or(0) == 0) {
+        while consumers
+            .iter()
+            .any(|c| c.assignment().map(|a| a.count()).unwrap_or(0) == 0)
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
@@ -224,19 +330,36 @@ async fn two_consumers_share_the_partitions_and_the_survivor_takes_over() {
         for i in 0..10 {
             let meta = metadata();
             sent.insert(meta.event_id);
-            publish(&f.producer, &f.topic, &meta, &order(&format!("o-{round}-{i}"), "c-1", 1)).await.unwrap();
+            publish(
+                &f.producer,
+                &f.topic,
+                &meta,
+                &order(&format!("o-{round}-{i}"), "c-1", 1),
+            )
+            .await
+            .unwrap();
         }
         while received.len() < sent.len() {
             let Ok(got) = timeout(STEP, rx.recv()).await else {
-                panic!("round {round}: {} of {} events after {STEP:?}; assignments {:?}", received.len(), sent.len(),
-                    consumers.iter().map(|c| c.assignment().map(|a| a.count())).collect::<Vec<_>>());
+                panic!(
+                    "round {round}: {} of {} events after {STEP:?}; assignments {:?}",
+                    received.len(),
+                    sent.len(),
+                    consumers
+                        .iter()
+                        .map(|c| c.assignment().map(|a| a.count()))
+                        .collect::<Vec<_>>()
+                );
             };
             let (n, id) = got.unwrap();
             received.insert(id);
             by_consumer[n] += 1;
         }
         if round == 0 {
-            assert!(by_consumer.iter().all(|n| *n > 0), "both consumers had work: {by_consumer:?}");
+            assert!(
+                by_consumer.iter().all(|n| *n > 0),
+                "both consumers had work: {by_consumer:?}"
+            );
             // The second consumer leaves: stop its task, then drop it, which closes it and leaves
             // the group. Its partition moves to the first.
             let task = tasks.pop().unwrap();
@@ -246,7 +369,11 @@ async fn two_consumers_share_the_partitions_and_the_survivor_takes_over() {
         }
     }
     assert_eq!(received, sent, "no event lost across the takeover");
-    assert_eq!(consumers[0].assignment().unwrap().count(), 2, "the survivor owns both partitions");
+    assert_eq!(
+        consumers[0].assignment().unwrap().count(),
+        2,
+        "the survivor owns both partitions"
+    );
     tasks.pop().unwrap().abort();
 }
 
@@ -256,18 +383,37 @@ async fn v1_and_v2_events_coexist_on_one_topic() {
     let mut v1 = metadata();
     v1.schema_version = 1;
     let old_payload = br#"{"order_id":"o-1","customer_id":"c-1","total_cents":700}"#;
-    let record = FutureRecord::to(&f.topic).key("o-1").payload(&old_payload[..]).headers(v1.to_headers());
+    let record = FutureRecord::to(&f.topic)
+        .key("o-1")
+        .payload(&old_payload[..])
+        .headers(v1.to_headers());
     f.producer.send(record, STEP).await.map_err(|(e, _)| e).unwrap();
-    publish(&f.producer, &f.topic, &metadata(), &OrderPlaced { currency: "CHF".into(), ..order("o-2", "c-1", 800) }).await.unwrap();
+    publish(
+        &f.producer,
+        &f.topic,
+        &metadata(),
+        &OrderPlaced { currency: "CHF".into(), ..order("o-2", "c-1", 800) },
+    )
+    .await
+    .unwrap();
 
     let consumer = consumer(&f.brokers, &unique("versions")).unwrap();
     consumer.subscribe(&[&f.topic]).unwrap();
-    let dead_letters = DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
+    let dead_letters =
+        DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
     let old = processed(next_event(&consumer, &dead_letters).await);
-    assert_eq!((old.metadata.schema_version, old.order.currency.as_str()), (1, "EUR"), "a v2 reader defaults what v1 lacks");
+    assert_eq!(
+        (old.metadata.schema_version, old.order.currency.as_str()),
+        (1, "EUR"),
+        "a v2 reader defaults what v1 lacks"
+    );
     let new = processed(next_event(&consumer, &dead_letters).await);
-    assert_eq!((new.metadata.schema_version, new.order.currency.as_str()), (2, "CHF"));
+    assert_eq!(
+        (new.metadata.schema_version, new.order.currency.as_str()),
+        (2, "CHF")
+    );
     // A v1 reader reads the v2 payload, skipping the field it does not know.
-    let as_v1: envelope::OrderPlacedV1 = serde_json::to_value(&new.order).and_then(serde_json::from_value).unwrap();
+    let as_v1: envelope::OrderPlacedV1 =
+        serde_json::to_value(&new.order).and_then(serde_json::from_value).unwrap();
     assert_eq!(as_v1.total_cents, 800);
 }

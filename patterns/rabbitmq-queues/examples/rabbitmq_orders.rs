@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, BasicRejectOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions,
+    BasicRejectOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind};
 use rabbitmq_queues::publish::persistent;
@@ -28,28 +31,53 @@ const STEP: Duration = Duration::from_secs(30);
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     infra::example::init_logging();
-    let flags = infra::example::Flags::parse(&["--crash-before-ack", "--drop-connection"]).map_err(anyhow::Error::msg)?;
+    let flags =
+        infra::example::Flags::parse(&["--crash-before-ack", "--drop-connection"])
+            .map_err(anyhow::Error::msg)?;
     let uri = infra::amqp_addr();
-    let Ok(Ok((connection, channel))) = timeout(Duration::from_secs(5), connect_recovering(&uri)).await else {
-        bail!("no RabbitMQ broker answers at {uri}: start one with `cargo xtask brokers up` (or `docker compose up -d --wait`)");
+    let Ok(Ok((connection, channel))) =
+        timeout(Duration::from_secs(5), connect_recovering(&uri)).await
+    else {
+        bail!(
+            "no RabbitMQ broker answers at {uri}: start one with `cargo xtask brokers up` (or `docker compose up -d --wait`)"
+        );
     };
     info!("connected to RabbitMQ at {uri}");
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let names = Names::new(&run);
     topology::dead_letters(&channel, &names.dlx, &names.dead).await?;
     topology::work_queue(&channel, &names.captures, &names.dlx).await?;
-    topology::exchange_with_queues(&channel, &names.notifications, ExchangeKind::Fanout, &[(&names.email, ""), (&names.sms, "")]).await?;
+    topology::exchange_with_queues(
+        &channel,
+        &names.notifications,
+        ExchangeKind::Fanout,
+        &[(&names.email, ""), (&names.sms, "")],
+    )
+    .await?;
 
     // The checkout publishes capture tasks, each confirmed by the broker.
-    let payments = ["pay_1001", "pay_1002", "pay_unknown", "pay_1003", "pay_1004", "pay_1005"];
+    let payments =
+        ["pay_1001", "pay_1002", "pay_unknown", "pay_1003", "pay_1004", "pay_1005"];
     let checkout = info_span!("checkout");
     for (i, payment) in payments.iter().enumerate() {
         if i == 3 && flags.has("--drop-connection") {
             checkout.in_scope(|| warn!("the broker drops every connection now"));
-            rabbitmq_queues::admin::close_all_connections("example: the broker drops every connection").map_err(anyhow::Error::msg)?;
+            rabbitmq_queues::admin::close_all_connections(
+                "example: the broker drops every connection",
+            )
+            .map_err(anyhow::Error::msg)?;
         }
-        let attempts = publish_until_confirmed(&channel, "", &names.captures, payment.as_bytes(), persistent()).await?;
-        checkout.in_scope(|| info!(attempts, "capture {payment} published and confirmed"));
+        let attempts = publish_until_confirmed(
+            &channel,
+            "",
+            &names.captures,
+            payment.as_bytes(),
+            persistent(),
+        )
+        .await?;
+        checkout.in_scope(|| {
+            info!(attempts, "capture {payment} published and confirmed")
+        });
     }
 
     // Two workers with a prefetch of 1 share the queue.
@@ -57,9 +85,12 @@ async fn main() -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for n in 1..=2 {
         let ch = connection.create_channel().await?;
-        let (captures, notifications) = (names.captures.clone(), names.notifications.clone());
+        let (captures, notifications) =
+            (names.captures.clone(), names.notifications.clone());
         let span = info_span!("worker", n);
-        workers.push(tokio::spawn(worker(ch, captures, notifications, crash && n == 1).instrument(span)));
+        workers.push(tokio::spawn(
+            worker(ch, captures, notifications, crash && n == 1).instrument(span),
+        ));
     }
     let mut done = BTreeSet::new();
     for worker in workers {
@@ -67,7 +98,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let dead = timeout(STEP, async {
         loop {
-            if let Some(m) = channel.basic_get(names.dead.as_str().into(), BasicGetOptions { no_ack: true }).await? {
+            if let Some(m) = channel
+                .basic_get(
+                    names.dead.as_str().into(),
+                    BasicGetOptions { no_ack: true },
+                )
+                .await?
+            {
                 return anyhow::Ok(m);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -75,20 +112,35 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("the rejected capture never reached the dead-letter queue")??;
-    info!("dead-letter queue holds {:?}: inspect, fix, replay", String::from_utf8_lossy(&dead.delivery.data));
+    info!(
+        "dead-letter queue holds {:?}: inspect, fix, replay",
+        String::from_utf8_lossy(&dead.delivery.data)
+    );
     let email = count(&channel, &names.email).await?;
     let sms = count(&channel, &names.sms).await?;
-    info!("notifications: {email} in the email queue, {sms} in the sms queue (fanout: each gets every one)");
+    info!(
+        "notifications: {email} in the email queue, {sms} in the sms queue (fanout: each gets every one)"
+    );
 
     stock_check(&connection, &names.stock).await?;
 
-    ensure!(done == BTreeSet::from(["pay_1001", "pay_1002", "pay_1003", "pay_1004", "pay_1005"].map(String::from)), "every valid capture done: {done:?}");
+    ensure!(
+        done == BTreeSet::from(
+            ["pay_1001", "pay_1002", "pay_1003", "pay_1004", "pay_1005"]
+                .map(String::from)
+        ),
+        "every valid capture done: {done:?}"
+    );
     ensure!(email == 5 && sms == 5, "one notification per capture in each queue");
     for queue in [&names.captures, &names.dead, &names.email, &names.sms] {
-        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
     }
     connection.close(200, "done".into()).await?;
-    info!("done: every capture done once, the bad one dead-lettered, every notification fanned out");
+    info!(
+        "done: every capture done once, the bad one dead-lettered, every notification fanned out"
+    );
     Ok(())
 }
 
@@ -105,32 +157,65 @@ struct Names {
 impl Names {
     fn new(run: &str) -> Self {
         let n = |s: &str| format!("{s}.{run}");
-        Names { captures: n("captures"), dlx: n("captures.dlx"), dead: n("captures.dead"), notifications: n("notifications"), email: n("email"), sms: n("sms"), stock: n("stock-check") }
+        Names {
+            captures: n("captures"),
+            dlx: n("captures.dlx"),
+            dead: n("captures.dead"),
+            notifications: n("notifications"),
+            email: n("email"),
+            sms: n("sms"),
+            stock: n("stock-check"),
+        }
     }
 }
 
 // ANCHOR: worker
 /// Takes capture tasks one at a time (prefetch 1): acks what it did, rejects what it never can do
 /// (to the dead-letter exchange), and stops when the queue stays empty.
-async fn worker(channel: Channel, queue: String, notifications: String, crash_on_first: bool) -> anyhow::Result<Vec<String>> {
+async fn worker(
+    channel: Channel,
+    queue: String,
+    notifications: String,
+    crash_on_first: bool,
+) -> anyhow::Result<Vec<String>> {
     channel.basic_qos(1, BasicQosOptions::default()).await?;
-    let mut tasks = channel.basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let mut tasks = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     let mut done = Vec::new();
-    while let Ok(Some(task)) = timeout(Duration::from_millis(500), tasks.next()).await {
+    while let Ok(Some(task)) =
+        timeout(Duration::from_millis(500), tasks.next()).await
+    {
         let task = task?;
         let payment = String::from_utf8_lossy(&task.data).into_owned();
         if crash_on_first {
-            warn!("took {payment} and crashed before acking: the broker will redeliver it");
+            warn!(
+                "took {payment} and crashed before acking: the broker will redeliver it"
+            );
             channel.close(200, "worker crashed".into()).await?;
             return Ok(done);
         }
         if payment == "pay_unknown" {
-            warn!("{payment} can never be captured: rejected without requeue (dead-lettered)");
+            warn!(
+                "{payment} can never be captured: rejected without requeue (dead-lettered)"
+            );
             task.reject(BasicRejectOptions { requeue: false }).await?;
             continue;
         }
         tokio::time::sleep(Duration::from_millis(50)).await; // the capture itself
-        publish_until_confirmed(&channel, &notifications, "", format!("captured {payment}").as_bytes(), persistent()).await?;
+        publish_until_confirmed(
+            &channel,
+            &notifications,
+            "",
+            format!("captured {payment}").as_bytes(),
+            persistent(),
+        )
+        .await?;
         task.ack(BasicAckOptions::default()).await?;
         info!(redelivered = task.redelivered, "captured {payment}, acked");
         done.push(payment);
@@ -140,13 +225,29 @@ async fn worker(channel: Channel, queue: String, notifications: String, crash_on
 // ANCHOR_END: worker
 
 async fn count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
-    Ok(channel.queue_declare(queue.into(), lapin::options::QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await?.message_count())
+    Ok(channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count())
 }
 
 /// The checkout asks the stock service, over queues, and gives up on a slow answer.
 async fn stock_check(connection: &Connection, queue: &str) -> anyhow::Result<()> {
     let server_channel = connection.create_channel().await?;
-    server_channel.queue_declare(queue.into(), lapin::options::QueueDeclareOptions::default(), FieldTable::default()).await?;
+    server_channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     let server_queue = queue.to_owned();
     let server = tokio::spawn(
         async move {
@@ -154,7 +255,8 @@ async fn stock_check(connection: &Connection, queue: &str) -> anyhow::Result<()>
                 if sku == b"sencha" {
                     tokio::time::sleep(Duration::from_millis(400)).await; // a slow lookup
                 }
-                format!("{} in stock: 12", String::from_utf8_lossy(&sku)).into_bytes()
+                format!("{} in stock: 12", String::from_utf8_lossy(&sku))
+                    .into_bytes()
             })
             .await
         }
@@ -163,7 +265,9 @@ async fn stock_check(connection: &Connection, queue: &str) -> anyhow::Result<()>
     let client = RpcClient::new(connection).await?;
     let span = info_span!("checkout");
     let reply = client.call(queue, b"mug", STEP).await?;
-    span.in_scope(|| info!("stock check mug -> {}", String::from_utf8_lossy(&reply)));
+    span.in_scope(|| {
+        info!("stock check mug -> {}", String::from_utf8_lossy(&reply))
+    });
     match client.call(queue, b"sencha", Duration::from_millis(100)).await {
         Err(RpcError::Timeout(wait)) => span.in_scope(|| warn!("stock check sencha: no reply within {wait:?}; the page shows stock as unknown")),
         other => bail!("expected a timeout, got {other:?}"),

@@ -13,7 +13,11 @@ pub fn close_all_connections(reason: &str) -> Result<(), String> {
     }
     // docker compose finds docker-compose.yml from the workspace root, wherever we were started.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let compose = Command::new("docker").args(["compose", "exec", "-T", "rabbitmq", "rabbitmqctl"]).args(args).current_dir(root).output();
+    let compose = Command::new("docker")
+        .args(["compose", "exec", "-T", "rabbitmq", "rabbitmqctl"])
+        .args(args)
+        .current_dir(root)
+        .output();
     match compose {
         Ok(o) if o.status.success() => Ok(()),
         _ => Err(format!(

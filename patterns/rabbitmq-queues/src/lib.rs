@@ -25,7 +25,8 @@ use lapin::{Channel, Connection, ConnectionProperties};
 
 /// Connects and opens one channel.
 pub async fn connect(uri: &str) -> lapin::Result<(Connection, Channel)> {
-    let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+    let connection =
+        Connection::connect(uri, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     Ok((connection, channel))
 }

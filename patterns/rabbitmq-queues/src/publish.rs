@@ -8,8 +8,8 @@
 //! may be lost and be ready to send it again.
 
 use futures::future::try_join_all;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,9 @@ pub async fn enable_confirms(channel: &Channel) -> lapin::Result<()> {
 fn check(confirmation: Confirmation, routing_key: &str) -> Result<(), PublishError> {
     match confirmation {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(routing_key.to_owned())),
+        Confirmation::Ack(Some(_)) => {
+            Err(PublishError::Unroutable(routing_key.to_owned()))
+        }
         Confirmation::Nack(_) => Err(PublishError::Nacked),
     }
 }
@@ -43,9 +45,23 @@ fn check(confirmation: Confirmation, routing_key: &str) -> Result<(), PublishErr
 // ANCHOR: publish_confirmed
 /// Publishes one message, `mandatory` so an unroutable message is an error, and waits for the
 /// broker's confirm.
-pub async fn publish_confirmed(channel: &Channel, exchange: &str, routing_key: &str, payload: &[u8], properties: BasicProperties) -> Result<(), PublishError> {
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<(), PublishError> {
     let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-    let confirm = channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties).await?;
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            payload,
+            properties,
+        )
+        .await?;
     check(confirm.await?, routing_key)
 }
 // ANCHOR_END: publish_confirmed
@@ -53,11 +69,26 @@ pub async fn publish_confirmed(channel: &Channel, exchange: &str, routing_key: &
 // ANCHOR: publish_batch
 /// Publishes every message first, then waits for all the confirms: one round trip's wait for the
 /// whole batch instead of one per message. On an error, any message of the batch may be unconfirmed.
-pub async fn publish_batch(channel: &Channel, exchange: &str, routing_key: &str, payloads: &[Vec<u8>]) -> Result<(), PublishError> {
+pub async fn publish_batch(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payloads: &[Vec<u8>],
+) -> Result<(), PublishError> {
     let options = BasicPublishOptions { mandatory: true, ..Default::default() };
     let mut confirms = Vec::with_capacity(payloads.len());
     for payload in payloads {
-        confirms.push(channel.basic_publish(exchange.into(), routing_key.into(), options, payload, persistent()).await?);
+        confirms.push(
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    payload,
+                    persistent(),
+                )
+                .await?,
+        );
     }
     for confirmation in try_join_all(confirms).await? {
         check(confirmation, routing_key)?;

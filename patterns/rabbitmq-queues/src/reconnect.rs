@@ -18,7 +18,11 @@ const MAX_ATTEMPTS: u32 = 10;
 // ANCHOR: connect_recovering
 /// A connection that recovers by itself, and a channel in confirm mode on it.
 pub async fn connect_recovering(uri: &str) -> lapin::Result<(Connection, Channel)> {
-    let connection = Connection::connect(uri, ConnectionProperties::default().enable_auto_recover()).await?;
+    let connection = Connection::connect(
+        uri,
+        ConnectionProperties::default().enable_auto_recover(),
+    )
+    .await?;
     let channel = connection.create_channel().await?;
     enable_confirms(&channel).await?;
     Ok((connection, channel))
@@ -27,13 +31,32 @@ pub async fn connect_recovering(uri: &str) -> lapin::Result<(Connection, Channel
 
 // ANCHOR: publish_until_confirmed
 /// Publishes until the broker confirms, waiting out connection recoveries in between.
-pub async fn publish_until_confirmed(channel: &Channel, exchange: &str, routing_key: &str, payload: &[u8], properties: BasicProperties) -> Result<u32, PublishError> {
+pub async fn publish_until_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<u32, PublishError> {
     let mut attempt = 1;
     loop {
-        match publish_confirmed(channel, exchange, routing_key, payload, properties.clone()).await {
+        match publish_confirmed(
+            channel,
+            exchange,
+            routing_key,
+            payload,
+            properties.clone(),
+        )
+        .await
+        {
             Ok(()) => return Ok(attempt),
-            Err(PublishError::Amqp(error)) if error.can_be_recovered() && attempt < MAX_ATTEMPTS => {
-                warn!(attempt, "publish not confirmed ({error}); waiting for the connection to recover, then resending");
+            Err(PublishError::Amqp(error))
+                if error.can_be_recovered() && attempt < MAX_ATTEMPTS =>
+            {
+                warn!(
+                    attempt,
+                    "publish not confirmed ({error}); waiting for the connection to recover, then resending"
+                );
                 channel.wait_for_recovery(error).await?;
                 attempt += 1;
             }

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::oneshot;
@@ -43,18 +45,37 @@ impl RpcClient {
     /// Declares a private, server-named reply queue and starts routing replies to their callers.
     pub async fn new(connection: &Connection) -> lapin::Result<Self> {
         let channel = connection.create_channel().await?;
-        let private = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-        let queue = channel.queue_declare("".into(), private, FieldTable::default()).await?;
+        let private = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let queue =
+            channel.queue_declare("".into(), private, FieldTable::default()).await?;
         let reply_queue = queue.name().to_string();
         let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
-        let mut consumer = channel.basic_consume(reply_queue.as_str().into(), "rpc-replies".into(), no_ack, FieldTable::default()).await?;
-        let (pending, late_replies): (Pending, _) = (Arc::default(), Arc::new(AtomicU64::new(0)));
+        let mut consumer = channel
+            .basic_consume(
+                reply_queue.as_str().into(),
+                "rpc-replies".into(),
+                no_ack,
+                FieldTable::default(),
+            )
+            .await?;
+        let (pending, late_replies): (Pending, _) =
+            (Arc::default(), Arc::new(AtomicU64::new(0)));
         let (routes, late) = (Arc::clone(&pending), Arc::clone(&late_replies));
         // ANCHOR: route_replies
         let replies = tokio::spawn(async move {
             while let Some(Ok(reply)) = consumer.next().await {
-                let id = reply.properties.correlation_id().as_ref().map(|id| id.to_string()).unwrap_or_default();
-                let waiting = routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                let id = reply
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|id| id.to_string())
+                    .unwrap_or_default();
+                let waiting =
+                    routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 match waiting {
                     Some(caller) => {
                         let _ = caller.send(reply.data);
@@ -72,16 +93,32 @@ impl RpcClient {
 
     // ANCHOR: call
     /// Sends `request` to `queue` and waits at most `wait` for the reply.
-    pub async fn call(&self, queue: &str, request: &[u8], wait: Duration) -> Result<Vec<u8>, RpcError> {
+    pub async fn call(
+        &self,
+        queue: &str,
+        request: &[u8],
+        wait: Duration,
+    ) -> Result<Vec<u8>, RpcError> {
         let id = Uuid::new_v4().to_string();
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), reply_tx);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), reply_tx);
         let properties = BasicProperties::default()
             .with_reply_to(self.reply_queue.as_str().into())
             .with_correlation_id(id.as_str().into())
             .with_expiration(wait.as_millis().to_string().as_str().into());
         let answer = async {
-            self.channel.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), request, properties).await?;
+            self.channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    request,
+                    properties,
+                )
+                .await?;
             match tokio::time::timeout(wait, reply_rx).await {
                 Ok(Ok(reply)) => Ok(reply),
                 _ => Err(RpcError::Timeout(wait)),
@@ -111,20 +148,48 @@ impl Drop for RpcClient {
 // ANCHOR: serve
 /// The serving side: answers each request on `queue` with `handler`'s reply, sent to the request's
 /// `reply_to` with its `correlation_id`, then acknowledges the request. Runs until the channel closes.
-pub async fn serve<F, Fut>(channel: &Channel, queue: &str, mut handler: F) -> lapin::Result<()>
+pub async fn serve<F, Fut>(
+    channel: &Channel,
+    queue: &str,
+    mut handler: F,
+) -> lapin::Result<()>
 where
     F: FnMut(Vec<u8>) -> Fut,
     Fut: Future<Output = Vec<u8>>,
 {
-    channel.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await?;
-    let mut requests = channel.basic_consume(queue.into(), "rpc-server".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut requests = channel
+        .basic_consume(
+            queue.into(),
+            "rpc-server".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     while let Some(request) = requests.next().await {
         let request = request?;
-        let (reply_to, id) = (request.properties.reply_to().clone(), request.properties.correlation_id().clone());
+        let (reply_to, id) = (
+            request.properties.reply_to().clone(),
+            request.properties.correlation_id().clone(),
+        );
         let reply = handler(request.data.clone()).await;
         if let (Some(reply_to), Some(id)) = (reply_to, id) {
             let properties = BasicProperties::default().with_correlation_id(id);
-            channel.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &reply, properties).await?;
+            channel
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    &reply,
+                    properties,
+                )
+                .await?;
         }
         request.ack(BasicAckOptions::default()).await?;
     }

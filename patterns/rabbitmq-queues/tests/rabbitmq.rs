@@ -5,10 +5,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, BasicRejectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions,
+    BasicRejectOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
-use rabbitmq_queues::publish::{PublishError, enable_confirms, persistent, publish_confirmed};
+use rabbitmq_queues::publish::{
+    PublishError, enable_confirms, persistent, publish_confirmed,
+};
 use rabbitmq_queues::rpc::{RpcClient, RpcError, serve};
 use rabbitmq_queues::{connect, topology};
 use tokio::time::timeout;
@@ -38,22 +43,45 @@ async fn broker() -> Option<(Connection, Channel)> {
     }
 }
 
-async fn consumer(connection: &Connection, queue: &str, prefetch: u16) -> (Channel, lapin::Consumer) {
+async fn consumer(
+    connection: &Connection,
+    queue: &str,
+    prefetch: u16,
+) -> (Channel, lapin::Consumer) {
     let channel = connection.create_channel().await.unwrap();
     channel.basic_qos(prefetch, BasicQosOptions::default()).await.unwrap();
-    let consumer = channel.basic_consume(queue.into(), unique("c").as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            unique("c").as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     (channel, consumer)
 }
 
 async fn next(consumer: &mut lapin::Consumer) -> Delivery {
-    timeout(STEP, consumer.next()).await.expect("a delivery within the step bound").expect("consumer open").expect("delivery")
+    timeout(STEP, consumer.next())
+        .await
+        .expect("a delivery within the step bound")
+        .expect("consumer open")
+        .expect("delivery")
 }
 
 /// Polls a queue until a message is there (dead-lettering happens asynchronously in the broker).
-async fn get_eventually(channel: &Channel, queue: &str) -> lapin::message::BasicGetMessage {
+async fn get_eventually(
+    channel: &Channel,
+    queue: &str,
+) -> lapin::message::BasicGetMessage {
     timeout(STEP, async {
         loop {
-            if let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+            if let Some(message) = channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
                 return message;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -65,8 +93,12 @@ async fn get_eventually(channel: &Channel, queue: &str) -> lapin::message::Basic
 
 fn death_reason(message: &lapin::message::BasicGetMessage) -> Option<String> {
     let headers = message.delivery.properties.headers().as_ref()?;
-    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else { return None };
-    let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else { return None };
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        return None;
+    };
+    let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else {
+        return None;
+    };
     match first.inner().get("reason")? {
         AMQPValue::LongString(reason) => Some(reason.to_string()),
         other => Some(format!("{other:?}")),
@@ -82,14 +114,25 @@ async fn prefetch_one_sends_work_to_the_free_worker() {
     let (_slow_channel, mut slow) = consumer(&connection, &queue, 1).await;
     let (_fast_channel, mut fast) = consumer(&connection, &queue, 1).await;
     for i in 0..10 {
-        publish_confirmed(&channel, "", &queue, format!("capture-{i}").as_bytes(), persistent()).await.unwrap();
+        publish_confirmed(
+            &channel,
+            "",
+            &queue,
+            format!("capture-{i}").as_bytes(),
+            persistent(),
+        )
+        .await
+        .unwrap();
     }
     // The slow worker takes one task and sits on it: with a prefetch of 1 it gets nothing more.
     let held = next(&mut slow).await;
     for _ in 0..9 {
         next(&mut fast).await.ack(BasicAckOptions::default()).await.unwrap();
     }
-    assert!(timeout(Duration::from_millis(200), slow.next()).await.is_err(), "the busy worker got no second task");
+    assert!(
+        timeout(Duration::from_millis(200), slow.next()).await.is_err(),
+        "the busy worker got no second task"
+    );
     held.ack(BasicAckOptions::default()).await.unwrap();
     connection.close(200, "done".into()).await.unwrap();
 }
@@ -101,7 +144,9 @@ async fn a_worker_that_dies_before_acking_has_its_task_redelivered_to_another() 
     let (queue, dlx) = (unique("captures"), unique("dlx"));
     topology::work_queue(&channel, &queue, &dlx).await.unwrap();
     let (dying_channel, mut dying) = consumer(&connection, &queue, 1).await;
-    publish_confirmed(&channel, "", &queue, b"capture pay_1", persistent()).await.unwrap();
+    publish_confirmed(&channel, "", &queue, b"capture pay_1", persistent())
+        .await
+        .unwrap();
     let first = next(&mut dying).await;
     assert!(!first.redelivered);
     let (_survivor_channel, mut survivor) = consumer(&connection, &queue, 1).await;
@@ -114,15 +159,32 @@ async fn a_worker_that_dies_before_acking_has_its_task_redelivered_to_another() 
 }
 
 #[tokio::test]
-async fn a_confirm_covers_routed_persistent_messages_and_unroutable_ones_come_back() {
+async fn a_confirm_covers_routed_persistent_messages_and_unroutable_ones_come_back()
+{
     let Some((connection, channel)) = broker().await else { return };
     let (queue, dlx) = (unique("captures"), unique("dlx"));
     topology::work_queue(&channel, &queue, &dlx).await.unwrap();
-    publish_confirmed(&channel, "", &queue, b"kept", persistent()).await.expect("confirmed");
-    let stored = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("in the queue once confirmed");
+    publish_confirmed(&channel, "", &queue, b"kept", persistent())
+        .await
+        .expect("confirmed");
+    let stored = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("in the queue once confirmed");
     assert_eq!(*stored.delivery.properties.delivery_mode(), Some(2), "persistent");
-    let unroutable = publish_confirmed(&channel, "", &unique("nobody-listens"), b"lost", persistent()).await;
-    assert!(matches!(unroutable, Err(PublishError::Unroutable(_))), "{unroutable:?}");
+    let unroutable = publish_confirmed(
+        &channel,
+        "",
+        &unique("nobody-listens"),
+        b"lost",
+        persistent(),
+    )
+    .await;
+    assert!(
+        matches!(unroutable, Err(PublishError::Unroutable(_))),
+        "{unroutable:?}"
+    );
     connection.close(200, "done".into()).await.unwrap();
 }
 
@@ -131,11 +193,27 @@ async fn a_fanout_exchange_gives_every_subscriber_a_copy() {
     let Some((connection, channel)) = broker().await else { return };
     let exchange = unique("notifications");
     let (email, sms) = (unique("email"), unique("sms"));
-    topology::exchange_with_queues(&channel, &exchange, ExchangeKind::Fanout, &[(&email, ""), (&sms, "")]).await.unwrap();
-    publish_confirmed(&channel, &exchange, "", b"order o-1 placed", persistent()).await.unwrap();
+    topology::exchange_with_queues(
+        &channel,
+        &exchange,
+        ExchangeKind::Fanout,
+        &[(&email, ""), (&sms, "")],
+    )
+    .await
+    .unwrap();
+    publish_confirmed(&channel, &exchange, "", b"order o-1 placed", persistent())
+        .await
+        .unwrap();
     for queue in [&email, &sms] {
-        let copy = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap();
-        assert_eq!(copy.map(|m| m.delivery.data), Some(b"order o-1 placed".to_vec()), "{queue}");
+        let copy = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        assert_eq!(
+            copy.map(|m| m.delivery.data),
+            Some(b"order o-1 placed".to_vec()),
+            "{queue}"
+        );
     }
     connection.close(200, "done".into()).await.unwrap();
 }
@@ -145,12 +223,31 @@ async fn a_topic_exchange_routes_by_pattern() {
     let Some((connection, channel)) = broker().await else { return };
     let exchange = unique("orders");
     let (eu, us, all) = (unique("eu"), unique("us"), unique("all"));
-    let bindings = [(eu.as_str(), "orders.eu.*"), (us.as_str(), "orders.us.*"), (all.as_str(), "orders.#")];
-    topology::exchange_with_queues(&channel, &exchange, ExchangeKind::Topic, &bindings).await.unwrap();
-    publish_confirmed(&channel, &exchange, "orders.eu.placed", b"o-1", persistent()).await.unwrap();
+    let bindings = [
+        (eu.as_str(), "orders.eu.*"),
+        (us.as_str(), "orders.us.*"),
+        (all.as_str(), "orders.#"),
+    ];
+    topology::exchange_with_queues(
+        &channel,
+        &exchange,
+        ExchangeKind::Topic,
+        &bindings,
+    )
+    .await
+    .unwrap();
+    publish_confirmed(&channel, &exchange, "orders.eu.placed", b"o-1", persistent())
+        .await
+        .unwrap();
     let got = |queue: String| {
         let channel = channel.clone();
-        async move { channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap().is_some() }
+        async move {
+            channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .is_some()
+        }
     };
     assert!(got(eu).await, "orders.eu.* matches orders.eu.placed");
     assert!(got(all).await, "orders.# matches everything under orders");
@@ -166,15 +263,35 @@ async fn rejected_and_expired_messages_go_to_the_dead_letter_exchange() {
     topology::work_queue(&channel, &queue, &dlx).await.unwrap();
 
     let (_worker_channel, mut worker) = consumer(&connection, &queue, 1).await;
-    publish_confirmed(&channel, "", &queue, b"capture of an unknown payment", persistent()).await.unwrap();
-    next(&mut worker).await.reject(BasicRejectOptions { requeue: false }).await.unwrap();
+    publish_confirmed(
+        &channel,
+        "",
+        &queue,
+        b"capture of an unknown payment",
+        persistent(),
+    )
+    .await
+    .unwrap();
+    next(&mut worker)
+        .await
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
     let rejected = get_eventually(&channel, &dead).await;
     assert_eq!(rejected.delivery.data, b"capture of an unknown payment");
     assert_eq!(death_reason(&rejected).as_deref(), Some("rejected"));
 
     let (ttl_queue, _) = (unique("short-lived"), ());
     topology::work_queue(&channel, &ttl_queue, &dlx).await.unwrap();
-    publish_confirmed(&channel, "", &ttl_queue, b"too late", persistent().with_expiration("50".into())).await.unwrap();
+    publish_confirmed(
+        &channel,
+        "",
+        &ttl_queue,
+        b"too late",
+        persistent().with_expiration("50".into()),
+    )
+    .await
+    .unwrap();
     let expired = get_eventually(&channel, &dead).await;
     assert_eq!(expired.delivery.data, b"too late");
     assert_eq!(death_reason(&expired).as_deref(), Some("expired"));
@@ -188,7 +305,14 @@ async fn request_reply_times_out_and_discards_the_late_reply() {
     let queue = unique("stock-check");
     // Declared here as well as by the server (declarations are idempotent), so the first call
     // cannot race the server's start.
-    channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let server_channel = connection.create_channel().await.unwrap();
     let server_queue = queue.clone();
     let server = tokio::spawn(async move {

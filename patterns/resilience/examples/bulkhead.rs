@@ -39,7 +39,11 @@ struct Served {
 
 // ANCHOR: call_dependency
 /// One call: through the dependency's bulkhead (if any), then a connection from the shared pool.
-async fn call_dependency(dependency: Dependency, pool: Arc<Semaphore>, bulkhead: Option<Bulkhead>) -> anyhow::Result<Served> {
+async fn call_dependency(
+    dependency: Dependency,
+    pool: Arc<Semaphore>,
+    bulkhead: Option<Bulkhead>,
+) -> anyhow::Result<Served> {
     let began = Instant::now();
     let latency = match dependency {
         Dependency::Inventory => INVENTORY_LATENCY,
@@ -64,23 +68,38 @@ async fn call_dependency(dependency: Dependency, pool: Arc<Semaphore>, bulkhead:
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     infra::example::init_logging();
-    let flags = infra::example::Flags::parse(&["--no-bulkhead"]).map_err(anyhow::Error::msg)?;
+    let flags = infra::example::Flags::parse(&["--no-bulkhead"])
+        .map_err(anyhow::Error::msg)?;
     let with_bulkheads = !flags.has("--no-bulkhead");
     let pool = Arc::new(Semaphore::new(POOL));
     // ANCHOR: bulkheads
     let (inventory, recommendations) = if with_bulkheads {
-        (Some(Bulkhead::new("inventory", 6)), Some(Bulkhead::new("recommendations", 4)))
+        (
+            Some(Bulkhead::new("inventory", 6)),
+            Some(Bulkhead::new("recommendations", 4)),
+        )
     } else {
         (None, None)
     };
     // ANCHOR_END: bulkheads
-    info!("{POOL} pooled connections; recommendations take {RECOMMENDATIONS_LATENCY:?} per call today; bulkheads: {}", if with_bulkheads { "on" } else { "off" });
+    info!(
+        "{POOL} pooled connections; recommendations take {RECOMMENDATIONS_LATENCY:?} per call today; bulkheads: {}",
+        if with_bulkheads { "on" } else { "off" }
+    );
 
     let mut calls = Vec::new();
     for _ in 0..40 {
         // A page every 10 ms; each needs recommendations and inventory.
-        calls.push(tokio::spawn(call_dependency(Dependency::Recommendations, Arc::clone(&pool), recommendations.clone())));
-        calls.push(tokio::spawn(call_dependency(Dependency::Inventory, Arc::clone(&pool), inventory.clone())));
+        calls.push(tokio::spawn(call_dependency(
+            Dependency::Recommendations,
+            Arc::clone(&pool),
+            recommendations.clone(),
+        )));
+        calls.push(tokio::spawn(call_dependency(
+            Dependency::Inventory,
+            Arc::clone(&pool),
+            inventory.clone(),
+        )));
         sleep(Duration::from_millis(10)).await;
     }
     let mut served = Vec::new();
@@ -89,23 +108,41 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let summary = |dependency: Dependency| {
-        let mine: Vec<&Served> = served.iter().filter(|s| s.dependency == dependency).collect();
+        let mine: Vec<&Served> =
+            served.iter().filter(|s| s.dependency == dependency).collect();
         let rejected = mine.iter().filter(|s| s.rejected).count();
         let slowest = mine.iter().map(|s| s.waited).max().unwrap_or_default();
         (mine.len(), rejected, slowest)
     };
     let (inv_calls, inv_rejected, inv_slowest) = summary(Dependency::Inventory);
-    let (rec_calls, rec_rejected, rec_slowest) = summary(Dependency::Recommendations);
-    info!("inventory: {inv_calls} calls, {inv_rejected} rejected, slowest answer after {:.0} ms", inv_slowest.as_secs_f64() * 1000.0);
-    info!("recommendations: {rec_calls} calls, {rec_rejected} rejected at once, slowest answer after {:.0} ms", rec_slowest.as_secs_f64() * 1000.0);
+    let (rec_calls, rec_rejected, rec_slowest) =
+        summary(Dependency::Recommendations);
+    info!(
+        "inventory: {inv_calls} calls, {inv_rejected} rejected, slowest answer after {:.0} ms",
+        inv_slowest.as_secs_f64() * 1000.0
+    );
+    info!(
+        "recommendations: {rec_calls} calls, {rec_rejected} rejected at once, slowest answer after {:.0} ms",
+        rec_slowest.as_secs_f64() * 1000.0
+    );
 
     if with_bulkheads {
         ensure!(inv_rejected == 0, "inventory's own compartment should have room");
-        ensure!(inv_slowest < RECOMMENDATIONS_LATENCY / 2, "inventory should not wait behind recommendations");
-        info!("done: the slow dependency filled only its own compartment; inventory stayed fast");
+        ensure!(
+            inv_slowest < RECOMMENDATIONS_LATENCY / 2,
+            "inventory should not wait behind recommendations"
+        );
+        info!(
+            "done: the slow dependency filled only its own compartment; inventory stayed fast"
+        );
     } else {
-        ensure!(inv_slowest >= RECOMMENDATIONS_LATENCY, "without bulkheads inventory waits for a slow call to free a connection");
-        warn!("done: inventory, which is healthy, answered as slowly as recommendations: they shared one pool");
+        ensure!(
+            inv_slowest >= RECOMMENDATIONS_LATENCY,
+            "without bulkheads inventory waits for a slow call to free a connection"
+        );
+        warn!(
+            "done: inventory, which is healthy, answered as slowly as recommendations: they shared one pool"
+        );
     }
     Ok(())
 }

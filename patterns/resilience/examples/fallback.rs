@@ -18,11 +18,19 @@ use tracing::{info, warn};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     infra::example::init_logging();
-    let flags = infra::example::Flags::parse(&["--no-fallback"]).map_err(anyhow::Error::msg)?;
+    let flags = infra::example::Flags::parse(&["--no-fallback"])
+        .map_err(anyhow::Error::msg)?;
     let with_fallback = !flags.has("--no-fallback");
-    let breaker = CircuitBreaker::builder(Config::builder().count_window(4).minimum_calls(4).open_wait(Duration::from_millis(300)).half_open_permits(1).build()?)
-        .on_transition(|t| warn!("breaker {:?} -> {:?}: {}", t.from, t.to, t.reason))
-        .build();
+    let breaker = CircuitBreaker::builder(
+        Config::builder()
+            .count_window(4)
+            .minimum_calls(4)
+            .open_wait(Duration::from_millis(300))
+            .half_open_permits(1)
+            .build()?,
+    )
+    .on_transition(|t| warn!("breaker {:?} -> {:?}: {}", t.from, t.to, t.reason))
+    .build();
     let inventory_down = AtomicBool::new(false);
     let last_good = LastKnownGood::new();
     let (mut fresh, mut degraded, mut errors) = (0, 0, 0);
@@ -33,10 +41,18 @@ async fn main() -> anyhow::Result<()> {
         inventory_down.store(outage.contains(&page), Ordering::Relaxed);
         // ANCHOR: page
         let stock = breaker.call(async {
-            if inventory_down.load(Ordering::Relaxed) { Err("503 from inventory") } else { Ok(12u32) }
+            if inventory_down.load(Ordering::Relaxed) {
+                Err("503 from inventory")
+            } else {
+                Ok(12u32)
+            }
         });
         let default = None; // no safe default for stock: better an honest "unknown" than a made-up number
-        let answer = if with_fallback { last_good.or_fallback(stock, default).await } else { stock.await.map(Answer::Fresh) };
+        let answer = if with_fallback {
+            last_good.or_fallback(stock, default).await
+        } else {
+            stock.await.map(Answer::Fresh)
+        };
         match answer {
             Ok(Answer::Fresh(stock)) => {
                 fresh += 1;
@@ -45,7 +61,9 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(Answer::Degraded { value, why, age }) => {
                 degraded += 1;
-                let age = age.map_or("a default".to_owned(), |a| format!("{} ms old", a.as_millis()));
+                let age = age.map_or("a default".to_owned(), |a| {
+                    format!("{} ms old", a.as_millis())
+                });
                 warn!(page, "stock: {value} (DEGRADED: {age}, because {why})");
             }
             Err(error) => {
@@ -61,10 +79,19 @@ async fn main() -> anyhow::Result<()> {
     // during it, and that it closed again by the end, does not.
     let outage_pages = outage.len();
     if with_fallback {
-        ensure!(errors == 0 && degraded >= outage_pages, "every outage page should show degraded stock, none an error");
+        ensure!(
+            errors == 0 && degraded >= outage_pages,
+            "every outage page should show degraded stock, none an error"
+        );
     } else {
-        ensure!(degraded == 0 && errors >= outage_pages, "without a fallback every outage page shows an error");
+        ensure!(
+            degraded == 0 && errors >= outage_pages,
+            "without a fallback every outage page shows an error"
+        );
     }
-    ensure!(fresh >= 10 && last_page_fresh, "pages before the outage, and the last page after it, are fresh");
+    ensure!(
+        fresh >= 10 && last_page_fresh,
+        "pages before the outage, and the last page after it, are fresh"
+    );
     Ok(())
 }

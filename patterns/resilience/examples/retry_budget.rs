@@ -40,7 +40,10 @@ const WAVE: u32 = 20;
 
 // ANCHOR: policy
 fn policy(budgeted: bool) -> RetryPolicy {
-    let policy = RetryPolicy::new(4, Backoff { base: Duration::from_millis(5), max: Duration::from_millis(80) });
+    let policy = RetryPolicy::new(
+        4,
+        Backoff { base: Duration::from_millis(5), max: Duration::from_millis(80) },
+    );
     if budgeted {
         // Retries may add 10% to the calls, plus a reserve of 5 for a quiet start.
         policy.with_budget(Arc::new(RetryBudget::new(0.1, 5)))
@@ -53,11 +56,15 @@ fn policy(budgeted: bool) -> RetryPolicy {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     infra::example::init_logging();
-    let flags = infra::example::Flags::parse(&["--no-budget"]).map_err(anyhow::Error::msg)?;
+    let flags = infra::example::Flags::parse(&["--no-budget"])
+        .map_err(anyhow::Error::msg)?;
     let budgeted = !flags.has("--no-budget");
     let policy = policy(budgeted);
     let reached = Arc::new(AtomicU32::new(0));
-    info!("payments is down; {CHECKOUTS} checkouts, up to 4 attempts each, retry budget: {}", if budgeted { "10%" } else { "none" });
+    info!(
+        "payments is down; {CHECKOUTS} checkouts, up to 4 attempts each, retry budget: {}",
+        if budgeted { "10%" } else { "none" }
+    );
 
     for wave in 0..CHECKOUTS / WAVE {
         let mut callers = Vec::new();
@@ -76,7 +83,12 @@ async fn main() -> anyhow::Result<()> {
         for caller in callers {
             let _ = caller.await?;
         }
-        info!(wave, "{} checkouts so far; the payments service has seen {} attempts", (wave + 1) * WAVE, reached.load(Ordering::Relaxed));
+        info!(
+            wave,
+            "{} checkouts so far; the payments service has seen {} attempts",
+            (wave + 1) * WAVE,
+            reached.load(Ordering::Relaxed)
+        );
     }
 
     // Creating a payment without an idempotency key is not idempotent: one attempt, never retried.
@@ -87,17 +99,33 @@ async fn main() -> anyhow::Result<()> {
             async { Err::<(), _>(Unavailable) }
         })
         .await;
-    info!("a non-idempotent POST /payments was tried {} time(s): retrying it could charge twice", attempts.load(Ordering::Relaxed));
+    info!(
+        "a non-idempotent POST /payments was tried {} time(s): retrying it could charge twice",
+        attempts.load(Ordering::Relaxed)
+    );
 
     let total = reached.load(Ordering::Relaxed);
     let load = f64::from(total) / f64::from(CHECKOUTS);
     if budgeted {
-        info!("done: {total} attempts for {CHECKOUTS} checkouts ({load:.2}x the load); the budget refused the rest");
-        ensure!(total <= CHECKOUTS + CHECKOUTS / 10 + 5, "the budget should cap attempts at 10% over the calls, plus the reserve");
+        info!(
+            "done: {total} attempts for {CHECKOUTS} checkouts ({load:.2}x the load); the budget refused the rest"
+        );
+        ensure!(
+            total <= CHECKOUTS + CHECKOUTS / 10 + 5,
+            "the budget should cap attempts at 10% over the calls, plus the reserve"
+        );
     } else {
-        warn!("done: {total} attempts for {CHECKOUTS} checkouts ({load:.2}x the load): a retry storm on a service that is already down");
-        ensure!(total == 4 * CHECKOUTS, "without a budget every checkout makes all 4 attempts");
+        warn!(
+            "done: {total} attempts for {CHECKOUTS} checkouts ({load:.2}x the load): a retry storm on a service that is already down"
+        );
+        ensure!(
+            total == 4 * CHECKOUTS,
+            "without a budget every checkout makes all 4 attempts"
+        );
     }
-    ensure!(attempts.load(Ordering::Relaxed) == 1, "a non-idempotent call must not be retried");
+    ensure!(
+        attempts.load(Ordering::Relaxed) == 1,
+        "a non-idempotent call must not be retried"
+    );
     Ok(())
 }

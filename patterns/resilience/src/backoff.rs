@@ -21,7 +21,8 @@ impl Backoff {
 
     /// A random wait before retry `n`, never above [`ceiling`](Self::ceiling) (nor `max`).
     pub fn delay(&self, retry: u32, rng: &mut fastrand::Rng) -> Duration {
-        let ceiling = u64::try_from(self.ceiling(retry).as_nanos()).unwrap_or(u64::MAX);
+        let ceiling =
+            u64::try_from(self.ceiling(retry).as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(rng.u64(0..=ceiling))
     }
 }
@@ -33,9 +34,16 @@ mod tests {
 
     #[test]
     fn the_ceiling_doubles_until_the_cap() {
-        let b = Backoff { base: Duration::from_millis(10), max: Duration::from_millis(100) };
+        let b = Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        };
         let ceilings: Vec<u128> = (0..6).map(|n| b.ceiling(n).as_millis()).collect();
         assert_eq!(ceilings, [10, 20, 40, 80, 100, 100]);
-        assert_eq!(b.ceiling(1000), Duration::from_millis(100), "no overflow for huge retry counts");
+        assert_eq!(
+            b.ceiling(1000),
+            Duration::from_millis(100),
+            "no overflow for huge retry counts"
+        );
     }
 }

@@ -24,8 +24,13 @@ impl RetryBudget {
     /// start, and the most that can ever be saved up.
     pub fn new(ratio: f64, reserve: u32) -> Self {
         let reserve = u64::from(reserve.max(1)) * ONE_RETRY;
-        let deposit_milli = (ratio.clamp(0.0, 1000.0) * ONE_RETRY as f64).round() as u64;
-        RetryBudget { deposit_milli, max_milli: reserve, milli_tokens: Mutex::new(reserve) }
+        let deposit_milli =
+            (ratio.clamp(0.0, 1000.0) * ONE_RETRY as f64).round() as u64;
+        RetryBudget {
+            deposit_milli,
+            max_milli: reserve,
+            milli_tokens: Mutex::new(reserve),
+        }
     }
 
     /// Called once per call (not per attempt).

@@ -23,7 +23,9 @@ pub struct Bulkhead {
 
 /// The bulkhead was full: the call was not made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("bulkhead {name} is full ({max_in_flight} calls in flight): rejected instead of queueing")]
+#[error(
+    "bulkhead {name} is full ({max_in_flight} calls in flight): rejected instead of queueing"
+)]
 pub struct BulkheadFull {
     pub name: &'static str,
     pub max_in_flight: usize,
@@ -31,12 +33,20 @@ pub struct BulkheadFull {
 
 impl Bulkhead {
     pub fn new(name: &'static str, max_in_flight: usize) -> Self {
-        Bulkhead { name, max_in_flight, permits: Arc::new(Semaphore::new(max_in_flight)) }
+        Bulkhead {
+            name,
+            max_in_flight,
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+        }
     }
 
     /// Runs `call` if there is room, holding a place until it completes (or is dropped).
-    pub async fn call<F: IntoFuture>(&self, call: F) -> Result<F::Output, BulkheadFull> {
-        let full = BulkheadFull { name: self.name, max_in_flight: self.max_in_flight };
+    pub async fn call<F: IntoFuture>(
+        &self,
+        call: F,
+    ) -> Result<F::Output, BulkheadFull> {
+        let full =
+            BulkheadFull { name: self.name, max_in_flight: self.max_in_flight };
         let _place = self.permits.try_acquire().map_err(|_| full)?;
         Ok(call.into_future().await)
     }

@@ -48,25 +48,40 @@ impl<T: Clone> LastKnownGood<T> {
     }
 
     fn remember(&self, value: T) {
-        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((value, Instant::now()));
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((value, Instant::now()));
     }
 
     fn recall(&self) -> Option<(T, Duration)> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(v, at)| (v.clone(), at.elapsed()))
+        self.slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(v, at)| (v.clone(), at.elapsed()))
     }
 
     // ANCHOR: or_fallback
     /// The call's answer if it succeeds (remembered for next time); else the last good answer,
     /// else `default`, both marked degraded; else the call's error.
-    pub async fn or_fallback<E: Display>(&self, call: impl Future<Output = Result<T, E>>, default: Option<T>) -> Result<Answer<T>, E> {
+    pub async fn or_fallback<E: Display>(
+        &self,
+        call: impl Future<Output = Result<T, E>>,
+        default: Option<T>,
+    ) -> Result<Answer<T>, E> {
         match call.await {
             Ok(value) => {
                 self.remember(value.clone());
                 Ok(Answer::Fresh(value))
             }
             Err(error) => match (self.recall(), default) {
-                (Some((value, age)), _) => Ok(Answer::Degraded { value, why: error.to_string(), age: Some(age) }),
-                (None, Some(value)) => Ok(Answer::Degraded { value, why: error.to_string(), age: None }),
+                (Some((value, age)), _) => Ok(Answer::Degraded {
+                    value,
+                    why: error.to_string(),
+                    age: Some(age),
+                }),
+                (None, Some(value)) => {
+                    Ok(Answer::Degraded { value, why: error.to_string(), age: None })
+                }
                 (None, None) => Err(error),
             },
         }

@@ -45,7 +45,11 @@ impl RetryPolicy {
     // ANCHOR: run
     /// Runs `operation` (given the attempt number, from 1) until it succeeds, fails with an error
     /// that is not retryable, runs out of attempts, or the budget refuses a retry.
-    pub async fn run<T, E, F, Fut>(&self, idempotency: Idempotency, mut operation: F) -> Result<T, E>
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        idempotency: Idempotency,
+        mut operation: F,
+    ) -> Result<T, E>
     where
         E: Retryable + std::fmt::Display,
         F: FnMut(u32) -> Fut,
@@ -61,7 +65,10 @@ impl RetryPolicy {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            if idempotency == Idempotency::NotIdempotent || !error.is_retryable() || attempt >= self.max_attempts {
+            if idempotency == Idempotency::NotIdempotent
+                || !error.is_retryable()
+                || attempt >= self.max_attempts
+            {
                 return Err(error);
             }
             if let Some(budget) = &self.budget {

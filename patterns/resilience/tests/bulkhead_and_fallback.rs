@@ -22,10 +22,17 @@ async fn a_full_bulkhead_rejects_at_once_and_a_finished_call_frees_its_place() {
     while bulkhead.in_flight() < 2 {
         tokio::task::yield_now().await; // let both calls take their places
     }
-    assert_eq!(bulkhead.call(async { "third" }).await, Err(BulkheadFull { name: "recommendations", max_in_flight: 2 }));
+    assert_eq!(
+        bulkhead.call(async { "third" }).await,
+        Err(BulkheadFull { name: "recommendations", max_in_flight: 2 })
+    );
     release_a.send(()).unwrap();
     assert!(a.await.unwrap().is_ok());
-    assert_eq!(bulkhead.call(async { "fourth" }).await, Ok("fourth"), "a place was freed");
+    assert_eq!(
+        bulkhead.call(async { "fourth" }).await,
+        Ok("fourth"),
+        "a place was freed"
+    );
     b.abort(); // a cancelled call frees its place too
     let _ = b.await;
     assert_eq!(bulkhead.in_flight(), 0);
@@ -34,18 +41,34 @@ async fn a_full_bulkhead_rejects_at_once_and_a_finished_call_frees_its_place() {
 #[tokio::test(start_paused = true)]
 async fn a_fallback_is_the_last_good_answer_marked_with_its_age() {
     let cache = LastKnownGood::new();
-    let fresh = cache.or_fallback(async { Ok::<_, String>(12) }, None).await.unwrap();
+    let fresh =
+        cache.or_fallback(async { Ok::<_, String>(12) }, None).await.unwrap();
     assert_eq!(fresh, Answer::Fresh(12));
     tokio::time::advance(Duration::from_secs(5)).await;
-    let degraded = cache.or_fallback(async { Err::<u32, _>("breaker open".to_owned()) }, Some(0)).await.unwrap();
-    assert_eq!(degraded, Answer::Degraded { value: 12, why: "breaker open".into(), age: Some(Duration::from_secs(5)) });
+    let degraded = cache
+        .or_fallback(async { Err::<u32, _>("breaker open".to_owned()) }, Some(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        degraded,
+        Answer::Degraded {
+            value: 12,
+            why: "breaker open".into(),
+            age: Some(Duration::from_secs(5))
+        }
+    );
     assert!(degraded.is_degraded());
 }
 
 #[tokio::test]
-async fn without_a_last_good_answer_the_default_is_used_and_without_a_default_the_error() {
+async fn without_a_last_good_answer_the_default_is_used_and_without_a_default_the_error()
+ {
     let cache: LastKnownGood<u32> = LastKnownGood::new();
-    let answer = cache.or_fallback(async { Err::<u32, _>("503") }, Some(0)).await.unwrap();
+    let answer =
+        cache.or_fallback(async { Err::<u32, _>("503") }, Some(0)).await.unwrap();
     assert_eq!(answer, Answer::Degraded { value: 0, why: "503".into(), age: None });
-    assert_eq!(cache.or_fallback(async { Err::<u32, _>("503") }, None).await, Err("503"));
+    assert_eq!(
+        cache.or_fallback(async { Err::<u32, _>("503") }, None).await,
+        Err("503")
+    );
 }

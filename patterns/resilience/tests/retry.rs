@@ -31,15 +31,26 @@ impl std::fmt::Display for UpstreamError {
 }
 
 fn policy() -> RetryPolicy {
-    RetryPolicy::new(4, Backoff { base: Duration::from_millis(10), max: Duration::from_millis(200) })
+    RetryPolicy::new(
+        4,
+        Backoff { base: Duration::from_millis(10), max: Duration::from_millis(200) },
+    )
 }
 
 /// Runs one call against an upstream that fails with `error` `failures` times, then succeeds.
-async fn call(policy: &RetryPolicy, idempotency: Idempotency, error: fn() -> UpstreamError, failures: u32, attempts: &AtomicU32) -> Result<&'static str, UpstreamError> {
+async fn call(
+    policy: &RetryPolicy,
+    idempotency: Idempotency,
+    error: fn() -> UpstreamError,
+    failures: u32,
+    attempts: &AtomicU32,
+) -> Result<&'static str, UpstreamError> {
     policy
         .run(idempotency, |attempt| {
             attempts.fetch_add(1, Ordering::SeqCst);
-            async move { if attempt <= failures { Err(error()) } else { Ok("stock: 12") } }
+            async move {
+                if attempt <= failures { Err(error()) } else { Ok("stock: 12") }
+            }
         })
         .await
 }
@@ -47,7 +58,14 @@ async fn call(policy: &RetryPolicy, idempotency: Idempotency, error: fn() -> Ups
 #[tokio::test(start_paused = true)]
 async fn a_retryable_failure_is_retried_until_it_succeeds() {
     let attempts = AtomicU32::new(0);
-    let result = call(&policy(), Idempotency::Idempotent, || UpstreamError::Unavailable, 2, &attempts).await;
+    let result = call(
+        &policy(),
+        Idempotency::Idempotent,
+        || UpstreamError::Unavailable,
+        2,
+        &attempts,
+    )
+    .await;
     assert_eq!(result, Ok("stock: 12"));
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
 }
@@ -55,7 +73,14 @@ async fn a_retryable_failure_is_retried_until_it_succeeds() {
 #[tokio::test(start_paused = true)]
 async fn attempts_stop_at_the_maximum() {
     let attempts = AtomicU32::new(0);
-    let result = call(&policy(), Idempotency::Idempotent, || UpstreamError::Unavailable, 99, &attempts).await;
+    let result = call(
+        &policy(),
+        Idempotency::Idempotent,
+        || UpstreamError::Unavailable,
+        99,
+        &attempts,
+    )
+    .await;
     assert_eq!(result, Err(UpstreamError::Unavailable));
     assert_eq!(attempts.load(Ordering::SeqCst), 4);
 }
@@ -63,15 +88,33 @@ async fn attempts_stop_at_the_maximum() {
 #[tokio::test(start_paused = true)]
 async fn an_operation_that_is_not_idempotent_is_never_retried() {
     let attempts = AtomicU32::new(0);
-    let result = call(&policy(), Idempotency::NotIdempotent, || UpstreamError::Unavailable, 1, &attempts).await;
-    assert_eq!(result, Err(UpstreamError::Unavailable), "the one attempt's error, even though a retry would have worked");
+    let result = call(
+        &policy(),
+        Idempotency::NotIdempotent,
+        || UpstreamError::Unavailable,
+        1,
+        &attempts,
+    )
+    .await;
+    assert_eq!(
+        result,
+        Err(UpstreamError::Unavailable),
+        "the one attempt's error, even though a retry would have worked"
+    );
     assert_eq!(attempts.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_error_that_is_not_retryable_is_not_retried() {
     let attempts = AtomicU32::new(0);
-    let result = call(&policy(), Idempotency::Idempotent, || UpstreamError::BadRequest, 1, &attempts).await;
+    let result = call(
+        &policy(),
+        Idempotency::Idempotent,
+        || UpstreamError::BadRequest,
+        1,
+        &attempts,
+    )
+    .await;
     assert_eq!(result, Err(UpstreamError::BadRequest));
     assert_eq!(attempts.load(Ordering::SeqCst), 1);
 }
@@ -80,9 +123,20 @@ async fn an_error_that_is_not_retryable_is_not_retried() {
 async fn waits_between_attempts_stay_under_their_ceilings() {
     let began = tokio::time::Instant::now();
     let attempts = AtomicU32::new(0);
-    let _ = call(&policy(), Idempotency::Idempotent, || UpstreamError::Unavailable, 99, &attempts).await;
+    let _ = call(
+        &policy(),
+        Idempotency::Idempotent,
+        || UpstreamError::Unavailable,
+        99,
+        &attempts,
+    )
+    .await;
     // Three waits, each at most 10, 20 and 40 ms.
-    assert!(began.elapsed() <= Duration::from_millis(70), "waited {:?}", began.elapsed());
+    assert!(
+        began.elapsed() <= Duration::from_millis(70),
+        "waited {:?}",
+        began.elapsed()
+    );
 }
 
 // ANCHOR: budget_test
@@ -93,13 +147,34 @@ async fn with_every_call_failing_a_budget_keeps_attempts_near_the_calls() {
     let budgeted = AtomicU32::new(0);
     let with_budget = policy().with_budget(Arc::new(RetryBudget::new(0.1, 10)));
     for _ in 0..calls {
-        let _ = call(&policy(), Idempotency::Idempotent, || UpstreamError::Unavailable, u32::MAX, &unbudgeted).await;
-        let _ = call(&with_budget, Idempotency::Idempotent, || UpstreamError::Unavailable, u32::MAX, &budgeted).await;
+        let _ = call(
+            &policy(),
+            Idempotency::Idempotent,
+            || UpstreamError::Unavailable,
+            u32::MAX,
+            &unbudgeted,
+        )
+        .await;
+        let _ = call(
+            &with_budget,
+            Idempotency::Idempotent,
+            || UpstreamError::Unavailable,
+            u32::MAX,
+            &budgeted,
+        )
+        .await;
     }
-    assert_eq!(unbudgeted.load(Ordering::SeqCst), 4 * calls, "a retry storm: four times the load");
+    assert_eq!(
+        unbudgeted.load(Ordering::SeqCst),
+        4 * calls,
+        "a retry storm: four times the load"
+    );
     let attempts = budgeted.load(Ordering::SeqCst);
     // Each call deposits 0.1 retry, plus 10 in reserve: at most 1000 + 100 + 10 attempts.
-    assert!(attempts <= calls + calls / 10 + 10, "{attempts} attempts exceed the budget");
+    assert!(
+        attempts <= calls + calls / 10 + 10,
+        "{attempts} attempts exceed the budget"
+    );
     assert!(attempts > calls, "the budget still allows some retries");
 }
 // ANCHOR_END: budget_test
@@ -122,10 +197,16 @@ proptest! {
 
 #[test]
 fn full_jitter_spreads_the_waits_over_the_whole_range() {
-    let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(10) };
+    let backoff =
+        Backoff { base: Duration::from_millis(100), max: Duration::from_secs(10) };
     let mut rng = fastrand::Rng::with_seed(7);
-    let waits: Vec<Duration> = (0..1_000).map(|_| backoff.delay(2, &mut rng)).collect();
-    let below_half = waits.iter().filter(|w| **w < Duration::from_millis(200)).count();
+    let waits: Vec<Duration> =
+        (0..1_000).map(|_| backoff.delay(2, &mut rng)).collect();
+    let below_half =
+        waits.iter().filter(|w| **w < Duration::from_millis(200)).count();
     // Uniform over [0, 400 ms]: about half fall below 200 ms. Callers that failed together spread out.
-    assert!((400..600).contains(&below_half), "{below_half} of 1000 below half the ceiling");
+    assert!(
+        (400..600).contains(&below_half),
+        "{below_half} of 1000 below half the ceiling"
+    );
 }
