@@ -60,15 +60,47 @@ pub fn unavailable(broker: &str, addr: &str, error: impl Display) {
              start it with `cargo xtask brokers up` (or `docker compose up -d --wait`)"
         );
     }
-    eprintln!(
+    // libtest captures `eprintln!` and shows it only for failing tests, which would hide the
+    // skip. Writing to the stderr handle directly is not captured, so the reason always shows.
+    let line = format!(
         "SKIPPED: {broker} did not answer at {addr} ({error}); \
-         run `cargo xtask brokers up` to run this test, or `cargo xtask test` to require it"
+         run `cargo xtask brokers up` to run this test, or `cargo xtask test` to require it\n"
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 
 fn env_or(key: &str, default: &str) -> String {
     match env::var(key) {
         Ok(value) if !value.trim().is_empty() => value,
         _ => default.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    /// Runs this very test again in a child test process (where libtest captures output, as
+    /// in any `cargo test`) and checks that the skip line still reaches its stderr.
+    #[test]
+    fn a_skip_is_printed_even_when_libtest_captures_output() {
+        const CHILD: &str = "INFRA_SKIP_TEST_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            super::unavailable("Kafka", "127.0.0.1:1", "connection refused");
+            return;
+        }
+        let name = "tests::a_skip_is_printed_even_when_libtest_captures_output";
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact"])
+            .env(CHILD, "1")
+            .env_remove("REQUIRE_BROKERS")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "the child test failed: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("SKIPPED: Kafka did not answer at 127.0.0.1:1"),
+            "the skip reason must be visible under capture; stderr was {stderr:?}"
+        );
     }
 }
