@@ -4,6 +4,7 @@
 //! cargo xtask brokers up|down|status   real Kafka-API, RabbitMQ and PostgreSQL brokers on this machine
 //! cargo xtask test                     brokers up, every test with REQUIRE_BROKERS=1, every example, the book
 //! cargo xtask book [--serve]           build (or serve) the book with pinned mdBook tools
+//! cargo xtask excerpts                   check the book's output excerpts against the last runs
 //! cargo xtask doctor                   what is installed and what answers
 //! cargo quiz <chapter>                 take a chapter's quiz in the terminal
 //! ```
@@ -12,10 +13,13 @@
 
 mod book;
 mod brokers;
+mod excerpts;
+mod lint;
 mod probe;
 mod quiz;
 mod quiz_schema;
 
+use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -38,7 +42,7 @@ impl std::fmt::Display for Fail {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <brokers up|brokers down|brokers status|test|book [--serve]|doctor|quiz <chapter>>";
+const USAGE: &str = "usage: cargo xtask <brokers up|brokers down|brokers status|test|book [--serve]|doctor|lint [FILE...]|quiz <chapter>>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,7 +54,11 @@ fn main() -> ExitCode {
         ["test"] => test(),
         ["book"] => book::build(),
         ["book", "--serve"] => book::serve(),
+        ["excerpts"] => {
+            excerpts::check().map(|n| println!("{n} book excerpts match real runs"))
+        }
         ["doctor"] => doctor(),
+        ["lint", paths @ ..] => lint::run(paths),
         ["quiz"] => quiz::list(),
         ["quiz", chapter] => quiz::run(chapter),
         _ => Err(Fail::msg(USAGE)),
@@ -146,11 +154,21 @@ fn test() -> Result<(), Fail> {
     let began = Instant::now();
     let mut tally = Tally::default();
 
-    println!("\n== 1/4 brokers");
+    println!("\n== 1/6 brokers");
     brokers::up().map_err(|e| Fail::msg(format!("brokers: {e}")))?;
 
+    println!("\n== 2/6 formatting and lints");
+    run(Command::new(cmd::cargo())
+        .args(["fmt", "--all", "--check"])
+        .current_dir(workspace_root()))
+    .map_err(|e| Fail::msg(format!("{e}: run `cargo fmt --all`")))?;
+    run(Command::new(cmd::cargo())
+        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        .current_dir(workspace_root()))?;
+    tally.passed += 2;
+
     println!(
-        "\n== 2/4 cargo test --workspace (REQUIRE_BROKERS=1: an unreachable broker fails)"
+        "\n== 3/6 cargo test --workspace (REQUIRE_BROKERS=1: an unreachable broker fails)"
     );
     // --all-targets also runs each benchmark once, in criterion's test mode, so benches cannot rot;
     // it leaves out doctests, which get their own run.
@@ -163,27 +181,24 @@ fn test() -> Result<(), Fail> {
         tally.cargo_test(&mut cargo_test)?;
     }
 
-    println!("\n== 3/4 every example the README lists, as a reader would type it");
+    println!("\n== 4/6 every example the README lists, as a reader would type it");
+    fs::create_dir_all(excerpts::output_dir()).map_err(|e| {
+        Fail::msg(format!("{}: {e}", excerpts::output_dir().display()))
+    })?;
     for example in book::readme_examples()? {
         let step = Instant::now();
         println!("  $ {example}");
-        let status = Command::new("bash")
-            .args(["-c", &example])
-            .current_dir(workspace_root())
-            .env("REQUIRE_BROKERS", "1")
-            .stdin(Stdio::null())
-            .status()
-            .map_err(|e| Fail::msg(format!("cannot run bash: {e}")))?;
-        if !status.success() {
-            return Err(Fail::msg(format!(
-                "example `{example}` failed ({status}); run it yourself to see why"
-            )));
-        }
+        run_example(&example)?;
         tally.passed += 1;
         println!("  ok: {example} ({:.1}s)", step.elapsed().as_secs_f64());
     }
 
-    println!("\n== 4/4 the book");
+    println!("\n== 5/6 the book's output excerpts, against those runs");
+    let checked = excerpts::check()?;
+    println!("  {checked} excerpts match what the examples printed");
+    tally.passed += 1;
+
+    println!("\n== 6/6 the book");
     book::build()?;
     tally.passed += 1;
 
@@ -191,6 +206,38 @@ fn test() -> Result<(), Fail> {
     // A plain closing line that CI and humans both read.
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
     Ok(())
+}
+
+/// Runs one README example through bash, echoing its output (stdout and stderr, as a reader
+/// sees them) and keeping it in `target/example-output/` for the excerpt check.
+fn run_example(example: &str) -> Result<(), Fail> {
+    let mut child = Command::new("bash")
+        .args(["-c", &format!("{example} 2>&1")])
+        .current_dir(workspace_root())
+        .env("REQUIRE_BROKERS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| Fail::msg(format!("cannot run bash: {e}")))?;
+    let stdout =
+        child.stdout.take().ok_or_else(|| Fail::msg("bash has no stdout"))?;
+    let mut output = String::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        println!("{line}");
+        output.push_str(&line);
+        output.push('\n');
+    }
+    let status = child.wait().map_err(|e| Fail::msg(format!("{example}: {e}")))?;
+    let file = excerpts::output_file(example);
+    fs::write(&file, output)
+        .map_err(|e| Fail::msg(format!("{}: {e}", file.display())))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Fail::msg(format!(
+            "example `{example}` failed ({status}); run it yourself to see why"
+        )))
+    }
 }
 
 /// Counts of what `cargo xtask test` ran.
