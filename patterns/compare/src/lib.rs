@@ -1,5 +1,6 @@
 //! Comparing protocols, measured: the tools behind `cargo run --release --example protocol_bench`
-//! (request/response) and `cargo run --release --example messaging_bench` (the brokers).
+//! (request/response). The brokers' benchmark lives in the `compare-messaging` crate, so that
+//! this one compiles no Kafka or AMQP client.
 //!
 //! Latency figures only mean something next to a baseline taken on the same machine in the same
 //! run: this crate's baseline is a raw TCP echo ([`echo`]), the least work a request/response

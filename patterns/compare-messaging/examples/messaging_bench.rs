@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use compare::stats::Sample;
+use compare_messaging::stats::Sample;
 use futures::StreamExt;
 use futures::future::try_join_all;
 use lapin::options::{
