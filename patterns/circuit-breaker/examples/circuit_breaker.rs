@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::ensure;
 use circuit_breaker::{CallError, CircuitBreaker, Config, State};
 use tokio::time::{Instant, sleep, timeout};
-use tracing::{info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 /// What the inventory service does to each call during a phase.
 #[derive(Clone, Copy, Debug)]
@@ -131,27 +131,30 @@ async fn main() -> anyhow::Result<()> {
 
     let mut upstream_calls_in_outage = 0;
     for (name, fault, calls) in plan {
-        let span = info_span!("phase", name);
-        let _entered = span.enter();
         *inventory.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
         let before = inventory.calls.load(Ordering::Relaxed);
-        let mut tally = Tally::default();
-        for _ in 0..calls {
-            call(&inventory, breaker.as_ref(), &mut tally).await;
-            sleep(Duration::from_millis(25)).await;
-        }
-        let reached = inventory.calls.load(Ordering::Relaxed) - before;
+        let phase = async {
+            let mut tally = Tally::default();
+            for _ in 0..calls {
+                call(&inventory, breaker.as_ref(), &mut tally).await;
+                sleep(Duration::from_millis(25)).await;
+            }
+            let reached = inventory.calls.load(Ordering::Relaxed) - before;
+            info!(
+                "{calls} calls: {} ok, {} failed, {} timed out, {} rejected at once; the upstream saw {reached}; callers waited {:.1} ms on average",
+                tally.ok,
+                tally.failed,
+                tally.timed_out,
+                tally.rejected,
+                tally.waited.as_secs_f64() * 1000.0 / f64::from(calls),
+            );
+            reached
+        };
+        // The span covers the phase's calls, the breaker's warnings among them.
+        let reached = phase.instrument(info_span!("phase", name)).await;
         if name == "failing" {
             upstream_calls_in_outage = reached;
         }
-        info!(
-            "{calls} calls: {} ok, {} failed, {} timed out, {} rejected at once; the upstream saw {reached}; callers waited {:.1} ms on average",
-            tally.ok,
-            tally.failed,
-            tally.timed_out,
-            tally.rejected,
-            tally.waited.as_secs_f64() * 1000.0 / f64::from(calls),
-        );
     }
 
     match &breaker {

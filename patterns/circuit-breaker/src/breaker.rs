@@ -16,8 +16,11 @@
 //! generation, so an outcome that arrives after the state moved on (a call started before the
 //! breaker opened) is discarded instead of polluting the new state's numbers.
 
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -242,10 +245,14 @@ impl Builder {
     }
 
     pub fn build(self) -> CircuitBreaker {
+        // A `Config` is validated when built, so both counts are at least 1 here.
+        let at_least_one = |n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         let window = match self.config.window {
-            WindowKind::CountBased { size } => Window::Count(CountWindow::new(size)),
+            WindowKind::CountBased { size } => {
+                Window::Count(CountWindow::new(at_least_one(size)))
+            }
             WindowKind::TimeBased { buckets, bucket_width } => {
-                Window::Time(TimeWindow::new(buckets, bucket_width))
+                Window::Time(TimeWindow::new(at_least_one(buckets), bucket_width))
             }
         };
         let machine = Machine {
@@ -271,7 +278,8 @@ impl Builder {
 }
 
 impl CircuitBreaker {
-    /// A breaker with a validated config (see [`Config::builder`]) and no listeners.
+    /// A breaker with no listeners. It cannot fail: a [`Config`] is checked when it is built
+    /// ([`Config::builder`]), and only a valid one exists.
     pub fn new(config: Config) -> Self {
         Self::builder(config).build()
     }
@@ -419,7 +427,7 @@ impl Shared {
         let mut m = self.lock();
         let mut transition = None;
         if m.state == State::Open
-            && m.opened_at.is_some_and(|at| now >= at + self.config.open_wait)
+            && m.opened_at.is_some_and(|at| over(at, self.config.open_wait, now))
         {
             transition = Some(self.transition(
                 &mut m,
@@ -432,7 +440,7 @@ impl Shared {
         let stuck = m
             .half_open
             .started
-            .is_some_and(|at| now >= at + self.config.max_half_open_wait);
+            .is_some_and(|at| over(at, self.config.max_half_open_wait, now));
         if m.state == State::HalfOpen && m.half_open.issued >= permits && stuck {
             transition = Some(self.transition(
                 &mut m,
@@ -659,6 +667,12 @@ impl Shared {
             }
         }
     }
+}
+
+/// Whether `wait` has passed since `since`. A wait whose end the clock cannot represent (such as
+/// `Duration::MAX`) never passes, rather than overflowing the `Instant`.
+fn over(since: Instant, wait: Duration, now: Instant) -> bool {
+    since.checked_add(wait).is_some_and(|end| now >= end)
 }
 
 impl std::fmt::Debug for CircuitBreaker {

@@ -1,6 +1,19 @@
-//! How a breaker decides: its window, thresholds, waits and probes, validated once at build time.
+//! How a breaker decides: its window, thresholds, waits and probes.
+//!
+//! A [`Config`] can only be made by [`ConfigBuilder::build`] (or [`Config::default`]), which
+//! refuses every setting that cannot work and says which one and why. Its fields are private, so a
+//! `Config` that exists is a valid one: [`CircuitBreaker::new`](crate::CircuitBreaker::new) has
+//! nothing left to check and cannot fail, and no code path can meet a window of zero calls.
 
 use std::time::Duration;
+
+/// The largest count window: its ring of outcomes is allocated when the breaker is built (two
+/// bytes a call), so a mistyped size must not reserve gigabytes.
+pub const MAX_WINDOW_CALLS: u32 = 1_000_000;
+
+/// The most buckets of a time window: recording a call scans them all under the breaker's lock,
+/// and past this many the scan costs more than the call it guards (use wider buckets instead).
+pub const MAX_BUCKETS: u32 = 1_000;
 
 /// Which recent calls the breaker judges the dependency by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,31 +26,31 @@ pub enum WindowKind {
 }
 
 // ANCHOR: Config
-/// A breaker's settings. Build with [`Config::builder`]; every field has a documented default.
+/// A breaker's settings, valid by construction: build one with [`Config::builder`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Default: the last 100 calls.
-    pub window: WindowKind,
-    /// Open when at least this percentage of the window's calls failed (0 < x <= 100). Default 50.
-    pub failure_rate_threshold: f64,
+    pub(crate) window: WindowKind,
+    /// Open at this percentage of failed calls or more, in (0, 100]. Default 50.
+    pub(crate) failure_rate_threshold: f64,
     /// Also open on slow calls, or not at all (the default: calls are then not even timed).
-    pub slow_calls: Option<SlowCalls>,
+    pub(crate) slow_calls: Option<SlowCalls>,
     /// No verdict before the window holds this many calls: two failures out of two calls say
     /// little. Default 10.
-    pub minimum_calls: u32,
+    pub(crate) minimum_calls: u32,
     /// How long the breaker stays open before letting probes through. Default 30 s.
-    pub open_wait: Duration,
+    pub(crate) open_wait: Duration,
     /// How many probe calls half-open lets through, and judges together. Default 5.
-    pub half_open_permits: u32,
-    /// If half-open has no verdict after this long (probes that never answer), open again rather
-    /// than stay stuck. Default 60 s.
-    pub max_half_open_wait: Duration,
+    pub(crate) half_open_permits: u32,
+    /// If half-open has handed out every permit and has no verdict this long after it began
+    /// (probes that never answer), open again rather than stay stuck. Default 60 s.
+    pub(crate) max_half_open_wait: Duration,
 }
 
 /// Slow-call detection: a dependency that answers, but too slowly, is failing its callers too.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SlowCalls {
-    /// Open when at least this percentage of the window's calls were slow (0 < x <= 100).
+    /// Open at this percentage of slow calls or more, in (0, 100].
     pub rate_threshold: f64,
     /// A call taking at least this long is slow, whether it succeeded or not.
     pub duration: Duration,
@@ -58,16 +71,56 @@ impl Default for Config {
     }
 }
 
-/// A setting that cannot work, with the field and the reason.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("invalid circuit breaker config: {field} {problem}")]
-pub struct ConfigError {
-    pub field: &'static str,
-    pub problem: String,
+// ANCHOR: ConfigError
+/// A setting that cannot work: which one, and what is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("window: a count window holds 1 to {MAX_WINDOW_CALLS} calls, not {0}")]
+    WindowSize(u32),
+    #[error("window: a time window has 1 to {MAX_BUCKETS} buckets, not {0}")]
+    Buckets(u32),
+    #[error("window: bucket_width must be longer than zero")]
+    BucketWidth,
+    #[error("failure_rate_threshold: a percentage in (0, 100], not {0}")]
+    FailureRateThreshold(f64),
+    #[error("slow_calls.rate_threshold: a percentage in (0, 100], not {0}")]
+    SlowCallRateThreshold(f64),
+    #[error("slow_calls.duration must be longer than zero (or every call is slow)")]
+    SlowCallDuration,
+    #[error("minimum_calls: 1 to {max} (what the window can hold), not {value}")]
+    MinimumCalls { value: u32, max: u32 },
+    #[error("open_wait must be longer than zero (or the dependency gets no rest)")]
+    OpenWait,
+    #[error("half_open_permits must be at least 1 (or no probe can close it)")]
+    HalfOpenPermits,
+    #[error("max_half_open_wait must be longer than zero")]
+    MaxHalfOpenWait,
+}
+// ANCHOR_END: ConfigError
+
+impl ConfigError {
+    /// The setting at fault, named as the builder method that sets it.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ConfigError::WindowSize(_)
+            | ConfigError::Buckets(_)
+            | ConfigError::BucketWidth => "window",
+            ConfigError::FailureRateThreshold(_) => "failure_rate_threshold",
+            ConfigError::SlowCallRateThreshold(_) => "slow_calls.rate_threshold",
+            ConfigError::SlowCallDuration => "slow_calls.duration",
+            ConfigError::MinimumCalls { .. } => "minimum_calls",
+            ConfigError::OpenWait => "open_wait",
+            ConfigError::HalfOpenPermits => "half_open_permits",
+            ConfigError::MaxHalfOpenWait => "max_half_open_wait",
+        }
+    }
 }
 
-fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { field, problem: problem.into() }
+/// A threshold is a percentage of calls: NaN, infinities, zero (every window would open it) and
+/// anything above 100 are refused.
+fn is_percentage(value: f64) -> bool {
+    value > 0.0 && value <= 100.0
 }
 
 impl Config {
@@ -75,73 +128,81 @@ impl Config {
         ConfigBuilder(Config::default())
     }
 
-    /// Checks every setting; `ConfigBuilder::build` calls it.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let rate = |field, value: f64| {
-            if value.is_finite() && value > 0.0 && value <= 100.0 {
-                Ok(())
-            } else {
-                Err(invalid(
-                    field,
-                    format!("must be a percentage in (0, 100], got {value}"),
-                ))
-            }
-        };
-        rate("failure_rate_threshold", self.failure_rate_threshold)?;
-        if let Some(slow) = self.slow_calls {
-            rate("slow_calls.rate_threshold", slow.rate_threshold)?;
-            if slow.duration.is_zero() {
-                return Err(invalid(
-                    "slow_calls.duration",
-                    "must be positive (every call would be slow)",
-                ));
-            }
-        }
-        let capacity = match self.window {
+    pub fn window(&self) -> WindowKind {
+        self.window
+    }
+    pub fn failure_rate_threshold(&self) -> f64 {
+        self.failure_rate_threshold
+    }
+    pub fn slow_calls(&self) -> Option<SlowCalls> {
+        self.slow_calls
+    }
+    pub fn minimum_calls(&self) -> u32 {
+        self.minimum_calls
+    }
+    pub fn open_wait(&self) -> Duration {
+        self.open_wait
+    }
+    pub fn half_open_permits(&self) -> u32 {
+        self.half_open_permits
+    }
+    pub fn max_half_open_wait(&self) -> Duration {
+        self.max_half_open_wait
+    }
+
+    // ANCHOR: validate
+    /// Every rule a working breaker needs; the first broken one is reported.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let most_calls = match self.window {
             WindowKind::CountBased { size } => {
-                if size == 0 {
-                    return Err(invalid("window", "size must be at least 1"));
+                if size == 0 || size > MAX_WINDOW_CALLS {
+                    return Err(ConfigError::WindowSize(size));
                 }
-                Some(size)
+                size
             }
             WindowKind::TimeBased { buckets, bucket_width } => {
-                if buckets == 0 {
-                    return Err(invalid("window", "needs at least 1 bucket"));
+                if buckets == 0 || buckets > MAX_BUCKETS {
+                    return Err(ConfigError::Buckets(buckets));
                 }
                 if bucket_width.is_zero() {
-                    return Err(invalid("window", "bucket_width must be positive"));
+                    return Err(ConfigError::BucketWidth);
                 }
-                None
+                u32::MAX // no bound: as many calls as arrive in the window
             }
         };
-        if self.minimum_calls == 0 {
-            return Err(invalid("minimum_calls", "must be at least 1"));
+        let rate = self.failure_rate_threshold;
+        if !is_percentage(rate) {
+            return Err(ConfigError::FailureRateThreshold(rate));
         }
-        if let Some(size) = capacity {
-            if self.minimum_calls > size {
-                return Err(invalid(
-                    "minimum_calls",
-                    format!(
-                        "{} can never be reached by a window of {size} calls",
-                        self.minimum_calls
-                    ),
-                ));
+        if let Some(slow) = self.slow_calls {
+            if !is_percentage(slow.rate_threshold) {
+                return Err(ConfigError::SlowCallRateThreshold(slow.rate_threshold));
+            }
+            if slow.duration.is_zero() {
+                return Err(ConfigError::SlowCallDuration);
             }
         }
+        let value = self.minimum_calls;
+        if value == 0 || value > most_calls {
+            return Err(ConfigError::MinimumCalls { value, max: most_calls });
+        }
+        if self.open_wait.is_zero() {
+            return Err(ConfigError::OpenWait);
+        }
         if self.half_open_permits == 0 {
-            return Err(invalid(
-                "half_open_permits",
-                "must be at least 1, or the breaker could never close",
-            ));
+            return Err(ConfigError::HalfOpenPermits);
         }
         if self.max_half_open_wait.is_zero() {
-            return Err(invalid("max_half_open_wait", "must be positive"));
+            return Err(ConfigError::MaxHalfOpenWait);
         }
         Ok(())
     }
+    // ANCHOR_END: validate
 }
 
-/// Builds a [`Config`], validating it at the end.
+/// Builds a [`Config`], validating it at the end. Waits too long for the clock to represent their
+/// end (`Duration::MAX`) are allowed and mean "never": an `open_wait` that long keeps the breaker
+/// open until [`reset`](crate::CircuitBreaker::reset).
 #[derive(Clone, Debug)]
 pub struct ConfigBuilder(Config);
 
@@ -183,5 +244,29 @@ impl ConfigBuilder {
     pub fn build(self) -> Result<Config, ConfigError> {
         self.0.validate()?;
         Ok(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_valid() {
+        assert_eq!(Config::builder().build(), Ok(Config::default()));
+    }
+
+    #[test]
+    fn errors_say_what_is_allowed() {
+        let err = Config::builder().count_window(0).build().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "window: a count window holds 1 to 1000000 calls, not 0"
+        );
+        let err = Config::builder().count_window(5).minimum_calls(6).build();
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "minimum_calls: 1 to 5 (what the window can hold), not 6"
+        );
     }
 }

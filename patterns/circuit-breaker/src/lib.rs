@@ -12,7 +12,9 @@
 //! never a meaningful window. Pair it with timeouts: a breaker cannot count a call that never ends.
 //!
 //! - [`Config`]: count- or time-based window, failure and slow-call thresholds, minimum calls,
-//!   open wait, half-open permits, and an escape from a half-open that gets no answers.
+//!   open wait, half-open permits, and an escape from a half-open that gets no answers. Only
+//!   [`ConfigBuilder::build`] makes one, and it refuses what cannot work with a [`ConfigError`]
+//!   naming the setting, so building a breaker cannot fail and no setting can make it panic.
 //! - [`CircuitBreaker`]: the state machine, shared by clones; [`CircuitBreaker::call`] wraps one
 //!   future (a reqwest call), [`CircuitBreakerLayer`] wraps a tower service (a tonic channel).
 //! - Transitions are reported once each to listeners ([`Builder::on_transition`]); counters and
@@ -35,5 +37,8 @@ pub use breaker::{
     Transition,
 };
 pub use call::CallError;
-pub use config::{Config, ConfigBuilder, ConfigError, SlowCalls, WindowKind};
+pub use config::{
+    Config, ConfigBuilder, ConfigError, MAX_BUCKETS, MAX_WINDOW_CALLS, SlowCalls,
+    WindowKind,
+};
 pub use layer::{CircuitBreakerLayer, CircuitBreakerService};

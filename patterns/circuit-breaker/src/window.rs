@@ -4,6 +4,7 @@
 //! failure rate cost O(1) (O(buckets) for eviction in the time-based window), with no allocation
 //! after construction. They are public so the property test can check them against a naive model.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 /// One call's outcome, as the window sees it.
@@ -61,10 +62,12 @@ pub struct CountWindow {
 }
 
 impl CountWindow {
-    pub fn new(size: u32) -> Self {
+    /// A window of `size` calls (non-zero: a ring of no slots has nowhere to put a call).
+    pub fn new(size: NonZeroU32) -> Self {
+        let size = size.get() as usize;
         CountWindow {
-            size: size as usize,
-            ring: Vec::with_capacity(size as usize),
+            size,
+            ring: Vec::with_capacity(size),
             next: 0,
             totals: Totals::default(),
         }
@@ -123,9 +126,10 @@ pub struct TimeWindow {
 }
 
 impl TimeWindow {
-    pub fn new(buckets: u32, width: Duration) -> Self {
+    /// A window of `buckets` slices (non-zero) of `width` each (a zero width is taken as 1 ns).
+    pub fn new(buckets: NonZeroU32, width: Duration) -> Self {
         TimeWindow {
-            buckets: vec![Bucket::default(); buckets as usize],
+            buckets: vec![Bucket::default(); buckets.get() as usize],
             width,
             totals: Totals::default(),
         }
@@ -183,7 +187,7 @@ mod tests {
 
     #[test]
     fn the_count_window_wraps_around_and_forgets_the_oldest() {
-        let mut w = CountWindow::new(3);
+        let mut w = CountWindow::new(NonZeroU32::new(3).unwrap());
         for s in [FAIL, FAIL, OK] {
             w.record(s);
         }
@@ -202,7 +206,7 @@ mod tests {
     #[test]
     fn the_time_window_evicts_whole_buckets_as_time_passes() {
         let s = Duration::from_secs;
-        let mut w = TimeWindow::new(3, s(1)); // the last 3 seconds, in 1-second buckets
+        let mut w = TimeWindow::new(NonZeroU32::new(3).unwrap(), s(1)); // the last 3 seconds, in 1-second buckets
         w.record(s(0), FAIL);
         w.record(Duration::from_millis(1500), FAIL);
         w.record(s(2), OK);

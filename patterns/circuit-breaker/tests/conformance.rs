@@ -60,49 +60,86 @@ fn open(breaker: &CircuitBreaker) {
 // --- configuration --------------------------------------------------------------------------
 
 #[test]
-fn invalid_configs_name_the_field() {
-    let field = |b: circuit_breaker::ConfigBuilder| b.build().unwrap_err().field;
+fn invalid_configs_name_the_field_and_what_is_allowed() {
+    use circuit_breaker::ConfigError as E;
+    let secs = Duration::from_secs;
+    let refused = |b: circuit_breaker::ConfigBuilder| b.build().unwrap_err();
+    let cases = [
+        (Config::builder().count_window(0), E::WindowSize(0)),
+        (Config::builder().count_window(1_000_001), E::WindowSize(1_000_001)),
+        (Config::builder().time_window(0, secs(1)), E::Buckets(0)),
+        (Config::builder().time_window(1_001, secs(1)), E::Buckets(1_001)),
+        (Config::builder().time_window(10, Duration::ZERO), E::BucketWidth),
+        (
+            Config::builder().failure_rate_threshold(0.0),
+            E::FailureRateThreshold(0.0),
+        ),
+        (
+            Config::builder().failure_rate_threshold(100.1),
+            E::FailureRateThreshold(100.1),
+        ),
+        (
+            Config::builder().failure_rate_threshold(-5.0),
+            E::FailureRateThreshold(-5.0),
+        ),
+        (
+            Config::builder().failure_rate_threshold(f64::INFINITY),
+            E::FailureRateThreshold(f64::INFINITY),
+        ),
+        (Config::builder().slow_calls(0.0, secs(1)), E::SlowCallRateThreshold(0.0)),
+        (Config::builder().slow_calls(50.0, Duration::ZERO), E::SlowCallDuration),
+        (Config::builder().minimum_calls(0), E::MinimumCalls { value: 0, max: 100 }),
+        (
+            Config::builder().count_window(5).minimum_calls(6),
+            E::MinimumCalls { value: 6, max: 5 },
+        ),
+        (Config::builder().open_wait(Duration::ZERO), E::OpenWait),
+        (Config::builder().half_open_permits(0), E::HalfOpenPermits),
+        (Config::builder().max_half_open_wait(Duration::ZERO), E::MaxHalfOpenWait),
+    ];
+    for (builder, expected) in cases {
+        assert_eq!(refused(builder), expected);
+    }
+    // NaN is not equal to itself, so that case compares the field.
+    let nan = refused(Config::builder().failure_rate_threshold(f64::NAN));
+    assert_eq!(nan.field(), "failure_rate_threshold");
     assert_eq!(
-        field(Config::builder().failure_rate_threshold(0.0)),
-        "failure_rate_threshold"
-    );
-    assert_eq!(
-        field(Config::builder().failure_rate_threshold(100.1)),
-        "failure_rate_threshold"
-    );
-    assert_eq!(
-        field(Config::builder().failure_rate_threshold(f64::NAN)),
-        "failure_rate_threshold"
-    );
-    assert_eq!(
-        field(Config::builder().slow_calls(0.0, Duration::from_secs(1))),
+        refused(Config::builder().slow_calls(f64::NAN, secs(1))).field(),
         "slow_calls.rate_threshold"
     );
-    assert_eq!(
-        field(Config::builder().slow_calls(50.0, Duration::ZERO)),
-        "slow_calls.duration"
-    );
-    assert_eq!(field(Config::builder().count_window(0)), "window");
-    assert_eq!(
-        field(Config::builder().time_window(0, Duration::from_secs(1))),
-        "window"
-    );
-    assert_eq!(field(Config::builder().time_window(10, Duration::ZERO)), "window");
-    assert_eq!(field(Config::builder().minimum_calls(0)), "minimum_calls");
-    assert_eq!(
-        field(Config::builder().count_window(5).minimum_calls(6)),
-        "minimum_calls"
-    );
-    assert_eq!(field(Config::builder().half_open_permits(0)), "half_open_permits");
-    assert_eq!(
-        field(Config::builder().max_half_open_wait(Duration::ZERO)),
-        "max_half_open_wait"
-    );
-    assert!(
-        Config::builder().failure_rate_threshold(100.0).build().is_ok(),
-        "100% is a valid threshold"
-    );
-    assert!(Config::default().validate().is_ok());
+    // The limits themselves are allowed.
+    let edges = Config::builder()
+        .count_window(1_000_000)
+        .minimum_calls(1_000_000)
+        .failure_rate_threshold(100.0)
+        .slow_calls(100.0, Duration::from_nanos(1))
+        .open_wait(Duration::MAX)
+        .half_open_permits(u32::MAX)
+        .max_half_open_wait(Duration::MAX)
+        .build();
+    assert!(edges.is_ok(), "{edges:?}");
+    let time = Config::builder()
+        .time_window(1_000, Duration::from_nanos(1))
+        .minimum_calls(u32::MAX)
+        .build();
+    assert!(time.is_ok(), "a time window bounds no number of calls: {time:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_too_long_for_the_clock_never_ends_and_does_not_overflow() {
+    let config = Config::builder()
+        .count_window(1)
+        .minimum_calls(1)
+        .open_wait(Duration::MAX)
+        .build()
+        .unwrap();
+    let breaker = CircuitBreaker::new(config);
+    record(&breaker, &[F]);
+    advance(Duration::from_secs(100 * 365 * 24 * 3600)).await;
+    assert_eq!(breaker.try_acquire().err().map(|r| r.state), Some(State::Open));
+    breaker.reset();
+    record(&breaker, &[S]);
+    assert_eq!(breaker.state(), State::Closed);
 }
 
 // --- thresholds and the window ----------------------------------------------------------------

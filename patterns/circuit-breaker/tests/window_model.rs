@@ -1,6 +1,7 @@
 //! Property tests: the windows' running totals always equal a naive recount of the same calls.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use circuit_breaker::window::{CountWindow, Sample, TimeWindow, Totals};
@@ -22,7 +23,7 @@ fn sample() -> impl Strategy<Value = Sample> {
 proptest! {
     #[test]
     fn the_count_window_matches_the_last_n_calls(size in 1u32..20, samples in prop::collection::vec(sample(), 0..200)) {
-        let mut window = CountWindow::new(size);
+        let mut window = CountWindow::new(NonZeroU32::new(size).unwrap());
         let mut model: VecDeque<Sample> = VecDeque::new();
         for s in samples {
             window.record(s);
@@ -40,7 +41,7 @@ proptest! {
         steps in prop::collection::vec((0u64..2500, sample()), 0..200),
     ) {
         let width = Duration::from_millis(1000);
-        let mut window = TimeWindow::new(buckets, width);
+        let mut window = TimeWindow::new(NonZeroU32::new(buckets).unwrap(), width);
         let mut model: Vec<(u64, Sample)> = Vec::new();
         let mut now_ms = 0u64;
         for (step, s) in steps {
