@@ -7,7 +7,11 @@
 //!   mdbook-quiz schema, has at least 8 questions, explains each answer, and asks at least two
 //!   questions about the chapter's own example;
 //! - every example named in the README or the book exists, and example names are unique;
-//! - CI runs the test command the README gives, and every pattern crate has a README.
+//! - CI runs the test command the README gives, and every pattern crate has a README;
+//! - code the book includes fits its page (85 columns);
+//! - no `#[ignore]`d test, no version pinned outside `[workspace.dependencies]`, no `unwrap()` or
+//!   `expect()` in library code outside its tests;
+//! - quizzes mix question types, and their keyed answers are not findable by their length.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -92,6 +96,9 @@ fn anchor_body(source: &str, name: &str) -> Option<String> {
     None
 }
 
+/// How many columns mdBook's page shows without scrolling a code block.
+const PAGE_COLUMNS: usize = 85;
+
 #[test]
 fn every_book_include_resolves_to_a_non_empty_anchor() {
     let mut problems = Vec::new();
@@ -113,6 +120,14 @@ fn every_book_include_resolves_to_a_non_empty_anchor() {
                 Some(anchor) => anchor_body(&source, anchor),
                 None => Some(source),
             };
+            if let Some(body) = &body {
+                for line in body.lines().filter(|l| l.chars().count() > PAGE_COLUMNS) {
+                    problems.push(format!(
+                        "{}: {include}: a line wider than {PAGE_COLUMNS} columns: {line}",
+                        chapter.display()
+                    ));
+                }
+            }
             match body {
                 Some(body) if !body.trim().is_empty() => {}
                 Some(_) => problems.push(format!(
@@ -345,5 +360,142 @@ fn anchors_are_found_the_way_mdbook_finds_them() {
     assert_eq!(
         directives("x {{#include ../a.rs:b}} y {{#quiz q.toml}}", "include"),
         ["../a.rs:b"]
+    );
+}
+
+/// The Rust files of the repository, as (path relative to the root, text).
+fn rust_sources() -> Vec<(String, String)> {
+    files(&root(), ".rs")
+        .into_iter()
+        .map(|path| {
+            let text = read(&path);
+            (path.strip_prefix(root()).unwrap().display().to_string(), text)
+        })
+        .collect()
+}
+
+#[test]
+fn no_test_is_ignored() {
+    let ignored: Vec<String> = rust_sources()
+        .into_iter()
+        .filter(|(_, text)| text.lines().any(|l| l.trim_start().starts_with("#[ignore")))
+        .map(|(path, _)| path)
+        .collect();
+    assert!(ignored.is_empty(), "a test that does not run proves nothing: {ignored:?}");
+}
+
+/// The library code of a file: everything before its `#[cfg(test)]` module, without comments.
+fn library_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .take_while(|(_, line)| line.trim() != "#[cfg(test)]")
+        .filter(|(_, line)| !line.trim_start().starts_with("//"))
+        .map(|(n, line)| (n + 1, line))
+}
+
+#[test]
+fn library_code_neither_unwraps_nor_expects() {
+    let mut found = Vec::new();
+    for (path, text) in rust_sources() {
+        // Libraries are the `src/` of the patterns and of infra; binaries, examples, tests,
+        // benches and build scripts may panic with a message.
+        let library = (path.starts_with("patterns/") || path.starts_with("infra/"))
+            && path.contains("/src/");
+        if !library {
+            continue;
+        }
+        for (number, line) in library_lines(&text) {
+            if line.contains(".unwrap()") || line.contains(".expect(") {
+                found.push(format!("{path}:{number}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "library code returns errors instead of panicking:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn every_dependency_version_lives_in_the_workspace() {
+    let mut manifests = vec![root().join("Cargo.toml")];
+    manifests.extend(files(&root().join("patterns"), "Cargo.toml"));
+    manifests.extend([root().join("infra/Cargo.toml"), root().join("xtask/Cargo.toml")]);
+    let mut pinned = Vec::new();
+    for manifest in manifests {
+        let doc: toml::Table = toml::from_str(&read(&manifest)).unwrap();
+        let mut tables: Vec<(String, &toml::Table)> = Vec::new();
+        for kind in ["dependencies", "dev-dependencies", "build-dependencies"] {
+            if let Some(t) = doc.get(kind).and_then(toml::Value::as_table) {
+                tables.push((kind.to_owned(), t));
+            }
+            let targets = doc.get("target").and_then(toml::Value::as_table);
+            for (cfg, target) in targets.into_iter().flatten() {
+                if let Some(t) = target.get(kind).and_then(toml::Value::as_table) {
+                    tables.push((format!("target.{cfg}.{kind}"), t));
+                }
+            }
+        }
+        for (kind, table) in tables {
+            for (name, spec) in table {
+                let inherited = spec
+                    .as_table()
+                    .and_then(|t| t.get("workspace"))
+                    .and_then(toml::Value::as_bool)
+                    == Some(true);
+                if !inherited {
+                    let at = manifest.strip_prefix(root()).unwrap().display();
+                    pinned.push(format!("{at} [{kind}] {name}"));
+                }
+            }
+        }
+    }
+    assert!(
+        pinned.is_empty(),
+        "pin versions once, in the root [workspace.dependencies], and use \
+         `name.workspace = true`:\n{}",
+        pinned.join("\n")
+    );
+}
+
+/// Whether a MultipleChoice question's keyed answer is its longest option (a reader who
+/// picks the longest option gets it right without reading).
+fn keyed_answer_is_longest(q: &quiz_schema::MultipleChoice) -> bool {
+    let longest = |options: &[String]| options.iter().map(|o| o.chars().count()).max();
+    longest(q.answer.answer.as_slice()) > longest(&q.prompt.distractors)
+}
+
+#[test]
+fn quizzes_mix_question_types_and_do_not_leak_answers_by_length() {
+    use quiz_schema::Question;
+    let (mut leaking, mut multiple_choice) = (0, 0);
+    for path in files(&root().join("book/quizzes"), ".toml") {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let quiz = quiz_schema::parse(&read(&path)).unwrap();
+        let multi_select = quiz.questions.iter().any(|q| {
+            matches!(q, Question::MultipleChoice(mc) if mc.answer.answer.as_slice().len() > 1)
+        });
+        assert!(multi_select, "{name}: no multi-select question (several correct options)");
+        let about_output = quiz.questions.iter().any(|q| {
+            matches!(q, Question::ShortAnswer(_)) || q.prompt().contains("```console")
+        });
+        assert!(
+            about_output,
+            "{name}: no short-answer or \"what does this print\" question (a prompt quoting \
+             the example's output in a ```console block)"
+        );
+        for question in &quiz.questions {
+            if let Question::MultipleChoice(q) = question {
+                multiple_choice += 1;
+                leaking += usize::from(keyed_answer_is_longest(q));
+            }
+        }
+    }
+    // At most 35% across the book: the longest option must be no better than a guess.
+    assert!(
+        leaking * 100 <= multiple_choice * 35,
+        "in {leaking} of {multiple_choice} multiple-choice questions the keyed answer is the \
+         longest option; at most 35% may be"
     );
 }

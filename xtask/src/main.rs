@@ -4,7 +4,7 @@
 //! cargo xtask brokers up|down|status   real Kafka-API, RabbitMQ and PostgreSQL brokers on this machine
 //! cargo xtask test                     brokers up, every test with REQUIRE_BROKERS=1, every example, the book
 //! cargo xtask book [--serve]           build (or serve) the book with pinned mdBook tools
-//! cargo xtask excerpts                   check the book's output excerpts against the last runs
+//! cargo xtask excerpts               check the book's output excerpts against the last runs
 //! cargo xtask doctor                   what is installed and what answers
 //! cargo quiz <chapter>                 take a chapter's quiz in the terminal
 //! ```
