@@ -525,10 +525,10 @@ fn start_postgres() -> Result<(), Fail> {
     // The database the tests use; "already exists" on a restart is fine.
     let mut create = pg_command(&bin, "createdb", root);
     create.args(["-h", host, "-p", port, "-U", &url.user, &url.database]);
-    if let Err(e) = run_quiet(&mut create, Duration::from_secs(30)) {
-        if !e.to_string().contains("already exists") {
-            return Err(e);
-        }
+    if let Err(e) = run_quiet(&mut create, Duration::from_secs(30))
+        && !e.to_string().contains("already exists")
+    {
+        return Err(e);
     }
     Ok(())
 }

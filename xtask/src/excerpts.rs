@@ -124,9 +124,9 @@ pub fn first_missing<'a>(shown: &'a [String], output: &str) -> Option<&'a str> {
     None
 }
 
-/// Every excerpt in the book's chapters and quiz prompts, and the quiz answers that must be
-/// printed.
-fn book_excerpts() -> Result<(Vec<Excerpt>, Vec<(Excerpt, String)>), Fail> {
+/// Every excerpt in the book's chapters and quiz prompts, then the quiz answers that must be
+/// printed (as one-line excerpts).
+fn book_excerpts() -> Result<(Vec<Excerpt>, Vec<Excerpt>), Fail> {
     let root = workspace_root();
     let mut excerpts = Vec::new();
     let mut answers = Vec::new();
@@ -143,12 +143,11 @@ fn book_excerpts() -> Result<(Vec<Excerpt>, Vec<(Excerpt, String)>), Fail> {
             if let quiz_schema::Question::ShortAnswer(q) = question
                 && let Some(block) = blocks.last()
             {
-                let answer = Excerpt {
+                answers.push(Excerpt {
                     command: block.command.clone(),
                     lines: vec![q.answer.answer.clone()],
                     origin: format!("{origin} (its answer)"),
-                };
-                answers.push((answer, q.answer.answer.clone()));
+                });
             }
             excerpts.extend(blocks);
         }
@@ -161,7 +160,7 @@ pub fn check() -> Result<usize, Fail> {
     let (excerpts, answers) = book_excerpts()?;
     let mut outputs: BTreeMap<String, String> = BTreeMap::new();
     let mut problems = Vec::new();
-    let all = excerpts.iter().chain(answers.iter().map(|(e, _)| e));
+    let all = excerpts.iter().chain(&answers);
     let mut checked = 0;
     for excerpt in all.filter(|e| e.command.contains("--example")) {
         if !outputs.contains_key(&excerpt.command) {

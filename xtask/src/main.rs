@@ -4,7 +4,9 @@
 //! cargo xtask brokers up|down|status   real Kafka-API, RabbitMQ and PostgreSQL brokers on this machine
 //! cargo xtask test                     brokers up, every test with REQUIRE_BROKERS=1, every example, the book
 //! cargo xtask book [--serve]           build (or serve) the book with pinned mdBook tools
-//! cargo xtask excerpts               check the book's output excerpts against the last runs
+//! cargo xtask examples                 run the README's examples, keeping their output
+//! cargo xtask excerpts                 check the book's output excerpts against those runs
+//! cargo xtask lint                     the CI workflow (actionlint) and docker-compose.yml (schema)
 //! cargo xtask doctor                   what is installed and what answers
 //! cargo quiz <chapter>                 take a chapter's quiz in the terminal
 //! ```
@@ -42,7 +44,7 @@ impl std::fmt::Display for Fail {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <brokers up|brokers down|brokers status|test|book [--serve]|doctor|lint [FILE...]|quiz <chapter>>";
+const USAGE: &str = "usage: cargo xtask <brokers up|brokers down|brokers status|test|book [--serve]|examples|excerpts|lint [FILE...]|doctor|quiz <chapter>>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         ["test"] => test(),
         ["book"] => book::build(),
         ["book", "--serve"] => book::serve(),
+        ["examples"] => run_examples().map(|n| println!("{n} examples ran")),
         ["excerpts"] => {
             excerpts::check().map(|n| println!("{n} book excerpts match real runs"))
         }
@@ -182,30 +185,38 @@ fn test() -> Result<(), Fail> {
     }
 
     println!("\n== 4/6 every example the README lists, as a reader would type it");
-    fs::create_dir_all(excerpts::output_dir()).map_err(|e| {
-        Fail::msg(format!("{}: {e}", excerpts::output_dir().display()))
-    })?;
-    for example in book::readme_examples()? {
-        let step = Instant::now();
-        println!("  $ {example}");
-        run_example(&example)?;
-        tally.passed += 1;
-        println!("  ok: {example} ({:.1}s)", step.elapsed().as_secs_f64());
-    }
+    tally.passed += run_examples()?;
 
     println!("\n== 5/6 the book's output excerpts, against those runs");
     let checked = excerpts::check()?;
     println!("  {checked} excerpts match what the examples printed");
     tally.passed += 1;
 
-    println!("\n== 6/6 the book");
+    println!("\n== 6/6 the book, the CI workflow and docker-compose.yml");
     book::build()?;
-    tally.passed += 1;
+    lint::run(&[])?;
+    tally.passed += 2;
 
     println!("\nall green in {:.0}s", began.elapsed().as_secs_f64());
     // A plain closing line that CI and humans both read.
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
     Ok(())
+}
+
+/// Runs every example command of the README, as a reader types it; returns how many ran.
+fn run_examples() -> Result<u64, Fail> {
+    let dir = excerpts::output_dir();
+    fs::create_dir_all(&dir)
+        .map_err(|e| Fail::msg(format!("{}: {e}", dir.display())))?;
+    let mut ran = 0;
+    for example in book::readme_examples()? {
+        let step = Instant::now();
+        println!("  $ {example}");
+        run_example(&example)?;
+        ran += 1;
+        println!("  ok: {example} ({:.1}s)", step.elapsed().as_secs_f64());
+    }
+    Ok(ran)
 }
 
 /// Runs one README example through bash, echoing its output (stdout and stderr, as a reader
