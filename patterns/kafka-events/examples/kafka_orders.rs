@@ -2,51 +2,77 @@
 //! applies each exactly once, and a replay from the start rebuilds the same totals.
 //!
 //! Run it:   `cargo run --example kafka_orders`
-//! Break it: `cargo run --example kafka_orders -- --crash-before-commit`  the consumer dies after
-//!                                             applying an event, before committing its offset
+//! Break it: `cargo run --example kafka_orders -- --fail-once`  the handler fails on one event;
+//!                                             the consumer retries it before going on
+//!           `cargo run --example kafka_orders -- --crash-before-commit`  the service dies
+//!                                             after applying an event, before its offset is
+//!                                             stored; processed ids live in PostgreSQL
 //!           `cargo run --example kafka_orders -- --poison`  an undecodable event in the stream
 //!
 //! It uses the broker at `KAFKA_BROKERS` (127.0.0.1:9092 by default); when none answers, it starts
-//! librdkafka's in-process mock cluster instead and says so.
+//! librdkafka's in-process mock cluster instead and says so. `--crash-before-commit` also needs
+//! PostgreSQL at `DATABASE_URL`, because that is where the memory of processed events must live
+//! for it to survive a crash.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use kafka_events::client::{consumer, create_topics, producer};
-use kafka_events::consume::{DeadLetters, Handled, handle_next};
+use kafka_events::consume::{DeadLetters, Handled, StepError, handle_next};
 use kafka_events::envelope::{self, Event, Metadata, OrderPlaced};
-use kafka_events::idempotent::{CustomerTotals, add_to_totals};
+use kafka_events::idempotent::{CustomerTotals, Store, add_to_totals};
 use kafka_events::produce::publish;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureRecord};
 use tokio::time::timeout;
-use tracing::{info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
 
 const STEP: Duration = Duration::from_secs(30);
+/// How often the consumer retries a failing event before it stops.
+const ATTEMPTS: u32 = 5;
 
-/// The totals service's state: its projection and the ids it has applied. In production both
-/// live in one database and change in one transaction (see `idempotent::Store`).
-#[derive(Default)]
-struct Totals {
-    applied: HashSet<Uuid>,
-    by_customer: CustomerTotals,
+/// Where the totals service keeps its projection and the ids it has applied.
+enum Projection {
+    /// In process memory: gone when the process dies. Fine while nothing crashes.
+    Memory { applied: HashSet<Uuid>, totals: CustomerTotals },
+    /// In PostgreSQL, id and effect in one transaction: it outlives a crash.
+    Postgres(Store),
 }
 
-impl Totals {
+impl Projection {
     // ANCHOR: apply
-    fn apply(&mut self, event: &Event) {
-        let id = event.metadata.event_id;
-        if !self.applied.insert(id) {
-            warn!(event_id = %short(id), "duplicate delivery of {}: already applied, skipped", event.order.order_id);
-            return;
+    /// Applies the event's effect unless this event was applied before.
+    async fn apply(&mut self, event: &Event) -> anyhow::Result<()> {
+        let (id, order) = (short(event.metadata.event_id), &event.order);
+        let first_time = match self {
+            Projection::Memory { applied, totals } => {
+                let first_time = applied.insert(event.metadata.event_id);
+                if first_time {
+                    add_to_totals(totals, order);
+                }
+                first_time
+            }
+            Projection::Postgres(store) => store.apply_once(event).await?,
+        };
+        let order_id = &order.order_id;
+        if first_time {
+            info!(event_id = %id, "applied {order_id} for {}", order.customer_id);
+        } else {
+            warn!(event_id = %id, "duplicate delivery of {order_id}: skipped");
         }
-        add_to_totals(&mut self.by_customer, &event.order);
-        info!(event_id = %short(id), "applied {}: {} now at {:?}", event.order.order_id, event.order.customer_id, self.by_customer[&event.order.customer_id]);
+        Ok(())
     }
     // ANCHOR_END: apply
+
+    async fn totals(&self) -> anyhow::Result<CustomerTotals> {
+        match self {
+            Projection::Memory { totals, .. } => Ok(totals.clone()),
+            Projection::Postgres(store) => Ok(store.totals().await?),
+        }
+    }
 }
 
 fn short(id: Uuid) -> String {
@@ -56,14 +82,19 @@ fn short(id: Uuid) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     infra::example::init_logging();
-    let flags = infra::example::Flags::parse(&["--crash-before-commit", "--poison"])
-        .map_err(anyhow::Error::msg)?;
-    let (topic, dlq) = (
-        format!("orders-{}", Uuid::new_v4().simple()),
-        format!("orders-dlq-{}", Uuid::new_v4().simple()),
-    );
+    let known = ["--fail-once", "--crash-before-commit", "--poison"];
+    let flags = infra::example::Flags::parse(&known).map_err(anyhow::Error::msg)?;
+    let run = Uuid::new_v4().simple().to_string();
+    let (topic, dlq) = (format!("orders-{run}"), format!("orders-dlq-{run}"));
     let (brokers, _mock) = brokers(&topic, &dlq).await?;
     let producer = producer(&brokers)?;
+    let schema = format!("totals_{run}");
+    let crash = flags.has("--crash-before-commit");
+    let mut projection = if crash {
+        Projection::Postgres(postgres_store(&schema).await?)
+    } else {
+        Projection::Memory { applied: HashSet::new(), totals: CustomerTotals::new() }
+    };
 
     let orders = [
         ("o-1001", "c-42", 2899),
@@ -73,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         ("o-1005", "c-7", 800),
     ];
     let checkout = info_span!("checkout", correlation_id = %"checkout-7f3a");
+    let metadata = Metadata::order_placed("checkout-7f3a", "2026-11-22T10:00:00Z");
     for (i, (order_id, customer, cents)) in orders.iter().enumerate() {
         let event = OrderPlaced {
             order_id: (*order_id).into(),
@@ -80,14 +112,12 @@ async fn main() -> anyhow::Result<()> {
             total_cents: *cents,
             currency: "EUR".into(),
         };
-        let (partition, offset) = publish(
-            &producer,
-            &topic,
-            &Metadata::order_placed("checkout-7f3a", "2026-11-22T10:00:00Z"),
-            &event,
-        )
-        .await?;
-        checkout.in_scope(|| info!("published OrderPlaced {order_id} (key {order_id}) to partition {partition} at offset {offset}"));
+        let (partition, offset) = publish(&producer, &topic, &metadata, &event)
+            .instrument(checkout.clone())
+            .await?;
+        checkout.in_scope(|| {
+            info!("published {order_id} (key {order_id}) to partition {partition} at offset {offset}")
+        });
         if i == 1 && flags.has("--poison") {
             let bad = FutureRecord::to(&topic)
                 .key("o-????")
@@ -103,55 +133,78 @@ async fn main() -> anyhow::Result<()> {
     }
     let expected = orders.len() + usize::from(flags.has("--poison"));
 
-    let group = format!("totals-{}", Uuid::new_v4().simple());
+    let group = format!("totals-{run}");
     let dead_letters =
         DeadLetters { producer: producer.clone(), topic: dlq.clone() };
-    let mut totals = Totals::default();
     let span = info_span!("totals-service");
-    let mut handled = 0;
     let mut service = subscribe(&brokers, &group, &topic)?;
-    if flags.has("--crash-before-commit") {
-        // The first event is applied, then the process dies before the offset is committed.
+    if crash {
+        // The first event is applied, then the process dies before its offset is
+        // stored, so no commit can ever include it. The connection to PostgreSQL
+        // dies with it; only what PostgreSQL committed survives.
         let message =
             timeout(STEP, service.recv()).await.context("no event arrived")??;
         let event = envelope::decode(&message)?;
-        span.in_scope(|| totals.apply(&event));
+        projection.apply(&event).instrument(span.clone()).await?;
         span.in_scope(|| {
             warn!(
-                "crash! the offset of {} was never committed",
+                "crash! {} was applied, its offset never stored",
                 event.order.order_id
             )
         });
         drop(message);
         drop(service);
+        drop(projection);
         service = subscribe(&brokers, &group, &topic)?;
-        span.in_scope(|| info!("restarted in the same group: consumption resumes from the last committed offset"));
+        projection = Projection::Postgres(postgres_store(&schema).await?);
+        span.in_scope(|| {
+            info!("restarted: the group resumes from its last committed offset")
+        });
     }
+    let mut failed_once = false;
+    let mut handled = 0;
+    let mut attempt = 0;
     while handled < expected {
         let step = handle_next(&service, &dead_letters, |event| async {
-            span.in_scope(|| totals.apply(&event));
-            Ok::<_, anyhow::Error>(event)
+            if flags.has("--fail-once")
+                && event.order.order_id == "o-1003"
+                && !failed_once
+            {
+                failed_once = true;
+                bail!("the totals database timed out");
+            }
+            projection.apply(&event).await?;
+            Ok(event)
         });
-        match timeout(STEP, step)
+        let outcome = timeout(STEP, step.instrument(span.clone()))
             .await
-            .context("the consumer saw nothing for 30 s")??
-        {
-            Handled::Processed(_) => handled += 1,
-            Handled::DeadLettered(error) => {
+            .context("the consumer saw nothing for 30 s")?;
+        match outcome {
+            Ok(Handled::Processed(_)) => (handled, attempt) = (handled + 1, 0),
+            Ok(Handled::DeadLettered(error)) => {
                 handled += 1;
                 span.in_scope(|| {
                     warn!("dead-lettered to {dlq}: {error}; the consumer goes on")
                 });
             }
+            // ANCHOR: retry
+            Err(StepError::Handler { offset, error }) if attempt + 1 < ATTEMPTS => {
+                attempt += 1;
+                let pause = Duration::from_millis(100 << attempt);
+                span.in_scope(|| warn!("offset {offset} failed ({error}); retry {attempt} in {pause:?}"));
+                tokio::time::sleep(pause).await;
+            }
+            // ANCHOR_END: retry
+            Err(e) => bail!("the consumer stops, nothing skipped: {e}"),
         }
     }
     drop(service);
 
     // ANCHOR: replay
-    // A new group, reading from the earliest offset, rebuilds the projection from history.
-    let replay =
-        subscribe(&brokers, &format!("replay-{}", Uuid::new_v4().simple()), &topic)?;
-    // It only reads: no effects, no commits, and events that were dead-lettered are skipped.
+    // A new group, reading from the earliest offset, rebuilds the projection.
+    let replay_group = format!("replay-{}", Uuid::new_v4().simple());
+    let replay = subscribe(&brokers, &replay_group, &topic)?;
+    // It only reads: no effects, no commits; dead-lettered events are skipped.
     let mut rebuilt = CustomerTotals::new();
     for _ in 0..expected {
         let message =
@@ -161,17 +214,21 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     // ANCHOR_END: replay
-    info!("live totals:   {:?}", totals.by_customer);
-    info!("replay totals: {:?}", rebuilt);
+    let live = projection.totals().await?;
+    info!("live totals:   {live:?}");
+    info!("replay totals: {rebuilt:?}");
     ensure!(
-        totals.applied.len() == orders.len(),
-        "every order applied exactly once"
+        live["c-42"] == (2, 2899 + 399),
+        "c-42 placed two orders, counted once each"
     );
     ensure!(
-        rebuilt == totals.by_customer,
-        "a replay must rebuild the same projection"
+        live.values().map(|t| t.0).sum::<i64>() == 5,
+        "five orders, each applied once"
     );
-    ensure!(totals.by_customer["c-42"] == (2, 2899 + 399), "c-42 placed two orders");
+    ensure!(rebuilt == live, "a replay must rebuild the same projection");
+    if let Projection::Postgres(store) = projection {
+        store.drop_schema().await?;
+    }
     info!("done: each order applied once, and the replay agrees");
     Ok(())
 }
@@ -186,6 +243,21 @@ fn subscribe(
     Ok(consumer)
 }
 
+/// The totals service's durable store, or one line on how to get PostgreSQL.
+async fn postgres_store(schema: &str) -> anyhow::Result<Store> {
+    let url = infra::database_url();
+    match timeout(Duration::from_secs(10), Store::connect(&url, schema, "totals"))
+        .await
+    {
+        Ok(Ok(store)) => Ok(store),
+        Ok(Err(e)) => bail!(
+            "--crash-before-commit keeps processed ids in PostgreSQL, so they outlive \
+             the crash; it did not answer at {url} ({e}): run `cargo xtask brokers up`"
+        ),
+        Err(_) => bail!("PostgreSQL at {url} did not answer within 10 s"),
+    }
+}
+
 /// The real broker if one answers, else an in-process mock cluster (kept alive by the caller).
 async fn brokers(
     topic: &str,
@@ -193,21 +265,13 @@ async fn brokers(
 ) -> anyhow::Result<(String, Option<MockCluster<'static, DefaultProducerContext>>)> {
     let brokers = infra::kafka_brokers();
     // Nothing listening at all: no need to wait for the client's own connection retries.
-    let listening = matches!(
-        timeout(
-            Duration::from_secs(1),
-            tokio::net::TcpStream::connect(infra::first_kafka_broker())
-        )
-        .await,
-        Ok(Ok(_))
-    );
+    let connect = tokio::net::TcpStream::connect(infra::first_kafka_broker());
+    let listening =
+        matches!(timeout(Duration::from_secs(1), connect).await, Ok(Ok(_)));
     let created = if listening {
-        timeout(
-            Duration::from_secs(10),
-            create_topics(&brokers, &[(topic, 3), (dlq, 1)]),
-        )
-        .await
-        .ok()
+        let topics = [(topic, 3), (dlq, 1)];
+        let create = create_topics(&brokers, &topics);
+        timeout(Duration::from_secs(10), create).await.ok()
     } else {
         None
     };
@@ -224,7 +288,8 @@ async fn brokers(
             mock.create_topic(topic, 3, 1)?;
             mock.create_topic(dlq, 1, 1)?;
             info!(
-                "no Kafka broker at {brokers}; using librdkafka's in-process mock cluster (start a real one with `cargo xtask brokers up`)"
+                "no Kafka broker at {brokers}; using librdkafka's in-process mock cluster \
+                 (start a real one with `cargo xtask brokers up`)"
             );
             Ok((mock.bootstrap_servers(), Some(mock)))
         }

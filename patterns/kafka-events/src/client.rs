@@ -16,8 +16,9 @@ fn base(brokers: &str) -> ClientConfig {
 }
 
 // ANCHOR: producer
-/// A producer that waits for the leader's and replicas' acknowledgement, and is idempotent:
-/// its own retries (after a lost ack) cannot write an event twice or out of order.
+/// A producer that waits for the leader's and replicas' acknowledgement, and is
+/// idempotent: its own retries (after a lost ack) cannot write an event twice or out
+/// of order.
 pub fn producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
     base(brokers)
         .set("acks", "all")
@@ -28,12 +29,16 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
 // ANCHOR_END: producer
 
 // ANCHOR: consumer
-/// A consumer for at-least-once processing: offsets are committed by the code, after the work,
-/// never automatically in the background (which could commit before the work is done).
+/// A consumer for at-least-once processing. Offsets are committed in the
+/// background (no blocking commit on a tokio worker), but only the offsets the
+/// code stored after finishing a message: never one it has not processed yet.
 pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, KafkaError> {
     base(brokers)
         .set("group.id", group)
-        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        // The cost of a crash: up to this much finished work is delivered again.
+        .set("auto.commit.interval.ms", "1000")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .create()

@@ -1,11 +1,27 @@
 //! One step of an at-least-once consumer, and the dead-letter topic.
+//!
+//! The promise: an offset is recorded only for a message whose work is done, and a message whose
+//! handler fails is delivered again, by this same running consumer, before anything after it in
+//! its partition. Two mechanisms make it so:
+//!
+//! - **Explicit offset storage.** The consumer runs with `enable.auto.offset.store=false`
+//!   (see [`crate::client::consumer`]): librdkafka's background auto-commit only ever commits
+//!   offsets this code stored with `store_offset_from_message`, after the handler succeeded or the
+//!   message was dead-lettered. Storing is a local, non-blocking call; the commit happens on
+//!   librdkafka's own thread, so no tokio worker ever waits for the broker.
+//! - **Rewind on failure.** When the handler fails, the step seeks the partition back to the
+//!   failed message. librdkafka raises a version barrier at once, so messages it had already
+//!   fetched past that point are discarded, and the next step receives the failed message again.
+//!   The caller decides how long to wait before that next step (backoff), or to stop.
 
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::Offset;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
 
 use crate::envelope::{self, DecodeError, Event, header};
 
@@ -16,13 +32,16 @@ pub enum Handled {
     DeadLettered(DecodeError),
 }
 
-/// Why a step failed. The offset was not committed: the message will be delivered again.
+/// Why a step failed. In both cases no offset was stored for the message: it is delivered again.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError<E> {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("the handler failed: {0}")]
-    Handler(E),
+    /// The handler failed on the message at `offset`; the consumer was rewound to it.
+    #[error(
+        "the handler failed on offset {offset}, which will be delivered again: {error}"
+    )]
+    Handler { offset: i64, error: E },
 }
 
 /// Where undecodable messages go, with their payload, headers and the reason.
@@ -33,8 +52,9 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     // ANCHOR: dead_letter
-    /// Copies the message to the dead-letter topic: same key, same payload, same headers, plus
-    /// why it failed and where it came from, so it can be inspected and replayed later.
+    /// Copies the message to the dead-letter topic: same key, payload and headers,
+    /// plus why it failed and where it came from, so it can be inspected and
+    /// replayed later.
     pub async fn send(
         &self,
         message: &BorrowedMessage<'_>,
@@ -64,19 +84,20 @@ impl DeadLetters {
         if let Some(payload) = message.payload() {
             record = record.payload(payload);
         }
-        self.producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
+        let sent = self.producer.send(record, Duration::from_secs(30)).await;
+        sent.map(|_| ()).map_err(|(e, _)| e)
     }
     // ANCHOR_END: dead_letter
 }
 
 // ANCHOR: handle_next
-/// Takes the next message, decodes it, runs `handler`, and only then commits its offset. If the
-/// process dies before the commit, the message is delivered again: at least once. A message that
-/// cannot be decoded is dead-lettered and committed, so one bad message cannot stop the consumer.
+/// Takes the next message, decodes it, runs `handler`, and only then stores its
+/// offset for the background commit. A message that cannot be decoded is
+/// dead-lettered and stored, so one bad message cannot stop the consumer.
+///
+/// When `handler` fails, nothing is stored and the partition is rewound to the
+/// failed message: the next call receives it again, before any later message
+/// of its partition. Retry after a backoff, or stop; never skip it.
 pub async fn handle_next<F, Fut, E>(
     consumer: &StreamConsumer,
     dead_letters: &DeadLetters,
@@ -88,22 +109,35 @@ where
 {
     let message = consumer.recv().await?;
     let handled = match envelope::decode(&message) {
-        Ok(event) => {
-            Handled::Processed(handler(event).await.map_err(StepError::Handler)?)
-        }
+        Ok(event) => match handler(event).await {
+            Ok(event) => Handled::Processed(event),
+            Err(error) => {
+                rewind(consumer, &message)?;
+                return Err(StepError::Handler { offset: message.offset(), error });
+            }
+        },
         Err(error) => {
-            tracing::warn!(
-                offset = message.offset(),
-                "undecodable event sent to {}: {error}",
-                dead_letters.topic
-            );
+            let offset = message.offset();
+            let dlq = &dead_letters.topic;
+            tracing::warn!(offset, "undecodable event sent to {dlq}: {error}");
             dead_letters.send(&message, &error).await?;
             Handled::DeadLettered(error)
         }
     };
-    // Synchronous commit: simple and exact. Production code often commits asynchronously or in
-    // batches, accepting a few more redeliveries after a crash (the idempotent consumer absorbs them).
-    consumer.commit_message(&message, CommitMode::Sync)?;
+    // Local and non-blocking: librdkafka commits stored offsets in the background.
+    consumer.store_offset_from_message(&message)?;
     Ok(handled)
+}
+
+/// Moves the partition's position back to `message`. A zero timeout makes the
+/// seek asynchronous, so the tokio worker never blocks on it; librdkafka drops
+/// the messages it prefetched after `message` before the next `recv`.
+fn rewind(
+    consumer: &StreamConsumer,
+    message: &BorrowedMessage<'_>,
+) -> Result<(), KafkaError> {
+    let (topic, partition) = (message.topic(), message.partition());
+    let offset = Offset::Offset(message.offset());
+    consumer.seek(topic, partition, offset, Timeout::After(Duration::ZERO))
 }
 // ANCHOR_END: handle_next

@@ -24,8 +24,9 @@ pub mod header {
 pub const ORDER_PLACED: &str = "OrderPlaced";
 
 // ANCHOR: OrderPlaced
-/// Version 2 of `OrderPlaced`, the one producers write today. Version 1 had no `currency`; a v2
-/// reader fills it in with the default, and a v1 reader ignores it (see the tests).
+/// Version 2 of `OrderPlaced`, the one producers write today. Version 1 had no
+/// `currency`; a v2 reader fills it in with the default, and a v1 reader ignores it
+/// (see the tests).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OrderPlaced {
     pub order_id: String,
@@ -40,7 +41,8 @@ fn euro() -> String {
     "EUR".to_owned()
 }
 
-/// The first version, as an old consumer still has it. Unknown fields (v2's currency) are skipped.
+/// The first version, as an old consumer still has it. Unknown fields (v2's
+/// currency) are skipped.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OrderPlacedV1 {
     pub order_id: String,
@@ -128,8 +130,9 @@ where
 }
 
 // ANCHOR: decode
-/// Decodes a message: headers first (type and version decide how to read the payload), then the
-/// payload. Every failure is a [`DecodeError`]; nothing panics on bad input.
+/// Decodes a message: headers first (type and version decide how to read the
+/// payload), then the payload. Every failure is a [`DecodeError`]; nothing panics on
+/// bad input.
 pub fn decode<M: Message>(message: &M) -> Result<Event, DecodeError> {
     let required =
         |name| header_str(message, name).ok_or(DecodeError::MissingHeader(name));

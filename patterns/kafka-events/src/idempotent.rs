@@ -77,30 +77,30 @@ impl Store {
     }
 
     // ANCHOR: apply_once
-    /// Applies the event's effect exactly once; returns whether it was applied now (`false`: a
-    /// duplicate, already applied before).
+    /// Applies the event's effect exactly once; returns whether it was applied now
+    /// (`false`: a duplicate, already applied before).
     pub async fn apply_once(&mut self, event: &Event) -> Result<bool, StoreError> {
         let schema = &self.schema;
         let tx = self.client.transaction().await?;
-        let first_time = tx
-            .execute(
-                &format!("INSERT INTO {schema}.processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
-                &[&self.consumer, &event.metadata.event_id.to_string()],
-            )
-            .await?
-            == 1;
+        let remember = format!(
+            "INSERT INTO {schema}.processed_events (consumer, event_id)
+             VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        );
+        let event_id = event.metadata.event_id.to_string();
+        let first_time =
+            tx.execute(&remember, &[&self.consumer, &event_id]).await? == 1;
         if first_time {
+            let add = format!(
+                "INSERT INTO {schema}.customer_totals AS t
+                     (customer_id, orders, total_cents) VALUES ($1, 1, $2)
+                 ON CONFLICT (customer_id) DO UPDATE
+                 SET orders = t.orders + 1,
+                     total_cents = t.total_cents + EXCLUDED.total_cents"
+            );
             let cents = i64::try_from(event.order.total_cents).unwrap_or(i64::MAX);
-            tx.execute(
-                &format!(
-                    "INSERT INTO {schema}.customer_totals (customer_id, orders, total_cents) VALUES ($1, 1, $2)
-                     ON CONFLICT (customer_id) DO UPDATE
-                     SET orders = customer_totals.orders + 1, total_cents = customer_totals.total_cents + EXCLUDED.total_cents"
-                ),
-                &[&event.order.customer_id, &cents],
-            )
-            .await?;
+            tx.execute(&add, &[&event.order.customer_id, &cents]).await?;
         }
+        // Both rows or neither: a crash before this line leaves no trace.
         tx.commit().await?;
         Ok(first_time)
     }

@@ -17,8 +17,9 @@ pub enum PublishError {
 }
 
 // ANCHOR: publish
-/// Publishes one event and waits for the broker's acknowledgement. The key is the order id: every
-/// event of one order lands in the same partition, which keeps them in order.
+/// Publishes one event and waits for the broker's acknowledgement. The key is the
+/// order id: every event of one order lands in the same partition, which keeps them
+/// in order.
 pub async fn publish(
     producer: &FutureProducer,
     topic: &str,

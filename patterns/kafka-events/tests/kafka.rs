@@ -7,16 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_events::client::{consumer, create_topics, producer};
-use kafka_events::consume::{DeadLetters, Handled, handle_next};
+use kafka_events::consume::{DeadLetters, Handled, StepError, handle_next};
 use kafka_events::envelope::{
     self, DecodeError, Event, Metadata, OrderPlaced, header, header_str,
 };
 use kafka_events::idempotent::{CustomerTotals, Store, add_to_totals};
 use kafka_events::produce::publish;
-use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset};
 use tokio::time::timeout;
 use uuid::Uuid;
 
@@ -139,7 +140,8 @@ async fn a_crash_before_the_commit_redelivers_and_the_idempotent_store_applies_o
         .expect("publish");
     let group = unique("totals");
 
-    // The first consumer applies the effect, then "crashes" before committing its offset.
+    // The first consumer applies the effect, then "crashes" before committing its
+    // offset.
     let first = consumer(&f.brokers, &group).unwrap();
     first.subscribe(&[&f.topic]).unwrap();
     let message =
@@ -149,7 +151,8 @@ async fn a_crash_before_the_commit_redelivers_and_the_idempotent_store_applies_o
     drop(message);
     drop(first); // leaves the group without committing
 
-    // Its replacement in the same group starts from the last committed offset: the same event.
+    // Its replacement in the same group starts from the last committed offset: the
+    // same event.
     let second = consumer(&f.brokers, &group).unwrap();
     second.subscribe(&[&f.topic]).unwrap();
     let dead_letters =
@@ -178,6 +181,74 @@ async fn a_crash_before_the_commit_redelivers_and_the_idempotent_store_applies_o
     store.drop_schema().await.unwrap();
 }
 // ANCHOR_END: crash_test
+
+/// Commits what the consumer has stored and reads the group's committed offset
+/// of partition 0 back from the broker (blocking calls, off the async worker).
+fn committed_offset(consumer: &StreamConsumer, topic: &str) -> Option<i64> {
+    tokio::task::block_in_place(|| {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing stored yet: nothing to commit.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => panic!("commit: {e}"),
+        }
+        let committed = consumer.committed(STEP).expect("committed offsets");
+        match committed.find_partition(topic, 0).expect("partition 0").offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        }
+    })
+}
+
+// ANCHOR: retry_in_place_test
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_event_is_redelivered_in_place_and_no_commit_passes_it() {
+    let Some(f) = fixture(1).await else { return };
+    let ids: Vec<String> = (0..6).map(|i| format!("o-{i}")).collect();
+    for id in &ids {
+        publish(&f.producer, &f.topic, &metadata(), &order(id, "c-1", 100))
+            .await
+            .expect("publish");
+    }
+    let consumer = consumer(&f.brokers, &unique("retry")).unwrap();
+    consumer.subscribe(&[&f.topic]).unwrap();
+    let dead_letters =
+        DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
+
+    // The handler fails once, on o-2 (offset 2); every other call succeeds.
+    let mut failed_once = false;
+    let mut processed_ids = Vec::new();
+    let mut failures = 0;
+    while processed_ids.len() < ids.len() {
+        let step = handle_next(&consumer, &dead_letters, |event| async {
+            if event.order.order_id == "o-2" && !failed_once {
+                failed_once = true;
+                return Err("payments is down");
+            }
+            Ok(event)
+        });
+        match timeout(STEP, step).await.expect("a message within the bound") {
+            Ok(handled) => processed_ids.push(processed(handled).order.order_id),
+            Err(StepError::Handler { offset, .. }) => {
+                failures += 1;
+                assert_eq!(offset, 2, "the failure was o-2's");
+            }
+            Err(e) => panic!("step: {e}"),
+        }
+        // The group's committed offset is the next message to process: never
+        // beyond the first message not processed yet.
+        let first_unprocessed = processed_ids.len() as i64;
+        let committed = committed_offset(&consumer, &f.topic);
+        assert!(
+            committed.unwrap_or(0) <= first_unprocessed,
+            "committed {committed:?} passes unprocessed offset {first_unprocessed}"
+        );
+    }
+    assert_eq!(failures, 1);
+    assert_eq!(processed_ids, ids, "o-2 processed, once, before o-3, in order");
+    assert_eq!(committed_offset(&consumer, &f.topic), Some(6), "all six done");
+}
+// ANCHOR_END: retry_in_place_test
 
 #[tokio::test]
 async fn a_poison_event_is_dead_lettered_with_its_payload_headers_and_error_and_the_consumer_goes_on()
