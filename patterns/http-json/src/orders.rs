@@ -1,9 +1,16 @@
 //! The orders domain: what a client sends, what the service stores, how it is validated.
 //!
-//! Request types reject unknown fields: a client that sends `quantty` learns about its typo from a
-//! 422 instead of silently ordering the default. Business rules (a non-empty order, positive
-//! quantities) are checked after decoding, and every violation is reported at once, so a client
-//! fixes its request in one round trip rather than one error at a time.
+//! Request types reject unknown fields (`#[serde(deny_unknown_fields)]`). serde's derive otherwise
+//! skips every key the type does not declare, so a client that adds `"currency": "USD"` (a field
+//! this API does not have) would get a 201 for an order in euros, and never hear that its field
+//! was dropped. A misspelled *required* field (`quantty`) fails either way, as a missing
+//! `quantity`: no field here has a default. The attribute also keeps the idempotency fingerprint
+//! honest, because the fingerprint is taken from the decoded request: a key dropped while
+//! decoding could not tell two requests apart.
+//!
+//! Business rules (a non-empty order, positive quantities) are checked after decoding, and every
+//! violation is reported at once, so a client fixes its request in one round trip rather than one
+//! error at a time.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -184,6 +191,28 @@ mod tests {
         let pointers: Vec<String> =
             order.validate().unwrap_err().into_iter().map(|e| e.pointer).collect();
         assert_eq!(pointers, ["/customer_id", "/lines/0/quantity", "/lines/1/sku"]);
+    }
+
+    /// What `deny_unknown_fields` adds, and what serde does without it.
+    #[test]
+    fn unknown_fields_are_refused_and_a_misspelled_field_is_missing_anyway() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code, reason = "only decoded")]
+        struct Lenient {
+            sku: String,
+            quantity: u32,
+        }
+        // Without the attribute an extra field vanishes without a trace...
+        let extra = r#"{"sku": "mug", "quantity": 2, "gift_wrap": true}"#;
+        assert!(serde_json::from_str::<Lenient>(extra).is_ok());
+        // ... while a misspelled required field is an error either way: it is missing.
+        let typo = r#"{"sku": "mug", "quantty": 2}"#;
+        let error = serde_json::from_str::<Lenient>(typo).unwrap_err();
+        assert!(error.to_string().contains("missing field `quantity`"), "{error}");
+        // With it, the extra field is an error that names it.
+        let extra = r#"{"sku": "mug", "quantity": 2, "unit_price_cents": 1, "gift_wrap": true}"#;
+        let error = serde_json::from_str::<OrderLine>(extra).unwrap_err();
+        assert!(error.to_string().contains("unknown field `gift_wrap`"), "{error}");
     }
 
     #[test]

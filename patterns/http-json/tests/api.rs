@@ -223,20 +223,44 @@ async fn a_mistyped_field_is_422_and_names_the_field() {
 
 #[tokio::test]
 async fn an_unknown_field_is_422_not_silently_ignored() {
-    let (router, _) = router();
+    let (router, state) = router();
+    // A field this API does not have: without deny_unknown_fields, serde would skip it and the
+    // order would be placed in euros.
     let mut order = mug_order();
-    order["lines"][0]["quantty"] = json!(5);
+    order["currency"] = json!("USD");
     let reply = call(&router, post_json("/v1/orders", "k", &order)).await;
     assert_problem(
         &reply,
         StatusCode::UNPROCESSABLE_ENTITY,
         "/problems/invalid-fields",
     );
-    assert!(
-        reply.body["detail"].as_str().unwrap().contains("quantty"),
-        "{}",
-        reply.body
+    let detail = reply.body["detail"].as_str().unwrap();
+    assert!(detail.contains("unknown field `currency`"), "{detail}");
+    // An extra, misspelled copy of a field inside a line is refused the same way.
+    let mut order = mug_order();
+    order["lines"][0]["quantty"] = json!(5);
+    let reply = call(&router, post_json("/v1/orders", "k", &order)).await;
+    let detail = reply.body["detail"].as_str().unwrap();
+    assert!(detail.contains("unknown field `quantty`"), "{detail}");
+    assert!(state.orders.is_empty());
+}
+
+#[tokio::test]
+async fn a_retry_that_adds_a_field_is_refused_not_replayed() {
+    // The idempotency fingerprint is taken from the decoded request. If decoding dropped
+    // unknown fields, this retry would look like the first request and be replayed.
+    let (router, state) = router();
+    call(&router, post_json("/v1/orders", "checkout-7", &mug_order())).await;
+    let mut changed = mug_order();
+    changed["currency"] = json!("USD");
+    let reply = call(&router, post_json("/v1/orders", "checkout-7", &changed)).await;
+    assert_problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-fields",
     );
+    assert_eq!(reply.replayed, None, "refused before the idempotency store");
+    assert_eq!(state.orders.len(), 1);
 }
 
 #[tokio::test]
@@ -355,4 +379,27 @@ async fn v1_and_v2_serve_the_same_order_in_their_own_shape() {
         json!({"amount": "3.99", "currency": "EUR"})
     );
     assert!(v2.get("total_cents").is_none() && v2.get("lines").is_none());
+}
+
+#[tokio::test]
+async fn v2_takes_the_v1_request_body_not_its_own_response_shape() {
+    let (router, state) = router();
+    // A client that mirrors v2's response in its request is refused: v2 changed only what the
+    // service answers, and POST /v2/orders still takes customer_id, lines, unit_price_cents.
+    let v2_shaped = json!({"customer": {"id": "c-42"}, "items": [
+        {"sku": "mug", "quantity": 2, "unit_price": {"amount": "12.50", "currency": "EUR"}}
+    ]});
+    let reply = call(&router, post_json("/v2/orders", "k", &v2_shaped)).await;
+    assert_problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "/problems/invalid-fields",
+    );
+    let detail = reply.body["detail"].as_str().unwrap();
+    assert!(detail.contains("unknown field `customer`"), "{detail}");
+    assert!(state.orders.is_empty());
+
+    let created = call(&router, post_json("/v2/orders", "k", &mug_order())).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.body["items"][0]["unit_price"]["amount"], "12.50");
 }

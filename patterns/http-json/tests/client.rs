@@ -1,11 +1,20 @@
 //! The client against a real server on `127.0.0.1:0`: typed results, problems as errors, and the
 //! timeout a caller sees when the service is slow, followed by the safe retry.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::routing::post;
 use http_json::client::{ClientError, OrdersClient};
 use http_json::orders::{NewOrder, OrderLine};
 use http_json::server::{ServiceConfig, spawn};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 fn mug_order() -> NewOrder {
     NewOrder {
@@ -82,14 +91,9 @@ async fn a_slow_service_times_the_caller_out_and_the_same_key_makes_the_retry_sa
 
     // The caller does not know whether the order exists; it retries with the same key and patience.
     let patient = impatient.with_timeout(Duration::from_secs(30));
-    let created = loop {
-        match patient.create("checkout-9", &mug_order()).await {
-            Ok(created) => break created,
-            // 409: the first attempt is still being processed; a real client backs off here.
-            Err(e) if e.problem().is_some_and(|p| p.status == 409) => continue,
-            Err(e) => panic!("retry failed: {e}"),
-        }
-    };
+    // The first attempt's order and its idempotency record were stored before the delay, so the
+    // retry is answered from the store (never with 409 "still in progress").
+    let created = patient.create("checkout-9", &mug_order()).await.unwrap();
     assert!(
         created.replayed,
         "the timed-out attempt created the order; the retry only replays it"
@@ -117,4 +121,60 @@ async fn a_service_that_is_not_there_is_a_transport_error() {
     .unwrap();
     let err = client.list(None).await.unwrap_err();
     assert!(matches!(err, ClientError::Transport(_)), "got {err:?}");
+}
+
+/// Sends on its channel when dropped: shows when hyper drops a request's future.
+struct SignalOnDrop(Arc<Mutex<Option<oneshot::Sender<()>>>>);
+
+impl Drop for SignalOnDrop {
+    fn drop(&mut self) {
+        if let Some(dropped) = self.0.lock().unwrap().take() {
+            let _ = dropped.send(());
+        }
+    }
+}
+
+/// Why `inject_latency` delays *after* the handler: when the caller hangs up, hyper drops the
+/// request's future, so a delay *before* the handler means the handler never runs at all.
+#[tokio::test]
+async fn a_caller_that_hangs_up_cancels_a_request_still_waiting_for_its_handler() {
+    let handled = Arc::new(AtomicBool::new(false));
+    let (dropped_tx, dropped) = oneshot::channel::<()>();
+    let dropped_tx = Arc::new(Mutex::new(Some(dropped_tx)));
+    let handler = {
+        let handled = Arc::clone(&handled);
+        move || async move {
+            handled.store(true, Ordering::SeqCst);
+            StatusCode::CREATED
+        }
+    };
+    let delay_before = move |request: Request, next: Next| {
+        let signal = SignalOnDrop(Arc::clone(&dropped_tx));
+        async move {
+            let _signal = signal;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            next.run(request).await
+        }
+    };
+    let router = Router::new()
+        .route("/v1/orders", post(handler))
+        .layer(middleware::from_fn(delay_before));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let err = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/orders"))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    // Dropped long before its 60 s sleep could end: the caller's hang-up cancelled it.
+    tokio::time::timeout(Duration::from_secs(30), dropped)
+        .await
+        .expect("hyper should drop the request's future when the caller hangs up")
+        .unwrap();
+    assert!(!handled.load(Ordering::SeqCst), "the handler never ran");
+    server.abort();
 }

@@ -10,6 +10,10 @@
 //! bulkheads, recommendations may hold at most 4 connections; beyond that they are rejected at once
 //! and the page shows no recommendations. The example checks inventory stayed fast with bulkheads,
 //! and was held up without them.
+//!
+//! Time is simulated: the example runs on tokio's paused clock, which jumps straight to the next
+//! timer whenever every task is waiting. The latencies are exact, the numbers are the same on every
+//! machine (so the example can check them), and the run takes milliseconds of real time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +25,9 @@ use tokio::time::{Instant, sleep};
 use tracing::{info, warn};
 
 const POOL: usize = 10;
+const PAGES: u32 = 40;
+const PAGE_EVERY: Duration = Duration::from_millis(10);
+const RECOMMENDATIONS_PLACES: usize = 4;
 const INVENTORY_LATENCY: Duration = Duration::from_millis(5);
 const RECOMMENDATIONS_LATENCY: Duration = Duration::from_millis(400);
 
@@ -65,7 +72,7 @@ async fn call_dependency(
 }
 // ANCHOR_END: call_dependency
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread", start_paused = true)]
 async fn main() -> anyhow::Result<()> {
     infra::example::init_logging();
     let flags = infra::example::Flags::parse(&["--no-bulkhead"])
@@ -76,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
     let (inventory, recommendations) = if with_bulkheads {
         (
             Some(Bulkhead::new("inventory", 6)),
-            Some(Bulkhead::new("recommendations", 4)),
+            Some(Bulkhead::new("recommendations", RECOMMENDATIONS_PLACES)),
         )
     } else {
         (None, None)
@@ -88,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let mut calls = Vec::new();
-    for _ in 0..40 {
+    for _ in 0..PAGES {
         // A page every 10 ms; each needs recommendations and inventory.
         calls.push(tokio::spawn(call_dependency(
             Dependency::Recommendations,
@@ -100,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
             Arc::clone(&pool),
             inventory.clone(),
         )));
-        sleep(Duration::from_millis(10)).await;
+        sleep(PAGE_EVERY).await;
     }
     let mut served = Vec::new();
     for call in calls {
@@ -128,6 +135,14 @@ async fn main() -> anyhow::Result<()> {
 
     if with_bulkheads {
         ensure!(inv_rejected == 0, "inventory's own compartment should have room");
+        // The first four pages take the four places and hold them for 400 ms; the last page
+        // arrives at 390 ms, so every other page finds the compartment full.
+        let last_page_at = PAGE_EVERY * (PAGES - 1);
+        ensure!(RECOMMENDATIONS_LATENCY > last_page_at);
+        ensure!(
+            rec_rejected == PAGES as usize - RECOMMENDATIONS_PLACES,
+            "every page after the fourth should be rejected, not {rec_rejected}"
+        );
         ensure!(
             inv_slowest < RECOMMENDATIONS_LATENCY / 2,
             "inventory should not wait behind recommendations"

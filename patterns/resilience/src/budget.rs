@@ -70,6 +70,22 @@ mod tests {
     }
 
     #[test]
+    fn floating_point_would_miss_the_tenth_deposit() {
+        let sum: f64 = (0..10).map(|_| 0.1).sum();
+        assert!(sum < 1.0, "{sum}: why tokens are counted in integer thousandths");
+    }
+
+    #[test]
+    fn a_deposit_into_a_full_budget_is_dropped() {
+        let budget = RetryBudget::new(0.1, 5);
+        for _ in 0..10 {
+            budget.deposit(); // a whole token's worth, deposited into a full budget
+        }
+        let retries = (0..10).filter(|_| budget.try_withdraw()).count();
+        assert_eq!(retries, 5, "the reserve, and nothing of the deposits");
+    }
+
+    #[test]
     fn savings_are_capped() {
         let budget = RetryBudget::new(0.5, 3);
         for _ in 0..1000 {

@@ -179,6 +179,27 @@ async fn with_every_call_failing_a_budget_keeps_attempts_near_the_calls() {
 }
 // ANCHOR_END: budget_test
 
+#[tokio::test(start_paused = true)]
+async fn the_examples_budget_allows_24_retries_because_a_full_budget_drops_a_deposit()
+ {
+    // The retry_budget example's budget: 10% and a reserve of 5, which is also its cap.
+    let budgeted = policy().with_budget(Arc::new(RetryBudget::new(0.1, 5)));
+    let attempts = AtomicU32::new(0);
+    for _ in 0..200 {
+        let _ = call(
+            &budgeted,
+            Idempotency::Idempotent,
+            || UpstreamError::Unavailable,
+            u32::MAX,
+            &attempts,
+        )
+        .await;
+    }
+    // 5 + 200 x 0.1 = 25 tokens, less the first deposit, which arrived while the budget was
+    // full: 24.9, so 24 retries. Without the cap this would be 225.
+    assert_eq!(attempts.load(Ordering::SeqCst), 200 + 24);
+}
+
 proptest! {
     #[test]
     fn the_delay_never_exceeds_the_maximum_or_the_ceiling(
