@@ -26,7 +26,9 @@ impl CircuitBreaker {
         self.call_with(call, AnyError).await
     }
 
-    /// Runs `call` if the breaker allows it, counting its result as `classifier` says.
+    /// Runs `call` if the breaker allows it, counting its result as `classifier` says. The
+    /// breaker is asked when the returned future is first polled; dropping the future before
+    /// it completes (a timeout, a `select!`) counts nothing and frees a probe's permit.
     pub async fn call_with<F, T, E, C>(
         &self,
         call: F,

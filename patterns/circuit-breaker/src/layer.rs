@@ -1,8 +1,17 @@
 //! The breaker as a tower `Layer`, so it wraps a tonic channel, a hyper client or any tower stack.
 //!
-//! Admission is decided in `poll_ready`: when the breaker refuses, the service reports ready at
-//! once without polling the inner service, and `call` answers with the rejection without calling
-//! it. An open breaker therefore never touches the dependency, not even to reserve capacity in it.
+//! Admission is decided in `call`, for each request, at the moment it is made. `poll_ready` only
+//! passes on the inner service's readiness: in tower, a service may be polled ready long before
+//! it is called (a buffer, a balancer, a caller that readies a service and then waits for work),
+//! and a breaker that decided in `poll_ready` would let through a call made after it opened, and
+//! let a readied but idle service hold one of half-open's few probe permits. When the breaker
+//! refuses, `call` does not call the inner service and returns a future that is ready at once with
+//! the rejection. The inner service keeps whatever `poll_ready` reserved in it (a buffer slot) for
+//! the next call, as tower allows.
+//!
+//! The price: while the breaker is open, a caller still waits for the inner service to be ready
+//! before it hears the rejection. If the inner service can stay unready for long (a concurrency
+//! limit full of hung calls), put a load-shedding layer beneath the breaker, or time out the wait.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -45,13 +54,12 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
             inner,
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
-            admission: None,
         }
     }
 }
 // ANCHOR_END: CircuitBreakerLayer
 
-/// A ticket owned by a service or a response future; dropping it unrecorded abandons the call.
+/// A ticket owned by a response future; dropping it unrecorded abandons the call.
 struct OwnedTicket {
     breaker: CircuitBreaker,
     ticket: Option<Ticket>,
@@ -73,29 +81,12 @@ impl Drop for OwnedTicket {
     }
 }
 
-enum Admission {
-    Granted(OwnedTicket),
-    Refused(Rejected),
-}
-
-/// A service behind a circuit breaker. Clones share the breaker, not an admission in progress.
+/// A service behind a circuit breaker. Clones share the breaker.
+#[derive(Clone, Debug)]
 pub struct CircuitBreakerService<S, C = AnyError> {
     inner: S,
     breaker: CircuitBreaker,
     classifier: C,
-    /// Decided by `poll_ready`, consumed by `call`.
-    admission: Option<Admission>,
-}
-
-impl<S: Clone, C: Clone> Clone for CircuitBreakerService<S, C> {
-    fn clone(&self) -> Self {
-        CircuitBreakerService {
-            inner: self.inner.clone(),
-            breaker: self.breaker.clone(),
-            classifier: self.classifier.clone(),
-            admission: None,
-        }
-    }
 }
 
 impl<S, C> CircuitBreakerService<S, C> {
@@ -114,38 +105,25 @@ where
     type Error = CallError<S::Error>;
     type Future = ResponseFuture<S::Future, C>;
 
+    /// The inner service's readiness, nothing more: admission waits for `call`.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let admission = self.admission.get_or_insert_with(|| {
-            match self.breaker.acquire_ticket() {
-                Ok(ticket) => Admission::Granted(OwnedTicket {
-                    breaker: self.breaker.clone(),
-                    ticket: Some(ticket),
-                }),
-                Err(rejected) => Admission::Refused(rejected),
-            }
-        });
-        match admission {
-            // Ready to answer with the rejection; the inner service is left alone.
-            Admission::Refused(_) => Poll::Ready(Ok(())),
-            Admission::Granted(_) => {
-                self.inner.poll_ready(cx).map_err(CallError::Inner)
-            }
-        }
+        self.inner.poll_ready(cx).map_err(CallError::Inner)
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match self.admission.take() {
-            Some(Admission::Granted(ticket)) => ResponseFuture::Called {
+        match self.breaker.acquire_ticket() {
+            Ok(ticket) => ResponseFuture::Called {
+                // Dropped unrecorded (the response future was dropped): abandoned.
+                ticket: Some(OwnedTicket {
+                    breaker: self.breaker.clone(),
+                    ticket: Some(ticket),
+                }),
                 inner: self.inner.call(request),
-                ticket: Some(ticket),
                 classifier: self.classifier.clone(),
             },
-            Some(Admission::Refused(rejected)) => {
-                ResponseFuture::Refused { rejected }
-            }
-            None => panic!(
-                "CircuitBreakerService::call before poll_ready returned Ready (a tower contract violation)"
-            ),
+            // The inner service is not called; what its poll_ready reserved stays
+            // reserved for the next call.
+            Err(rejected) => ResponseFuture::Refused { rejected },
         }
     }
 }

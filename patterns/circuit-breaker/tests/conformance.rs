@@ -2,6 +2,7 @@
 //! barriers, never with sleeps as synchronisation.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use circuit_breaker::{
     CallError, CircuitBreaker, CircuitBreakerLayer, Config, Outcome, Reason, State,
     Transition,
 };
-use tokio::time::advance;
+use tokio::time::{advance, timeout};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use Outcome::{Failure as F, Ignored as I, Success as S};
@@ -565,21 +566,73 @@ async fn a_classifier_decides_what_counts_as_a_failure() {
     assert_eq!(breaker.state(), State::Open, "5 of the last 10: 50%");
 }
 
+/// One probe permit, 1 s open wait, opened by a single failure.
+fn one_probe() -> Config {
+    Config::builder()
+        .count_window(1)
+        .minimum_calls(1)
+        .half_open_permits(1)
+        .open_wait(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_call_future_gives_its_probe_permit_back() {
+    let breaker = CircuitBreaker::new(one_probe());
+    record(&breaker, &[F]);
+    advance(Duration::from_secs(1)).await;
+
+    // The caller gives up on a probe that hangs: its timeout drops the `call` future.
+    let hangs = std::future::pending::<Result<(), &str>>();
+    let gave_up = timeout(Duration::from_secs(5), breaker.call(hangs)).await;
+    assert!(gave_up.is_err(), "the probe never answered");
+    assert_eq!(breaker.state(), State::HalfOpen);
+    breaker.try_acquire().expect("the timed-out probe's permit is free").record(S);
+    assert_eq!(breaker.state(), State::Closed);
+
+    // The same, dropping by hand a call that was polled once (and holds the permit).
+    record(&breaker, &[F]);
+    advance(Duration::from_secs(1)).await;
+    let mut probe = Box::pin(breaker.call(std::future::pending::<Result<(), ()>>()));
+    assert!(futures::poll!(probe.as_mut()).is_pending());
+    assert!(breaker.try_acquire().is_err(), "the only permit is held by the call");
+    drop(probe);
+    breaker.try_acquire().expect("dropping the call freed the permit").record(S);
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+/// An inner service that counts readiness polls and calls; `true` fails, and `pending` hangs.
+fn counted_upstream(
+    readied: &Arc<AtomicUsize>,
+    called: &Arc<AtomicUsize>,
+    pending: bool,
+) -> impl Service<
+    bool,
+    Response = &'static str,
+    Error = &'static str,
+    Future = impl Future<Output = Result<&'static str, &'static str>>,
+> + Clone {
+    let called = Arc::clone(called);
+    let inner = service_fn(move |fail: bool| {
+        called.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if pending {
+                std::future::pending::<()>().await;
+            }
+            if fail { Err("upstream 500") } else { Ok("ok") }
+        }
+    });
+    CountReady { inner, readied: Arc::clone(readied) }
+}
+
 #[tokio::test]
-async fn the_layer_rejects_without_touching_the_inner_service_and_clones_share_state()
- {
-    let (readied, called) =
-        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let inner = {
-        let called = Arc::clone(&called);
-        service_fn(move |fail: bool| {
-            called.fetch_add(1, Ordering::SeqCst);
-            async move { if fail { Err("upstream 500") } else { Ok("ok") } }
-        })
-    };
-    let counting = CountReady { inner, readied: Arc::clone(&readied) };
+async fn the_layer_rejects_without_calling_the_inner_service_and_clones_share_state()
+{
+    let (readied, called) = (Arc::default(), Arc::default());
     let breaker = CircuitBreaker::new(ten_calls());
-    let mut first = CircuitBreakerLayer::new(breaker.clone()).layer(counting);
+    let mut first = CircuitBreakerLayer::new(breaker.clone())
+        .layer(counted_upstream(&readied, &called, false));
     let mut second = first.clone();
 
     for _ in 0..10 {
@@ -589,8 +642,7 @@ async fn the_layer_rejects_without_touching_the_inner_service_and_clones_share_s
         ));
     }
     assert_eq!(breaker.state(), State::Open);
-    let (readied_before, called_before) =
-        (readied.load(Ordering::SeqCst), called.load(Ordering::SeqCst));
+    let called_before = called.load(Ordering::SeqCst);
 
     // The clone shares the breaker: it is open for the second service too.
     let rejected = second.ready().await.unwrap().call(false).await;
@@ -602,11 +654,57 @@ async fn the_layer_rejects_without_touching_the_inner_service_and_clones_share_s
         called_before,
         "no call reached the upstream"
     );
-    assert_eq!(
-        readied.load(Ordering::SeqCst),
-        readied_before,
-        "the upstream was not even polled for readiness"
+    assert_eq!(readied.load(Ordering::SeqCst), 11, "readiness is the inner's");
+}
+
+#[tokio::test]
+async fn the_layer_decides_when_called_not_when_polled_ready() {
+    let (readied, called) = (Arc::default(), Arc::default());
+    let breaker = CircuitBreaker::new(ten_calls());
+    let layer = CircuitBreakerLayer::new(breaker.clone());
+    let mut early = layer.layer(counted_upstream(&readied, &called, false));
+    // Readied while the breaker is closed (as a buffer or a balancer does ahead of work)...
+    early.ready().await.unwrap();
+    // ...and the breaker opens before the request comes.
+    open(&breaker);
+    let late = early.call(false).await;
+    assert!(
+        matches!(late, Err(CallError::Rejected(r)) if r.state == State::Open),
+        "a service readied before the breaker opened is still refused: {late:?}"
     );
+    assert_eq!(called.load(Ordering::SeqCst), 0, "the upstream was not called");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readied_idle_service_holds_no_probe_permit() {
+    let (readied, called) = (Arc::default(), Arc::default());
+    let breaker = CircuitBreaker::new(one_probe());
+    let layer = CircuitBreakerLayer::new(breaker.clone());
+    let mut idle = layer.layer(counted_upstream(&readied, &called, false));
+    let mut busy = layer.layer(counted_upstream(&readied, &called, false));
+    record(&breaker, &[F]);
+    advance(Duration::from_secs(1)).await;
+
+    idle.ready().await.unwrap(); // readied, then never called
+    let probe = busy.ready().await.unwrap().call(false).await;
+    assert_eq!(probe, Ok("ok"), "the only probe permit went to the call");
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_response_future_gives_its_probe_permit_back() {
+    let (readied, called) = (Arc::default(), Arc::default());
+    let breaker = CircuitBreaker::new(one_probe());
+    let layer = CircuitBreakerLayer::new(breaker.clone());
+    let mut hanging = layer.layer(counted_upstream(&readied, &called, true));
+    record(&breaker, &[F]);
+    advance(Duration::from_secs(1)).await;
+
+    let response = hanging.ready().await.unwrap().call(false);
+    assert!(timeout(Duration::from_secs(5), response).await.is_err(), "it hangs");
+    assert_eq!(called.load(Ordering::SeqCst), 1, "the probe was sent");
+    breaker.try_acquire().expect("the dropped probe's permit is free").record(S);
+    assert_eq!(breaker.state(), State::Closed);
 }
 
 /// A service wrapper that counts `poll_ready` calls.
