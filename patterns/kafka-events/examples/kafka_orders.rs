@@ -104,7 +104,6 @@ async fn main() -> anyhow::Result<()> {
         ("o-1005", "c-7", 800),
     ];
     let checkout = info_span!("checkout", correlation_id = %"checkout-7f3a");
-    let metadata = Metadata::order_placed("checkout-7f3a", "2026-11-22T10:00:00Z");
     for (i, (order_id, customer, cents)) in orders.iter().enumerate() {
         let event = OrderPlaced {
             order_id: (*order_id).into(),
@@ -112,6 +111,9 @@ async fn main() -> anyhow::Result<()> {
             total_cents: *cents,
             currency: "EUR".into(),
         };
+        // Every event gets its own id: the id is what makes a redelivery recognisable.
+        let metadata =
+            Metadata::order_placed("checkout-7f3a", "2026-11-22T10:00:00Z");
         let (partition, offset) = publish(&producer, &topic, &metadata, &event)
             .instrument(checkout.clone())
             .await?;
@@ -188,10 +190,13 @@ async fn main() -> anyhow::Result<()> {
                 });
             }
             // ANCHOR: retry
-            Err(StepError::Handler { offset, error }) if attempt + 1 < ATTEMPTS => {
+            Err(StepError::Handler { partition, offset, error })
+                if attempt + 1 < ATTEMPTS =>
+            {
                 attempt += 1;
                 let pause = Duration::from_millis(100 << attempt);
-                span.in_scope(|| warn!("offset {offset} failed ({error}); retry {attempt} in {pause:?}"));
+                let why = format!("{partition}/{offset} failed: {error}");
+                warn!(parent: &span, "{why}; retry {attempt} in {pause:?}");
                 tokio::time::sleep(pause).await;
             }
             // ANCHOR_END: retry

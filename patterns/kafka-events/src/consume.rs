@@ -37,11 +37,10 @@ pub enum Handled {
 pub enum StepError<E> {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    /// The handler failed on the message at `offset`; the consumer was rewound to it.
-    #[error(
-        "the handler failed on offset {offset}, which will be delivered again: {error}"
-    )]
-    Handler { offset: i64, error: E },
+    /// The handler failed on the message at `partition`/`offset`; the consumer was
+    /// rewound to it.
+    #[error("the handler failed on {partition}/{offset}, which comes again: {error}")]
+    Handler { partition: i32, offset: i64, error: E },
 }
 
 /// Where undecodable messages go, with their payload, headers and the reason.
@@ -113,7 +112,8 @@ where
             Ok(event) => Handled::Processed(event),
             Err(error) => {
                 rewind(consumer, &message)?;
-                return Err(StepError::Handler { offset: message.offset(), error });
+                let (partition, offset) = (message.partition(), message.offset());
+                return Err(StepError::Handler { partition, offset, error });
             }
         },
         Err(error) => {

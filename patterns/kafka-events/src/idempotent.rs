@@ -62,7 +62,8 @@ impl Store {
         });
         client
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema};
+                "SET client_min_messages TO warning;
+                 CREATE SCHEMA IF NOT EXISTS {schema};
                  CREATE TABLE IF NOT EXISTS {schema}.processed_events (
                      consumer TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (consumer, event_id));
                  CREATE TABLE IF NOT EXISTS {schema}.customer_totals (
