@@ -9,24 +9,30 @@
 //! Needs a broker: `cargo xtask brokers up` (or `docker compose up -d --wait`).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions,
-    BasicRejectOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ExchangeKind};
-use rabbitmq_queues::publish::persistent;
+use lapin::{Channel, Connection, Consumer, ExchangeKind};
+use rabbitmq_queues::publish::{enable_confirms, persistent};
 use rabbitmq_queues::reconnect::{connect_recovering, publish_until_confirmed};
 use rabbitmq_queues::rpc::{RpcClient, RpcError, serve};
-use rabbitmq_queues::topology;
+use rabbitmq_queues::{admin, topology};
+use tokio::sync::{Notify, watch};
 use tokio::time::timeout;
 use tracing::{Instrument, info, info_span, warn};
 
+/// The longest the example waits for any one thing before it gives up with an error.
 const STEP: Duration = Duration::from_secs(30);
+
+const PAYMENTS: [&str; 6] =
+    ["pay_1001", "pay_1002", "pay_unknown", "pay_1003", "pay_1004", "pay_1005"];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -36,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
     let uri = infra::amqp_addr();
     let Ok(Ok((connection, channel))) =
-        timeout(Duration::from_secs(5), connect_recovering(&uri)).await
+        timeout(Duration::from_secs(5), connect_recovering(&uri, "checkout")).await
     else {
         bail!(
             "no RabbitMQ broker answers at {uri}: start one with `cargo xtask brokers up` (or `docker compose up -d --wait`)"
@@ -55,66 +61,28 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    // The checkout publishes capture tasks, each confirmed by the broker.
-    let payments =
-        ["pay_1001", "pay_1002", "pay_unknown", "pay_1003", "pay_1004", "pay_1005"];
-    let checkout = info_span!("checkout");
-    for (i, payment) in payments.iter().enumerate() {
-        if i == 3 && flags.has("--drop-connection") {
-            checkout.in_scope(|| warn!("the broker drops every connection now"));
-            rabbitmq_queues::admin::close_all_connections(
-                "example: the broker drops every connection",
-            )
-            .map_err(anyhow::Error::msg)?;
-        }
-        let attempts = publish_until_confirmed(
-            &channel,
-            "",
-            &names.captures,
-            payment.as_bytes(),
-            persistent(),
+    publish_captures(&connection, &channel, &names, flags.has("--drop-connection"))
+        .instrument(info_span!("checkout"))
+        .await?;
+    let done =
+        run_workers(&connection, &names, flags.has("--crash-before-ack")).await?;
+
+    // Dead-lettering happens inside the broker: consume the dead letters to see them.
+    let mut dead_letters = channel
+        .basic_consume(
+            names.dead.as_str().into(),
+            "inspector".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
         )
         .await?;
-        checkout.in_scope(|| {
-            info!(attempts, "capture {payment} published and confirmed")
-        });
-    }
-
-    // Two workers with a prefetch of 1 share the queue.
-    let crash = flags.has("--crash-before-ack");
-    let mut workers = Vec::new();
-    for n in 1..=2 {
-        let ch = connection.create_channel().await?;
-        let (captures, notifications) =
-            (names.captures.clone(), names.notifications.clone());
-        let span = info_span!("worker", n);
-        workers.push(tokio::spawn(
-            worker(ch, captures, notifications, crash && n == 1).instrument(span),
-        ));
-    }
-    let mut done = BTreeSet::new();
-    for worker in workers {
-        done.extend(worker.await??);
-    }
-    let dead = timeout(STEP, async {
-        loop {
-            if let Some(m) = channel
-                .basic_get(
-                    names.dead.as_str().into(),
-                    BasicGetOptions { no_ack: true },
-                )
-                .await?
-            {
-                return anyhow::Ok(m);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .context("the rejected capture never reached the dead-letter queue")??;
+    let dead = timeout(STEP, dead_letters.next())
+        .await
+        .context("the rejected capture never reached the dead-letter queue")?
+        .context("the dead-letter consumer was cancelled")??;
     info!(
         "dead-letter queue holds {:?}: inspect, fix, replay",
-        String::from_utf8_lossy(&dead.delivery.data)
+        String::from_utf8_lossy(&dead.data)
     );
     let email = count(&channel, &names.email).await?;
     let sms = count(&channel, &names.sms).await?;
@@ -169,71 +137,145 @@ impl Names {
     }
 }
 
-// ANCHOR: worker
-/// Takes capture tasks one at a time (prefetch 1): acks what it did, rejects what it never can do
-/// (to the dead-letter exchange), and stops when the queue stays empty.
-async fn worker(
-    channel: Channel,
-    queue: String,
-    notifications: String,
-    crash_on_first: bool,
-) -> anyhow::Result<Vec<String>> {
-    channel.basic_qos(1, BasicQosOptions::default()).await?;
-    let mut tasks = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut done = Vec::new();
-    while let Ok(Some(task)) =
-        timeout(Duration::from_millis(500), tasks.next()).await
-    {
-        let task = task?;
-        let payment = String::from_utf8_lossy(&task.data).into_owned();
-        if crash_on_first {
-            warn!(
-                "took {payment} and crashed before acking: the broker will redeliver it"
-            );
-            channel.close(200, "worker crashed".into()).await?;
-            return Ok(done);
+/// The checkout publishes capture tasks, each confirmed by the broker. With
+/// `drop_connection`, the broker drops every connection before the fourth.
+async fn publish_captures(
+    connection: &Connection,
+    channel: &Channel,
+    names: &Names,
+    drop_connection: bool,
+) -> anyhow::Result<()> {
+    for (i, payment) in PAYMENTS.iter().enumerate() {
+        if i == 3 && drop_connection {
+            warn!("the broker drops every connection now");
+            tokio::task::spawn_blocking(|| {
+                admin::close_all_connections(
+                    "example: the broker drops every connection",
+                )
+            })
+            .await?
+            .map_err(anyhow::Error::msg)?;
+            // The close reaches lapin a moment after rabbitmqctl returns; wait for it,
+            // so the next publish meets a connection that is down, every time.
+            wait_until("lapin to see the connection drop", || {
+                !connection.status().connected()
+            })
+            .await?;
+            warn!("connection lost; lapin reconnects in the background");
         }
-        if payment == "pay_unknown" {
-            warn!(
-                "{payment} can never be captured: rejected without requeue (dead-lettered)"
-            );
-            task.reject(BasicRejectOptions { requeue: false }).await?;
-            continue;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await; // the capture itself
-        publish_until_confirmed(
-            &channel,
-            &notifications,
+        let confirmed = publish_until_confirmed(
+            channel,
             "",
-            format!("captured {payment}").as_bytes(),
+            &names.captures,
+            payment.as_bytes(),
             persistent(),
         )
         .await?;
-        task.ack(BasicAckOptions::default()).await?;
-        info!(redelivered = task.redelivered, "captured {payment}, acked");
-        done.push(payment);
+        info!(
+            attempts = confirmed.attempts,
+            unconfirmed = confirmed.unconfirmed,
+            "capture {payment} published and confirmed"
+        );
+    }
+    Ok(())
+}
+
+/// Starts two workers with a prefetch of 1 on the capture queue, one after the other
+/// (so worker 1 is first served), and waits until every task is settled.
+async fn run_workers(
+    connection: &Connection,
+    names: &Names,
+    crash: bool,
+) -> anyhow::Result<BTreeSet<String>> {
+    let settled = Arc::new(watch::Sender::new(0));
+    let mut workers = Vec::new();
+    for n in 1..=2 {
+        let channel = connection.create_channel().await?;
+        // Confirms for the notifications each worker publishes.
+        enable_confirms(&channel).await?;
+        channel.basic_qos(1, BasicQosOptions::default()).await?;
+        let tasks = channel
+            .basic_consume(
+                names.captures.as_str().into(),
+                format!("worker-{n}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let worker = Worker {
+            channel,
+            notifications: names.notifications.clone(),
+            crash_on_first: crash && n == 1,
+            settled: Arc::clone(&settled),
+        };
+        workers.push(tokio::spawn(
+            worker.run(tasks).instrument(info_span!("worker", n)),
+        ));
+    }
+    let mut done = BTreeSet::new();
+    for worker in workers {
+        done.extend(worker.await??);
     }
     Ok(done)
 }
-// ANCHOR_END: worker
+
+struct Worker {
+    channel: Channel,
+    notifications: String,
+    crash_on_first: bool,
+    /// How many of the checkout's tasks are settled (acked or dead-lettered).
+    settled: Arc<watch::Sender<usize>>,
+}
+
+impl Worker {
+    // ANCHOR: worker
+    /// Takes capture tasks one at a time (prefetch 1): acks what it did, rejects
+    /// what it can never do (to the dead-letter exchange), and stops when every
+    /// task is settled.
+    async fn run(self, mut tasks: Consumer) -> anyhow::Result<Vec<String>> {
+        let mut all_settled = self.settled.subscribe();
+        let mut done = Vec::new();
+        loop {
+            let task = tokio::select! {
+                task = tasks.next() => task.context("consumer cancelled")??,
+                _ = all_settled.wait_for(|n| *n == PAYMENTS.len()) => break,
+            };
+            let payment = String::from_utf8_lossy(&task.data).into_owned();
+            if self.crash_on_first {
+                warn!("took {payment} and crashed before acking it");
+                self.channel.close(200, "worker crashed".into()).await?;
+                break;
+            }
+            if payment == "pay_unknown" {
+                warn!("{payment} can never be captured: rejected, not requeued");
+                task.reject(BasicRejectOptions { requeue: false }).await?;
+                self.settled.send_modify(|n| *n += 1);
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // the capture
+            let notice = format!("captured {payment}");
+            publish_until_confirmed(
+                &self.channel,
+                &self.notifications,
+                "",
+                notice.as_bytes(),
+                persistent(),
+            )
+            .await?;
+            task.ack(BasicAckOptions::default()).await?;
+            self.settled.send_modify(|n| *n += 1);
+            info!(redelivered = task.redelivered, "captured {payment}, acked");
+            done.push(payment);
+        }
+        Ok(done)
+    }
+    // ANCHOR_END: worker
+}
 
 async fn count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
     Ok(channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare(queue.into(), passive, FieldTable::default())
         .await?
         .message_count())
 }
@@ -244,42 +286,64 @@ async fn stock_check(connection: &Connection, queue: &str) -> anyhow::Result<()>
     server_channel
         .queue_declare(
             queue.into(),
-            lapin::options::QueueDeclareOptions::default(),
+            QueueDeclareOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    let server_queue = queue.to_owned();
+    // The sencha lookup is slow: it answers only once the checkout has given up.
+    let gave_up = Arc::new(Notify::new());
+    let (server_queue, lookup_done) = (queue.to_owned(), Arc::clone(&gave_up));
     let server = tokio::spawn(
         async move {
-            serve(&server_channel, &server_queue, |sku| async move {
-                if sku == b"sencha" {
-                    tokio::time::sleep(Duration::from_millis(400)).await; // a slow lookup
+            serve(&server_channel, &server_queue, |sku| {
+                let lookup_done = Arc::clone(&lookup_done);
+                async move {
+                    if sku == b"sencha" {
+                        lookup_done.notified().await;
+                    }
+                    format!("{} in stock: 12", String::from_utf8_lossy(&sku))
+                        .into_bytes()
                 }
-                format!("{} in stock: 12", String::from_utf8_lossy(&sku))
-                    .into_bytes()
             })
             .await
         }
         .instrument(info_span!("stock-service")),
     );
     let client = RpcClient::new(connection).await?;
-    let span = info_span!("checkout");
-    let reply = client.call(queue, b"mug", STEP).await?;
-    span.in_scope(|| {
-        info!("stock check mug -> {}", String::from_utf8_lossy(&reply))
-    });
-    match client.call(queue, b"sencha", Duration::from_millis(100)).await {
-        Err(RpcError::Timeout(wait)) => span.in_scope(|| warn!("stock check sencha: no reply within {wait:?}; the page shows stock as unknown")),
-        other => bail!("expected a timeout, got {other:?}"),
-    }
-    timeout(STEP, async {
-        while client.late_replies() == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    async {
+        let reply = client.call(queue, b"mug", STEP).await?;
+        info!("stock check mug -> {}", String::from_utf8_lossy(&reply));
+        match client.call(queue, b"sencha", Duration::from_millis(100)).await {
+            Err(RpcError::Timeout(wait)) => warn!(
+                "stock check sencha: no reply within {wait:?}; the page shows stock as unknown"
+            ),
+            other => bail!("expected a timeout, got {other:?}"),
         }
-    })
-    .await
-    .context("the slow reply never came")?;
-    span.in_scope(|| info!("the late sencha reply arrived and was discarded: no caller was waiting for it"));
+        gave_up.notify_one();
+        wait_until("the late sencha reply", || client.late_replies() == 1).await?;
+        info!(
+            "the late sencha reply arrived and was discarded: no caller was waiting for it"
+        );
+        anyhow::Ok(())
+    }
+    .instrument(info_span!("checkout"))
+    .await?;
     server.abort();
+    Ok(())
+}
+
+/// Waits until `condition` holds, looking every 10 ms; an error after [`STEP`].
+async fn wait_until(
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !condition() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok(())
 }

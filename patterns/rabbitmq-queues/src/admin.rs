@@ -1,15 +1,20 @@
-//! Breaking it on purpose: make the broker drop every client connection, as a network failure or
-//! a broker restart would. Used by the reconnection test and the example's `--drop-connection`.
+//! Breaking it on purpose, and looking at the broker from outside: make the broker drop every
+//! client connection, as a network failure or a broker restart would, and list who is connected.
+//! Used by the reconnection test and the example's `--drop-connection`.
+//!
+//! These run `rabbitmqctl`, natively or inside the compose stack's `rabbitmq` container, and block
+//! while it runs (about a second): call them from `tokio::task::spawn_blocking` in async code.
 
 use std::process::Command;
 
-/// Runs `rabbitmqctl close_all_connections` natively, or inside the compose stack's `rabbitmq`
-/// container. Says why, when neither could.
-pub fn close_all_connections(reason: &str) -> Result<(), String> {
-    let args = ["close_all_connections", reason];
+/// Runs `rabbitmqctl` with `args` and returns its standard output. Says why, when neither
+/// the native tool nor the container's could run it.
+fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
     let native = Command::new("rabbitmqctl").args(args).output();
-    if native.as_ref().is_ok_and(|o| o.status.success()) {
-        return Ok(());
+    if let Ok(output) = &native
+        && output.status.success()
+    {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
     // docker compose finds docker-compose.yml from the workspace root, wherever we were started.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -19,9 +24,42 @@ pub fn close_all_connections(reason: &str) -> Result<(), String> {
         .current_dir(root)
         .output();
     match compose {
-        Ok(o) if o.status.success() => Ok(()),
+        Ok(output) if output.status.success() => {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        }
         _ => Err(format!(
-            "neither `rabbitmqctl` (native broker) nor `docker compose exec rabbitmq rabbitmqctl` could close connections ({native:?})"
+            "neither `rabbitmqctl` (native broker) nor `docker compose exec rabbitmq rabbitmqctl` \
+             could run `{}` ({native:?})",
+            args.join(" ")
         )),
     }
+}
+
+/// Makes the broker close every client connection, giving `reason`.
+pub fn close_all_connections(reason: &str) -> Result<(), String> {
+    rabbitmqctl(&["close_all_connections", reason]).map(drop)
+}
+
+/// The client-side TCP ports of the connections whose client named them `name` (the
+/// `connection_name` client property): a different port is a different TCP connection.
+pub fn connection_ports(name: &str) -> Result<Vec<u16>, String> {
+    let listing = rabbitmqctl(&[
+        "list_connections",
+        "--quiet",
+        "--no-table-headers",
+        "client_properties",
+        "peer_port",
+    ])?;
+    // One line per connection: the client properties as an Erlang term, a tab, the port.
+    let property = format!("{{\"connection_name\",\"{name}\"}}");
+    let mut ports = Vec::new();
+    for line in listing.lines() {
+        if let Some((properties, port)) = line.rsplit_once('\t')
+            && properties.contains(&property)
+        {
+            let port = port.trim().parse().map_err(|e| format!("{line:?}: {e}"))?;
+            ports.push(port);
+        }
+    }
+    Ok(ports)
 }

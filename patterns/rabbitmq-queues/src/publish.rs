@@ -6,6 +6,11 @@
 //! confirms too, after dropping it, unless the publish is `mandatory`, in which case the message
 //! comes back with the confirm. Until the confirm arrives, the publisher must assume the message
 //! may be lost and be ready to send it again.
+//!
+//! The errors say how far a failed publish got, because that decides what a resend can cause:
+//! [`PublishError::NotSent`] means no complete message left the client, so a resend cannot
+//! duplicate it; [`PublishError::Unconfirmed`] means it was written to the connection and the
+//! connection failed before the confirm, so the broker may have it and a resend may duplicate it.
 
 use futures::future::try_join_all;
 use lapin::Confirmation;
@@ -14,12 +19,33 @@ use lapin::{BasicProperties, Channel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("amqp: {0}")]
-    Amqp(#[from] lapin::Error),
+    /// lapin refused the publish before writing it out (for example, the channel is
+    /// reconnecting), or the connection failed while writing it: the broker has nothing.
+    #[error("not sent ({0})")]
+    NotSent(lapin::Error),
+    /// The message was written to the connection, which failed before the broker's
+    /// confirm came back: the message may or may not be on the queue.
+    #[error("sent, but no confirm came ({0})")]
+    Unconfirmed(lapin::Error),
     #[error("the broker refused the message (nack)")]
     Nacked,
     #[error("no queue is bound for routing key {0:?}: the message was returned")]
     Unroutable(String),
+    /// The channel was never put in confirm mode, so there is no confirm to wait for.
+    #[error("the channel is not in confirm mode: call `enable_confirms` first")]
+    ConfirmsNotEnabled,
+}
+
+impl PublishError {
+    /// The lapin error behind a publish that did not complete, if that is what happened.
+    pub fn connection_error(&self) -> Option<&lapin::Error> {
+        match self {
+            PublishError::NotSent(error) | PublishError::Unconfirmed(error) => {
+                Some(error)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Persistent delivery (mode 2): the broker writes the message to disk on durable queues.
@@ -34,7 +60,8 @@ pub async fn enable_confirms(channel: &Channel) -> lapin::Result<()> {
 
 fn check(confirmation: Confirmation, routing_key: &str) -> Result<(), PublishError> {
     match confirmation {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::NotRequested => Err(PublishError::ConfirmsNotEnabled),
         Confirmation::Ack(Some(_)) => {
             Err(PublishError::Unroutable(routing_key.to_owned()))
         }
@@ -43,8 +70,8 @@ fn check(confirmation: Confirmation, routing_key: &str) -> Result<(), PublishErr
 }
 
 // ANCHOR: publish_confirmed
-/// Publishes one message, `mandatory` so an unroutable message is an error, and waits for the
-/// broker's confirm.
+/// Publishes one message, `mandatory` so an unroutable message is an error, and
+/// waits for the broker's confirm.
 pub async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
@@ -61,14 +88,16 @@ pub async fn publish_confirmed(
             payload,
             properties,
         )
-        .await?;
-    check(confirm.await?, routing_key)
+        .await
+        .map_err(PublishError::NotSent)?;
+    check(confirm.await.map_err(PublishError::Unconfirmed)?, routing_key)
 }
 // ANCHOR_END: publish_confirmed
 
 // ANCHOR: publish_batch
-/// Publishes every message first, then waits for all the confirms: one round trip's wait for the
-/// whole batch instead of one per message. On an error, any message of the batch may be unconfirmed.
+/// Publishes every message first, then waits for all the confirms: one round trip's
+/// wait for the whole batch instead of one per message. On an error, any message of
+/// the batch may be unconfirmed.
 pub async fn publish_batch(
     channel: &Channel,
     exchange: &str,
@@ -87,10 +116,13 @@ pub async fn publish_batch(
                     payload,
                     persistent(),
                 )
-                .await?,
+                .await
+                .map_err(PublishError::NotSent)?,
         );
     }
-    for confirmation in try_join_all(confirms).await? {
+    let confirmations =
+        try_join_all(confirms).await.map_err(PublishError::Unconfirmed)?;
+    for confirmation in confirmations {
         check(confirmation, routing_key)?;
     }
     Ok(())

@@ -82,7 +82,10 @@ impl RpcClient {
                     }
                     None => {
                         late.fetch_add(1, Ordering::Relaxed);
-                        warn!(correlation_id = %id, "a reply arrived after its caller stopped waiting: discarded");
+                        warn!(
+                            correlation_id = %id,
+                            "a reply came after its caller gave up: discarded"
+                        );
                     }
                 }
             }
@@ -126,7 +129,7 @@ impl RpcClient {
         };
         let answer = answer.await;
         if answer.is_err() {
-            // Forget the call: a reply that comes later finds no one and is discarded.
+            // Forget the call: a reply that comes later finds no one: discarded.
             self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         }
         answer
@@ -146,8 +149,9 @@ impl Drop for RpcClient {
 }
 
 // ANCHOR: serve
-/// The serving side: answers each request on `queue` with `handler`'s reply, sent to the request's
-/// `reply_to` with its `correlation_id`, then acknowledges the request. Runs until the channel closes.
+/// The serving side: answers each request on `queue` with `handler`'s reply, sent
+/// to the request's `reply_to` with its `correlation_id`, then acknowledges the
+/// request. Runs until the channel closes.
 pub async fn serve<F, Fut>(
     channel: &Channel,
     queue: &str,

@@ -7,8 +7,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
 // ANCHOR: work_queue
-/// A durable queue (it survives a broker restart, as do the persistent messages in it) whose
-/// rejected and expired messages go to `dead_letter_exchange`.
+/// A durable queue (it survives a broker restart, as do the persistent messages in
+/// it) whose rejected and expired messages go to `dead_letter_exchange`.
 pub async fn work_queue(
     channel: &Channel,
     name: &str,
@@ -41,9 +41,10 @@ pub async fn dead_letters(
 }
 
 // ANCHOR: exchange_with_queues
-/// An exchange of `kind`, with each `(queue, binding key)` declared durable and bound to it. A
-/// fanout exchange ignores binding keys; a topic exchange matches them against routing keys, where
-/// `*` stands for one word and `#` for zero or more.
+/// An exchange of `kind`, with each `(queue, binding key)` declared durable and
+/// bound to it. A fanout exchange ignores binding keys; a topic exchange matches
+/// them against routing keys, where `*` stands for one word and `#` for zero or
+/// more.
 pub async fn exchange_with_queues(
     channel: &Channel,
     exchange: &str,

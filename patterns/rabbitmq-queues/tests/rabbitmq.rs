@@ -1,6 +1,9 @@
 //! The RabbitMQ chapter's guarantees, against the real broker at `AMQP_ADDR`. Fresh queue and
 //! exchange names per test; connections are closed at the end.
 
+mod support;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,6 +19,8 @@ use rabbitmq_queues::publish::{
 };
 use rabbitmq_queues::rpc::{RpcClient, RpcError, serve};
 use rabbitmq_queues::{connect, topology};
+use support::wait_until;
+use tokio::sync::Notify;
 use tokio::time::timeout;
 use uuid::Uuid;
 
@@ -70,29 +75,8 @@ async fn next(consumer: &mut lapin::Consumer) -> Delivery {
         .expect("delivery")
 }
 
-/// Polls a queue until a message is there (dead-lettering happens asynchronously in the broker).
-async fn get_eventually(
-    channel: &Channel,
-    queue: &str,
-) -> lapin::message::BasicGetMessage {
-    timeout(STEP, async {
-        loop {
-            if let Some(message) = channel
-                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-            {
-                return message;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the message should arrive")
-}
-
-fn death_reason(message: &lapin::message::BasicGetMessage) -> Option<String> {
-    let headers = message.delivery.properties.headers().as_ref()?;
+fn death_reason(delivery: &Delivery) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
     let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
         return None;
     };
@@ -124,15 +108,13 @@ async fn prefetch_one_sends_work_to_the_free_worker() {
         .await
         .unwrap();
     }
-    // The slow worker takes one task and sits on it: with a prefetch of 1 it gets nothing more.
+    // The slow worker takes one task and sits on it: with a prefetch of 1 it gets
+    // nothing more, and the fast worker does the other nine. Dealt out in turn, the
+    // fast worker would get five, and wait in vain for a sixth.
     let held = next(&mut slow).await;
     for _ in 0..9 {
         next(&mut fast).await.ack(BasicAckOptions::default()).await.unwrap();
     }
-    assert!(
-        timeout(Duration::from_millis(200), slow.next()).await.is_err(),
-        "the busy worker got no second task"
-    );
     held.ack(BasicAckOptions::default()).await.unwrap();
     connection.close(200, "done".into()).await.unwrap();
 }
@@ -185,6 +167,11 @@ async fn a_confirm_covers_routed_persistent_messages_and_unroutable_ones_come_ba
         matches!(unroutable, Err(PublishError::Unroutable(_))),
         "{unroutable:?}"
     );
+    // Without confirm mode there is no confirm to wait for, and that is an error.
+    let unconfirmed = connection.create_channel().await.unwrap();
+    let result =
+        publish_confirmed(&unconfirmed, "", &queue, b"kept?", persistent()).await;
+    assert!(matches!(result, Err(PublishError::ConfirmsNotEnabled)), "{result:?}");
     connection.close(200, "done".into()).await.unwrap();
 }
 
@@ -261,6 +248,9 @@ async fn rejected_and_expired_messages_go_to_the_dead_letter_exchange() {
     let (queue, dlx, dead) = (unique("captures"), unique("dlx"), unique("dead"));
     topology::dead_letters(&channel, &dlx, &dead).await.unwrap();
     topology::work_queue(&channel, &queue, &dlx).await.unwrap();
+    // Dead-lettering happens inside the broker, after the reject returns: wait for the
+    // dead letters as a consumer does, by consuming them.
+    let (_dead_channel, mut dead_letters) = consumer(&connection, &dead, 1).await;
 
     let (_worker_channel, mut worker) = consumer(&connection, &queue, 1).await;
     publish_confirmed(
@@ -277,11 +267,12 @@ async fn rejected_and_expired_messages_go_to_the_dead_letter_exchange() {
         .reject(BasicRejectOptions { requeue: false })
         .await
         .unwrap();
-    let rejected = get_eventually(&channel, &dead).await;
-    assert_eq!(rejected.delivery.data, b"capture of an unknown payment");
+    let rejected = next(&mut dead_letters).await;
+    rejected.ack(BasicAckOptions::default()).await.unwrap();
+    assert_eq!(rejected.data, b"capture of an unknown payment");
     assert_eq!(death_reason(&rejected).as_deref(), Some("rejected"));
 
-    let (ttl_queue, _) = (unique("short-lived"), ());
+    let ttl_queue = unique("short-lived");
     topology::work_queue(&channel, &ttl_queue, &dlx).await.unwrap();
     publish_confirmed(
         &channel,
@@ -292,8 +283,9 @@ async fn rejected_and_expired_messages_go_to_the_dead_letter_exchange() {
     )
     .await
     .unwrap();
-    let expired = get_eventually(&channel, &dead).await;
-    assert_eq!(expired.delivery.data, b"too late");
+    let expired = next(&mut dead_letters).await;
+    expired.ack(BasicAckOptions::default()).await.unwrap();
+    assert_eq!(expired.data, b"too late");
     assert_eq!(death_reason(&expired).as_deref(), Some("expired"));
     connection.close(200, "done".into()).await.unwrap();
 }
@@ -303,8 +295,8 @@ async fn rejected_and_expired_messages_go_to_the_dead_letter_exchange() {
 async fn request_reply_times_out_and_discards_the_late_reply() {
     let Some((connection, channel)) = broker().await else { return };
     let queue = unique("stock-check");
-    // Declared here as well as by the server (declarations are idempotent), so the first call
-    // cannot race the server's start.
+    // Declared here as well as by the server (declarations are idempotent), so the
+    // first call cannot race the server's start.
     channel
         .queue_declare(
             queue.as_str().into(),
@@ -313,14 +305,19 @@ async fn request_reply_times_out_and_discards_the_late_reply() {
         )
         .await
         .unwrap();
+    // The server answers "slow" only when the test lets it, after the call gave up.
+    let release = Arc::new(Notify::new());
     let server_channel = connection.create_channel().await.unwrap();
-    let server_queue = queue.clone();
+    let (server_queue, released) = (queue.clone(), release.clone());
     let server = tokio::spawn(async move {
-        serve(&server_channel, &server_queue, |request| async move {
-            if request == b"slow" {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+        serve(&server_channel, &server_queue, |request| {
+            let released = released.clone();
+            async move {
+                if request == b"slow" {
+                    released.notified().await;
+                }
+                [b"stock for ".as_slice(), &request].concat()
             }
-            [b"stock for ".as_slice(), &request].concat()
         })
         .await
     });
@@ -328,13 +325,11 @@ async fn request_reply_times_out_and_discards_the_late_reply() {
     assert_eq!(client.call(&queue, b"mug", STEP).await.unwrap(), b"stock for mug");
     let late = client.call(&queue, b"slow", Duration::from_millis(100)).await;
     assert!(matches!(late, Err(RpcError::Timeout(_))), "{late:?}");
-    timeout(STEP, async {
-        while client.late_replies() == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    release.notify_one();
+    wait_until(STEP, "the slow reply to arrive, late", || {
+        client.late_replies() == 1
     })
-    .await
-    .expect("the slow reply arrives, late");
+    .await;
     // The late reply went nowhere; the next call gets its own answer.
     assert_eq!(client.call(&queue, b"tea", STEP).await.unwrap(), b"stock for tea");
     assert_eq!(client.late_replies(), 1);
