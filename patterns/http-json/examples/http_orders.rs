@@ -6,15 +6,21 @@
 //!           `cargo run --example http_orders -- --invalid`  bad requests: each gets a problem body
 //!
 //! The service binds 127.0.0.1:0. Every step is logged; the example checks its own outcome (exactly
-//! one order, whatever happened) and exits non-zero if the pattern failed.
+//! one order, whatever happened) and exits non-zero if the pattern failed. The checkout retries the
+//! create with the retry loop of the resilience chapter: a bounded number of attempts, with
+//! exponential backoff and full jitter between them.
 
+use std::fmt;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use http_json::client::{ClientError, OrdersClient};
 use http_json::orders::{NewOrder, OrderLine};
 use http_json::server::{ServiceConfig, spawn};
-use tracing::{info, info_span, warn};
+use resilience::backoff::Backoff;
+use resilience::retry::{Idempotency, RetryPolicy, Retryable};
+use tracing::{Instrument, info, info_span, warn};
+use uuid::Uuid;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -30,6 +36,22 @@ async fn main() -> anyhow::Result<()> {
     let client = OrdersClient::new(service.base_url(), Duration::from_millis(500))?
         .with_correlation_id("checkout-7f3a");
 
+    // The checkout's lines carry the correlation id the service logs too. The span is attached
+    // to the future, so it is entered only while that future runs: a guard from `span.enter()`
+    // held across an `.await` would leak into whatever else runs on this thread meanwhile.
+    let checkout = info_span!("checkout", correlation_id = %"checkout-7f3a");
+    check_out(&client, slow, invalid).instrument(checkout).await?;
+
+    service.shutdown().await?;
+    info!("done: one order, however many attempts it took");
+    Ok(())
+}
+
+async fn check_out(
+    client: &OrdersClient,
+    slow: bool,
+    invalid: bool,
+) -> anyhow::Result<()> {
     let order = NewOrder {
         customer_id: "c-42".into(),
         lines: vec![
@@ -45,58 +67,80 @@ async fn main() -> anyhow::Result<()> {
             },
         ],
     };
-    let checkout = info_span!("checkout", correlation_id = %"checkout-7f3a");
-    let _entered = checkout.enter();
-
     if invalid {
-        send_bad_requests(&client).await?;
+        send_bad_requests(client).await?;
     }
-    let id = place_order(&client, &order, slow).await?;
-    show_both_versions(&client, id).await?;
+    let id = place_order(client, &order, slow).await?;
+    show_both_versions(client, id).await?;
 
     let orders =
         client.with_timeout(Duration::from_secs(5)).list(Some("c-42")).await?;
     info!("orders for c-42: {}", orders.len());
     ensure!(orders.len() == 1, "expected exactly one order, found {}", orders.len());
-    drop(_entered);
-    service.shutdown().await?;
-    info!("done: one order, however many attempts it took");
     Ok(())
 }
 
+/// A client error as the retry loop sees it. A local type, so that it may implement the
+/// resilience crate's trait for the http-json crate's error.
+#[derive(Debug)]
+struct Failed(ClientError);
+
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Retryable for Failed {
+    fn is_retryable(&self) -> bool {
+        // Timeouts, transport errors, 5xx, 409 "in progress" and 429; never a 4xx refusal.
+        self.0.is_retryable()
+    }
+}
+
 // ANCHOR: place_order
-/// Places the order with one idempotency key, retrying on timeouts and in-progress answers.
+/// Places the order under one idempotency key, through the retries chapter's loop:
+/// at most 4 attempts, waits drawn at random below 100 ms, 200 ms, then 400 ms.
 async fn place_order(
     client: &OrdersClient,
     order: &NewOrder,
     slow: bool,
-) -> anyhow::Result<uuid::Uuid> {
+) -> anyhow::Result<Uuid> {
     let key = "order-c42-0001"; // one key per logical order, kept across retries
+    let backoff =
+        Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) };
+    let retry = RetryPolicy::new(4, backoff);
+    // A retry knows the service is slow, so it waits longer than the first try.
+    let patient = client.with_timeout(Duration::from_secs(5));
     info!(%key, "POST /v1/orders ({} lines)", order.lines.len());
-    let first = match client.create(key, order).await {
-        Ok(created) => created,
-        Err(ClientError::Timeout(after)) => {
-            warn!(
-                "no answer within {after:?}: was the order created? unknown, so retry with the same key"
-            );
-            let patient = client.with_timeout(Duration::from_secs(5));
-            retry_until_answered(&patient, key, order).await?
-        }
-        Err(other) => return Err(other.into()),
-    };
-    info!(order_id = %first.order.id, replayed = first.replayed, "201 Created, total {} cents", first.order.total_cents);
+    // The key makes this POST idempotent: repeating it cannot place a second order.
+    let first = retry
+        .run(Idempotency::Idempotent, |attempt| {
+            let client = if attempt == 1 { client } else { &patient };
+            async move { client.create(key, order).await.map_err(Failed) }
+        })
+        .await
+        .map_err(|Failed(error)| error)?;
+    let total = first.order.total_cents;
+    info!(
+        order_id = %first.order.id, replayed = first.replayed,
+        "201 Created, total {total} cents"
+    );
     if slow {
         ensure!(
             first.replayed,
-            "the timed-out attempt should have created the order and the retry replayed it"
+            "the timed-out try placed the order; the retry replays"
         );
         return Ok(first.order.id);
     }
 
-    // The network can lose a response that the service did send. Simulate that: send it again.
+    // A network can lose an answer the service did send. Pretend it did: send again.
     info!(%key, "pretend the response was lost: POST again with the same key");
     let again = client.create(key, order).await?;
-    info!(order_id = %again.order.id, replayed = again.replayed, "201 Created (replayed: nothing new was created)");
+    info!(
+        order_id = %again.order.id, replayed = again.replayed,
+        "201 Created (replayed: nothing new was created)"
+    );
     ensure!(
         again.replayed && again.order.id == first.order.id,
         "a retry with the same key must replay"
@@ -105,31 +149,7 @@ async fn place_order(
 }
 // ANCHOR_END: place_order
 
-async fn retry_until_answered(
-    client: &OrdersClient,
-    key: &str,
-    order: &NewOrder,
-) -> anyhow::Result<http_json::client::Created> {
-    for attempt in 2..=5 {
-        info!(%key, attempt, "POST /v1/orders again, same key");
-        match client.create(key, order).await {
-            Ok(created) => return Ok(created),
-            Err(e) if e.is_retryable() => {
-                warn!(attempt, "{e}; backing off");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    anyhow::bail!(
-        "no answer after 5 attempts; give up and tell the customer their order status is unknown"
-    )
-}
-
-async fn show_both_versions(
-    client: &OrdersClient,
-    id: uuid::Uuid,
-) -> anyhow::Result<()> {
+async fn show_both_versions(client: &OrdersClient, id: Uuid) -> anyhow::Result<()> {
     let client = client.with_timeout(Duration::from_secs(5));
     let v1 = client.get(id).await?;
     info!("GET /v1/orders/{id} -> {}", serde_json::to_string(&v1)?);
@@ -144,30 +164,31 @@ async fn show_both_versions(
 }
 
 // ANCHOR: send_bad_requests
-/// Each bad request gets a 4xx and a problem body that names the problem; nothing is created.
+/// Each bad request gets a 4xx and a problem body that names the problem.
 async fn send_bad_requests(client: &OrdersClient) -> anyhow::Result<()> {
+    let (json, text) = ("application/json", "text/plain");
+    let mistyped = r#"{"customer_id": "c-42", "lines": [
+        {"sku": "mug", "quantity": "two", "unit_price_cents": 1250}]}"#;
+    let unknown = r#"{"customer_id": "c-42", "lines": [], "currency": "USD"}"#;
     let oversized =
-        format!(r#"{{"customer_id":"{}","lines":[]}}"#, "x".repeat(20_000));
-    let cases: [(&str, &str, Vec<u8>); 5] = [
-        ("malformed JSON", "application/json", br#"{"customer_id": "c-42", "lines": ["#.to_vec()),
-        ("wrong content type", "text/plain", br#"{"customer_id": "c-42", "lines": []}"#.to_vec()),
-        ("missing field", "application/json", br#"{"lines": []}"#.to_vec()),
-        ("mistyped field", "application/json", br#"{"customer_id": "c-42", "lines": [{"sku": "mug", "quantity": "two", "unit_price_cents": 1}]}"#.to_vec()),
-        ("oversized body", "application/json", oversized.into_bytes()),
+        format!(r#"{{"customer_id": "{}", "lines": []}}"#, "x".repeat(20_000));
+    let cases = [
+        ("malformed JSON", json, r#"{"customer_id": "c-42", "lines": ["#),
+        ("wrong content type", text, r#"{"customer_id": "c-42", "lines": []}"#),
+        ("missing field", json, r#"{"lines": []}"#),
+        ("mistyped field", json, mistyped),
+        ("unknown field", json, unknown),
+        ("oversized body", json, oversized.as_str()),
     ];
     for (i, (what, content_type, body)) in cases.into_iter().enumerate() {
+        let (body, key) = (body.as_bytes().to_vec(), format!("bad-{i}"));
         let problem = client
-            .post_raw("/v1/orders", content_type, body, &format!("bad-{i}"))
+            .post_raw("/v1/orders", content_type, body, &key)
             .await
             .with_context(|| what.to_owned())?;
-        warn!(
-            "{what}: {} {} ({}) {}",
-            problem.status, problem.title, problem.kind, problem.detail
-        );
-        ensure!(
-            (400..500).contains(&problem.status),
-            "{what} should be a client error"
-        );
+        let (status, title) = (problem.status, &problem.title);
+        warn!("{what}: {status} {title} ({}) {}", problem.kind, problem.detail);
+        ensure!((400..500).contains(&status), "{what} should be a client error");
     }
     let rules = NewOrder {
         customer_id: "c-42".into(),
@@ -184,12 +205,8 @@ async fn send_bad_requests(client: &OrdersClient) -> anyhow::Result<()> {
                 .iter()
                 .map(|e| format!("{} {}", e.pointer, e.detail))
                 .collect();
-            warn!(
-                "broken rule: {} {}: {}",
-                problem.status,
-                problem.title,
-                fields.join("; ")
-            );
+            let (status, title) = (problem.status, &problem.title);
+            warn!("broken rule: {status} {title}: {}", fields.join("; "));
         }
         other => anyhow::bail!("quantity 0 should be refused, got {other:?}"),
     }

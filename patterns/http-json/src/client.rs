@@ -232,10 +232,8 @@ async fn decode<T: DeserializeOwned>(
     if status == expected {
         return serde_json::from_slice(&bytes).map_err(|_| unexpected());
     }
-    if is_problem {
-        if let Ok(problem) = serde_json::from_slice::<Problem>(&bytes) {
-            return Err(ClientError::Rejected(problem));
-        }
+    if is_problem && let Ok(problem) = serde_json::from_slice::<Problem>(&bytes) {
+        return Err(ClientError::Rejected(problem));
     }
     Err(unexpected())
 }

@@ -71,11 +71,11 @@ impl RetryPolicy {
             {
                 return Err(error);
             }
-            if let Some(budget) = &self.budget {
-                if !budget.try_withdraw() {
-                    warn!(attempt, "retry budget exhausted; failing fast: {error}");
-                    return Err(error);
-                }
+            if let Some(budget) = &self.budget
+                && !budget.try_withdraw()
+            {
+                warn!(attempt, "retry budget exhausted; failing fast: {error}");
+                return Err(error);
             }
             let wait: Duration = self.backoff.delay(attempt - 1, &mut rng);
             info!(attempt, "attempt failed ({error}); retrying in {wait:?}");
