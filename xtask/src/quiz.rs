@@ -36,32 +36,56 @@ pub fn run(chapter: &str) -> Result<(), Fail> {
     })?;
     let quiz = quiz_schema::parse(&text)
         .map_err(|e| Fail::msg(format!("{}: {e}", path.display())))?;
-    let stdin = io::stdin();
-    let mut lines = stdin.lock().lines();
-    let mut seed = seed();
+    let score = take(&quiz, seed(), io::stdin().lock(), &mut io::stdout().lock())?;
+    println!("\nscore: {score} of {}", quiz.questions.len());
+    Ok(())
+}
+
+/// A multiple-choice question's options, shuffled by `seed`: (text, is it a keyed answer).
+fn options(q: &quiz_schema::MultipleChoice, seed: &mut u64) -> Vec<(String, bool)> {
+    let answers =
+        q.answer.answer.as_slice().iter().map(|a| (a.trim().to_owned(), true));
+    let distractors =
+        q.prompt.distractors.iter().map(|d| (d.trim().to_owned(), false));
+    let mut options: Vec<(String, bool)> = answers.chain(distractors).collect();
+    shuffle(&mut options, seed);
+    options
+}
+
+/// Asks every question of `quiz` on `out`, reads the replies from `input`, explains each
+/// answer; returns how many were right. Stops early at the end of input.
+fn take(
+    quiz: &quiz_schema::Quiz,
+    mut seed: u64,
+    input: impl BufRead,
+    out: &mut impl Write,
+) -> Result<usize, Fail> {
+    let mut lines = input.lines();
     let mut score = 0;
     let total = quiz.questions.len();
+    let io = |e: io::Error| Fail::msg(format!("stdout: {e}"));
     for (n, question) in quiz.questions.iter().enumerate() {
-        println!("\nQuestion {} of {total}\n{}\n", n + 1, question.prompt().trim());
+        writeln!(
+            out,
+            "\nQuestion {} of {total}\n{}\n",
+            n + 1,
+            question.prompt().trim()
+        )
+        .map_err(io)?;
         let correct = match question {
             Question::MultipleChoice(q) => {
-                let answers = q.answer.answer.as_slice();
-                let mut options: Vec<(&str, bool)> =
-                    answers.iter().map(|a| (a.as_str(), true)).collect();
-                options.extend(
-                    q.prompt.distractors.iter().map(|d| (d.as_str(), false)),
-                );
-                shuffle(&mut options, &mut seed);
+                let options = options(q, &mut seed);
                 for (i, (text, _)) in options.iter().enumerate() {
-                    println!("  {}) {}", i + 1, text.trim());
+                    writeln!(out, "  {}) {text}", i + 1).map_err(io)?;
                 }
-                let hint = if answers.len() > 1 {
+                let several = q.answer.answer.as_slice().len() > 1;
+                let hint = if several {
                     "numbers, separated by spaces"
                 } else {
                     "a number"
                 };
                 let Some(reply) =
-                    ask(&mut lines, &format!("your answer ({hint}): "))?
+                    ask(&mut lines, out, &format!("your answer ({hint}): "))?
                 else {
                     break;
                 };
@@ -80,42 +104,51 @@ pub fn run(chapter: &str) -> Result<(), Fail> {
                 if picked != expected {
                     let names: Vec<String> =
                         expected.iter().map(usize::to_string).collect();
-                    println!("not quite: the answer is {}", names.join(" and "));
+                    writeln!(
+                        out,
+                        "not quite: the answer is {}",
+                        names.join(" and ")
+                    )
+                    .map_err(io)?;
                 }
                 picked == expected
             }
             Question::ShortAnswer(q) => {
-                let Some(reply) = ask(&mut lines, "your answer: ")? else { break };
+                let Some(reply) = ask(&mut lines, out, "your answer: ")? else {
+                    break;
+                };
                 let reply = reply.trim().to_lowercase();
                 let accepted = std::iter::once(&q.answer.answer)
                     .chain(q.answer.alternatives.iter().flatten());
                 let right =
                     accepted.clone().any(|a| a.trim().to_lowercase() == reply);
                 if !right {
-                    println!("not quite: the answer is {}", q.answer.answer);
+                    writeln!(out, "not quite: the answer is {}", q.answer.answer)
+                        .map_err(io)?;
                 }
                 right
             }
         };
         if correct {
             score += 1;
-            println!("correct!");
+            writeln!(out, "correct!").map_err(io)?;
         }
         if let Some(context) = question.context() {
-            println!("\n{}", context.trim());
+            writeln!(out, "\n{}", context.trim()).map_err(io)?;
         }
     }
-    println!("\nscore: {score} of {total}");
-    Ok(())
+    Ok(score)
 }
 
 /// Prompts and reads one line; `None` at end of input (the reader pressed Ctrl-D).
 fn ask(
     lines: &mut impl Iterator<Item = io::Result<String>>,
+    out: &mut impl Write,
     prompt: &str,
 ) -> Result<Option<String>, Fail> {
-    print!("{prompt}");
-    io::stdout().flush().map_err(|e| Fail::msg(format!("stdout: {e}")))?;
+    write!(out, "{prompt}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Fail::msg(format!("stdout: {e}")))?;
     lines.next().transpose().map_err(|e| Fail::msg(format!("stdin: {e}")))
 }
 
@@ -134,5 +167,59 @@ fn shuffle<T>(items: &mut [T], state: &mut u64) {
         *state ^= *state >> 7;
         *state ^= *state << 17;
         items.swap(i, (*state % (i as u64 + 1)) as usize);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keyed replies to a quiz, as a reader would type them with the same shuffle.
+    fn keyed_replies(quiz: &quiz_schema::Quiz, mut seed: u64) -> String {
+        let mut replies = String::new();
+        for question in &quiz.questions {
+            let reply = match question {
+                Question::MultipleChoice(q) => {
+                    let numbers: Vec<String> = options(q, &mut seed)
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (_, right))| *right)
+                        .map(|(i, _)| (i + 1).to_string())
+                        .collect();
+                    numbers.join(" ")
+                }
+                Question::ShortAnswer(q) => q.answer.answer.to_uppercase(),
+            };
+            replies.push_str(&reply);
+            replies.push('\n');
+        }
+        replies
+    }
+
+    #[test]
+    fn every_quiz_of_the_book_can_be_passed_in_the_terminal() {
+        for entry in std::fs::read_dir(quizzes_dir()).unwrap().flatten() {
+            let quiz =
+                quiz_schema::parse(&std::fs::read_to_string(entry.path()).unwrap())
+                    .unwrap_or_else(|e| panic!("{}: {e}", entry.path().display()));
+            let seed = 0x9e37_79b9_7f4a_7c15;
+            let replies = keyed_replies(&quiz, seed);
+            let mut out = Vec::new();
+            let score = take(&quiz, seed, replies.as_bytes(), &mut out).unwrap();
+            let shown = String::from_utf8(out).unwrap();
+            assert_eq!(
+                score,
+                quiz.questions.len(),
+                "{}:\n{shown}",
+                entry.path().display()
+            );
+            // A wrong reply is marked wrong and shows the answer.
+            let mut out = Vec::new();
+            let wrong = "xyzzy\n".repeat(quiz.questions.len());
+            assert_eq!(take(&quiz, seed, wrong.as_bytes(), &mut out).unwrap(), 0);
+            assert!(
+                String::from_utf8(out).unwrap().contains("not quite: the answer is")
+            );
+        }
     }
 }
