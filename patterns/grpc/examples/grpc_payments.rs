@@ -1,27 +1,34 @@
 //! The checkout pays for orders through the payments service over gRPC, both in this process.
 //!
 //! Run it:   `cargo run --example grpc_payments`
-//! Break it: `cargo run --example grpc_payments -- --slow`     the card network is slow: the call's
-//!                                                             deadline passes, the service gives up too
-//!           `cargo run --example grpc_payments -- --invalid`  bad requests: each gets its status code
+//! Break it: `cargo run --example grpc_payments -- --slow`     the card network needs 800 ms, the
+//!                                                             checkout allows 300: refused at once
+//!           `cargo run --example grpc_payments -- --invalid`  bad and repeated requests, each
+//!                                                             answered with its status code
 //!
 //! It walks through the four kinds of gRPC call (unary, server streaming, client streaming,
 //! bidirectional) and an old v1 client calling today's service. The server binds 127.0.0.1:0. The
-//! example checks its own outcome and exits non-zero if the pattern failed.
+//! example checks its own outcome (including that every hold on a card belongs to a payment) and
+//! exits non-zero if the pattern failed.
 
 use std::time::Duration;
 
 use anyhow::{bail, ensure};
+use grpc::card::DECLINED_CARD;
 use grpc::client::{self, Client};
-use grpc::ledger::DECLINED_CARD;
+use grpc::ledger::code_name;
 use grpc::proto::v1;
 use grpc::proto::v2::authorization_result::Outcome;
-use grpc::proto::v2::{AuthorizeRequest, CaptureRequest, WatchPaymentRequest};
+use grpc::proto::v2::{
+    AuthorizeRequest, CaptureRequest, PaymentEvent, PaymentStatus,
+    WatchPaymentRequest,
+};
+use grpc::server::RunningPayments;
 use grpc::service::ServiceConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Code;
-use tracing::{info, info_span, warn};
+use tonic::{Code, Request, Status};
+use tracing::{Instrument, info, info_span, warn};
 
 const CORRELATION_ID: &str = "checkout-7f3a";
 
@@ -30,35 +37,46 @@ async fn main() -> anyhow::Result<()> {
     infra::example::init_logging();
     let flags = infra::example::Flags::parse(&["--slow", "--invalid"])
         .map_err(anyhow::Error::msg)?;
-    let (slow, invalid) = (flags.has("--slow"), flags.has("--invalid"));
 
-    let card_network_latency =
-        if slow { Duration::from_millis(800) } else { Duration::from_millis(20) };
+    let card_network_latency = if flags.has("--slow") {
+        Duration::from_millis(800)
+    } else {
+        Duration::from_millis(20)
+    };
     let config = ServiceConfig {
         card_network_latency,
-        settlement_step: Duration::from_millis(150),
+        settlement_delay: Duration::from_millis(150),
     };
     let server = grpc::server::spawn(config).await?;
     let mut client = client::connect(server.addr, CORRELATION_ID).await?;
     let span = info_span!("checkout", correlation_id = %CORRELATION_ID);
-    let _entered = span.enter();
+    checkout(&mut client, &server, &flags).instrument(span).await?;
 
-    if slow {
-        miss_the_deadline(&mut client).await?;
-    }
-    if invalid {
-        send_bad_requests(&mut client).await?;
-    }
-    let payment_id = unary(&mut client).await?;
-    server_streaming(&mut client, &payment_id).await?;
-    client_streaming(&mut client).await?;
-    bidirectional(&mut client).await?;
-    old_client(server.addr).await?;
-
-    drop(_entered);
+    let (holds, payments) = (server.cards.holds(), server.ledger.len() as u64);
+    ensure!(holds == payments, "{holds} holds on cards for {payments} payments");
+    info!(
+        "every hold on a card belongs to a payment: {holds} holds, {payments} payments"
+    );
     server.shutdown().await.map_err(|e| anyhow::anyhow!(e))?;
     info!("done");
     Ok(())
+}
+
+async fn checkout(
+    client: &mut Client,
+    server: &RunningPayments,
+    flags: &infra::example::Flags,
+) -> anyhow::Result<()> {
+    if flags.has("--slow") {
+        miss_the_deadline(client, server).await?;
+    }
+    if flags.has("--invalid") {
+        send_bad_requests(client).await?;
+    }
+    let payment_id = unary(client).await?;
+    watch_while_capturing(client, &payment_id).await?;
+    bidirectional(client).await?;
+    old_client(server.addr).await
 }
 
 fn order(order_id: &str, amount_cents: u64) -> AuthorizeRequest {
@@ -71,6 +89,10 @@ fn order(order_id: &str, amount_cents: u64) -> AuthorizeRequest {
     }
 }
 
+fn log_event(event: &PaymentEvent) {
+    info!("  event {}: {}", event.sequence, event.status().as_str_name());
+}
+
 async fn unary(client: &mut Client) -> anyhow::Result<String> {
     info!("unary: Authorize o-1001 with a 2 s deadline");
     let payment =
@@ -80,35 +102,26 @@ async fn unary(client: &mut Client) -> anyhow::Result<String> {
     Ok(payment.payment_id)
 }
 
-async fn server_streaming(
+async fn watch_while_capturing(
     client: &mut Client,
     payment_id: &str,
 ) -> anyhow::Result<()> {
-    info!("server streaming: WatchPayment {payment_id}");
+    let other =
+        client::authorize(client, order("o-1002", 800), Duration::from_secs(2))
+            .await?;
+    info!("server streaming: WatchPayment {payment_id}; watching changes nothing");
     let mut events = client
         .watch_payment(WatchPaymentRequest { payment_id: payment_id.into() })
         .await?
         .into_inner();
-    let mut last = None;
-    while let Some(event) = events.message().await? {
-        info!("  event {}: {:?}", event.sequence, event.status());
-        last = Some(event.status());
-    }
-    ensure!(
-        last == Some(grpc::proto::v2::PaymentStatus::Settled),
-        "the watch should end with the payment settled"
-    );
-    Ok(())
-}
+    let Some(first) = events.message().await? else {
+        bail!("the watch ended before its first event")
+    };
+    log_event(&first);
 
-async fn client_streaming(client: &mut Client) -> anyhow::Result<()> {
-    let a = client::authorize(client, order("o-1002", 1500), Duration::from_secs(2))
-        .await?;
-    let b = client::authorize(client, order("o-1003", 800), Duration::from_secs(2))
-        .await?;
     let batch = vec![
-        CaptureRequest { payment_id: a.payment_id.clone(), amount_cents: 1500 },
-        CaptureRequest { payment_id: b.payment_id.clone(), amount_cents: 5000 },
+        CaptureRequest { payment_id: payment_id.into(), amount_cents: 2899 },
+        CaptureRequest { payment_id: other.payment_id.clone(), amount_cents: 5000 },
         CaptureRequest {
             payment_id: "pay_from_another_shop".into(),
             amount_cents: 100,
@@ -124,11 +137,22 @@ async fn client_streaming(client: &mut Client) -> anyhow::Result<()> {
         summary.rejections.len()
     );
     for rejection in &summary.rejections {
-        warn!("  refused {}: {}", rejection.payment_id, rejection.reason);
+        let (id, code) = (&rejection.payment_id, &rejection.code);
+        warn!("  refused {id}: {code}: {}", rejection.reason);
     }
     ensure!(
         summary.captured == 1 && summary.rejections.len() == 2,
         "one capture should pass and two be refused"
+    );
+
+    let mut last = first.status();
+    while let Some(event) = events.message().await? {
+        log_event(&event);
+        last = event.status();
+    }
+    ensure!(
+        last == PaymentStatus::Settled,
+        "the watch should end with the payment settled"
     );
     Ok(())
 }
@@ -136,7 +160,7 @@ async fn client_streaming(client: &mut Client) -> anyhow::Result<()> {
 // ANCHOR: bidirectional
 async fn bidirectional(client: &mut Client) -> anyhow::Result<()> {
     info!(
-        "bidirectional streaming: AuthorizeStream, one answer per order as it is decided"
+        "bidirectional streaming: AuthorizeStream, each order answered when decided"
     );
     let (tx, rx) = mpsc::channel(8);
     let mut answers =
@@ -162,10 +186,8 @@ async fn bidirectional(client: &mut Client) -> anyhow::Result<()> {
             }
             Some(Outcome::Decline(d)) => {
                 declined += 1;
-                warn!(
-                    "  <- {}: declined ({}: {})",
-                    answer.order_id, d.code, d.reason
-                );
+                let (order, code, reason) = (answer.order_id, d.code, d.reason);
+                warn!("  <- {order}: declined ({code}: {reason})");
             }
             None => bail!("an answer without an outcome"),
         }
@@ -200,67 +222,92 @@ async fn old_client(addr: std::net::SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-// ANCHOR: miss_the_deadline
-async fn miss_the_deadline(client: &mut Client) -> anyhow::Result<()> {
-    let deadline = Duration::from_millis(300);
-    info!(
-        "Authorize o-0999 with a {deadline:?} deadline; the card network takes 800 ms"
-    );
-    match client::authorize(client, order("o-0999", 2500), deadline).await {
-        Err(status) if status.code() == Code::DeadlineExceeded => {
-            warn!("DEADLINE_EXCEEDED: {}", status.message())
+/// Expects `result` to be refused with `expected`, and logs the refusal by its gRPC name.
+fn expect_refusal<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, Status>,
+    expected: Code,
+) -> anyhow::Result<()> {
+    match result {
+        Err(status) if status.code() == expected => {
+            let code = code_name(status.code());
+            warn!("{what}: {code}: {}", status.message());
+            Ok(())
         }
-        other => bail!("expected DEADLINE_EXCEEDED, got {other:?}"),
+        other => bail!("{what}: expected {}, got {other:?}", code_name(expected)),
     }
-    info!(
-        "retry o-0999 with a 3 s deadline: the service dropped the first attempt, so this one is fresh"
-    );
-    let payment =
-        client::authorize(client, order("o-0999", 2500), Duration::from_secs(3))
-            .await?;
+}
+
+// ANCHOR: miss_the_deadline
+async fn miss_the_deadline(
+    client: &mut Client,
+    server: &RunningPayments,
+) -> anyhow::Result<()> {
+    let deadline = Duration::from_millis(300);
+    info!("Authorize o-0999 with a 300 ms deadline; the card network needs 800 ms");
+    let answer = client::authorize(client, order("o-0999", 2500), deadline).await;
+    expect_refusal("o-0999", answer, Code::DeadlineExceeded)?;
+    ensure!(server.cards.holds() == 0, "a hold was placed for nobody");
+    info!("no hold was placed on the customer's card");
+
+    info!("retry o-0999 with a 3 s deadline");
+    let retry = order("o-0999", 2500);
+    let payment = client::authorize(client, retry, Duration::from_secs(3)).await?;
     info!(payment_id = %payment.payment_id, "authorized on the retry");
-    Ok(())
+
+    info!("WatchPayment with a 500 ms deadline; nobody captures the payment");
+    let mut request =
+        Request::new(WatchPaymentRequest { payment_id: payment.payment_id });
+    request.set_timeout(Duration::from_millis(500));
+    let mut events = client.watch_payment(request).await?.into_inner();
+    while let Some(event) = events.message().await.transpose() {
+        match event {
+            Ok(event) => log_event(&event),
+            Err(status) => {
+                return expect_refusal(
+                    "  watch",
+                    Err::<(), _>(status),
+                    Code::DeadlineExceeded,
+                );
+            }
+        }
+    }
+    bail!("the watch ended without reaching its deadline")
 }
 // ANCHOR_END: miss_the_deadline
 
 async fn send_bad_requests(client: &mut Client) -> anyhow::Result<()> {
-    let cases = [
-        (
-            "amount of zero",
-            AuthorizeRequest { amount_cents: 0, ..order("o-0901", 0) },
-            Code::InvalidArgument,
-        ),
+    let two_s = Duration::from_secs(2);
+    let invalid = [
+        ("amount of zero", order("o-0901", 0)),
         (
             "wrong currency",
             AuthorizeRequest { currency: "USD".into(), ..order("o-0902", 100) },
-            Code::InvalidArgument,
         ),
         (
-            "declined card",
-            AuthorizeRequest {
-                card_token: DECLINED_CARD.into(),
-                ..order("o-0903", 100)
-            },
-            Code::FailedPrecondition,
+            "no card token",
+            AuthorizeRequest { card_token: String::new(), ..order("o-0903", 100) },
         ),
     ];
-    for (what, request, expected) in cases {
-        match client::authorize(client, request, Duration::from_secs(2)).await {
-            Err(status) if status.code() == expected => {
-                warn!("{what}: {:?}: {}", status.code(), status.message())
-            }
-            other => bail!("{what}: expected {expected:?}, got {other:?}"),
-        }
+    for (what, request) in invalid {
+        let answer = client::authorize(client, request, two_s).await;
+        expect_refusal(what, answer, Code::InvalidArgument)?;
     }
-    client::authorize(client, order("o-0904", 100), Duration::from_secs(2)).await?;
-    match client::authorize(client, order("o-0904", 100), Duration::from_secs(2))
-        .await
-    {
-        Err(status) if status.code() == Code::AlreadyExists => {
-            warn!("same order twice: {:?}: {}", status.code(), status.message())
-        }
-        other => bail!("same order twice: expected ALREADY_EXISTS, got {other:?}"),
-    }
+    let declined = AuthorizeRequest {
+        card_token: DECLINED_CARD.into(),
+        ..order("o-0904", 100)
+    };
+    let answer = client::authorize(client, declined, two_s).await;
+    expect_refusal("declined card", answer, Code::FailedPrecondition)?;
+    let watch = client.watch_payment(WatchPaymentRequest::default()).await;
+    expect_refusal("watch without a payment id", watch, Code::InvalidArgument)?;
+
+    let first = client::authorize(client, order("o-0905", 100), two_s).await?;
+    let again = client::authorize(client, order("o-0905", 100), two_s).await?;
+    ensure!(again == first, "the same request should return the first payment");
+    info!("same request twice: the same payment {}, one hold", again.payment_id);
+    let other = client::authorize(client, order("o-0905", 250), two_s).await;
+    expect_refusal("same order, other amount", other, Code::AlreadyExists)?;
     info!("every bad request got its status code; the service keeps serving");
     Ok(())
 }

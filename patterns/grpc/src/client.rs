@@ -1,16 +1,19 @@
 //! Connecting to the payments service, and a unary call with a deadline.
 //!
-//! [`authorize`] sends its deadline to the server (`grpc-timeout`) and also enforces it locally:
-//! if the deadline passes before any answer arrives, the caller gets `DEADLINE_EXCEEDED` from its
-//! own clock. (tonic reports its own local timer as `CANCELLED`; checking our deadline first keeps
-//! the status code the gRPC specification gives a caller whose deadline passed.)
+//! [`authorize`] sends its deadline to the server (`grpc-timeout`, set by `Request::set_timeout`);
+//! tonic's channel also arms a timer from that header, so the caller stops waiting when it passes.
+//! tonic reports that local timer as `CANCELLED` ("Timeout expired"), the code gRPC keeps for a call
+//! someone cancelled. [`name_the_deadline`] gives it the code the gRPC specification gives a caller
+//! whose deadline passed, `DEADLINE_EXCEEDED`, so retry policies and dashboards can tell the two
+//! apart.
 
+use std::error::Error;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
+use tonic::{Request, Status, TimeoutExpired};
 
 use crate::correlation::AttachCorrelationId;
 use crate::proto::v2::payments_client::PaymentsClient;
@@ -41,19 +44,29 @@ pub async fn connect(
 }
 
 // ANCHOR: authorize
-/// `Authorize` with a deadline the server can see, enforced on both sides.
+/// `Authorize` with a deadline: sent to the server, and kept by tonic here.
 pub async fn authorize(
     client: &mut Client,
     message: AuthorizeRequest,
     deadline: Duration,
 ) -> Result<Payment, Status> {
     let mut request = Request::new(message);
-    request.set_timeout(deadline); // sent as the grpc-timeout header
-    tokio::select! {
-        // Our own clock first, so a passed deadline always reads as DEADLINE_EXCEEDED.
-        biased;
-        () = tokio::time::sleep(deadline) => Err(Status::deadline_exceeded(format!("no answer within {deadline:?}"))),
-        answer = client.authorize(request) => answer.map(tonic::Response::into_inner),
+    request.set_timeout(deadline); // the grpc-timeout header
+    let answer = client.authorize(request).await;
+    answer.map(tonic::Response::into_inner).map_err(name_the_deadline)
+}
+
+/// tonic's own timer fired (its error is in the status's source chain):
+/// `DEADLINE_EXCEEDED`, not `CANCELLED`. Any other status passes unchanged.
+pub fn name_the_deadline(status: Status) -> Status {
+    let mut cause = status.source();
+    while let Some(error) = cause {
+        if error.is::<TimeoutExpired>() {
+            let message = format!("no answer in time: {}", status.message());
+            return Status::deadline_exceeded(message);
+        }
+        cause = error.source();
     }
+    status
 }
 // ANCHOR_END: authorize

@@ -1,15 +1,24 @@
 //! Deadlines: how long the caller is willing to wait, carried with the call.
 //!
-//! A gRPC client sends its remaining time in the `grpc-timeout` header (`200m` is 200 ms). The
-//! server can read it and should use it: work for a caller who has already given up is wasted, and
-//! under load that waste is what turns a slow service into a dead one. [`within`] bounds a piece of
-//! work by the caller's budget, minus a small margin for the answer's trip back, and fails it with
-//! `DEADLINE_EXCEEDED` when the budget runs out. A service that calls further services passes the
-//! remaining budget on, so the whole chain gives up together.
+//! A gRPC client sends its remaining time in the `grpc-timeout` header (`300m` is 300 ms). tonic
+//! already acts on it, on both sides of a unary or client-streaming call: the client stops waiting
+//! when it passes, and the server drops the handler's future (so the handler stops at its next
+//! `.await`). Both report it as `CANCELLED` with the message "Timeout expired".
+//!
+//! What tonic leaves to the handler, and this module serves:
+//!
+//! - **Calls the handler makes.** tonic does not give an outgoing call the caller's deadline. A
+//!   handler that calls another service passes what is left of the budget, less a margin for its
+//!   own answer's way back ([`Deadline::for_downstream`]), so the next service can refuse work it
+//!   cannot finish in time instead of starting it for nobody.
+//! - **Response streams.** tonic's timer stops when the handler returns its response, which for a
+//!   streaming call is before the first message. A stream that should end at the caller's
+//!   deadline must be ended by the handler ([`passed`]).
 
 use std::time::Duration;
 
-use tonic::Status;
+use tokio::time::Instant;
+use tonic::Request;
 use tonic::metadata::MetadataMap;
 
 /// The part of a budget kept back for the answer to travel to the caller: a tenth, at least 5 ms.
@@ -48,21 +57,44 @@ pub fn from_metadata(metadata: &MetadataMap) -> Option<Duration> {
         .and_then(parse_grpc_timeout)
 }
 
-// ANCHOR: within
-/// Runs `work` within the caller's budget (less [`return_margin`]); no budget means no limit.
-pub async fn within<T>(
-    budget: Option<Duration>,
-    work: impl Future<Output = T>,
-) -> Result<T, Status> {
-    let Some(budget) = budget else { return Ok(work.await) };
-    let usable = budget.saturating_sub(return_margin(budget));
-    tokio::time::timeout(usable, work).await.map_err(|_| {
-        Status::deadline_exceeded(format!(
-            "the caller's deadline of {budget:?} passed; work abandoned"
-        ))
-    })
+// ANCHOR: Deadline
+/// The moment the caller stops waiting, fixed when the call is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline {
+    at: Instant,
+    budget: Duration,
 }
-// ANCHOR_END: within
+
+impl Deadline {
+    /// The deadline the caller sent in `grpc-timeout`; `None` if it sent none.
+    pub fn of<T>(request: &Request<T>) -> Option<Deadline> {
+        let budget = from_metadata(request.metadata())?;
+        Some(Deadline { at: Instant::now() + budget, budget })
+    }
+
+    /// What to give a call this handler makes: the time left, less the margin
+    /// the answer needs to travel back to our caller.
+    pub fn for_downstream(self) -> Duration {
+        let left = self.at.saturating_duration_since(Instant::now());
+        left.saturating_sub(return_margin(self.budget))
+    }
+}
+
+/// Completes when the deadline passes; never, when there is none.
+pub async fn passed(deadline: Option<Deadline>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.at).await,
+        None => std::future::pending().await,
+    }
+}
+// ANCHOR_END: Deadline
+
+impl Deadline {
+    /// The whole budget the caller sent.
+    pub fn budget(self) -> Duration {
+        self.budget
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -81,30 +113,17 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn work_that_fits_the_budget_completes() {
-        let out = within(Some(Duration::from_millis(100)), async {
-            tokio::time::sleep(Duration::from_millis(80)).await;
-            7
-        })
-        .await;
-        assert_eq!(out.unwrap(), 7);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn work_past_the_budget_is_abandoned_with_deadline_exceeded() {
-        let began = tokio::time::Instant::now();
-        let out = within(
-            Some(Duration::from_millis(100)),
-            tokio::time::sleep(Duration::from_secs(10)),
-        )
-        .await;
-        assert_eq!(out.unwrap_err().code(), tonic::Code::DeadlineExceeded);
+    #[test]
+    fn reads_what_tonic_writes() {
+        let mut request = Request::new(());
+        request.set_timeout(Duration::from_millis(300));
+        let sent = request.metadata().get("grpc-timeout").unwrap().clone();
         assert_eq!(
-            began.elapsed(),
-            Duration::from_millis(90),
-            "budget minus a tenth kept for the way back"
+            from_metadata(request.metadata()),
+            Some(Duration::from_millis(300)),
+            "tonic sent {sent:?}"
         );
+        assert_eq!(from_metadata(Request::new(()).metadata()), None);
     }
 
     #[test]
@@ -121,11 +140,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn no_budget_means_no_limit() {
-        assert!(
-            within(None, tokio::time::sleep(Duration::from_secs(3600)))
-                .await
-                .is_ok()
-        );
+    async fn the_downstream_budget_shrinks_with_time_and_keeps_the_margin() {
+        let mut request = Request::new(());
+        request.set_timeout(Duration::from_millis(300));
+        let deadline = Deadline::of(&request).unwrap();
+        assert_eq!(deadline.budget(), Duration::from_millis(300));
+        assert_eq!(deadline.for_downstream(), Duration::from_millis(270));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(deadline.for_downstream(), Duration::from_millis(170));
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert_eq!(deadline.for_downstream(), Duration::ZERO, "past: nothing left");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passed_completes_at_the_deadline_and_never_without_one() {
+        let mut request = Request::new(());
+        request.set_timeout(Duration::from_millis(300));
+        let deadline = Deadline::of(&request);
+        let began = Instant::now();
+        passed(deadline).await;
+        assert_eq!(began.elapsed(), Duration::from_millis(300));
+        let never =
+            tokio::time::timeout(Duration::from_secs(3600), passed(None)).await;
+        assert!(never.is_err(), "no deadline never passes");
     }
 }

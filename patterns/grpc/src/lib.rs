@@ -5,19 +5,23 @@
 //! - [`proto`]: code generated from `proto/v2/payments.proto` (today's schema) and
 //!   `proto/v1/payments.proto` (the first release), with all four kinds of call: unary,
 //!   server-streaming, client-streaming and bidirectional streaming.
-//! - [`ledger`]: the payments domain and its errors, and the one place where a domain error
-//!   becomes a gRPC status code (`INVALID_ARGUMENT`, `ALREADY_EXISTS`, `FAILED_PRECONDITION`, ...).
-//! - [`deadline`]: the caller's deadline travels in the `grpc-timeout` header; the service reads it
-//!   and stops working for a caller who has given up, answering `DEADLINE_EXCEEDED`.
+//! - [`ledger`]: the payments domain and its errors, validation of every request, authorizations
+//!   that are idempotent per order, and the one place where a domain error becomes a gRPC status
+//!   code (`INVALID_ARGUMENT`, `ALREADY_EXISTS`, `FAILED_PRECONDITION`, ...).
+//! - [`card`]: the simulated card network, a downstream that holds funds as soon as it accepts.
+//! - [`deadline`]: the caller's deadline travels in the `grpc-timeout` header. tonic enforces it
+//!   for unary calls; the service passes what is left of it to the card network, and ends
+//!   response streams at it, which tonic does not.
 //! - [`correlation`]: interceptors that carry a correlation id from client to server and back.
 //! - [`service`] and [`server`]: the service implementation and a loopback server to run it.
-//! - [`client`]: connecting, and a unary call with a deadline.
+//! - [`client`]: connecting, and a unary call with a deadline that reads as `DEADLINE_EXCEEDED`.
 //!
 //! Use gRPC between services you own: the schema is the contract and both sides are generated
 //! from it, calls are cheap (HTTP/2, binary), and streaming is built in. Prefer HTTP/JSON at the
 //! edges, where browsers, curl and other teams' tools must speak to you, and messaging when the
 //! caller should not wait for the answer at all.
 
+pub mod card;
 pub mod client;
 pub mod correlation;
 pub mod deadline;

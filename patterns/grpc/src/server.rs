@@ -1,4 +1,7 @@
 //! Serving the payments service on a loopback port, with the correlation interceptor in front.
+//!
+//! `Server::builder()` needs no deadline setting: tonic wraps every connection's service in its
+//! `grpc-timeout` timer whatever the builder says (`Server::timeout` only adds a cap of its own).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +13,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
+use crate::card::CardNetwork;
 use crate::correlation;
 use crate::ledger::Ledger;
 use crate::proto::v2::payments_server::PaymentsServer;
@@ -19,6 +23,8 @@ use crate::service::{PaymentsService, ServiceConfig};
 pub struct RunningPayments {
     pub addr: SocketAddr,
     pub ledger: Arc<Ledger>,
+    /// The card network the service calls, to count the holds it placed.
+    pub cards: Arc<CardNetwork>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -29,7 +35,7 @@ pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningPayments> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let service = PaymentsService::new(config);
-    let ledger = service.ledger();
+    let (ledger, cards) = (service.ledger(), service.card_network());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(
         Server::builder()
@@ -46,7 +52,7 @@ pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningPayments> {
             ),
     );
     info!("payments-service listening on {addr}");
-    Ok(RunningPayments { addr, ledger, stop, task })
+    Ok(RunningPayments { addr, ledger, cards, stop, task })
 }
 // ANCHOR_END: spawn
 

@@ -1,21 +1,25 @@
-//! The payments service: the four kinds of gRPC call over one [`Ledger`].
+//! The payments service: the four kinds of gRPC call over one [`Ledger`] and the [`CardNetwork`].
 //!
 //! Every handler runs inside a span named after the service and tagged with the call's correlation
-//! id, logs what it decided, and echoes the correlation id in its response metadata. Streams are fed
-//! by a spawned task through a bounded channel: the bound is the backpressure, and a failed send
-//! means the client went away, so the task stops instead of working for nobody.
+//! id, logs what it decided (status codes by their gRPC names), and echoes the correlation id in
+//! its response metadata. Streams are fed by a spawned task through a bounded channel: the bound is
+//! the backpressure, and a failed send means the client went away, so the task stops instead of
+//! working for nobody. tonic does not time a response stream (its deadline timer stops when the
+//! handler returns), so the streaming handlers end their streams at the caller's deadline
+//! themselves.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::card::CardNetwork;
 use crate::correlation::CorrelationId;
-use crate::deadline;
-use crate::ledger::{self, Ledger};
+use crate::deadline::{self, Deadline};
+use crate::ledger::{self, Begin, Ledger, PaymentError, Snapshot, code_name};
 use crate::proto::v2::payments_server::Payments;
 use crate::proto::v2::{
     AuthorizationResult, AuthorizeRequest, BatchSummary, CaptureRequest, Decline,
@@ -28,35 +32,38 @@ use crate::proto::v2::{
 pub struct ServiceConfig {
     /// How long the (simulated) card network takes to answer an authorization.
     pub card_network_latency: Duration,
-    /// Time between settlement steps of a watched payment.
-    pub settlement_step: Duration,
+    /// Time from a capture to its settlement by the (simulated) acquirer.
+    pub settlement_delay: Duration,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
             card_network_latency: Duration::ZERO,
-            settlement_step: Duration::from_millis(50),
+            settlement_delay: Duration::from_millis(50),
         }
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PaymentsService {
     ledger: Arc<Ledger>,
+    cards: Arc<CardNetwork>,
     config: ServiceConfig,
+}
+
+impl Default for PaymentsService {
+    fn default() -> Self {
+        PaymentsService::new(ServiceConfig::default())
+    }
 }
 
 impl PaymentsService {
     pub fn new(config: ServiceConfig) -> Self {
-        PaymentsService { ledger: Arc::default(), config }
-    }
-
-    /// The simulated card network: answers after the configured latency.
-    async fn card_network(&self) {
-        // No timer for no latency: a zero sleep still waits for the timer's next tick (about 1 ms).
-        if !self.config.card_network_latency.is_zero() {
-            tokio::time::sleep(self.config.card_network_latency).await;
+        PaymentsService {
+            ledger: Arc::default(),
+            cards: Arc::new(CardNetwork::new(config.card_network_latency)),
+            config,
         }
     }
 
@@ -64,12 +71,76 @@ impl PaymentsService {
     pub fn ledger(&self) -> Arc<Ledger> {
         Arc::clone(&self.ledger)
     }
+
+    /// The card network the service calls (to count its holds).
+    pub fn card_network(&self) -> Arc<CardNetwork> {
+        Arc::clone(&self.cards)
+    }
+
+    /// Captures a payment; the acquirer settles it `settlement_delay` later.
+    pub fn capture(&self, capture: &CaptureRequest) -> Result<u64, PaymentError> {
+        ledger::validate_capture(capture)?;
+        let cents =
+            self.ledger.capture(&capture.payment_id, capture.amount_cents)?;
+        let (ledger, delay) = (self.ledger(), self.config.settlement_delay);
+        let payment_id = capture.payment_id.clone();
+        tokio::spawn(
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if let Ok(true) = ledger.settle(&payment_id) {
+                    info!("{payment_id} settled");
+                }
+            }
+            .instrument(info_span!("settlement")),
+        );
+        Ok(cents)
+    }
 }
+
+/// How an authorization ended, for the log.
+#[derive(Debug)]
+pub enum Authorized {
+    /// A new payment: the card network placed a hold.
+    New(Payment),
+    /// The same request was authorized before: its payment, and no new hold.
+    Replayed(Payment),
+}
+
+// ANCHOR: authorize_order
+/// Authorizes one order: cheap checks first, then the slow card network,
+/// given what is left of the caller's deadline.
+pub async fn authorize_order(
+    ledger: &Ledger,
+    cards: &CardNetwork,
+    request: &AuthorizeRequest,
+    deadline: Option<Deadline>,
+) -> Result<Authorized, PaymentError> {
+    ledger::validate_authorize(request)?;
+    let reservation = match ledger.begin(request)? {
+        Begin::Replay(payment) => return Ok(Authorized::Replayed(payment)),
+        Begin::Fresh(reservation) => reservation,
+    };
+    ledger::risk_check(request)?;
+    // At the deadline tonic drops this future, but a hold the network has
+    // placed stays placed: tell the network how long it may take.
+    let budget = deadline.map(Deadline::for_downstream);
+    let code = cards.hold(&request.card_token, request.amount_cents, budget);
+    Ok(Authorized::New(reservation.complete(code.await?)))
+}
+// ANCHOR_END: authorize_order
 
 fn with_id<T>(message: T, id: &CorrelationId) -> Response<T> {
     let mut response = Response::new(message);
     id.echo(response.metadata_mut());
     response
+}
+
+/// Logs a refusal with the code's gRPC name, and turns it into the answer.
+fn refuse(status: Status) -> Status {
+    warn!("refused: {}: {}", code_name(status.code()), status.message());
+    status
 }
 
 #[tonic::async_trait]
@@ -80,31 +151,26 @@ impl Payments for PaymentsService {
         request: Request<AuthorizeRequest>,
     ) -> Result<Response<Payment>, Status> {
         let id = CorrelationId::of(&request);
-        let budget = deadline::from_metadata(request.metadata());
+        let deadline = Deadline::of(&request);
         let span = info_span!("payments-service", correlation_id = %id);
         async move {
             let req = request.into_inner();
-            let deadline = budget.map_or("none".to_owned(), |b| format!("{b:?}"));
-            info!(order_id = %req.order_id, amount_cents = req.amount_cents, "Authorize; caller's deadline: {deadline}");
+            let ms = deadline.map(|d| d.budget().as_millis());
+            info!(order_id = %req.order_id, deadline_ms = ms, "Authorize");
             if req.customer_id.is_empty() {
                 info!("no customer_id (a v1 client): risk check skipped");
             }
-            // Cheap checks first: a bad request should not wait for the card network.
-            // The slow part, the card network, is bounded by the caller's deadline.
-            let checked = match ledger::validate(&req) {
-                Ok(()) => deadline::within(budget, self.card_network()).await,
-                Err(error) => Err(Status::from(error)),
-            };
-            let authorized = checked.and_then(|()| self.ledger.authorize(&req).map_err(Status::from));
-            match authorized {
-                Ok(payment) => {
+            match authorize_order(&self.ledger, &self.cards, &req, deadline).await {
+                Ok(Authorized::New(payment)) => {
                     info!(payment_id = %payment.payment_id, "authorized");
                     Ok(with_id(payment, &id))
                 }
-                Err(status) => {
-                    warn!(code = ?status.code(), "refused: {}", status.message());
-                    Err(status)
+                Ok(Authorized::Replayed(payment)) => {
+                    let payment_id = &payment.payment_id;
+                    info!(%payment_id, "same request again: its payment, no new hold");
+                    Ok(with_id(payment, &id))
                 }
+                Err(error) => Err(refuse(error.into())),
             }
         }
         .instrument(span)
@@ -114,51 +180,23 @@ impl Payments for PaymentsService {
 
     type WatchPaymentStream = ReceiverStream<Result<PaymentEvent, Status>>;
 
-    // ANCHOR: watch_payment
     async fn watch_payment(
         &self,
         request: Request<WatchPaymentRequest>,
     ) -> Result<Response<Self::WatchPaymentStream>, Status> {
         let id = CorrelationId::of(&request);
+        let deadline = Deadline::of(&request);
         let span = info_span!("payments-service", correlation_id = %id);
         let payment_id = request.into_inner().payment_id;
-        let current = self.ledger.get(&payment_id).map_err(Status::from)?;
+        let changes = ledger::validate_watch(&WatchPaymentRequest {
+            payment_id: payment_id.clone(),
+        })
+        .and_then(|()| self.ledger.watch(&payment_id))
+        .map_err(|error| span.in_scope(|| refuse(error.into())))?;
         let (tx, rx) = mpsc::channel(4);
-        let ledger = self.ledger();
-        let step = self.config.settlement_step;
-        tokio::spawn(
-            async move {
-                info!(%payment_id, "WatchPayment: streaming until settled");
-                let mut status = current.status();
-                for sequence in 1.. {
-                    let event = PaymentEvent {
-                        payment_id: payment_id.clone(),
-                        status: status as i32,
-                        sequence,
-                    };
-                    if tx.send(Ok(event)).await.is_err() {
-                        info!("the watcher went away; stop streaming");
-                        return;
-                    }
-                    if status == PaymentStatus::Settled {
-                        info!("settled; stream complete");
-                        return;
-                    }
-                    tokio::time::sleep(step).await;
-                    status = match ledger.advance(&payment_id) {
-                        Ok(next) => next,
-                        Err(e) => {
-                            let _ = tx.send(Err(Status::from(e))).await;
-                            return;
-                        }
-                    };
-                }
-            }
-            .instrument(span),
-        );
+        tokio::spawn(follow(payment_id, changes, deadline, tx).instrument(span));
         Ok(with_id(ReceiverStream::new(rx), &id))
     }
-    // ANCHOR_END: watch_payment
 
     // ANCHOR: capture_batch
     async fn capture_batch(
@@ -170,18 +208,22 @@ impl Payments for PaymentsService {
         async move {
             let mut captures = request.into_inner();
             let mut summary = BatchSummary::default();
-            // A refused item is recorded and the batch goes on: one bad line loses nothing else.
+            // A refused item is recorded and the batch goes on: one bad line
+            // loses nothing else.
             while let Some(capture) = captures.message().await? {
-                match self.ledger.capture(&capture.payment_id, capture.amount_cents)
-                {
+                match self.capture(&capture) {
                     Ok(cents) => {
                         summary.captured += 1;
                         summary.captured_cents += cents;
                     }
-                    Err(error) => summary.rejections.push(Rejection {
-                        payment_id: capture.payment_id,
-                        reason: error.to_string(),
-                    }),
+                    Err(error) => {
+                        let status = Status::from(error);
+                        summary.rejections.push(Rejection {
+                            payment_id: capture.payment_id,
+                            reason: status.message().to_owned(),
+                            code: code_name(status.code()).to_owned(),
+                        });
+                    }
                 }
             }
             info!(
@@ -205,14 +247,24 @@ impl Payments for PaymentsService {
         request: Request<Streaming<AuthorizeRequest>>,
     ) -> Result<Response<Self::AuthorizeStreamStream>, Status> {
         let id = CorrelationId::of(&request);
+        let deadline = Deadline::of(&request);
         let span = info_span!("payments-service", correlation_id = %id);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let ledger = self.ledger();
+        let (ledger, cards) = (self.ledger(), self.card_network());
         tokio::spawn(
             async move {
                 loop {
-                    let req = match inbound.message().await {
+                    let next = tokio::select! {
+                        next = inbound.message() => next,
+                        () = deadline::passed(deadline) => {
+                            let late = "the caller's deadline passed mid-stream";
+                            let status = refuse(Status::deadline_exceeded(late));
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    };
+                    let req = match next {
                         Ok(Some(req)) => req,
                         Ok(None) => break,
                         Err(status) => {
@@ -220,18 +272,22 @@ impl Payments for PaymentsService {
                             break;
                         }
                     };
-                    // Each request gets its own answer as soon as it is decided; a decline is an
-                    // answer, not the end of the stream.
-                    let outcome = match ledger.authorize(&req) {
-                        Ok(payment) => Outcome::Payment(payment),
-                        Err(error) => {
-                            let status = Status::from(error);
-                            Outcome::Decline(Decline {
-                                code: format!("{:?}", status.code()),
-                                reason: status.message().to_owned(),
-                            })
-                        }
-                    };
+                    // Each request is answered as soon as it is decided; a decline
+                    // is an answer, not the end of the stream.
+                    let outcome =
+                        match authorize_order(&ledger, &cards, &req, deadline).await
+                        {
+                            Ok(Authorized::New(p) | Authorized::Replayed(p)) => {
+                                Outcome::Payment(p)
+                            }
+                            Err(error) => {
+                                let status = Status::from(error);
+                                Outcome::Decline(Decline {
+                                    code: code_name(status.code()).to_owned(),
+                                    reason: status.message().to_owned(),
+                                })
+                            }
+                        };
                     let result = AuthorizationResult {
                         order_id: req.order_id,
                         outcome: Some(outcome),
@@ -249,3 +305,42 @@ impl Payments for PaymentsService {
     }
     // ANCHOR_END: authorize_stream
 }
+
+// ANCHOR: follow
+/// Streams a payment's states until it settles, the watcher leaves, or the
+/// watcher's deadline passes. It only reads: any number of watchers can
+/// follow one payment, and none of them moves it.
+async fn follow(
+    payment_id: String,
+    mut changes: watch::Receiver<Snapshot>,
+    deadline: Option<Deadline>,
+    tx: mpsc::Sender<Result<PaymentEvent, Status>>,
+) {
+    info!(%payment_id, "WatchPayment: following until settled");
+    loop {
+        let now = *changes.borrow_and_update();
+        let event = PaymentEvent {
+            payment_id: payment_id.clone(),
+            status: now.status as i32,
+            sequence: now.sequence,
+        };
+        if now.status == PaymentStatus::Settled {
+            let _ = tx.send(Ok(event)).await;
+            return info!("settled; stream complete");
+        }
+        if tx.send(Ok(event)).await.is_err() {
+            return info!("the watcher went away");
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tx.closed() => return info!("the watcher went away"),
+            // tonic stopped timing this call when the stream began.
+            () = deadline::passed(deadline) => {
+                let late = format!("deadline passed before {payment_id} settled");
+                let _ = tx.send(Err(refuse(Status::deadline_exceeded(late)))).await;
+                return;
+            }
+        }
+    }
+}
+// ANCHOR_END: follow
