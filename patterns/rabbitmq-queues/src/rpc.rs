@@ -1,10 +1,15 @@
 //! Request-reply over queues: the caller names a reply queue and tags each request with a
 //! correlation id; the server answers to that queue with the same id.
 //!
+//! Both are standard AMQP message properties (`reply_to`, `correlation_id`), so a server or a caller
+//! written with any AMQP client can take part.
+//!
 //! A reply can arrive after its caller stopped waiting (the server was slow). It then matches no
 //! pending call and is dropped, counted, and never delivered to the wrong caller. The request
-//! itself carries an expiration equal to the caller's timeout, so a request nobody waits for any
-//! more is not even processed if it is still queued.
+//! itself carries an `expiration` equal to the caller's timeout: RabbitMQ does not deliver a
+//! message whose time to live has run out, so a request still queued when its caller gives up is
+//! dropped instead of processed. One already taken by the server is answered, and that answer is
+//! the late reply.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,11 +86,11 @@ impl RpcClient {
                         let _ = caller.send(reply.data);
                     }
                     None => {
-                        late.fetch_add(1, Ordering::Relaxed);
                         warn!(
                             correlation_id = %id,
                             "a reply came after its caller gave up: discarded"
                         );
+                        late.fetch_add(1, Ordering::Release);
                     }
                 }
             }
@@ -138,7 +143,7 @@ impl RpcClient {
 
     /// Replies that arrived after their caller had given up.
     pub fn late_replies(&self) -> u64 {
-        self.late_replies.load(Ordering::Relaxed)
+        self.late_replies.load(Ordering::Acquire)
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::future::ready;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,6 +140,38 @@ async fn a_worker_that_dies_before_acking_has_its_task_redelivered_to_another() 
     again.ack(BasicAckOptions::default()).await.unwrap();
     connection.close(200, "done".into()).await.unwrap();
 }
+
+// ANCHOR: order_test
+#[tokio::test]
+async fn a_consumer_sees_a_requeued_task_after_later_ones() {
+    let Some((connection, channel)) = broker().await else { return };
+    let (queue, dlx) = (unique("captures"), unique("dlx"));
+    topology::work_queue(&channel, &queue, &dlx).await.unwrap();
+    for payment in ["pay_1", "pay_2", "pay_3"] {
+        publish_confirmed(&channel, "", &queue, payment.as_bytes(), persistent())
+            .await
+            .unwrap();
+    }
+    // Two competing workers, prefetch 1: the first takes pay_1, the second pay_2.
+    let (first_channel, mut first) = consumer(&connection, &queue, 1).await;
+    assert_eq!(next(&mut first).await.data, b"pay_1");
+    let (_second_channel, mut second) = consumer(&connection, &queue, 1).await;
+    let pay_2 = next(&mut second).await;
+    assert_eq!(pay_2.data, b"pay_2");
+    // The first worker dies: pay_1 goes back to its place at the head of the queue.
+    first_channel.close(200, "worker crashed".into()).await.unwrap();
+    pay_2.ack(BasicAckOptions::default()).await.unwrap();
+    let mut seen = vec![pay_2.data];
+    for _ in 0..2 {
+        let task = next(&mut second).await;
+        task.ack(BasicAckOptions::default()).await.unwrap();
+        seen.push(task.data);
+    }
+    // The queue kept its order (pay_1 before pay_3); the consumer's view did not.
+    assert_eq!(seen, [b"pay_2", b"pay_1", b"pay_3"]);
+    connection.close(200, "done".into()).await.unwrap();
+}
+// ANCHOR_END: order_test
 
 #[tokio::test]
 async fn a_confirm_covers_routed_persistent_messages_and_unroutable_ones_come_back()
@@ -327,7 +360,7 @@ async fn request_reply_times_out_and_discards_the_late_reply() {
     assert!(matches!(late, Err(RpcError::Timeout(_))), "{late:?}");
     release.notify_one();
     wait_until(STEP, "the slow reply to arrive, late", || {
-        client.late_replies() == 1
+        ready(client.late_replies() == 1)
     })
     .await;
     // The late reply went nowhere; the next call gets its own answer.
@@ -337,3 +370,45 @@ async fn request_reply_times_out_and_discards_the_late_reply() {
     connection.close(200, "done".into()).await.unwrap();
 }
 // ANCHOR_END: rpc_test
+
+#[tokio::test]
+async fn a_request_still_queued_when_its_caller_gives_up_is_never_processed() {
+    let Some((connection, channel)) = broker().await else { return };
+    let queue = unique("stock-check");
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // No server yet: the call times out, and its request expires in the queue.
+    let client = RpcClient::new(&connection).await.unwrap();
+    let gone = client.call(&queue, b"ghost", Duration::from_millis(50)).await;
+    assert!(matches!(gone, Err(RpcError::Timeout(_))), "{gone:?}");
+    wait_until(STEP, "the request to expire", || async {
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let queue = channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .unwrap();
+        queue.message_count() == 0
+    })
+    .await;
+    // Now a server starts; it sees the next request and never the expired one.
+    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (server_channel, server_queue, log) =
+        (connection.create_channel().await.unwrap(), queue.clone(), handled.clone());
+    let server = tokio::spawn(async move {
+        serve(&server_channel, &server_queue, |request| {
+            log.lock().unwrap().push(request.clone());
+            async move { request }
+        })
+        .await
+    });
+    assert_eq!(client.call(&queue, b"mug", STEP).await.unwrap(), b"mug");
+    assert_eq!(*handled.lock().unwrap(), [b"mug"]);
+    server.abort();
+    connection.close(200, "done".into()).await.unwrap();
+}

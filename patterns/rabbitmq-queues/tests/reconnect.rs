@@ -9,6 +9,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::future::ready;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -97,7 +98,7 @@ async fn a_dropped_connection_is_recovered_and_every_message_arrives_as_promised
     // The consumer holds PREFETCH messages unacknowledged when the drop comes.
     let consumed = consume(consumer_channel, &queue).await;
     wait_until(STEP, "the consumer to hold PREFETCH messages", || {
-        consumed.held.lock().unwrap().len() == usize::from(PREFETCH)
+        ready(consumed.held.lock().unwrap().len() == usize::from(PREFETCH))
     })
     .await;
     let held: Vec<String> =
@@ -154,7 +155,7 @@ async fn a_dropped_connection_is_recovered_and_every_message_arrives_as_promised
     // every copy queued before it is in too.
     let last = published.last().unwrap().0.clone();
     wait_until(STEP, "the last message to arrive", || {
-        consumed.seen.lock().unwrap().iter().any(|(payload, _)| *payload == last)
+        ready(consumed.seen.lock().unwrap().iter().any(|(p, _)| *p == last))
     })
     .await;
     let seen = consumed.seen.lock().unwrap().clone();
