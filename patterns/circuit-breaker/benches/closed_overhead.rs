@@ -1,11 +1,12 @@
-//! Closed-state overhead per call: no breaker, this crate, and published Rust breakers, measured
-//! in one run on one machine, plus heap allocations per call from a counting allocator.
+//! Closed-state overhead per call: no breaker, this crate, and published Rust
+//! breakers, measured in one run on one machine, plus heap allocations per call from
+//! a counting allocator.
 //!
 //! Run it: `cargo bench -p circuit-breaker --bench closed_overhead`
 //!
-//! Every contender wraps the same trivial async call that always succeeds, so what is measured is
-//! the breaker's own cost on the happy path. `cargo test` runs this file once in criterion's test
-//! mode, which keeps it compiling and working.
+//! Every contender wraps the same trivial async call that always succeeds, so what
+//! is measured is the breaker's own cost on the happy path. `cargo test` runs this
+//! file once in criterion's test mode, which keeps it compiling and working.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -26,7 +27,8 @@ async fn work() -> Result<u64, &'static str> {
     Ok(black_box(42))
 }
 
-/// Runs `call` `n` times on the runtime; returns the elapsed time and the allocations made.
+/// Runs `call` `n` times on the runtime; returns the elapsed time and the
+/// allocations made.
 fn run(
     rt: &tokio::runtime::Runtime,
     n: u64,
@@ -64,8 +66,8 @@ fn main() {
             .layer(echo());
     let mut no_layer = echo();
 
-    // Each contender runs `n` calls and reports (time, allocations). The tower ones await
-    // readiness and then the call, in full.
+    // Each contender runs `n` calls and reports (time, allocations). The tower ones
+    // await readiness and then the call, in full.
     type Contender<'a> = (&'static str, Box<dyn FnMut(u64) -> (Duration, u64) + 'a>);
     let mut contenders: Vec<Contender> = vec![
         (

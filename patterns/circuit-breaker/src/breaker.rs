@@ -1,4 +1,5 @@
-//! The breaker: one state machine, shared by every clone, guarding calls to one dependency.
+//! The breaker: one state machine, shared by every clone, guarding calls to one
+//! dependency.
 //!
 //! ```text
 //!            failure or slow-call rate >= threshold (after minimum_calls)
@@ -10,11 +11,12 @@
 //!                                             └────────▶ Open      within max_half_open_wait
 //! ```
 //!
-//! The closed path is the hot path: a call reads one atomic word (state and generation packed
-//! together) to get its permit, and takes the lock once, to record its outcome. Open and half-open
-//! take the lock to decide, because they hand out scarce permits. Every transition bumps the
-//! generation, so an outcome that arrives after the state moved on (a call started before the
-//! breaker opened) is discarded instead of polluting the new state's numbers.
+//! The closed path is the hot path: a call reads one atomic word (state and
+//! generation packed together) to get its permit, and takes the lock once, to record
+//! its outcome. Open and half-open take the lock to decide, because they hand out
+//! scarce permits. Every transition bumps the generation, so an outcome that arrives
+//! after the state moved on (a call started before the breaker opened) is discarded
+//! instead of polluting the new state's numbers.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +30,8 @@ use crate::config::{Config, WindowKind};
 use crate::window::{CountWindow, Sample, TimeWindow, Totals};
 
 // ANCHOR: State
-/// Where the breaker is. `ForcedOpen` and `Disabled` are set by an operator and stay until reset.
+/// Where the breaker is. `ForcedOpen` and `Disabled` are set by an operator and stay
+/// until reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum State {
@@ -62,8 +65,9 @@ impl State {
 pub enum Outcome {
     Success,
     Failure,
-    /// Neither: not the dependency's fault nor proof of its health (a cancelled call, a caller
-    /// error the classifier chose to ignore). An ignored probe gives its permit back.
+    /// Neither: not the dependency's fault nor proof of its health (a cancelled
+    /// call, a caller error the classifier chose to ignore). An ignored probe gives
+    /// its permit back.
     Ignored,
 }
 
@@ -173,8 +177,8 @@ struct Machine {
     half_open: HalfOpenState,
 }
 
-/// Counted without the lock: rejections (forced-open rejects without locking), transitions, and
-/// the successes recorded on the all-clear fast path.
+/// Counted without the lock: rejections (forced-open rejects without locking),
+/// transitions, and the successes recorded on the all-clear fast path.
 #[derive(Default)]
 struct Counters {
     rejected: AtomicU64,
@@ -182,7 +186,8 @@ struct Counters {
     fast_successes: AtomicU64,
 }
 
-/// Counted under the lock that recording takes anyway, which is cheaper than an atomic each.
+/// Counted under the lock that recording takes anyway, which is cheaper than an
+/// atomic each.
 #[derive(Clone, Copy, Default)]
 struct Outcomes {
     successful: u64,
@@ -193,10 +198,12 @@ struct Outcomes {
 
 struct Shared {
     config: Config,
-    /// State in the low 8 bits, generation above: one load answers "closed, in which generation?".
+    /// State in the low 8 bits, generation above: one load answers "closed, in which
+    /// generation?".
     word: AtomicU64,
-    /// Set (under the lock) while a closed count window holds nothing but plain successes, so
-    /// another plain success would change nothing in it; cleared by anything else.
+    /// Set (under the lock) while a closed count window holds nothing but plain
+    /// successes, so another plain success would change nothing in it; cleared by
+    /// anything else.
     all_clear: AtomicBool,
     machine: Mutex<Machine>,
     start: Instant,
@@ -220,7 +227,8 @@ enum TicketKind {
 }
 
 // ANCHOR: CircuitBreaker
-/// A circuit breaker. Clones share one state: give every caller of a dependency a clone.
+/// A circuit breaker. Clones share one state: give every caller of a dependency a
+/// clone.
 #[derive(Clone)]
 pub struct CircuitBreaker {
     shared: Arc<Shared>,
@@ -234,8 +242,8 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// Calls `listener` once for every state change, after the change is made and outside the
-    /// breaker's lock (so a listener may call the breaker).
+    /// Calls `listener` once for every state change, after the change is made and
+    /// outside the breaker's lock (so a listener may call the breaker).
     pub fn on_transition(
         mut self,
         listener: impl Fn(&Transition) + Send + Sync + 'static,
@@ -278,8 +286,8 @@ impl Builder {
 }
 
 impl CircuitBreaker {
-    /// A breaker with no listeners. It cannot fail: a [`Config`] is checked when it is built
-    /// ([`Config::builder`]), and only a valid one exists.
+    /// A breaker with no listeners. It cannot fail: a [`Config`] is checked when it
+    /// is built ([`Config::builder`]), and only a valid one exists.
     pub fn new(config: Config) -> Self {
         Self::builder(config).build()
     }
@@ -297,8 +305,9 @@ impl CircuitBreaker {
     }
 
     // ANCHOR: try_acquire
-    /// Asks to make a call. The permit must be given an [`Outcome`] with [`Permit::record`];
-    /// dropping it instead (a cancelled call) counts nothing and gives a probe's permit back.
+    /// Asks to make a call. The permit must be given an [`Outcome`] with
+    /// [`Permit::record`]; dropping it instead (a cancelled call) counts nothing and
+    /// gives a probe's permit back.
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         self.shared
@@ -322,7 +331,8 @@ impl CircuitBreaker {
         self.shared.abandon(ticket);
     }
 
-    /// Rejects every call until [`reset`](Self::reset) (for maintenance, or a known outage).
+    /// Rejects every call until [`reset`](Self::reset) (for maintenance, or a known
+    /// outage).
     pub fn force_open(&self) {
         self.shared.set(State::ForcedOpen, Reason::Forced);
     }
@@ -361,7 +371,8 @@ impl CircuitBreaker {
 }
 
 // ANCHOR: Permit
-/// The right to make one call. Record its outcome, or drop it if the call never finished.
+/// The right to make one call. Record its outcome, or drop it if the call never
+/// finished.
 #[must_use = "record the call's outcome, or the breaker learns nothing from it"]
 pub struct Permit<'a> {
     shared: &'a Shared,
@@ -389,8 +400,9 @@ impl Drop for Permit<'_> {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Machine> {
-        // A panicking listener never runs under the lock, so poison can only come from a bug in
-        // this file; the state is still consistent field by field, so keep going.
+        // A panicking listener never runs under the lock, so poison can only come
+        // from a bug in this file; the state is still consistent field by field, so
+        // keep going.
         self.machine.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -488,10 +500,11 @@ impl Shared {
             (Some(config), Some(started)) => started.elapsed() >= config.duration,
             _ => false,
         };
-        // The all-clear fast path: in a window of nothing but successes, another success would
-        // evict a success and add one: nothing to change, nothing to judge, no lock to take. A
-        // failure recorded concurrently can always be ordered after this success, which saw the
-        // flag before that failure cleared it.
+        // The all-clear fast path: in a window of nothing but successes, another
+        // success would evict a success and add one: nothing to change, nothing to
+        // judge, no lock to take. A failure recorded concurrently can always be
+        // ordered after this success, which saw the flag before that failure cleared
+        // it.
         if outcome == Outcome::Success
             && !slow
             && ticket.kind == TicketKind::Closed
@@ -503,7 +516,8 @@ impl Shared {
         self.complete_locked(ticket, outcome, slow);
     }
 
-    /// Everything but the all-clear fast path: record under the lock, and maybe change state.
+    /// Everything but the all-clear fast path: record under the lock, and maybe
+    /// change state.
     fn complete_locked(&self, ticket: Ticket, outcome: Outcome, slow: bool) {
         let sample = Sample { failed: outcome == Outcome::Failure, slow };
         let mut m = self.lock();
@@ -514,15 +528,17 @@ impl Shared {
             Outcome::Ignored => counts.ignored += 1,
         }
         counts.slow += u64::from(slow);
-        // Disabled judges nothing; and if the state moved on while this call ran (another
-        // generation), its outcome belongs to a window or a half-open that no longer exists.
+        // Disabled judges nothing; and if the state moved on while this call ran
+        // (another generation), its outcome belongs to a window or a half-open that
+        // no longer exists.
         if ticket.kind == TicketKind::Disabled || m.generation != ticket.generation {
             return;
         }
         let transition = match ticket.kind {
             TicketKind::Closed if outcome == Outcome::Ignored => None,
             TicketKind::Closed => {
-                // The totals to judge, or `None` when this record cannot change the verdict.
+                // The totals to judge, or `None` when this record cannot change the
+                // verdict.
                 let totals = match &mut m.window {
                     Window::Count(w) => {
                         w.record(sample);
@@ -530,14 +546,16 @@ impl Shared {
                         let clear =
                             totals.failures == 0 && totals.slow == 0 && w.is_full();
                         self.all_clear.store(clear, Ordering::Release);
-                        // In a count window a plain success cannot raise either rate, so it can
-                        // only open the breaker by bringing the window up to the minimum.
+                        // In a count window a plain success cannot raise either
+                        // rate, so it can only open the breaker by bringing the
+                        // window up to the minimum.
                         (sample != Sample::default()
                             || totals.calls == self.config.minimum_calls)
                             .then_some(totals)
                     }
                     Window::Time(w) => {
-                        // Time-based eviction can raise a rate at any record: always judge.
+                        // Time-based eviction can raise a rate at any record: always
+                        // judge.
                         let at = Instant::now() - self.start;
                         w.record(at, sample);
                         Some(w.totals(at))
@@ -548,7 +566,8 @@ impl Shared {
                 })
             }
             TicketKind::Probe if outcome == Outcome::Ignored => {
-                m.half_open.issued -= 1; // an ignored probe proved nothing: let someone else probe
+                // An ignored probe proved nothing: let someone else probe.
+                m.half_open.issued -= 1;
                 None
             }
             TicketKind::Probe => {
@@ -566,7 +585,8 @@ impl Shared {
     }
     // ANCHOR_END: complete
 
-    /// A call that never finished: nothing to count, but a probe gives its permit back.
+    /// A call that never finished: nothing to count, but a probe gives its permit
+    /// back.
     fn abandon(&self, ticket: Ticket) {
         if ticket.kind != TicketKind::Probe {
             return;
@@ -578,8 +598,8 @@ impl Shared {
     }
 
     // ANCHOR: verdicts
-    /// Whether a closed window's numbers open the breaker. Thresholds are inclusive: a 50%
-    /// threshold opens at exactly 50%.
+    /// Whether a closed window's numbers open the breaker. Thresholds are inclusive:
+    /// a 50% threshold opens at exactly 50%.
     fn verdict_closed(&self, totals: Totals) -> Option<Reason> {
         if totals.calls < self.config.minimum_calls {
             return None;
@@ -645,8 +665,8 @@ impl Shared {
         Transition { from, to, reason }
     }
 
-    /// An operator's change of state; a no-op (and no event) if already there, except that a
-    /// reset always empties the window.
+    /// An operator's change of state; a no-op (and no event) if already there,
+    /// except that a reset always empties the window.
     fn set(&self, to: State, reason: Reason) {
         let mut m = self.lock();
         let transition = if m.state == to {
@@ -669,8 +689,9 @@ impl Shared {
     }
 }
 
-/// Whether `wait` has passed since `since`. A wait whose end the clock cannot represent (such as
-/// `Duration::MAX`) never passes, rather than overflowing the `Instant`.
+/// Whether `wait` has passed since `since`. A wait whose end the clock cannot
+/// represent (such as `Duration::MAX`) never passes, rather than overflowing the
+/// `Instant`.
 fn over(since: Instant, wait: Duration, now: Instant) -> bool {
     since.checked_add(wait).is_some_and(|end| now >= end)
 }

@@ -1,4 +1,5 @@
-//! Wrapping one call: `breaker.call(future)`, for clients that are not tower services (reqwest).
+//! Wrapping one call: `breaker.call(future)`, for clients that are not tower
+//! services (reqwest).
 
 use std::future::IntoFuture;
 
@@ -6,7 +7,8 @@ use crate::breaker::{CircuitBreaker, Rejected};
 use crate::classify::{AnyError, Classify};
 
 // ANCHOR: CallError
-/// A call through the breaker failed: either the breaker refused it, or the call itself failed.
+/// A call through the breaker failed: either the breaker refused it, or the call
+/// itself failed.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CallError<E> {
     #[error(transparent)]
@@ -26,9 +28,10 @@ impl CircuitBreaker {
         self.call_with(call, AnyError).await
     }
 
-    /// Runs `call` if the breaker allows it, counting its result as `classifier` says. The
-    /// breaker is asked when the returned future is first polled; dropping the future before
-    /// it completes (a timeout, a `select!`) counts nothing and frees a probe's permit.
+    /// Runs `call` if the breaker allows it, counting its result as `classifier`
+    /// says. The breaker is asked when the returned future is first polled; dropping
+    /// the future before it completes (a timeout, a `select!`) counts nothing and
+    /// frees a probe's permit.
     pub async fn call_with<F, T, E, C>(
         &self,
         call: F,
@@ -39,7 +42,8 @@ impl CircuitBreaker {
         C: Classify<T, E>,
     {
         let permit = self.try_acquire().map_err(CallError::Rejected)?;
-        // If this future is dropped here (the caller gave up), the permit's Drop gives it back.
+        // If this future is dropped here (the caller gave up), the permit's Drop
+        // gives it back.
         let result = call.into_future().await;
         permit.record(classifier.classify(&result));
         result.map_err(CallError::Inner)

@@ -1,9 +1,11 @@
-//! Which results count as failures. A breaker that counts the caller's own mistakes (a 404, a
-//! validation error) as the dependency's failures opens on a healthy dependency.
+//! Which results count as failures. A breaker that counts the caller's own mistakes
+//! (a 404, a validation error) as the dependency's failures opens on a healthy
+//! dependency.
 
 use crate::breaker::Outcome;
 
-/// Turns a call's result into an [`Outcome`]. Any `Fn(&Result<T, E>) -> Outcome` is one.
+/// Turns a call's result into an [`Outcome`]. Any `Fn(&Result<T, E>) -> Outcome` is
+/// one.
 pub trait Classify<T, E> {
     fn classify(&self, result: &Result<T, E>) -> Outcome;
 }
@@ -28,8 +30,9 @@ impl<T, E> Classify<T, E> for AnyError {
 }
 
 // ANCHOR: http_status
-/// HTTP: 5xx and 429 (the dependency failing, or shedding load) are failures; every other status,
-/// 4xx included, shows a dependency that works (a 404 is the caller's problem, not the service's).
+/// HTTP: 5xx and 429 (the dependency failing, or shedding load) are failures; every
+/// other status, 4xx included, shows a dependency that works (a 404 is the caller's
+/// problem, not the service's).
 pub fn http_status(status: u16) -> Outcome {
     match status {
         429 | 500..=599 => Outcome::Failure,
@@ -38,8 +41,8 @@ pub fn http_status(status: u16) -> Outcome {
 }
 // ANCHOR_END: http_status
 
-/// For tower HTTP stacks: an `Err` (timeout, connection refused) is a failure, a response is
-/// judged by [`http_status`].
+/// For tower HTTP stacks: an `Err` (timeout, connection refused) is a failure, a
+/// response is judged by [`http_status`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HttpResponse;
 

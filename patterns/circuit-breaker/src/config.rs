@@ -1,18 +1,20 @@
 //! How a breaker decides: its window, thresholds, waits and probes.
 //!
-//! A [`Config`] can only be made by [`ConfigBuilder::build`] (or [`Config::default`]), which
-//! refuses every setting that cannot work and says which one and why. Its fields are private, so a
-//! `Config` that exists is a valid one: [`CircuitBreaker::new`](crate::CircuitBreaker::new) has
-//! nothing left to check and cannot fail, and no code path can meet a window of zero calls.
+//! A [`Config`] can only be made by [`ConfigBuilder::build`] (or
+//! [`Config::default`]), which refuses every setting that cannot work and says which
+//! one and why. Its fields are private, so a `Config` that exists is a valid one:
+//! [`CircuitBreaker::new`](crate::CircuitBreaker::new) has nothing left to check and
+//! cannot fail, and no code path can meet a window of zero calls.
 
 use std::time::Duration;
 
-/// The largest count window: its ring of outcomes is allocated when the breaker is built (two
-/// bytes a call), so a mistyped size must not reserve gigabytes.
+/// The largest count window: its ring of outcomes is allocated when the breaker is
+/// built (two bytes a call), so a mistyped size must not reserve gigabytes.
 pub const MAX_WINDOW_CALLS: u32 = 1_000_000;
 
-/// The most buckets of a time window: recording a call scans them all under the breaker's lock,
-/// and past this many the scan costs more than the call it guards (use wider buckets instead).
+/// The most buckets of a time window: recording a call scans them all under the
+/// breaker's lock, and past this many the scan costs more than the call it guards
+/// (use wider buckets instead).
 pub const MAX_BUCKETS: u32 = 1_000;
 
 /// Which recent calls the breaker judges the dependency by.
@@ -20,8 +22,8 @@ pub const MAX_BUCKETS: u32 = 1_000;
 pub enum WindowKind {
     /// The last `size` calls, however old.
     CountBased { size: u32 },
-    /// The calls of the last `buckets * bucket_width`, kept in `buckets` slices of time; a slice
-    /// older than the window is evicted whole.
+    /// The calls of the last `buckets * bucket_width`, kept in `buckets` slices of
+    /// time; a slice older than the window is evicted whole.
     TimeBased { buckets: u32, bucket_width: Duration },
 }
 
@@ -33,21 +35,24 @@ pub struct Config {
     pub(crate) window: WindowKind,
     /// Open at this percentage of failed calls or more, in (0, 100]. Default 50.
     pub(crate) failure_rate_threshold: f64,
-    /// Also open on slow calls, or not at all (the default: calls are then not even timed).
+    /// Also open on slow calls, or not at all (the default: calls are then not even
+    /// timed).
     pub(crate) slow_calls: Option<SlowCalls>,
-    /// No verdict before the window holds this many calls: two failures out of two calls say
-    /// little. Default 10.
+    /// No verdict before the window holds this many calls: two failures out of two
+    /// calls say little. Default 10.
     pub(crate) minimum_calls: u32,
     /// How long the breaker stays open before letting probes through. Default 30 s.
     pub(crate) open_wait: Duration,
     /// How many probe calls half-open lets through, and judges together. Default 5.
     pub(crate) half_open_permits: u32,
-    /// If half-open has handed out every permit and has no verdict this long after it began
-    /// (probes that never answer), open again rather than stay stuck. Default 60 s.
+    /// If half-open has handed out every permit and has no verdict this long after
+    /// it began (probes that never answer), open again rather than stay stuck.
+    /// Default 60 s.
     pub(crate) max_half_open_wait: Duration,
 }
 
-/// Slow-call detection: a dependency that answers, but too slowly, is failing its callers too.
+/// Slow-call detection: a dependency that answers, but too slowly, is failing its
+/// callers too.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SlowCalls {
     /// Open at this percentage of slow calls or more, in (0, 100].
@@ -117,8 +122,8 @@ impl ConfigError {
     }
 }
 
-/// A threshold is a percentage of calls: NaN, infinities, zero (every window would open it) and
-/// anything above 100 are refused.
+/// A threshold is a percentage of calls: NaN, infinities, zero (every window would
+/// open it) and anything above 100 are refused.
 fn is_percentage(value: f64) -> bool {
     value > 0.0 && value <= 100.0
 }
@@ -200,9 +205,10 @@ impl Config {
     // ANCHOR_END: validate
 }
 
-/// Builds a [`Config`], validating it at the end. Waits too long for the clock to represent their
-/// end (`Duration::MAX`) are allowed and mean "never": an `open_wait` that long keeps the breaker
-/// open until [`reset`](crate::CircuitBreaker::reset).
+/// Builds a [`Config`], validating it at the end. Waits too long for the clock to
+/// represent their end (`Duration::MAX`) are allowed and mean "never": an
+/// `open_wait` that long keeps the breaker open until
+/// [`reset`](crate::CircuitBreaker::reset).
 #[derive(Clone, Debug)]
 pub struct ConfigBuilder(Config);
 
@@ -219,7 +225,8 @@ impl ConfigBuilder {
         self.0.failure_rate_threshold = percent;
         self
     }
-    /// Counts calls of at least `duration` as slow, and opens at `rate_percent` slow calls.
+    /// Counts calls of at least `duration` as slow, and opens at `rate_percent` slow
+    /// calls.
     pub fn slow_calls(mut self, rate_percent: f64, duration: Duration) -> Self {
         self.0.slow_calls =
             Some(SlowCalls { rate_threshold: rate_percent, duration });

@@ -1,17 +1,20 @@
-//! The breaker as a tower `Layer`, so it wraps a tonic channel, a hyper client or any tower stack.
+//! The breaker as a tower `Layer`, so it wraps a tonic channel, a hyper client or
+//! any tower stack.
 //!
-//! Admission is decided in `call`, for each request, at the moment it is made. `poll_ready` only
-//! passes on the inner service's readiness: in tower, a service may be polled ready long before
-//! it is called (a buffer, a balancer, a caller that readies a service and then waits for work),
-//! and a breaker that decided in `poll_ready` would let through a call made after it opened, and
-//! let a readied but idle service hold one of half-open's few probe permits. When the breaker
-//! refuses, `call` does not call the inner service and returns a future that is ready at once with
-//! the rejection. The inner service keeps whatever `poll_ready` reserved in it (a buffer slot) for
-//! the next call, as tower allows.
+//! Admission is decided in `call`, for each request, at the moment it is made.
+//! `poll_ready` only passes on the inner service's readiness: in tower, a service
+//! may be polled ready long before it is called (a buffer, a balancer, a caller that
+//! readies a service and then waits for work), and a breaker that decided in
+//! `poll_ready` would let through a call made after it opened, and let a readied but
+//! idle service hold one of half-open's few probe permits. When the breaker refuses,
+//! `call` does not call the inner service and returns a future that is ready at once
+//! with the rejection. The inner service keeps whatever `poll_ready` reserved in it
+//! (a buffer slot) for the next call, as tower allows.
 //!
-//! The price: while the breaker is open, a caller still waits for the inner service to be ready
-//! before it hears the rejection. If the inner service can stay unready for long (a concurrency
-//! limit full of hung calls), put a load-shedding layer beneath the breaker, or time out the wait.
+//! The price: while the breaker is open, a caller still waits for the inner service
+//! to be ready before it hears the rejection. If the inner service can stay unready
+//! for long (a concurrency limit full of hung calls), put a load-shedding layer
+//! beneath the breaker, or time out the wait.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,7 +29,8 @@ use crate::call::CallError;
 use crate::classify::{AnyError, Classify};
 
 // ANCHOR: CircuitBreakerLayer
-/// Wraps services in a [`CircuitBreaker`]; every service made by one layer shares its breaker.
+/// Wraps services in a [`CircuitBreaker`]; every service made by one layer shares
+/// its breaker.
 #[derive(Clone, Debug)]
 pub struct CircuitBreakerLayer<C = AnyError> {
     breaker: CircuitBreaker,
@@ -40,7 +44,8 @@ impl CircuitBreakerLayer {
 }
 
 impl<C> CircuitBreakerLayer<C> {
-    /// Judges results with `classifier` (for HTTP, [`crate::classify::HttpResponse`]).
+    /// Judges results with `classifier` (for HTTP,
+    /// [`crate::classify::HttpResponse`]).
     pub fn with_classifier<D>(self, classifier: D) -> CircuitBreakerLayer<D> {
         CircuitBreakerLayer { breaker: self.breaker, classifier }
     }
@@ -130,7 +135,8 @@ where
 // ANCHOR_END: Service
 
 pin_project! {
-    /// The response of a [`CircuitBreakerService`]: the inner call, judged when it completes.
+    /// The response of a [`CircuitBreakerService`]: the inner call, judged when it
+    /// completes.
     #[project = ResponseFutureProj]
     pub enum ResponseFuture<F, C> {
         Called { #[pin] inner: F, ticket: Option<OwnedTicket>, classifier: C },

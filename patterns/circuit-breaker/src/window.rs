@@ -1,8 +1,9 @@
 //! Sliding windows over recent call outcomes.
 //!
-//! Both windows keep running totals next to the raw data, so recording a call and reading the
-//! failure rate cost O(1) (O(buckets) for eviction in the time-based window), with no allocation
-//! after construction. They are public so the property test can check them against a naive model.
+//! Both windows keep running totals next to the raw data, so recording a call and
+//! reading the failure rate cost O(1) (O(buckets) for eviction in the time-based
+//! window), with no allocation after construction. They are public so the property
+//! test can check them against a naive model.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -35,7 +36,8 @@ impl Totals {
         self.slow -= other.slow;
     }
 
-    /// Whether `part` is at least `percent` of the calls, without dividing (0 calls: never).
+    /// Whether `part` is at least `percent` of the calls, without dividing (0 calls:
+    /// never).
     pub fn reaches(&self, part: u32, percent: f64) -> bool {
         self.calls > 0 && f64::from(part) * 100.0 >= percent * f64::from(self.calls)
     }
@@ -62,7 +64,8 @@ pub struct CountWindow {
 }
 
 impl CountWindow {
-    /// A window of `size` calls (non-zero: a ring of no slots has nowhere to put a call).
+    /// A window of `size` calls (non-zero: a ring of no slots has nowhere to put a
+    /// call).
     pub fn new(size: NonZeroU32) -> Self {
         let size = size.get() as usize;
         CountWindow {
@@ -77,7 +80,8 @@ impl CountWindow {
         if self.ring.len() < self.size {
             self.ring.push(sample);
         } else {
-            // Full: the new sample replaces the oldest, whose counts leave the totals.
+            // Full: the new sample replaces the oldest, whose counts leave the
+            // totals.
             let evicted = std::mem::replace(&mut self.ring[self.next], sample);
             let mut old = Totals::default();
             old.add(evicted);
@@ -95,7 +99,8 @@ impl CountWindow {
         self.totals
     }
 
-    /// Whether the window holds `size` calls (the oldest is evicted by the next one).
+    /// Whether the window holds `size` calls (the oldest is evicted by the next
+    /// one).
     pub fn is_full(&self) -> bool {
         self.ring.len() == self.size
     }
@@ -110,14 +115,16 @@ impl CountWindow {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
-    /// Which slice of time this bucket holds: elapsed time divided by the bucket width.
+    /// Which slice of time this bucket holds: elapsed time divided by the bucket
+    /// width.
     epoch: u64,
     totals: Totals,
 }
 
 // ANCHOR: TimeWindow
-/// The calls of the last `buckets` slices of `bucket_width` each. Time is given by the caller as
-/// the duration since a fixed start, which keeps the window testable and clock-free.
+/// The calls of the last `buckets` slices of `bucket_width` each. Time is given by
+/// the caller as the duration since a fixed start, which keeps the window testable
+/// and clock-free.
 #[derive(Debug, Clone)]
 pub struct TimeWindow {
     buckets: Vec<Bucket>,
@@ -126,7 +133,8 @@ pub struct TimeWindow {
 }
 
 impl TimeWindow {
-    /// A window of `buckets` slices (non-zero) of `width` each (a zero width is taken as 1 ns).
+    /// A window of `buckets` slices (non-zero) of `width` each (a zero width is
+    /// taken as 1 ns).
     pub fn new(buckets: NonZeroU32, width: Duration) -> Self {
         TimeWindow {
             buckets: vec![Bucket::default(); buckets.get() as usize],
@@ -156,7 +164,8 @@ impl TimeWindow {
         let slot = (now % self.buckets.len() as u64) as usize;
         let bucket = &mut self.buckets[slot];
         if bucket.epoch != now {
-            // Reused slot: whatever it held is older than the window and was evicted above.
+            // Reused slot: whatever it held is older than the window and was evicted
+            // above.
             *bucket = Bucket { epoch: now, totals: Totals::default() };
         }
         bucket.totals.add(sample);
@@ -206,7 +215,8 @@ mod tests {
     #[test]
     fn the_time_window_evicts_whole_buckets_as_time_passes() {
         let s = Duration::from_secs;
-        let mut w = TimeWindow::new(NonZeroU32::new(3).unwrap(), s(1)); // the last 3 seconds, in 1-second buckets
+        // The last 3 seconds, in 1-second buckets.
+        let mut w = TimeWindow::new(NonZeroU32::new(3).unwrap(), s(1));
         w.record(s(0), FAIL);
         w.record(Duration::from_millis(1500), FAIL);
         w.record(s(2), OK);

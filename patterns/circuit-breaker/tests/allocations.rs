@@ -1,5 +1,6 @@
-//! The happy path allocates nothing: a closed breaker's `call` and tower layer make no heap
-//! allocation per call (counted by a counting global allocator in this test binary).
+//! The happy path allocates nothing: a closed breaker's `call` and tower layer make
+//! no heap allocation per call (counted by a counting global allocator in this test
+//! binary).
 
 use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Config};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -10,7 +11,8 @@ mod counting;
 #[global_allocator]
 static GLOBAL: counting::Counting = counting::Counting;
 
-/// Counted on this thread only (the runtime is current-thread, so the breaker runs here too).
+/// Counted on this thread only (the runtime is current-thread, so the breaker runs
+/// here too).
 #[test]
 fn closed_calls_make_no_heap_allocation() {
     let rt =
@@ -31,7 +33,8 @@ fn closed_calls_make_no_heap_allocation() {
         }
         let before = counting::allocations();
         for i in 0..1_000 {
-            let outcome = if i % 10 == 0 { Err(()) } else { Ok(1) }; // some failures, below threshold
+            // Some failures, below the threshold.
+            let outcome = if i % 10 == 0 { Err(()) } else { Ok(1) };
             let _ = breaker.call(async { outcome }).await;
             layered.ready().await.unwrap().call(1).await.unwrap();
         }

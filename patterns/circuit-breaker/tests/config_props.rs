@@ -1,6 +1,7 @@
-//! Arbitrary configurations, edge values included (zeros, `u32::MAX`, NaN, infinities,
-//! `Duration::MAX`): the builder accepts exactly the ones the rules below allow, nothing panics,
-//! and every accepted one builds a breaker that opens, probes and closes again.
+//! Arbitrary configurations, edge values included (zeros, `u32::MAX`, NaN,
+//! infinities, `Duration::MAX`): the builder accepts exactly the ones the rules
+//! below allow, nothing panics, and every accepted one builds a breaker that opens,
+//! probes and closes again.
 
 use std::time::Duration;
 
@@ -75,8 +76,9 @@ impl Settings {
     }
 }
 
-/// Mostly ordinary values (so that about half the configs are valid and get exercised), then the
-/// edges: zero, the limits and one past them, the extremes of the type.
+/// Mostly ordinary values (so that about half the configs are valid and get
+/// exercised), then the edges: zero, the limits and one past them, the extremes of
+/// the type.
 fn count(ordinary: std::ops::Range<u32>) -> impl Strategy<Value = u32> {
     prop_oneof![
         12 => ordinary,
@@ -149,7 +151,8 @@ fn settings() -> impl Strategy<Value = Settings> {
         })
 }
 
-/// Small enough to drive in a test case (the others are only built and called a little).
+/// Small enough to drive in a test case (the others are only built and called a
+/// little).
 const DRIVABLE: u32 = 300;
 const A_DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -175,7 +178,8 @@ async fn exercise(config: Config) -> Result<(), TestCaseError> {
         prop_assert_eq!(breaker.state(), State::Closed);
         return Ok(());
     }
-    // All failures: a 100% failure rate reaches any threshold once the minimum is met.
+    // All failures: a 100% failure rate reaches any threshold once the minimum is
+    // met.
     for n in 1..=minimum {
         prop_assert_eq!(
             breaker.state(),

@@ -1,5 +1,5 @@
-//! The circuit breaker's conformance suite: every promise, on paused tokio time or with explicit
-//! barriers, never with sleeps as synchronisation.
+//! The circuit breaker's conformance suite: every promise, on paused tokio time or
+//! with explicit barriers, never with sleeps as synchronisation.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -40,7 +40,8 @@ fn record(breaker: &CircuitBreaker, outcomes: &[Outcome]) {
     }
 }
 
-/// Window of 10 calls, verdicts from 10 calls, 50% failure threshold, 10 s open, 2 probes.
+/// Window of 10 calls, verdicts from 10 calls, 50% failure threshold, 10 s open, 2
+/// probes.
 fn ten_calls() -> Config {
     Config::builder()
         .count_window(10)
@@ -58,7 +59,8 @@ fn open(breaker: &CircuitBreaker) {
     assert_eq!(breaker.state(), State::Open);
 }
 
-// --- configuration --------------------------------------------------------------------------
+// --- configuration
+// --------------------------------------------------------------------------
 
 #[test]
 fn invalid_configs_name_the_field_and_what_is_allowed() {
@@ -143,7 +145,8 @@ async fn a_wait_too_long_for_the_clock_never_ends_and_does_not_overflow() {
     assert_eq!(breaker.state(), State::Closed);
 }
 
-// --- thresholds and the window ----------------------------------------------------------------
+// --- thresholds and the window
+// ----------------------------------------------------------------
 
 #[test]
 fn a_failure_rate_exactly_at_the_threshold_opens() {
@@ -219,7 +222,8 @@ async fn the_time_window_evicts_old_buckets() {
     record(&breaker, &[F]);
     advance(Duration::from_secs(1)).await;
     record(&breaker, &[F]);
-    advance(Duration::from_secs(4)).await; // the first failure's bucket has left the 5 s window
+    // The first failure's bucket has left the 5 s window.
+    advance(Duration::from_secs(4)).await;
     record(&breaker, &[S, S]);
     assert_eq!(
         breaker.state(),
@@ -255,7 +259,8 @@ async fn slow_calls_open_the_breaker_even_when_they_succeed() {
     assert_eq!(breaker.metrics().slow, 2);
 }
 
-// --- open and half-open -----------------------------------------------------------------------
+// --- open and half-open
+// -----------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
 async fn open_becomes_half_open_when_the_wait_has_elapsed() {
@@ -375,7 +380,8 @@ async fn the_full_cycle_closed_open_half_open_open_half_open_closed() {
 
 #[tokio::test(start_paused = true)]
 async fn a_half_open_whose_probes_never_answer_opens_again() {
-    let (breaker, events) = with_events(ten_calls()); // 2 probes, 30 s max in half-open
+    // 2 probes, 30 s at most in half-open.
+    let (breaker, events) = with_events(ten_calls());
     open(&breaker);
     advance(Duration::from_secs(10)).await;
     let hung = [breaker.try_acquire().unwrap(), breaker.try_acquire().unwrap()];
@@ -418,7 +424,8 @@ fn an_outcome_from_before_a_transition_is_discarded() {
     );
 }
 
-// --- events, metrics, operators ---------------------------------------------------------------
+// --- events, metrics, operators
+// ---------------------------------------------------------------
 
 #[test]
 fn a_transition_is_reported_exactly_once_when_64_failures_race_across_the_threshold()
@@ -441,9 +448,10 @@ fn a_transition_is_reported_exactly_once_when_64_failures_race_across_the_thresh
 
 #[test]
 fn concurrent_mixed_outcomes_are_all_counted_exactly() {
-    // Mostly successes (the lock-free all-clear path) and some failures (the locked path), from
-    // 64 threads at once. Whatever state the interleaving drives the breaker to, every outcome it
-    // accepted is counted, and every call it refused is counted as a rejection.
+    // Mostly successes (the lock-free all-clear path) and some failures (the locked
+    // path), from 64 threads at once. Whatever state the interleaving drives the
+    // breaker to, every outcome it accepted is counted, and every call it refused is
+    // counted as a rejection.
     let breaker = CircuitBreaker::new(
         Config::builder().count_window(20).minimum_calls(20).build().unwrap(),
     );
@@ -519,7 +527,8 @@ fn metrics_count_every_kind_of_call() {
     );
 }
 
-// --- the two ways to use it -------------------------------------------------------------------
+// --- the two ways to use it
+// -------------------------------------------------------------------
 
 #[tokio::test]
 async fn call_runs_the_future_only_when_allowed() {
@@ -583,7 +592,8 @@ async fn a_dropped_call_future_gives_its_probe_permit_back() {
     record(&breaker, &[F]);
     advance(Duration::from_secs(1)).await;
 
-    // The caller gives up on a probe that hangs: its timeout drops the `call` future.
+    // The caller gives up on a probe that hangs: its timeout drops the `call`
+    // future.
     let hangs = std::future::pending::<Result<(), &str>>();
     let gave_up = timeout(Duration::from_secs(5), breaker.call(hangs)).await;
     assert!(gave_up.is_err(), "the probe never answered");
@@ -602,7 +612,8 @@ async fn a_dropped_call_future_gives_its_probe_permit_back() {
     assert_eq!(breaker.state(), State::Closed);
 }
 
-/// An inner service that counts readiness polls and calls; `true` fails, and `pending` hangs.
+/// An inner service that counts readiness polls and calls; `true` fails, and
+/// `pending` hangs.
 fn counted_upstream(
     readied: &Arc<AtomicUsize>,
     called: &Arc<AtomicUsize>,
@@ -663,7 +674,8 @@ async fn the_layer_decides_when_called_not_when_polled_ready() {
     let breaker = CircuitBreaker::new(ten_calls());
     let layer = CircuitBreakerLayer::new(breaker.clone());
     let mut early = layer.layer(counted_upstream(&readied, &called, false));
-    // Readied while the breaker is closed (as a buffer or a balancer does ahead of work)...
+    // Readied while the breaker is closed (as a buffer or a balancer does ahead of
+    // work)...
     early.ready().await.unwrap();
     // ...and the breaker opens before the request comes.
     open(&breaker);

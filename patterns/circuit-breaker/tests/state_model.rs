@@ -1,13 +1,15 @@
-//! The whole state machine against a reference model: random sequences of calls, outcomes, time
-//! advances, permits held, finished late or dropped, and operator actions, in both window kinds.
-//! After every step the breaker's state, and for every request its decision (let through, or
-//! rejected in which state), equal the model's; at random points so do its metrics.
+//! The whole state machine against a reference model: random sequences of calls,
+//! outcomes, time advances, permits held, finished late or dropped, and operator
+//! actions, in both window kinds. After every step the breaker's state, and for
+//! every request its decision (let through, or rejected in which state), equal the
+//! model's; at random points so do its metrics.
 //!
-//! The model is written for obviousness, not speed: it keeps every call of the current window in
-//! a list and recounts it on each question, compares rates in integers, judges after every
-//! record, and has no fast path, no atomics and no lock. The breaker's shortcuts (the lock-free
-//! closed path, the all-clear path that skips the lock for a success, the count window judging a
-//! plain success only when it completes the minimum) must all be invisible against it.
+//! The model is written for obviousness, not speed: it keeps every call of the
+//! current window in a list and recounts it on each question, compares rates in
+//! integers, judges after every record, and has no fast path, no atomics and no
+//! lock. The breaker's shortcuts (the lock-free closed path, the all-clear path that
+//! skips the lock for a success, the count window judging a plain success only when
+//! it completes the minimum) must all be invisible against it.
 
 use std::time::Duration;
 
@@ -18,8 +20,8 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// The settings the model understands: thresholds are whole percentages so that the model can
-/// compare rates exactly, in integers.
+/// The settings the model understands: thresholds are whole percentages so that the
+/// model can compare rates exactly, in integers.
 #[derive(Clone, Copy, Debug)]
 struct Spec {
     window: Window,
@@ -157,8 +159,8 @@ impl Model {
         }
     }
 
-    /// The calls the window holds now: the last `size`, or those whose slice of time is one of
-    /// the last `buckets` slices.
+    /// The calls the window holds now: the last `size`, or those whose slice of time
+    /// is one of the last `buckets` slices.
     fn in_window(&self) -> Tally {
         match self.spec.window {
             Window::Count(size) => tally(self.window.iter().rev().take(size)),
@@ -222,7 +224,8 @@ impl Model {
         }
         c.slow += u64::from(slow);
         if ticket.generation != self.generation || ticket.kind == Kind::Disabled {
-            return; // a call of a state that is gone, or of a disabled breaker: not judged
+            // A call of a state that is gone, or of a disabled breaker: not judged.
+            return;
         }
         let call = Call { at: self.now, failed: outcome == Outcome::Failure, slow };
         match ticket.kind {
@@ -303,12 +306,14 @@ enum Step {
     Call(Outcome),
     /// Ask, and hold the permit for a later step.
     Take,
-    /// Report the outcome of a held permit (chosen by index, modulo how many are held).
+    /// Report the outcome of a held permit (chosen by index, modulo how many are
+    /// held).
     Finish(usize, Outcome),
     /// Drop a held permit unreported: the caller gave up.
     Drop(usize),
     Advance(Duration),
-    /// Compare the metrics too (reading them evicts old buckets, so not after every step).
+    /// Compare the metrics too (reading them evicts old buckets, so not after every
+    /// step).
     Observe,
     Operator(State),
 }
@@ -490,7 +495,8 @@ proptest! {
     }
 }
 
-/// The model itself, on a case worked out by hand: a count window of 4 at 50%, minimum 4.
+/// The model itself, on a case worked out by hand: a count window of 4 at 50%,
+/// minimum 4.
 #[test]
 fn the_model_opens_where_the_arithmetic_says() {
     let mut model = Model::new(Spec {

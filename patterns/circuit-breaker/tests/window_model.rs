@@ -1,4 +1,5 @@
-//! Property tests: the windows' running totals always equal a naive recount of the same calls.
+//! Property tests: the windows' running totals always equal a naive recount of the
+//! same calls.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -22,7 +23,10 @@ fn sample() -> impl Strategy<Value = Sample> {
 
 proptest! {
     #[test]
-    fn the_count_window_matches_the_last_n_calls(size in 1u32..20, samples in prop::collection::vec(sample(), 0..200)) {
+    fn the_count_window_matches_the_last_n_calls(
+        size in 1u32..20,
+        samples in prop::collection::vec(sample(), 0..200),
+    ) {
         let mut window = CountWindow::new(NonZeroU32::new(size).unwrap());
         let mut model: VecDeque<Sample> = VecDeque::new();
         for s in samples {
@@ -50,8 +54,12 @@ proptest! {
             model.push((now_ms / 1000, s));
             // A call stays while its bucket is one of the last `buckets` buckets.
             let current = now_ms / 1000;
-            let kept = model.iter().filter(|(epoch, _)| epoch + u64::from(buckets) > current).map(|(_, s)| s);
-            prop_assert_eq!(window.totals(Duration::from_millis(now_ms)), recount(kept));
+            let kept = model
+                .iter()
+                .filter(|(epoch, _)| epoch + u64::from(buckets) > current)
+                .map(|(_, s)| s);
+            let totals = window.totals(Duration::from_millis(now_ms));
+            prop_assert_eq!(totals, recount(kept));
         }
     }
 }

@@ -1,23 +1,28 @@
-//! A global allocator that counts allocations per thread, shared by the allocation test and the
-//! benchmark (each includes this file and installs it as its binary's `#[global_allocator]`).
+//! A global allocator that counts allocations per thread, shared by the allocation
+//! test and the benchmark (each includes this file and installs it as its binary's
+//! `#[global_allocator]`).
 //!
-//! Per thread, not per process: the test harness and other threads allocate whenever they like,
-//! and only the measuring thread's own allocations say anything about the code it runs.
+//! Per thread, not per process: the test harness and other threads allocate whenever
+//! they like, and only the measuring thread's own allocations say anything about the
+//! code it runs.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 thread_local! {
-    // `const` initialisation: no lazy setup, so it is safe to touch from inside the allocator.
+    // `const` initialisation: no lazy setup, so it is safe to touch from inside the
+    // allocator.
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
 }
 
 fn count() {
-    // `try_with`: during thread teardown the slot may be gone; such allocations are not ours.
+    // `try_with`: during thread teardown the slot may be gone; such allocations are
+    // not ours.
     let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
 }
 
-/// Forwards to the system allocator, counting every `alloc` and `realloc` of the calling thread.
+/// Forwards to the system allocator, counting every `alloc` and `realloc` of the
+/// calling thread.
 pub struct Counting;
 
 /// Allocations made by the calling thread so far.
