@@ -22,7 +22,7 @@ use crate::versions::{v1::OrderV1, v2::OrderV2};
 /// Why a call failed, in the terms a caller decides on.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// No answer in time. The outcome is unknown: retry only with the same idempotency key.
+    /// No answer in time. The outcome is unknown: retry only with the same key.
     #[error(
         "no answer within {0:?}; the request may or may not have been processed"
     )]

@@ -77,8 +77,8 @@ pub struct IdempotencyStore {
 
 impl IdempotencyStore {
     // ANCHOR: begin
-    /// Looks the key up and, if it is new, reserves it for this request in the same critical
-    /// section, so two concurrent requests with one key cannot both run.
+    /// Looks the key up and, if it is new, reserves it for this request in the same
+    /// critical section, so two concurrent requests with one key cannot both run.
     pub fn begin(&self, key: String, fingerprint: Vec<u8>) -> Begin {
         let mut slots =
             self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

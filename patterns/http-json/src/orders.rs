@@ -45,7 +45,7 @@ pub const MAX_QUANTITY: u32 = 1_000;
 
 impl NewOrder {
     // ANCHOR: validate
-    /// Checks the business rules a well-formed request can still break; returns every violation.
+    /// Checks the rules a well-formed request can still break: every violation.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if self.customer_id.trim().is_empty() {

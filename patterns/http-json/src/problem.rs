@@ -23,7 +23,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// An RFC 9457 problem details object.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Problem {
-    /// Identifies the kind of problem; clients branch on this, never on `title` or `detail`.
+    /// The kind of problem; clients branch on this, never on `title` or `detail`.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
@@ -34,7 +34,7 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
 }
 
-/// One invalid field: where (a JSON Pointer into the request body) and what is wrong with it.
+/// One invalid field: a JSON Pointer into the request body, and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
     pub pointer: String,
@@ -193,7 +193,7 @@ where
 }
 
 fn problem_from(rejection: JsonRejection) -> Problem {
-    // body_text() carries serde's message, which names the field and the line/column.
+    // body_text() carries serde's message: it names the field, line and column.
     let detail = rejection.body_text();
     match rejection {
         JsonRejection::JsonSyntaxError(_) => Problem::malformed_json(detail),

@@ -129,8 +129,8 @@ async fn create_order<R: Representation>(
         )
     })?;
 
-    // The fingerprint is the decoded request plus the version, so whitespace or key order in the
-    // JSON does not matter, but the same key sent to /v1 and then /v2 does.
+    // The fingerprint is the decoded request plus the version: whitespace or key
+    // order in the JSON does not matter, but one key sent to /v1 and to /v2 does.
     let mut fingerprint = R::PREFIX.as_bytes().to_vec();
     fingerprint.extend(
         serde_json::to_vec(&new).map_err(|e| Problem::internal(e.to_string()))?,
@@ -147,8 +147,8 @@ async fn create_order<R: Representation>(
         }
         Begin::InFlight => Err(Problem::request_in_progress()),
         Begin::Fresh(reservation) => {
-            // No await between insert and complete: cancellation cannot separate the order from
-            // its idempotency record.
+            // No await between insert and complete: cancellation cannot separate the
+            // order from its idempotency record.
             let order = state.orders.insert(new, total);
             let body = serde_json::to_vec(&R::from(&order))
                 .map_err(|e| Problem::internal(e.to_string()))?;
@@ -158,7 +158,10 @@ async fn create_order<R: Representation>(
                 body,
             };
             reservation.complete(stored.clone());
-            info!(order_id = %order.id, customer = %order.customer_id, total_cents = order.total_cents, %key, "order placed");
+            info!(
+                order_id = %order.id, customer = %order.customer_id,
+                total_cents = order.total_cents, %key, "order placed"
+            );
             Ok(respond(stored, false))
         }
     }
@@ -213,11 +216,13 @@ async fn list_orders<R: Representation>(
 }
 
 // ANCHOR: inject_latency
-/// Fault injection: delays every response by the configured latency, after the handler has run.
+/// Fault injection: delays every response by the configured latency, after the
+/// handler has run.
 ///
-/// Why after: hyper drops a request's future when the caller hangs up, so a delay *before* the
-/// handler would make a timed-out create simply not happen. A delay after it reproduces the harder
-/// case: the order exists, but the caller gave up before hearing so.
+/// Why after: hyper drops a request's future when the caller hangs up, so a delay
+/// *before* the handler would make a timed-out create simply not happen. A delay
+/// after it reproduces the harder case: the order exists, but the caller gave up
+/// before hearing so.
 async fn inject_latency(
     State(state): State<AppState>,
     request: Request,

@@ -67,7 +67,7 @@ pub mod v2 {
         pub unit_price: Money,
     }
 
-    /// A decimal string and an ISO 4217 code: exact, and unambiguous about the currency.
+    /// A decimal string and an ISO 4217 code: exact, and clear about the currency.
     #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
     pub struct Money {
         pub amount: String,

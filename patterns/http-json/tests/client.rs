@@ -72,7 +72,8 @@ async fn problems_arrive_as_typed_errors() {
 #[tokio::test]
 async fn a_slow_service_times_the_caller_out_and_the_same_key_makes_the_retry_safe()
 {
-    // The service takes 3 s; the caller waits 300 ms. A 10x margin keeps this stable on a busy machine.
+    // The service takes 3 s; the caller waits 300 ms. A 10x margin keeps this stable
+    // on a busy machine.
     let service = spawn(ServiceConfig {
         latency: Duration::from_secs(3),
         ..ServiceConfig::default()
@@ -89,10 +90,11 @@ async fn a_slow_service_times_the_caller_out_and_the_same_key_makes_the_retry_sa
     );
     assert!(err.is_retryable());
 
-    // The caller does not know whether the order exists; it retries with the same key and patience.
+    // The caller does not know whether the order exists; it retries with the same
+    // key and patience.
     let patient = impatient.with_timeout(Duration::from_secs(30));
-    // The first attempt's order and its idempotency record were stored before the delay, so the
-    // retry is answered from the store (never with 409 "still in progress").
+    // The first attempt stored its order and idempotency record before the delay,
+    // so the retry is answered from the store, never with 409 (still in progress).
     let created = patient.create("checkout-9", &mug_order()).await.unwrap();
     assert!(
         created.replayed,

@@ -45,7 +45,7 @@ struct Served {
 }
 
 // ANCHOR: call_dependency
-/// One call: through the dependency's bulkhead (if any), then a connection from the shared pool.
+/// One call: through the dependency's bulkhead (if any), then a pooled connection.
 async fn call_dependency(
     dependency: Dependency,
     pool: Arc<Semaphore>,

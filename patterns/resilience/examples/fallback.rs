@@ -47,7 +47,8 @@ async fn main() -> anyhow::Result<()> {
                 Ok(12u32)
             }
         });
-        let default = None; // no safe default for stock: better an honest "unknown" than a made-up number
+        // No safe default for stock: an honest "unknown" beats a made-up number.
+        let default = None;
         let answer = if with_fallback {
             last_good.or_fallback(stock, default).await
         } else {

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 // ANCHOR: Backoff
 /// The wait before retry number `n` (0 for the first retry) is uniformly random in
-/// `[0, min(max, base * 2^n)]`. The randomness spreads out callers that failed at the same moment;
-/// the cap keeps a long outage from growing waits without bound.
+/// `[0, min(max, base * 2^n)]`. The randomness spreads out callers that failed at
+/// the same moment; the cap keeps a long outage from growing waits without bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
     pub base: Duration,
@@ -19,7 +19,7 @@ impl Backoff {
         self.base.checked_mul(factor).unwrap_or(self.max).min(self.max)
     }
 
-    /// A random wait before retry `n`, never above [`ceiling`](Self::ceiling) (nor `max`).
+    /// A random wait before retry `n`, never above [`ceiling`](Self::ceiling).
     pub fn delay(&self, retry: u32, rng: &mut fastrand::Rng) -> Duration {
         let ceiling =
             u64::try_from(self.ceiling(retry).as_nanos()).unwrap_or(u64::MAX);

@@ -8,8 +8,9 @@
 use std::sync::Mutex;
 
 // ANCHOR: RetryBudget
-/// Tokens are counted in thousandths, in integers: ten deposits of 0.1 must make exactly one
-/// retry, which floating point does not promise (0.1 added ten times is 0.9999999999999999).
+/// Tokens are counted in thousandths, in integers: ten deposits of 0.1 must make
+/// exactly one retry, which floating point does not promise (0.1 added ten times is
+/// 0.9999999999999999).
 #[derive(Debug)]
 pub struct RetryBudget {
     deposit_milli: u64,
@@ -20,8 +21,8 @@ pub struct RetryBudget {
 const ONE_RETRY: u64 = 1000;
 
 impl RetryBudget {
-    /// `ratio`: retries allowed per call (0.1 = 10%, kept to three decimals); `reserve`: tokens at
-    /// start, and the most that can ever be saved up.
+    /// `ratio`: retries allowed per call (0.1 = 10%, kept to three decimals);
+    /// `reserve`: tokens at start, and the most that can ever be saved up.
     pub fn new(ratio: f64, reserve: u32) -> Self {
         let reserve = u64::from(reserve.max(1)) * ONE_RETRY;
         let deposit_milli =

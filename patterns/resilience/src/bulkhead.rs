@@ -23,9 +23,7 @@ pub struct Bulkhead {
 
 /// The bulkhead was full: the call was not made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "bulkhead {name} is full ({max_in_flight} calls in flight): rejected instead of queueing"
-)]
+#[error("bulkhead {name} is full ({max_in_flight} in flight): rejected, not queued")]
 pub struct BulkheadFull {
     pub name: &'static str,
     pub max_in_flight: usize,
@@ -40,7 +38,7 @@ impl Bulkhead {
         }
     }
 
-    /// Runs `call` if there is room, holding a place until it completes (or is dropped).
+    /// Runs `call` if there is room, holding a place until it ends or is dropped.
     pub async fn call<F: IntoFuture>(
         &self,
         call: F,

@@ -61,8 +61,8 @@ impl<T: Clone> LastKnownGood<T> {
     }
 
     // ANCHOR: or_fallback
-    /// The call's answer if it succeeds (remembered for next time); else the last good answer,
-    /// else `default`, both marked degraded; else the call's error.
+    /// The call's answer if it succeeds (remembered for next time); else the last
+    /// good answer, else `default`, both marked degraded; else the call's error.
     pub async fn or_fallback<E: Display>(
         &self,
         call: impl Future<Output = Result<T, E>>,

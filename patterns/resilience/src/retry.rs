@@ -43,8 +43,8 @@ impl RetryPolicy {
     }
 
     // ANCHOR: run
-    /// Runs `operation` (given the attempt number, from 1) until it succeeds, fails with an error
-    /// that is not retryable, runs out of attempts, or the budget refuses a retry.
+    /// Runs `operation` (given the attempt number, from 1) until it succeeds, fails
+    /// with an error not worth retrying, runs out of attempts, or is over budget.
     pub async fn run<T, E, F, Fut>(
         &self,
         idempotency: Idempotency,
