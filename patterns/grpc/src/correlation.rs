@@ -47,7 +47,8 @@ pub fn is_sane(id: &str) -> bool {
 }
 
 // ANCHOR: accept
-/// Server interceptor: adopts the caller's correlation id or makes one. Never rejects a call.
+/// Server interceptor: adopts the caller's correlation id or makes one.
+/// Never rejects a call.
 pub fn accept(mut request: Request<()>) -> Result<Request<()>, Status> {
     let id = request
         .metadata()
@@ -62,7 +63,7 @@ pub fn accept(mut request: Request<()>) -> Result<Request<()>, Status> {
 // ANCHOR_END: accept
 
 // ANCHOR: AttachCorrelationId
-/// Client interceptor: sends one correlation id with every call made through the client.
+/// Client interceptor: sends one correlation id with every call it makes.
 #[derive(Clone, Debug)]
 pub struct AttachCorrelationId(AsciiMetadataValue);
 

@@ -30,7 +30,8 @@ pub struct RunningPayments {
 }
 
 // ANCHOR: spawn
-/// Serves [`PaymentsService`] on `127.0.0.1:0` (a free port chosen by the OS) in a background task.
+/// Serves [`PaymentsService`] on `127.0.0.1:0` (a free port chosen by the OS)
+/// in a background task.
 pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningPayments> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -43,7 +44,7 @@ pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningPayments> {
                 service,
                 correlation::accept,
             ))
-            // TCP_NODELAY: small messages go out at once instead of waiting for the peer's ACK.
+            // TCP_NODELAY: small messages go out at once, not after the peer's ACK.
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async {

@@ -167,7 +167,7 @@ impl Payments for PaymentsService {
                 }
                 Ok(Authorized::Replayed(payment)) => {
                     let payment_id = &payment.payment_id;
-                    info!(%payment_id, "same request again: its payment, no new hold");
+                    info!(%payment_id, "same request again: no new hold");
                     Ok(with_id(payment, &id))
                 }
                 Err(error) => Err(refuse(error.into())),

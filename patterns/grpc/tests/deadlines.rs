@@ -65,10 +65,21 @@ impl Drop for DropSignal {
     }
 }
 
-/// A payments service with no deadline code at all. Its `Authorize` never answers; its
-/// `WatchPayment` sends one event at once and another 400 ms later.
+/// A payments service with no deadline code at all. Its `Authorize` reports that it started (with
+/// the `grpc-timeout` it received), then never answers; its `WatchPayment` sends one event at once
+/// and another 400 ms later; its `CaptureBatch` calls `Authorize` on `relay_to`, as a handler that
+/// calls another service does.
 struct Bare {
+    started: Mutex<Option<oneshot::Sender<Option<String>>>>,
     dropped: Mutex<Option<oneshot::Sender<()>>>,
+    relay_to: Option<std::net::SocketAddr>,
+}
+
+/// What a test sees of [`Bare`]'s `Authorize` handler: that it started, with which
+/// `grpc-timeout`, and when it was dropped.
+struct Handler {
+    started: oneshot::Receiver<Option<String>>,
+    dropped: oneshot::Receiver<()>,
 }
 
 type Events = ReceiverStream<Result<PaymentEvent, Status>>;
@@ -78,9 +89,14 @@ type Results = ReceiverStream<Result<AuthorizationResult, Status>>;
 impl Payments for Bare {
     async fn authorize(
         &self,
-        _: Request<AuthorizeRequest>,
+        request: Request<AuthorizeRequest>,
     ) -> Result<Response<Payment>, Status> {
         let _signal = DropSignal(self.dropped.lock().unwrap().take());
+        let timeout = request.metadata().get("grpc-timeout");
+        let timeout = timeout.map(|v| v.to_str().unwrap().to_owned());
+        if let Some(started) = self.started.lock().unwrap().take() {
+            let _ = started.send(timeout);
+        }
         std::future::pending().await
     }
 
@@ -107,7 +123,10 @@ impl Payments for Bare {
         &self,
         _: Request<Streaming<CaptureRequest>>,
     ) -> Result<Response<BatchSummary>, Status> {
-        Err(Status::unimplemented("not in this test"))
+        let addr = self.relay_to.ok_or(Status::unimplemented("no relay"))?;
+        let mut downstream = bare_client(addr).await;
+        downstream.authorize(Request::new(order("o-1"))).await?;
+        Ok(Response::new(BatchSummary::default()))
     }
 
     type AuthorizeStreamStream = Results;
@@ -120,22 +139,33 @@ impl Payments for Bare {
     }
 }
 
-/// Serves [`Bare`]; `server_timeout` is `Server::timeout`. Returns its address and a channel that
-/// fires when the `Authorize` handler's future is dropped.
+/// Serves [`Bare`]; `server_timeout` is `Server::timeout`.
 async fn serve_bare(
     server_timeout: Option<Duration>,
-) -> (std::net::SocketAddr, oneshot::Receiver<()>) {
+) -> (std::net::SocketAddr, Handler) {
+    serve_relay(server_timeout, None).await
+}
+
+async fn serve_relay(
+    server_timeout: Option<Duration>,
+    relay_to: Option<std::net::SocketAddr>,
+) -> (std::net::SocketAddr, Handler) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (tx, dropped) = oneshot::channel();
-    let bare = Bare { dropped: Mutex::new(Some(tx)) };
+    let (started_tx, started) = oneshot::channel();
+    let (dropped_tx, dropped) = oneshot::channel();
+    let bare = Bare {
+        started: Mutex::new(Some(started_tx)),
+        dropped: Mutex::new(Some(dropped_tx)),
+        relay_to,
+    };
     let mut builder = Server::builder();
     if let Some(timeout) = server_timeout {
         builder = builder.timeout(timeout);
     }
     let router = builder.add_service(PaymentsServer::new(bare));
     tokio::spawn(router.serve_with_incoming(TcpIncoming::from(listener)));
-    (addr, dropped)
+    (addr, Handler { started, dropped })
 }
 
 async fn bare_client(
@@ -147,10 +177,12 @@ async fn bare_client(
 // ANCHOR: tonic_deadline_tests
 #[tokio::test]
 async fn tonic_drops_the_handler_at_the_callers_deadline_and_says_cancelled() {
-    let (addr, dropped) = serve_bare(None).await;
+    let (addr, mut handler) = serve_bare(None).await;
     let mut client = bare_client(addr).await;
     let request = with_timeout(order("o-1"), Duration::from_millis(200));
     let status = client.authorize(request).await.unwrap_err();
+    let sent = handler.started.try_recv().expect("the handler ran");
+    assert!(sent.is_some(), "the server saw the caller's grpc-timeout");
     // Not DEADLINE_EXCEEDED: tonic reports its timer as CANCELLED.
     assert_eq!(
         (status.code(), status.message()),
@@ -158,14 +190,15 @@ async fn tonic_drops_the_handler_at_the_callers_deadline_and_says_cancelled() {
     );
     assert!(local_timer_fired(&status), "the client's own timer: {status:?}");
     // The server side let go of the work: the handler's future was dropped.
-    tokio::time::timeout(STEP, dropped).await.expect("handler dropped").unwrap();
+    let dropped = tokio::time::timeout(STEP, handler.dropped).await;
+    dropped.expect("handler dropped").unwrap();
 }
 
 #[tokio::test]
 async fn the_servers_own_timer_answers_cancelled_too() {
     // Server::timeout goes through the same timer as grpc-timeout (the shorter
     // wins); this client sends no deadline, so the answer comes from the server.
-    let (addr, dropped) = serve_bare(Some(Duration::from_millis(200))).await;
+    let (addr, handler) = serve_bare(Some(Duration::from_millis(200))).await;
     let mut client = bare_client(addr).await;
     let status = client.authorize(order("o-1")).await.unwrap_err();
     assert_eq!(
@@ -173,7 +206,8 @@ async fn the_servers_own_timer_answers_cancelled_too() {
         (Code::Cancelled, "Timeout expired")
     );
     assert!(!local_timer_fired(&status), "it came over the wire: {status:?}");
-    tokio::time::timeout(STEP, dropped).await.expect("handler dropped").unwrap();
+    let dropped = tokio::time::timeout(STEP, handler.dropped).await;
+    dropped.expect("handler dropped").unwrap();
 }
 
 #[tokio::test]
@@ -193,6 +227,35 @@ async fn tonic_does_not_time_a_response_stream() {
     }
     // The second event left the server 400 ms in, well after the 200 ms deadline.
     assert_eq!(sequences, [1, 2]);
+}
+
+#[tokio::test]
+async fn a_caller_that_stops_waiting_resets_the_call_and_the_handler_is_dropped() {
+    // No deadline at all, so no timer on either side: the caller just drops
+    // the call once the handler runs. The reset alone stops the server's work.
+    let (addr, handler) = serve_bare(None).await;
+    let mut client = bare_client(addr).await;
+    tokio::select! {
+        answer = client.authorize(order("o-1")) => panic!("answered: {answer:?}"),
+        started = handler.started => assert_eq!(started.unwrap(), None),
+    }
+    let dropped = tokio::time::timeout(STEP, handler.dropped).await;
+    dropped.expect("handler dropped").unwrap();
+}
+
+#[tokio::test]
+async fn a_call_made_by_a_handler_does_not_inherit_the_callers_deadline() {
+    let (downstream, handler) = serve_bare(None).await;
+    let (relay, _) = serve_relay(None, Some(downstream)).await;
+    let mut client = bare_client(relay).await;
+    let empty = tokio_stream::empty::<CaptureRequest>();
+    let request = with_timeout(empty, Duration::from_secs(5));
+    tokio::select! {
+        answer = client.capture_batch(request) => panic!("answered: {answer:?}"),
+        seen = handler.started => {
+            assert_eq!(seen.unwrap(), None, "no grpc-timeout downstream");
+        }
+    }
 }
 // ANCHOR_END: tonic_deadline_tests
 

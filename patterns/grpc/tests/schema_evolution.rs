@@ -49,7 +49,7 @@ fn a_v2_reader_decodes_a_v1_message_and_defaults_the_new_field() {
 
 #[test]
 fn a_v1_middleman_that_decodes_and_reencodes_drops_the_new_field() {
-    // prost keeps no unknown fields: a service built on v1 that forwards a v2 message loses data.
+    // prost keeps no unknown fields: a v1 service forwarding v2 messages loses data.
     let new = v2::Payment {
         payment_id: "pay_1".into(),
         authorization_code: "A1B2C3".into(),
