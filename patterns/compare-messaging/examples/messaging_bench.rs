@@ -1,15 +1,17 @@
 //! Messaging throughput and latency against the real brokers, measured in one run.
 //!
-//! Run it: `cargo run --release --example messaging_bench` (brokers: `cargo xtask brokers up`)
+//! Run it: `cargo run --release --example messaging_bench`
+//! (start the brokers first: `cargo xtask brokers up`)
 //!
-//! - Kafka: produce throughput of 100-byte messages, batched by the client (many in flight), and
-//!   end-to-end latency (produce, then consume in the same process) one message at a time, with the
-//!   consumer polling every 5 ms.
-//! - RabbitMQ: publish throughput with a confirm awaited per message, against publishing in
-//!   batches and awaiting their confirms together; then consume throughput with manual acks.
+//! - Kafka: produce throughput of 100-byte messages, batched by the client (many in
+//!   flight), and end-to-end latency (produce, then consume in the same process) one
+//!   message at a time, with the consumer polling every 5 ms.
+//! - RabbitMQ: publish throughput with a confirm awaited per message, against
+//!   publishing in batches and awaiting their confirms together; then consume
+//!   throughput with manual acks.
 //!
-//! The figures are the brokers' on this machine over loopback: compare them with each other, not
-//! with published numbers from clusters of dedicated machines.
+//! The figures are the brokers' on this machine over loopback: compare them with
+//! each other, not with published numbers from clusters of dedicated machines.
 
 use std::time::{Duration, Instant};
 
@@ -81,8 +83,9 @@ async fn kafka() -> anyhow::Result<()> {
         per_second(count, began.elapsed())
     );
 
-    // A short fetch wait: a broker may hold a fetch until `fetch.wait.max.ms` (500 ms by default)
-    // even when data has arrived, and then the wait, not the broker, is what gets measured.
+    // A short fetch wait: a broker may hold a fetch until `fetch.wait.max.ms` (500
+    // ms by default) even when data has arrived, and then the wait, not the broker,
+    // is what gets measured.
     let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("group.id", format!("bench-{}", uuid::Uuid::new_v4().simple()))
@@ -173,7 +176,8 @@ async fn rabbitmq() -> anyhow::Result<()> {
             .await
             .context("consuming")?
             .context("consumer closed")??;
-        // Acknowledge every 100th with `multiple`, covering the 99 before it in one frame.
+        // Acknowledge every 100th with `multiple`, covering the 99 before it in one
+        // frame.
         if received % 100 == 0 || received == total {
             delivery.ack(BasicAckOptions { multiple: true }).await?;
         }

@@ -1,137 +1,214 @@
-//! Round-trip latency of one HTTP/JSON request and one gRPC unary call, against a raw TCP echo.
+//! HTTP/JSON and gRPC placing the same order, against a raw TCP echo, for a small
+//! and a large order, with and without gzip: latency and bytes on the wire per call.
 //!
-//! Run it: `cargo run --release --example protocol_bench` (add `-- --iterations 20000` for more)
+//! Run it: `cargo run --release --example protocol_bench`
+//! (for more calls per row: `cargo run --release --example protocol_bench --
+//! --iterations 5000`)
 //!
-//! All three run in this process over loopback, one connection each, one request at a time, in the
-//! same run, so the ratios compare protocols rather than machines. The HTTP call is `GET
-//! /v1/orders/{id}` (axum + reqwest, JSON); the gRPC call is `Authorize` (tonic + prost, one new
-//! order per call); the echo sends 256 bytes, about the size of the JSON order.
+//! Everything runs in this process over loopback, one connection per client, one
+//! call at a time, in the same run, so the ratios compare protocols rather than
+//! machines. Both services do the same work (`compare::order::OrderDesk::place`) on
+//! the same message types; the echo sends the order's JSON bytes and gets them back.
+//! Bytes are counted at each server's sockets.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
+use compare::Gzip;
 use compare::echo::{self, EchoClient};
+use compare::http::HttpClient;
+use compare::order::{expected_total, sample_order};
+use compare::proto::PlaceOrderRequest;
+use compare::rpc::RpcClient;
 use compare::stats::Sample;
-use grpc::proto::v2::AuthorizeRequest;
-use http_json::orders::{NewOrder, OrderLine};
+use compare::wire::{Meter, Traffic};
+use prost::Message;
+
+/// A basket of one line (about 100 bytes of JSON) and a wholesale order of about 64
+/// KiB.
+const ORDERS: [(&str, usize); 2] = [("small", 1), ("large", 640)];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let iterations = parse_iterations()?;
+    let runs = Runs::from_args()?;
     if cfg!(debug_assertions) {
         println!(
             "note: a debug build measures the compiler's debug code; run with --release for real figures"
         );
     }
-    let warmup = (iterations / 10).max(10);
     println!(
-        "{iterations} round trips per transport after {warmup} warm-up calls, one at a time, over loopback\n"
+        "{} calls per row after {} warm-up calls, one at a time, over loopback",
+        runs.iterations, runs.warmup
+    );
+    println!(
+        "operation: place an order, the same messages and work on both protocols"
+    );
+    println!(
+        "bytes: TCP payload per call (request / answer), counted at the server"
     );
 
-    let (echo_addr, echo_server) = echo::spawn().await?;
-    let mut echo_client = EchoClient::connect(echo_addr).await?;
-    let message = [b'x'; 256];
-    let tcp = measure(warmup, iterations, async |_| {
-        echo_client.round_trip(&message).await
-    })
-    .await
-    .context("TCP echo")?;
-    echo_server.abort();
+    let echo_server = echo::spawn().await?;
+    let http_server = compare::http::spawn().await?;
+    let rpc_server = compare::rpc::spawn().await?;
 
-    let orders =
-        http_json::server::spawn(http_json::server::ServiceConfig::default())
-            .await?;
-    let http = http_json::client::OrdersClient::new(
-        orders.base_url(),
-        Duration::from_secs(5),
-    )?;
-    let order = NewOrder {
-        customer_id: "c-42".into(),
-        lines: vec![OrderLine {
-            sku: "mug".into(),
-            quantity: 2,
-            unit_price_cents: 1250,
-        }],
-    };
-    let id = http.create("bench-1", &order).await?.order.id;
-    let http_sample = measure(warmup, iterations, async |_| http.get(id).await)
-        .await
-        .context("HTTP/JSON")?;
-    orders.shutdown().await?;
-
-    let payments =
-        grpc::server::spawn(grpc::service::ServiceConfig::default()).await?;
-    let mut grpc_client = grpc::client::connect(payments.addr, "bench").await?;
-    let grpc_sample = measure(warmup, iterations, async |i| {
-        let request = AuthorizeRequest {
-            order_id: format!("bench-{i}"),
-            amount_cents: 2500,
-            currency: "EUR".into(),
-            card_token: "tok_visa".into(),
-            customer_id: "c-42".into(),
-        };
-        grpc_client.authorize(request).await
-    })
-    .await
-    .context("gRPC")?;
-    payments.shutdown().await.map_err(|e| anyhow::anyhow!(e))?;
-
-    println!(
-        "{:<22} {:>10} {:>10} {:>12} {:>12}",
-        "transport", "p50", "p99", "p50 / echo", "p99 / echo"
-    );
-    for (name, sample) in [
-        ("raw TCP echo (baseline)", &tcp),
-        ("HTTP/JSON GET", &http_sample),
-        ("gRPC unary Authorize", &grpc_sample),
-    ] {
-        let (p50, p99) = (sample.percentile(50.0), sample.percentile(99.0));
+    for (name, lines) in ORDERS {
+        let order = sample_order(lines);
+        let json = serde_json::to_vec(&order)?;
         println!(
-            "{name:<22} {:>10} {:>10} {:>11.1}x {:>11.1}x",
-            micros(p50),
-            micros(p99),
-            ratio(p50, tcp.percentile(50.0)),
-            ratio(p99, tcp.percentile(99.0))
+            "\n{name} order: {lines} line{}, {} B as JSON, {} B as protobuf",
+            if lines == 1 { "" } else { "s" },
+            json.len(),
+            order.encoded_len()
         );
+        println!(
+            "  {:<10} {:<5} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9}",
+            "transport",
+            "gzip",
+            "request",
+            "answer",
+            "p50",
+            "p99",
+            "p50/echo",
+            "p99/echo"
+        );
+
+        let mut echo_client = EchoClient::connect(echo_server.addr).await?;
+        let baseline = runs
+            .measure(&echo_server.meter, &json, async |message| {
+                echo_client.round_trip(&message).await
+            })
+            .await
+            .context("TCP echo")?;
+        baseline.print("TCP echo", "-", &baseline);
+
+        for gzip in [Gzip::Off, Gzip::On] {
+            let client = HttpClient::new(http_server.addr, gzip)?;
+            let row = runs
+                .measure(&http_server.meter, &order, async |order| {
+                    let placed = client.place(&order).await?;
+                    check(&order, placed.total_cents)
+                })
+                .await
+                .context("HTTP/JSON")?;
+            row.print("HTTP/JSON", label(gzip), &baseline);
+        }
+        for gzip in [Gzip::Off, Gzip::On] {
+            let mut client = RpcClient::connect(rpc_server.addr, gzip).await?;
+            let row = runs
+                .measure(&rpc_server.meter, &order, async |order| {
+                    let total = expected_total(&order);
+                    let placed = client.place(order).await?;
+                    ensure!(placed.total_cents == total, "wrong total");
+                    Ok(())
+                })
+                .await
+                .context("gRPC")?;
+            row.print("gRPC", label(gzip), &baseline);
+        }
+    }
+
+    for server in [echo_server, http_server, rpc_server] {
+        server.shutdown().await.map_err(|e| anyhow::anyhow!(e))?;
     }
     Ok(())
 }
 
-/// Runs `call` `warmup` times unmeasured, then `iterations` times measured, one at a time.
-async fn measure<T, E>(
+fn check(order: &PlaceOrderRequest, total: u64) -> anyhow::Result<()> {
+    ensure!(total == expected_total(order), "wrong total");
+    Ok(())
+}
+
+fn label(gzip: Gzip) -> &'static str {
+    match gzip {
+        Gzip::Off => "off",
+        Gzip::On => "gzip",
+    }
+}
+
+/// How many calls to time, after how many untimed ones.
+struct Runs {
     warmup: usize,
     iterations: usize,
-    mut call: impl AsyncFnMut(usize) -> Result<T, E>,
-) -> anyhow::Result<Sample>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    for i in 0..warmup {
-        call(i).await?;
-    }
-    let mut measurements = Vec::with_capacity(iterations);
-    for i in warmup..warmup + iterations {
-        let began = Instant::now();
-        call(i).await?;
-        measurements.push(began.elapsed());
-    }
-    Sample::new(measurements).context("no measurements")
 }
 
-fn parse_iterations() -> anyhow::Result<usize> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [] => Ok(5_000),
-        [flag, n] if flag == "--iterations" => match n.parse() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => bail!("--iterations takes a positive whole number, got {n:?}"),
-        },
-        _ => bail!("usage: protocol_bench [--iterations N]"),
+/// One row of the table: latencies, and the bytes of an average call.
+struct Measured {
+    sample: Sample,
+    per_call: Traffic,
+}
+
+impl Runs {
+    fn from_args() -> anyhow::Result<Self> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let iterations = match args.as_slice() {
+            [] => 2_000,
+            [flag, n] if flag == "--iterations" => match n.parse() {
+                Ok(n) if n > 0 => n,
+                _ => bail!("--iterations takes a positive whole number, got {n:?}"),
+            },
+            _ => bail!("usage: protocol_bench [--iterations N]"),
+        };
+        Ok(Runs { warmup: (iterations / 10).max(10), iterations })
+    }
+
+    /// Calls `call` `warmup` times untimed, then `iterations` times timed, one at a
+    /// time, each with its own copy of `input` (copied outside the timed part), and
+    /// reads what `meter` counted during the timed calls.
+    async fn measure<I: Clone, T, E>(
+        &self,
+        meter: &Meter,
+        input: &I,
+        mut call: impl AsyncFnMut(I) -> Result<T, E>,
+    ) -> anyhow::Result<Measured>
+    where
+        E: Into<anyhow::Error>,
+    {
+        for _ in 0..self.warmup {
+            call(input.clone()).await.map_err(Into::into)?;
+        }
+        let before = meter.traffic();
+        let mut latencies = Vec::with_capacity(self.iterations);
+        for _ in 0..self.iterations {
+            let input = input.clone();
+            let began = Instant::now();
+            call(input).await.map_err(Into::into)?;
+            latencies.push(began.elapsed());
+        }
+        let traffic = meter.traffic().since(before);
+        let calls = self.iterations as u64;
+        Ok(Measured {
+            sample: Sample::new(latencies).context("no measurements")?,
+            per_call: Traffic {
+                received: traffic.received.div_ceil(calls),
+                sent: traffic.sent.div_ceil(calls),
+            },
+        })
     }
 }
 
-fn micros(d: Duration) -> String {
-    format!("{:.1} us", d.as_secs_f64() * 1e6)
+impl Measured {
+    fn print(&self, transport: &str, gzip: &str, baseline: &Measured) {
+        let (p50, p99) =
+            (self.sample.percentile(50.0), self.sample.percentile(99.0));
+        println!(
+            "  {transport:<10} {gzip:<5} {:>7} B {:>7} B {:>10} {:>10} {:>8.1}x {:>8.1}x",
+            self.per_call.received,
+            self.per_call.sent,
+            human(p50),
+            human(p99),
+            ratio(p50, baseline.sample.percentile(50.0)),
+            ratio(p99, baseline.sample.percentile(99.0)),
+        );
+    }
+}
+
+fn human(d: Duration) -> String {
+    let micros = d.as_secs_f64() * 1e6;
+    if micros < 1000.0 {
+        format!("{micros:.1} us")
+    } else {
+        format!("{:.2} ms", micros / 1000.0)
+    }
 }
 
 fn ratio(value: Duration, baseline: Duration) -> f64 {

@@ -1,54 +1,76 @@
-//! The baseline: a TCP echo server and a client that times one fixed-size round trip.
-
-use std::net::SocketAddr;
+//! The baseline: a TCP echo server and a client that times one round trip of a
+//! message.
+//!
+//! No framing, no encoding, no routing: the client writes the bytes, the server
+//! writes them back. This is the least work a request/response round trip over
+//! loopback can do, so every protocol is reported as a ratio to it.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
-/// Starts an echo server on `127.0.0.1:0`. It serves until the returned task is aborted.
-pub async fn spawn() -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+use crate::serve::Running;
+use crate::wire::Meter;
+
+/// Starts an echo server on `127.0.0.1:0`.
+pub async fn spawn() -> std::io::Result<Running> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let meter = Meter::default();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let connections = meter.clone();
     let task = tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if socket.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
+        loop {
+            let socket = tokio::select! {
+                accepted = listener.accept() => accepted?.0,
+                _ = &mut stopped => return Ok(()),
+            };
+            let socket = connections.accepted(socket)?;
+            tokio::spawn(echo(socket));
         }
     });
-    Ok((addr, task))
+    Ok(Running::new(addr, meter, stop, task))
 }
 
-/// One connection to the echo server; [`round_trip`](Self::round_trip) sends a message and waits
-/// for all of it to come back.
+async fn echo(mut socket: impl AsyncReadExt + AsyncWriteExt + Unpin) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if socket.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One connection to the echo server; [`round_trip`](Self::round_trip) sends a
+/// message and waits for all of it to come back.
 pub struct EchoClient {
     socket: TcpStream,
     reply: Vec<u8>,
 }
 
 impl EchoClient {
-    pub async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+    pub async fn connect(addr: std::net::SocketAddr) -> std::io::Result<Self> {
         let socket = TcpStream::connect(addr).await?;
-        // Small messages must not wait for Nagle's algorithm, or the baseline measures a timer.
+        // Small messages must not wait for Nagle's algorithm, or the baseline
+        // measures a timer.
         socket.set_nodelay(true)?;
         Ok(EchoClient { socket, reply: Vec::new() })
     }
 
     pub async fn round_trip(&mut self, message: &[u8]) -> std::io::Result<()> {
-        self.socket.write_all(message).await?;
         self.reply.resize(message.len(), 0);
-        self.socket.read_exact(&mut self.reply).await?;
+        // Write and read at once: a message larger than the socket buffers would
+        // otherwise deadlock, each side waiting for the other to read.
+        let (mut read, mut write) = self.socket.split();
+        let (written, read) =
+            tokio::join!(write.write_all(message), read.read_exact(&mut self.reply));
+        written?;
+        read?;
         if self.reply != message {
             return Err(std::io::Error::other("the echo differs from the message"));
         }
@@ -59,14 +81,20 @@ impl EchoClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Traffic;
 
     #[tokio::test]
-    async fn echoes_every_byte_back() {
-        let (addr, server) = spawn().await.unwrap();
-        let mut client = EchoClient::connect(addr).await.unwrap();
-        for size in [1, 100, 10_000] {
+    async fn echoes_every_byte_back_and_counts_them() {
+        let server = spawn().await.unwrap();
+        let mut client = EchoClient::connect(server.addr).await.unwrap();
+        for size in [1, 100, 200_000] {
             client.round_trip(&vec![7u8; size]).await.unwrap();
         }
-        server.abort();
+        let each_way = 1 + 100 + 200_000;
+        assert_eq!(
+            server.meter.traffic(),
+            Traffic { received: each_way, sent: each_way }
+        );
+        server.shutdown().await.unwrap();
     }
 }

@@ -16,8 +16,8 @@ impl Sample {
     }
 
     // ANCHOR: percentile
-    /// The nearest-rank percentile: the smallest measurement with at least `p`% of the sample at
-    /// or below it. `p` is clamped to 0..=100.
+    /// The nearest-rank percentile: the smallest measurement with at least `p`% of
+    /// the sample at or below it. `p` is clamped to 0..=100.
     pub fn percentile(&self, p: f64) -> Duration {
         let p = p.clamp(0.0, 100.0);
         let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
