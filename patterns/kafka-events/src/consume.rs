@@ -39,7 +39,9 @@ pub enum StepError<E> {
     Kafka(#[from] KafkaError),
     /// The handler failed on the message at `partition`/`offset`; the consumer was
     /// rewound to it.
-    #[error("the handler failed on {partition}/{offset}, which comes again: {error}")]
+    #[error(
+        "the handler failed on {partition}/{offset}, which comes again: {error}"
+    )]
     Handler { partition: i32, offset: i64, error: E },
 }
 
