@@ -121,7 +121,8 @@ fn every_book_include_resolves_to_a_non_empty_anchor() {
                 None => Some(source),
             };
             if let Some(body) = &body {
-                for line in body.lines().filter(|l| l.chars().count() > PAGE_COLUMNS) {
+                for line in body.lines().filter(|l| l.chars().count() > PAGE_COLUMNS)
+                {
                     problems.push(format!(
                         "{}: {include}: a line wider than {PAGE_COLUMNS} columns: {line}",
                         chapter.display()
@@ -378,10 +379,15 @@ fn rust_sources() -> Vec<(String, String)> {
 fn no_test_is_ignored() {
     let ignored: Vec<String> = rust_sources()
         .into_iter()
-        .filter(|(_, text)| text.lines().any(|l| l.trim_start().starts_with("#[ignore")))
+        .filter(|(_, text)| {
+            text.lines().any(|l| l.trim_start().starts_with("#[ignore"))
+        })
         .map(|(path, _)| path)
         .collect();
-    assert!(ignored.is_empty(), "a test that does not run proves nothing: {ignored:?}");
+    assert!(
+        ignored.is_empty(),
+        "a test that does not run proves nothing: {ignored:?}"
+    );
 }
 
 /// The library code of a file: everything before its `#[cfg(test)]` module, without comments.
@@ -421,7 +427,8 @@ fn library_code_neither_unwraps_nor_expects() {
 fn every_dependency_version_lives_in_the_workspace() {
     let mut manifests = vec![root().join("Cargo.toml")];
     manifests.extend(files(&root().join("patterns"), "Cargo.toml"));
-    manifests.extend([root().join("infra/Cargo.toml"), root().join("xtask/Cargo.toml")]);
+    manifests
+        .extend([root().join("infra/Cargo.toml"), root().join("xtask/Cargo.toml")]);
     let mut pinned = Vec::new();
     for manifest in manifests {
         let doc: toml::Table = toml::from_str(&read(&manifest)).unwrap();
@@ -462,7 +469,8 @@ fn every_dependency_version_lives_in_the_workspace() {
 /// Whether a MultipleChoice question's keyed answer is its longest option (a reader who
 /// picks the longest option gets it right without reading).
 fn keyed_answer_is_longest(q: &quiz_schema::MultipleChoice) -> bool {
-    let longest = |options: &[String]| options.iter().map(|o| o.chars().count()).max();
+    let longest =
+        |options: &[String]| options.iter().map(|o| o.chars().count()).max();
     longest(q.answer.answer.as_slice()) > longest(&q.prompt.distractors)
 }
 
@@ -476,9 +484,13 @@ fn quizzes_mix_question_types_and_do_not_leak_answers_by_length() {
         let multi_select = quiz.questions.iter().any(|q| {
             matches!(q, Question::MultipleChoice(mc) if mc.answer.answer.as_slice().len() > 1)
         });
-        assert!(multi_select, "{name}: no multi-select question (several correct options)");
+        assert!(
+            multi_select,
+            "{name}: no multi-select question (several correct options)"
+        );
         let about_output = quiz.questions.iter().any(|q| {
-            matches!(q, Question::ShortAnswer(_)) || q.prompt().contains("```console")
+            matches!(q, Question::ShortAnswer(_))
+                || q.prompt().contains("```console")
         });
         assert!(
             about_output,
