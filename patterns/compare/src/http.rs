@@ -151,7 +151,7 @@ impl HttpClient {
         Ok(HttpClient { http, url, gzip })
     }
 
-    // ANCHOR: http_place
+    // ANCHOR: place
     /// Places an order: `POST /v1/orders` with the order as JSON, gzipped if asked
     /// for.
     pub async fn place(
@@ -178,7 +178,7 @@ impl HttpClient {
         }
         Ok(response.json().await?)
     }
-    // ANCHOR_END: http_place
+    // ANCHOR_END: place
 }
 
 fn gzip(bytes: &[u8]) -> io::Result<Vec<u8>> {

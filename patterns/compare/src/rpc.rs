@@ -55,7 +55,7 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
     }
 }
 
-// ANCHOR: rpc_server
+// ANCHOR: spawn
 /// Serves [`OrdersService`] on `127.0.0.1:0`, counting its bytes on the wire.
 pub async fn spawn() -> io::Result<Running> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -80,7 +80,7 @@ pub async fn spawn() -> io::Result<Running> {
     });
     Ok(Running::new(addr, meter, stop, task))
 }
-// ANCHOR_END: rpc_server
+// ANCHOR_END: spawn
 
 /// A client of the orders service over one HTTP/2 connection.
 pub struct RpcClient {
@@ -108,7 +108,6 @@ impl RpcClient {
         Ok(RpcClient { inner })
     }
 
-    // ANCHOR: rpc_place
     /// Places an order: the unary call `PlaceOrder`, gzipped if asked for.
     pub async fn place(
         &mut self,
@@ -117,5 +116,4 @@ impl RpcClient {
         let placed = self.inner.place_order(order).await?;
         Ok(placed.into_inner())
     }
-    // ANCHOR_END: rpc_place
 }
