@@ -18,18 +18,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Status};
 
+mod support;
+use support::order;
+
 /// Generous bound on any single step over loopback; hitting it means a hang, not slowness.
 const STEP: Duration = Duration::from_secs(10);
-
-fn order(order_id: &str) -> AuthorizeRequest {
-    AuthorizeRequest {
-        order_id: order_id.into(),
-        amount_cents: 2899,
-        currency: "EUR".into(),
-        card_token: "tok_visa".into(),
-        customer_id: "c-42".into(),
-    }
-}
 
 async fn start(config: ServiceConfig) -> (RunningPayments, Client) {
     let server = spawn(config).await.unwrap();

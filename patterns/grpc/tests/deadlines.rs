@@ -23,18 +23,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status, Streaming, TimeoutExpired};
 
+mod support;
+use support::order;
+
 /// Generous bound on any single step over loopback; hitting it means a hang, not slowness.
 const STEP: Duration = Duration::from_secs(10);
-
-fn order(order_id: &str) -> AuthorizeRequest {
-    AuthorizeRequest {
-        order_id: order_id.into(),
-        amount_cents: 2899,
-        currency: "EUR".into(),
-        card_token: "tok_visa".into(),
-        customer_id: "c-42".into(),
-    }
-}
 
 fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     let mut request = Request::new(message);

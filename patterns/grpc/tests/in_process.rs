@@ -8,22 +8,14 @@ use std::time::Duration;
 use grpc::ledger::Ledger;
 use grpc::proto::v2::payments_server::Payments;
 use grpc::proto::v2::{
-    AuthorizeRequest, CaptureRequest, PaymentEvent, PaymentStatus,
-    WatchPaymentRequest,
+    CaptureRequest, PaymentEvent, PaymentStatus, WatchPaymentRequest,
 };
 use grpc::service::{PaymentsService, ServiceConfig};
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Status};
 
-fn order(order_id: &str) -> AuthorizeRequest {
-    AuthorizeRequest {
-        order_id: order_id.into(),
-        amount_cents: 2899,
-        currency: "EUR".into(),
-        card_token: "tok_visa".into(),
-        customer_id: "c-42".into(),
-    }
-}
+mod support;
+use support::order;
 
 type Events = mpsc::Receiver<Result<PaymentEvent, Status>>;
 
