@@ -32,7 +32,8 @@ pub enum Handled {
     DeadLettered(DecodeError),
 }
 
-/// Why a step failed. In both cases no offset was stored for the message: it is delivered again.
+/// Why a step failed. In every case no offset was stored for the message and its
+/// partition was rewound to it: it is delivered again, before anything after it.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError<E> {
     #[error("kafka: {0}")]
@@ -96,9 +97,10 @@ impl DeadLetters {
 /// offset for the background commit. A message that cannot be decoded is
 /// dead-lettered and stored, so one bad message cannot stop the consumer.
 ///
-/// When `handler` fails, nothing is stored and the partition is rewound to the
-/// failed message: the next call receives it again, before any later message
-/// of its partition. Retry after a backoff, or stop; never skip it.
+/// When anything fails (the handler, the dead-letter send, storing the offset),
+/// the partition is rewound to the message: the next call receives it again,
+/// before any later message of its partition. Retry after a backoff, or stop;
+/// never skip it.
 pub async fn handle_next<F, Fut, E>(
     consumer: &StreamConsumer,
     dead_letters: &DeadLetters,
@@ -109,26 +111,30 @@ where
     Fut: Future<Output = Result<Event, E>>,
 {
     let message = consumer.recv().await?;
-    let handled = match envelope::decode(&message) {
-        Ok(event) => match handler(event).await {
-            Ok(event) => Handled::Processed(event),
-            Err(error) => {
-                rewind(consumer, &message)?;
-                let (partition, offset) = (message.partition(), message.offset());
-                return Err(StepError::Handler { partition, offset, error });
-            }
-        },
+    let (partition, offset) = (message.partition(), message.offset());
+    let outcome = match envelope::decode(&message) {
+        Ok(event) => handler(event)
+            .await
+            .map(Handled::Processed)
+            .map_err(|error| StepError::Handler { partition, offset, error }),
         Err(error) => {
-            let offset = message.offset();
             let dlq = &dead_letters.topic;
             tracing::warn!(offset, "undecodable event sent to {dlq}: {error}");
-            dead_letters.send(&message, &error).await?;
-            Handled::DeadLettered(error)
+            let sent = dead_letters.send(&message, &error).await;
+            sent.map(|()| Handled::DeadLettered(error)).map_err(StepError::Kafka)
         }
     };
     // Local and non-blocking: librdkafka commits stored offsets in the background.
-    consumer.store_offset_from_message(&message)?;
-    Ok(handled)
+    let stored = |handled| {
+        consumer.store_offset_from_message(&message)?;
+        Ok(handled)
+    };
+    let outcome = outcome.and_then(stored);
+    if outcome.is_err() {
+        // Not finished, so not skipped: the next step starts from this message.
+        rewind(consumer, &message)?;
+    }
+    outcome
 }
 
 /// Moves the partition's position back to `message`. A zero timeout makes the

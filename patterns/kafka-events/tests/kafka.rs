@@ -325,6 +325,52 @@ async fn a_poison_event_is_dead_lettered_with_its_payload_headers_and_error_and_
 }
 
 #[tokio::test]
+async fn a_dead_letter_that_cannot_be_sent_is_not_skipped() {
+    let Some(f) = fixture(1).await else { return };
+    publish(&f.producer, &f.topic, &metadata(), &order("o-1", "c-1", 100))
+        .await
+        .unwrap();
+    let poison = FutureRecord::to(&f.topic).key("o-2").payload("{not json");
+    f.producer.send(poison, STEP).await.map_err(|(e, _)| e).unwrap();
+    publish(&f.producer, &f.topic, &metadata(), &order("o-3", "c-1", 300))
+        .await
+        .unwrap();
+
+    let consumer = consumer(&f.brokers, &unique("dlq-down")).unwrap();
+    consumer.subscribe(&[&f.topic]).unwrap();
+    // A dead-letter topic that does not exist (the broker does not create topics),
+    // with a producer that gives up after a second.
+    let impatient = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &f.brokers)
+        .set("message.timeout.ms", "1000")
+        .create()
+        .unwrap();
+    let unreachable =
+        DeadLetters { producer: impatient, topic: unique("no-such-dlq") };
+    let working = DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
+
+    assert_eq!(
+        processed(next_event(&consumer, &working).await).order.order_id,
+        "o-1"
+    );
+    let step =
+        handle_next(&consumer, &unreachable, |e| async { Ok::<_, String>(e) });
+    let failed = timeout(STEP, step).await.expect("an answer within the bound");
+    assert!(matches!(failed, Err(StepError::Kafka(_))), "{failed:?}");
+    // The poison message comes again, before o-3, and is dead-lettered this time.
+    assert!(matches!(
+        next_event(&consumer, &working).await,
+        Handled::DeadLettered(
+            DecodeError::MissingHeader(_) | DecodeError::BadPayload(_)
+        )
+    ));
+    assert_eq!(
+        processed(next_event(&consumer, &working).await).order.order_id,
+        "o-3"
+    );
+}
+
+#[tokio::test]
 async fn a_new_group_replaying_from_the_start_rebuilds_the_same_projection() {
     let Some(f) = fixture(2).await else { return };
     for (i, customer) in
