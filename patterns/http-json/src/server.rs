@@ -5,6 +5,7 @@
 //! `127.0.0.1:0`. Handlers stay short: decode (via [`JsonBody`]), validate, check the idempotency
 //! key, act, render the version the path asked for.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -292,15 +293,23 @@ pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningService> {
     let addr = listener.local_addr()?;
     let state = AppState::new(config);
     let (stop, stopped) = oneshot::channel::<()>();
-    let router = app(state.clone());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let task = tokio::spawn(serve(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
     info!("orders-service listening on http://{addr}");
     Ok(RunningService { addr, state, stop, task })
 }
 // ANCHOR_END: spawn
+
+// ANCHOR: serve
+/// Serves [`app`] on `listener` until `shutdown` completes. Then it stops
+/// accepting connections, lets every request already running finish, and
+/// returns: a deploy or a Ctrl-C loses no answer that was being written.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}
+// ANCHOR_END: serve
