@@ -4,6 +4,9 @@
 //! `protoc` comes from the `protoc-bin-vendored` crate, so a reader needs no system protobuf
 //! compiler. Both schemas share one package name, as a real evolving schema does, so each is
 //! generated into its own directory under OUT_DIR.
+//!
+//! For v2 it also writes the encoded `FileDescriptorSet` (`payments_descriptor.bin`): gRPC server
+//! reflection answers `grpcurl list` and `describe` from it, so a reader needs no .proto file.
 
 use std::path::PathBuf;
 
@@ -14,14 +17,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::create_dir_all(&dir)?;
         let mut config = tonic_prost_build::Config::new();
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
-        tonic_prost_build::configure()
-            .build_server(with_server)
-            .out_dir(&dir)
-            .compile_with_config(
-                config,
-                &[format!("proto/{version}/payments.proto")],
-                &["proto".to_owned()],
-            )?;
+        let mut protos = vec![format!("proto/{version}/payments.proto")];
+        let mut builder = tonic_prost_build::configure().build_server(with_server);
+        if with_server {
+            protos.push(format!("proto/{version}/queries.proto"));
+            builder = builder
+                .file_descriptor_set_path(dir.join("payments_descriptor.bin"));
+        }
+        builder.out_dir(&dir).compile_with_config(
+            config,
+            &protos,
+            &["proto".to_owned()],
+        )?;
     }
     Ok(())
 }

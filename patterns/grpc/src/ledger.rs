@@ -280,6 +280,17 @@ impl Ledger {
             .ok_or_else(|| PaymentError::UnknownPayment(payment_id.to_owned()))
     }
 
+    /// The payment of an order, if one was authorized (an order still in flight has none yet).
+    pub fn for_order(&self, order_id: &str) -> Option<Payment> {
+        let inner = self.lock();
+        match inner.orders.get(order_id)? {
+            OrderSlot::Authorized { payment_id, .. } => {
+                inner.payments.get(payment_id).map(|e| e.payment.clone())
+            }
+            OrderSlot::InFlight => None,
+        }
+    }
+
     /// Subscribes to a payment's changes. Watching reads; it never changes the payment.
     pub fn watch(
         &self,

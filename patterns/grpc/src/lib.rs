@@ -14,6 +14,8 @@
 //!   response streams at it, which tonic does not.
 //! - [`correlation`]: interceptors that carry a correlation id from client to server and back.
 //! - [`service`] and [`server`]: the service implementation and a loopback server to run it.
+//! - [`queries`]: a read-only service (`PaymentQueries`) for callers that compose views, such as
+//!   the API gateway: the payments of many orders in one call.
 //! - [`client`]: connecting, and a unary call with a deadline that reads as `DEADLINE_EXCEEDED`.
 //!
 //! Use gRPC between services you own: the schema is the contract and both sides are generated
@@ -26,6 +28,7 @@ pub mod client;
 pub mod correlation;
 pub mod deadline;
 pub mod ledger;
+pub mod queries;
 pub mod server;
 pub mod service;
 
@@ -34,6 +37,10 @@ pub mod proto {
     /// Today's schema: client and server.
     pub mod v2 {
         include!(concat!(env!("OUT_DIR"), "/v2/shop.payments.rs"));
+
+        /// The encoded descriptors of today's schema, for gRPC server reflection.
+        pub const FILE_DESCRIPTOR_SET: &[u8] =
+            include_bytes!(concat!(env!("OUT_DIR"), "/v2/payments_descriptor.bin"));
     }
     /// The first release of the schema: a client only, as old callers still have it.
     pub mod v1 {
