@@ -1,0 +1,402 @@
+//! The services behind the gateway, each behind its own circuit breaker, with a call counter.
+//!
+//! Every backend call has a deadline (an instant, so several calls can share one) and runs
+//! through [`Backend::guard`]: the breaker is asked first, the call is cut off at the deadline,
+//! and the outcome is counted the way the circuit-breaker chapter counts it. A refusal (a 4xx, or
+//! a gRPC code that means "your request is wrong") is the backend working correctly, so it counts
+//! as a success; timeouts, transport errors and 5xx count as failures. The timeout sits *inside*
+//! the breaker's call, so a backend that hangs trips the breaker instead of escaping it.
+//!
+//! The counters exist for the GraphQL chapter's N+1 test and the example's narration: how many
+//! calls a query cost each backend.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use circuit_breaker::{CallError, CircuitBreaker};
+use grpc::proto::v2::payment_queries_client::PaymentQueriesClient;
+use grpc::proto::v2::payments_client::PaymentsClient;
+use grpc::proto::v2::{AuthorizeRequest, Payment, PaymentsForOrdersRequest};
+use http_json::problem::{PROBLEM_JSON, Problem};
+use http_json::versions::v2::OrderV2;
+use serde::Serialize;
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::CALLER_HEADER;
+use crate::problem::{from_grpc, problem};
+
+/// Why a backend call gave no usable answer.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0} is failing fast: its circuit breaker is open")]
+    Open(&'static str),
+    #[error("{0} did not answer before the deadline")]
+    Timeout(&'static str),
+    #[error("{0} is unreachable or failing: {1}")]
+    Failed(&'static str, String),
+    /// The backend answered, and refused (not its failure: the request's).
+    #[error("{0} refused: {detail}", detail = .1.detail)]
+    Refused(&'static str, Problem),
+}
+
+impl BackendError {
+    /// The problem the gateway answers with.
+    pub fn problem(&self) -> Problem {
+        let detail = self.to_string();
+        match self {
+            BackendError::Open(_) => problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend-unavailable",
+                "A backend is unavailable",
+                detail,
+            ),
+            BackendError::Timeout(_) => problem(
+                StatusCode::GATEWAY_TIMEOUT,
+                "backend-timeout",
+                "A backend did not answer in time",
+                detail,
+            ),
+            BackendError::Failed(..) => problem(
+                StatusCode::BAD_GATEWAY,
+                "backend-failed",
+                "A backend failed",
+                detail,
+            ),
+            BackendError::Refused(_, problem) => problem.clone(),
+        }
+    }
+
+    /// Whether the backend said "no such thing" (as opposed to failing).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BackendError::Refused(_, p) if p.status == 404)
+    }
+}
+
+/// What went wrong inside one call, before the breaker counts it.
+enum Fault {
+    Timeout,
+    Failed(String),
+}
+
+/// A backend's name, breaker and call counter.
+#[derive(Debug)]
+pub struct Backend {
+    pub name: &'static str,
+    pub breaker: CircuitBreaker,
+    calls: AtomicU64,
+}
+
+impl Backend {
+    pub fn new(name: &'static str, breaker: CircuitBreaker) -> Self {
+        Backend { name, breaker, calls: AtomicU64::new(0) }
+    }
+
+    /// Calls made to this backend so far (refused by the breaker ones excluded).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    // ANCHOR: guard
+    /// Runs one call through the breaker, cut off at `deadline`. The call's
+    /// `Ok(Err(problem))` is a refusal: a success for the breaker, an error
+    /// for the caller.
+    async fn guard<T>(
+        &self,
+        deadline: Instant,
+        call: impl Future<Output = Result<Result<T, Problem>, Fault>>,
+    ) -> Result<T, BackendError> {
+        let name = self.name;
+        let counted = async {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            match tokio::time::timeout_at(deadline, call).await {
+                Ok(outcome) => outcome,
+                Err(_elapsed) => Err(Fault::Timeout),
+            }
+        };
+        match self.breaker.call(counted).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(refusal)) => Err(BackendError::Refused(name, refusal)),
+            Err(CallError::Rejected(_)) => Err(BackendError::Open(name)),
+            Err(CallError::Inner(Fault::Timeout)) => {
+                Err(BackendError::Timeout(name))
+            }
+            Err(CallError::Inner(Fault::Failed(why))) => {
+                Err(BackendError::Failed(name, why))
+            }
+        }
+    }
+    // ANCHOR_END: guard
+}
+
+/// What the orders service answered to a forwarded request.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub status: StatusCode,
+    pub content_type: Option<String>,
+    pub location: Option<String>,
+    pub replayed: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// The orders service (HTTP/JSON), spoken to with reqwest.
+#[derive(Debug)]
+pub struct OrdersBackend {
+    pub backend: Backend,
+    base_url: String,
+    http: reqwest::Client,
+}
+
+impl OrdersBackend {
+    pub fn new(
+        base_url: String,
+        breaker: CircuitBreaker,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
+        Ok(OrdersBackend {
+            backend: Backend::new("orders", breaker),
+            base_url,
+            http,
+        })
+    }
+
+    /// Sends a request on and returns the answer as it is (problems included).
+    /// Only the headers named here leave the gateway: the client's other
+    /// headers, a forged caller header among them, are not forwarded.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn forward(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        idempotency_key: Option<&str>,
+        body: Vec<u8>,
+        caller: &str,
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<Forwarded, BackendError> {
+        let url = format!("{}{path_and_query}", self.base_url);
+        let mut request = self
+            .http
+            .request(method, url)
+            .header(CALLER_HEADER, caller)
+            .header(http_json::server::CORRELATION_ID, request_id);
+        if let Some(content_type) = content_type {
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header(http_json::idempotency::IDEMPOTENCY_KEY, key);
+        }
+        let call = async move {
+            let response = request.body(body).send().await.map_err(failed)?;
+            let status = response.status();
+            let header = |name: &str| {
+                let value = response.headers().get(name)?;
+                value.to_str().ok().map(str::to_owned)
+            };
+            let forwarded = Forwarded {
+                status: StatusCode::from_u16(status.as_u16())
+                    .unwrap_or(StatusCode::BAD_GATEWAY),
+                content_type: header("content-type"),
+                location: header("location"),
+                replayed: header(http_json::idempotency::IDEMPOTENT_REPLAYED),
+                body: response.bytes().await.map_err(failed)?.to_vec(),
+            };
+            if status.is_server_error() {
+                return Err(Fault::Failed(format!("answered {status}")));
+            }
+            Ok(Ok(forwarded))
+        };
+        self.backend.guard(deadline, call).await
+    }
+
+    /// `GET /v2/orders/{id}`, decoded.
+    pub async fn get(
+        &self,
+        id: &str,
+        caller: &str,
+        deadline: Instant,
+    ) -> Result<OrderV2, BackendError> {
+        let path = format!("/v2/orders/{id}");
+        self.get_json(&path, caller, deadline).await
+    }
+
+    /// `GET /v2/orders?customer_id=...`, decoded.
+    pub async fn list(
+        &self,
+        customer_id: &str,
+        caller: &str,
+        deadline: Instant,
+    ) -> Result<Vec<OrderV2>, BackendError> {
+        let query: String = customer_id
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        let path = format!("/v2/orders?customer_id={query}");
+        self.get_json(&path, caller, deadline).await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        caller: &str,
+        deadline: Instant,
+    ) -> Result<T, BackendError> {
+        let request = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .header(CALLER_HEADER, caller);
+        let call = async move {
+            let response = request.send().await.map_err(failed)?;
+            let status = response.status();
+            let is_problem = response
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+            if status.is_server_error() {
+                return Err(Fault::Failed(format!("answered {status}")));
+            }
+            if status.is_client_error() && is_problem {
+                return Ok(Err(response.json::<Problem>().await.map_err(failed)?));
+            }
+            if !status.is_success() {
+                return Err(Fault::Failed(format!("answered {status}")));
+            }
+            Ok(Ok(response.json::<T>().await.map_err(failed)?))
+        };
+        self.backend.guard(deadline, call).await
+    }
+}
+
+fn failed(error: reqwest::Error) -> Fault {
+    Fault::Failed(error.to_string())
+}
+
+/// A payment as the gateway shows it in JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PaymentView {
+    pub payment_id: String,
+    pub order_id: String,
+    /// `authorized`, `captured` or `settled`.
+    pub status: String,
+    pub amount_cents: u64,
+    pub authorization_code: String,
+}
+
+impl From<Payment> for PaymentView {
+    fn from(payment: Payment) -> Self {
+        let status = payment.status().as_str_name();
+        let status = status.trim_start_matches("PAYMENT_STATUS_").to_lowercase();
+        PaymentView {
+            payment_id: payment.payment_id,
+            order_id: payment.order_id,
+            status,
+            amount_cents: payment.amount_cents,
+            authorization_code: payment.authorization_code,
+        }
+    }
+}
+
+/// The payments service (gRPC), spoken to with tonic over one HTTP/2 channel.
+#[derive(Debug)]
+pub struct PaymentsBackend {
+    pub backend: Backend,
+    channel: Channel,
+}
+
+impl PaymentsBackend {
+    /// Connects lazily: the first call opens the connection, so the gateway
+    /// starts even while payments is down (and its breaker then counts that).
+    pub fn new(
+        url: String,
+        breaker: CircuitBreaker,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url)?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        Ok(PaymentsBackend { backend: Backend::new("payments", breaker), channel })
+    }
+
+    /// `Authorize`, with the caller in metadata and what is left of the deadline
+    /// sent as `grpc-timeout`.
+    pub async fn authorize(
+        &self,
+        message: AuthorizeRequest,
+        caller: &str,
+        deadline: Instant,
+    ) -> Result<PaymentView, BackendError> {
+        let request = grpc_request(message, caller, deadline);
+        let mut client = PaymentsClient::new(self.channel.clone());
+        let call = async move { classify(client.authorize(request).await) };
+        self.backend.guard(deadline, call).await.map(PaymentView::from)
+    }
+
+    /// The payments of these orders, in one call (orders without one are absent).
+    pub async fn for_orders(
+        &self,
+        order_ids: Vec<String>,
+        caller: &str,
+        deadline: Instant,
+    ) -> Result<Vec<PaymentView>, BackendError> {
+        let message = PaymentsForOrdersRequest { order_ids };
+        let request = grpc_request(message, caller, deadline);
+        let mut client = PaymentQueriesClient::new(self.channel.clone());
+        let call = async move {
+            let answer = classify(client.payments_for_orders(request).await)?;
+            Ok(answer.map(|a| a.payments))
+        };
+        let payments = self.backend.guard(deadline, call).await?;
+        Ok(payments.into_iter().map(PaymentView::from).collect())
+    }
+}
+
+fn grpc_request<T>(
+    message: T,
+    caller: &str,
+    deadline: Instant,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    if let Ok(value) = AsciiMetadataValue::try_from(caller) {
+        request.metadata_mut().insert(CALLER_HEADER, value);
+    }
+    request
+}
+
+/// A gRPC answer as the breaker should count it: refusals are the backend
+/// working, the rest are its failures.
+fn classify<T>(
+    answer: Result<tonic::Response<T>, tonic::Status>,
+) -> Result<Result<T, Problem>, Fault> {
+    match answer {
+        Ok(response) => Ok(Ok(response.into_inner())),
+        Err(status) => match status.code() {
+            Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unauthenticated
+            | Code::ResourceExhausted => Ok(Err(from_grpc(&status))),
+            Code::DeadlineExceeded => Err(Fault::Timeout),
+            _ => Err(Fault::Failed(format!(
+                "{}: {}",
+                grpc::ledger::code_name(status.code()),
+                status.message()
+            ))),
+        },
+    }
+}

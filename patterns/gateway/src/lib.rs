@@ -1,0 +1,174 @@
+//! An API gateway: the one public entry point in front of the shop's services.
+//!
+//! What it does, one module each, and only what belongs at the edge:
+//!
+//! - [`routes`]: routing. HTTP clients reach the orders service (HTTP/JSON) and the payments
+//!   service (gRPC, exposed here as JSON, its status codes mapped to HTTP statuses and problem
+//!   bodies by [`problem`]).
+//! - [`auth`]: authentication. A bearer JWT is verified once, here (signature, issuer, audience,
+//!   expiry); the verified caller travels downstream in a header only the gateway can set.
+//! - [`limit`]: a rate limit per authenticated client, with `429` and `Retry-After`.
+//! - [`compose`]: composition. `GET /checkout/{order_id}` asks orders and payments at once within
+//!   one deadline and answers with what it has, naming what is missing.
+//! - [`graphql`]: the same composition as GraphQL, where the client picks the fields, with a data
+//!   loader against the N+1 problem.
+//! - [`backends`]: each backend behind its own circuit breaker (the resilience chapter's).
+//!
+//! Request ids, timeouts and body limits come from tower-http, not from code written here.
+//!
+//! What does *not* belong here: business rules (an order's validity is the orders service's
+//! business), data of its own, and per-service retries that the service's own clients know
+//! better. A gateway that grows those becomes a distributed monolith every team must change.
+
+pub mod auth;
+pub mod backends;
+pub mod compose;
+pub mod graphql;
+pub mod limit;
+pub mod problem;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use circuit_breaker::CircuitBreaker;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::auth::Verifier;
+use crate::backends::{OrdersBackend, PaymentsBackend};
+use crate::limit::{Rate, RateLimiter};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("orders client: {0}")]
+    Orders(#[from] reqwest::Error),
+    #[error("payments address: {0}")]
+    Payments(#[from] tonic::transport::Error),
+    #[error("listening: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where the backends are, whom to trust, and the limits.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Base URL of the orders service, e.g. `http://127.0.0.1:8081`.
+    pub orders_url: String,
+    /// URL of the payments service, e.g. `http://127.0.0.1:50051`.
+    pub payments_url: String,
+    /// The HS256 secret tokens are signed with, their issuer and audience.
+    pub token_secret: Vec<u8>,
+    pub issuer: String,
+    pub audience: String,
+    /// Every authenticated client's allowance.
+    pub rate: Rate,
+    /// How long a routed call may take.
+    pub backend_timeout: Duration,
+    /// How long a composed view may take, all its calls together.
+    pub compose_deadline: Duration,
+    /// The gateway's last word on any request (tower-http's timeout).
+    pub request_timeout: Duration,
+    /// Largest request body accepted.
+    pub body_limit: usize,
+    /// The breaker in front of each backend.
+    pub breaker: circuit_breaker::Config,
+}
+
+impl Config {
+    /// Defaults for a gateway in front of these two services.
+    pub fn new(orders_url: String, payments_url: String) -> Self {
+        Config {
+            orders_url,
+            payments_url,
+            token_secret: b"change-me: the shop's token secret".to_vec(),
+            issuer: "https://id.shop.example".into(),
+            audience: "shop-gateway".into(),
+            rate: Rate { burst: 5, per_second: 1.0 },
+            backend_timeout: Duration::from_secs(2),
+            compose_deadline: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(5),
+            body_limit: 16 * 1024,
+            breaker: circuit_breaker::Config::default(),
+        }
+    }
+}
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    pub orders: Arc<OrdersBackend>,
+    pub payments: Arc<PaymentsBackend>,
+    pub config: Arc<Config>,
+    pub limiter: RateLimiter,
+    pub schema: graphql::ShopSchema,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        let breaker = || CircuitBreaker::new(config.breaker.clone());
+        let orders = OrdersBackend::new(config.orders_url.clone(), breaker())?;
+        let payments = PaymentsBackend::new(config.payments_url.clone(), breaker())?;
+        Ok(Gateway {
+            orders: Arc::new(orders),
+            payments: Arc::new(payments),
+            limiter: RateLimiter::new(config.rate),
+            schema: graphql::schema(),
+            config: Arc::new(config),
+        })
+    }
+
+    pub fn verifier(&self) -> Verifier {
+        let c = &self.config;
+        Verifier::hs256(&c.token_secret, &c.issuer, &c.audience)
+    }
+}
+
+/// A gateway serving on a loopback port; stop it with [`RunningGateway::shutdown`].
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    pub gateway: Gateway,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningGateway {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets requests in flight finish, waits for the server.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Serves [`routes::app`] on `127.0.0.1:0` in a background task.
+pub async fn spawn(config: Config) -> Result<RunningGateway, StartError> {
+    let gateway = Gateway::new(config)?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = routes::app(gateway.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    info!("gateway listening on http://{addr}");
+    Ok(RunningGateway { addr, gateway, stop, task })
+}
