@@ -1,0 +1,103 @@
+//! Routed calls reach the right service; payments' gRPC codes become HTTP statuses with problem
+//! bodies; a failing backend trips its breaker and the gateway then fails fast.
+
+mod support;
+
+use gateway::problem::http_status_of;
+use serde_json::Value;
+use tonic::Code;
+
+#[tokio::test]
+async fn orders_and_payments_are_reached_through_one_entry_point() {
+    let shop = support::shop().await;
+    let id = shop.place_order("c-42", "k-1").await;
+    let response = shop
+        .http
+        .get(shop.url(&format!("/orders/{id}")))
+        .bearer_auth(shop.token("web-shop"))
+        .send()
+        .await
+        .unwrap();
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(order["total"]["amount"], "25.00");
+
+    let response = shop.pay(&id).await;
+    assert_eq!(response.status(), 201);
+    let payment: Value = response.json().await.unwrap();
+    assert_eq!(
+        (payment["order_id"].as_str(), payment["status"].as_str()),
+        (Some(&*id), Some("authorized"))
+    );
+    assert_eq!(shop.payments.ledger.len(), 1);
+}
+
+// ANCHOR: mapping_test
+#[tokio::test]
+async fn grpc_refusals_become_http_statuses_with_problem_bodies() {
+    let shop = support::shop().await;
+    let pay = |body: Value| {
+        let request = shop
+            .http
+            .post(shop.url("/payments"))
+            .bearer_auth(shop.token("web-shop"));
+        request.json(&body).send()
+    };
+    let refused = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let body: Value = response.json().await.unwrap();
+        (status, body["type"].as_str().unwrap().to_owned())
+    };
+    let order = |card: &str, amount: u64| {
+        serde_json::json!({"order_id": "o-9", "amount_cents": amount,
+                           "currency": "EUR", "card_token": card})
+    };
+    // INVALID_ARGUMENT (a currency the shop does not take) -> 400.
+    let mut usd = order("tok_visa", 100);
+    usd["currency"] = "USD".into();
+    let answer = refused(pay(usd).await.unwrap()).await;
+    assert_eq!(answer, (400, "/problems/payments-invalid-argument".into()));
+    // FAILED_PRECONDITION (the card network declined) -> 400.
+    let answer = refused(pay(order("tok_declined", 100)).await.unwrap()).await;
+    assert_eq!(answer, (400, "/problems/payments-failed-precondition".into()));
+    // ALREADY_EXISTS (the order is paid, on other terms) -> 409.
+    assert_eq!(pay(order("tok_visa", 100)).await.unwrap().status(), 201);
+    let answer = refused(pay(order("tok_visa", 200)).await.unwrap()).await;
+    assert_eq!(answer, (409, "/problems/payments-already-exists".into()));
+    // Refusals are the backend working: its breaker is still closed.
+    let breaker = &shop.gateway.gateway.payments.backend.breaker;
+    assert_eq!(breaker.state(), circuit_breaker::State::Closed);
+}
+// ANCHOR_END: mapping_test
+
+#[test]
+fn the_status_table_sends_retryable_codes_to_retryable_statuses() {
+    assert_eq!(http_status_of(Code::Unavailable).as_u16(), 503);
+    assert_eq!(http_status_of(Code::ResourceExhausted).as_u16(), 429);
+    assert_eq!(http_status_of(Code::DeadlineExceeded).as_u16(), 504);
+    assert_eq!(http_status_of(Code::NotFound).as_u16(), 404);
+    assert_eq!(http_status_of(Code::PermissionDenied).as_u16(), 403);
+    assert_eq!(http_status_of(Code::Aborted).as_u16(), 409);
+    assert_eq!(http_status_of(Code::Internal).as_u16(), 500);
+}
+
+#[tokio::test]
+async fn a_backend_that_is_down_trips_its_breaker_and_calls_then_fail_fast() {
+    let shop = support::shop_with(std::time::Duration::ZERO, |config| {
+        config.payments_url = "http://127.0.0.1:9".into(); // nothing listens there
+        config.breaker = circuit_breaker::Config::builder()
+            .count_window(4)
+            .minimum_calls(4)
+            .failure_rate_threshold(50.0)
+            .build()
+            .unwrap();
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(shop.pay("o-1").await.status().as_u16());
+    }
+    // Four real attempts fail (502), then the breaker answers for payments (503).
+    assert_eq!(statuses, [502, 502, 502, 502, 503, 503]);
+    assert_eq!(shop.gateway.gateway.payments.backend.calls(), 4);
+}
