@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -53,24 +53,28 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// 403 unless the token grants `scope`.
-    pub fn require(&self, scope: &str) -> Result<(), Response> {
-        if self.scopes.contains(scope) {
-            return Ok(());
-        }
-        let detail = format!("this route needs the scope {scope:?}");
-        let mut response = respond(problem(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "Not allowed",
-            detail,
-        ));
+    /// Refuses with 403 unless the token grants `scope`.
+    pub fn require(&self, scope: &'static str) -> Result<(), Forbidden> {
+        if self.scopes.contains(scope) { Ok(()) } else { Err(Forbidden(scope)) }
+    }
+}
+
+/// A verified caller without the scope a route needs: 403, not 401, because a
+/// new token for the same client would not help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forbidden(pub &'static str);
+
+impl IntoResponse for Forbidden {
+    fn into_response(self) -> Response {
+        let detail = format!("this route needs the scope {:?}", self.0);
+        let p = problem(StatusCode::FORBIDDEN, "forbidden", "Not allowed", detail);
+        let mut response = respond(p);
         let challenge =
-            format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"");
+            format!("Bearer error=\"insufficient_scope\", scope=\"{}\"", self.0);
         if let Ok(value) = HeaderValue::from_str(&challenge) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
         }
-        Err(response)
+        response
     }
 }
 
@@ -149,7 +153,7 @@ impl Rejection {
         }
     }
 
-    fn into_response(self) -> Response {
+    fn reject(self) -> Response {
         let unauthorized = StatusCode::UNAUTHORIZED;
         let p = problem(
             unauthorized,
@@ -184,7 +188,7 @@ pub async fn authenticate(
     // Whatever happens next, a client never chooses the identity we forward.
     request.headers_mut().remove(CALLER_HEADER);
     let token = match request.headers().get(header::AUTHORIZATION) {
-        None => return Rejection::Missing.into_response(),
+        None => return Rejection::Missing.reject(),
         Some(value) => value
             .to_str()
             .ok()
@@ -192,7 +196,7 @@ pub async fn authenticate(
             .map(str::trim),
     };
     let Some(token) = token else {
-        return Rejection::Malformed.into_response();
+        return Rejection::Malformed.reject();
     };
     match verifier.verify(token) {
         Ok(caller) => {
@@ -202,7 +206,7 @@ pub async fn authenticate(
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        Err(rejection) => rejection.into_response(),
+        Err(rejection) => rejection.reject(),
     }
 }
 // ANCHOR_END: authenticate
@@ -240,6 +244,11 @@ impl Issuer {
             scope: scope.into(),
         };
         self.mint_claims(&claims)
+    }
+
+    /// The same signing key, for another audience (a token meant for another API).
+    pub fn for_audience(&self, audience: &str) -> Issuer {
+        Issuer { audience: audience.into(), ..self.clone() }
     }
 
     pub fn mint_claims(

@@ -379,7 +379,8 @@ fn grpc_request<T>(
 fn classify<T>(
     answer: Result<tonic::Response<T>, tonic::Status>,
 ) -> Result<Result<T, Problem>, Fault> {
-    match answer {
+    // tonic's own timer (the grpc-timeout we set) reports CANCELLED; name it.
+    match answer.map_err(grpc::client::name_the_deadline) {
         Ok(response) => Ok(Ok(response.into_inner())),
         Err(status) => match status.code() {
             Code::InvalidArgument

@@ -6,7 +6,9 @@
 //! is keyed on a verified client. An unknown route is a 404 problem without a token check.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Extension, Path, RawQuery, State};
+use axum::extract::{
+    DefaultBodyLimit, Extension, FromRequest, Path, RawQuery, Request, State,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
@@ -136,7 +138,7 @@ async fn create_order(
     body: Bytes,
 ) -> Response {
     if let Err(denied) = caller.require("orders:write") {
-        return denied;
+        return denied.into_response();
     }
     let post = reqwest::Method::POST;
     forward(&gateway, &caller, post, "/v2/orders", &headers, body).await
@@ -149,7 +151,7 @@ async fn list_orders(
     headers: HeaderMap,
 ) -> Response {
     if let Err(denied) = caller.require("orders:read") {
-        return denied;
+        return denied.into_response();
     }
     let path = match query {
         Some(query) => format!("/v2/orders?{query}"),
@@ -166,7 +168,7 @@ async fn get_order(
     headers: HeaderMap,
 ) -> Response {
     if let Err(denied) = caller.require("orders:read") {
-        return denied;
+        return denied.into_response();
     }
     // Only a UUID reaches the backend: nothing a client puts here can change
     // the backend path.
@@ -200,11 +202,16 @@ pub struct AuthorizeJson {
 async fn authorize(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
-    JsonBody(body): JsonBody<AuthorizeJson>,
+    request: Request,
 ) -> Response {
+    // The scope first: a caller who may not pay learns nothing about the body.
     if let Err(denied) = caller.require("payments:write") {
-        return denied;
+        return denied.into_response();
     }
+    let body = match JsonBody::<AuthorizeJson>::from_request(request, &()).await {
+        Ok(JsonBody(body)) => body,
+        Err(problem) => return respond(problem),
+    };
     let message = AuthorizeRequest {
         order_id: body.order_id,
         amount_cents: body.amount_cents,
@@ -228,7 +235,7 @@ async fn checkout(
     Path(order_id): Path<String>,
 ) -> Response {
     if let Err(denied) = caller.require("checkout:read") {
-        return denied;
+        return denied.into_response();
     }
     match compose::checkout(&gateway, &order_id, &caller.client).await {
         Ok(view) => {
@@ -242,11 +249,15 @@ async fn checkout(
 async fn graphql_query(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
-    JsonBody(request): JsonBody<async_graphql::Request>,
+    request: Request,
 ) -> Response {
     if let Err(denied) = caller.require("checkout:read") {
-        return denied;
+        return denied.into_response();
     }
+    let request = match JsonBody::from_request(request, &()).await {
+        Ok(JsonBody(request)) => request,
+        Err(problem) => return respond(problem),
+    };
     let schema = &gateway.schema;
     let fetch = PaymentFetch::Batched;
     let response = graphql::execute(&gateway, schema, &caller, request, fetch).await;

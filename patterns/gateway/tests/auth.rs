@@ -149,9 +149,7 @@ async fn a_missing_scope_is_a_403_not_a_401() {
     let request = Request::post("/payments")
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(
-            r#"{"order_id":"o","amount_cents":1,"currency":"EUR","card_token":"t"}"#,
-        ))
+        .body(Body::from("{}")) // the scope is checked before the body
         .unwrap();
     let response = app.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
