@@ -4,7 +4,8 @@
 //!
 //! Run it: `cargo run --release --example gateway_bench`
 //!
-//! Sequential requests over keep-alive connections on loopback, one client, after a warm-up.
+//! Sequential requests over keep-alive connections on loopback, one client, after a warm-up. No
+//! log subscriber is installed, so the services' per-request logs cost nothing here.
 //! Figures are for this machine and this run only; compare them with each other, not with
 //! numbers from elsewhere.
 
@@ -16,13 +17,11 @@ use gateway::Config;
 use gateway::auth::Issuer;
 use gateway::limit::Rate;
 use serde_json::{Value, json};
-use tracing::info;
 
 const ROUNDS: usize = 2_000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    infra::example::init_logging();
     let orders = http_json::server::spawn(Default::default()).await?;
     let payments = grpc::server::spawn(Default::default()).await?;
     let mut config =
@@ -89,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     running.shutdown().await?;
-    info!("done: {ROUNDS} measured requests per line, after as many to warm up");
+    println!("done: {ROUNDS} measured requests per line, after as many to warm up");
     Ok(())
 }
 
@@ -116,7 +115,7 @@ where
 
 fn report(what: &str, sample: &Sample) {
     let us = |d: Duration| d.as_micros();
-    info!(
+    println!(
         "{what}: p50 {} us, p99 {} us",
         us(sample.percentile(50.0)),
         us(sample.percentile(99.0))

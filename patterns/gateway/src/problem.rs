@@ -92,7 +92,7 @@ pub async fn problem_bodies(request: Request, next: Next) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => {
             ("body-too-large", "the request body is over the gateway's limit")
         }
-        StatusCode::REQUEST_TIMEOUT => {
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => {
             ("timeout", "the gateway gave up waiting for an answer in time")
         }
         StatusCode::METHOD_NOT_ALLOWED => {

@@ -94,3 +94,25 @@ async fn every_bad_request_gets_a_problem_and_the_gateway_keeps_serving() {
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("x-request-id"));
 }
+
+#[tokio::test]
+async fn a_request_over_the_gateways_time_limit_is_a_504_problem() {
+    // A stand-in orders service that never answers.
+    let hang = axum::Router::new()
+        .route("/v2/orders", axum::routing::get(std::future::pending::<()>));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, hang).await });
+
+    let mut config =
+        support::config(format!("http://{addr}"), "http://127.0.0.1:9".into());
+    config.backend_timeout = std::time::Duration::from_secs(60);
+    config.request_timeout = std::time::Duration::from_millis(200);
+    let token = support::token(&config, "web-shop");
+    let running = gateway::spawn(config).await.unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{}/orders", running.base_url());
+    let response = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    let (status, body) = problem(response).await;
+    assert_eq!((status, body["type"].as_str()), (504, Some("/problems/timeout")));
+}
