@@ -166,11 +166,19 @@ async fn connection(
     mut sub: Subscription,
     config: ChannelConfig,
 ) {
-    info!(after = sub.last_seq(), "connected");
     let first = match start {
-        Start::Snapshot(s) => Some(Push::Snapshot(s)),
-        Start::Resync(s) => Some(Push::Resync(s)),
-        Start::Resume => None,
+        Start::Snapshot(s) => {
+            info!("connected: snapshot at seq {}", s.seq);
+            Some(Push::Snapshot(s))
+        }
+        Start::Resync(s) => {
+            info!("connected: history too short, resync at seq {}", s.seq);
+            Some(Push::Resync(s))
+        }
+        Start::Resume => {
+            info!("connected: resuming after seq {}", sub.last_seq());
+            None
+        }
     };
     let mut end = match first {
         Some(push) => send(&mut socket, &push, &config).await.err(),
