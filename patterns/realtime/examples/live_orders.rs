@@ -32,7 +32,8 @@ async fn main() -> anyhow::Result<()> {
     let flags = infra::example::Flags::parse(&["--serve", "--slow-client"])
         .map_err(anyhow::Error::msg)?;
 
-    let hub = Hub::new(HubConfig { history: 4096, buffer: 64 });
+    // 256 events of slack per client: a client that falls that far behind is cut off.
+    let hub = Hub::new(HubConfig { history: 4096, buffer: 256 });
     let step =
         Duration::from_millis(if flags.has("--slow-client") { 20 } else { 300 });
     let shop = Shop::new(hub.clone(), step);
@@ -141,7 +142,7 @@ async fn slow_client(
     hub: &Hub,
     shop: &Shop,
 ) -> anyhow::Result<()> {
-    const ORDERS: u64 = 120;
+    const ORDERS: u64 = 200;
     let total = ORDERS * 5;
     let mut watcher = connect(addr, None).await?;
     // The slow client's own receive buffer is small too; it reads nothing during the rush.
@@ -159,7 +160,7 @@ async fn slow_client(
         async move {
             for _ in 0..ORDERS {
                 shop.place_order();
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     });

@@ -372,6 +372,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_resume_point_ahead_of_the_hub_gets_a_resync() {
+        // A client from before a restart: the numbers it knows are not this run's.
+        let hub = hub(8, 16);
+        hub.publish(1, Status::Placed);
+        let (start, _) = hub.subscribe(Some(5));
+        assert!(matches!(start, Start::Resync(Snapshot { seq: 1, .. })));
+        assert_eq!(hub.subscribe(Some(1)).0, Start::Resume);
+    }
+
+    #[tokio::test]
     async fn a_full_buffer_cuts_off_only_that_subscriber() {
         let hub = hub(64, 2);
         let (_, mut slow) = hub.subscribe(None);
