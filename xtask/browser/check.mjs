@@ -128,6 +128,7 @@ try {
       "--disable-quic",
     ],
   });
+  context.setDefaultTimeout(WAIT);
   await livePage(context);
   await book(context);
 } catch (e) {

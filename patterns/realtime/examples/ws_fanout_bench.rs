@@ -2,12 +2,13 @@
 //!
 //! Run it: `cargo run --release --example ws_fanout_bench`
 //!
-//! The server is the chapter's own router; the clients are tokio-tungstenite connections in
-//! the same process (so they share its cores with the server: on a 2-core machine the
-//! figures include the clients' own scheduling). Each round publishes one event once every
-//! client has the previous one, and every client notes when the event reached it. Printed:
-//! the delivery latency over all (client, event) pairs, and the time until the last client
-//! of each round had the event. One run, one machine: compare runs on the same machine only.
+//! The server is the chapter's own router; the clients are tokio-tungstenite
+//! connections in the same process (so they share its cores with the server: on a
+//! 2-core machine the figures include the clients' own scheduling). Each round
+//! publishes one event once every client has the previous one, and every client
+//! notes when the event reached it. Printed: the delivery latency over all (client,
+//! event) pairs, and the time until the last client of each round had the event. One
+//! run, one machine: compare runs on the same machine only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,11 +36,15 @@ async fn main() -> anyhow::Result<()> {
     // Every client reports (seq, when it arrived) here.
     let (tx, mut arrivals) = mpsc::unbounded_channel::<(u64, Instant)>();
     let ready = Arc::new(Barrier::new(CLIENTS + 1));
-    for _ in 0..CLIENTS {
+    for i in 0..CLIENTS {
+        // Each client costs this process two file descriptors (its end, the
+        // server's).
         let (mut ws, _) =
             tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
                 .await
-                .context("connecting a client")?;
+                .with_context(|| {
+                    format!("client {i} of {CLIENTS}: is `ulimit -n` above 2100?")
+                })?;
         let (tx, ready) = (tx.clone(), ready.clone());
         tokio::spawn(async move {
             let mut waiting = Some(ready);
