@@ -240,7 +240,10 @@ mod tests {
         ] {
             let mut table = FieldTable::default();
             table.insert("traceparent".into(), value);
-            table.insert("tracestate".into(), AMQPValue::LongString("shop=eu".into()));
+            table.insert(
+                "tracestate".into(),
+                AMQPValue::LongString("shop=eu".into()),
+            );
             same_span(&extract(&AmqpExtractor(&table)));
         }
     }

@@ -33,12 +33,10 @@ use grpc::proto::v2::{
 };
 use grpc::service::PaymentsService;
 use kafka_events::envelope::{Metadata, OrderPlaced, decode};
-use opentelemetry::trace::SpanKind;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
+use opentelemetry::trace::SpanKind;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
@@ -102,11 +100,13 @@ pub struct Shipped {
     pub correlation_id: String,
 }
 
-/// Where the brokers are.
+/// Where the brokers are, and whether fulfilment passes the trace on.
 #[derive(Clone, Debug)]
 pub struct Brokers {
     pub kafka: String,
     pub amqp: String,
+    /// False leaves the trace context out of the AMQP messages (break it).
+    pub amqp_context: bool,
 }
 
 /// The five services, running.
@@ -119,6 +119,7 @@ pub struct Shop {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     amqp: Connection,
+    channels: Vec<Channel>,
 }
 
 impl Shop {
@@ -142,16 +143,17 @@ impl Shop {
             .queue_declare(queue.as_str().into(), options, FieldTable::default())
             .await?;
         let (shipped_tx, shipped) = mpsc::channel(16);
+        let consuming = amqp.create_channel().await?;
+        let channels = vec![channel.clone(), consuming.clone()];
         let shipping =
-            shipping(amqp.create_channel().await?, &queue, shipped_tx, stopped.clone())
-                .await?;
+            shipping(consuming, &queue, shipped_tx, stopped.clone()).await?;
         let group = format!("fulfilment-{run}");
         let consumer = kafka_events::client::consumer(&brokers.kafka, &group)?;
         consumer.subscribe(&[&topic])?;
         let fulfilment = tokio::spawn(fulfilment(
             consumer,
             channel,
-            queue.clone(),
+            (queue.clone(), brokers.amqp_context),
             stopped.clone(),
         ));
         let producer = kafka_events::client::producer(&brokers.kafka)?;
@@ -162,7 +164,9 @@ impl Shop {
         };
         let (grpc_addr, grpc) = serve_payments(payments, stopped.clone()).await?;
         let (http_addr, http) = serve_checkout(grpc_addr, stopped).await?;
-        info!("five services up: HTTP {http_addr}, gRPC {grpc_addr}, {topic}, {queue}");
+        info!(
+            "five services up: HTTP {http_addr}, gRPC {grpc_addr}, {topic}, {queue}"
+        );
         Ok(Shop {
             http_addr,
             topic,
@@ -172,6 +176,7 @@ impl Shop {
             stop,
             tasks: vec![shipping, fulfilment, grpc, http],
             amqp,
+            channels,
         })
     }
 
@@ -215,8 +220,13 @@ impl Shop {
         for task in self.tasks {
             let _ = task.await;
         }
-        // Best effort: the consumers' channels may be closing already, and the
-        // exclusive queue goes away with the connection either way.
+        // Channels first, then the connection: closing a connection while one of
+        // its channels is still closing fails. The exclusive queue goes with it.
+        for channel in self.channels {
+            if let Err(error) = channel.close(200, "done".into()).await {
+                tracing::debug!("closing an AMQP channel: {error}");
+            }
+        }
         if let Err(error) = self.amqp.close(200, "done".into()).await {
             tracing::debug!("closing the AMQP connection: {error}");
         }
@@ -233,7 +243,8 @@ async fn serve_checkout(
     payments: SocketAddr,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), Error> {
-    let channel = Endpoint::from_shared(format!("http://{payments}"))?.connect_lazy();
+    let channel =
+        Endpoint::from_shared(format!("http://{payments}"))?.connect_lazy();
     let app = app(Api { payments: channel });
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -378,7 +389,8 @@ impl Payments for TracedPayments {
         self.inner.capture_batch(request).await
     }
 
-    type AuthorizeStreamStream = <PaymentsService as Payments>::AuthorizeStreamStream;
+    type AuthorizeStreamStream =
+        <PaymentsService as Payments>::AuthorizeStreamStream;
 
     async fn authorize_stream(
         &self,
@@ -394,7 +406,7 @@ impl Payments for TracedPayments {
 async fn fulfilment(
     consumer: StreamConsumer,
     channel: Channel,
-    queue: String,
+    (queue, propagate): (String, bool),
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
@@ -415,8 +427,8 @@ async fn fulfilment(
                 return warn!("undecodable event skipped");
             };
             let id = &event.metadata.correlation_id;
-            let order_id = event.order.order_id.as_bytes();
-            match hops::publish_amqp(FULFILMENT, &channel, &queue, order_id, id).await
+            let task = (queue.as_str(), event.order.order_id.as_bytes());
+            match hops::publish_amqp(FULFILMENT, &channel, task, id, propagate).await
             {
                 Ok(()) => info!("shipment task sent for {}", event.order.order_id),
                 Err(error) => warn!("shipment task not sent: {error}"),
@@ -452,11 +464,12 @@ async fn shipping(
                 _ = stopped.wait_for(|stop| *stop) => return,
             };
             let Some(Ok(delivery)) = delivery else { return };
-            let span = hops::amqp_consumer_span(SHIPPING, &queue, &delivery.properties);
+            let span =
+                hops::amqp_consumer_span(SHIPPING, &queue, &delivery.properties);
             async {
                 let order_id = String::from_utf8_lossy(&delivery.data).into_owned();
-                let correlation_id =
-                    hops::amqp_correlation_id(&delivery.properties).unwrap_or_default();
+                let correlation_id = hops::amqp_correlation_id(&delivery.properties)
+                    .unwrap_or_default();
                 info!(%correlation_id, "shipping {order_id}");
                 if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
                     return warn!("ack failed: {error}");
@@ -471,9 +484,8 @@ async fn shipping(
 
 /// The current time in RFC 3339 (UTC, seconds), for the event envelope.
 pub fn rfc3339_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rest) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;

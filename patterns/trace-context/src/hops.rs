@@ -101,7 +101,9 @@ pub struct RemoteContext(pub Context);
 /// tonic server interceptor: interceptors see the request before the handler but
 /// cannot wrap it in a span, so this one only reads the context and keeps it for
 /// the handler, which opens its `server` span with [`grpc_server_span`].
-pub fn extract_grpc(mut request: GrpcRequest<()>) -> Result<GrpcRequest<()>, Status> {
+pub fn extract_grpc(
+    mut request: GrpcRequest<()>,
+) -> Result<GrpcRequest<()>, Status> {
     let context = carrier::extract(&MetadataExtractor(request.metadata()));
     request.extensions_mut().insert(RemoteContext(context));
     Ok(request)
@@ -170,7 +172,10 @@ pub async fn publish_kafka(
 }
 
 /// The `consumer` span for one received record, child of its producer's span.
-pub fn kafka_consumer_span(service: &'static str, message: &BorrowedMessage) -> Span {
+pub fn kafka_consumer_span(
+    service: &'static str,
+    message: &BorrowedMessage,
+) -> Span {
     let span = info_span!(
         "kafka.process",
         otel.name = format!("{} process", message.topic()),
@@ -191,13 +196,14 @@ pub const AMQP_CORRELATION_HEADER: &str = "x-correlation-id";
 
 // ANCHOR: amqp
 /// Publishes to `queue` through the default exchange, confirmed, inside a
-/// `producer` span whose context rides in the message's `headers` property.
+/// `producer` span whose context rides in the message's `headers` property
+/// (unless `propagate` is false, as with a sender nobody instrumented).
 pub async fn publish_amqp(
     service: &'static str,
     channel: &Channel,
-    queue: &str,
-    payload: &[u8],
+    (queue, payload): (&str, &[u8]),
     correlation_id: &str,
+    propagate: bool,
 ) -> Result<(), rabbitmq_queues::publish::PublishError> {
     let span = info_span!(
         "amqp.publish",
@@ -207,14 +213,18 @@ pub async fn publish_amqp(
         shop.service = service,
     );
     let mut headers = FieldTable::default();
-    carrier::inject_amqp(&span.context(), &mut headers);
+    if propagate {
+        carrier::inject_amqp(&span.context(), &mut headers);
+    }
     let id = AMQPValue::LongString(LongString::from(correlation_id));
     headers.insert(AMQP_CORRELATION_HEADER.into(), id);
     let properties: BasicProperties =
         rabbitmq_queues::publish::persistent().with_headers(headers);
-    rabbitmq_queues::publish::publish_confirmed(channel, "", queue, payload, properties)
-        .instrument(span)
-        .await
+    rabbitmq_queues::publish::publish_confirmed(
+        channel, "", queue, payload, properties,
+    )
+    .instrument(span)
+    .await
 }
 
 /// The `consumer` span for one delivery, child of its producer's span.

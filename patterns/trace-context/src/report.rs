@@ -43,11 +43,13 @@ pub struct Trace<'a> {
 /// without a parent among them, and every span reachable from it by parent links.
 pub fn one_tree(spans: &[SpanData]) -> Result<Trace<'_>, TreeError> {
     let first = spans.first().ok_or(TreeError::Empty)?;
-    let ids: HashSet<TraceId> = spans.iter().map(|s| s.span_context.trace_id()).collect();
+    let ids: HashSet<TraceId> =
+        spans.iter().map(|s| s.span_context.trace_id()).collect();
     if ids.len() != 1 {
         return Err(TreeError::ManyTraces(ids.len()));
     }
-    let own: HashSet<SpanId> = spans.iter().map(|s| s.span_context.span_id()).collect();
+    let own: HashSet<SpanId> =
+        spans.iter().map(|s| s.span_context.span_id()).collect();
     let roots: Vec<usize> = (0..spans.len())
         .filter(|&i| !own.contains(&spans[i].parent_span_id))
         .collect();
@@ -133,40 +135,34 @@ impl<'a> Trace<'a> {
         "unknown".to_owned()
     }
 
-    /// Fails unless the trace has a span of `kind` in each `service`.
-    pub fn require(&self, hops: &[(&str, SpanKind)]) -> Result<(), TreeError> {
-        for (service, kind) in hops {
-            let found = self.spans.iter().any(|s| {
-                &s.span_kind == kind && attribute(s, SERVICE).as_deref() == Some(*service)
-            });
-            if !found {
-                return Err(TreeError::Missing((*service).to_owned(), kind.clone()));
-            }
-        }
-        Ok(())
-    }
-
     /// The trace as an indented tree: service, span name, kind and duration.
     pub fn tree(&self) -> String {
-        let mut out = format!("trace {} ({} spans)\n", self.trace_id, self.len());
-        for (i, depth) in self.preorder() {
-            let span = self.spans[i];
-            let took = span.end_time.duration_since(span.start_time).unwrap_or_default();
-            let indent = if depth == 0 {
-                String::new()
-            } else {
-                format!("{}└─ ", "   ".repeat(depth - 1))
-            };
-            let _ = writeln!(
+        let plural = if self.len() == 1 { "" } else { "s" };
+        let mut out =
+            format!("trace {} ({} span{plural})\n", self.trace_id, self.len());
+        self.branch(self.root, "", "", &mut out);
+        out
+    }
+
+    fn branch(&self, i: usize, lead: &str, rest: &str, out: &mut String) {
+        let span = self.spans[i];
+        let took = span.end_time.duration_since(span.start_time).unwrap_or_default();
+        let (service, name, kind) =
+            (self.service(span), &span.name, kind(&span.span_kind));
+        let _ = writeln!(out, "{lead}{service}: {name} [{kind}] {}", millis(took));
+        let id = span.span_context.span_id();
+        let children = self.children.get(&id).map(Vec::as_slice).unwrap_or_default();
+        for (n, &child) in children.iter().enumerate() {
+            let last = n + 1 == children.len();
+            let (lead, more) =
+                if last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
+            self.branch(
+                child,
+                &format!("{rest}{lead}"),
+                &format!("{rest}{more}"),
                 out,
-                "{indent}{}: {} [{}] {}",
-                self.service(span),
-                span.name,
-                kind(&span.span_kind),
-                millis(took),
             );
         }
-        out
     }
 
     // ANCHOR: mermaid
@@ -180,18 +176,22 @@ impl<'a> Trace<'a> {
         for span in &order {
             let service = self.service(span);
             if !participants.contains(&service) {
-                let _ = writeln!(out, "    participant {} as {service}", id(&service));
+                let _ =
+                    writeln!(out, "    participant {} as {service}", id(&service));
                 participants.push(service);
             }
         }
-        if let (Some(first), Some(last)) = (participants.first(), participants.last()) {
+        if let (Some(first), Some(last)) =
+            (participants.first(), participants.last())
+        {
             let (first, last, trace) = (id(first), id(last), self.trace_id);
             let _ = writeln!(out, "    Note over {first},{last}: trace {trace}");
         }
         let mut messages = std::collections::VecDeque::from([self.root]);
         while let Some(start) = messages.pop_front() {
             if let Some(parent) = self.parent(self.spans[start]) {
-                let arrow = format!("{}-){}", id(&self.service(parent)), self.id_of(start));
+                let arrow =
+                    format!("{}-){}", id(&self.service(parent)), self.id_of(start));
                 let _ = writeln!(out, "    {arrow}: {}", self.label(start));
             }
             self.calls(start, &mut out, &mut messages);
@@ -233,7 +233,11 @@ impl<'a> Trace<'a> {
                     .end_time
                     .duration_since(self.spans[child].start_time)
                     .unwrap_or_default();
-                let _ = writeln!(out, "    {to}-->>{from}: reply after {}", millis(took));
+                let _ = writeln!(
+                    out,
+                    "    {to}-->>{from}: reply after {}",
+                    millis(took)
+                );
             }
         }
     }
@@ -266,9 +270,26 @@ fn millis(took: Duration) -> String {
     format!("{:.1} ms", took.as_secs_f64() * 1000.0)
 }
 
-/// Waits (at most `limit`, looking every 10 ms) until the finished spans form one
-/// tree with every hop in `hops`, and returns them.
-pub async fn wait_for_trace(
+/// The spans grouped by trace, the trace that started first first.
+pub fn by_trace(spans: &[SpanData]) -> Vec<Vec<SpanData>> {
+    let mut groups: Vec<Vec<SpanData>> = Vec::new();
+    let mut sorted: Vec<&SpanData> = spans.iter().collect();
+    sorted.sort_by_key(|s| s.start_time);
+    for span in sorted {
+        let id = span.span_context.trace_id();
+        match groups.iter_mut().find(|g| g[0].span_context.trace_id() == id) {
+            Some(group) => group.push(span.clone()),
+            None => groups.push(vec![span.clone()]),
+        }
+    }
+    groups
+}
+
+/// Waits (at most `limit`, looking every 10 ms) until the finished spans hold every
+/// hop in `hops` and each trace among them is one complete tree, and returns them.
+/// A span that has not ended is not exported yet, which leaves its children
+/// without their parent: a complete tree means every span in it has ended.
+pub async fn wait_for_traces(
     limit: Duration,
     hops: &[(&str, SpanKind)],
     mut finished: impl FnMut() -> Vec<SpanData>,
@@ -276,11 +297,32 @@ pub async fn wait_for_trace(
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let spans = finished();
-        let verdict = one_tree(&spans).and_then(|trace| trace.require(hops));
+        let verdict = by_trace(&spans)
+            .iter()
+            .try_for_each(|group| one_tree(group).map(drop))
+            .and_then(|()| hops_present(&spans, hops));
         match verdict {
-            Ok(()) => return Ok(spans),
-            Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Ok(()) if !spans.is_empty() => return Ok(spans),
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                return Err(error);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
+}
+
+fn hops_present(
+    spans: &[SpanData],
+    hops: &[(&str, SpanKind)],
+) -> Result<(), TreeError> {
+    for (service, kind) in hops {
+        let found = spans.iter().any(|s| {
+            &s.span_kind == kind
+                && attribute(s, SERVICE).as_deref() == Some(*service)
+        });
+        if !found {
+            return Err(TreeError::Missing((*service).to_owned(), kind.clone()));
+        }
+    }
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! Wiring `tracing` to OpenTelemetry: a tracer provider, the layer that turns spans into
-//! OpenTelemetry spans, and (behind the `otlp` feature) an OTLP exporter.
+//! OpenTelemetry spans, and an OTLP exporter for a tracing backend such as Jaeger.
 //!
 //! The services in this crate only ever create `tracing` spans (`info_span!`). The
 //! `tracing-opentelemetry` layer gives each one an OpenTelemetry span id in the current trace,
@@ -15,7 +15,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -32,13 +32,19 @@ pub fn provider<E: SpanExporter + 'static>(exporter: E) -> SdkTracerProvider {
 }
 
 /// The layer that records `tracing` spans (INFO and above) as OpenTelemetry spans.
+/// lapin's spans are left out: it runs each connection's I/O loop in an INFO span
+/// that lives as long as the connection, which would be a trace of its own.
 pub fn otel_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("trace-context"))
-        .with_filter(LevelFilter::INFO)
+        .with_filter(
+            Targets::new()
+                .with_default(LevelFilter::INFO)
+                .with_target("lapin", LevelFilter::OFF),
+        )
 }
 // ANCHOR_END: provider
 
@@ -50,33 +56,30 @@ pub fn init(provider: &SdkTracerProvider) {
         .with_target(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .with_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info")),
         );
-    tracing_subscriber::registry()
-        .with(otel_layer(provider))
-        .with(logs)
-        .init();
+    tracing_subscriber::registry().with(otel_layer(provider)).with(logs).init();
 }
 
 /// The environment variable that switches OTLP export on (the standard one).
 pub const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 
-/// Whether the reader asked for OTLP export.
-pub fn otlp_requested() -> bool {
-    std::env::var(OTLP_ENDPOINT).is_ok_and(|v| !v.trim().is_empty())
+/// The OTLP endpoint the reader asked for, if any.
+pub fn otlp_endpoint() -> Option<String> {
+    std::env::var(OTLP_ENDPOINT).ok().filter(|v| !v.trim().is_empty())
 }
 
 // ANCHOR: otlp
-/// Like [`provider`], and also exports to the OTLP endpoint in
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` (gRPC, e.g. `http://127.0.0.1:4317` for Jaeger),
-/// in batches from a background thread so no request waits for the collector.
-/// Must be called inside a tokio runtime: tonic's channel runs on it.
-#[cfg(feature = "otlp")]
+/// Like [`provider`], and also exports to an OTLP endpoint over gRPC (Jaeger's is
+/// `http://127.0.0.1:4317`), in batches from a background thread, so no request
+/// waits for the collector. Call it inside a tokio runtime: tonic's channel runs
+/// on it.
 pub fn provider_with_otlp<E: SpanExporter + 'static>(
     exporter: E,
+    endpoint: &str,
 ) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     use opentelemetry_otlp::WithExportConfig as _;
-    let endpoint = std::env::var(OTLP_ENDPOINT).unwrap_or_default();
     let otlp = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)

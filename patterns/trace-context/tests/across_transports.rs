@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
-use tracing_subscriber::layer::SubscriberExt;
 use trace_context::checkout::{self, Brokers, CheckoutRequest, HOPS, Shop};
 use trace_context::report::{self, attribute};
 use trace_context::setup;
+use tracing_subscriber::layer::SubscriberExt;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -23,7 +23,11 @@ async fn one_checkout_is_one_trace_and_one_tree_across_four_transports() {
         tracing_subscriber::registry().with(setup::otel_layer(&provider));
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    let brokers = Brokers { kafka: infra::kafka_brokers(), amqp: infra::amqp_addr() };
+    let brokers = Brokers {
+        kafka: infra::kafka_brokers(),
+        amqp: infra::amqp_addr(),
+        amqp_context: true,
+    };
     let mut shop = match Shop::start(&brokers).await {
         Ok(shop) => shop,
         Err(error) => {
@@ -45,7 +49,7 @@ async fn one_checkout_is_one_trace_and_one_tree_across_four_transports() {
     assert_eq!(shipped.correlation_id, "checkout-7001");
 
     let finished = || exporter.get_finished_spans().unwrap();
-    let spans = report::wait_for_trace(LIMIT, &HOPS, finished).await.unwrap();
+    let spans = report::wait_for_traces(LIMIT, &HOPS, finished).await.unwrap();
     shop.shutdown().await;
     check(&spans);
 }
@@ -56,7 +60,10 @@ fn check(spans: &[SpanData]) {
     assert!(spans.iter().all(|s| s.span_context.trace_id() == trace.trace_id));
     let root = trace.root();
     assert_eq!(root.span_kind, SpanKind::Client);
-    assert_eq!(attribute(root, report::SERVICE).as_deref(), Some(checkout::STOREFRONT));
+    assert_eq!(
+        attribute(root, report::SERVICE).as_deref(),
+        Some(checkout::STOREFRONT)
+    );
     assert!(!root.parent_span_id.eq(&root.span_context.span_id()));
 
     // Each receiving span's parent is the sending span in the service before it,
@@ -71,10 +78,22 @@ fn check(spans: &[SpanData]) {
             .unwrap_or_else(|| panic!("no {kind:?} span in {service}"))
     };
     let across = [
-        ((checkout::STOREFRONT, SpanKind::Client), (checkout::CHECKOUT_API, SpanKind::Server)),
-        ((checkout::CHECKOUT_API, SpanKind::Client), (checkout::PAYMENTS, SpanKind::Server)),
-        ((checkout::PAYMENTS, SpanKind::Producer), (checkout::FULFILMENT, SpanKind::Consumer)),
-        ((checkout::FULFILMENT, SpanKind::Producer), (checkout::SHIPPING, SpanKind::Consumer)),
+        (
+            (checkout::STOREFRONT, SpanKind::Client),
+            (checkout::CHECKOUT_API, SpanKind::Server),
+        ),
+        (
+            (checkout::CHECKOUT_API, SpanKind::Client),
+            (checkout::PAYMENTS, SpanKind::Server),
+        ),
+        (
+            (checkout::PAYMENTS, SpanKind::Producer),
+            (checkout::FULFILMENT, SpanKind::Consumer),
+        ),
+        (
+            (checkout::FULFILMENT, SpanKind::Producer),
+            (checkout::SHIPPING, SpanKind::Consumer),
+        ),
     ];
     for ((from, from_kind), (to, to_kind)) in across {
         let (sender, receiver) = (hop(from, &from_kind), hop(to, &to_kind));
@@ -83,7 +102,10 @@ fn check(spans: &[SpanData]) {
             sender.span_context.span_id(),
             "{to}'s {to_kind:?} span is not a child of {from}'s {from_kind:?} span"
         );
-        assert!(receiver.parent_span_is_remote, "{to} did not read its parent from headers");
+        assert!(
+            receiver.parent_span_is_remote,
+            "{to} did not read its parent from headers"
+        );
     }
     // And in-process children are local: the gRPC client span is a child of the
     // HTTP server span in the same service.
@@ -93,6 +115,12 @@ fn check(spans: &[SpanData]) {
     assert!(!client.parent_span_is_remote);
 
     let mermaid = trace.mermaid();
-    assert!(mermaid.contains("payments-)fulfilment: kafka orders-placed-"), "{mermaid}");
-    assert!(mermaid.contains("fulfilment-)shipping: rabbitmq shipments-"), "{mermaid}");
+    assert!(
+        mermaid.contains("payments-)fulfilment: kafka orders-placed-"),
+        "{mermaid}"
+    );
+    assert!(
+        mermaid.contains("fulfilment-)shipping: rabbitmq shipments-"),
+        "{mermaid}"
+    );
 }
