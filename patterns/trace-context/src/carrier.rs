@@ -129,8 +129,8 @@ pub fn inject_amqp(context: &Context, headers: &mut FieldTable) {
     }
 }
 
-/// Other clients send text as a long string, a short string or a byte array
-/// (the Java and .NET clients' `byte[]`): all three are read, as UTF-8.
+/// Other senders may put text in a long string, a short string or a byte array
+/// (what clients write when handed bytes): all three are read, as UTF-8.
 pub struct AmqpExtractor<'a>(pub &'a FieldTable);
 
 impl Extractor for AmqpExtractor<'_> {
