@@ -312,13 +312,13 @@ fn container_engine() -> bool {
     run_quiet(&mut info, Duration::from_secs(10)).is_ok()
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     run_quiet(Command::new("id").arg("-u"), Duration::from_secs(5))
         .is_ok_and(|out| out.trim() == "0")
 }
 
 /// Installs Debian packages when we may (root with apt-get), else says exactly what to run.
-fn apt_install(packages: &[&str]) -> Result<(), Fail> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<(), Fail> {
     let line = packages.join(" ");
     if !(is_root() && command_exists("apt-get")) {
         return Err(Fail::msg(format!(

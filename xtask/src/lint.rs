@@ -109,18 +109,25 @@ fn repository_files() -> Result<Vec<PathBuf>, Fail> {
 
 /// Fails with one actionable line unless Node.js (new enough) and npm are installed.
 fn check_node() -> Result<(), Fail> {
-    let how = "install Node.js 20 or newer with npm (Debian/Ubuntu: \
-               `sudo apt-get install -y nodejs npm`), then run `cargo xtask lint` again";
+    check_node_for("lint")
+}
+
+/// The same check for any `cargo xtask <command>` whose tools run on Node.js.
+pub(crate) fn check_node_for(command: &str) -> Result<(), Fail> {
+    let how = format!(
+        "install Node.js 20 or newer with npm (Debian/Ubuntu: \
+         `sudo apt-get install -y nodejs npm`), then run `cargo xtask {command}` again"
+    );
     if !command_exists("node") || !command_exists("npm") {
         return Err(Fail::msg(format!(
-            "lint: `cargo xtask lint` runs its checks on Node.js, and node or npm is not on PATH: {how}"
+            "{command}: `cargo xtask {command}` runs its checks on Node.js, and node or npm is not on PATH: {how}"
         )));
     }
     let version = run_quiet(Command::new("node").arg("--version"), CHECK_LIMIT)?;
     match node_major(&version) {
         Some(major) if major >= NODE_MAJOR => Ok(()),
         _ => Err(Fail::msg(format!(
-            "lint: found Node.js {}, too old for the pinned tools: {how}",
+            "{command}: found Node.js {}, too old for the pinned tools: {how}",
             version.trim()
         ))),
     }
@@ -145,32 +152,38 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The directory whose `node_modules` holds exactly what `xtask/lint/package-lock.json` pins,
-/// installing it first if needed. An install happens in a scratch directory that is renamed into
-/// place only when `npm ci` succeeded, so a directory that exists is complete, and two processes
-/// installing at once cannot see each other's half-done work.
 fn ensure_tools() -> Result<PathBuf, Fail> {
+    ensure_npm_tools("lint")
+}
+
+/// The directory whose `node_modules` holds exactly what `xtask/<name>/package-lock.json`
+/// pins (`lint`, `browser`), installing it into `target/tools/<name>-<hash>/` first if needed.
+/// An install happens in a scratch directory that is renamed into place only when `npm ci`
+/// succeeded, so a directory that exists is complete, and two processes installing at once
+/// cannot see each other's half-done work.
+pub(crate) fn ensure_npm_tools(name: &str) -> Result<PathBuf, Fail> {
     // Tests in one process share the pid that names the scratch directory: one at a time.
     static INSTALL: Mutex<()> = Mutex::new(());
     let _one_at_a_time =
         INSTALL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
 
-    let source = workspace_root().join("xtask/lint");
-    let read = |name: &str| {
-        fs::read(source.join(name)).map_err(|e| {
-            Fail::msg(format!("lint: cannot read xtask/lint/{name}: {e}"))
+    let source = workspace_root().join("xtask").join(name);
+    let read = |file: &str| {
+        fs::read(source.join(file)).map_err(|e| {
+            Fail::msg(format!("{name}: cannot read xtask/{name}/{file}: {e}"))
         })
     };
     let (manifest, lock) = (read("package.json")?, read("package-lock.json")?);
     let hash = fnv1a(&[manifest.as_slice(), lock.as_slice()].concat());
-    let dir = tools_root().join(format!("lint-{hash:016x}"));
+    let dir = tools_root().join(format!("{name}-{hash:016x}"));
     if dir.is_dir() {
         return Ok(dir);
     }
 
     let scratch =
-        tools_root().join(format!("lint-{hash:016x}.{}.tmp", std::process::id()));
-    let io = |what: &str, e: std::io::Error| Fail::msg(format!("lint: {what}: {e}"));
+        tools_root().join(format!("{name}-{hash:016x}.{}.tmp", std::process::id()));
+    let io =
+        |what: &str, e: std::io::Error| Fail::msg(format!("{name}: {what}: {e}"));
     if scratch.exists() {
         fs::remove_dir_all(&scratch)
             .map_err(|e| io("clearing a stale install", e))?;
@@ -182,7 +195,7 @@ fn ensure_tools() -> Result<PathBuf, Fail> {
         .map_err(|e| io("package-lock.json", e))?;
 
     println!(
-        "  installing the pinned lint tools (npm ci, once per lock) into {}",
+        "  installing the pinned {name} tools (npm ci, once per lock) into {}",
         dir.display()
     );
     let began = Instant::now();
@@ -197,7 +210,7 @@ fn ensure_tools() -> Result<PathBuf, Fail> {
     .current_dir(&scratch);
     if let Err(e) = run_quiet(&mut npm, INSTALL_LIMIT) {
         let _ = fs::remove_dir_all(&scratch);
-        return Err(Fail::msg(format!("lint: installing the tools failed: {e}")));
+        return Err(Fail::msg(format!("{name}: installing the tools failed: {e}")));
     }
     if let Err(e) = fs::rename(&scratch, &dir) {
         // Another process finished the same install first: use its copy.
@@ -206,7 +219,10 @@ fn ensure_tools() -> Result<PathBuf, Fail> {
             return Err(io("moving the installed tools into place", e));
         }
     }
-    println!("  installed the lint tools in {:.1}s", began.elapsed().as_secs_f64());
+    println!(
+        "  installed the {name} tools in {:.1}s",
+        began.elapsed().as_secs_f64()
+    );
     Ok(dir)
 }
 

@@ -7,6 +7,7 @@
 //! cargo xtask examples                 run the README's examples, keeping their output
 //! cargo xtask excerpts                 check the book's output excerpts against those runs
 //! cargo xtask lint                     the CI workflow (actionlint) and docker-compose.yml (schema)
+//! cargo xtask browser                  headless Chromium: the live orders page, the built book
 //! cargo xtask doctor                   what is installed and what answers
 //! cargo quiz <chapter>                 take a chapter's quiz in the terminal
 //! ```
@@ -15,6 +16,7 @@
 
 mod book;
 mod brokers;
+mod browser;
 mod excerpts;
 mod lint;
 mod probe;
@@ -44,7 +46,7 @@ impl std::fmt::Display for Fail {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <brokers up|brokers down|brokers status|test|book [--serve]|examples|excerpts|lint [FILE...]|doctor|quiz <chapter>>";
+const USAGE: &str = "usage: cargo xtask <brokers up|brokers down|brokers status|test|book [--serve]|examples|excerpts|lint [FILE...]|browser|doctor|quiz <chapter>>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         }
         ["doctor"] => doctor(),
         ["lint", paths @ ..] => lint::run(paths),
+        ["browser"] => browser::run(),
         ["quiz"] => quiz::list(),
         ["quiz", chapter] => quiz::run(chapter),
         _ => Err(Fail::msg(USAGE)),
@@ -192,10 +195,11 @@ fn test() -> Result<(), Fail> {
     println!("  {checked} excerpts match what the examples printed");
     tally.passed += 1;
 
-    println!("\n== 6/6 the book, the CI workflow and docker-compose.yml");
+    println!("\n== 6/6 the book (and Chromium on it), CI workflow, compose file");
     book::build()?;
+    browser::run()?;
     lint::run(&[])?;
-    tally.passed += 2;
+    tally.passed += 3;
 
     println!("\nall green in {:.0}s", began.elapsed().as_secs_f64());
     // A plain closing line that CI and humans both read.

@@ -1,0 +1,116 @@
+//! Fan-out cost: one event pushed to 1,000 WebSocket clients on loopback.
+//!
+//! Run it: `cargo run --release --example ws_fanout_bench`
+//!
+//! The server is the chapter's own router; the clients are tokio-tungstenite
+//! connections in the same process (so they share its cores with the server: on a
+//! 2-core machine the figures include the clients' own scheduling). Each round
+//! publishes one event once every client has the previous one, and every client
+//! notes when the event reached it. Printed: the delivery latency over all (client,
+//! event) pairs, and the time until the last client of each round had the event. One
+//! run, one machine: compare runs on the same machine only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use futures::StreamExt;
+use realtime::{AppState, ChannelConfig, Hub, HubConfig, Push, Shop, Status, app};
+use tokio::net::TcpListener;
+use tokio::sync::{Barrier, mpsc};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+const CLIENTS: usize = 1000;
+const ROUNDS: u64 = 30;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let hub = Hub::new(HubConfig { history: 1024, buffer: 64 });
+    let shop = Shop::new(hub.clone(), Duration::from_secs(1));
+    let state = AppState::new(hub.clone(), shop, ChannelConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app(state)).await });
+
+    // Every client reports (seq, when it arrived) here.
+    let (tx, mut arrivals) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let ready = Arc::new(Barrier::new(CLIENTS + 1));
+    for i in 0..CLIENTS {
+        // Each client costs this process two file descriptors (its end, the
+        // server's).
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+                .await
+                .with_context(|| {
+                    format!("client {i} of {CLIENTS}: is `ulimit -n` above 2100?")
+                })?;
+        let (tx, ready) = (tx.clone(), ready.clone());
+        tokio::spawn(async move {
+            let mut waiting = Some(ready);
+            while let Some(Ok(message)) = ws.next().await {
+                let Message::Text(text) = message else { continue };
+                let arrived = Instant::now();
+                match serde_json::from_str::<Push>(&text) {
+                    Ok(Push::Snapshot(_)) => {
+                        if let Some(ready) = waiting.take() {
+                            ready.wait().await;
+                        }
+                    }
+                    Ok(Push::Event(e)) => {
+                        let _ = tx.send((e.seq, arrived));
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    ready.wait().await;
+    ensure!(hub.subscribers() == CLIENTS, "all clients attached");
+    println!(
+        "{CLIENTS} clients connected on loopback; {ROUNDS} events, one at a time"
+    );
+
+    let mut latencies = Vec::with_capacity(CLIENTS * ROUNDS as usize);
+    let mut last_client = Vec::with_capacity(ROUNDS as usize);
+    // Round 0 warms up (first sends on each connection); it is not counted.
+    for round in 0..=ROUNDS {
+        let sent = Instant::now();
+        let event = hub.publish(round, Status::Placed);
+        let mut latest = sent;
+        for _ in 0..CLIENTS {
+            let (seq, arrived) =
+                arrivals.recv().await.context("a client vanished")?;
+            ensure!(seq == event.seq, "event {seq} arrived during round {round}");
+            latencies.push(arrived - sent);
+            latest = latest.max(arrived);
+        }
+        if round > 0 {
+            last_client.push(latest - sent);
+        } else {
+            latencies.clear();
+        }
+    }
+    ensure!(hub.subscribers() == CLIENTS, "no client was cut off");
+    latencies.sort();
+    last_client.sort();
+    println!(
+        "delivery latency over {} deliveries: p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        latencies.len(),
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        latencies.last().copied().unwrap_or_default()
+    );
+    println!(
+        "until the last of {CLIENTS} clients had it: p50 {:.2?}, p99 {:.2?}",
+        percentile(&last_client, 50.0),
+        percentile(&last_client, 99.0)
+    );
+    Ok(())
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}

@@ -1,0 +1,397 @@
+//! The hub: one numbered stream of order status changes, fanned out to every
+//! subscriber.
+//!
+//! It knows nothing about WebSockets. A publisher (the shop's event consumer) calls
+//! [`Hub::publish`]; each subscriber (one per browser connection) reads its own
+//! [`Subscription`]. Three promises live here, so the transport cannot break them:
+//!
+//! - **A slow subscriber never stalls the others.** `publish` never waits: it puts
+//!   the event into each subscriber's bounded buffer with `try_send`. A subscriber
+//!   whose buffer is full is cut off and told so ([`Next::Lagged`]); it does not
+//!   silently stop receiving.
+//! - **Resume without gaps or duplicates.** Every event has a sequence number, and
+//!   the hub keeps the last `history` events. A subscriber that says "I saw up to
+//!   41" gets 42, 43, ... from the history, then live events, with no event missed
+//!   or repeated between the two, because the backlog is copied and the subscriber
+//!   registered under one lock.
+//! - **A resume the history cannot serve gets a resync**: the current status of
+//!   every order and the sequence number it is current at, instead of a stream with
+//!   a hole in it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+/// An order's id, as the shop's orders service numbers them.
+pub type OrderId = u64;
+
+/// Where an order is in its life. The shop's events move an order forward one step
+/// at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Placed,
+    Paid,
+    Packed,
+    Shipped,
+    Delivered,
+}
+
+impl Status {
+    /// Every status in the order an order goes through them.
+    pub const ALL: [Status; 5] = [
+        Status::Placed,
+        Status::Paid,
+        Status::Packed,
+        Status::Shipped,
+        Status::Delivered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Placed => "placed",
+            Status::Paid => "paid",
+            Status::Packed => "packed",
+            Status::Shipped => "shipped",
+            Status::Delivered => "delivered",
+        }
+    }
+}
+
+// ANCHOR: Event
+/// One status change, numbered by the hub. `seq` starts at 1 and grows by one per
+/// event, so a client that saw 41 and then sees 43 knows it missed one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub order: OrderId,
+    pub status: Status,
+}
+// ANCHOR_END: Event
+
+/// The current status of every order, current as of event `seq`: what a subscriber
+/// gets when there is no history to resume from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub seq: u64,
+    pub orders: Vec<OrderState>,
+}
+
+/// One line of a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderState {
+    pub order: OrderId,
+    pub status: Status,
+}
+
+/// How a subscription begins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A new subscriber (no `after`): here is the state now; events follow from `seq
+    /// + 1`.
+    Snapshot(Snapshot),
+    /// The resume point is older than the history (or ahead of it): the events in
+    /// between are gone, so here is the state now instead; events follow from `seq +
+    /// 1`.
+    Resync(Snapshot),
+    /// The history covers the resume point: the events after it come first, then
+    /// live ones.
+    Resume,
+}
+
+/// What a subscriber reads next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    Event(Event),
+    /// The subscriber fell `buffer` events behind and was cut off.
+    /// `Subscription::last_seq` says where it got to, so it can come back with
+    /// `after = last_seq`.
+    Lagged,
+    /// The hub is gone (the process is shutting down).
+    Closed,
+}
+
+/// Sizes of the hub's two bounded memories.
+#[derive(Clone, Copy, Debug)]
+pub struct HubConfig {
+    /// Events kept for resuming subscribers.
+    pub history: usize,
+    /// Events buffered per subscriber before it counts as too slow.
+    pub buffer: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig { history: 1024, buffer: 64 }
+    }
+}
+
+struct Subscriber {
+    tx: mpsc::Sender<Event>,
+    lagged: Arc<AtomicBool>,
+}
+
+struct State {
+    last_seq: u64,
+    history: VecDeque<Event>,
+    current: BTreeMap<OrderId, Status>,
+    subscribers: Vec<Subscriber>,
+}
+
+/// The fan-out point. Cheap to clone; every clone is the same hub.
+#[derive(Clone)]
+pub struct Hub {
+    config: HubConfig,
+    state: Arc<Mutex<State>>,
+    /// How many subscribers are attached: tests and the example wait on it.
+    count: watch::Sender<usize>,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Hub {
+        Hub {
+            config: HubConfig {
+                history: config.history.max(1),
+                buffer: config.buffer.max(1),
+            },
+            state: Arc::new(Mutex::new(State {
+                last_seq: 0,
+                history: VecDeque::new(),
+                current: BTreeMap::new(),
+                subscribers: Vec::new(),
+            })),
+            count: watch::Sender::new(0),
+        }
+    }
+
+    pub fn config(&self) -> HubConfig {
+        self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state consistent (every change
+        // below is one push or one retain), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    // ANCHOR: publish
+    /// Numbers the change, records it, and offers it to every subscriber without
+    /// waiting. A subscriber whose buffer is full is dropped from the list and
+    /// flagged as lagged: the publisher (and so every other subscriber) never waits
+    /// for the slowest one.
+    pub fn publish(&self, order: OrderId, status: Status) -> Event {
+        let mut state = self.lock();
+        state.last_seq += 1;
+        let event = Event { seq: state.last_seq, order, status };
+        if state.history.len() == self.config.history {
+            state.history.pop_front();
+        }
+        state.history.push_back(event);
+        state.current.insert(order, status);
+        state.subscribers.retain(|sub| match sub.tx.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                sub.lagged.store(true, Ordering::Release);
+                false
+            }
+            // The subscription was dropped: forget it.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        self.count.send_replace(state.subscribers.len());
+        event
+    }
+    // ANCHOR_END: publish
+
+    // ANCHOR: subscribe
+    /// Attaches a subscriber. `after` is the last sequence number it saw, if it saw
+    /// any.
+    pub fn subscribe(&self, after: Option<u64>) -> (Start, Subscription) {
+        let mut state = self.lock();
+        let (tx, rx) = mpsc::channel(self.config.buffer);
+        let lagged = Arc::new(AtomicBool::new(false));
+        // The oldest event still kept; with an empty history, the next one to come.
+        let oldest = state.history.front().map_or(state.last_seq + 1, |e| e.seq);
+        let (start, backlog) = match after {
+            // Every event after `after` is still here (none, if it is up to date).
+            Some(after) if after + 1 >= oldest && after <= state.last_seq => {
+                let backlog: VecDeque<Event> = state
+                    .history
+                    .iter()
+                    .filter(|e| e.seq > after)
+                    .copied()
+                    .collect();
+                (Start::Resume, backlog)
+            }
+            Some(_) => (Start::Resync(snapshot(&state)), VecDeque::new()),
+            None => (Start::Snapshot(snapshot(&state)), VecDeque::new()),
+        };
+        let last_seq = match &start {
+            Start::Resume => after.unwrap_or(0),
+            Start::Snapshot(s) | Start::Resync(s) => s.seq,
+        };
+        state.subscribers.push(Subscriber { tx, lagged: lagged.clone() });
+        self.count.send_replace(state.subscribers.len());
+        drop(state);
+        let hub = self.clone();
+        (start, Subscription { hub, backlog, rx, lagged, last_seq })
+    }
+    // ANCHOR_END: subscribe
+
+    /// The number of attached subscribers, now.
+    pub fn subscribers(&self) -> usize {
+        *self.count.borrow()
+    }
+
+    /// Waits until exactly `n` subscribers are attached (a lagged or dropped one
+    /// counts as gone once the next publish notices, or once its subscription is
+    /// dropped).
+    pub async fn wait_for_subscribers(&self, n: usize) {
+        let mut rx = self.count.subscribe();
+        // `wait_for` only fails when the sender is gone, and `self` holds it.
+        let _ = rx.wait_for(|count| *count == n).await;
+    }
+
+    fn forget_closed(&self) {
+        let mut state = self.lock();
+        state.subscribers.retain(|sub| !sub.tx.is_closed());
+        self.count.send_replace(state.subscribers.len());
+    }
+}
+
+fn snapshot(state: &State) -> Snapshot {
+    Snapshot {
+        seq: state.last_seq,
+        orders: state
+            .current
+            .iter()
+            .map(|(&order, &status)| OrderState { order, status })
+            .collect(),
+    }
+}
+
+/// One subscriber's view of the hub: first its backlog, then live events, in `seq`
+/// order.
+pub struct Subscription {
+    hub: Hub,
+    backlog: VecDeque<Event>,
+    rx: mpsc::Receiver<Event>,
+    lagged: Arc<AtomicBool>,
+    last_seq: u64,
+}
+
+impl Subscription {
+    /// The next event for this subscriber. Cancel-safe: nothing is lost if the
+    /// future is dropped before it completes (it is used inside `tokio::select!`).
+    pub async fn next(&mut self) -> Next {
+        // A lagged subscriber stops at once: what is still buffered would only be a
+        // longer road to the same resume point.
+        if self.lagged.load(Ordering::Acquire) {
+            return Next::Lagged;
+        }
+        let event = match self.backlog.pop_front() {
+            Some(event) => event,
+            None => match self.rx.recv().await {
+                Some(event) => event,
+                None if self.lagged.load(Ordering::Acquire) => return Next::Lagged,
+                None => return Next::Closed,
+            },
+        };
+        self.last_seq = event.seq;
+        Next::Event(event)
+    }
+
+    /// The last sequence number this subscription handed out (or started from).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+/// Dropping a subscription detaches it at once, so the subscriber count is right
+/// without waiting for the next publish to notice.
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.rx.close();
+        self.hub.forget_closed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(history: usize, buffer: usize) -> Hub {
+        Hub::new(HubConfig { history, buffer })
+    }
+
+    async fn take(sub: &mut Subscription, n: usize) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        for _ in 0..n {
+            match sub.next().await {
+                Next::Event(e) => seqs.push(e.seq),
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+        seqs
+    }
+
+    #[tokio::test]
+    async fn a_resume_inside_the_history_gets_exactly_the_missing_events() {
+        let hub = hub(8, 16);
+        for order in 1..=5 {
+            hub.publish(order, Status::Placed);
+        }
+        let (start, mut sub) = hub.subscribe(Some(2));
+        assert_eq!(start, Start::Resume);
+        hub.publish(6, Status::Placed);
+        assert_eq!(take(&mut sub, 4).await, [3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_resume_older_than_the_history_gets_a_resync() {
+        let hub = hub(3, 16);
+        for order in 1..=5 {
+            hub.publish(order, Status::Placed);
+        }
+        hub.publish(1, Status::Paid);
+        // History holds 4, 5, 6: a client that saw 2 missed 3, which is gone.
+        let (start, mut sub) = hub.subscribe(Some(2));
+        let Start::Resync(snapshot) = start else { panic!("expected a resync") };
+        assert_eq!(snapshot.seq, 6);
+        assert_eq!(
+            snapshot.orders[0],
+            OrderState { order: 1, status: Status::Paid }
+        );
+        assert_eq!(snapshot.orders.len(), 5);
+        // A client that saw 3 can still resume.
+        assert_eq!(hub.subscribe(Some(3)).0, Start::Resume);
+        hub.publish(2, Status::Paid);
+        assert_eq!(take(&mut sub, 1).await, [7]);
+    }
+
+    #[tokio::test]
+    async fn a_resume_point_ahead_of_the_hub_gets_a_resync() {
+        // A client from before a restart: the numbers it knows are not this run's.
+        let hub = hub(8, 16);
+        hub.publish(1, Status::Placed);
+        let (start, _) = hub.subscribe(Some(5));
+        assert!(matches!(start, Start::Resync(Snapshot { seq: 1, .. })));
+        assert_eq!(hub.subscribe(Some(1)).0, Start::Resume);
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_cuts_off_only_that_subscriber() {
+        let hub = hub(64, 2);
+        let (_, mut slow) = hub.subscribe(None);
+        let (_, mut fast) = hub.subscribe(None);
+        for order in 1..=3 {
+            hub.publish(order, Status::Placed);
+            assert_eq!(take(&mut fast, 1).await, [order]);
+        }
+        assert_eq!(hub.subscribers(), 1, "the slow one is detached");
+        assert_eq!(slow.next().await, Next::Lagged);
+        assert_eq!(slow.last_seq(), 0);
+    }
+}

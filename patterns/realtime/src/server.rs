@@ -1,0 +1,317 @@
+//! The WebSocket endpoint and the page, served by one axum router.
+//!
+//! `GET /` is the page, `GET /ws?after=N` the channel, `POST /orders` places an
+//! order (which the [`Shop`] then moves through its statuses). Each WebSocket
+//! connection is one task that reads its hub [`Subscription`] and the socket in one
+//! `select!` loop: it pushes events, sends a ping every `ping_interval`, and ends
+//! the connection with a close frame that says why.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{
+    CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
+};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+use tokio_tungstenite::tungstenite;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::hub::{Event, Hub, Next, Snapshot, Start, Subscription};
+use crate::shop::Shop;
+
+/// The page, plain HTML and JavaScript compiled into the binary: no front-end build.
+const PAGE: &str = include_str!("page.html");
+
+// ANCHOR: close_codes
+/// Close codes this server sends. RFC 6455 registers 1000-1015; 4000-4999 are for
+/// applications, and the heartbeat uses one because no registered code means "timed
+/// out".
+pub mod close {
+    /// The endpoint is going away (here: the hub shut down).
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame broke the protocol (for example an unmasked frame from a client).
+    pub const PROTOCOL: u16 = 1002;
+    /// The client sent a data message, and this channel accepts none.
+    pub const UNSUPPORTED: u16 = 1003;
+    /// A text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A message or frame over `max_message_size`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The client fell too far behind: come back later with `after=`.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Nothing heard from the client, not even a pong, for `idle_timeout`.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4000;
+}
+// ANCHOR_END: close_codes
+
+/// How a connection behaves. The defaults suit a browser on a real network.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelConfig {
+    /// How often the server pings a client.
+    pub ping_interval: Duration,
+    /// A client not heard from (no pong, no frame at all) for this long is dead.
+    pub idle_timeout: Duration,
+    /// The longest one send may take before the connection counts as stalled and is
+    /// dropped.
+    pub send_timeout: Duration,
+    /// The largest message (and frame) a client may send.
+    pub max_message_size: usize,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(10),
+            max_message_size: 4096,
+        }
+    }
+}
+
+// ANCHOR: Push
+/// What the server sends, as JSON text messages tagged by `type`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Push {
+    /// First message to a new client: the state now.
+    Snapshot(Snapshot),
+    /// First message to a client whose resume point is no longer in the history.
+    Resync(Snapshot),
+    /// One status change.
+    Event(Event),
+}
+// ANCHOR_END: Push
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Hub,
+    pub shop: Shop,
+    pub config: ChannelConfig,
+    next_client: Arc<AtomicU64>,
+}
+
+impl AppState {
+    pub fn new(hub: Hub, shop: Shop, config: ChannelConfig) -> AppState {
+        AppState { hub, shop, config, next_client: Arc::new(AtomicU64::new(1)) }
+    }
+}
+
+/// The router: the page, the channel and the order form's endpoint.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/ws", get(channel))
+        .route("/orders", post(place_order))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct Resume {
+    /// The last sequence number the client saw. Browsers cannot set headers on a
+    /// WebSocket request, so it travels in the query string.
+    after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Placed {
+    order: u64,
+}
+
+async fn place_order(State(state): State<AppState>) -> impl IntoResponse {
+    let order = state.shop.place_order();
+    (StatusCode::CREATED, Json(Placed { order }))
+}
+
+// ANCHOR: channel
+async fn channel(
+    upgrade: WebSocketUpgrade,
+    Query(resume): Query<Resume>,
+    State(state): State<AppState>,
+) -> Response {
+    let client = state.next_client.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("ws", client);
+    // Limits are enforced by the WebSocket codec while it reads, before a byte of an
+    // oversized message is buffered past them.
+    upgrade
+        .max_message_size(state.config.max_message_size)
+        .max_frame_size(state.config.max_message_size)
+        .on_upgrade(move |socket| {
+            let (start, sub) = state.hub.subscribe(resume.after);
+            connection(socket, start, sub, state.config).instrument(span)
+        })
+}
+// ANCHOR_END: channel
+
+/// Why a connection ends.
+enum End {
+    /// Send this close frame, then stop.
+    Close(u16, String),
+    /// The peer is gone or stalled; there is no one to tell.
+    Gone(&'static str),
+}
+
+// ANCHOR: connection
+async fn connection(
+    mut socket: WebSocket,
+    start: Start,
+    mut sub: Subscription,
+    config: ChannelConfig,
+) {
+    let first = match start {
+        Start::Snapshot(s) => {
+            info!("connected: snapshot at seq {}", s.seq);
+            Some(Push::Snapshot(s))
+        }
+        Start::Resync(s) => {
+            info!("connected: history too short, resync at seq {}", s.seq);
+            Some(Push::Resync(s))
+        }
+        Start::Resume => {
+            info!("connected: resuming after seq {}", sub.last_seq());
+            None
+        }
+    };
+    let mut end = match first {
+        Some(push) => send(&mut socket, &push, &config).await.err(),
+        None => None,
+    };
+    let mut heartbeat =
+        interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    while end.is_none() {
+        // Every branch's future is cancel-safe; sends happen in the arms, not in the
+        // race.
+        tokio::select! {
+            next = sub.next() => end = match next {
+                Next::Event(e) => {
+                    send(&mut socket, &Push::Event(e), &config).await.err()
+                }
+                Next::Lagged => Some(End::Close(close::TRY_AGAIN_LATER, format!(
+                    "too slow: reconnect with after={}", sub.last_seq()
+                ))),
+                Next::Closed => {
+                    Some(End::Close(close::GOING_AWAY, "shutting down".into()))
+                }
+            },
+            incoming = socket.recv() => {
+                last_heard = Instant::now();
+                end = received(incoming);
+            }
+            _ = heartbeat.tick() => {
+                end = if last_heard.elapsed() >= config.idle_timeout {
+                    Some(End::Close(close::HEARTBEAT_TIMEOUT, format!(
+                        "no pong for {}s", config.idle_timeout.as_secs()
+                    )))
+                } else {
+                    let ping = Message::Ping(Default::default());
+                    send_message(&mut socket, ping, &config).await.err()
+                };
+            }
+        }
+    }
+    // Detach from the hub first: a closing connection holds no buffer while it says
+    // goodbye.
+    drop(sub);
+    finish(socket, end, &config).await;
+}
+// ANCHOR_END: connection
+
+// ANCHOR: received
+/// What a frame from the client means for the connection: `None` to carry on.
+fn received(incoming: Option<Result<Message, axum::Error>>) -> Option<End> {
+    let error = match incoming {
+        // Pongs (and pings, which the codec answers itself) only prove the client is
+        // alive.
+        Some(Ok(Message::Pong(_) | Message::Ping(_))) => return None,
+        Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+            return Some(End::Close(
+                close::UNSUPPORTED,
+                "this channel only pushes: send no messages".into(),
+            ));
+        }
+        // The codec has already answered the client's close frame.
+        Some(Ok(Message::Close(_))) | None => {
+            return Some(End::Gone("client closed"));
+        }
+        Some(Err(error)) => error,
+    };
+    let inner = error.into_inner();
+    Some(match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(e)) => {
+            End::Close(close::TOO_BIG, format!("too big: {e}"))
+        }
+        Some(tungstenite::Error::Utf8(_)) => {
+            End::Close(close::INVALID_DATA, "text message is not UTF-8".into())
+        }
+        // A client that vanished (a closed tab, a dropped network) without a close
+        // frame.
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => End::Gone("client left without a close frame"),
+        Some(tungstenite::Error::Protocol(e)) => {
+            End::Close(close::PROTOCOL, format!("protocol error: {e}"))
+        }
+        _ => End::Gone("connection lost"),
+    })
+}
+// ANCHOR_END: received
+
+async fn send(
+    socket: &mut WebSocket,
+    push: &Push,
+    config: &ChannelConfig,
+) -> Result<(), End> {
+    let text = serde_json::to_string(push)
+        .map_err(|_| End::Gone("an event could not be encoded"))?;
+    send_message(socket, Message::Text(text.into()), config).await
+}
+
+/// One send, bounded by `send_timeout`: a peer that stops reading cannot hold the
+/// task forever.
+async fn send_message(
+    socket: &mut WebSocket,
+    message: Message,
+    config: &ChannelConfig,
+) -> Result<(), End> {
+    match timeout(config.send_timeout, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone("connection lost")),
+        Err(_) => Err(End::Gone("stalled: a send did not finish in time")),
+    }
+}
+
+async fn finish(mut socket: WebSocket, end: Option<End>, config: &ChannelConfig) {
+    match end {
+        Some(End::Close(code, reason)) => {
+            warn!(code, %reason, "closing");
+            let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
+            let close = Message::Close(Some(frame));
+            if send_message(&mut socket, close, config).await.is_ok() {
+                // The closing handshake: wait (bounded) for the client's close frame
+                // before dropping the socket. Dropping at once can make the client's
+                // TCP stack discard our close frame, reason and all, as a reset
+                // arrives behind it.
+                let _ = timeout(config.send_timeout, async {
+                    while let Some(Ok(message)) = socket.recv().await {
+                        if matches!(message, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+        Some(End::Gone(why)) => info!("disconnected: {why}"),
+        None => {}
+    }
+}

@@ -1,0 +1,514 @@
+//! One checkout across four transports, every hop traced: the scenario the example runs and the
+//! test checks.
+//!
+//! ```text
+//! storefront --HTTP--> checkout-api --gRPC--> payments --Kafka--> fulfilment --AMQP--> shipping
+//! ```
+//!
+//! The storefront posts the order to the checkout API (axum), which authorizes the payment with
+//! the payments service (tonic, the gRPC chapter's service wrapped in a traced one). Once the
+//! payment is authorized, payments publishes `OrderPlaced` to Kafka and answers. Fulfilment
+//! consumes the event and sends a shipment task to a RabbitMQ queue; shipping takes it and acks.
+//! The shop's correlation id travels along too, in each transport's own header, so the logs of
+//! all five services can be searched for it; the trace context travels beside it.
+//!
+//! Every topic and queue is new for each run (a random suffix), so runs never see each other's
+//! messages. A production system would run each service in its own process, with its own
+//! `service.name`; here they share one process and say who they are in `shop.service`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use futures::StreamExt;
+use grpc::correlation::{self, AttachCorrelationId, CorrelationId};
+use grpc::proto::v2::payments_client::PaymentsClient;
+use grpc::proto::v2::payments_server::{Payments, PaymentsServer};
+use grpc::proto::v2::{
+    AuthorizeRequest, BatchSummary, CaptureRequest, Payment, WatchPaymentRequest,
+};
+use grpc::service::PaymentsService;
+use kafka_events::envelope::{Metadata, OrderPlaced, decode};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use opentelemetry::trace::SpanKind;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel as GrpcChannel, Endpoint, Server};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, info, warn};
+
+use crate::hops::{self, Both};
+
+/// The five services, as `shop.service` names them.
+pub const STOREFRONT: &str = "storefront";
+pub const CHECKOUT_API: &str = "checkout-api";
+pub const PAYMENTS: &str = "payments";
+pub const FULFILMENT: &str = "fulfilment";
+pub const SHIPPING: &str = "shipping";
+
+/// The gRPC method, named as OpenTelemetry's conventions name it.
+pub const AUTHORIZE: &str = "shop.payments.Payments/Authorize";
+
+/// Why the shop could not start or a checkout failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("checkout call failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("bad gRPC address: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("{0} did not happen within {1:?}")]
+    Timeout(&'static str, Duration),
+}
+
+/// What the storefront posts to `POST /checkout`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckoutRequest {
+    pub order_id: String,
+    pub customer_id: String,
+    pub total_cents: u64,
+    pub card_token: String,
+}
+
+/// The checkout API's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckoutReply {
+    pub order_id: String,
+    pub payment_id: String,
+}
+
+/// What shipping reports when it has taken a shipment task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shipped {
+    pub order_id: String,
+    pub correlation_id: String,
+}
+
+/// Where the brokers are, and whether fulfilment passes the trace on.
+#[derive(Clone, Debug)]
+pub struct Brokers {
+    pub kafka: String,
+    pub amqp: String,
+    /// False leaves the trace context out of the AMQP messages (break it).
+    pub amqp_context: bool,
+}
+
+/// The five services, running.
+pub struct Shop {
+    pub http_addr: SocketAddr,
+    pub topic: String,
+    pub queue: String,
+    http: reqwest::Client,
+    shipped: mpsc::Receiver<Shipped>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    amqp: Connection,
+    channels: Vec<Channel>,
+}
+
+impl Shop {
+    /// Starts every service on loopback ports and the consumers on fresh
+    /// destinations.
+    pub async fn start(brokers: &Brokers) -> Result<Shop, Error> {
+        let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let topic = format!("orders-placed-{run}");
+        let queue = format!("shipments-{run}");
+        kafka_events::client::create_topics(&brokers.kafka, &[(&topic, 1)]).await?;
+        let (stop, stopped) = watch::channel(false);
+        let (amqp, channel) = rabbitmq_queues::connect(&brokers.amqp).await?;
+        rabbitmq_queues::publish::enable_confirms(&channel).await?;
+        // Exclusive and auto-deleted: the queue goes away with this connection.
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .await?;
+        let (shipped_tx, shipped) = mpsc::channel(16);
+        let consuming = amqp.create_channel().await?;
+        let channels = vec![channel.clone(), consuming.clone()];
+        let shipping =
+            shipping(consuming, &queue, shipped_tx, stopped.clone()).await?;
+        let group = format!("fulfilment-{run}");
+        let consumer = kafka_events::client::consumer(&brokers.kafka, &group)?;
+        consumer.subscribe(&[&topic])?;
+        let fulfilment = tokio::spawn(fulfilment(
+            consumer,
+            channel,
+            (queue.clone(), brokers.amqp_context),
+            stopped.clone(),
+        ));
+        let producer = kafka_events::client::producer(&brokers.kafka)?;
+        let payments = TracedPayments {
+            inner: PaymentsService::default(),
+            producer,
+            topic: topic.clone(),
+        };
+        let (grpc_addr, grpc) = serve_payments(payments, stopped.clone()).await?;
+        let (http_addr, http) = serve_checkout(grpc_addr, stopped).await?;
+        info!(
+            "five services up: HTTP {http_addr}, gRPC {grpc_addr}, {topic}, {queue}"
+        );
+        Ok(Shop {
+            http_addr,
+            topic,
+            queue,
+            http: reqwest::Client::new(),
+            shipped,
+            stop,
+            tasks: vec![shipping, fulfilment, grpc, http],
+            amqp,
+            channels,
+        })
+    }
+
+    // ANCHOR: place_order
+    /// The storefront's side: one `POST /checkout` in a `client` span, the root
+    /// of the trace.
+    pub async fn place_order(
+        &self,
+        order: &CheckoutRequest,
+        correlation_id: &str,
+    ) -> Result<CheckoutReply, Error> {
+        let url = format!("http://{}/checkout", self.http_addr);
+        let request = self
+            .http
+            .post(url)
+            .header(correlation::CORRELATION_ID, correlation_id)
+            .json(order);
+        let (request, span) =
+            hops::http_client(STOREFRONT, "POST", "/checkout", request);
+        async {
+            let reply = request.send().await?.error_for_status()?;
+            Ok(reply.json().await?)
+        }
+        .instrument(span)
+        .await
+    }
+    // ANCHOR_END: place_order
+
+    /// Waits at most `limit` for shipping to take the next shipment task.
+    pub async fn shipped(&mut self, limit: Duration) -> Result<Shipped, Error> {
+        match tokio::time::timeout(limit, self.shipped.recv()).await {
+            Ok(Some(shipped)) => Ok(shipped),
+            _ => Err(Error::Timeout("a shipment", limit)),
+        }
+    }
+
+    /// Stops every service and consumer and waits for them to finish.
+    pub async fn shutdown(self) {
+        drop(self.http); // idle keep-alive connections would hold the server open
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        // Channels first, then the connection: closing a connection while one of
+        // its channels is still closing fails. The exclusive queue goes with it.
+        for channel in self.channels {
+            if let Err(error) = channel.close(200, "done".into()).await {
+                tracing::debug!("closing an AMQP channel: {error}");
+            }
+        }
+        if let Err(error) = self.amqp.close(200, "done".into()).await {
+            tracing::debug!("closing the AMQP connection: {error}");
+        }
+    }
+}
+
+/// The checkout API's state: a lazily connected channel to payments.
+#[derive(Clone)]
+struct Api {
+    payments: GrpcChannel,
+}
+
+async fn serve_checkout(
+    payments: SocketAddr,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), Error> {
+    let channel =
+        Endpoint::from_shared(format!("http://{payments}"))?.connect_lazy();
+    let app = app(Api { payments: channel });
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    });
+    let task = tokio::spawn(async move {
+        if let Err(error) = server.await {
+            warn!("checkout-api stopped: {error}");
+        }
+    });
+    Ok((addr, task))
+}
+
+// ANCHOR: app
+/// The checkout API: every route runs in the `server` span of
+/// [`hops::http_server_span`].
+fn app(api: Api) -> Router {
+    Router::new()
+        .route("/checkout", post(checkout))
+        .layer(axum::middleware::from_fn_with_state(
+            CHECKOUT_API,
+            hops::http_server_span,
+        ))
+        .with_state(api)
+}
+// ANCHOR_END: app
+
+// ANCHOR: checkout
+/// Authorizes the payment over gRPC, inside a `client` span whose context the
+/// interceptor copies into the call's metadata, next to the correlation id.
+async fn checkout(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(order): Json<CheckoutRequest>,
+) -> Result<Json<CheckoutReply>, (StatusCode, String)> {
+    let id = headers
+        .get(correlation::CORRELATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| correlation::is_sane(id))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    info!(correlation_id = %id, order_id = %order.order_id, "checkout");
+    let attach = AttachCorrelationId::new(&id).map_err(bad_gateway)?;
+    let interceptors = Both(attach, hops::inject_grpc);
+    let mut payments = PaymentsClient::with_interceptor(api.payments, interceptors);
+    let mut request = Request::new(AuthorizeRequest {
+        order_id: order.order_id.clone(),
+        amount_cents: order.total_cents,
+        currency: "EUR".into(),
+        card_token: order.card_token,
+        customer_id: order.customer_id,
+    });
+    request.set_timeout(Duration::from_secs(5));
+    let span = hops::grpc_client_span(CHECKOUT_API, AUTHORIZE);
+    let payment = payments.authorize(request).instrument(span).await;
+    let payment = payment.map_err(bad_gateway)?.into_inner();
+    let order_id = order.order_id;
+    Ok(Json(CheckoutReply { order_id, payment_id: payment.payment_id }))
+}
+// ANCHOR_END: checkout
+
+fn bad_gateway(status: Status) -> (StatusCode, String) {
+    warn!("payments refused: {status}");
+    (StatusCode::BAD_GATEWAY, status.message().to_owned())
+}
+
+/// The gRPC chapter's payments service, traced, and publishing `OrderPlaced` once
+/// a payment is authorized.
+struct TracedPayments {
+    inner: PaymentsService,
+    producer: FutureProducer,
+    topic: String,
+}
+
+async fn serve_payments(
+    payments: TracedPayments,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let interceptors = Both(correlation::accept, hops::extract_grpc);
+    let server = Server::builder()
+        .add_service(PaymentsServer::with_interceptor(payments, interceptors))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        );
+    let task = tokio::spawn(async move {
+        if let Err(error) = server.await {
+            warn!("payments stopped: {error}");
+        }
+    });
+    Ok((addr, task))
+}
+
+#[tonic::async_trait]
+impl Payments for TracedPayments {
+    // ANCHOR: authorize
+    async fn authorize(
+        &self,
+        request: Request<AuthorizeRequest>,
+    ) -> Result<Response<Payment>, Status> {
+        let span = hops::grpc_server_span(PAYMENTS, AUTHORIZE, &request);
+        let id = CorrelationId::of(&request);
+        async move {
+            let order = request.get_ref().clone();
+            let payment = self.inner.authorize(request).await?;
+            let event = OrderPlaced {
+                order_id: order.order_id,
+                customer_id: order.customer_id,
+                total_cents: order.amount_cents,
+                currency: order.currency,
+            };
+            let metadata = Metadata::order_placed(&id.0, &rfc3339_now());
+            let producer = &self.producer;
+            hops::publish_kafka(PAYMENTS, producer, &self.topic, &metadata, &event)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            info!(order_id = %event.order_id, "authorized; OrderPlaced published");
+            Ok(payment)
+        }
+        .instrument(span)
+        .await
+    }
+    // ANCHOR_END: authorize
+
+    type WatchPaymentStream = <PaymentsService as Payments>::WatchPaymentStream;
+
+    async fn watch_payment(
+        &self,
+        request: Request<WatchPaymentRequest>,
+    ) -> Result<Response<Self::WatchPaymentStream>, Status> {
+        self.inner.watch_payment(request).await
+    }
+
+    async fn capture_batch(
+        &self,
+        request: Request<Streaming<CaptureRequest>>,
+    ) -> Result<Response<BatchSummary>, Status> {
+        self.inner.capture_batch(request).await
+    }
+
+    type AuthorizeStreamStream =
+        <PaymentsService as Payments>::AuthorizeStreamStream;
+
+    async fn authorize_stream(
+        &self,
+        request: Request<Streaming<AuthorizeRequest>>,
+    ) -> Result<Response<Self::AuthorizeStreamStream>, Status> {
+        self.inner.authorize_stream(request).await
+    }
+}
+
+// ANCHOR: fulfilment
+/// Fulfilment: each `OrderPlaced` becomes a shipment task on the AMQP queue, in
+/// a `consumer` span that continues the producer's trace.
+async fn fulfilment(
+    consumer: StreamConsumer,
+    channel: Channel,
+    (queue, propagate): (String, bool),
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let message = tokio::select! {
+            message = consumer.recv() => message,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                warn!("fulfilment: {error}");
+                continue;
+            }
+        };
+        let span = hops::kafka_consumer_span(FULFILMENT, &message);
+        async {
+            let Ok(event) = decode(&message) else {
+                return warn!("undecodable event skipped");
+            };
+            let id = &event.metadata.correlation_id;
+            let task = (queue.as_str(), event.order.order_id.as_bytes());
+            match hops::publish_amqp(FULFILMENT, &channel, task, id, propagate).await
+            {
+                Ok(()) => info!("shipment task sent for {}", event.order.order_id),
+                Err(error) => warn!("shipment task not sent: {error}"),
+            }
+            let _ = consumer.store_offset_from_message(&message);
+        }
+        .instrument(span)
+        .await;
+    }
+}
+// ANCHOR_END: fulfilment
+
+/// Shipping: takes shipment tasks, acks them, and reports each one.
+async fn shipping(
+    channel: Channel,
+    queue: &str,
+    report: mpsc::Sender<Shipped>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, Error> {
+    let mut deliveries = channel
+        .basic_consume(
+            queue.into(),
+            "shipping".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let queue: Arc<str> = queue.into();
+    Ok(tokio::spawn(async move {
+        loop {
+            let delivery = tokio::select! {
+                delivery = deliveries.next() => delivery,
+                _ = stopped.wait_for(|stop| *stop) => return,
+            };
+            let Some(Ok(delivery)) = delivery else { return };
+            let span =
+                hops::amqp_consumer_span(SHIPPING, &queue, &delivery.properties);
+            async {
+                let order_id = String::from_utf8_lossy(&delivery.data).into_owned();
+                let correlation_id = hops::amqp_correlation_id(&delivery.properties)
+                    .unwrap_or_default();
+                info!(%correlation_id, "shipping {order_id}");
+                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                    return warn!("ack failed: {error}");
+                }
+                let _ = report.send(Shipped { order_id, correlation_id }).await;
+            }
+            .instrument(span)
+            .await;
+        }
+    }))
+}
+
+/// The current time in RFC 3339 (UTC, seconds), for the event envelope.
+pub fn rfc3339_now() -> String {
+    let secs =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rest / 3_600, rest % 3_600 / 60, rest % 60);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+/// Every hop of a checkout, as (service, span kind): a complete trace has them all.
+pub const HOPS: [(&str, SpanKind); 8] = [
+    (STOREFRONT, SpanKind::Client),
+    (CHECKOUT_API, SpanKind::Server),
+    (CHECKOUT_API, SpanKind::Client),
+    (PAYMENTS, SpanKind::Server),
+    (PAYMENTS, SpanKind::Producer),
+    (FULFILMENT, SpanKind::Consumer),
+    (FULFILMENT, SpanKind::Producer),
+    (SHIPPING, SpanKind::Consumer),
+];
