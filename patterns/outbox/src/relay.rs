@@ -1,0 +1,541 @@
+//! The relay: it takes committed outbox rows, publishes them to Kafka, and marks them sent.
+//!
+//! One pass ([`Relay::publish_batch`]) runs in one PostgreSQL transaction:
+//!
+//! 1. **Claim** up to `batch_size` pending rows in `seq` order, `FOR UPDATE SKIP LOCKED`. The
+//!    relay does not remember how far it got (no high-water mark): it asks for every row still
+//!    pending, so a row that committed late, after rows with a higher `seq` were published, is
+//!    simply found by the next pass. Rows another relay has claimed are locked, and skipped.
+//! 2. **Hold back** a claimed row when an earlier row of the same aggregate is still unsent and
+//!    not in this claim (another relay holds it, or it failed): publishing it now would overtake
+//!    its predecessor.
+//! 3. **Publish** each aggregate's rows one after the other (key = aggregate id, so they share a
+//!    partition), and different aggregates concurrently. When a row fails, the rest of its
+//!    aggregate waits for the next pass.
+//! 4. **Mark** the published rows `sent`; a failed row gets one more attempt counted and, once it
+//!    has used `max_attempts`, is marked `failed` and reported. Then commit.
+//!
+//! A crash between 3 and 4 rolls the transaction back: the rows are still pending, and the next
+//! relay publishes them again. That is the at-least-once half of the bargain; the consumer's inbox
+//! is the other half.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::join_all;
+use kafka_events::envelope::header;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_postgres::{Client, NoTls, Row, Transaction};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::{OutboxError, checked};
+
+/// Why a relay pass stopped. Publish failures of single rows are not errors: they
+/// are counted on the row and reported in [`RelayReport`].
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The fault plan killed the relay after it published rows and before it
+    /// marked them sent. Treat the relay as dead: drop it and start a new one.
+    #[error("relay crashed after publishing {published} rows it never marked sent")]
+    Crashed { published: usize },
+}
+
+/// How a relay works.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows claimed per pass (one transaction).
+    pub batch_size: i64,
+    /// Publish attempts per row before it is marked `failed`.
+    pub max_attempts: i32,
+    /// How long [`Relay::run`] waits after a pass that published nothing.
+    pub poll_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch_size: 256,
+            max_attempts: 5,
+            poll_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Failures to inject, for tests and the examples' "break it" flags.
+#[derive(Debug, Clone, Default)]
+pub struct RelayFaults {
+    /// Die once this relay has published this many rows, before marking them sent
+    /// (the pass returns [`RelayError::Crashed`], its transaction rolls back).
+    pub crash_after_publish: Option<usize>,
+    /// The first this-many publish attempts fail as if the broker had refused them.
+    pub fail_publishes: u32,
+}
+
+/// A row the broker acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: Uuid,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A row whose publishing failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRow {
+    pub id: Uuid,
+    pub aggregate_id: String,
+    pub event_type: String,
+    /// Attempts used so far, this one included.
+    pub attempts: i32,
+    pub error: String,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayReport {
+    /// Published and marked sent, in the order the broker acknowledged them.
+    pub published: Vec<Published>,
+    /// Failed this time, still `pending`: the next pass tries again.
+    pub retrying: Vec<FailedRow>,
+    /// Out of attempts: marked `failed`, left in the table for a human
+    /// ([`crate::retry_failed`]). Later events of the same aggregate wait behind it.
+    pub failed: Vec<FailedRow>,
+    /// Claimed but not published, because an earlier event of the same aggregate is
+    /// still unsent.
+    pub held_back: usize,
+}
+
+/// What [`Relay::run`] did in all, until it was stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    pub passes: u64,
+    pub published: u64,
+    pub retried: u64,
+    /// Every row this relay marked `failed`.
+    pub failed: Vec<FailedRow>,
+}
+
+/// A relay for one service's outbox (one schema). Give it its own connection: a
+/// pass holds a transaction open while it waits for the broker.
+pub struct Relay {
+    client: Client,
+    schema: String,
+    producer: FutureProducer,
+    config: RelayConfig,
+    faults: RelayFaults,
+    published_total: usize,
+    failures_injected: u32,
+}
+
+impl Relay {
+    /// A relay over `<schema>.outbox`, publishing with `producer` (see
+    /// [`kafka_events::client::producer`]: acks from all replicas, idempotent).
+    pub fn new(
+        client: Client,
+        schema: &str,
+        producer: FutureProducer,
+    ) -> Result<Self, RelayError> {
+        Ok(Relay {
+            client,
+            schema: checked(schema)?.to_owned(),
+            producer,
+            config: RelayConfig::default(),
+            faults: RelayFaults::default(),
+            published_total: 0,
+            failures_injected: 0,
+        })
+    }
+
+    /// Opens its own PostgreSQL connection to `url`.
+    pub async fn connect(
+        url: &str,
+        schema: &str,
+        producer: FutureProducer,
+    ) -> Result<Self, RelayError> {
+        checked(schema)?;
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                warn!("relay: postgres connection ended: {e}");
+            }
+        });
+        Relay::new(client, schema, producer)
+    }
+
+    pub fn with_config(mut self, config: RelayConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    pub fn with_faults(mut self, faults: RelayFaults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// One pass: claim, publish, mark, commit. See the module documentation.
+    pub async fn publish_batch(&mut self) -> Result<RelayReport, RelayError> {
+        self.claim().await?.finish().await
+    }
+
+    // ANCHOR: claim
+    /// Steps 1 and 2 of a pass: claims pending rows and sets aside those that would
+    /// overtake an unsent earlier event of their aggregate. The claimed rows stay
+    /// locked until the returned batch finishes (or is dropped, which rolls back).
+    pub async fn claim(&mut self) -> Result<Batch<'_>, RelayError> {
+        let Relay {
+            client,
+            schema,
+            producer,
+            config,
+            faults,
+            published_total,
+            failures_injected,
+        } = self;
+        let s = schema.as_str();
+        let tx = client.transaction().await?;
+        // No watermark: every pending row, however late it committed.
+        let claim = format!(
+            "SELECT seq, id, aggregate_id, topic, event_type, payload,
+                    header_names, header_values
+             FROM {s}.outbox WHERE status = 'pending'
+             ORDER BY seq LIMIT $1
+             FOR UPDATE SKIP LOCKED"
+        );
+        let rows = tx.query(&claim, &[&config.batch_size]).await?;
+        let mut rows: Vec<Claimed> = rows.iter().map(Claimed::from_row).collect();
+        // The earliest unsent row of each aggregate that is not ours: locked by
+        // another relay, or failed. Our rows after it must wait.
+        let blockers = format!(
+            "SELECT aggregate_id, min(seq) FROM {s}.outbox
+             WHERE aggregate_id = ANY($1) AND status <> 'sent'
+               AND NOT (seq = ANY($2))
+             GROUP BY aggregate_id"
+        );
+        let aggregates: Vec<&str> =
+            rows.iter().map(|r| r.aggregate_id.as_str()).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let first_unsent: HashMap<String, i64> = tx
+            .query(&blockers, &[&aggregates, &seqs])
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let claimed = rows.len();
+        rows.retain(|r| {
+            first_unsent.get(&r.aggregate_id).is_none_or(|&b| r.seq < b)
+        });
+        let held_back = claimed - rows.len();
+        let relay = RelayParts {
+            schema,
+            producer,
+            config,
+            faults,
+            published_total,
+            failures_injected,
+        };
+        Ok(Batch { tx, relay, rows, held_back })
+    }
+    // ANCHOR_END: claim
+
+    // ANCHOR: run
+    /// Runs passes until `stop` completes, then returns what it did. `stop` is
+    /// checked between passes, never inside one: a pass that has published also
+    /// marks. After a pass that published nothing, it waits `poll_interval`.
+    pub async fn run(
+        mut self,
+        stop: impl Future<Output = ()>,
+    ) -> Result<RelayStats, RelayError> {
+        let mut stop = std::pin::pin!(stop);
+        let mut stats = RelayStats::default();
+        loop {
+            let report = self.publish_batch().await?;
+            stats.passes += 1;
+            stats.published += report.published.len() as u64;
+            stats.retried += report.retrying.len() as u64;
+            let idle = report.published.is_empty();
+            stats.failed.extend(report.failed);
+            if !idle {
+                if (&mut stop).now_or_never().is_some() {
+                    return Ok(stats);
+                }
+                continue;
+            }
+            tokio::select! {
+                () = &mut stop => return Ok(stats),
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+    }
+    // ANCHOR_END: run
+}
+
+/// The parts of a relay a batch borrows while its transaction borrows the client.
+struct RelayParts<'a> {
+    schema: &'a str,
+    producer: &'a FutureProducer,
+    config: &'a RelayConfig,
+    faults: &'a mut RelayFaults,
+    published_total: &'a mut usize,
+    failures_injected: &'a mut u32,
+}
+
+/// A claimed batch: rows locked by this relay's open transaction.
+pub struct Batch<'a> {
+    tx: Transaction<'a>,
+    relay: RelayParts<'a>,
+    rows: Vec<Claimed>,
+    held_back: usize,
+}
+
+struct Claimed {
+    seq: i64,
+    id: Uuid,
+    aggregate_id: String,
+    topic: String,
+    event_type: String,
+    payload: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+impl Claimed {
+    fn from_row(row: &Row) -> Self {
+        let names: Vec<String> = row.get(6);
+        let values: Vec<String> = row.get(7);
+        Claimed {
+            seq: row.get(0),
+            id: row.get(1),
+            aggregate_id: row.get(2),
+            topic: row.get(3),
+            event_type: row.get(4),
+            payload: row.get(5),
+            headers: names.into_iter().zip(values).collect(),
+        }
+    }
+}
+
+impl Batch<'_> {
+    /// The ids of the rows this batch will publish, in `seq` order.
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.rows.iter().map(|r| r.id).collect()
+    }
+
+    // ANCHOR: finish
+    /// Steps 3 and 4: publishes each aggregate's rows in order (aggregates
+    /// concurrently), then marks what the broker acknowledged as `sent` and counts
+    /// an attempt on what failed, in the claim's transaction, and commits.
+    pub async fn finish(self) -> Result<RelayReport, RelayError> {
+        let Batch { tx, relay, rows, mut held_back } = self;
+        let mut chains: Vec<Vec<&Claimed>> = Vec::new();
+        let mut chain_of: HashMap<&str, usize> = HashMap::new();
+        for row in &rows {
+            let next = chains.len();
+            let i = *chain_of.entry(row.aggregate_id.as_str()).or_insert(next);
+            if i == next {
+                chains.push(Vec::new());
+            }
+            chains[i].push(row);
+        }
+        let plan = Plan::new(
+            relay.faults,
+            *relay.published_total,
+            *relay.failures_injected,
+        );
+        let outcomes =
+            join_all(chains.iter().map(|chain| plan.publish(relay.producer, chain)))
+                .await;
+        *relay.published_total = plan.published.load(Relaxed);
+        *relay.failures_injected = plan.injected.load(Relaxed);
+        if plan.crashed() {
+            // The process dies here: nothing is marked, the transaction rolls back
+            // when `tx` is dropped, and every row is pending again.
+            relay.faults.crash_after_publish = None;
+            let published =
+                outcomes.iter().flatten().filter(|(_, r)| r.is_ok()).count();
+            warn!(
+                "relay: crashed after publishing {published} rows, before marking them sent"
+            );
+            return Err(RelayError::Crashed { published });
+        }
+        let mut report = RelayReport::default();
+        let mut sent = Vec::new();
+        let s = relay.schema;
+        let count_failure = format!(
+            "UPDATE {s}.outbox SET attempts = attempts + 1, last_error = $2,
+                 status = CASE WHEN attempts + 1 >= $3 THEN 'failed' ELSE 'pending' END
+             WHERE seq = $1 RETURNING status, attempts"
+        );
+        for (chain, outcome) in chains.iter().zip(&outcomes) {
+            held_back += chain.len() - outcome.len();
+            for (row, result) in outcome {
+                match result {
+                    Ok((partition, offset)) => {
+                        sent.push(row.seq);
+                        report.published.push(Published {
+                            id: row.id,
+                            aggregate_id: row.aggregate_id.clone(),
+                            event_type: row.event_type.clone(),
+                            topic: row.topic.clone(),
+                            partition: *partition,
+                            offset: *offset,
+                        });
+                    }
+                    Err(error) => {
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                            [&row.seq, error, &relay.config.max_attempts];
+                        let marked = tx.query_one(&count_failure, &params).await?;
+                        let status: String = marked.get(0);
+                        let failed = FailedRow {
+                            id: row.id,
+                            aggregate_id: row.aggregate_id.clone(),
+                            event_type: row.event_type.clone(),
+                            attempts: marked.get(1),
+                            error: error.clone(),
+                        };
+                        if status == "failed" {
+                            report.failed.push(failed);
+                        } else {
+                            report.retrying.push(failed);
+                        }
+                    }
+                }
+            }
+        }
+        let mark_sent = format!(
+            "UPDATE {s}.outbox SET status = 'sent', sent_at = now(),
+                 attempts = attempts + 1
+             WHERE seq = ANY($1)"
+        );
+        tx.execute(&mark_sent, &[&sent]).await?;
+        tx.commit().await?;
+        report.held_back = held_back;
+        report.log();
+        Ok(report)
+    }
+    // ANCHOR_END: finish
+}
+
+impl RelayReport {
+    fn log(&self) {
+        for p in &self.published {
+            let (kind, key) = (&p.event_type, &p.aggregate_id);
+            let at = format!("{}/{}@{}", p.topic, p.partition, p.offset);
+            info!(event_id = %p.id, "relay: published {kind} (key {key}) to {at}");
+        }
+        for f in &self.retrying {
+            let (kind, n) = (&f.event_type, f.attempts);
+            warn!(event_id = %f.id, "relay: {kind} not published (attempt {n}), retried next pass: {}", f.error);
+        }
+        for f in &self.failed {
+            let (kind, key, n) = (&f.event_type, &f.aggregate_id, f.attempts);
+            warn!(event_id = %f.id, "relay: {kind} of {key} marked failed after {n} attempts: {}", f.error);
+        }
+    }
+}
+
+/// What happened to each row of one aggregate's chain, in order. A chain stops at
+/// its first failure, so rows after it are absent (and count as held back).
+type ChainOutcome<'r> = Vec<(&'r Claimed, Result<(i32, i64), String>)>;
+
+/// The fault plan's state during one pass. Atomics, not `Cell`s, so that the pass
+/// stays `Send` (a relay runs in a spawned task).
+struct Plan {
+    crash_after: Option<usize>,
+    fail_publishes: u32,
+    published: AtomicUsize,
+    injected: AtomicU32,
+    dead: AtomicBool,
+}
+
+impl Plan {
+    fn new(faults: &RelayFaults, published: usize, injected: u32) -> Self {
+        Plan {
+            crash_after: faults.crash_after_publish,
+            fail_publishes: faults.fail_publishes,
+            published: AtomicUsize::new(published),
+            injected: AtomicU32::new(injected),
+            dead: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the relay has published as many rows as it was planned to die after.
+    fn crashed(&self) -> bool {
+        self.crash_after.is_some_and(|n| self.published.load(Relaxed) >= n)
+    }
+
+    async fn publish<'r>(
+        &self,
+        producer: &FutureProducer,
+        chain: &[&'r Claimed],
+    ) -> ChainOutcome<'r> {
+        let mut outcome = Vec::new();
+        for row in chain {
+            if self.crashed() || self.dead.load(Relaxed) {
+                self.dead.store(true, Relaxed);
+                break;
+            }
+            let injected = self.injected.fetch_add(1, Relaxed) < self.fail_publishes;
+            if !injected {
+                self.injected.fetch_sub(1, Relaxed);
+            }
+            let result = if injected {
+                Err("the broker refused the event (injected by the fault plan)"
+                    .into())
+            } else {
+                send(producer, row).await.map_err(|e| e.to_string())
+            };
+            let ok = result.is_ok();
+            if ok {
+                self.published.fetch_add(1, Relaxed);
+            }
+            outcome.push((*row, result));
+            if !ok {
+                break;
+            }
+        }
+        outcome
+    }
+}
+
+// ANCHOR: send
+/// Publishes one row and waits for the broker's acknowledgement. The key is the
+/// aggregate id; the headers say which event this is, so a consumer's inbox can
+/// recognise a second copy.
+async fn send(
+    producer: &FutureProducer,
+    row: &Claimed,
+) -> Result<(i32, i64), KafkaError> {
+    let id = row.id.to_string();
+    let ours =
+        [(header::EVENT_ID, id.as_str()), (header::EVENT_TYPE, &row.event_type)];
+    let theirs = row.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let headers =
+        ours.into_iter()
+            .chain(theirs.filter(|(k, _)| {
+                ![header::EVENT_ID, header::EVENT_TYPE].contains(k)
+            }))
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header { key, value: Some(value) })
+            });
+    let record = FutureRecord::to(&row.topic)
+        .key(row.aggregate_id.as_str())
+        .payload(row.payload.as_slice())
+        .headers(headers);
+    let delivery = producer
+        .send(record, Duration::from_secs(5))
+        .await
+        .map_err(|(error, _)| error)?;
+    Ok((delivery.partition, delivery.offset))
+}
+// ANCHOR_END: send
