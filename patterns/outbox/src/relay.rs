@@ -20,7 +20,7 @@
 //! is the other half.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -135,7 +135,7 @@ pub struct Relay {
     producer: FutureProducer,
     config: RelayConfig,
     faults: RelayFaults,
-    published_total: usize,
+    sends_started: usize,
     failures_injected: u32,
 }
 
@@ -153,7 +153,7 @@ impl Relay {
             producer,
             config: RelayConfig::default(),
             faults: RelayFaults::default(),
-            published_total: 0,
+            sends_started: 0,
             failures_injected: 0,
         })
     }
@@ -168,7 +168,7 @@ impl Relay {
         let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                warn!("relay: postgres connection ended: {e}");
+                warn!("relay's postgres connection ended: {e}");
             }
         });
         Relay::new(client, schema, producer)
@@ -200,7 +200,7 @@ impl Relay {
             producer,
             config,
             faults,
-            published_total,
+            sends_started,
             failures_injected,
         } = self;
         let s = schema.as_str();
@@ -242,7 +242,7 @@ impl Relay {
             producer,
             config,
             faults,
-            published_total,
+            sends_started,
             failures_injected,
         };
         Ok(Batch { tx, relay, rows, held_back })
@@ -287,7 +287,7 @@ struct RelayParts<'a> {
     producer: &'a FutureProducer,
     config: &'a RelayConfig,
     faults: &'a mut RelayFaults,
-    published_total: &'a mut usize,
+    sends_started: &'a mut usize,
     failures_injected: &'a mut u32,
 }
 
@@ -347,24 +347,27 @@ impl Batch<'_> {
             }
             chains[i].push(row);
         }
-        let plan = Plan::new(
-            relay.faults,
-            *relay.published_total,
-            *relay.failures_injected,
-        );
+        let plan =
+            Plan::new(relay.faults, *relay.sends_started, *relay.failures_injected);
         let outcomes =
             join_all(chains.iter().map(|chain| plan.publish(relay.producer, chain)))
                 .await;
-        *relay.published_total = plan.published.load(Relaxed);
+        *relay.sends_started = plan.started.load(Relaxed);
         *relay.failures_injected = plan.injected.load(Relaxed);
         if plan.crashed() {
             // The process dies here: nothing is marked, the transaction rolls back
             // when `tx` is dropped, and every row is pending again.
             relay.faults.crash_after_publish = None;
-            let published =
-                outcomes.iter().flatten().filter(|(_, r)| r.is_ok()).count();
+            let keys: Vec<&str> = outcomes
+                .iter()
+                .flatten()
+                .filter(|(_, result)| result.is_ok())
+                .map(|(row, _)| row.aggregate_id.as_str())
+                .collect();
+            let published = keys.len();
+            let keys = keys.join(", ");
             warn!(
-                "relay: crashed after publishing {published} rows, before marking them sent"
+                "crash! published {published} events (keys {keys}), marked none sent"
             );
             return Err(RelayError::Crashed { published });
         }
@@ -431,15 +434,15 @@ impl RelayReport {
         for p in &self.published {
             let (kind, key) = (&p.event_type, &p.aggregate_id);
             let at = format!("{}/{}@{}", p.topic, p.partition, p.offset);
-            info!(event_id = %p.id, "relay: published {kind} (key {key}) to {at}");
+            info!(event_id = %p.id, "published {kind} (key {key}) to {at}");
         }
         for f in &self.retrying {
             let (kind, n) = (&f.event_type, f.attempts);
-            warn!(event_id = %f.id, "relay: {kind} not published (attempt {n}), retried next pass: {}", f.error);
+            warn!(event_id = %f.id, "{kind} not published (attempt {n}), retried next pass: {}", f.error);
         }
         for f in &self.failed {
             let (kind, key, n) = (&f.event_type, &f.aggregate_id, f.attempts);
-            warn!(event_id = %f.id, "relay: {kind} of {key} marked failed after {n} attempts: {}", f.error);
+            warn!(event_id = %f.id, "{kind} of {key} marked failed after {n} attempts: {}", f.error);
         }
     }
 }
@@ -453,25 +456,40 @@ type ChainOutcome<'r> = Vec<(&'r Claimed, Result<(i32, i64), String>)>;
 struct Plan {
     crash_after: Option<usize>,
     fail_publishes: u32,
-    published: AtomicUsize,
+    /// Sends this relay has started, over its life (only counted under a crash plan).
+    started: AtomicUsize,
+    /// Injected failures so far, over the relay's life.
     injected: AtomicU32,
-    dead: AtomicBool,
 }
 
 impl Plan {
-    fn new(faults: &RelayFaults, published: usize, injected: u32) -> Self {
+    fn new(faults: &RelayFaults, started: usize, injected: u32) -> Self {
         Plan {
             crash_after: faults.crash_after_publish,
             fail_publishes: faults.fail_publishes,
-            published: AtomicUsize::new(published),
+            started: AtomicUsize::new(started),
             injected: AtomicU32::new(injected),
-            dead: AtomicBool::new(false),
         }
     }
 
-    /// Whether the relay has published as many rows as it was planned to die after.
+    /// Whether the relay has sent as many rows as it was planned to die after.
     fn crashed(&self) -> bool {
-        self.crash_after.is_some_and(|n| self.published.load(Relaxed) >= n)
+        self.crash_after.is_some_and(|n| self.started.load(Relaxed) >= n)
+    }
+
+    /// Takes one of the sends the crash plan allows, if any are left.
+    fn may_send(&self) -> bool {
+        match self.crash_after {
+            None => true,
+            Some(n) => self.started.fetch_add(1, Relaxed) < n,
+        }
+    }
+
+    /// Whether this attempt is one of the failures the plan injects.
+    fn inject_failure(&self) -> bool {
+        let limit = self.fail_publishes;
+        let next = |k: u32| (k < limit).then_some(k + 1);
+        self.injected.fetch_update(Relaxed, Relaxed, next).is_ok()
     }
 
     async fn publish<'r>(
@@ -481,26 +499,17 @@ impl Plan {
     ) -> ChainOutcome<'r> {
         let mut outcome = Vec::new();
         for row in chain {
-            if self.crashed() || self.dead.load(Relaxed) {
-                self.dead.store(true, Relaxed);
-                break;
-            }
-            let injected = self.injected.fetch_add(1, Relaxed) < self.fail_publishes;
-            if !injected {
-                self.injected.fetch_sub(1, Relaxed);
-            }
-            let result = if injected {
+            let result = if self.inject_failure() {
                 Err("the broker refused the event (injected by the fault plan)"
                     .into())
-            } else {
+            } else if self.may_send() {
                 send(producer, row).await.map_err(|e| e.to_string())
+            } else {
+                break; // the relay is dead: nothing more goes out
             };
-            let ok = result.is_ok();
-            if ok {
-                self.published.fetch_add(1, Relaxed);
-            }
+            let failed = result.is_err();
             outcome.push((*row, result));
-            if !ok {
+            if failed {
                 break;
             }
         }
