@@ -29,6 +29,7 @@ use kafka_events::envelope::header;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Transaction};
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -131,11 +132,19 @@ pub struct RelayStats {
 /// pass holds a transaction open while it waits for the broker.
 pub struct Relay {
     client: Client,
+    /// Everything else, apart from the client so that a batch can borrow it while
+    /// its transaction borrows the client.
+    state: State,
+}
+
+struct State {
     schema: String,
     producer: FutureProducer,
     config: RelayConfig,
     faults: RelayFaults,
+    /// Sends started over the relay's life (what the crash plan counts).
     sends_started: usize,
+    /// Failures injected over the relay's life.
     failures_injected: u32,
 }
 
@@ -147,15 +156,15 @@ impl Relay {
         schema: &str,
         producer: FutureProducer,
     ) -> Result<Self, RelayError> {
-        Ok(Relay {
-            client,
+        let state = State {
             schema: checked(schema)?.to_owned(),
             producer,
             config: RelayConfig::default(),
             faults: RelayFaults::default(),
             sends_started: 0,
             failures_injected: 0,
-        })
+        };
+        Ok(Relay { client, state })
     }
 
     /// Opens its own PostgreSQL connection to `url`.
@@ -175,12 +184,12 @@ impl Relay {
     }
 
     pub fn with_config(mut self, config: RelayConfig) -> Self {
-        self.config = config;
+        self.state.config = config;
         self
     }
 
     pub fn with_faults(mut self, faults: RelayFaults) -> Self {
-        self.faults = faults;
+        self.state.faults = faults;
         self
     }
 
@@ -194,17 +203,8 @@ impl Relay {
     /// overtake an unsent earlier event of their aggregate. The claimed rows stay
     /// locked until the returned batch finishes (or is dropped, which rolls back).
     pub async fn claim(&mut self) -> Result<Batch<'_>, RelayError> {
-        let Relay {
-            client,
-            schema,
-            producer,
-            config,
-            faults,
-            sends_started,
-            failures_injected,
-        } = self;
-        let s = schema.as_str();
-        let tx = client.transaction().await?;
+        let s = &self.state.schema;
+        let tx = self.client.transaction().await?;
         // No watermark: every pending row, however late it committed.
         let claim = format!(
             "SELECT seq, id, aggregate_id, topic, event_type, payload,
@@ -213,7 +213,7 @@ impl Relay {
              ORDER BY seq LIMIT $1
              FOR UPDATE SKIP LOCKED"
         );
-        let rows = tx.query(&claim, &[&config.batch_size]).await?;
+        let rows = tx.query(&claim, &[&self.state.config.batch_size]).await?;
         let mut rows: Vec<Claimed> = rows.iter().map(Claimed::from_row).collect();
         // The earliest unsent row of each aggregate that is not ours: locked by
         // another relay, or failed. Our rows after it must wait.
@@ -237,15 +237,7 @@ impl Relay {
             first_unsent.get(&r.aggregate_id).is_none_or(|&b| r.seq < b)
         });
         let held_back = claimed - rows.len();
-        let relay = RelayParts {
-            schema,
-            producer,
-            config,
-            faults,
-            sends_started,
-            failures_injected,
-        };
-        Ok(Batch { tx, relay, rows, held_back })
+        Ok(Batch { tx, state: &mut self.state, rows, held_back })
     }
     // ANCHOR_END: claim
 
@@ -274,27 +266,17 @@ impl Relay {
             }
             tokio::select! {
                 () = &mut stop => return Ok(stats),
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = tokio::time::sleep(self.state.config.poll_interval) => {}
             }
         }
     }
     // ANCHOR_END: run
 }
 
-/// The parts of a relay a batch borrows while its transaction borrows the client.
-struct RelayParts<'a> {
-    schema: &'a str,
-    producer: &'a FutureProducer,
-    config: &'a RelayConfig,
-    faults: &'a mut RelayFaults,
-    sends_started: &'a mut usize,
-    failures_injected: &'a mut u32,
-}
-
 /// A claimed batch: rows locked by this relay's open transaction.
 pub struct Batch<'a> {
     tx: Transaction<'a>,
-    relay: RelayParts<'a>,
+    state: &'a mut State,
     rows: Vec<Claimed>,
     held_back: usize,
 }
@@ -323,6 +305,27 @@ impl Claimed {
             headers: names.into_iter().zip(values).collect(),
         }
     }
+
+    fn published(&self, partition: i32, offset: i64) -> Published {
+        Published {
+            id: self.id,
+            aggregate_id: self.aggregate_id.clone(),
+            event_type: self.event_type.clone(),
+            topic: self.topic.clone(),
+            partition,
+            offset,
+        }
+    }
+
+    fn failed(&self, attempts: i32, error: &str) -> FailedRow {
+        FailedRow {
+            id: self.id,
+            aggregate_id: self.aggregate_id.clone(),
+            event_type: self.event_type.clone(),
+            attempts,
+            error: error.to_owned(),
+        }
+    }
 }
 
 impl Batch<'_> {
@@ -333,101 +336,102 @@ impl Batch<'_> {
 
     // ANCHOR: finish
     /// Steps 3 and 4: publishes each aggregate's rows in order (aggregates
-    /// concurrently), then marks what the broker acknowledged as `sent` and counts
-    /// an attempt on what failed, in the claim's transaction, and commits.
+    /// concurrently), then, in the claim's transaction, marks what the broker
+    /// acknowledged as `sent`, counts an attempt on what failed, and commits.
     pub async fn finish(self) -> Result<RelayReport, RelayError> {
-        let Batch { tx, relay, rows, mut held_back } = self;
-        let mut chains: Vec<Vec<&Claimed>> = Vec::new();
-        let mut chain_of: HashMap<&str, usize> = HashMap::new();
-        for row in &rows {
-            let next = chains.len();
-            let i = *chain_of.entry(row.aggregate_id.as_str()).or_insert(next);
-            if i == next {
-                chains.push(Vec::new());
-            }
-            chains[i].push(row);
-        }
-        let plan =
-            Plan::new(relay.faults, *relay.sends_started, *relay.failures_injected);
-        let outcomes =
-            join_all(chains.iter().map(|chain| plan.publish(relay.producer, chain)))
-                .await;
-        *relay.sends_started = plan.started.load(Relaxed);
-        *relay.failures_injected = plan.injected.load(Relaxed);
+        let Batch { tx, state, rows, held_back } = self;
+        let chains = by_aggregate(&rows);
+        let plan = Plan::new(state);
+        let publishing =
+            chains.iter().map(|chain| plan.publish(&state.producer, chain));
+        let outcomes = join_all(publishing).await;
+        plan.save(state);
         if plan.crashed() {
             // The process dies here: nothing is marked, the transaction rolls back
-            // when `tx` is dropped, and every row is pending again.
-            relay.faults.crash_after_publish = None;
+            // as `tx` is dropped, and every claimed row is pending again.
+            state.faults.crash_after_publish = None;
             let keys: Vec<&str> = outcomes
                 .iter()
                 .flatten()
-                .filter(|(_, result)| result.is_ok())
+                .filter(|(_, r)| r.is_ok())
                 .map(|(row, _)| row.aggregate_id.as_str())
                 .collect();
-            let published = keys.len();
-            let keys = keys.join(", ");
+            let (published, keys) = (keys.len(), keys.join(", "));
             warn!(
                 "crash! published {published} events (keys {keys}), marked none sent"
             );
             return Err(RelayError::Crashed { published });
         }
-        let mut report = RelayReport::default();
-        let mut sent = Vec::new();
-        let s = relay.schema;
-        let count_failure = format!(
-            "UPDATE {s}.outbox SET attempts = attempts + 1, last_error = $2,
-                 status = CASE WHEN attempts + 1 >= $3 THEN 'failed' ELSE 'pending' END
-             WHERE seq = $1 RETURNING status, attempts"
-        );
-        for (chain, outcome) in chains.iter().zip(&outcomes) {
-            held_back += chain.len() - outcome.len();
-            for (row, result) in outcome {
-                match result {
-                    Ok((partition, offset)) => {
-                        sent.push(row.seq);
-                        report.published.push(Published {
-                            id: row.id,
-                            aggregate_id: row.aggregate_id.clone(),
-                            event_type: row.event_type.clone(),
-                            topic: row.topic.clone(),
-                            partition: *partition,
-                            offset: *offset,
-                        });
-                    }
-                    Err(error) => {
-                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-                            [&row.seq, error, &relay.config.max_attempts];
-                        let marked = tx.query_one(&count_failure, &params).await?;
-                        let status: String = marked.get(0);
-                        let failed = FailedRow {
-                            id: row.id,
-                            aggregate_id: row.aggregate_id.clone(),
-                            event_type: row.event_type.clone(),
-                            attempts: marked.get(1),
-                            error: error.clone(),
-                        };
-                        if status == "failed" {
-                            report.failed.push(failed);
-                        } else {
-                            report.retrying.push(failed);
-                        }
-                    }
-                }
-            }
-        }
-        let mark_sent = format!(
-            "UPDATE {s}.outbox SET status = 'sent', sent_at = now(),
-                 attempts = attempts + 1
-             WHERE seq = ANY($1)"
-        );
-        tx.execute(&mark_sent, &[&sent]).await?;
+        let mut report = mark(&tx, state, &outcomes).await?;
         tx.commit().await?;
-        report.held_back = held_back;
+        let reached: usize = outcomes.iter().map(Vec::len).sum();
+        report.held_back = held_back + (rows.len() - reached);
         report.log();
         Ok(report)
     }
     // ANCHOR_END: finish
 }
+
+/// The claimed rows grouped by aggregate, each group in `seq` order, the groups in
+/// the order of their first row.
+fn by_aggregate(rows: &[Claimed]) -> Vec<Vec<&Claimed>> {
+    let mut chains: Vec<Vec<&Claimed>> = Vec::new();
+    let mut chain_of: HashMap<&str, usize> = HashMap::new();
+    for row in rows {
+        let next = chains.len();
+        let i = *chain_of.entry(row.aggregate_id.as_str()).or_insert(next);
+        if i == next {
+            chains.push(Vec::new());
+        }
+        chains[i].push(row);
+    }
+    chains
+}
+
+// ANCHOR: mark
+/// Records the outcome of each publish: `sent`, or one more attempt and the error,
+/// and `failed` once the row has used `max_attempts`.
+async fn mark(
+    tx: &Transaction<'_>,
+    state: &State,
+    outcomes: &[ChainOutcome<'_>],
+) -> Result<RelayReport, RelayError> {
+    let s = &state.schema;
+    let mut report = RelayReport::default();
+    let mut sent = Vec::new();
+    let count_failure = format!(
+        "UPDATE {s}.outbox SET attempts = attempts + 1, last_error = $2,
+             status = CASE WHEN attempts + 1 >= $3 THEN 'failed'
+                           ELSE 'pending' END
+         WHERE seq = $1 RETURNING status, attempts"
+    );
+    for (row, result) in outcomes.iter().flatten() {
+        match result {
+            Ok((partition, offset)) => {
+                sent.push(row.seq);
+                report.published.push(row.published(*partition, *offset));
+            }
+            Err(error) => {
+                let max = state.config.max_attempts;
+                let params: [&(dyn ToSql + Sync); 3] = [&row.seq, error, &max];
+                let marked = tx.query_one(&count_failure, &params).await?;
+                let failed = row.failed(marked.get(1), error);
+                match marked.get::<_, &str>(0) {
+                    "failed" => report.failed.push(failed),
+                    _ => report.retrying.push(failed),
+                }
+            }
+        }
+    }
+    let mark_sent = format!(
+        "UPDATE {s}.outbox SET status = 'sent', sent_at = now(),
+             attempts = attempts + 1
+         WHERE seq = ANY($1)"
+    );
+    tx.execute(&mark_sent, &[&sent]).await?;
+    Ok(report)
+}
+// ANCHOR_END: mark
 
 impl RelayReport {
     fn log(&self) {
@@ -463,13 +467,19 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(faults: &RelayFaults, started: usize, injected: u32) -> Self {
+    fn new(state: &State) -> Self {
         Plan {
-            crash_after: faults.crash_after_publish,
-            fail_publishes: faults.fail_publishes,
-            started: AtomicUsize::new(started),
-            injected: AtomicU32::new(injected),
+            crash_after: state.faults.crash_after_publish,
+            fail_publishes: state.faults.fail_publishes,
+            started: AtomicUsize::new(state.sends_started),
+            injected: AtomicU32::new(state.failures_injected),
         }
+    }
+
+    /// Carries the counts over to the relay's next pass.
+    fn save(&self, state: &mut State) {
+        state.sends_started = self.started.load(Relaxed);
+        state.failures_injected = self.injected.load(Relaxed);
     }
 
     /// Whether the relay has sent as many rows as it was planned to die after.
