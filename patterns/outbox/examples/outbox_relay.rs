@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     let known = ["--crash-relay", "--late-commit", "--dual-write"];
     let flags = infra::example::Flags::parse(&known).map_err(anyhow::Error::msg)?;
     let mut shop = Shop::start().await?;
-    let orders = info_span!("orders", correlation_id = CORRELATION_ID);
+    let orders = info_span!("orders", correlation_id = %CORRELATION_ID);
 
     let expected_deliveries = if flags.has("--dual-write") {
         // Commit, then publish, with nothing tying the two together.
@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         if flags.has("--crash-relay") { 5 } else { 3 }
     };
 
-    let billing = info_span!("billing", correlation_id = CORRELATION_ID);
+    let billing = info_span!("billing");
     let (charges, duplicates) =
         shop.bill(expected_deliveries).instrument(billing.clone()).await?;
     let placed = shop.placed().await?;
@@ -318,8 +318,19 @@ impl Shop {
         for _ in 0..deliveries {
             let (db, schema) = (&mut self.billing_db, self.billing_schema.as_str());
             let step = handle_next(&consumer, &dead_letters, |event| async {
-                if !charge_once(db, schema, &event).await? {
+                let charged = charge_once(db, schema, &event).await?;
+                let (m, order) = (&event.metadata, &event.order);
+                let (order_id, cents) = (&order.order_id, order.total_cents);
+                let (correlation_id, event_id) =
+                    (&m.correlation_id, short(m.event_id));
+                if charged {
+                    info!(%correlation_id, %event_id, "charged {order_id} {cents} cents");
+                } else {
                     duplicates += 1;
+                    warn!(
+                        %correlation_id, %event_id,
+                        "duplicate of {order_id}: already charged, skipped"
+                    );
                 }
                 anyhow::Ok(event)
             });
@@ -398,12 +409,10 @@ async fn charge_once(
     let first = inbox::first_delivery(&tx, schema, "billing", id).await?;
     if first {
         let charge = format!("INSERT INTO {schema}.charges VALUES ($1, $2)");
-        tx.execute(&charge, &[&order.order_id, &(order.total_cents as i64)]).await?;
-        info!(event_id = %short(id), "charged {} {} cents", order.order_id, order.total_cents);
-    } else {
-        warn!(event_id = %short(id), "duplicate of {}: already charged, skipped", order.order_id);
+        let cents = order.total_cents as i64;
+        tx.execute(&charge, &[&order.order_id, &cents]).await?;
     }
-    tx.commit().await?;
+    tx.commit().await?; // the event id and the charge, or neither
     Ok(first)
 }
 // ANCHOR_END: charge_once

@@ -31,6 +31,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Transaction};
+use tracing::field::display;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -317,6 +318,32 @@ impl Claimed {
         }
     }
 
+    /// The value of one of the event's own headers.
+    fn header(&self, name: &str) -> Option<&str> {
+        let mut found = self.headers.iter().filter(|(n, _)| n == name);
+        found.next().map(|(_, value)| value.as_str())
+    }
+
+    /// One line per event, with its correlation id when it has one, so a reader
+    /// can follow an event from the service that wrote it to its consumers.
+    fn log_published(&self, p: &Published) {
+        let (kind, key) = (&p.event_type, &p.aggregate_id);
+        let at = format!("{}/{}@{}", p.topic, p.partition, p.offset);
+        let correlation_id = self.header(header::CORRELATION_ID).map(display);
+        info!(event_id = %p.id, correlation_id, "published {kind} (key {key}) to {at}");
+    }
+
+    fn log_failure(&self, f: &FailedRow, out_of_attempts: bool) {
+        let (kind, key, n, error) =
+            (&f.event_type, &f.aggregate_id, f.attempts, &f.error);
+        let correlation_id = self.header(header::CORRELATION_ID).map(display);
+        if out_of_attempts {
+            warn!(event_id = %f.id, correlation_id, "{kind} of {key} marked failed after {n} attempts: {error}");
+        } else {
+            warn!(event_id = %f.id, correlation_id, "{kind} of {key} not published (attempt {n}), tried again next pass: {error}");
+        }
+    }
+
     fn failed(&self, attempts: i32, error: &str) -> FailedRow {
         FailedRow {
             id: self.id,
@@ -366,7 +393,6 @@ impl Batch<'_> {
         tx.commit().await?;
         let reached: usize = outcomes.iter().map(Vec::len).sum();
         report.held_back = held_back + (rows.len() - reached);
-        report.log();
         Ok(report)
     }
     // ANCHOR_END: finish
@@ -409,16 +435,20 @@ async fn mark(
         match result {
             Ok((partition, offset)) => {
                 sent.push(row.seq);
-                report.published.push(row.published(*partition, *offset));
+                let published = row.published(*partition, *offset);
+                row.log_published(&published);
+                report.published.push(published);
             }
             Err(error) => {
                 let max = state.config.max_attempts;
                 let params: [&(dyn ToSql + Sync); 3] = [&row.seq, error, &max];
                 let marked = tx.query_one(&count_failure, &params).await?;
                 let failed = row.failed(marked.get(1), error);
-                match marked.get::<_, &str>(0) {
-                    "failed" => report.failed.push(failed),
-                    _ => report.retrying.push(failed),
+                let out_of_attempts = marked.get::<_, &str>(0) == "failed";
+                row.log_failure(&failed, out_of_attempts);
+                match out_of_attempts {
+                    true => report.failed.push(failed),
+                    false => report.retrying.push(failed),
                 }
             }
         }
@@ -432,24 +462,6 @@ async fn mark(
     Ok(report)
 }
 // ANCHOR_END: mark
-
-impl RelayReport {
-    fn log(&self) {
-        for p in &self.published {
-            let (kind, key) = (&p.event_type, &p.aggregate_id);
-            let at = format!("{}/{}@{}", p.topic, p.partition, p.offset);
-            info!(event_id = %p.id, "published {kind} (key {key}) to {at}");
-        }
-        for f in &self.retrying {
-            let (kind, n) = (&f.event_type, f.attempts);
-            warn!(event_id = %f.id, "{kind} not published (attempt {n}), retried next pass: {}", f.error);
-        }
-        for f in &self.failed {
-            let (kind, key, n) = (&f.event_type, &f.aggregate_id, f.attempts);
-            warn!(event_id = %f.id, "{kind} of {key} marked failed after {n} attempts: {}", f.error);
-        }
-    }
-}
 
 /// What happened to each row of one aggregate's chain, in order. A chain stops at
 /// its first failure, so rows after it are absent (and count as held back).
