@@ -384,19 +384,21 @@ async fn writers_of_one_aggregate_commit_in_seq_order() {
     enqueue(&first_tx, &f.schema, &first).await.unwrap(); // not committed yet
 
     // A second writer of o-1, on its own connection.
-    let (url, schema, event) = (f.url.clone(), f.schema.clone(), second.clone());
+    let mut second_db = connect(&f.url).await.unwrap();
+    let pid: i32 =
+        second_db.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let (schema, event) = (f.schema.clone(), second.clone());
     let writer = tokio::spawn(async move {
-        let mut db = connect(&url).await.unwrap();
-        let tx = db.transaction().await.unwrap();
+        let tx = second_db.transaction().await.unwrap();
         enqueue(&tx, &schema, &event).await.unwrap();
         tx.commit().await.unwrap();
     });
     // Either it waits for the first writer's aggregate lock, or (without that
     // lock) it commits ahead of the first writer.
-    let waiting =
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                   WHERE pid = $1 AND wait_event_type = 'Lock'";
     wait_until("the second writer waits or commits", || async {
-        let n: i64 = f.db.query_one(waiting, &[]).await.unwrap().get(0);
+        let n: i64 = f.db.query_one(waiting, &[&pid]).await.unwrap().get(0);
         n > 0 || writer.is_finished()
     })
     .await;
@@ -644,6 +646,7 @@ async fn the_inbox_absorbs_a_redelivery() {
         charges(&db, &schema).await,
         BTreeMap::from([("o-1".into(), vec![2899])])
     );
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     f.drop_schema().await;
 }
 
@@ -696,6 +699,7 @@ async fn a_relay_crash_between_publish_and_mark_is_absorbed_by_the_inbox() {
     ]);
     assert_eq!(charges(&db, &schema).await, expected, "each order charged once");
     assert_eq!(read_all(&f, 5).await.len(), 5, "two of them were duplicates");
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     f.drop_schema().await;
 }
 // ANCHOR_END: crash_relay
