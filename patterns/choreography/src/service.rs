@@ -236,15 +236,17 @@ impl Service<Orders> {
 /// and the id of the event that caused the work.
 pub fn span(service: ServiceName, correlation_id: &str, causation_id: &str) -> Span {
     match service {
-        ServiceName::Orders => info_span!("orders", correlation_id, causation_id),
+        ServiceName::Orders => {
+            info_span!("orders", correlation_id = %correlation_id, causation_id = %causation_id)
+        }
         ServiceName::Inventory => {
-            info_span!("inventory", correlation_id, causation_id)
+            info_span!("inventory", correlation_id = %correlation_id, causation_id = %causation_id)
         }
         ServiceName::Payments => {
-            info_span!("payments", correlation_id, causation_id)
+            info_span!("payments", correlation_id = %correlation_id, causation_id = %causation_id)
         }
         ServiceName::Shipping => {
-            info_span!("shipping", correlation_id, causation_id)
+            info_span!("shipping", correlation_id = %correlation_id, causation_id = %causation_id)
         }
     }
 }

@@ -11,8 +11,8 @@
 //!   next relay publishes it again.
 //! - `die_after_effect`: the consumer commits its first effect and dies before storing the
 //!   message's offset; the restarted consumer receives the message again.
-//! - `dual_write`: the service has no outbox: it commits, then publishes, and dies in between
-//!   on its first effect.
+//! - `dual_write`: the service has no outbox: it commits, then publishes, and in its first life
+//!   dies in between, on its first effect that emits something.
 //!
 //! Tests and examples wait on conditions with a deadline: every commit bumps a counter that
 //! [`Shop::wait_until`] and [`Shop::settle`] wait on, so nothing sleeps to synchronise.
@@ -249,16 +249,20 @@ impl Shop {
     }
 
     /// The customer's request: places an order through the orders service's
-    /// API. Returns the checkout's correlation id.
-    pub async fn place(&self, order: OrderPlaced) -> Result<String, Error> {
-        let correlation_id = format!("chk-{}", short(Uuid::new_v4()));
+    /// API. `correlation_id` names the checkout in every service's events and
+    /// logs (see [`correlation_id`] for a fresh one).
+    pub async fn place(
+        &self,
+        order: OrderPlaced,
+        correlation_id: &str,
+    ) -> Result<(), Error> {
         let order_id = order.order_id.clone();
         let request_id = Uuid::new_v4();
         let emitted = self
             .orders_api
             .lock()
             .await
-            .place(order, &correlation_id, request_id)
+            .place(order, correlation_id, request_id)
             .await?;
         let kinds =
             emitted.iter().filter_map(|r| Kind::parse(&r.event_type)).collect();
@@ -268,7 +272,7 @@ impl Shop {
         if faults.die_before_relay.contains(&orders)
             && !self.orders_killed.swap(true, Relaxed)
         {
-            let span = span(orders, &correlation_id, &short(request_id));
+            let span = span(orders, correlation_id, &short(request_id));
             let pending = self.outbox_counts(orders).await?.pending;
             let counter = &self.shared.stats.of(orders).pending_at_crash;
             counter.fetch_add(u64::try_from(pending).unwrap_or(0), Relaxed);
@@ -282,7 +286,7 @@ impl Shop {
         } else if let Some(wake) = self.wakes.get(&orders) {
             wake.notify_one();
         }
-        Ok(correlation_id)
+        Ok(())
     }
 
     /// What every service knows about `order_id`, read from their schemas (a
@@ -471,6 +475,11 @@ impl Shop {
     }
 }
 
+/// A fresh correlation id for a checkout: `chk-` and 8 hex digits.
+pub fn correlation_id() -> String {
+    format!("chk-{}", short(Uuid::new_v4()))
+}
+
 /// Every service's view of one order, and the events each emitted about it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
@@ -566,13 +575,16 @@ async fn connect(url: &str) -> Result<Client, Error> {
             warn!("postgres connection ended: {e}");
         }
     });
+    // Quiet: DROP SCHEMA ... CASCADE and friends say NOTICE otherwise.
+    client.batch_execute("SET client_min_messages TO warning").await?;
     Ok(client)
 }
 
 /// How a process ended.
 enum Exit {
     Stopped,
-    Crashed,
+    /// Died by the fault plan, in the span of the work it died on.
+    Crashed(Span),
 }
 
 /// Restarts a service's process whenever it dies, until the shop stops.
@@ -589,9 +601,16 @@ async fn supervise<S: Store + 'static>(
         first_life = false;
         match exit {
             Ok(Exit::Stopped) => return,
-            Ok(Exit::Crashed) => {
+            Ok(Exit::Crashed(span)) => {
                 shared.stats.of(me).crashes.fetch_add(1, Relaxed);
-                info!("{}: restarted by its supervisor", me.as_str());
+                let what =
+                    "restarted by its supervisor: a new consumer rejoins the group";
+                let relay = if shared.config.faults.dual_write.contains(&me) {
+                    ""
+                } else {
+                    ", a new relay starts"
+                };
+                info!(parent: &span, "{what}{relay}");
             }
             Err(e) => {
                 warn!("{}: failed ({e}); restarting in 1 s", me.as_str());
@@ -639,8 +658,10 @@ async fn run_process<S: Store + 'static>(
     let me = S::SERVICE;
     let faults = &shared.config.faults;
     let fault = |set: &BTreeSet<ServiceName>| first_life && set.contains(&me);
-    let (die_before_relay, dual_write) =
-        (fault(&faults.die_before_relay), fault(&faults.dual_write));
+    let die_before_relay = fault(&faults.die_before_relay);
+    // Without an outbox in every life; it dies between commit and publish once.
+    let (dual_write, die_between) =
+        (faults.dual_write.contains(&me), fault(&faults.dual_write));
     let die_after_effect = fault(&faults.die_after_effect);
     let (config, schema) = (&shared.config, shared.schemas.of(me));
     let mut service =
@@ -670,7 +691,10 @@ async fn run_process<S: Store + 'static>(
     loop {
         let message = tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => return Ok(Exit::Stopped),
-            () = kill.notified() => return Ok(Exit::Crashed),
+            () = kill.notified() => {
+                let span = info_span!("orders", correlation_id = "-", causation_id = "-");
+                return Ok(Exit::Crashed(span));
+            }
             message = consumer.recv() => message,
         };
         let message = match message {
@@ -683,7 +707,12 @@ async fn run_process<S: Store + 'static>(
         let handled = if dual_write {
             let producer = &shared.producer;
             service
-                .handle_without_outbox(&message, &dead_letters, producer, true)
+                .handle_without_outbox(
+                    &message,
+                    &dead_letters,
+                    producer,
+                    die_between,
+                )
                 .await
         } else {
             service.handle(&message, &dead_letters).await.map(|d| (d, false))
@@ -696,7 +725,7 @@ async fn run_process<S: Store + 'static>(
                     wake.notify_one();
                 }
                 if died {
-                    return Ok(Exit::Crashed);
+                    return Ok(Exit::Crashed(delivery_span(me, &delivery)));
                 }
                 // Dying before the relay matters once there is something to relay.
                 let emitted = matches!(&delivery, Delivery::Applied { emitted, .. } if !emitted.is_empty());
@@ -704,7 +733,7 @@ async fn run_process<S: Store + 'static>(
                     let pending =
                         shared_pending(shared, me, &delivery, die_before_relay);
                     pending.await;
-                    return Ok(Exit::Crashed);
+                    return Ok(Exit::Crashed(delivery_span(me, &delivery)));
                 }
                 // Local and non-blocking: librdkafka commits it in the background.
                 consumer.store_offset_from_message(&message)?;
@@ -726,6 +755,15 @@ async fn run_process<S: Store + 'static>(
     }
 }
 // ANCHOR_END: process
+
+fn delivery_span(me: ServiceName, delivery: &Delivery) -> Span {
+    match delivery {
+        Delivery::Applied { incoming, .. } | Delivery::Duplicate { incoming } => {
+            incoming_span(me, incoming)
+        }
+        _ => span(me, "-", "-"),
+    }
+}
 
 /// Counts what a delivery did and tells waiters; whether it was a first-time effect.
 fn record(shared: &Shared, me: ServiceName, delivery: &Delivery) -> bool {
@@ -809,10 +847,6 @@ async fn relay_loop(
             Err(Error::Relay(RelayError::Crashed { .. })) => {
                 shared.stats.of(me).relay_crashes.fetch_add(1, Relaxed);
                 shared.progress.send_modify(|n| *n += 1);
-                info!(
-                    "{}-relay: restarted; unmarked rows go out again",
-                    me.as_str()
-                );
             }
             Err(e) => {
                 warn!("{}-relay: {e}; restarting in 1 s", me.as_str());
@@ -857,7 +891,12 @@ async fn relay_life(
             continue;
         }
         let span = relay_span(&lookup, me, schema, &ids).await?;
-        let report = batch.finish().instrument(span).await?;
+        let report = batch.finish().instrument(span.clone()).await;
+        if let Err(RelayError::Crashed { .. }) = &report {
+            let next = "a new relay starts and sends the unmarked rows again";
+            info!(parent: &span, "the relay died; {next}");
+        }
+        let report = report?;
         let published = report.published.len() as u64;
         shared.stats.of(me).published.fetch_add(published, Relaxed);
         shared.progress.send_modify(|n| *n += 1);
@@ -893,16 +932,16 @@ async fn relay_span(
     let (correlation_id, causation_id) = (join(correlations), join(causes));
     Ok(match me {
         ServiceName::Orders => {
-            info_span!("orders-relay", correlation_id, causation_id)
+            info_span!("orders-relay", correlation_id = %correlation_id, causation_id = %causation_id)
         }
         ServiceName::Inventory => {
-            info_span!("inventory-relay", correlation_id, causation_id)
+            info_span!("inventory-relay", correlation_id = %correlation_id, causation_id = %causation_id)
         }
         ServiceName::Payments => {
-            info_span!("payments-relay", correlation_id, causation_id)
+            info_span!("payments-relay", correlation_id = %correlation_id, causation_id = %causation_id)
         }
         ServiceName::Shipping => {
-            info_span!("shipping-relay", correlation_id, causation_id)
+            info_span!("shipping-relay", correlation_id = %correlation_id, causation_id = %causation_id)
         }
     })
 }

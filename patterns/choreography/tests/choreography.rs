@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use choreography::shop::{Config, Faults, Outcome, Shop};
+use choreography::shop::{Config, Faults, Outcome, Shop, correlation_id};
 use choreography::store::Seed;
 use kafka_events::client::consumer;
 use kafka_events::envelope::header;
@@ -197,7 +197,7 @@ fn check_totals(outcome: &Outcome, branches: &[Branch]) {
 /// Places the checkouts of `branches`, waits until they settle, and checks each.
 async fn run_checkouts(shop: &Shop, branches: &[Branch]) {
     for branch in branches {
-        shop.place(branch.order()).await.expect("the order is placed");
+        shop.place(branch.order(), &correlation_id()).await.expect("the order is placed");
     }
     let ids: Vec<String> = branches.iter().map(|b| b.order().order_id).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -370,7 +370,7 @@ async fn without_an_outbox_a_crash_between_commit_and_publish_loses_the_event() 
     let faults =
         Faults { dual_write: [Service::Inventory].into(), ..Faults::default() };
     let Some(shop) = shop(faults).await else { return };
-    shop.place(Branch::Confirmed.order()).await.unwrap();
+    shop.place(Branch::Confirmed.order(), &correlation_id()).await.unwrap();
     // Inventory reserves, commits, dies before publishing; after the restart,
     // the redelivered OrderPlaced finds the work done and emits nothing.
     let redelivered = |s: &choreography::shop::Stats| {
