@@ -128,6 +128,7 @@ fn placed_of(world: &World) -> OrderPlaced {
     world.orders.orders["o-1"].placed.clone()
 }
 
+// ANCHOR: storm
 /// A storm: at each step, deliver any pending event (in any order), or deliver
 /// again one already delivered. `choices` drives the schedule; when it runs out,
 /// the rest is delivered in order.
@@ -157,6 +158,8 @@ fn storm(s: &Scenario, choices: &[(bool, usize)]) -> (World, Vec<Event>) {
     emitted.sort();
     (world, emitted)
 }
+
+// ANCHOR_END: storm
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]

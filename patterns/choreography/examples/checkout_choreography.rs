@@ -74,7 +74,8 @@ async fn main() -> anyhow::Result<()> {
     let correlation = correlation_id();
     let span = info_span!("checkout", correlation_id = %correlation);
     let topics = shop.topics().of(Service::Orders).replace("-orders", "-*");
-    info!(parent: &span, "four services, four schemas, four relays; topics {topics}");
+    let who = "orders, inventory, payments, shipping: a schema and a group each";
+    info!(parent: &span, "{who}; topics {topics}");
     shop.place(order, &correlation).await?;
 
     if flags.has("--no-outbox") {
@@ -193,12 +194,14 @@ async fn lost_event(shop: &Shop, span: &Span) -> anyhow::Result<()> {
     let placed =
         outcome.order.as_ref().map(|o| &o.status) == Some(&OrderStatus::Placed);
     ensure!(sent == 0 && waiting && held && placed, "the event was not lost");
-    warn!(parent: span, "StockReserved is lost: inventory's topic holds {sent} events");
-    warn!(parent: span, "inventory holds 2 kettles for o-1001; payments waits for StockReserved");
-    warn!(parent: span, "orders: o-1001 stays placed, neither confirmed nor cancelled");
-    info!(
-        "done: without an outbox, one crash between commit and publish stalled this checkout for good"
-    );
+    let lost = "StockReserved is lost: inventory's topic holds";
+    warn!(parent: span, "{lost} {sent} events");
+    let stuck = "payments waits for StockReserved";
+    warn!(parent: span, "inventory holds 2 kettles for o-1001; {stuck}");
+    let order = "neither confirmed nor cancelled";
+    warn!(parent: span, "orders: o-1001 stays placed, {order}");
+    let why = "one crash between commit and publish stalled this checkout";
+    info!("done: without an outbox, {why} for good");
     Ok(())
 }
 // ANCHOR_END: lost_event

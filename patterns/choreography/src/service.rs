@@ -40,6 +40,13 @@ pub enum Delivery {
     DeadLettered { reason: String },
 }
 
+impl Delivery {
+    /// Whether this delivery put events in the outbox.
+    pub fn emitted_any(&self) -> bool {
+        matches!(self, Delivery::Applied { emitted, .. } if !emitted.is_empty())
+    }
+}
+
 impl<S: Store> Service<S> {
     /// Connects to PostgreSQL at `url`, to work in `schema`.
     pub async fn connect(

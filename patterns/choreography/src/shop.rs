@@ -691,10 +691,7 @@ async fn run_process<S: Store + 'static>(
     loop {
         let message = tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => return Ok(Exit::Stopped),
-            () = kill.notified() => {
-                let span = info_span!("orders", correlation_id = "-", causation_id = "-");
-                return Ok(Exit::Crashed(span));
-            }
+            () = kill.notified() => return Ok(Exit::Crashed(span(me, "-", "-"))),
             message = consumer.recv() => message,
         };
         let message = match message {
@@ -728,8 +725,8 @@ async fn run_process<S: Store + 'static>(
                     return Ok(Exit::Crashed(delivery_span(me, &delivery)));
                 }
                 // Dying before the relay matters once there is something to relay.
-                let emitted = matches!(&delivery, Delivery::Applied { emitted, .. } if !emitted.is_empty());
-                if (effect && die_after_effect) || (emitted && die_before_relay) {
+                let relayed = delivery.emitted_any();
+                if (effect && die_after_effect) || (relayed && die_before_relay) {
                     let pending =
                         shared_pending(shared, me, &delivery, die_before_relay);
                     pending.await;

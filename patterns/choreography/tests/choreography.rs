@@ -197,7 +197,9 @@ fn check_totals(outcome: &Outcome, branches: &[Branch]) {
 /// Places the checkouts of `branches`, waits until they settle, and checks each.
 async fn run_checkouts(shop: &Shop, branches: &[Branch]) {
     for branch in branches {
-        shop.place(branch.order(), &correlation_id()).await.expect("the order is placed");
+        shop.place(branch.order(), &correlation_id())
+            .await
+            .expect("the order is placed");
     }
     let ids: Vec<String> = branches.iter().map(|b| b.order().order_id).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
