@@ -97,6 +97,8 @@ pub struct Counters {
     pub published: AtomicU64,
     /// Outbox rows still pending when the service died before its relay ran.
     pub pending_at_crash: AtomicU64,
+    /// Lives whose consumer has joined its group and holds its partitions.
+    pub ready: AtomicU64,
 }
 
 /// Counters of every service.
@@ -109,6 +111,24 @@ impl Stats {
     pub fn of(&self, service: ServiceName) -> &Counters {
         let i = ServiceName::ALL.iter().position(|s| *s == service).unwrap_or(0);
         &self.counters[i]
+    }
+
+    /// Every service's counters, on one line (for error messages).
+    pub fn summary(&self) -> String {
+        let line = |service: ServiceName| {
+            let c = self.of(service);
+            let n = |a: &AtomicU64| a.load(Relaxed);
+            format!(
+                "{}: {} applied, {} duplicates, {} crashes, {} relay crashes, {} lives joined",
+                service.as_str(),
+                n(&c.applied),
+                n(&c.duplicates),
+                n(&c.crashes),
+                n(&c.relay_crashes),
+                n(&c.ready)
+            )
+        };
+        ServiceName::ALL.map(line).join("; ")
     }
 
     /// Sum of one counter over the four services.
@@ -216,6 +236,19 @@ impl Shop {
         shop.spawn::<Inventory>();
         shop.spawn::<Payments>();
         shop.spawn::<Shipping>();
+        // Up means joined: a consumer that dies while it is still joining its
+        // group can leave a member behind that holds partitions until the
+        // broker notices (never, with some brokers).
+        let joined = |s: &Stats| {
+            ServiceName::ALL.iter().all(|x| s.of(*x).ready.load(Relaxed) > 0)
+        };
+        let within = Duration::from_secs(60);
+        if let Err(e) =
+            shop.wait_until("every consumer joined", within, joined).await
+        {
+            let _ = shop.stop.send(true);
+            return Err(e);
+        }
         Ok(shop)
     }
 
@@ -364,9 +397,10 @@ impl Shop {
             if !matches!(changed, Ok(Ok(()))) {
                 let states: Vec<String> =
                     outcomes.iter().map(Outcome::summary).collect();
+                let (states, stats) =
+                    (states.join("; "), self.shared.stats.summary());
                 return Err(Error::Shop(format!(
-                    "not settled within {within:?}: {}",
-                    states.join("; ")
+                    "not settled within {within:?}: {states} ({stats})"
                 )));
             }
         }
@@ -389,7 +423,10 @@ impl Shop {
             let changed =
                 tokio::time::timeout_at(deadline, progress.changed()).await;
             if !matches!(changed, Ok(Ok(()))) {
-                return Err(Error::Shop(format!("{what}: not within {within:?}")));
+                let stats = self.shared.stats.summary();
+                return Err(Error::Shop(format!(
+                    "{what}: not within {within:?} ({stats})"
+                )));
             }
         }
     }
@@ -688,10 +725,21 @@ async fn run_process<S: Store + 'static>(
     let _relay = AbortOnDrop(relay);
     let mut stop = shared.stop.clone();
     let mut failures = 0u32;
+    // Readiness: the consumer has joined its group and holds its partitions.
+    let mut ready = false;
+    let mut check = tokio::time::interval(Duration::from_millis(20));
     loop {
         let message = tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => return Ok(Exit::Stopped),
             () = kill.notified() => return Ok(Exit::Crashed(span(me, "-", "-"))),
+            _ = check.tick(), if !ready => {
+                if consumer.assignment()?.count() > 0 {
+                    ready = true;
+                    shared.stats.of(me).ready.fetch_add(1, Relaxed);
+                    shared.progress.send_modify(|n| *n += 1);
+                }
+                continue;
+            }
             message = consumer.recv() => message,
         };
         let message = match message {
