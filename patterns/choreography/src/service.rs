@@ -1,0 +1,404 @@
+//! One service of the choreography: how it applies an event (once, in one transaction, with the
+//! events it emits), how it handles a message from Kafka, and the dual write it must not do.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use kafka_events::envelope::header;
+use outbox::{OutboxEvent, inbox};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use shop_domain::orders::Orders;
+use shop_domain::{Event, OrderPlaced, Service as ServiceName, euros};
+use tokio_postgres::{Client, NoTls};
+use tracing::{Instrument, Span, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::Error;
+use crate::store::Store;
+use crate::wire::{self, Incoming, Topics, outbox_event, short};
+
+/// A service's connection to its own schema, and where its events go.
+pub struct Service<S> {
+    client: Client,
+    schema: String,
+    topics: Topics,
+    rules: PhantomData<fn() -> S>,
+}
+
+/// What applying a message did.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Applied for the first time: the state is saved and `emitted` is in the
+    /// outbox (possibly nothing, when the event only added to what is known).
+    Applied { incoming: Incoming, emitted: Vec<OutboxEvent> },
+    /// Applied before (the inbox has its id): nothing happened.
+    Duplicate { incoming: Incoming },
+    /// An event of a type this service does not react to.
+    Ignored,
+    /// Unreadable: copied to the dead-letter topic with this reason.
+    DeadLettered { reason: String },
+}
+
+impl Delivery {
+    /// Whether this delivery put events in the outbox.
+    pub fn emitted_any(&self) -> bool {
+        matches!(self, Delivery::Applied { emitted, .. } if !emitted.is_empty())
+    }
+}
+
+impl<S: Store> Service<S> {
+    /// Connects to PostgreSQL at `url`, to work in `schema`.
+    pub async fn connect(
+        url: &str,
+        schema: &str,
+        topics: Topics,
+    ) -> Result<Self, Error> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                warn!("postgres connection ended: {e}");
+            }
+        });
+        let rules = PhantomData;
+        Ok(Service { client, schema: schema.to_owned(), topics, rules })
+    }
+
+    /// Creates the schema, the outbox and inbox, and the service's tables.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        outbox::migrate(&self.client, &self.schema).await?;
+        S::create_tables(&self.client, &self.schema).await
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    // ANCHOR: apply
+    /// Applies one event at most once. The inbox entry, the state change and
+    /// the emitted events commit together or not at all: a crash anywhere in
+    /// here leaves no trace, and a crash after the commit leaves everything,
+    /// including the events, which the relay will publish.
+    pub async fn apply(&mut self, incoming: &Incoming) -> Result<Delivery, Error> {
+        let (schema, topics) = (&self.schema, &self.topics);
+        let tx = self.client.transaction().await?;
+        let me = S::SERVICE.as_str();
+        if !inbox::first_delivery(&tx, schema, me, incoming.event_id).await? {
+            tx.rollback().await?;
+            return Ok(Delivery::Duplicate { incoming: incoming.clone() });
+        }
+        let state = S::load(&tx, schema, &incoming.event).await?;
+        let (state, events) = state.react(&incoming.event);
+        state.save(&tx, schema).await?;
+        let (correlation, cause) = (&incoming.correlation_id, incoming.event_id);
+        let mut emitted = Vec::new();
+        for event in &events {
+            let row = outbox_event(event, topics, correlation, Some(cause))?;
+            outbox::enqueue(&tx, schema, &row).await?;
+            emitted.push(row);
+        }
+        tx.commit().await?;
+        Ok(Delivery::Applied { incoming: incoming.clone(), emitted })
+    }
+    // ANCHOR_END: apply
+
+    // ANCHOR: dual_write
+    /// What `--no-outbox` does instead, and what this crate exists to avoid:
+    /// commit the state, then publish. When the process dies between the two
+    /// (`die_between`), the state says the work is done and the event never
+    /// existed anywhere but in this process's memory. Redelivery does not help:
+    /// the inbox (or the rules' own idempotency) sees the work done and emits
+    /// nothing the second time.
+    pub async fn apply_then_publish(
+        &mut self,
+        incoming: &Incoming,
+        producer: &FutureProducer,
+        die_between: bool,
+    ) -> Result<(Delivery, bool), Error> {
+        let schema = &self.schema;
+        let tx = self.client.transaction().await?;
+        let me = S::SERVICE.as_str();
+        if !inbox::first_delivery(&tx, schema, me, incoming.event_id).await? {
+            tx.rollback().await?;
+            return Ok((Delivery::Duplicate { incoming: incoming.clone() }, false));
+        }
+        let state = S::load(&tx, schema, &incoming.event).await?;
+        let (state, events) = state.react(&incoming.event);
+        state.save(&tx, schema).await?;
+        tx.commit().await?;
+        let (correlation, cause) = (&incoming.correlation_id, incoming.event_id);
+        let mut emitted = Vec::new();
+        for event in &events {
+            emitted.push(outbox_event(
+                event,
+                &self.topics,
+                correlation,
+                Some(cause),
+            )?);
+        }
+        let died = die_between && !emitted.is_empty();
+        if !died {
+            for row in &emitted {
+                publish_now(producer, row).await?;
+            }
+        }
+        Ok((Delivery::Applied { incoming: incoming.clone(), emitted }, died))
+    }
+    // ANCHOR_END: dual_write
+
+    // ANCHOR: handle
+    /// Handles one message: dead-letters what cannot be read, skips types this
+    /// service does not react to, and applies the rest once, narrating under
+    /// the checkout's correlation id and the causing event's id. The caller
+    /// stores the offset afterwards, or rewinds when this fails.
+    pub async fn handle(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        dead_letters: &DeadLetters,
+    ) -> Result<Delivery, Error> {
+        let incoming = match wire::decode(message) {
+            Ok(incoming) => incoming,
+            Err(error) => {
+                let reason = error.to_string();
+                dead_letters.send(message, &reason).await?;
+                let span = span(S::SERVICE, correlation_of(message), "-");
+                let dlq = &dead_letters.topic;
+                warn!(parent: &span, "unreadable event sent to {dlq}: {reason}");
+                return Ok(Delivery::DeadLettered { reason });
+            }
+        };
+        if !S::listens_to(incoming.event.kind()) {
+            return Ok(Delivery::Ignored);
+        }
+        let span = incoming_span(S::SERVICE, &incoming);
+        let delivery = self.apply(&incoming).instrument(span.clone()).await?;
+        narrate(&span, &delivery);
+        Ok(delivery)
+    }
+    // ANCHOR_END: handle
+
+    /// [`Service::handle`] for a service without an outbox (`--no-outbox`);
+    /// also says whether the process died between its commit and its publish.
+    pub async fn handle_without_outbox(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        dead_letters: &DeadLetters,
+        producer: &FutureProducer,
+        die_between: bool,
+    ) -> Result<(Delivery, bool), Error> {
+        let Ok(incoming) = wire::decode(message) else {
+            return Ok((self.handle(message, dead_letters).await?, false));
+        };
+        if !S::listens_to(incoming.event.kind()) {
+            return Ok((Delivery::Ignored, false));
+        }
+        let span = incoming_span(S::SERVICE, &incoming);
+        let apply = self.apply_then_publish(&incoming, producer, die_between);
+        let (delivery, died) = apply.instrument(span.clone()).await?;
+        narrate(&span, &delivery);
+        if died {
+            warn!(
+                parent: &span,
+                "crash! committed, then died before publishing: no outbox holds the event"
+            );
+        }
+        Ok((delivery, died))
+    }
+}
+
+impl Service<Orders> {
+    /// The checkout's first step, a command from the customer: places the order
+    /// and puts `OrderPlaced` in the outbox, in one transaction. `request_id`
+    /// identifies the customer's request: it is the event's causation id.
+    pub async fn place(
+        &mut self,
+        order: OrderPlaced,
+        correlation_id: &str,
+        request_id: Uuid,
+    ) -> Result<Vec<OutboxEvent>, Error> {
+        let span = span(ServiceName::Orders, correlation_id, &short(request_id));
+        let placed = Event::OrderPlaced(order.clone());
+        let tx = self.client.transaction().await?;
+        let mut orders = Orders::load(&tx, &self.schema, &placed).await?;
+        let events =
+            orders.place(order).map_err(|e| Error::Refused(format!("{e:?}")))?;
+        orders.save(&tx, &self.schema).await?;
+        let mut emitted = Vec::new();
+        for event in &events {
+            let row =
+                outbox_event(event, &self.topics, correlation_id, Some(request_id))?;
+            outbox::enqueue(&tx, &self.schema, &row).await?;
+            emitted.push(row);
+        }
+        tx.commit().await?;
+        for (event, row) in events.iter().zip(&emitted) {
+            let (what, id) = (describe(event), short(row.id));
+            info!(parent: &span, "{what} -> {} {id}", row.event_type);
+        }
+        Ok(emitted)
+    }
+}
+
+/// The span of a service's work on one event: the checkout's correlation id
+/// and the id of the event that caused the work.
+pub fn span(service: ServiceName, correlation_id: &str, causation_id: &str) -> Span {
+    match service {
+        ServiceName::Orders => {
+            info_span!("orders", correlation_id = %correlation_id, causation_id = %causation_id)
+        }
+        ServiceName::Inventory => {
+            info_span!("inventory", correlation_id = %correlation_id, causation_id = %causation_id)
+        }
+        ServiceName::Payments => {
+            info_span!("payments", correlation_id = %correlation_id, causation_id = %causation_id)
+        }
+        ServiceName::Shipping => {
+            info_span!("shipping", correlation_id = %correlation_id, causation_id = %causation_id)
+        }
+    }
+}
+
+pub fn incoming_span(service: ServiceName, incoming: &Incoming) -> Span {
+    span(service, &incoming.correlation_id, &short(incoming.event_id))
+}
+
+fn correlation_of<'a>(message: &'a BorrowedMessage<'a>) -> &'a str {
+    kafka_events::envelope::header_str(message, header::CORRELATION_ID)
+        .unwrap_or("-")
+}
+
+/// One line per applied event: what it was, what the service did, what it emits.
+fn narrate(span: &Span, delivery: &Delivery) {
+    match delivery {
+        Delivery::Applied { incoming, emitted } => {
+            let kind = incoming.event.kind().as_str();
+            if emitted.is_empty() {
+                info!(parent: span, "{kind}: noted; nothing to emit");
+            }
+            for row in emitted {
+                let what = shop_domain::Kind::parse(&row.event_type)
+                    .and_then(|k| wire::event_from(k, &row.payload).ok())
+                    .map(|e| describe(&e))
+                    .unwrap_or_default();
+                let id = short(row.id);
+                info!(parent: span, "{kind}: {what} -> {} {id}", row.event_type);
+            }
+        }
+        Delivery::Duplicate { incoming } => {
+            let kind = incoming.event.kind().as_str();
+            let id = short(incoming.event_id);
+            warn!(parent: span, "{kind} {id} again: a duplicate, absorbed by the inbox");
+        }
+        Delivery::Ignored | Delivery::DeadLettered { .. } => {}
+    }
+}
+
+/// What an event means, in words.
+pub fn describe(event: &Event) -> String {
+    match event {
+        Event::OrderPlaced(o) => {
+            let lines: Vec<String> = o
+                .lines
+                .iter()
+                .map(|l| format!("{} x {}", l.quantity, l.sku))
+                .collect();
+            let (lines, total) = (lines.join(", "), euros(o.total_cents));
+            format!("order placed: {lines}, {total} EUR, ship to {}", o.ship_to)
+        }
+        Event::StockReserved { .. } => "stock reserved".into(),
+        Event::StockRejected { reason, .. } => format!("out of stock: {reason}"),
+        Event::StockReleased { reason, .. } => {
+            format!("reservation released (compensation: {reason})")
+        }
+        Event::PaymentAuthorized { amount_cents, .. } => {
+            format!("charged {} EUR", euros(*amount_cents))
+        }
+        Event::PaymentDeclined { reason, .. } => {
+            format!("payment declined: {reason}")
+        }
+        Event::PaymentRefunded { amount_cents, reason, .. } => {
+            format!("refunded {} EUR (compensation: {reason})", euros(*amount_cents))
+        }
+        Event::ShipmentScheduled { tracking, .. } => {
+            format!("shipment scheduled, tracking {tracking}")
+        }
+        Event::ShipmentFailed { reason, .. } => format!("cannot ship: {reason}"),
+        Event::ShipmentCancelled { reason, .. } => {
+            format!("shipment cancelled: {reason}")
+        }
+        Event::OrderConfirmed { .. } => "order confirmed".into(),
+        Event::OrderCancelled { reason, .. } => format!("order cancelled: {reason}"),
+    }
+}
+
+/// Publishes an event straight to Kafka, as the relay would (same key and
+/// headers), waiting for the acknowledgement. Only the dual write does this.
+async fn publish_now(
+    producer: &FutureProducer,
+    row: &OutboxEvent,
+) -> Result<(), Error> {
+    let id = row.id.to_string();
+    let ours =
+        [(header::EVENT_ID, id.as_str()), (header::EVENT_TYPE, &row.event_type)];
+    let headers = ours
+        .into_iter()
+        .chain(row.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header { key, value: Some(value) })
+        });
+    let record = FutureRecord::to(&row.topic)
+        .key(row.aggregate_id.as_str())
+        .payload(row.payload.as_slice())
+        .headers(headers);
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(error, _)| Error::Kafka(error))?;
+    Ok(())
+}
+
+/// Where a service puts what it cannot read.
+pub struct DeadLetters {
+    pub producer: FutureProducer,
+    pub topic: String,
+}
+
+impl DeadLetters {
+    /// Copies the message to the dead-letter topic: same key, payload and
+    /// headers, plus the reason (`dlq-error`) and where it came from
+    /// (`dlq-origin`, `topic/partition/offset`), as the Kafka chapter does.
+    pub async fn send(
+        &self,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let origin = format!(
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        );
+        let headers = message
+            .headers()
+            .map(|h| h.detach())
+            .unwrap_or_default()
+            .insert(Header { key: header::DLQ_ERROR, value: Some(reason) })
+            .insert(Header {
+                key: header::DLQ_ORIGIN,
+                value: Some(origin.as_str()),
+            });
+        let mut record =
+            FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| Error::Kafka(error))?;
+        Ok(())
+    }
+}

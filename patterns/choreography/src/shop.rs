@@ -1,0 +1,992 @@
+//! The whole choreography in one process: four services, each with its own schema, its own
+//! Kafka consumer group and its own outbox relay, under a supervisor that restarts whatever dies.
+//!
+//! Each service runs as a "process": a consumer loop and a relay task that live and die
+//! together. A [`Faults`] plan kills them at the boundaries where distributed systems lose or
+//! repeat work:
+//!
+//! - `die_before_relay`: the service commits its first effect (state + outbox rows) and dies
+//!   before its relay has published anything (its relay does not run in its first life).
+//! - `relay_dies_before_mark`: the relay publishes a row and dies before marking it sent; the
+//!   next relay publishes it again.
+//! - `die_after_effect`: the consumer commits its first effect and dies before storing the
+//!   message's offset; the restarted consumer receives the message again.
+//! - `dual_write`: the service has no outbox: it commits, then publishes, and in its first life
+//!   dies in between, on its first effect that emits something.
+//!
+//! Tests and examples wait on conditions with a deadline: every commit bumps a counter that
+//! [`Shop::wait_until`] and [`Shop::settle`] wait on, so nothing sleeps to synchronise.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use kafka_events::client::{consumer, create_topics, producer};
+use kafka_events::envelope::header;
+use outbox::relay::{Relay, RelayConfig, RelayError, RelayFaults};
+use rdkafka::Offset;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::FutureProducer;
+use rdkafka::util::Timeout;
+use shop_domain::inventory::{Hold, Inventory};
+use shop_domain::orders::{Order, OrderStatus, Orders};
+use shop_domain::payments::{Payment, PaymentStatus, Payments};
+use shop_domain::shipping::{Shipment, ShipmentStatus, Shipping};
+use shop_domain::{Kind, OrderPlaced, Reaction, Service as ServiceName};
+use tokio::sync::{Mutex, Notify, broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+use tracing::{Instrument, Span, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::service::{DeadLetters, Delivery, Service, incoming_span, span};
+use crate::store::{Seed, Store, seed};
+use crate::wire::{Topics, short};
+use crate::{Error, Schemas};
+
+/// Where each service dies once, in its first life. See the module documentation.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    pub die_before_relay: BTreeSet<ServiceName>,
+    pub relay_dies_before_mark: BTreeSet<ServiceName>,
+    pub die_after_effect: BTreeSet<ServiceName>,
+    pub dual_write: BTreeSet<ServiceName>,
+}
+
+/// A shop to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub brokers: String,
+    pub database_url: String,
+    /// Names this shop's topics, groups and schemas: a fresh one per run.
+    pub prefix: String,
+    pub seed: Seed,
+    pub faults: Faults,
+    /// How often an idle relay looks for rows nobody told it about. A service
+    /// wakes its own relay after each commit; this only bounds the wait for rows
+    /// left behind by an earlier life.
+    pub relay_poll: Duration,
+}
+
+impl Config {
+    /// A fresh shop (`prefix` gets a random suffix) with the given seed.
+    pub fn new(brokers: &str, database_url: &str, prefix: &str, seed: Seed) -> Self {
+        let prefix =
+            format!("{prefix}_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        Config {
+            brokers: brokers.to_owned(),
+            database_url: database_url.to_owned(),
+            prefix,
+            seed,
+            faults: Faults::default(),
+            relay_poll: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What one service did so far, over all its lives.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub applied: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub crashes: AtomicU64,
+    pub relay_crashes: AtomicU64,
+    pub published: AtomicU64,
+    /// Outbox rows still pending when the service died before its relay ran.
+    pub pending_at_crash: AtomicU64,
+    /// Lives whose consumer has joined its group and holds its partitions.
+    pub ready: AtomicU64,
+}
+
+/// Counters of every service.
+#[derive(Debug, Default)]
+pub struct Stats {
+    counters: [Counters; 4],
+}
+
+impl Stats {
+    pub fn of(&self, service: ServiceName) -> &Counters {
+        let i = ServiceName::ALL.iter().position(|s| *s == service).unwrap_or(0);
+        &self.counters[i]
+    }
+
+    /// Every service's counters, on one line (for error messages).
+    pub fn summary(&self) -> String {
+        let line = |service: ServiceName| {
+            let c = self.of(service);
+            let n = |a: &AtomicU64| a.load(Relaxed);
+            format!(
+                "{}: {} applied, {} duplicates, {} crashes, {} relay crashes, {} lives joined",
+                service.as_str(),
+                n(&c.applied),
+                n(&c.duplicates),
+                n(&c.crashes),
+                n(&c.relay_crashes),
+                n(&c.ready)
+            )
+        };
+        ServiceName::ALL.map(line).join("; ")
+    }
+
+    /// Sum of one counter over the four services.
+    pub fn total(&self, counter: impl Fn(&Counters) -> &AtomicU64) -> u64 {
+        self.counters.iter().map(|c| counter(c).load(Relaxed)).sum()
+    }
+}
+
+/// A service committed something about an order (for benchmarks and narration).
+#[derive(Clone, Debug)]
+pub struct Notice {
+    pub service: ServiceName,
+    pub order_id: String,
+    pub emitted: Vec<Kind>,
+}
+
+/// What the processes share.
+struct Shared {
+    config: Config,
+    topics: Topics,
+    schemas: Schemas,
+    producer: FutureProducer,
+    stats: Arc<Stats>,
+    progress: watch::Sender<u64>,
+    notices: broadcast::Sender<Notice>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn committed(&self, service: ServiceName, order_id: &str, emitted: Vec<Kind>) {
+        let order_id = order_id.to_owned();
+        let _ = self.notices.send(Notice { service, order_id, emitted });
+        self.progress.send_modify(|n| *n += 1);
+    }
+}
+
+/// A running shop.
+pub struct Shop {
+    shared: Arc<Shared>,
+    orders_api: Mutex<Service<Orders>>,
+    reader: Mutex<Client>,
+    wakes: BTreeMap<ServiceName, Arc<Notify>>,
+    kills: BTreeMap<ServiceName, Arc<Notify>>,
+    orders_killed: AtomicBool,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Shop {
+    /// Creates the topics and schemas, seeds the data, and starts the four
+    /// services and their relays.
+    pub async fn start(config: Config) -> Result<Shop, Error> {
+        let topics = Topics::new(&config.prefix.replace('_', "-"));
+        let schemas = Schemas::new(&config.prefix);
+        let names = topics.all();
+        let mut wanted: Vec<(&str, i32)> = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            // Even entries are service topics, odd ones their dead letters.
+            wanted.push((name.as_str(), if i % 2 == 0 { 3 } else { 1 }));
+        }
+        create_topics(&config.brokers, &wanted).await?;
+        let url = &config.database_url;
+        let orders =
+            Service::<Orders>::connect(url, &schemas.orders, topics.clone());
+        let orders = orders.await?;
+        orders.migrate().await?;
+        let inventory =
+            Service::<Inventory>::connect(url, &schemas.inventory, topics.clone())
+                .await?;
+        inventory.migrate().await?;
+        let payments =
+            Service::<Payments>::connect(url, &schemas.payments, topics.clone())
+                .await?;
+        payments.migrate().await?;
+        let shipping =
+            Service::<Shipping>::connect(url, &schemas.shipping, topics.clone())
+                .await?;
+        shipping.migrate().await?;
+        let (i, p, s) = (inventory.client(), payments.client(), shipping.client());
+        seed(i, p, s, &schemas, &config.seed).await?;
+        let reader = connect(url).await?;
+
+        let (stop, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            producer: producer(&config.brokers)?,
+            config,
+            topics,
+            schemas,
+            stats: Arc::new(Stats::default()),
+            progress: watch::channel(0).0,
+            notices: broadcast::channel(4096).0,
+            stop: stop_rx,
+        });
+        let mut shop = Shop {
+            shared: shared.clone(),
+            orders_api: Mutex::new(orders),
+            reader: Mutex::new(reader),
+            wakes: BTreeMap::new(),
+            kills: BTreeMap::new(),
+            orders_killed: AtomicBool::new(false),
+            stop,
+            tasks: Vec::new(),
+        };
+        shop.spawn::<Orders>();
+        shop.spawn::<Inventory>();
+        shop.spawn::<Payments>();
+        shop.spawn::<Shipping>();
+        // Up means joined: a consumer that dies while it is still joining its
+        // group can leave a member behind that holds partitions until the
+        // broker notices (never, with some brokers).
+        let joined = |s: &Stats| {
+            ServiceName::ALL.iter().all(|x| s.of(*x).ready.load(Relaxed) > 0)
+        };
+        let within = Duration::from_secs(60);
+        if let Err(e) =
+            shop.wait_until("every consumer joined", within, joined).await
+        {
+            let _ = shop.stop.send(true);
+            return Err(e);
+        }
+        Ok(shop)
+    }
+
+    fn spawn<S: Store + 'static>(&mut self) {
+        let (wake, kill) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        self.wakes.insert(S::SERVICE, wake.clone());
+        self.kills.insert(S::SERVICE, kill.clone());
+        let shared = self.shared.clone();
+        self.tasks.push(tokio::spawn(supervise::<S>(shared, wake, kill)));
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.shared.topics
+    }
+
+    pub fn schemas(&self) -> &Schemas {
+        &self.shared.schemas
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    pub fn producer(&self) -> &FutureProducer {
+        &self.shared.producer
+    }
+
+    /// Every commit of every service, as it happens.
+    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.shared.notices.subscribe()
+    }
+
+    /// The customer's request: places an order through the orders service's
+    /// API. `correlation_id` names the checkout in every service's events and
+    /// logs (see [`correlation_id`] for a fresh one).
+    pub async fn place(
+        &self,
+        order: OrderPlaced,
+        correlation_id: &str,
+    ) -> Result<(), Error> {
+        let order_id = order.order_id.clone();
+        let request_id = Uuid::new_v4();
+        let emitted = self
+            .orders_api
+            .lock()
+            .await
+            .place(order, correlation_id, request_id)
+            .await?;
+        let kinds =
+            emitted.iter().filter_map(|r| Kind::parse(&r.event_type)).collect();
+        self.shared.committed(ServiceName::Orders, &order_id, kinds);
+        let orders = ServiceName::Orders;
+        let faults = &self.shared.config.faults;
+        if faults.die_before_relay.contains(&orders)
+            && !self.orders_killed.swap(true, Relaxed)
+        {
+            let span = span(orders, correlation_id, &short(request_id));
+            let pending = self.outbox_counts(orders).await?.pending;
+            let counter = &self.shared.stats.of(orders).pending_at_crash;
+            counter.fetch_add(u64::try_from(pending).unwrap_or(0), Relaxed);
+            warn!(
+                parent: &span,
+                "crash! died after its commit, before its relay ran: {pending} event(s) wait in its outbox"
+            );
+            if let Some(kill) = self.kills.get(&orders) {
+                kill.notify_one();
+            }
+        } else if let Some(wake) = self.wakes.get(&orders) {
+            wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// What every service knows about `order_id`, read from their schemas (a
+    /// test's or an auditor's view: no service reads another's tables).
+    pub async fn outcome(&self, order_id: &str) -> Result<Outcome, Error> {
+        let mut reader = self.reader.lock().await;
+        // One snapshot of the whole database: all four schemas as of one moment.
+        let c = reader
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let s = &self.shared.schemas;
+        let mut emitted = BTreeMap::new();
+        for service in ServiceName::ALL {
+            let schema = s.of(service);
+            let sql = format!(
+                "SELECT event_type, count(*) FROM {schema}.outbox
+                 WHERE aggregate_id = $1 GROUP BY event_type"
+            );
+            for row in c.query(&sql, &[&order_id]).await? {
+                let n: i64 = row.get(1);
+                emitted.insert(row.get::<_, String>(0), n as u64);
+            }
+        }
+        let stock_sql = format!("SELECT sku, available FROM {}.stock", s.inventory);
+        let stock = c
+            .query(&stock_sql, &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i32>(1).max(0) as u32))
+            .collect();
+        let sql = format!(
+            "SELECT customer_id, balance_cents FROM {}.balances",
+            s.payments
+        );
+        let balances = c
+            .query(&sql, &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
+            .collect();
+        Ok(Outcome {
+            order: read_record(&c, &s.orders, "orders", order_id).await?,
+            hold: read_record(&c, &s.inventory, "holds", order_id).await?,
+            stock,
+            payment: read_record(&c, &s.payments, "payments", order_id).await?,
+            balances,
+            shipment: read_record(&c, &s.shipping, "shipments", order_id).await?,
+            emitted,
+        })
+    }
+
+    /// Waits until every order in `order_ids` is settled in every service, or
+    /// `within` has passed.
+    pub async fn settle(
+        &self,
+        order_ids: &[&str],
+        within: Duration,
+    ) -> Result<Vec<Outcome>, Error> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut progress = self.shared.progress.subscribe();
+        loop {
+            progress.borrow_and_update();
+            let mut outcomes = Vec::new();
+            for id in order_ids {
+                outcomes.push(self.outcome(id).await?);
+            }
+            if outcomes.iter().all(Outcome::settled) {
+                return Ok(outcomes);
+            }
+            let changed =
+                tokio::time::timeout_at(deadline, progress.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                let states: Vec<String> =
+                    outcomes.iter().map(Outcome::summary).collect();
+                let (states, stats) =
+                    (states.join("; "), self.shared.stats.summary());
+                return Err(Error::Shop(format!(
+                    "not settled within {within:?}: {states} ({stats})"
+                )));
+            }
+        }
+    }
+
+    /// Waits until `condition` holds of the counters, or `within` has passed.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        within: Duration,
+        condition: impl Fn(&Stats) -> bool,
+    ) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut progress = self.shared.progress.subscribe();
+        loop {
+            progress.borrow_and_update();
+            if condition(&self.shared.stats) {
+                return Ok(());
+            }
+            let changed =
+                tokio::time::timeout_at(deadline, progress.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                let stats = self.shared.stats.summary();
+                return Err(Error::Shop(format!(
+                    "{what}: not within {within:?} ({stats})"
+                )));
+            }
+        }
+    }
+
+    /// Waits until no outbox has a pending row (every event is published and
+    /// marked), or `within` has passed; fails if a row is marked failed.
+    pub async fn drained(&self, within: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut progress = self.shared.progress.subscribe();
+        loop {
+            progress.borrow_and_update();
+            let mut pending = 0;
+            for service in ServiceName::ALL {
+                let counts = self.outbox_counts(service).await?;
+                if counts.failed > 0 {
+                    let s = service.as_str();
+                    return Err(Error::Shop(format!("{s} has failed outbox rows")));
+                }
+                pending += counts.pending;
+            }
+            if pending == 0 {
+                return Ok(());
+            }
+            let changed =
+                tokio::time::timeout_at(deadline, progress.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                let what =
+                    format!("{pending} outbox rows still pending after {within:?}");
+                return Err(Error::Shop(what));
+            }
+        }
+    }
+
+    /// How many of `service`'s outbox rows are pending, sent, failed.
+    pub async fn outbox_counts(
+        &self,
+        service: ServiceName,
+    ) -> Result<outbox::Counts, Error> {
+        let reader = self.reader.lock().await;
+        Ok(outbox::counts(&reader, self.shared.schemas.of(service)).await?)
+    }
+
+    /// How many messages `service`'s topic holds, over all its partitions (the
+    /// high watermarks: this broker keeps everything).
+    pub async fn messages_in(&self, service: ServiceName) -> Result<i64, Error> {
+        let producer = self.shared.producer.clone();
+        let topic = self.shared.topics.of(service);
+        let count = tokio::task::spawn_blocking(move || {
+            let client = rdkafka::producer::Producer::client(&producer);
+            let metadata =
+                client.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+            let partitions = metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect::<Vec<_>>();
+            let mut total = 0;
+            for partition in partitions {
+                let timeout = Duration::from_secs(10);
+                let (low, high) =
+                    client.fetch_watermarks(&topic, partition, timeout)?;
+                total += high - low;
+            }
+            Ok::<i64, rdkafka::error::KafkaError>(total)
+        });
+        let count = count.await.map_err(|e| Error::Shop(e.to_string()))??;
+        Ok(count)
+    }
+
+    /// Stops every service and relay (between messages and passes), then drops
+    /// the shop's schemas. Topics stay: the broker keeps them, as evidence.
+    pub async fn shut_down(self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+        for service in ServiceName::ALL {
+            let schema = self.shared.schemas.of(service);
+            let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+            self.reader.lock().await.batch_execute(&drop).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A fresh correlation id for a checkout: `chk-` and 8 hex digits.
+pub fn correlation_id() -> String {
+    format!("chk-{}", short(Uuid::new_v4()))
+}
+
+/// Every service's view of one order, and the events each emitted about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub order: Option<Order>,
+    pub hold: Option<Hold>,
+    /// All of inventory's stock, by SKU.
+    pub stock: BTreeMap<String, u32>,
+    pub payment: Option<Payment>,
+    /// All of payments' balances, by customer.
+    pub balances: BTreeMap<String, u64>,
+    pub shipment: Option<Shipment>,
+    /// How many events of each type the four outboxes hold for this order:
+    /// one per effect, since every effect emits exactly one event.
+    pub emitted: BTreeMap<String, u64>,
+}
+
+impl Outcome {
+    /// Whether every service's record of the order is final: the order is
+    /// confirmed or cancelled, and every compensation it needed is done.
+    pub fn settled(&self) -> bool {
+        let Some(order) = &self.order else { return false };
+        let confirmed = matches!(order.status, OrderStatus::Confirmed { .. });
+        let hold = match &self.hold {
+            Some(Hold::Reserved { .. }) => confirmed,
+            Some(_) => true,
+            None => false,
+        };
+        let payment = self.payment.as_ref().is_some_and(|p| match p.status {
+            PaymentStatus::Pending => false,
+            PaymentStatus::Authorized { .. } => confirmed,
+            _ => true,
+        });
+        let shipment = self
+            .shipment
+            .as_ref()
+            .is_some_and(|s| s.status != ShipmentStatus::Pending);
+        order.status.is_final() && hold && payment && shipment
+    }
+
+    /// One line: each service's status.
+    pub fn summary(&self) -> String {
+        let order = self.order.as_ref().map(|o| match &o.status {
+            OrderStatus::Placed => "placed".to_owned(),
+            OrderStatus::Confirmed { .. } => "confirmed".to_owned(),
+            OrderStatus::Cancelled { reason } => format!("cancelled ({reason})"),
+        });
+        let hold = self.hold.as_ref().map(|h| match h {
+            Hold::Reserved { .. } => "reserved",
+            Hold::Rejected { .. } => "rejected",
+            Hold::Released { .. } => "released",
+        });
+        let payment = self.payment.as_ref().map(|p| match p.status {
+            PaymentStatus::Pending => "pending",
+            PaymentStatus::Authorized { .. } => "authorized",
+            PaymentStatus::Declined { .. } => "declined",
+            PaymentStatus::Refunded { .. } => "refunded",
+            PaymentStatus::Voided { .. } => "voided",
+        });
+        let shipment = self.shipment.as_ref().map(|s| match s.status {
+            ShipmentStatus::Pending => "pending",
+            ShipmentStatus::Scheduled { .. } => "scheduled",
+            ShipmentStatus::Failed { .. } => "failed",
+            ShipmentStatus::Cancelled { .. } => "cancelled",
+        });
+        let none = || "none".to_owned();
+        format!(
+            "order {}, stock {}, payment {}, shipment {}",
+            order.unwrap_or_else(none),
+            hold.map_or_else(none, str::to_owned),
+            payment.map_or_else(none, str::to_owned),
+            shipment.map_or_else(none, str::to_owned),
+        )
+    }
+}
+
+async fn read_record<T: serde::de::DeserializeOwned>(
+    client: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    table: &str,
+    order_id: &str,
+) -> Result<Option<T>, Error> {
+    let sql = format!("SELECT record FROM {schema}.{table} WHERE order_id = $1");
+    match client.query_opt(&sql, &[&order_id]).await? {
+        Some(row) => Ok(Some(serde_json::from_str(row.get(0))?)),
+        None => Ok(None),
+    }
+}
+
+async fn connect(url: &str) -> Result<Client, Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!("postgres connection ended: {e}");
+        }
+    });
+    // Quiet: DROP SCHEMA ... CASCADE and friends say NOTICE otherwise.
+    client.batch_execute("SET client_min_messages TO warning").await?;
+    Ok(client)
+}
+
+/// How a process ended.
+enum Exit {
+    Stopped,
+    /// Died by the fault plan, in the span of the work it died on.
+    Crashed(Span),
+}
+
+/// Restarts a service's process whenever it dies, until the shop stops.
+async fn supervise<S: Store + 'static>(
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    kill: Arc<Notify>,
+) {
+    let me = S::SERVICE;
+    let mut stop = shared.stop.clone();
+    let mut first_life = true;
+    loop {
+        let exit = run_process::<S>(&shared, first_life, &wake, &kill).await;
+        first_life = false;
+        match exit {
+            Ok(Exit::Stopped) => return,
+            Ok(Exit::Crashed(span)) => {
+                shared.stats.of(me).crashes.fetch_add(1, Relaxed);
+                let what =
+                    "restarted by its supervisor: a new consumer rejoins the group";
+                let relay = if shared.config.faults.dual_write.contains(&me) {
+                    ""
+                } else {
+                    ", a new relay starts"
+                };
+                info!(parent: &span, "{what}{relay}");
+            }
+            Err(e) => {
+                warn!("{}: failed ({e}); restarting in 1 s", me.as_str());
+                let pause = tokio::time::sleep(Duration::from_secs(1));
+                tokio::select! {
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                    () = pause => {}
+                }
+            }
+        }
+        shared.progress.send_modify(|n| *n += 1);
+    }
+}
+
+/// Aborts a task when dropped: a process's relay dies with it.
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The topics of the services whose events `S` reacts to.
+fn sources<S: Reaction>(topics: &Topics) -> Vec<String> {
+    let services: BTreeSet<ServiceName> = Kind::ALL
+        .into_iter()
+        .filter(|k| S::listens_to(*k))
+        .map(Kind::source)
+        .collect();
+    services.into_iter().map(|s| topics.of(s)).collect()
+}
+
+// ANCHOR: process
+/// One life of a service: its consumer loop and its relay, until the shop
+/// stops or the fault plan kills it.
+async fn run_process<S: Store + 'static>(
+    shared: &Arc<Shared>,
+    first_life: bool,
+    wake: &Arc<Notify>,
+    kill: &Notify,
+) -> Result<Exit, Error> {
+    let me = S::SERVICE;
+    let faults = &shared.config.faults;
+    let fault = |set: &BTreeSet<ServiceName>| first_life && set.contains(&me);
+    let die_before_relay = fault(&faults.die_before_relay);
+    // Without an outbox in every life; it dies between commit and publish once.
+    let (dual_write, die_between) =
+        (faults.dual_write.contains(&me), fault(&faults.dual_write));
+    let die_after_effect = fault(&faults.die_after_effect);
+    let (config, schema) = (&shared.config, shared.schemas.of(me));
+    let mut service =
+        Service::<S>::connect(&config.database_url, schema, shared.topics.clone())
+            .await?;
+    let group = format!("{}-{}", shared.topics.of(me), "group");
+    let consumer = consumer(&config.brokers, &group)?;
+    let sources = sources::<S>(&shared.topics);
+    let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+    consumer.subscribe(&sources)?;
+    let dead_letters = DeadLetters {
+        producer: shared.producer.clone(),
+        topic: shared.topics.dead_letters(me),
+    };
+    // The relay lives and dies with the process; in the first life of a
+    // service that dies before its relay runs, there is none.
+    let relay = (!die_before_relay && !dual_write).then(|| {
+        let relay_faults = RelayFaults {
+            crash_after_publish: fault(&faults.relay_dies_before_mark).then_some(1),
+            ..RelayFaults::default()
+        };
+        tokio::spawn(relay_loop(shared.clone(), me, relay_faults, wake.clone()))
+    });
+    let _relay = AbortOnDrop(relay);
+    let mut stop = shared.stop.clone();
+    let mut failures = 0u32;
+    // Readiness: the consumer has joined its group and holds its partitions.
+    let mut ready = false;
+    let mut check = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        let message = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(Exit::Stopped),
+            () = kill.notified() => return Ok(Exit::Crashed(span(me, "-", "-"))),
+            _ = check.tick(), if !ready => {
+                if consumer.assignment()?.count() > 0 {
+                    ready = true;
+                    shared.stats.of(me).ready.fetch_add(1, Relaxed);
+                    shared.progress.send_modify(|n| *n += 1);
+                }
+                continue;
+            }
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                warn!("{}: kafka: {e}", me.as_str());
+                continue;
+            }
+        };
+        let handled = if dual_write {
+            let producer = &shared.producer;
+            service
+                .handle_without_outbox(
+                    &message,
+                    &dead_letters,
+                    producer,
+                    die_between,
+                )
+                .await
+        } else {
+            service.handle(&message, &dead_letters).await.map(|d| (d, false))
+        };
+        match handled {
+            Ok((delivery, died)) => {
+                failures = 0;
+                let effect = record(shared, me, &delivery);
+                if effect {
+                    wake.notify_one();
+                }
+                if died {
+                    return Ok(Exit::Crashed(delivery_span(me, &delivery)));
+                }
+                // Dying before the relay matters once there is something to relay.
+                let relayed = delivery.emitted_any();
+                if (effect && die_after_effect) || (relayed && die_before_relay) {
+                    let pending =
+                        shared_pending(shared, me, &delivery, die_before_relay);
+                    pending.await;
+                    return Ok(Exit::Crashed(delivery_span(me, &delivery)));
+                }
+                // Local and non-blocking: librdkafka commits it in the background.
+                consumer.store_offset_from_message(&message)?;
+            }
+            Err(error) => {
+                failures += 1;
+                rewind(&consumer, &message)?;
+                if failures >= 5 {
+                    return Err(error);
+                }
+                let pause = Duration::from_millis(100 << failures);
+                warn!(
+                    "{}: {error}; the message comes again in {pause:?}",
+                    me.as_str()
+                );
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+// ANCHOR_END: process
+
+fn delivery_span(me: ServiceName, delivery: &Delivery) -> Span {
+    match delivery {
+        Delivery::Applied { incoming, .. } | Delivery::Duplicate { incoming } => {
+            incoming_span(me, incoming)
+        }
+        _ => span(me, "-", "-"),
+    }
+}
+
+/// Counts what a delivery did and tells waiters; whether it was a first-time effect.
+fn record(shared: &Shared, me: ServiceName, delivery: &Delivery) -> bool {
+    let counters = shared.stats.of(me);
+    match delivery {
+        Delivery::Applied { incoming, emitted } => {
+            counters.applied.fetch_add(1, Relaxed);
+            let kinds =
+                emitted.iter().filter_map(|r| Kind::parse(&r.event_type)).collect();
+            shared.committed(me, incoming.event.order_id(), kinds);
+            return true;
+        }
+        Delivery::Duplicate { .. } => {
+            counters.duplicates.fetch_add(1, Relaxed);
+        }
+        Delivery::DeadLettered { .. } => {
+            counters.dead_lettered.fetch_add(1, Relaxed);
+        }
+        Delivery::Ignored => return false,
+    }
+    shared.progress.send_modify(|n| *n += 1);
+    false
+}
+
+/// Narrates a crash after an effect (and, when the relay never ran, counts the
+/// rows it left in the outbox).
+async fn shared_pending(
+    shared: &Shared,
+    me: ServiceName,
+    delivery: &Delivery,
+    before_relay: bool,
+) {
+    let Delivery::Applied { incoming, .. } = delivery else { return };
+    let span = incoming_span(me, incoming);
+    if before_relay {
+        let schema = shared.schemas.of(me);
+        let pending = match connect(&shared.config.database_url).await {
+            Ok(client) => outbox::counts(&client, schema).await.map(|c| c.pending),
+            Err(e) => {
+                warn!(parent: &span, "cannot count the outbox: {e}");
+                Ok(0)
+            }
+        };
+        let pending = pending.unwrap_or(0);
+        let counter = &shared.stats.of(me).pending_at_crash;
+        counter.fetch_add(u64::try_from(pending).unwrap_or(0), Relaxed);
+        warn!(
+            parent: &span,
+            "crash! died after its commit, before its relay ran: {pending} event(s) wait in its outbox"
+        );
+    } else {
+        warn!(parent: &span, "crash! died after its commit, before storing the offset");
+    }
+}
+
+/// Moves the partition back to `message`, so that it comes again next (as the
+/// Kafka chapter's consumer does).
+fn rewind(
+    consumer: &StreamConsumer,
+    message: &BorrowedMessage<'_>,
+) -> Result<(), Error> {
+    let offset = Offset::Offset(message.offset());
+    let timeout = Timeout::After(Duration::ZERO);
+    consumer.seek(message.topic(), message.partition(), offset, timeout)?;
+    Ok(())
+}
+
+/// Runs a service's relay, restarting it when its fault plan kills it.
+async fn relay_loop(
+    shared: Arc<Shared>,
+    me: ServiceName,
+    mut faults: RelayFaults,
+    wake: Arc<Notify>,
+) {
+    let mut stop = shared.stop.clone();
+    loop {
+        let result =
+            relay_life(&shared, me, std::mem::take(&mut faults), &wake).await;
+        match result {
+            Ok(()) => return,
+            Err(Error::Relay(RelayError::Crashed { .. })) => {
+                shared.stats.of(me).relay_crashes.fetch_add(1, Relaxed);
+                shared.progress.send_modify(|n| *n += 1);
+            }
+            Err(e) => {
+                warn!("{}-relay: {e}; restarting in 1 s", me.as_str());
+                let pause = tokio::time::sleep(Duration::from_secs(1));
+                tokio::select! {
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                    () = pause => {}
+                }
+            }
+        }
+    }
+}
+
+// ANCHOR: relay_life
+/// One relay life: claim pending rows, publish, mark, commit; when there is
+/// nothing to do, wait for the service's wake-up call (or the poll interval).
+async fn relay_life(
+    shared: &Shared,
+    me: ServiceName,
+    faults: RelayFaults,
+    wake: &Notify,
+) -> Result<(), Error> {
+    let (url, schema) = (&shared.config.database_url, shared.schemas.of(me));
+    let poll_interval = shared.config.relay_poll;
+    let config = RelayConfig { poll_interval, ..RelayConfig::default() };
+    let mut relay = Relay::connect(url, schema, shared.producer.clone())
+        .await?
+        .with_config(config)
+        .with_faults(faults);
+    let lookup = connect(url).await?;
+    let mut stop = shared.stop.clone();
+    loop {
+        let batch = relay.claim().await?;
+        let ids = batch.ids();
+        if ids.is_empty() {
+            drop(batch);
+            tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+                () = wake.notified() => {}
+                () = tokio::time::sleep(poll_interval) => {}
+            }
+            continue;
+        }
+        let span = relay_span(&lookup, me, schema, &ids).await?;
+        let report = batch.finish().instrument(span.clone()).await;
+        if let Err(RelayError::Crashed { .. }) = &report {
+            let next = "a new relay starts and sends the unmarked rows again";
+            info!(parent: &span, "the relay died; {next}");
+        }
+        let report = report?;
+        let published = report.published.len() as u64;
+        shared.stats.of(me).published.fetch_add(published, Relaxed);
+        shared.progress.send_modify(|n| *n += 1);
+    }
+}
+// ANCHOR_END: relay_life
+
+/// A relay pass's span: the correlation and causation ids of the rows it
+/// publishes, read from the service's own outbox.
+async fn relay_span(
+    lookup: &Client,
+    me: ServiceName,
+    schema: &str,
+    ids: &[Uuid],
+) -> Result<Span, Error> {
+    let sql = format!(
+        "SELECT header_names, header_values FROM {schema}.outbox WHERE id = ANY($1)"
+    );
+    let (mut correlations, mut causes) = (BTreeSet::new(), BTreeSet::new());
+    for row in lookup.query(&sql, &[&ids]).await? {
+        let names: Vec<String> = row.get(0);
+        let values: Vec<String> = row.get(1);
+        for (name, value) in names.iter().zip(values) {
+            if name == header::CORRELATION_ID {
+                correlations.insert(value);
+            } else if name == crate::wire::CAUSATION_ID {
+                let short = Uuid::parse_str(&value).map(short).unwrap_or(value);
+                causes.insert(short);
+            }
+        }
+    }
+    let join = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>().join(",");
+    let (correlation_id, causation_id) = (join(correlations), join(causes));
+    Ok(match me {
+        ServiceName::Orders => {
+            info_span!("orders-relay", correlation_id = %correlation_id, causation_id = %causation_id)
+        }
+        ServiceName::Inventory => {
+            info_span!("inventory-relay", correlation_id = %correlation_id, causation_id = %causation_id)
+        }
+        ServiceName::Payments => {
+            info_span!("payments-relay", correlation_id = %correlation_id, causation_id = %causation_id)
+        }
+        ServiceName::Shipping => {
+            info_span!("shipping-relay", correlation_id = %correlation_id, causation_id = %causation_id)
+        }
+    })
+}

@@ -1,0 +1,572 @@
+//! The relay: it takes committed outbox rows, publishes them to Kafka, and marks them sent.
+//!
+//! One pass ([`Relay::publish_batch`]) runs in one PostgreSQL transaction:
+//!
+//! 1. **Claim** up to `batch_size` pending rows in `seq` order, `FOR UPDATE SKIP LOCKED`. The
+//!    relay does not remember how far it got (no high-water mark): it asks for every row still
+//!    pending, so a row that committed late, after rows with a higher `seq` were published, is
+//!    simply found by the next pass. Rows another relay has claimed are locked, and skipped.
+//! 2. **Hold back** a claimed row when an earlier row of the same aggregate is still unsent and
+//!    not in this claim (another relay holds it, or it failed): publishing it now would overtake
+//!    its predecessor.
+//! 3. **Publish** each aggregate's rows one after the other (key = aggregate id, so they share a
+//!    partition), and different aggregates concurrently. When a row fails, the rest of its
+//!    aggregate waits for the next pass.
+//! 4. **Mark** the published rows `sent`; a failed row gets one more attempt counted and, once it
+//!    has used `max_attempts`, is marked `failed` and reported. Then commit.
+//!
+//! A crash between 3 and 4 rolls the transaction back: the rows are still pending, and the next
+//! relay publishes them again. That is the at-least-once half of the bargain; the consumer's inbox
+//! is the other half.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::join_all;
+use kafka_events::envelope::header;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Transaction};
+use tracing::field::display;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::{OutboxError, checked};
+
+/// Why a relay pass stopped. Publish failures of single rows are not errors: they
+/// are counted on the row and reported in [`RelayReport`].
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The fault plan killed the relay after it published rows and before it
+    /// marked them sent. Treat the relay as dead: drop it and start a new one.
+    #[error("relay crashed after publishing {published} rows it never marked sent")]
+    Crashed { published: usize },
+}
+
+/// How a relay works.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows claimed per pass (one transaction).
+    pub batch_size: i64,
+    /// Publish attempts per row before it is marked `failed`.
+    pub max_attempts: i32,
+    /// How long [`Relay::run`] waits after a pass that published nothing.
+    pub poll_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch_size: 256,
+            max_attempts: 5,
+            poll_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Failures to inject, for tests and the examples' "break it" flags.
+#[derive(Debug, Clone, Default)]
+pub struct RelayFaults {
+    /// Die once this relay has published this many rows, before marking them sent
+    /// (the pass returns [`RelayError::Crashed`], its transaction rolls back).
+    pub crash_after_publish: Option<usize>,
+    /// The first this-many publish attempts fail as if the broker had refused them.
+    pub fail_publishes: u32,
+}
+
+/// A row the broker acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: Uuid,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A row whose publishing failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRow {
+    pub id: Uuid,
+    pub aggregate_id: String,
+    pub event_type: String,
+    /// Attempts used so far, this one included.
+    pub attempts: i32,
+    pub error: String,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayReport {
+    /// Published and marked sent, in the order the broker acknowledged them.
+    pub published: Vec<Published>,
+    /// Failed this time, still `pending`: the next pass tries again.
+    pub retrying: Vec<FailedRow>,
+    /// Out of attempts: marked `failed`, left in the table for a human
+    /// ([`crate::retry_failed`]). Later events of the same aggregate wait behind it.
+    pub failed: Vec<FailedRow>,
+    /// Claimed but not published, because an earlier event of the same aggregate is
+    /// still unsent.
+    pub held_back: usize,
+}
+
+/// What [`Relay::run`] did in all, until it was stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    pub passes: u64,
+    pub published: u64,
+    pub retried: u64,
+    /// Every row this relay marked `failed`.
+    pub failed: Vec<FailedRow>,
+}
+
+/// A relay for one service's outbox (one schema). Give it its own connection: a
+/// pass holds a transaction open while it waits for the broker.
+pub struct Relay {
+    client: Client,
+    /// Everything else, apart from the client so that a batch can borrow it while
+    /// its transaction borrows the client.
+    state: State,
+}
+
+struct State {
+    schema: String,
+    producer: FutureProducer,
+    config: RelayConfig,
+    faults: RelayFaults,
+    /// Sends started over the relay's life (what the crash plan counts).
+    sends_started: usize,
+    /// Failures injected over the relay's life.
+    failures_injected: u32,
+}
+
+impl Relay {
+    /// A relay over `<schema>.outbox`, publishing with `producer` (see
+    /// [`kafka_events::client::producer`]: acks from all replicas, idempotent).
+    pub fn new(
+        client: Client,
+        schema: &str,
+        producer: FutureProducer,
+    ) -> Result<Self, RelayError> {
+        let state = State {
+            schema: checked(schema)?.to_owned(),
+            producer,
+            config: RelayConfig::default(),
+            faults: RelayFaults::default(),
+            sends_started: 0,
+            failures_injected: 0,
+        };
+        Ok(Relay { client, state })
+    }
+
+    /// Opens its own PostgreSQL connection to `url`.
+    pub async fn connect(
+        url: &str,
+        schema: &str,
+        producer: FutureProducer,
+    ) -> Result<Self, RelayError> {
+        checked(schema)?;
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                warn!("relay's postgres connection ended: {e}");
+            }
+        });
+        Relay::new(client, schema, producer)
+    }
+
+    pub fn with_config(mut self, config: RelayConfig) -> Self {
+        self.state.config = config;
+        self
+    }
+
+    pub fn with_faults(mut self, faults: RelayFaults) -> Self {
+        self.state.faults = faults;
+        self
+    }
+
+    /// One pass: claim, publish, mark, commit. See the module documentation.
+    pub async fn publish_batch(&mut self) -> Result<RelayReport, RelayError> {
+        self.claim().await?.finish().await
+    }
+
+    // ANCHOR: claim
+    /// Steps 1 and 2 of a pass: claims pending rows and sets aside those that would
+    /// overtake an unsent earlier event of their aggregate. The claimed rows stay
+    /// locked until the returned batch finishes (or is dropped, which rolls back).
+    pub async fn claim(&mut self) -> Result<Batch<'_>, RelayError> {
+        let s = &self.state.schema;
+        let tx = self.client.transaction().await?;
+        // No watermark: every pending row, however late it committed.
+        let claim = format!(
+            "SELECT seq, id, aggregate_id, topic, event_type, payload,
+                    header_names, header_values
+             FROM {s}.outbox WHERE status = 'pending'
+             ORDER BY seq LIMIT $1
+             FOR UPDATE SKIP LOCKED"
+        );
+        let rows = tx.query(&claim, &[&self.state.config.batch_size]).await?;
+        let mut rows: Vec<Claimed> = rows.iter().map(Claimed::from_row).collect();
+        // The earliest unsent row of each aggregate that is not ours: locked by
+        // another relay, or failed. Our rows after it must wait.
+        let blockers = format!(
+            "SELECT aggregate_id, min(seq) FROM {s}.outbox
+             WHERE aggregate_id = ANY($1) AND status <> 'sent'
+               AND NOT (seq = ANY($2))
+             GROUP BY aggregate_id"
+        );
+        let aggregates: Vec<&str> =
+            rows.iter().map(|r| r.aggregate_id.as_str()).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let first_unsent: HashMap<String, i64> = tx
+            .query(&blockers, &[&aggregates, &seqs])
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let claimed = rows.len();
+        rows.retain(|r| {
+            first_unsent.get(&r.aggregate_id).is_none_or(|&b| r.seq < b)
+        });
+        let held_back = claimed - rows.len();
+        Ok(Batch { tx, state: &mut self.state, rows, held_back })
+    }
+    // ANCHOR_END: claim
+
+    // ANCHOR: run
+    /// Runs passes until `stop` completes, then returns what it did. `stop` is
+    /// checked between passes, never inside one: a pass that has published also
+    /// marks. After a pass that published nothing, it waits `poll_interval`.
+    pub async fn run(
+        mut self,
+        stop: impl Future<Output = ()>,
+    ) -> Result<RelayStats, RelayError> {
+        let mut stop = std::pin::pin!(stop);
+        let mut stats = RelayStats::default();
+        loop {
+            let report = self.publish_batch().await?;
+            stats.passes += 1;
+            stats.published += report.published.len() as u64;
+            stats.retried += report.retrying.len() as u64;
+            let idle = report.published.is_empty();
+            stats.failed.extend(report.failed);
+            if !idle {
+                if (&mut stop).now_or_never().is_some() {
+                    return Ok(stats);
+                }
+                continue;
+            }
+            tokio::select! {
+                () = &mut stop => return Ok(stats),
+                () = tokio::time::sleep(self.state.config.poll_interval) => {}
+            }
+        }
+    }
+    // ANCHOR_END: run
+}
+
+/// A claimed batch: rows locked by this relay's open transaction.
+pub struct Batch<'a> {
+    tx: Transaction<'a>,
+    state: &'a mut State,
+    rows: Vec<Claimed>,
+    held_back: usize,
+}
+
+struct Claimed {
+    seq: i64,
+    id: Uuid,
+    aggregate_id: String,
+    topic: String,
+    event_type: String,
+    payload: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+impl Claimed {
+    fn from_row(row: &Row) -> Self {
+        let names: Vec<String> = row.get(6);
+        let values: Vec<String> = row.get(7);
+        Claimed {
+            seq: row.get(0),
+            id: row.get(1),
+            aggregate_id: row.get(2),
+            topic: row.get(3),
+            event_type: row.get(4),
+            payload: row.get(5),
+            headers: names.into_iter().zip(values).collect(),
+        }
+    }
+
+    fn published(&self, partition: i32, offset: i64) -> Published {
+        Published {
+            id: self.id,
+            aggregate_id: self.aggregate_id.clone(),
+            event_type: self.event_type.clone(),
+            topic: self.topic.clone(),
+            partition,
+            offset,
+        }
+    }
+
+    /// The value of one of the event's own headers.
+    fn header(&self, name: &str) -> Option<&str> {
+        let mut found = self.headers.iter().filter(|(n, _)| n == name);
+        found.next().map(|(_, value)| value.as_str())
+    }
+
+    /// One line per event, with its correlation id when it has one, so a reader
+    /// can follow an event from the service that wrote it to its consumers.
+    fn log_published(&self, p: &Published) {
+        let (kind, key) = (&p.event_type, &p.aggregate_id);
+        let at = format!("{}/{}@{}", p.topic, p.partition, p.offset);
+        let correlation_id = self.header(header::CORRELATION_ID).map(display);
+        info!(event_id = %p.id, correlation_id, "published {kind} (key {key}) to {at}");
+    }
+
+    fn log_failure(&self, f: &FailedRow, out_of_attempts: bool) {
+        let (kind, key, n, error) =
+            (&f.event_type, &f.aggregate_id, f.attempts, &f.error);
+        let correlation_id = self.header(header::CORRELATION_ID).map(display);
+        if out_of_attempts {
+            warn!(event_id = %f.id, correlation_id, "{kind} of {key} marked failed after {n} attempts: {error}");
+        } else {
+            warn!(event_id = %f.id, correlation_id, "{kind} of {key} not published (attempt {n}), tried again next pass: {error}");
+        }
+    }
+
+    fn failed(&self, attempts: i32, error: &str) -> FailedRow {
+        FailedRow {
+            id: self.id,
+            aggregate_id: self.aggregate_id.clone(),
+            event_type: self.event_type.clone(),
+            attempts,
+            error: error.to_owned(),
+        }
+    }
+}
+
+impl Batch<'_> {
+    /// The ids of the rows this batch will publish, in `seq` order.
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.rows.iter().map(|r| r.id).collect()
+    }
+
+    // ANCHOR: finish
+    /// Steps 3 and 4: publishes each aggregate's rows in order (aggregates
+    /// concurrently), then, in the claim's transaction, marks what the broker
+    /// acknowledged as `sent`, counts an attempt on what failed, and commits.
+    pub async fn finish(self) -> Result<RelayReport, RelayError> {
+        let Batch { tx, state, rows, held_back } = self;
+        let chains = by_aggregate(&rows);
+        let plan = Plan::new(state);
+        let publishing =
+            chains.iter().map(|chain| plan.publish(&state.producer, chain));
+        let outcomes = join_all(publishing).await;
+        plan.save(state);
+        if plan.crashed() {
+            // The process dies here: nothing is marked, the transaction rolls back
+            // as `tx` is dropped, and every claimed row is pending again.
+            state.faults.crash_after_publish = None;
+            let keys: Vec<&str> = outcomes
+                .iter()
+                .flatten()
+                .filter(|(_, r)| r.is_ok())
+                .map(|(row, _)| row.aggregate_id.as_str())
+                .collect();
+            let (published, keys) = (keys.len(), keys.join(", "));
+            warn!(
+                "crash! published {published} events (keys {keys}), marked none sent"
+            );
+            return Err(RelayError::Crashed { published });
+        }
+        let mut report = mark(&tx, state, &outcomes).await?;
+        tx.commit().await?;
+        let reached: usize = outcomes.iter().map(Vec::len).sum();
+        report.held_back = held_back + (rows.len() - reached);
+        Ok(report)
+    }
+    // ANCHOR_END: finish
+}
+
+/// The claimed rows grouped by aggregate, each group in `seq` order, the groups in
+/// the order of their first row.
+fn by_aggregate(rows: &[Claimed]) -> Vec<Vec<&Claimed>> {
+    let mut chains: Vec<Vec<&Claimed>> = Vec::new();
+    let mut chain_of: HashMap<&str, usize> = HashMap::new();
+    for row in rows {
+        let next = chains.len();
+        let i = *chain_of.entry(row.aggregate_id.as_str()).or_insert(next);
+        if i == next {
+            chains.push(Vec::new());
+        }
+        chains[i].push(row);
+    }
+    chains
+}
+
+// ANCHOR: mark
+/// Records the outcome of each publish: `sent`, or one more attempt and the error,
+/// and `failed` once the row has used `max_attempts`.
+async fn mark(
+    tx: &Transaction<'_>,
+    state: &State,
+    outcomes: &[ChainOutcome<'_>],
+) -> Result<RelayReport, RelayError> {
+    let s = &state.schema;
+    let mut report = RelayReport::default();
+    let mut sent = Vec::new();
+    let count_failure = format!(
+        "UPDATE {s}.outbox SET attempts = attempts + 1, last_error = $2,
+             status = CASE WHEN attempts + 1 >= $3 THEN 'failed'
+                           ELSE 'pending' END
+         WHERE seq = $1 RETURNING status, attempts"
+    );
+    for (row, result) in outcomes.iter().flatten() {
+        match result {
+            Ok((partition, offset)) => {
+                sent.push(row.seq);
+                let published = row.published(*partition, *offset);
+                row.log_published(&published);
+                report.published.push(published);
+            }
+            Err(error) => {
+                let max = state.config.max_attempts;
+                let params: [&(dyn ToSql + Sync); 3] = [&row.seq, error, &max];
+                let marked = tx.query_one(&count_failure, &params).await?;
+                let failed = row.failed(marked.get(1), error);
+                let out_of_attempts = marked.get::<_, &str>(0) == "failed";
+                row.log_failure(&failed, out_of_attempts);
+                match out_of_attempts {
+                    true => report.failed.push(failed),
+                    false => report.retrying.push(failed),
+                }
+            }
+        }
+    }
+    let mark_sent = format!(
+        "UPDATE {s}.outbox SET status = 'sent', sent_at = now(),
+             attempts = attempts + 1
+         WHERE seq = ANY($1)"
+    );
+    tx.execute(&mark_sent, &[&sent]).await?;
+    Ok(report)
+}
+// ANCHOR_END: mark
+
+/// What happened to each row of one aggregate's chain, in order. A chain stops at
+/// its first failure, so rows after it are absent (and count as held back).
+type ChainOutcome<'r> = Vec<(&'r Claimed, Result<(i32, i64), String>)>;
+
+/// The fault plan's state during one pass. Atomics, not `Cell`s, so that the pass
+/// stays `Send` (a relay runs in a spawned task).
+struct Plan {
+    crash_after: Option<usize>,
+    fail_publishes: u32,
+    /// Sends this relay has started, over its life (only counted under a crash plan).
+    started: AtomicUsize,
+    /// Injected failures so far, over the relay's life.
+    injected: AtomicU32,
+}
+
+impl Plan {
+    fn new(state: &State) -> Self {
+        Plan {
+            crash_after: state.faults.crash_after_publish,
+            fail_publishes: state.faults.fail_publishes,
+            started: AtomicUsize::new(state.sends_started),
+            injected: AtomicU32::new(state.failures_injected),
+        }
+    }
+
+    /// Carries the counts over to the relay's next pass.
+    fn save(&self, state: &mut State) {
+        state.sends_started = self.started.load(Relaxed);
+        state.failures_injected = self.injected.load(Relaxed);
+    }
+
+    /// Whether the relay has sent as many rows as it was planned to die after.
+    fn crashed(&self) -> bool {
+        self.crash_after.is_some_and(|n| self.started.load(Relaxed) >= n)
+    }
+
+    /// Takes one of the sends the crash plan allows, if any are left.
+    fn may_send(&self) -> bool {
+        match self.crash_after {
+            None => true,
+            Some(n) => self.started.fetch_add(1, Relaxed) < n,
+        }
+    }
+
+    /// Whether this attempt is one of the failures the plan injects.
+    fn inject_failure(&self) -> bool {
+        let limit = self.fail_publishes;
+        let next = |k: u32| (k < limit).then_some(k + 1);
+        self.injected.fetch_update(Relaxed, Relaxed, next).is_ok()
+    }
+
+    async fn publish<'r>(
+        &self,
+        producer: &FutureProducer,
+        chain: &[&'r Claimed],
+    ) -> ChainOutcome<'r> {
+        let mut outcome = Vec::new();
+        for row in chain {
+            let result = if self.inject_failure() {
+                Err("the broker refused the event (injected by the fault plan)"
+                    .into())
+            } else if self.may_send() {
+                send(producer, row).await.map_err(|e| e.to_string())
+            } else {
+                break; // the relay is dead: nothing more goes out
+            };
+            let failed = result.is_err();
+            outcome.push((*row, result));
+            if failed {
+                break;
+            }
+        }
+        outcome
+    }
+}
+
+// ANCHOR: send
+/// Publishes one row and waits for the broker's acknowledgement. The key is the
+/// aggregate id; the headers say which event this is, so a consumer's inbox can
+/// recognise a second copy.
+async fn send(
+    producer: &FutureProducer,
+    row: &Claimed,
+) -> Result<(i32, i64), KafkaError> {
+    let id = row.id.to_string();
+    let ours =
+        [(header::EVENT_ID, id.as_str()), (header::EVENT_TYPE, &row.event_type)];
+    let theirs = row.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let headers =
+        ours.into_iter()
+            .chain(theirs.filter(|(k, _)| {
+                ![header::EVENT_ID, header::EVENT_TYPE].contains(k)
+            }))
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header { key, value: Some(value) })
+            });
+    let record = FutureRecord::to(&row.topic)
+        .key(row.aggregate_id.as_str())
+        .payload(row.payload.as_slice())
+        .headers(headers);
+    let delivery = producer
+        .send(record, Duration::from_secs(5))
+        .await
+        .map_err(|(error, _)| error)?;
+    Ok((delivery.partition, delivery.offset))
+}
+// ANCHOR_END: send
