@@ -185,7 +185,12 @@ impl<L: SagaLog> Driver<L> {
         mut timers: mpsc::UnboundedReceiver<(String, Input)>,
         mut replies: lapin::Consumer,
     ) -> Result<(), RunError> {
-        let mut lease_tick = tokio::time::interval(self.config.lease / 3);
+        // Resume what the log says this orchestrator owns before taking any
+        // reply: a requeued reply then finds its intent pending.
+        self.claim().await?;
+        let period = self.config.lease / 3;
+        let first = tokio::time::Instant::now() + period;
+        let mut lease_tick = tokio::time::interval_at(first, period);
         loop {
             tokio::select! {
                 order = starts.recv() => match order {

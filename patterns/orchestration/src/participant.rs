@@ -86,7 +86,8 @@ pub async fn setup(
         let s = names.schema(participant);
         client
             .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s};
+                "SET client_min_messages TO warning;
+                 DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s};
                  CREATE TABLE {s}.records (key text PRIMARY KEY, value text NOT NULL);
                  CREATE TABLE {s}.inbox (command_id text PRIMARY KEY,
                      reply text, applied_at timestamptz);"
