@@ -92,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
     for participant in PARTICIPANTS {
         let quirks = match participant {
             "shipping" if options.slow_shipping => {
-                Quirks { slow_first_reply: Some(Duration::from_millis(1500)) }
+                Quirks { slow_first_reply: Some(Duration::from_millis(1200)) }
             }
             _ => Quirks::default(),
         };

@@ -188,7 +188,8 @@ impl SagaLog for PgLog {
         }
         let appended = decide(saga, &State::replay(&records), input);
         let sql = format!(
-            "INSERT INTO {s}.saga_log (saga_id, seq, record, writer) VALUES ($1, $2, $3, $4)"
+            "INSERT INTO {s}.saga_log (saga_id, seq, record, writer)
+             VALUES ($1, $2, $3, $4)"
         );
         for (i, record) in appended.iter().enumerate() {
             let seq = (records.len() + i) as i32;
@@ -200,7 +201,8 @@ impl SagaLog for PgLog {
                     Terminal::Compensated { .. } => "compensated",
                 };
                 let sql = format!(
-                    "UPDATE {s}.sagas SET status = $2, finished_at = clock_timestamp()
+                    "UPDATE {s}.sagas
+                     SET status = $2, finished_at = clock_timestamp()
                      WHERE id = $1"
                 );
                 tx.execute(&sql, &[&saga_id, &status]).await?;
@@ -223,7 +225,8 @@ impl SagaLog for PgLog {
         // Rows another orchestrator is claiming right now are skipped, not
         // waited for: the two never both take the same saga.
         let sql = format!(
-            "UPDATE {s}.sagas SET owner = $1, lease_until = now() + $2 * interval '1 s'
+            "UPDATE {s}.sagas
+             SET owner = $1, lease_until = now() + $2 * interval '1 s'
              WHERE id IN (SELECT id FROM {s}.sagas WHERE status = 'running'
                           AND (owner = $1 OR lease_until < now())
                           FOR UPDATE SKIP LOCKED)

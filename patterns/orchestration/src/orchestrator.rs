@@ -242,7 +242,8 @@ impl<L: SagaLog> Driver<L> {
             _ if state.finished.is_some() => Ok(()),
             Some((step, kind, attempt)) => {
                 let what = self.name(step, kind);
-                info!(saga = %id, "resumed from the log: {what} was pending, sent again");
+                let again = "was pending, sent again";
+                info!(saga = %id, "resumed from the log: {what} {again}");
                 self.send(id, &order, &state, step, kind, attempt).await
             }
             None => self.drive(id, Input::Start).await,
@@ -386,7 +387,6 @@ impl<L: SagaLog> Driver<L> {
         }
     }
 
-    // ANCHOR: narrate
     fn narrate(&self, saga: &str, record: &Record) {
         let n = self.saga.steps.len();
         match record {
@@ -424,7 +424,6 @@ impl<L: SagaLog> Driver<L> {
             }
         }
     }
-    // ANCHOR_END: narrate
 }
 
 async fn reject(delivery: &Delivery) -> Result<(), RunError> {

@@ -129,7 +129,6 @@ pub struct Quirks {
     pub slow_first_reply: Option<Duration>,
 }
 
-// ANCHOR: serve
 /// Runs `participant` until its connection fails or the task is aborted.
 pub fn serve(
     participant: &'static str,
@@ -199,7 +198,6 @@ pub fn serve(
         .instrument(span),
     )
 }
-// ANCHOR_END: serve
 
 /// Reads one record of a participant's schema (for tests and the example's checks).
 pub async fn record<T: for<'de> serde::Deserialize<'de>>(
