@@ -89,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    let mut services = vec![];
     for participant in PARTICIPANTS {
         let quirks = match participant {
             "shipping" if options.slow_shipping => {
@@ -96,7 +97,8 @@ async fn main() -> anyhow::Result<()> {
             }
             _ => Quirks::default(),
         };
-        serve(participant, url.clone(), amqp.clone(), names.clone(), quirks);
+        let (url, amqp, names) = (url.clone(), amqp.clone(), names.clone());
+        services.push(serve(participant, url, amqp, names, quirks));
     }
     let config = Config {
         name: "orchestrator-1".into(),
@@ -140,7 +142,10 @@ async fn main() -> anyhow::Result<()> {
     };
     check(&url, &names, &options, &end).await?;
     orchestrator.stop().await?;
-    cleanup(&url, &names).await;
+    for service in services {
+        service.stop().await?;
+    }
+    participant::teardown(&url, &amqp, &names, &["orchestrator-1"]).await;
     Ok(())
 }
 
@@ -186,19 +191,4 @@ async fn check(
         info!("done: order confirmed; 2 kettles taken and 58.00 charged, each once");
     }
     Ok(())
-}
-
-async fn cleanup(url: &str, names: &Names) {
-    if let Ok((db, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await
-    {
-        tokio::spawn(conn);
-        for p in PARTICIPANTS.into_iter().chain(["log"]) {
-            let _ = db
-                .batch_execute(&format!(
-                    "SET client_min_messages TO warning; DROP SCHEMA {} CASCADE",
-                    names.schema(p)
-                ))
-                .await;
-        }
-    }
 }

@@ -89,7 +89,7 @@ async fn run<L: SagaLog>(
     let elapsed = begin.elapsed();
     orchestrator.stop().await?;
     for task in services {
-        task.abort();
+        task.stop().await?;
     }
     latencies.sort();
     let at = |q: f64| {
@@ -157,19 +157,8 @@ async fn main() -> anyhow::Result<()> {
         mem.per_second / pg.per_second,
         pg.p50.as_secs_f64() / mem.p50.as_secs_f64()
     );
-    if let Ok((db, conn)) =
-        tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-    {
-        tokio::spawn(conn);
-        for names in [&durable, &memory] {
-            for p in PARTICIPANTS.into_iter().chain(["log"]) {
-                let sql = format!(
-                    "SET client_min_messages TO warning; DROP SCHEMA IF EXISTS {} CASCADE",
-                    names.schema(p)
-                );
-                let _ = db.batch_execute(&sql).await;
-            }
-        }
+    for names in [&durable, &memory] {
+        orchestration::participant::teardown(&url, &amqp, names, &["bench"]).await;
     }
     Ok(())
 }

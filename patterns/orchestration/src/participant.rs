@@ -6,6 +6,7 @@
 //! broker: a participant that dies mid-command gets it again, and its inbox turns the second
 //! delivery into the stored reply. A command it cannot read is dead-lettered, not retried forever.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,6 +18,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rabbitmq_queues::publish::{enable_confirms, persistent, publish_confirmed};
 use rabbitmq_queues::topology::{dead_letters, work_queue};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -121,6 +123,44 @@ pub async fn setup(
     Ok(())
 }
 
+/// Removes what [`setup`] and the orchestrators named in `orchestrators` created:
+/// the schemas (the log's included) and the queues. Best effort: for the end of
+/// an example, where a leftover is untidy but harmless.
+pub async fn teardown(url: &str, amqp: &str, names: &Names, orchestrators: &[&str]) {
+    if let Ok((db, connection)) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await
+    {
+        tokio::spawn(connection);
+        for p in PARTICIPANTS.into_iter().chain(["log"]) {
+            let s = names.schema(p);
+            let sql = format!(
+                "SET client_min_messages TO warning; DROP SCHEMA IF EXISTS {s} CASCADE"
+            );
+            let _ = db.batch_execute(&sql).await;
+        }
+    }
+    let Ok(connection) =
+        Connection::connect(amqp, ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    if let Ok(channel) = connection.create_channel().await {
+        let mut queues: Vec<String> =
+            PARTICIPANTS.iter().map(|p| names.queue(p)).collect();
+        queues.extend(orchestrators.iter().map(|o| names.replies(o)));
+        queues.push(names.dead_letters());
+        for queue in queues {
+            let options = lapin::options::QueueDeleteOptions::default();
+            let _ = channel.queue_delete(queue.as_str().into(), options).await;
+        }
+        let exchange = names.dead_letter_exchange();
+        let options = lapin::options::ExchangeDeleteOptions::default();
+        let _ = channel.exchange_delete(exchange.as_str().into(), options).await;
+        let _ = channel.close(200, "torn down".into()).await;
+    }
+    let _ = connection.close(200, "torn down".into()).await;
+}
+
 /// How a participant misbehaves, on purpose.
 #[derive(Clone, Debug, Default)]
 pub struct Quirks {
@@ -129,16 +169,35 @@ pub struct Quirks {
     pub slow_first_reply: Option<Duration>,
 }
 
-/// Runs `participant` until its connection fails or the task is aborted.
+/// A running participant.
+pub struct Service {
+    pub task: JoinHandle<Result<(), ServiceError>>,
+    stop: Arc<Notify>,
+}
+
+impl Service {
+    /// Stops taking commands (after the one in hand) and closes the connection.
+    pub async fn stop(self) -> Result<(), ServiceError> {
+        self.stop.notify_one();
+        match self.task.await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Runs `participant` until its connection fails or it is stopped.
 pub fn serve(
     participant: &'static str,
     url: String,
     amqp: String,
     names: Names,
     quirks: Quirks,
-) -> JoinHandle<Result<(), ServiceError>> {
+) -> Service {
     let span = info_span!("participant", service = participant);
-    tokio::spawn(
+    let stop = Arc::new(Notify::new());
+    let stopped = Arc::clone(&stop);
+    let task = tokio::spawn(
         async move {
             let (mut db, connection) =
                 tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
@@ -157,8 +216,14 @@ pub fn serve(
                 )
                 .await?;
             let mut slow = quirks.slow_first_reply;
-            while let Some(delivery) = commands.next().await {
-                let delivery = delivery?;
+            loop {
+                let delivery = tokio::select! {
+                    delivery = commands.next() => match delivery {
+                        Some(delivery) => delivery?,
+                        None => break,
+                    },
+                    _ = stopped.notified() => break,
+                };
                 let Ok(command) = serde_json::from_slice::<Command>(&delivery.data) else {
                     warn!("unreadable command: dead-lettered");
                     delivery.reject(BasicRejectOptions { requeue: false }).await?;
@@ -193,10 +258,12 @@ pub fn serve(
                 }
                 delivery.ack(BasicAckOptions::default()).await?;
             }
+            let _ = amqp.close(200, "participant stopped".into()).await;
             Ok(())
         }
         .instrument(span),
-    )
+    );
+    Service { task, stop }
 }
 
 /// Reads one record of a participant's schema (for tests and the example's checks).

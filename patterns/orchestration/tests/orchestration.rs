@@ -295,7 +295,7 @@ async fn two_orchestrators_never_drive_the_same_saga() {
 // ANCHOR_END: leases
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_orchestrator_takes_over_only_once_the_lease_runs_out() {
+async fn another_orchestrator_takes_over_an_expired_lease_without_interleaving() {
     let Some(mut shop) = shop().await else { return };
     shop.start_all();
     let a = shop.orchestrator(shop.config("a", Some(Crash::AfterIntent(1)))).await;

@@ -7,16 +7,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::options::BasicGetOptions;
 use lapin::{Connection, ConnectionProperties};
 use orchestration::log::{PgLog, SagaLog};
 use orchestration::orchestrator::{Config, Crash, Orchestrator};
 use orchestration::participant::{
-    Names, PARTICIPANTS, Quirks, Seed, ServiceError, serve, setup,
+    Names, PARTICIPANTS, Quirks, Seed, Service, serve, setup,
 };
 use orchestration::saga::{Record, Terminal};
 use shop_domain::{Line, OrderPlaced};
-use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 /// A bound on any one wait; a healthy saga settles in well under a second.
@@ -28,7 +27,7 @@ pub struct Shop {
     pub amqp: String,
     pub db: Client,
     pub log: Arc<PgLog>,
-    pub services: Vec<(&'static str, JoinHandle<Result<(), ServiceError>>)>,
+    pub services: Vec<(&'static str, Service)>,
 }
 
 pub fn seed() -> Seed {
@@ -189,34 +188,19 @@ impl Shop {
         got
     }
 
-    /// Removes the shop's schemas and queues.
+    /// Stops the participants and removes the shop's schemas and queues.
     pub async fn drop(self) {
-        for (_, task) in &self.services {
-            task.abort();
+        for (_, service) in self.services {
+            let _ = service.stop().await;
         }
-        let mut schemas: Vec<String> =
-            PARTICIPANTS.iter().map(|p| self.names.schema(p)).collect();
-        schemas.push(self.names.schema("log"));
-        for s in schemas {
-            let _ = self.db.batch_execute(&format!("DROP SCHEMA {s} CASCADE")).await;
-        }
-        if let Ok(conn) =
-            Connection::connect(&self.amqp, ConnectionProperties::default()).await
-        {
-            if let Ok(channel) = conn.create_channel().await {
-                let mut queues: Vec<String> =
-                    PARTICIPANTS.iter().map(|p| self.names.queue(p)).collect();
-                queues.push(self.names.dead_letters());
-                for o in ["o", "a", "b"] {
-                    queues.push(self.names.replies(o));
-                }
-                for q in queues {
-                    let options = QueueDeleteOptions::default();
-                    let _ = channel.queue_delete(q.as_str().into(), options).await;
-                }
-            }
-            let _ = conn.close(200, "".into()).await;
-        }
+        let orchestrators = ["o", "a", "b"];
+        orchestration::participant::teardown(
+            &self.url,
+            &self.amqp,
+            &self.names,
+            &orchestrators,
+        )
+        .await;
     }
 }
 
