@@ -1,0 +1,432 @@
+//! The orchestrator as a service: it starts sagas, sends their commands over RabbitMQ, feeds
+//! replies and timeouts to the engine through the log, and resumes every saga it owns after a
+//! restart.
+//!
+//! One task, one loop, four sources of work: new sagas, replies (from its own durable reply
+//! queue), timers, and a lease tick that renews its leases and takes over sagas whose owner went
+//! quiet. The order of things for every input is fixed: decide and append in one transaction, then
+//! acknowledge the reply, then send the new commands. A crash between any two of these is repaired
+//! by replaying the log: a pending intent is sent again, with the same command id.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use rabbitmq_queues::publish::{PublishError, enable_confirms, publish_confirmed};
+use rabbitmq_queues::topology::{dead_letters, work_queue};
+use shop_domain::OrderPlaced;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::checkout::{Command, checkout};
+use crate::log::{Applied, LogError, SagaLog};
+use crate::participant::{Names, command_properties};
+use crate::saga::{
+    Definition, Input, Kind, Outcome, Record, Reply, State, Terminal, command_id,
+    parse_command_id,
+};
+
+// ANCHOR: Crash
+/// Where an orchestrator dies on purpose (a fault plan): at a step's action,
+/// after its intent is logged but before the command is sent, or after its
+/// reply arrived but before the reply is logged. Steps count from 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Crash {
+    AfterIntent(usize),
+    BeforeOutcome(usize),
+}
+// ANCHOR_END: Crash
+
+/// How to run one orchestrator.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Its identity: the owner its leases name. A restart under the same name
+    /// takes its sagas back at once; another name waits for the lease to run out.
+    pub name: String,
+    pub amqp: String,
+    pub names: Names,
+    /// How long to wait for the first reply; each retry waits twice as long
+    /// as the one before (up to 16 times this).
+    pub timeout: Duration,
+    pub lease: Duration,
+    pub crash: Option<Crash>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("crashed on purpose at {0:?}")]
+    Crashed(Crash),
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("publish: {0}")]
+    Publish(#[from] PublishError),
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    #[error("the reply queue's consumer ended")]
+    RepliesEnded,
+}
+
+/// A running orchestrator.
+pub struct Orchestrator {
+    starts: mpsc::Sender<OrderPlaced>,
+    /// Every saga this orchestrator finishes, with how it ended.
+    pub finished: mpsc::UnboundedReceiver<(String, Terminal)>,
+    pub task: JoinHandle<Result<(), RunError>>,
+}
+
+/// The saga that checks out `order`: one per order.
+pub fn saga_id(order: &OrderPlaced) -> String {
+    format!("checkout-{}", order.order_id)
+}
+
+impl Orchestrator {
+    /// Connects, declares its reply queue and starts its loop, which at once
+    /// resumes every running saga it owns (or may take over).
+    pub async fn start<L: SagaLog>(
+        config: Config,
+        log: Arc<L>,
+    ) -> Result<Self, RunError> {
+        let connection =
+            Connection::connect(&config.amqp, ConnectionProperties::default())
+                .await?;
+        let channel = connection.create_channel().await?;
+        enable_confirms(&channel).await?;
+        channel.basic_qos(64, BasicQosOptions::default()).await?;
+        let names = &config.names;
+        dead_letters(&channel, &names.dead_letter_exchange(), &names.dead_letters())
+            .await?;
+        let replies = names.replies(&config.name);
+        work_queue(&channel, &replies, &names.dead_letter_exchange()).await?;
+        let consumer = channel
+            .basic_consume(
+                replies.as_str().into(),
+                config.name.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let (starts, starts_rx) = mpsc::channel(1024);
+        let (finished_tx, finished) = mpsc::unbounded_channel();
+        let (timers, timers_rx) = mpsc::unbounded_channel();
+        let span = info_span!("orchestrator", name = %config.name);
+        let driver = Driver {
+            log,
+            saga: checkout(),
+            channel,
+            replies,
+            config,
+            timers,
+            finished: finished_tx,
+            driving: HashSet::new(),
+        };
+        let task = tokio::spawn(
+            async move {
+                let result = driver.run(starts_rx, timers_rx, consumer).await;
+                // A crash drops the connection: the broker requeues what
+                // this orchestrator had not acknowledged.
+                let _ = connection.close(320, "orchestrator stopped".into()).await;
+                if let Err(error) = &result {
+                    warn!(%error, "orchestrator stopped");
+                }
+                result
+            }
+            .instrument(span),
+        );
+        Ok(Orchestrator { starts, finished, task })
+    }
+
+    /// Starts the checkout of `order`; returns its saga id.
+    pub async fn checkout(&self, order: OrderPlaced) -> Option<String> {
+        let id = saga_id(&order);
+        self.starts.send(order).await.ok().map(|_| id)
+    }
+
+    /// Waits for the next saga this orchestrator finishes.
+    pub async fn next_finished(&mut self) -> Option<(String, Terminal)> {
+        self.finished.recv().await
+    }
+
+    /// Stops taking new sagas and waits for the loop to end (it ends once
+    /// the sender is gone).
+    pub async fn stop(self) -> Result<(), RunError> {
+        drop(self.starts);
+        match self.task.await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+struct Driver<L> {
+    log: Arc<L>,
+    saga: Definition,
+    channel: Channel,
+    replies: String,
+    config: Config,
+    timers: mpsc::UnboundedSender<(String, Input)>,
+    finished: mpsc::UnboundedSender<(String, Terminal)>,
+    /// Sagas this orchestrator has resumed or started in this life.
+    driving: HashSet<String>,
+}
+
+impl<L: SagaLog> Driver<L> {
+    // ANCHOR: run
+    async fn run(
+        mut self,
+        mut starts: mpsc::Receiver<OrderPlaced>,
+        mut timers: mpsc::UnboundedReceiver<(String, Input)>,
+        mut replies: lapin::Consumer,
+    ) -> Result<(), RunError> {
+        // Resume what the log says this orchestrator owns before taking any
+        // reply: a requeued reply then finds its intent pending.
+        self.claim().await?;
+        let period = self.config.lease / 3;
+        let first = tokio::time::Instant::now() + period;
+        let mut lease_tick = tokio::time::interval_at(first, period);
+        loop {
+            tokio::select! {
+                order = starts.recv() => match order {
+                    Some(order) => self.begin(order).await?,
+                    None => return Ok(()),
+                },
+                reply = replies.next() => match reply {
+                    Some(delivery) => self.on_reply(delivery?).await?,
+                    None => return Err(RunError::RepliesEnded),
+                },
+                Some((saga_id, input)) = timers.recv() => {
+                    self.drive(&saga_id, input).await?;
+                }
+                _ = lease_tick.tick() => self.claim().await?,
+            }
+        }
+    }
+    // ANCHOR_END: run
+
+    async fn begin(&mut self, order: OrderPlaced) -> Result<(), RunError> {
+        let id = saga_id(&order);
+        if !self.log.create(&id, &order, &self.config.name).await? {
+            warn!(saga = %id, "a saga for this order exists already: not started again");
+            return Ok(());
+        }
+        info!(saga = %id, "saga started for order {}", order.order_id);
+        self.driving.insert(id.clone());
+        self.drive(&id, Input::Start).await
+    }
+
+    /// Renews leases; resumes the sagas it owns but does not drive yet.
+    async fn claim(&mut self) -> Result<(), RunError> {
+        let owned = self.log.claim(&self.config.name, self.config.lease).await?;
+        for id in owned {
+            if self.driving.insert(id.clone()) {
+                self.resume(&id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    // ANCHOR: resume
+    /// Picks a saga up from its log: the pending intent (if any) is sent again
+    /// with the same command id; a saga with no record yet is started.
+    async fn resume(&mut self, id: &str) -> Result<(), RunError> {
+        let Some((order, records)) = self.log.load(id).await? else { return Ok(()) };
+        let state = State::replay(&records);
+        match state.pending {
+            _ if state.finished.is_some() => Ok(()),
+            Some((step, kind, attempt)) => {
+                let what = self.name(step, kind);
+                let again = "was pending, sent again";
+                info!(saga = %id, "resumed from the log: {what} {again}");
+                self.send(id, &order, &state, step, kind, attempt).await
+            }
+            None => self.drive(id, Input::Start).await,
+        }
+    }
+    // ANCHOR_END: resume
+
+    async fn drive(&mut self, id: &str, input: Input) -> Result<(), RunError> {
+        match self.log.apply(id, &self.config.name, &self.saga, &input).await {
+            Ok(applied) => self.after(id, applied).await,
+            Err(LogError::NotOwner { owner, .. }) => {
+                warn!(saga = %id, "now driven by {owner}: let go");
+                self.driving.remove(id);
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    // ANCHOR: on_reply
+    async fn on_reply(&mut self, delivery: Delivery) -> Result<(), RunError> {
+        let id =
+            delivery.properties.correlation_id().as_ref().map(|i| i.to_string());
+        let parsed = id.as_deref().and_then(parse_command_id);
+        let reply = serde_json::from_slice::<Reply>(&delivery.data);
+        let (Some((saga, step, kind)), Ok(reply)) = (parsed, reply) else {
+            warn!(correlation_id = ?id, "malformed reply: dead-lettered");
+            return reject(&delivery).await;
+        };
+        if step >= self.saga.steps.len() {
+            warn!(correlation_id = ?id, "reply for no such step: dead-lettered");
+            return reject(&delivery).await;
+        }
+        if kind == Kind::Action
+            && self.config.crash == Some(Crash::BeforeOutcome(step))
+        {
+            return Err(RunError::Crashed(Crash::BeforeOutcome(step)));
+        }
+        let input = Input::Reply { step, kind, reply };
+        match self.log.apply(&saga, &self.config.name, &self.saga, &input).await {
+            Ok(applied) => {
+                delivery.ack(BasicAckOptions::default()).await?;
+                if applied.appended.is_empty() {
+                    let what = self.name(step, kind);
+                    info!(saga = %saga, "{what}: duplicate or late reply, ignored");
+                }
+                self.after(&saga, applied).await
+            }
+            Err(LogError::UnknownSaga(_)) => {
+                warn!(saga = %saga, "reply for an unknown saga: dead-lettered");
+                reject(&delivery).await
+            }
+            Err(LogError::NotOwner { owner, .. }) => {
+                info!(saga = %saga, "reply for a saga {owner} drives: dropped");
+                delivery.ack(BasicAckOptions::default()).await?;
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+    // ANCHOR_END: on_reply
+
+    /// Narrates what was appended, then sends the new commands.
+    async fn after(&mut self, id: &str, applied: Applied) -> Result<(), RunError> {
+        for record in &applied.appended {
+            self.narrate(id, record);
+        }
+        for record in &applied.appended {
+            match *record {
+                Record::Intent { step, kind, attempt } => {
+                    let planned = Some(Crash::AfterIntent(step));
+                    if kind == Kind::Action
+                        && attempt == 1
+                        && self.config.crash == planned
+                    {
+                        return Err(RunError::Crashed(Crash::AfterIntent(step)));
+                    }
+                    self.send(
+                        id,
+                        &applied.order,
+                        &applied.state,
+                        step,
+                        kind,
+                        attempt,
+                    )
+                    .await?;
+                }
+                Record::Finished(ref terminal) => {
+                    self.driving.remove(id);
+                    let _ = self.finished.send((id.to_owned(), terminal.clone()));
+                }
+                Record::Outcome { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes one command (confirmed by the broker) and arms its timer.
+    async fn send(
+        &self,
+        id: &str,
+        order: &OrderPlaced,
+        state: &State,
+        step: usize,
+        kind: Kind,
+        attempt: u32,
+    ) -> Result<(), RunError> {
+        let details = (0..self.saga.steps.len())
+            .map(|s| match state.action(s) {
+                Some(Outcome::Done { detail }) => detail.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        let command_id = command_id(id, step, kind);
+        let command = Command {
+            command_id: command_id.clone(),
+            saga_id: id.to_owned(),
+            step,
+            kind,
+            order: order.clone(),
+            details,
+        };
+        let body = serde_json::to_vec(&command).unwrap_or_default();
+        let queue = self.config.names.queue(self.saga.steps[step].participant);
+        let properties = command_properties(&command_id, &self.replies);
+        publish_confirmed(&self.channel, "", &queue, &body, properties).await?;
+        let wait = self.config.timeout * 2u32.pow((attempt - 1).min(4));
+        let (timers, id) = (self.timers.clone(), id.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = timers.send((id, Input::Timeout { step, kind, attempt }));
+        });
+        Ok(())
+    }
+
+    fn name(&self, step: usize, kind: Kind) -> String {
+        let s = &self.saga.steps[step];
+        match kind {
+            Kind::Action => format!("{}.{}", s.participant, s.action),
+            Kind::Compensation => format!("{}.{}", s.participant, s.compensation),
+        }
+    }
+
+    fn narrate(&self, saga: &str, record: &Record) {
+        let n = self.saga.steps.len();
+        match record {
+            Record::Intent { step, kind: Kind::Action, attempt: 1 } => {
+                let what = self.name(*step, Kind::Action);
+                info!(%saga, "step {}/{n} {what}: intent logged, command sent", step + 1);
+            }
+            Record::Intent { step, kind: Kind::Action, attempt } => {
+                let what = self.name(*step, Kind::Action);
+                warn!(%saga, "{what}: no reply; after the pivot, so sent again \
+                              (attempt {attempt}, same command id)");
+            }
+            Record::Intent { step, kind: Kind::Compensation, attempt } => {
+                let what = self.name(*step, Kind::Compensation);
+                info!(%saga, "compensate step {}: {what} (attempt {attempt})", step + 1);
+            }
+            Record::Outcome { step, kind, outcome } => {
+                let what = self.name(*step, *kind);
+                match outcome {
+                    Outcome::Done { detail } => {
+                        info!(%saga, "{what}: done ({detail})")
+                    }
+                    Outcome::Refused { reason } => {
+                        warn!(%saga, "{what}: refused ({reason})")
+                    }
+                    Outcome::TimedOut => warn!(
+                        %saga,
+                        "{what}: no reply; unknown, and not after the pivot: compensate"
+                    ),
+                }
+            }
+            Record::Finished(Terminal::Completed) => info!(%saga, "saga completed"),
+            Record::Finished(Terminal::Compensated { reason }) => {
+                info!(%saga, "saga compensated: every step undone ({reason})")
+            }
+        }
+    }
+}
+
+async fn reject(delivery: &Delivery) -> Result<(), RunError> {
+    delivery.reject(BasicRejectOptions { requeue: false }).await?;
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! A participant as a service: it consumes its command queue on RabbitMQ, applies each command
+//! once in its own PostgreSQL schema, and answers to the command's `reply_to` queue with the
+//! command id as the correlation id.
+//!
+//! One command at a time (prefetch 1), acknowledged only after the reply is confirmed by the
+//! broker: a participant that dies mid-command gets it again, and its inbox turns the second
+//! delivery into the stored reply. A command it cannot read is dead-lettered, not retried forever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use rabbitmq_queues::publish::{enable_confirms, persistent, publish_confirmed};
+use rabbitmq_queues::topology::{dead_letters, work_queue};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::checkout::{Command, apply_once, put};
+
+/// Where things live for one shop: queue names and schema names share a prefix,
+/// so that tests and runs never see each other's messages or rows.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub prefix: String,
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Names {
+        Names { prefix: prefix.to_owned() }
+    }
+    pub fn queue(&self, participant: &str) -> String {
+        format!("{}.{participant}", self.prefix)
+    }
+    pub fn schema(&self, participant: &str) -> String {
+        format!("{}_{participant}", self.prefix.replace(['-', '.'], "_"))
+    }
+    pub fn replies(&self, orchestrator: &str) -> String {
+        format!("{}.replies.{orchestrator}", self.prefix)
+    }
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.prefix)
+    }
+    pub fn dead_letters(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+}
+
+pub const PARTICIPANTS: [&str; 4] = ["inventory", "payments", "shipping", "orders"];
+
+/// What the shop starts with.
+#[derive(Clone, Debug, Default)]
+pub struct Seed {
+    pub stock: Vec<(String, u32)>,
+    pub balances: Vec<(String, u64)>,
+    pub destinations: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("postgres: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("{0}")]
+    Apply(#[from] crate::checkout::ApplyError),
+    #[error("reply: {0}")]
+    Publish(#[from] rabbitmq_queues::publish::PublishError),
+}
+
+/// Creates (or recreates) each participant's schema and the dead-letter queue, and seeds them.
+pub async fn setup(
+    url: &str,
+    amqp: &str,
+    names: &Names,
+    seed: &Seed,
+) -> Result<(), ServiceError> {
+    let (mut client, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    for participant in PARTICIPANTS {
+        let s = names.schema(participant);
+        client
+            .batch_execute(&format!(
+                "SET client_min_messages TO warning;
+                 DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s};
+                 CREATE TABLE {s}.records (key text PRIMARY KEY, value text NOT NULL);
+                 CREATE TABLE {s}.inbox (command_id text PRIMARY KEY,
+                     reply text, applied_at timestamptz);"
+            ))
+            .await?;
+    }
+    let tx = client.transaction().await?;
+    for (sku, count) in &seed.stock {
+        put(&tx, &names.schema("inventory"), &format!("stock:{sku}"), count).await?;
+    }
+    for (customer, cents) in &seed.balances {
+        put(&tx, &names.schema("payments"), &format!("balance:{customer}"), cents)
+            .await?;
+    }
+    put(&tx, &names.schema("shipping"), "destinations", &seed.destinations).await?;
+    tx.commit().await?;
+    let connection =
+        Connection::connect(amqp, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    dead_letters(&channel, &names.dead_letter_exchange(), &names.dead_letters())
+        .await?;
+    for participant in PARTICIPANTS {
+        work_queue(
+            &channel,
+            &names.queue(participant),
+            &names.dead_letter_exchange(),
+        )
+        .await?;
+    }
+    connection.close(200, "set up".into()).await?;
+    Ok(())
+}
+
+/// Removes what [`setup`] and the orchestrators named in `orchestrators` created:
+/// the schemas (the log's included) and the queues. Best effort: for the end of
+/// an example, where a leftover is untidy but harmless.
+pub async fn teardown(url: &str, amqp: &str, names: &Names, orchestrators: &[&str]) {
+    if let Ok((db, connection)) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await
+    {
+        tokio::spawn(connection);
+        for p in PARTICIPANTS.into_iter().chain(["log"]) {
+            let s = names.schema(p);
+            let sql = format!(
+                "SET client_min_messages TO warning; DROP SCHEMA IF EXISTS {s} CASCADE"
+            );
+            let _ = db.batch_execute(&sql).await;
+        }
+    }
+    let Ok(connection) =
+        Connection::connect(amqp, ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    if let Ok(channel) = connection.create_channel().await {
+        let mut queues: Vec<String> =
+            PARTICIPANTS.iter().map(|p| names.queue(p)).collect();
+        queues.extend(orchestrators.iter().map(|o| names.replies(o)));
+        queues.push(names.dead_letters());
+        for queue in queues {
+            let options = lapin::options::QueueDeleteOptions::default();
+            let _ = channel.queue_delete(queue.as_str().into(), options).await;
+        }
+        let exchange = names.dead_letter_exchange();
+        let options = lapin::options::ExchangeDeleteOptions::default();
+        let _ = channel.exchange_delete(exchange.as_str().into(), options).await;
+        let _ = channel.close(200, "torn down".into()).await;
+    }
+    let _ = connection.close(200, "torn down".into()).await;
+}
+
+/// How a participant misbehaves, on purpose.
+#[derive(Clone, Debug, Default)]
+pub struct Quirks {
+    /// Holds back the reply to the first command it applies for this long
+    /// (the effect is already committed): a timeout whose step succeeded.
+    pub slow_first_reply: Option<Duration>,
+}
+
+/// A running participant.
+pub struct Service {
+    pub task: JoinHandle<Result<(), ServiceError>>,
+    stop: Arc<Notify>,
+}
+
+impl Service {
+    /// Stops taking commands (after the one in hand) and closes the connection.
+    pub async fn stop(self) -> Result<(), ServiceError> {
+        self.stop.notify_one();
+        match self.task.await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Runs `participant` until its connection fails or it is stopped.
+pub fn serve(
+    participant: &'static str,
+    url: String,
+    amqp: String,
+    names: Names,
+    quirks: Quirks,
+) -> Service {
+    let span = info_span!("participant", service = participant);
+    let stop = Arc::new(Notify::new());
+    let stopped = Arc::clone(&stop);
+    let task = tokio::spawn(
+        async move {
+            let (mut db, connection) =
+                tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            let amqp = Connection::connect(&amqp, ConnectionProperties::default()).await?;
+            let channel = amqp.create_channel().await?;
+            enable_confirms(&channel).await?;
+            channel.basic_qos(1, BasicQosOptions::default()).await?;
+            let (queue, schema) = (names.queue(participant), names.schema(participant));
+            let mut commands = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    participant.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let mut slow = quirks.slow_first_reply;
+            loop {
+                let delivery = tokio::select! {
+                    delivery = commands.next() => match delivery {
+                        Some(delivery) => delivery?,
+                        None => break,
+                    },
+                    _ = stopped.notified() => break,
+                };
+                let Ok(command) = serde_json::from_slice::<Command>(&delivery.data) else {
+                    warn!("unreadable command: dead-lettered");
+                    delivery.reject(BasicRejectOptions { requeue: false }).await?;
+                    continue;
+                };
+                let (reply, applied) =
+                    match apply_once(&mut db, &schema, participant, &command).await {
+                        Ok(answer) => answer,
+                        Err(error) => {
+                            // No reply: the orchestrator's timeout decides.
+                            warn!(%error, "could not apply {}", command.command_id);
+                            let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                            delivery.nack(requeue).await?;
+                            continue;
+                        }
+                    };
+                if applied {
+                    info!(command = %command.command_id, ?reply, "applied");
+                } else {
+                    info!(command = %command.command_id, "seen before: stored reply, no effect");
+                }
+                if let (true, Some(delay)) = (applied, slow.take()) {
+                    warn!("slow: the reply leaves in {} ms", delay.as_millis());
+                    tokio::time::sleep(delay).await;
+                }
+                if let Some(reply_to) = delivery.properties.reply_to().clone() {
+                    let body = serde_json::to_vec(&reply).unwrap_or_default();
+                    let properties = persistent()
+                        .with_correlation_id(command.command_id.as_str().into());
+                    publish_confirmed(&channel, "", reply_to.as_str(), &body, properties)
+                        .await?;
+                }
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            let _ = amqp.close(200, "participant stopped".into()).await;
+            Ok(())
+        }
+        .instrument(span),
+    );
+    Service { task, stop }
+}
+
+/// Reads one record of a participant's schema (for tests and the example's checks).
+pub async fn record<T: for<'de> serde::Deserialize<'de>>(
+    client: &tokio_postgres::Client,
+    names: &Names,
+    participant: &str,
+    key: &str,
+) -> Option<T> {
+    let sql = format!(
+        "SELECT value FROM {}.records WHERE key = $1",
+        names.schema(participant)
+    );
+    let row = client.query_opt(&sql, &[&key]).await.ok()??;
+    serde_json::from_str(row.get(0)).ok()
+}
+
+/// Every command id a participant applied, in the order it applied them.
+pub async fn applied(
+    client: &tokio_postgres::Client,
+    names: &Names,
+    participant: &str,
+) -> Vec<(String, std::time::SystemTime)> {
+    let sql = format!(
+        "SELECT command_id, applied_at FROM {}.inbox ORDER BY applied_at",
+        names.schema(participant)
+    );
+    match client.query(&sql, &[]).await {
+        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// The id of a reply property as a `BasicProperties`, for the orchestrator.
+pub(crate) fn command_properties(
+    command_id: &str,
+    reply_to: &str,
+) -> BasicProperties {
+    persistent()
+        .with_correlation_id(command_id.into())
+        .with_reply_to(reply_to.into())
+}
