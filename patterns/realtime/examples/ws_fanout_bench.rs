@@ -24,8 +24,27 @@ use tokio_tungstenite::tungstenite::Message;
 const CLIENTS: usize = 1000;
 const ROUNDS: u64 = 30;
 
+/// Each client costs two file descriptors (its end and the server's), more than the
+/// soft limit of 1024 many shells start with: raise the soft limit to the hard one.
+fn raise_open_files_limit() -> anyhow::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        ensure!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0, "getrlimit");
+        limit.rlim_cur = limit.rlim_max;
+        ensure!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0, "setrlimit");
+    }
+    Ok(limit.rlim_cur)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let open_files = raise_open_files_limit()?;
+    ensure!(
+        open_files as usize > 2 * CLIENTS + 100,
+        "{CLIENTS} clients need about {} open files; this process may have {open_files}",
+        2 * CLIENTS + 100
+    );
     let hub = Hub::new(HubConfig { history: 1024, buffer: 64 });
     let shop = Shop::new(hub.clone(), Duration::from_secs(1));
     let state = AppState::new(hub.clone(), shop, ChannelConfig::default());
