@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
     if flags.has("--slow-client") {
         slow_client(addr, &hub, &shop).await?;
     } else {
-        three_orders(addr, &hub, &shop).await?;
+        three_orders(addr, &hub, &shop, flags.has("--serve")).await?;
     }
 
     if flags.has("--serve") {
@@ -107,6 +107,7 @@ async fn three_orders(
     addr: SocketAddr,
     hub: &Hub,
     shop: &Shop,
+    serving: bool,
 ) -> anyhow::Result<()> {
     let mut watcher = connect(addr, None).await?;
     if let Ok(Push::Snapshot(s)) = next(&mut watcher).await? {
@@ -131,7 +132,10 @@ async fn three_orders(
             other => bail!("unexpected {other:?}"),
         }
     }
-    ensure!(hub.subscribers() == 1, "one subscriber");
+    // The watcher is still attached: nothing dropped it. With --serve, a reader's
+    // browser may have connected meanwhile, so the watcher is one of several.
+    let attached = hub.subscribers();
+    ensure!(attached == 1 || serving && attached > 1, "{attached} subscribers");
     info!("done: 3 orders, 15 status changes pushed in order, none missed");
     Ok(())
 }
