@@ -16,11 +16,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http_json::problem::Problem;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::problem::{problem, respond};
+use crate::problem::respond;
 
 /// The header that carries the verified caller to the services behind the gateway.
 pub const CALLER_HEADER: &str = "x-shop-caller";
@@ -67,7 +68,8 @@ pub struct Forbidden(pub &'static str);
 impl IntoResponse for Forbidden {
     fn into_response(self) -> Response {
         let detail = format!("this route needs the scope {:?}", self.0);
-        let p = problem(StatusCode::FORBIDDEN, "forbidden", "Not allowed", detail);
+        let p =
+            Problem::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed", detail);
         let mut response = respond(p);
         let challenge =
             format!("Bearer error=\"insufficient_scope\", scope=\"{}\"", self.0);
@@ -155,7 +157,7 @@ impl Rejection {
 
     fn reject(self) -> Response {
         let unauthorized = StatusCode::UNAUTHORIZED;
-        let p = problem(
+        let p = Problem::new(
             unauthorized,
             "unauthorized",
             "Not authenticated",

@@ -28,7 +28,7 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::CALLER_HEADER;
-use crate::problem::{from_grpc, problem};
+use crate::problem::from_grpc;
 
 /// Why a backend call gave no usable answer.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -49,19 +49,19 @@ impl BackendError {
     pub fn problem(&self) -> Problem {
         let detail = self.to_string();
         match self {
-            BackendError::Open(_) => problem(
+            BackendError::Open(_) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "backend-unavailable",
                 "A backend is unavailable",
                 detail,
             ),
-            BackendError::Timeout(_) => problem(
+            BackendError::Timeout(_) => Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "backend-timeout",
                 "A backend did not answer in time",
                 detail,
             ),
-            BackendError::Failed(..) => problem(
+            BackendError::Failed(..) => Problem::new(
                 StatusCode::BAD_GATEWAY,
                 "backend-failed",
                 "A backend failed",

@@ -20,11 +20,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use http_json::problem::Problem;
 use tokio::time::Instant;
 use tracing::warn;
 
 use crate::auth::Caller;
-use crate::problem::{problem, respond};
+use crate::problem::respond;
 
 /// How many requests a client may send: `burst` at once, `per_second` sustained.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,7 +86,7 @@ pub async fn rate_limit(
         // Only reachable if the layers were put in the wrong order: fail closed.
         let detail = "no authenticated caller to rate-limit";
         let status = StatusCode::INTERNAL_SERVER_ERROR;
-        return respond(problem(
+        return respond(Problem::new(
             status,
             "gateway-error",
             "Gateway misconfigured",
@@ -98,7 +99,7 @@ pub async fn rate_limit(
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             warn!(client = %caller.client, "rate limited: retry after {secs} s");
             let detail = format!("{} sent too many requests", caller.client);
-            let p = problem(
+            let p = Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",
                 "Slow down",

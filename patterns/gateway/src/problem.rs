@@ -15,22 +15,6 @@ use axum::response::{IntoResponse, Response};
 use http_json::problem::{PROBLEM_JSON, Problem};
 use tonic::Code;
 
-/// A problem of kind `/problems/{slug}`.
-pub fn problem(
-    status: StatusCode,
-    slug: &str,
-    title: &str,
-    detail: impl Into<String>,
-) -> Problem {
-    Problem {
-        kind: format!("/problems/{slug}"),
-        title: title.to_owned(),
-        status: status.as_u16(),
-        detail: detail.into(),
-        errors: Vec::new(),
-    }
-}
-
 // ANCHOR: http_status_of
 /// The HTTP status a gRPC code becomes at the edge (the mapping Google's APIs
 /// and grpc-gateway use). A client of the gateway sees HTTP semantics: 4xx
@@ -64,7 +48,7 @@ pub fn from_grpc(status: &tonic::Status) -> Problem {
     let name = grpc::ledger::code_name(status.code());
     let slug = format!("payments-{}", name.to_lowercase().replace('_', "-"));
     let title = format!("The payments service answered {name}");
-    problem(http_status_of(status.code()), &slug, &title, status.message())
+    Problem::new(http_status_of(status.code()), &slug, &title, status.message())
 }
 // ANCHOR_END: http_status_of
 
@@ -102,7 +86,7 @@ pub async fn problem_bodies(request: Request, next: Next) -> Response {
         _ => ("gateway-error", "the gateway failed to handle the request"),
     };
     let title = status.canonical_reason().unwrap_or("Error");
-    let body = serde_json::to_vec(&problem(status, slug, title, detail))
+    let body = serde_json::to_vec(&Problem::new(status, slug, title, detail))
         .unwrap_or_default();
     parts
         .headers

@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use grpc::proto::v2::AuthorizeRequest;
 use http_json::problem::JsonBody;
+use http_json::problem::Problem;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -31,7 +32,7 @@ use crate::backends::{BackendError, Forwarded};
 use crate::compose;
 use crate::graphql::{self, PaymentFetch};
 use crate::limit::rate_limit;
-use crate::problem::{problem, problem_bodies, respond};
+use crate::problem::{problem_bodies, respond};
 
 /// The header that carries the request id, in and out.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -53,7 +54,7 @@ pub fn app(gateway: Gateway) -> Router {
         .fallback(|| async {
             let detail =
                 "routes: /orders, /payments, /checkout/{order_id}, /graphql";
-            respond(problem(
+            respond(Problem::new(
                 StatusCode::NOT_FOUND,
                 "not-found",
                 "No such route",
@@ -174,7 +175,7 @@ async fn get_order(
     // the backend path.
     if uuid::Uuid::parse_str(&id).is_err() {
         let detail = format!("{id:?} is not an order id (a UUID)");
-        return respond(problem(
+        return respond(Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",
             "No such order",

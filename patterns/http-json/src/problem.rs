@@ -49,7 +49,9 @@ impl FieldError {
 }
 
 impl Problem {
-    fn new(
+    /// A problem of kind `/problems/{slug}`: the one constructor, for this service
+    /// and for the gateway that speaks the same format in front of it.
+    pub fn new(
         status: StatusCode,
         slug: &str,
         title: &str,
