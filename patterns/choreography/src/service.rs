@@ -4,9 +4,10 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use kafka_events::consume::DeadLetters;
 use kafka_events::envelope::header;
 use outbox::{OutboxEvent, inbox};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_domain::orders::Orders;
 use shop_domain::{Event, OrderPlaced, Service as ServiceName, euros};
@@ -355,50 +356,4 @@ async fn publish_now(
         .await
         .map_err(|(error, _)| Error::Kafka(error))?;
     Ok(())
-}
-
-/// Where a service puts what it cannot read.
-pub struct DeadLetters {
-    pub producer: FutureProducer,
-    pub topic: String,
-}
-
-impl DeadLetters {
-    /// Copies the message to the dead-letter topic: same key, payload and
-    /// headers, plus the reason (`dlq-error`) and where it came from
-    /// (`dlq-origin`, `topic/partition/offset`), as the Kafka chapter does.
-    pub async fn send(
-        &self,
-        message: &BorrowedMessage<'_>,
-        reason: &str,
-    ) -> Result<(), Error> {
-        let origin = format!(
-            "{}/{}/{}",
-            message.topic(),
-            message.partition(),
-            message.offset()
-        );
-        let headers = message
-            .headers()
-            .map(|h| h.detach())
-            .unwrap_or_default()
-            .insert(Header { key: header::DLQ_ERROR, value: Some(reason) })
-            .insert(Header {
-                key: header::DLQ_ORIGIN,
-                value: Some(origin.as_str()),
-            });
-        let mut record =
-            FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
-        }
-        self.producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(error, _)| Error::Kafka(error))?;
-        Ok(())
-    }
 }

@@ -41,10 +41,11 @@ use tokio_postgres::{Client, NoTls};
 use tracing::{Instrument, Span, info, info_span, warn};
 use uuid::Uuid;
 
-use crate::service::{DeadLetters, Delivery, Service, incoming_span, span};
+use crate::service::{Delivery, Service, incoming_span, span};
 use crate::store::{Seed, Store, seed};
 use crate::wire::{Topics, short};
 use crate::{Error, Schemas};
+use kafka_events::consume::DeadLetters;
 
 /// Where each service dies once, in its first life. See the module documentation.
 #[derive(Clone, Debug, Default)]

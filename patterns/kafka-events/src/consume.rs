@@ -14,6 +14,7 @@
 //!   fetched past that point are discarded, and the next step receives the failed message again.
 //!   The caller decides how long to wait before that next step (backoff), or to stop.
 
+use std::fmt::Display;
 use std::time::Duration;
 
 use rdkafka::Offset;
@@ -60,7 +61,7 @@ impl DeadLetters {
     pub async fn send(
         &self,
         message: &BorrowedMessage<'_>,
-        error: &DecodeError,
+        reason: &impl Display,
     ) -> Result<(), KafkaError> {
         let origin = format!(
             "{}/{}/{}",
@@ -68,7 +69,7 @@ impl DeadLetters {
             message.partition(),
             message.offset()
         );
-        let reason = error.to_string();
+        let reason = reason.to_string();
         let headers = message
             .headers()
             .map(|h| h.detach())
