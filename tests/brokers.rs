@@ -33,8 +33,8 @@ async fn kafka_produce_then_consume_through_a_consumer_group() {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &brokers).set("socket.timeout.ms", "5000");
 
-    // Topics are created explicitly: the broker may not auto-create them (Tansu does not, and
-    // production clusters usually forbid it).
+    // Topics are created explicitly: the broker may not auto-create them (compose's Kafka is
+    // told not to, and production clusters usually forbid it).
     let admin: AdminClient<_> =
         config.create().expect("admin client config is valid");
     let topic = unique("smoke-orders");

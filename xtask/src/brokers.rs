@@ -2,8 +2,8 @@
 //!
 //! `up` uses a broker that already answers as it is. For the others it prefers a container engine
 //! (`docker compose up -d --wait` with the repository's `docker-compose.yml`) and falls back to native
-//! processes: PostgreSQL and RabbitMQ from the distribution's packages, Tansu for the Kafka API. It
-//! returns only when each broker completes a real handshake (see `probe.rs`), and records what it
+//! processes: PostgreSQL and RabbitMQ from the distribution's packages, Nisshi (formerly Tansu)
+//! for the Kafka API. It returns only when each broker completes a real handshake (see `probe.rs`), and records what it
 //! started in `target/brokers/started`, so that `down` stops exactly that and nothing else.
 
 use std::fs;
@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use crate::probe::{self, AmqpUri, PgUrl, ProbeError};
 use crate::{Fail, cmd, command_exists, run, run_quiet, workspace_root};
 
-/// Tansu, pinned: the Kafka-API broker used when no container engine is available.
-const TANSU: &str = "tansu@0.6.0";
+/// Nisshi (formerly Tansu), pinned: the Kafka-API broker used when no container engine is
+/// available. 0.6.0 because 0.7 and 0.8 need rustc 1.96 (their `rama` dependency) and these
+/// machines have 1.95; move up when the toolchain does.
+const NISSHI: &str = "nisshi@0.6.0";
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +199,7 @@ pub fn up() -> Result<(), Fail> {
             save_started(&started)?;
             let began = Instant::now();
             match broker {
-                Broker::Kafka => start_tansu()?,
+                Broker::Kafka => start_nisshi()?,
                 Broker::RabbitMq => start_rabbitmq()?,
                 Broker::Postgres => start_postgres()?,
             }
@@ -224,7 +226,7 @@ fn wait_ready(broker: Broker) -> Result<String, Fail> {
             Ok(info) => return Ok(info),
             Err(e) if began.elapsed() > READY_TIMEOUT => {
                 let logs = match broker {
-                    Broker::Kafka => state_dir().join("tansu.log"),
+                    Broker::Kafka => state_dir().join("nisshi.log"),
                     Broker::RabbitMq => PathBuf::from("/var/log/rabbitmq"),
                     Broker::Postgres => pg_dir().join("postgres.log"),
                 }
@@ -257,7 +259,7 @@ pub fn down() -> Result<(), Fail> {
                 compose.push(b.compose_service());
                 continue;
             }
-            Started::Native(Broker::Kafka) => stop_tansu(),
+            Started::Native(Broker::Kafka) => stop_nisshi(),
             Started::Native(Broker::RabbitMq) => stop_rabbitmq(),
             Started::Native(Broker::Postgres) => stop_postgres(),
         };
@@ -337,39 +339,40 @@ pub(crate) fn apt_install(packages: &[&str]) -> Result<(), Fail> {
     Ok(())
 }
 
-// --- Kafka API: Tansu ------------------------------------------------------------------------
+// --- Kafka API: Nisshi -----------------------------------------------------------------------
 
-fn tansu_binary() -> Option<PathBuf> {
+fn nisshi_binary() -> Option<PathBuf> {
     let cargo_bin = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo"))
         })
-        .map(|home| home.join("bin").join("tansu"));
-    if command_exists("tansu") {
-        return Some(PathBuf::from("tansu"));
+        .map(|home| home.join("bin").join("nisshi"));
+    if command_exists("nisshi") {
+        return Some(PathBuf::from("nisshi"));
     }
     cargo_bin.filter(|p| p.exists())
 }
 
-fn start_tansu() -> Result<(), Fail> {
-    let tansu = match tansu_binary() {
+fn start_nisshi() -> Result<(), Fail> {
+    let nisshi = match nisshi_binary() {
         Some(path) => path,
         None => {
             println!(
-                "  installing {TANSU} (cargo install --locked, once; about 9 minutes on 2 cores)"
+                "  installing {NISSHI} (cargo install --locked, once; about 14 minutes on 2 cores)"
             );
             let began = Instant::now();
             run(Command::new(cmd::cargo()).args([
                 "install",
-                TANSU,
+                NISSHI,
                 "--locked",
+                "--no-default-features",
                 "--features",
                 "dynostore",
             ]))?;
-            println!("  installed {TANSU} in {:.0}s", began.elapsed().as_secs_f64());
-            tansu_binary().ok_or_else(|| {
-                Fail::msg("tansu installed but not found; is ~/.cargo/bin on PATH?")
+            println!("  installed {NISSHI} in {:.0}s", began.elapsed().as_secs_f64());
+            nisshi_binary().ok_or_else(|| {
+                Fail::msg("nisshi installed but not found; is ~/.cargo/bin on PATH?")
             })?
         }
     };
@@ -377,27 +380,27 @@ fn start_tansu() -> Result<(), Fail> {
     let dir = state_dir();
     fs::create_dir_all(&dir)
         .map_err(|e| Fail::msg(format!("cannot create {}: {e}", dir.display())))?;
-    let log = fs::File::create(dir.join("tansu.log"))
-        .map_err(|e| Fail::msg(format!("tansu.log: {e}")))?;
-    let log2 = log.try_clone().map_err(|e| Fail::msg(format!("tansu.log: {e}")))?;
+    let log = fs::File::create(dir.join("nisshi.log"))
+        .map_err(|e| Fail::msg(format!("nisshi.log: {e}")))?;
+    let log2 = log.try_clone().map_err(|e| Fail::msg(format!("nisshi.log: {e}")))?;
     use std::os::unix::process::CommandExt;
-    let child = Command::new(&tansu)
+    let child = Command::new(&nisshi)
         .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://tansu/"])
+        .args(["--storage-engine", "memory://nisshi/"])
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
         // Its own process group: it outlives this command and ignores the terminal's Ctrl-C.
         .process_group(0)
         .spawn()
-        .map_err(|e| Fail::msg(format!("cannot start {}: {e}", tansu.display())))?;
-    fs::write(dir.join("tansu.pid"), child.id().to_string())
-        .map_err(|e| Fail::msg(format!("tansu.pid: {e}")))?;
+        .map_err(|e| Fail::msg(format!("cannot start {}: {e}", nisshi.display())))?;
+    fs::write(dir.join("nisshi.pid"), child.id().to_string())
+        .map_err(|e| Fail::msg(format!("nisshi.pid: {e}")))?;
     Ok(())
 }
 
-fn stop_tansu() -> Result<(), Fail> {
-    let pid_file = state_dir().join("tansu.pid");
+fn stop_nisshi() -> Result<(), Fail> {
+    let pid_file = state_dir().join("nisshi.pid");
     let Ok(pid) = fs::read_to_string(&pid_file) else { return Ok(()) };
     let pid = pid.trim();
     // Ignore the outcome: a broker that already exited is stopped.

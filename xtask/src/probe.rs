@@ -53,7 +53,7 @@ fn io(context: &str) -> impl Fn(io::Error) -> ProbeError + '_ {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Kafka: Metadata v1 (api key 3). Every broker since 0.10 answers it, Tansu included.
+// Kafka: Metadata v1 (api key 3). Every broker since 0.10 answers it, Nisshi included.
 
 /// Sends a Metadata request and returns the brokers the cluster advertises (`host:port` each).
 pub fn kafka(bootstrap: &str) -> Probe<Vec<String>> {

@@ -4,7 +4,7 @@
 //! - [`envelope`]: what travels: a JSON payload keyed by order id, and headers with the event id,
 //!   type, schema version, time and correlation id. Two schema versions, read by both readers.
 //! - [`client`]: producer and consumer settings for at-least-once delivery, and explicit topic
-//!   creation (brokers such as Tansu, and most production clusters, do not auto-create topics).
+//!   creation (most production clusters, and `docker-compose.yml`, do not auto-create topics).
 //! - [`consume`]: the consumer's loop step: decode, handle, and only then commit the offset; an
 //!   event that cannot be decoded goes to a dead-letter topic, with its payload, headers and the
 //!   error, and the consumer keeps going.

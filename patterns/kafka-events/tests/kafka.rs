@@ -338,15 +338,19 @@ async fn a_dead_letter_that_cannot_be_sent_is_not_skipped() {
 
     let consumer = consumer(&f.brokers, &unique("dlq-down")).unwrap();
     consumer.subscribe(&[&f.topic]).unwrap();
-    // A dead-letter topic that does not exist (the broker does not create topics),
-    // with a producer that gives up after a second.
+    // A dead-letter producer whose broker is gone (a port that was just closed), and
+    // which gives up after a second. It fails on any broker, whether or not that
+    // broker would have created a missing topic.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let impatient = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &f.brokers)
+        .set("bootstrap.servers", closed_port.to_string())
         .set("message.timeout.ms", "1000")
         .create()
         .unwrap();
-    let unreachable =
-        DeadLetters { producer: impatient, topic: unique("no-such-dlq") };
+    let unreachable = DeadLetters { producer: impatient, topic: f.dlq.clone() };
     let working = DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
 
     assert_eq!(
