@@ -7,6 +7,7 @@
 //!
 //! When a broker does not answer, the test prints why and skips, unless `REQUIRE_BROKERS=1`
 //! (`cargo xtask test`, CI), where it fails. Start brokers with `cargo xtask brokers up`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::time::Duration;
 

@@ -3,6 +3,7 @@
 //! delivered again at any later time (at-least-once). Whatever the schedule, every service ends
 //! in the same state as with a calm, in-order run, and every effect happened once: the same
 //! events, each emitted exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use proptest::prelude::*;
 use shop_domain::inventory::{Hold, Inventory};

@@ -5,6 +5,7 @@
 //!
 //! Each test starts its own shop: fresh schemas, topics and consumer groups. Waits are bounded
 //! waits on conditions (every commit wakes the waiter); fault plans decide where things die.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -7,6 +7,7 @@
 //! Every contender wraps the same trivial async call that always succeeds, so what
 //! is measured is the breaker's own cost on the happy path. `cargo test` runs this
 //! file once in criterion's test mode, which keeps it compiling and working.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

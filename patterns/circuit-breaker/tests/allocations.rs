@@ -1,6 +1,7 @@
 //! The happy path allocates nothing: a closed breaker's `call` and tower layer make
 //! no heap allocation per call (counted by a counting global allocator in this test
 //! binary).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Config};
 use tower::{Layer, Service, ServiceExt, service_fn};

@@ -2,6 +2,7 @@
 //! infinities, `Duration::MAX`): the builder accepts exactly the ones the rules
 //! below allow, nothing panics, and every accepted one builds a breaker that opens,
 //! probes and closes again.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::time::Duration;
 

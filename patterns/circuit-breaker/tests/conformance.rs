@@ -1,5 +1,6 @@
 //! The circuit breaker's conformance suite: every promise, on paused tokio time or
 //! with explicit barriers, never with sleeps as synchronisation.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -10,6 +10,7 @@
 //! lock. The breaker's shortcuts (the lock-free closed path, the all-clear path that
 //! skips the lock for a success, the count window judging a plain success only when
 //! it completes the minimum) must all be invisible against it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::time::Duration;
 

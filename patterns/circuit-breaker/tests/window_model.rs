@@ -1,5 +1,6 @@
 //! Property tests: the windows' running totals always equal a naive recount of the
 //! same calls.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;

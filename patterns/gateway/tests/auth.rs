@@ -1,5 +1,6 @@
 //! Every way a request can fail authentication gets a 401 problem; a missing scope gets a 403;
 //! a client cannot choose the identity the services see.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 

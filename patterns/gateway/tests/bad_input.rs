@@ -1,5 +1,6 @@
 //! Malformed requests, oversized bodies, unknown routes and wrong methods all get problem
 //! bodies, and the gateway keeps serving.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 

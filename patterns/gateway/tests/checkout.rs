@@ -1,5 +1,6 @@
 //! The composed view: complete when both backends answer; partial, naming the missing part,
 //! when one is slow or down; a 404 problem when the order does not exist.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 

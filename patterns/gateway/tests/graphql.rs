@@ -1,6 +1,7 @@
 //! GraphQL at the gateway: a query gets exactly the fields it names, and calls only the backends
 //! those fields need; listing orders with their payments costs 1 + N calls field by field, and
 //! 1 + 1 with the data loader.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 

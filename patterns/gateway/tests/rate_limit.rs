@@ -1,5 +1,6 @@
 //! The rate limit is per authenticated client, answers 429 with `Retry-After`, refills with
 //! time, and cannot be escaped with `X-Forwarded-For`. Paused time: no sleeps, no flakes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! Routed calls reach the right service; payments' gRPC codes become HTTP statuses with problem
 //! bodies; a failing backend trips its breaker and the gateway then fails fast.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 

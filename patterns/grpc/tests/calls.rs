@@ -1,6 +1,7 @@
 //! The payments service over a real loopback connection: all four kinds of call, validation,
 //! status codes, idempotent authorization and the correlation id. Deadlines are in
 //! `deadlines.rs`; watchers and concurrent authorizations, on paused time, in `in_process.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::time::Duration;
 

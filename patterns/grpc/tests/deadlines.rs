@@ -3,6 +3,7 @@
 //!
 //! The first three tests run a bare service that does nothing about deadlines, to pin down
 //! tonic 0.14's own behaviour; the chapter's claims rest on them. The rest test the service's code.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The service's handlers called in process, on paused tokio time: two watchers of one payment,
 //! and two authorizations of one order at the same moment. No network, so time only moves when
 //! every task waits, and each step of these races happens in a known order.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //! v2 added one field to `AuthorizeRequest` (customer_id = 5) and one to `Payment`
 //! (authorization_code = 5). Adding fields with new numbers is backward and forward compatible:
 //! each side ignores what it does not know and defaults what it does not get.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use grpc::proto::{v1, v2};
 use prost::Message;

@@ -1,6 +1,7 @@
 //! The standalone service as tools see it: server reflection answers `list` and `describe` from
 //! the descriptors build.rs wrote, the health service answers a real health client, and a call
 //! in flight when the server is told to stop still gets its answer.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 

@@ -4,6 +4,7 @@
 //! and the service keeps serving afterwards. A retried create with the same idempotency key replays
 //! the first answer and creates nothing; the same key with another body is refused. Both API
 //! versions serve the same orders in their own representation.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use axum::Router;
 use axum::body::Body;

@@ -1,5 +1,6 @@
 //! Graceful shutdown: a request already running when the service is told to stop still gets
 //! its answer, and the server returns only after that.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! The Kafka chapter's guarantees, against the real broker at `KAFKA_BROKERS` (and PostgreSQL at
 //! `DATABASE_URL` for the idempotent consumer). Fresh topics, groups and schemas per test;
 //! consumers are dropped, which closes them and leaves their group cleanly.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! recovery from a crash at each of the 2N step boundaries on both paths, a participant that is
 //! down for a while, a timeout whose step succeeded, bad replies dead-lettered, and two
 //! orchestrators that never drive one saga at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 

@@ -4,6 +4,7 @@
 //! published is marked failed and reported, and the inbox absorbs every redelivery, including the
 //! one a relay crash produces. Fresh schema and topic per test; failures are injected by fault
 //! plans, and every wait is bounded and waits for a condition.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;

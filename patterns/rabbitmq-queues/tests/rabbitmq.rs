@@ -1,5 +1,6 @@
 //! The RabbitMQ chapter's guarantees, against the real broker at `AMQP_ADDR`. Fresh queue and
 //! exchange names per test; connections are closed at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 

@@ -5,6 +5,7 @@
 //!
 //! In a file of its own because `rabbitmqctl close_all_connections` closes *every* connection on
 //! the broker: test files run one after another, so no other test is disturbed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 

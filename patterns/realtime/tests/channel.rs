@@ -1,6 +1,7 @@
 //! The channel's promises, each checked with a real WebSocket client
 //! (tokio-tungstenite) against the real router: slow clients, resuming, heartbeats
 //! and bad frames.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! Bulkheads reject instead of queueing; fallbacks answer with the last good value, marked.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::time::Duration;
 

@@ -6,6 +6,7 @@
 //!
 //! The exporter does no I/O, so this is the cost on the request's path; a real exporter adds its
 //! own work, on a background thread when batching.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

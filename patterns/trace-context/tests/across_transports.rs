@@ -3,6 +3,7 @@
 //! every hop is a child of the span that sent it.
 //!
 //! One test per file: it installs the global `tracing` subscriber, which is process-wide.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! The OTLP exporter against a stand-in collector: a tonic server implementing the OTLP trace
 //! service, as Jaeger and the OpenTelemetry Collector do on port 4317. What it receives is what a
 //! tracing backend would store.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::time::Duration;
 
