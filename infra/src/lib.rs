@@ -66,7 +66,12 @@ pub fn unavailable(broker: &str, addr: &str, error: impl Display) {
         "SKIPPED: {broker} did not answer at {addr} ({error}); \
          run `cargo xtask brokers up` to run this test, or `cargo xtask test` to require it\n"
     );
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    // A skip nobody can see is the failure this function exists to prevent.
+    if let Err(e) =
+        std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes())
+    {
+        panic!("cannot print why this test skips ({e}): {line}");
+    }
 }
 
 fn env_or(key: &str, default: &str) -> String {

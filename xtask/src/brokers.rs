@@ -370,7 +370,10 @@ fn start_nisshi() -> Result<(), Fail> {
                 "--features",
                 "dynostore",
             ]))?;
-            println!("  installed {NISSHI} in {:.0}s", began.elapsed().as_secs_f64());
+            println!(
+                "  installed {NISSHI} in {:.0}s",
+                began.elapsed().as_secs_f64()
+            );
             nisshi_binary().ok_or_else(|| {
                 Fail::msg("nisshi installed but not found; is ~/.cargo/bin on PATH?")
             })?
@@ -403,23 +406,29 @@ fn stop_nisshi() -> Result<(), Fail> {
     let pid_file = state_dir().join("nisshi.pid");
     let Ok(pid) = fs::read_to_string(&pid_file) else { return Ok(()) };
     let pid = pid.trim();
-    // Ignore the outcome: a broker that already exited is stopped.
-    let _ = run_quiet(Command::new("kill").arg(pid), Duration::from_secs(5));
+    // A kill that fails means the broker already exited: it is stopped either way.
+    crate::report_failed(
+        &format!("kill {pid}"),
+        run_quiet(Command::new("kill").arg(pid), Duration::from_secs(5)),
+    );
     let began = Instant::now();
     while run_quiet(Command::new("kill").args(["-0", pid]), Duration::from_secs(5))
         .is_ok()
     {
         if began.elapsed() > Duration::from_secs(10) {
-            let _ = run_quiet(
-                Command::new("kill").args(["-9", pid]),
-                Duration::from_secs(5),
+            crate::report_failed(
+                &format!("kill -9 {pid}"),
+                run_quiet(
+                    Command::new("kill").args(["-9", pid]),
+                    Duration::from_secs(5),
+                ),
             );
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = fs::remove_file(pid_file);
-    Ok(())
+    fs::remove_file(&pid_file)
+        .map_err(|e| Fail::msg(format!("{}: {e}", pid_file.display())))
 }
 
 // --- RabbitMQ ---------------------------------------------------------------------------------

@@ -209,12 +209,18 @@ pub(crate) fn ensure_npm_tools(name: &str) -> Result<PathBuf, Fail> {
     ])
     .current_dir(&scratch);
     if let Err(e) = run_quiet(&mut npm, INSTALL_LIMIT) {
-        let _ = fs::remove_dir_all(&scratch);
+        crate::report_failed(
+            "removing the half-installed tools",
+            fs::remove_dir_all(&scratch),
+        );
         return Err(Fail::msg(format!("{name}: installing the tools failed: {e}")));
     }
     if let Err(e) = fs::rename(&scratch, &dir) {
         // Another process finished the same install first: use its copy.
-        let _ = fs::remove_dir_all(&scratch);
+        crate::report_failed(
+            "removing the second copy",
+            fs::remove_dir_all(&scratch),
+        );
         if !dir.is_dir() {
             return Err(io("moving the installed tools into place", e));
         }
@@ -266,7 +272,7 @@ fn output_within(command: &mut Command, limit: Duration) -> Result<Output, Fail>
     match rx.recv_timeout(limit) {
         Ok(result) => result.map_err(|e| Fail::msg(format!("lint: node: {e}"))),
         Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            crate::kill_overrun(pid);
             Err(Fail::msg(format!(
                 "lint: node did not finish within {}s",
                 limit.as_secs()

@@ -124,6 +124,22 @@ pub fn run(command: &mut Command) -> Result<(), Fail> {
 
 /// Runs a command with captured output and a time limit; returns its stdout, or a failure with its
 /// stderr.
+/// Reports a step whose failure does not change the outcome (cleaning up after a failure that
+/// is already being returned, a best-effort goodbye), so that it is at least seen.
+pub fn report_failed<T, E: std::fmt::Display>(what: &str, result: Result<T, E>) {
+    if let Err(e) = result {
+        eprintln!("  note: {what} failed: {e}");
+    }
+}
+
+/// Kills a child that overran its time limit. A kill that fails means it exited meanwhile.
+pub fn kill_overrun(pid: u32) {
+    report_failed(
+        &format!("kill -9 {pid}"),
+        Command::new("kill").args(["-9", &pid.to_string()]).status(),
+    );
+}
+
 pub fn run_quiet(command: &mut Command, limit: Duration) -> Result<String, Fail> {
     let line = describe(command);
     let child = command
@@ -146,7 +162,7 @@ pub fn run_quiet(command: &mut Command, limit: Duration) -> Result<String, Fail>
         ))),
         Ok(Err(e)) => Err(Fail::msg(format!("`{line}`: {e}"))),
         Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            kill_overrun(pid);
             Err(Fail::msg(format!(
                 "`{line}` did not finish within {}s",
                 limit.as_secs()

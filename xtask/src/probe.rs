@@ -287,9 +287,12 @@ pub fn amqp(uri: &AmqpUri) -> Probe<String> {
     close.extend_from_slice(&200u16.to_be_bytes());
     shortstr(&mut close, "probe done");
     close.extend_from_slice(&[0, 0, 0, 0]);
-    // Best effort: the answer is already known, a lost close-ok changes nothing.
-    let _ = amqp_send(&mut stream, 10, 50, &close);
-    let _ = amqp_recv(&mut stream);
+    // The answer is already known: a failed goodbye changes nothing, but is reported.
+    crate::report_failed(
+        "AMQP connection.close",
+        amqp_send(&mut stream, 10, 50, &close),
+    );
+    crate::report_failed("AMQP connection.close-ok", amqp_recv(&mut stream));
     Ok(format!("AMQP 0-9-1, vhost {}", uri.vhost))
 }
 
@@ -398,7 +401,10 @@ pub fn postgres(url: &PgUrl) -> Probe<String> {
             _ => {}
         }
     }
-    let _ = stream.write_all(&[b'X', 0, 0, 0, 4]); // Terminate
+    crate::report_failed(
+        "PostgreSQL Terminate",
+        stream.write_all(&[b'X', 0, 0, 0, 4]),
+    );
     if rows != 1 {
         return Err(ProbeError::Protocol(format!("SELECT 1 returned {rows} rows")));
     }
@@ -545,7 +551,7 @@ mod tests {
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
             let mut buf = [0u8; 8];
-            let _ = conn.read(&mut buf);
+            conn.read(&mut buf).unwrap();
             conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
         });
         let uri = AmqpUri::parse(&format!("amqp://guest:guest@{addr}/%2f")).unwrap();
