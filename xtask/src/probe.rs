@@ -551,7 +551,7 @@ mod tests {
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
             let mut buf = [0u8; 8];
-            conn.read(&mut buf).unwrap();
+            conn.read_exact(&mut buf[..1]).unwrap();
             conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
         });
         let uri = AmqpUri::parse(&format!("amqp://guest:guest@{addr}/%2f")).unwrap();
