@@ -38,9 +38,10 @@ fn options() -> anyhow::Result<Options> {
             "--decline" => options.decline = true,
             "--slow-shipping" => options.slow_shipping = true,
             "--crash-after-step" => {
-                let n: usize = args.next().unwrap_or_default().parse().unwrap_or(0);
+                let usage = "--crash-after-step takes a step number from 1 to 4";
+                let n: usize = args.next().context(usage)?.parse().context(usage)?;
                 if !(1..=4).contains(&n) {
-                    bail!("--crash-after-step takes a step number from 1 to 4");
+                    bail!(usage);
                 }
                 options.crash = Some(n);
             }
@@ -121,8 +122,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut orchestrator =
         Orchestrator::start(config.clone(), Arc::clone(&log)).await?;
-    let saga =
-        orchestrator.checkout(order.clone()).await.context("orchestrator gone")?;
+    let saga = orchestrator.checkout(order.clone()).await?;
     if options.crash.is_some() {
         let died = orchestrator.task.await?;
         warn!("orchestrator-1 is gone ({died:?}); starting it again");
@@ -145,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
     for service in services {
         service.stop().await?;
     }
-    participant::teardown(&url, &amqp, &names, &["orchestrator-1"]).await;
+    participant::teardown(&url, &amqp, &names, &["orchestrator-1"]).await?;
     Ok(())
 }
 
@@ -157,16 +157,16 @@ async fn check(
     end: &Terminal,
 ) -> anyhow::Result<()> {
     let (db, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    orchestration::drive_connection(conn);
     let stock: u32 = participant::record(&db, names, "inventory", "stock:kettle")
-        .await
+        .await?
         .context("no stock record")?;
     let balance: u64 = participant::record(&db, names, "payments", "balance:c-ada")
-        .await
+        .await?
         .context("no balance")?;
     let mut applied = vec![];
     for p in PARTICIPANTS {
-        applied.extend(participant::applied(&db, names, p).await);
+        applied.extend(participant::applied(&db, names, p).await?);
     }
     applied.sort_by_key(|(_, at)| *at);
     let applied: Vec<String> = applied.into_iter().map(|(id, _)| id).collect();

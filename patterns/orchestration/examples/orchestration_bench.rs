@@ -64,10 +64,7 @@ async fn run<L: SagaLog>(
     let mut next = 0;
     while latencies.len() < sagas {
         while next < sagas && started.len() < in_flight {
-            let id = orchestrator
-                .checkout(order(next))
-                .await
-                .context("orchestrator gone")?;
+            let id = orchestrator.checkout(order(next)).await?;
             started.insert(id, Instant::now());
             next += 1;
         }
@@ -125,8 +122,10 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "warn,orchestration_bench=info".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
-    let args: Vec<usize> =
-        std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().with_context(|| format!("{a:?} is not a count")))
+        .collect::<anyhow::Result<_>>()?;
     let sagas = args.first().copied().unwrap_or(400);
     let in_flight = args.get(1).copied().unwrap_or(32);
     let (url, amqp) = (infra::database_url(), infra::amqp_addr());
@@ -158,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
         pg.p50.as_secs_f64() / mem.p50.as_secs_f64()
     );
     for names in [&durable, &memory] {
-        orchestration::participant::teardown(&url, &amqp, names, &["bench"]).await;
+        orchestration::participant::teardown(&url, &amqp, names, &["bench"]).await?;
     }
     Ok(())
 }

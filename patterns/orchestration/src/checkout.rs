@@ -5,6 +5,8 @@
 //! balance, a shipment), and applies each command in one transaction together with the command's
 //! id in its inbox: a command id seen before returns the reply stored with it and changes nothing.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use shop_domain::inventory::{Hold, Inventory};
 use shop_domain::orders::{Order, OrderStatus, Orders};
@@ -13,7 +15,7 @@ use shop_domain::shipping::{Shipment, ShipmentStatus, Shipping};
 use shop_domain::{OrderPlaced, euros};
 use tokio_postgres::Transaction;
 
-use crate::saga::{Definition, Kind, Reply, Step};
+use crate::saga::{Definition, Kind, Outcome, Reply, State, Step};
 
 // ANCHOR: checkout
 /// Reserve stock, take the payment (the pivot: once the money is taken the
@@ -50,10 +52,23 @@ pub struct Command {
     pub step: usize,
     pub kind: Kind,
     pub order: OrderPlaced,
-    /// What earlier steps reported (the shipment's tracking number, ...).
-    pub details: Vec<String>,
+    /// What earlier steps reported, by participant (`"shipping"`: the
+    /// tracking number). Keyed by name, not position, so that adding or
+    /// moving a step changes nothing for the participants.
+    pub details: BTreeMap<String, String>,
 }
 // ANCHOR_END: Command
+
+/// What each step that is done reported, keyed by its participant.
+pub fn details(saga: &Definition, state: &State) -> BTreeMap<String, String> {
+    let mut details = BTreeMap::new();
+    for (index, step) in saga.steps.iter().enumerate() {
+        if let Some(Outcome::Done { detail }) = state.action(index) {
+            details.insert(step.participant.to_owned(), detail.clone());
+        }
+    }
+    details
+}
 
 /// A participant could not apply a command (its database failed): it sends no
 /// reply, so the orchestrator's timeout decides what happens next.
@@ -277,10 +292,12 @@ async fn orders(
     if orders.place(placed.clone()).is_err() {
         return Ok(refused("the order on file differs from the saga's"));
     }
-    // The tracking number is what step 2 (shipping) reported.
-    let tracking = command.details.get(2).cloned().unwrap_or_default();
     match command.kind {
-        Kind::Action => orders.confirm(id, &tracking),
+        // The tracking number is what shipping reported, wherever its step is.
+        Kind::Action => match command.details.get("shipping") {
+            Some(tracking) => orders.confirm(id, tracking),
+            None => return Ok(refused("no tracking number from shipping")),
+        },
         Kind::Compensation => orders.cancel(id, UNDO.to_owned()),
     };
     let order = &orders.orders[id];
@@ -291,4 +308,32 @@ async fn orders(
         (Kind::Action, OrderStatus::Cancelled { reason }) => refused(reason.clone()),
         (Kind::Action, OrderStatus::Placed) => refused("order still open"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::saga::Record;
+
+    #[test]
+    fn details_are_keyed_by_participant_wherever_its_step_is() {
+        // A step added before shipping moves it from index 2 to index 3.
+        let mut saga = checkout();
+        saga.steps.insert(1, step("fraud", "check", "forget"));
+        let done = |step: usize, detail: &str| Record::Outcome {
+            step,
+            kind: Kind::Action,
+            outcome: Outcome::Done { detail: detail.into() },
+        };
+        let log = [
+            done(0, "2 item(s) reserved"),
+            done(1, "looks fine"),
+            done(2, "58.00 authorised"),
+            done(3, "trk-o-1001"),
+        ];
+        let details = details(&saga, &State::replay(&log));
+        assert_eq!(details["shipping"], "trk-o-1001");
+        assert_eq!(details["fraud"], "looks fine");
+        assert_eq!(details.len(), 4);
+    }
 }

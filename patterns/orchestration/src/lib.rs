@@ -18,8 +18,23 @@
 //! orchestrator adds what this one leaves out: a workflow engine's versioning of running sagas,
 //! a dashboard over the log, and alerts on sagas that stay compensating for long.
 
+use std::future::Future;
+
 pub mod checkout;
 pub mod log;
 pub mod orchestrator;
 pub mod participant;
 pub mod saga;
+
+/// Drives a PostgreSQL connection in the background. When it ends with an
+/// error (the server went away, the network broke), the cause is logged: the
+/// queries of its client fail from then on, and the log says why.
+pub fn drive_connection(
+    connection: impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "PostgreSQL connection ended");
+        }
+    });
+}

@@ -89,7 +89,7 @@ impl PgLog {
     ) -> Result<PgLog, LogError> {
         let (client, connection) =
             tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
+        crate::drive_connection(connection);
         client
             .batch_execute(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema};
@@ -199,6 +199,7 @@ impl SagaLog for PgLog {
                 let status = match terminal {
                     Terminal::Completed => "completed",
                     Terminal::Compensated { .. } => "compensated",
+                    Terminal::Stuck { .. } => "stuck",
                 };
                 let sql = format!(
                     "UPDATE {s}.sagas

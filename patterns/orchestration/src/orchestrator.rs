@@ -24,9 +24,9 @@ use rabbitmq_queues::topology::{dead_letters, work_queue};
 use shop_domain::OrderPlaced;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::checkout::{Command, checkout};
+use crate::checkout::{Command, checkout, details};
 use crate::log::{Applied, LogError, SagaLog};
 use crate::participant::{Names, command_properties};
 use crate::saga::{
@@ -72,6 +72,12 @@ pub enum RunError {
     Log(#[from] LogError),
     #[error("the reply queue's consumer ended")]
     RepliesEnded,
+    #[error("command {0} could not be encoded: {1}")]
+    Encode(String, serde_json::Error),
+    #[error("the orchestrator's task panicked or was cancelled: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("the orchestrator has stopped")]
+    Stopped,
 }
 
 /// A running orchestrator.
@@ -132,7 +138,11 @@ impl Orchestrator {
                 let result = driver.run(starts_rx, timers_rx, consumer).await;
                 // A crash drops the connection: the broker requeues what
                 // this orchestrator had not acknowledged.
-                let _ = connection.close(320, "orchestrator stopped".into()).await;
+                if let Err(error) =
+                    connection.close(320, "orchestrator stopped".into()).await
+                {
+                    warn!(%error, "closing the connection failed");
+                }
                 if let Err(error) = &result {
                     warn!(%error, "orchestrator stopped");
                 }
@@ -144,9 +154,13 @@ impl Orchestrator {
     }
 
     /// Starts the checkout of `order`; returns its saga id.
-    pub async fn checkout(&self, order: OrderPlaced) -> Option<String> {
+    pub async fn checkout(&self, order: OrderPlaced) -> Result<String, RunError> {
         let id = saga_id(&order);
-        self.starts.send(order).await.ok().map(|_| id)
+        match self.starts.send(order).await {
+            Ok(()) => Ok(id),
+            // The loop has ended; its task holds why.
+            Err(_) => Err(RunError::Stopped),
+        }
     }
 
     /// Waits for the next saga this orchestrator finishes.
@@ -155,13 +169,10 @@ impl Orchestrator {
     }
 
     /// Stops taking new sagas and waits for the loop to end (it ends once
-    /// the sender is gone).
+    /// the sender is gone). A loop that panicked is an error, not a stop.
     pub async fn stop(self) -> Result<(), RunError> {
         drop(self.starts);
-        match self.task.await {
-            Ok(result) => result,
-            Err(_) => Ok(()),
-        }
+        self.task.await?
     }
 }
 
@@ -333,7 +344,11 @@ impl<L: SagaLog> Driver<L> {
                 }
                 Record::Finished(ref terminal) => {
                     self.driving.remove(id);
-                    let _ = self.finished.send((id.to_owned(), terminal.clone()));
+                    let end = (id.to_owned(), terminal.clone());
+                    if self.finished.send(end).is_err() {
+                        // Nobody holds the receiver: the log has it anyway.
+                        debug!(saga = %id, "finished, and nobody is listening");
+                    }
                 }
                 Record::Outcome { .. } => {}
             }
@@ -351,12 +366,6 @@ impl<L: SagaLog> Driver<L> {
         kind: Kind,
         attempt: u32,
     ) -> Result<(), RunError> {
-        let details = (0..self.saga.steps.len())
-            .map(|s| match state.action(s) {
-                Some(Outcome::Done { detail }) => detail.clone(),
-                _ => String::new(),
-            })
-            .collect();
         let command_id = command_id(id, step, kind);
         let command = Command {
             command_id: command_id.clone(),
@@ -364,17 +373,22 @@ impl<L: SagaLog> Driver<L> {
             step,
             kind,
             order: order.clone(),
-            details,
+            details: details(&self.saga, state),
         };
-        let body = serde_json::to_vec(&command).unwrap_or_default();
+        let body = serde_json::to_vec(&command)
+            .map_err(|e| RunError::Encode(command_id.clone(), e))?;
         let queue = self.config.names.queue(self.saga.steps[step].participant);
         let properties = command_properties(&command_id, &self.replies);
         publish_confirmed(&self.channel, "", &queue, &body, properties).await?;
         let wait = self.config.timeout * 2u32.pow((attempt - 1).min(4));
         let (timers, id) = (self.timers.clone(), id.to_owned());
+        // The timer lives in memory: after a restart, the resume's resend
+        // arms a new one, so a timer need not be durable.
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            let _ = timers.send((id, Input::Timeout { step, kind, attempt }));
+            if timers.send((id, Input::Timeout { step, kind, attempt })).is_err() {
+                debug!("timer fired after its orchestrator stopped");
+            }
         });
         Ok(())
     }
@@ -421,6 +435,10 @@ impl<L: SagaLog> Driver<L> {
             Record::Finished(Terminal::Completed) => info!(%saga, "saga completed"),
             Record::Finished(Terminal::Compensated { reason }) => {
                 info!(%saga, "saga compensated: every step undone ({reason})")
+            }
+            Record::Finished(Terminal::Stuck { step, reason }) => {
+                let what = self.name(*step, Kind::Compensation);
+                error!(%saga, "saga stuck: {what} refused ({reason}); needs a person")
             }
         }
     }

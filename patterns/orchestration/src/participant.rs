@@ -72,6 +72,12 @@ pub enum ServiceError {
     Apply(#[from] crate::checkout::ApplyError),
     #[error("reply: {0}")]
     Publish(#[from] rabbitmq_queues::publish::PublishError),
+    #[error("reply to {0} could not be encoded: {1}")]
+    Encode(String, serde_json::Error),
+    #[error("stored record {0} is unreadable: {1}")]
+    Corrupt(String, serde_json::Error),
+    #[error("the participant's task panicked or was cancelled: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Creates (or recreates) each participant's schema and the dead-letter queue, and seeds them.
@@ -83,7 +89,7 @@ pub async fn setup(
 ) -> Result<(), ServiceError> {
     let (mut client, connection) =
         tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    crate::drive_connection(connection);
     for participant in PARTICIPANTS {
         let s = names.schema(participant);
         client
@@ -124,41 +130,40 @@ pub async fn setup(
 }
 
 /// Removes what [`setup`] and the orchestrators named in `orchestrators` created:
-/// the schemas (the log's included) and the queues. Best effort: for the end of
-/// an example, where a leftover is untidy but harmless.
-pub async fn teardown(url: &str, amqp: &str, names: &Names, orchestrators: &[&str]) {
-    if let Ok((db, connection)) =
-        tokio_postgres::connect(url, tokio_postgres::NoTls).await
-    {
-        tokio::spawn(connection);
-        for p in PARTICIPANTS.into_iter().chain(["log"]) {
-            let s = names.schema(p);
-            let sql = format!(
-                "SET client_min_messages TO warning; DROP SCHEMA IF EXISTS {s} CASCADE"
-            );
-            let _ = db.batch_execute(&sql).await;
-        }
+/// the schemas (the log's included) and the queues. It stops at the first
+/// failure and returns it: a leftover is harmless, but the caller says so.
+pub async fn teardown(
+    url: &str,
+    amqp: &str,
+    names: &Names,
+    orchestrators: &[&str],
+) -> Result<(), ServiceError> {
+    let (db, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    crate::drive_connection(connection);
+    for p in PARTICIPANTS.into_iter().chain(["log"]) {
+        let s = names.schema(p);
+        let sql = format!(
+            "SET client_min_messages TO warning; DROP SCHEMA IF EXISTS {s} CASCADE"
+        );
+        db.batch_execute(&sql).await?;
     }
-    let Ok(connection) =
-        Connection::connect(amqp, ConnectionProperties::default()).await
-    else {
-        return;
-    };
-    if let Ok(channel) = connection.create_channel().await {
-        let mut queues: Vec<String> =
-            PARTICIPANTS.iter().map(|p| names.queue(p)).collect();
-        queues.extend(orchestrators.iter().map(|o| names.replies(o)));
-        queues.push(names.dead_letters());
-        for queue in queues {
-            let options = lapin::options::QueueDeleteOptions::default();
-            let _ = channel.queue_delete(queue.as_str().into(), options).await;
-        }
-        let exchange = names.dead_letter_exchange();
-        let options = lapin::options::ExchangeDeleteOptions::default();
-        let _ = channel.exchange_delete(exchange.as_str().into(), options).await;
-        let _ = channel.close(200, "torn down".into()).await;
+    let connection =
+        Connection::connect(amqp, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let mut queues: Vec<String> =
+        PARTICIPANTS.iter().map(|p| names.queue(p)).collect();
+    queues.extend(orchestrators.iter().map(|o| names.replies(o)));
+    queues.push(names.dead_letters());
+    for queue in queues {
+        let options = lapin::options::QueueDeleteOptions::default();
+        channel.queue_delete(queue.as_str().into(), options).await?;
     }
-    let _ = connection.close(200, "torn down".into()).await;
+    let exchange = names.dead_letter_exchange();
+    let options = lapin::options::ExchangeDeleteOptions::default();
+    channel.exchange_delete(exchange.as_str().into(), options).await?;
+    connection.close(200, "torn down".into()).await?;
+    Ok(())
 }
 
 /// How a participant misbehaves, on purpose.
@@ -177,12 +182,10 @@ pub struct Service {
 
 impl Service {
     /// Stops taking commands (after the one in hand) and closes the connection.
+    /// A task that panicked is an error, not a stop.
     pub async fn stop(self) -> Result<(), ServiceError> {
         self.stop.notify_one();
-        match self.task.await {
-            Ok(result) => result,
-            Err(_) => Ok(()),
-        }
+        self.task.await?
     }
 }
 
@@ -201,7 +204,7 @@ pub fn serve(
         async move {
             let (mut db, connection) =
                 tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
+            crate::drive_connection(connection);
             let amqp = Connection::connect(&amqp, ConnectionProperties::default()).await?;
             let channel = amqp.create_channel().await?;
             enable_confirms(&channel).await?;
@@ -224,10 +227,13 @@ pub fn serve(
                     },
                     _ = stopped.notified() => break,
                 };
-                let Ok(command) = serde_json::from_slice::<Command>(&delivery.data) else {
-                    warn!("unreadable command: dead-lettered");
-                    delivery.reject(BasicRejectOptions { requeue: false }).await?;
-                    continue;
+                let command = match serde_json::from_slice::<Command>(&delivery.data) {
+                    Ok(command) => command,
+                    Err(error) => {
+                        warn!(%error, "unreadable command: dead-lettered");
+                        delivery.reject(BasicRejectOptions { requeue: false }).await?;
+                        continue;
+                    }
                 };
                 let (reply, applied) =
                     match apply_once(&mut db, &schema, participant, &command).await {
@@ -250,7 +256,8 @@ pub fn serve(
                     tokio::time::sleep(delay).await;
                 }
                 if let Some(reply_to) = delivery.properties.reply_to().clone() {
-                    let body = serde_json::to_vec(&reply).unwrap_or_default();
+                    let body = serde_json::to_vec(&reply)
+                        .map_err(|e| ServiceError::Encode(command.command_id.clone(), e))?;
                     let properties = persistent()
                         .with_correlation_id(command.command_id.as_str().into());
                     publish_confirmed(&channel, "", reply_to.as_str(), &body, properties)
@@ -258,7 +265,7 @@ pub fn serve(
                 }
                 delivery.ack(BasicAckOptions::default()).await?;
             }
-            let _ = amqp.close(200, "participant stopped".into()).await;
+            amqp.close(200, "participant stopped".into()).await?;
             Ok(())
         }
         .instrument(span),
@@ -266,19 +273,23 @@ pub fn serve(
     Service { task, stop }
 }
 
-/// Reads one record of a participant's schema (for tests and the example's checks).
+/// Reads one record of a participant's schema (for tests and the example's
+/// checks): `None` only when there is no such record. A database error or an
+/// unreadable record is an error.
 pub async fn record<T: for<'de> serde::Deserialize<'de>>(
     client: &tokio_postgres::Client,
     names: &Names,
     participant: &str,
     key: &str,
-) -> Option<T> {
+) -> Result<Option<T>, ServiceError> {
     let sql = format!(
         "SELECT value FROM {}.records WHERE key = $1",
         names.schema(participant)
     );
-    let row = client.query_opt(&sql, &[&key]).await.ok()??;
-    serde_json::from_str(row.get(0)).ok()
+    let Some(row) = client.query_opt(&sql, &[&key]).await? else { return Ok(None) };
+    serde_json::from_str(row.get(0))
+        .map(Some)
+        .map_err(|e| ServiceError::Corrupt(key.to_owned(), e))
 }
 
 /// Every command id a participant applied, in the order it applied them.
@@ -286,15 +297,14 @@ pub async fn applied(
     client: &tokio_postgres::Client,
     names: &Names,
     participant: &str,
-) -> Vec<(String, std::time::SystemTime)> {
+) -> Result<Vec<(String, std::time::SystemTime)>, ServiceError> {
     let sql = format!(
         "SELECT command_id, applied_at FROM {}.inbox ORDER BY applied_at",
         names.schema(participant)
     );
-    match client.query(&sql, &[]).await {
-        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
-        Err(_) => vec![],
-    }
+    let rows = client.query(&sql, &[]).await?;
+    let row = |r: &tokio_postgres::Row| Ok((r.try_get(0)?, r.try_get(1)?));
+    rows.iter().map(row).collect()
 }
 
 /// The id of a reply property as a `BasicProperties`, for the orchestrator.

@@ -14,9 +14,13 @@
 //!   compensated (its compensation is safe if it never happened), after the pivot it is retried
 //!   with the same command id until it answers;
 //! - compensations run one at a time, in strict reverse order of the steps that ran (or may
-//!   have run), and each is retried until it succeeds: no saga ends half-compensated;
-//! - a reply that is not for the pending command (a duplicate, a late one, one for a step
-//!   already compensated) changes nothing.
+//!   have run), and an unanswered one is retried until it answers;
+//! - a compensation must not refuse (the participants here never do); if one does anyway, the
+//!   step is *not* counted as undone: the saga ends [`Terminal::Stuck`], for a person to settle,
+//!   rather than claiming a compensation that did not happen;
+//! - a reply that is not for the pending command (a duplicate, a reply to an attempt given up
+//!   on up to the pivot, one for a step already compensated) changes nothing. After the pivot
+//!   a retry keeps the same command, so the reply of any attempt of it is accepted.
 
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +82,12 @@ pub enum Terminal {
     Compensated {
         reason: String,
     },
+    /// The compensation of `step` was refused: that step is not undone, and
+    /// no machine can decide what to do about it. A person must.
+    Stuck {
+        step: usize,
+        reason: String,
+    },
 }
 // ANCHOR_END: Record
 
@@ -108,6 +118,8 @@ pub struct State {
     pub actions: Vec<Option<Outcome>>,
     /// Steps whose compensation is done, in the order they were done.
     pub compensated: Vec<usize>,
+    /// A compensation that was refused: `(step, reason)`. Not undone.
+    pub refused_compensation: Option<(usize, String)>,
     /// Set once compensation began, with why.
     pub compensating: Option<String>,
     pub finished: Option<Terminal>,
@@ -140,7 +152,15 @@ impl State {
                             self.compensating.get_or_insert(reason);
                         }
                     }
-                    Kind::Compensation => self.compensated.push(*step),
+                    Kind::Compensation => match outcome {
+                        Outcome::Done { .. } => self.compensated.push(*step),
+                        Outcome::Refused { reason } => {
+                            let refused = (*step, reason.clone());
+                            self.refused_compensation = Some(refused);
+                        }
+                        // Never logged: an unanswered compensation is resent.
+                        Outcome::TimedOut => {}
+                    },
                 }
             }
             Record::Finished(terminal) => {
@@ -193,8 +213,10 @@ pub fn decide(saga: &Definition, state: &State, input: &Input) -> Vec<Record> {
         Input::Start if state == &State::default() => intent(0, Kind::Action, 1),
         Input::Start => vec![],
         Input::Reply { step, kind, ref reply } => {
+            // Any attempt of the pending command counts (a retry resends the
+            // same command); anything else is a duplicate or given up on.
             if state.pending.map(|(s, k, _)| (s, k)) != Some((step, kind)) {
-                return vec![]; // not what we wait for: duplicate or late
+                return vec![];
             }
             let outcome = match reply {
                 Reply::Done { detail } => Outcome::Done { detail: detail.clone() },
@@ -225,6 +247,10 @@ pub fn decide(saga: &Definition, state: &State, input: &Input) -> Vec<Record> {
 fn advance(saga: &Definition, state: &State, outcome: Record) -> Vec<Record> {
     let mut after = state.clone();
     after.apply(&outcome);
+    if let Some((step, reason)) = after.refused_compensation.clone() {
+        let stuck = Record::Finished(Terminal::Stuck { step, reason });
+        return vec![outcome, stuck];
+    }
     let next = match after.compensating.clone() {
         None => {
             let done = after.actions.len();
@@ -387,6 +413,14 @@ mod tests {
                 vec![Start, done(0, A), done(1, A), refused(2), done(1, C),
                     done(1, A)],
                 vec![]),
+            ("a refused compensation is not counted as undone: stuck",
+                vec![Start, done(0, A), done(1, A), refused(2),
+                    Input::Reply { step: 1, kind: C,
+                        reply: Reply::Refused { reason: no.into() } }],
+                vec![Record::Outcome { step: 1, kind: C,
+                    outcome: Outcome::Refused { reason: no.into() } },
+                    Record::Finished(Terminal::Stuck { step: 1,
+                        reason: no.into() })]),
             ("a compensation reply twice does nothing",
                 vec![Start, done(0, A), done(1, A), refused(2), done(1, C),
                     done(1, C)],
@@ -400,6 +434,20 @@ mod tests {
         }
     }
     // ANCHOR_END: decision_table
+
+    #[test]
+    fn a_refused_compensation_is_neither_undone_nor_hidden() {
+        let reply = Reply::Refused { reason: "no".into() };
+        let refuse = Input::Reply { step: 1, kind: C, reply };
+        let inputs = [Input::Start, done(0, A), done(1, A), refused(2), refuse];
+        let (log, _) = run(&inputs);
+        let state = State::replay(&log);
+        assert!(state.compensated.is_empty(), "{:?}", state.compensated);
+        let stuck = Terminal::Stuck { step: 1, reason: "no".into() };
+        assert_eq!(state.finished, Some(stuck));
+        // Nothing moves it afterwards: a person settles it.
+        assert_eq!(decide(&saga(), &state, &done(1, C)), vec![]);
+    }
 
     #[test]
     fn compensations_run_in_strict_reverse_of_what_ran_after_a_last_step_refusal() {

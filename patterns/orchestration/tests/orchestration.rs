@@ -82,8 +82,12 @@ async fn crash_case(crash: Crash, fail_last: bool) {
         assert_eq!((done, undone), (vec![0, 1, 2, 3], vec![]));
         assert_eq!(applied, ["0/do", "1/do", "2/do", "3/do"], "each once");
         assert_eq!((stock, balance), (8, 100_000 - 2900), "taken once");
-        assert!(matches!(shipment.status, ShipmentStatus::Scheduled { .. }));
-        assert!(matches!(placed.status, OrderStatus::Confirmed { .. }));
+        // The order carries the tracking number shipping reported.
+        let ShipmentStatus::Scheduled { tracking } = &shipment.status else {
+            panic!("not scheduled: {shipment:?}");
+        };
+        let confirmed = OrderStatus::Confirmed { tracking: tracking.clone() };
+        assert_eq!(placed.status, confirmed);
     }
     second.stop().await.unwrap();
     shop.drop().await;
@@ -145,6 +149,7 @@ async fn every_branch_ends_in_the_right_state() {
     let reason = |end: &(String, Terminal)| match &end.1 {
         Terminal::Compensated { reason } => reason.clone(),
         Terminal::Completed => "completed".into(),
+        Terminal::Stuck { reason, .. } => format!("stuck: {reason}"),
     };
     assert_eq!(reason(&ends[0]), "no carrier delivers to AQ");
     assert!(reason(&ends[1]).starts_with("kettle: 50 wanted"), "{ends:?}");
@@ -315,5 +320,33 @@ async fn another_orchestrator_takes_over_an_expired_lease_without_interleaving()
     assert!(writers[first_b..].iter().all(|w| w == "b"), "{writers:?}");
     assert_eq!(shop.applied().await.len(), 4, "each step applied once");
     b.stop().await.unwrap();
+    shop.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_error_is_an_error_not_nothing() {
+    let Some(shop) = shop().await else { return };
+    // A schema that does not exist: the query fails, and the caller hears it.
+    let missing = orchestration::participant::Names::new("nowhere");
+    let read = orchestration::participant::record::<u32>(
+        &shop.db,
+        &missing,
+        "inventory",
+        "stock:kettle",
+    )
+    .await;
+    assert!(read.is_err(), "{read:?}");
+    let applied =
+        orchestration::participant::applied(&shop.db, &missing, "inventory").await;
+    assert!(applied.is_err(), "{applied:?}");
+    // Where the table is there, an absent record is `None`, not an error.
+    let none = orchestration::participant::record::<u32>(
+        &shop.db,
+        &shop.names,
+        "inventory",
+        "stock:teapot",
+    )
+    .await;
+    assert!(matches!(none, Ok(None)), "{none:?}");
     shop.drop().await;
 }

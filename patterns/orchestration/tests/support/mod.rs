@@ -62,7 +62,7 @@ pub async fn shop() -> Option<Shop> {
         let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
+        orchestration::drive_connection(conn);
         Ok::<_, String>((log, db))
     };
     match tokio::time::timeout(Duration::from_secs(30), ready).await {
@@ -138,6 +138,7 @@ impl Shop {
     ) -> Option<T> {
         orchestration::participant::record(&self.db, &self.names, participant, key)
             .await
+            .unwrap()
     }
 
     /// Command ids each participant applied, all merged in the order applied.
@@ -150,7 +151,8 @@ impl Shop {
                     &self.names,
                     participant,
                 )
-                .await,
+                .await
+                .unwrap(),
             );
         }
         all.sort_by_key(|(_, at)| *at);
@@ -190,8 +192,10 @@ impl Shop {
 
     /// Stops the participants and removes the shop's schemas and queues.
     pub async fn drop(self) {
-        for (_, service) in self.services {
-            let _ = service.stop().await;
+        for (name, service) in self.services {
+            if let Err(error) = service.stop().await {
+                panic!("{name} stopped with an error: {error}");
+            }
         }
         let orchestrators = ["o", "a", "b"];
         orchestration::participant::teardown(
@@ -200,7 +204,8 @@ impl Shop {
             &self.names,
             &orchestrators,
         )
-        .await;
+        .await
+        .unwrap();
     }
 }
 
