@@ -78,7 +78,9 @@ fn breaker() -> anyhow::Result<CircuitBreaker> {
     let config = Config::builder()
         .count_window(10) // judge by the last 10 calls
         .minimum_calls(5) // but not before 5
-        .failure_rate_threshold(50.0) // open at 50% failures (timeouts count)
+        // open at 50% failures: 503s, and hangs that the timeout in `call` turns
+        // into errors (the breaker itself times nothing)
+        .failure_rate_threshold(50.0)
         // or at 50% of calls taking 100 ms or more
         .slow_calls(50.0, Duration::from_millis(100))
         .open_wait(Duration::from_millis(500))

@@ -30,12 +30,14 @@ impl<T, E> Classify<T, E> for AnyError {
 }
 
 // ANCHOR: http_status
-/// HTTP: 5xx and 429 (the dependency failing, or shedding load) are failures; every
-/// other status, 4xx included, shows a dependency that works (a 404 is the caller's
-/// problem, not the service's).
+/// HTTP: a 5xx is the dependency failing. Every other status, 4xx included, is a
+/// prompt answer by the contract, so the dependency works: a 404 is the caller's
+/// problem, and a 429 tells *this caller* to slow down (by its `Retry-After`),
+/// which is the retry loop's business, not a reason to cut off every caller. An
+/// overloaded dependency that sheds load for everyone answers 503, a failure.
 pub fn http_status(status: u16) -> Outcome {
     match status {
-        429 | 500..=599 => Outcome::Failure,
+        500..=599 => Outcome::Failure,
         _ => Outcome::Success,
     }
 }
@@ -60,11 +62,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn server_errors_and_throttling_fail_client_errors_do_not() {
+    fn server_errors_fail_client_errors_and_throttling_do_not() {
         assert_eq!(http_status(200), Outcome::Success);
         assert_eq!(http_status(404), Outcome::Success);
         assert_eq!(http_status(422), Outcome::Success);
-        assert_eq!(http_status(429), Outcome::Failure);
+        // The gateway's rule too: a 429 (or gRPC RESOURCE_EXHAUSTED) is a refusal.
+        assert_eq!(http_status(429), Outcome::Success);
         assert_eq!(http_status(500), Outcome::Failure);
         assert_eq!(http_status(503), Outcome::Failure);
         let response = |code: u16| {

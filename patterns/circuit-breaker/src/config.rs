@@ -28,7 +28,8 @@ pub enum WindowKind {
 }
 
 // ANCHOR: Config
-/// A breaker's settings, valid by construction: build one with [`Config::builder`].
+/// A breaker's settings, valid by construction: [`Config::default`], or one built
+/// with [`Config::builder`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Default: the last 100 calls.

@@ -3,10 +3,12 @@
 //!
 //! Admission is decided in `call`, for each request, at the moment it is made.
 //! `poll_ready` only passes on the inner service's readiness: in tower, a service
-//! may be polled ready long before it is called (a buffer, a balancer, a caller that
-//! readies a service and then waits for work), and a breaker that decided in
-//! `poll_ready` would let through a call made after it opened, and let a readied but
-//! idle service hold one of half-open's few probe permits. When the breaker refuses,
+//! may be polled ready long before it is called (a balancer keeps its endpoints
+//! ready ahead of work, as p2c's `ReadyCache` does; a caller may ready a service and
+//! then wait for work; tower's `Buffer` is not one of them, its worker polls the
+//! service only with a request in hand and calls it at once), and a breaker that
+//! decided in `poll_ready` would let through a call made after it opened, and let a
+//! readied but idle service hold one of half-open's few probe permits. When the breaker refuses,
 //! `call` does not call the inner service and returns a future that is ready at once
 //! with the rejection. The inner service keeps whatever `poll_ready` reserved in it
 //! (a buffer slot) for the next call, as tower allows.

@@ -35,8 +35,9 @@ fn closed_calls_make_no_heap_allocation() {
         let before = counting::allocations();
         for i in 0..1_000 {
             // Some failures, below the threshold.
-            let outcome = if i % 10 == 0 { Err(()) } else { Ok(1) };
-            let _ = breaker.call(async { outcome }).await;
+            let failed = i % 10 == 0;
+            let outcome = if failed { Err(()) } else { Ok(1) };
+            assert_eq!(breaker.call(async { outcome }).await.is_err(), failed);
             layered.ready().await.unwrap().call(1).await.unwrap();
         }
         assert_eq!(

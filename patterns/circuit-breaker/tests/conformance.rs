@@ -675,8 +675,8 @@ async fn the_layer_decides_when_called_not_when_polled_ready() {
     let breaker = CircuitBreaker::new(ten_calls());
     let layer = CircuitBreakerLayer::new(breaker.clone());
     let mut early = layer.layer(counted_upstream(&readied, &called, false));
-    // Readied while the breaker is closed (as a buffer or a balancer does ahead of
-    // work)...
+    // Readied while the breaker is closed (as a balancer's ready cache does ahead
+    // of work)...
     early.ready().await.unwrap();
     // ...and the breaker opens before the request comes.
     open(&breaker);

@@ -24,7 +24,7 @@ use compare::stats::Sample;
 use compare::wire::{Meter, Traffic};
 use prost::Message;
 
-/// A basket of one line (about 100 bytes of JSON) and a wholesale order of about 64
+/// A basket of one line (153 bytes of JSON) and a wholesale order of about 64
 /// KiB.
 const ORDERS: [(&str, usize); 2] = [("small", 1), ("large", 640)];
 

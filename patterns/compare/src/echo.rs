@@ -36,12 +36,13 @@ async fn echo(mut socket: impl AsyncReadExt + AsyncWriteExt + Unpin) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match socket.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(n) => {
-                if socket.write_all(&buf[..n]).await.is_err() {
-                    return;
+                if let Err(error) = socket.write_all(&buf[..n]).await {
+                    return tracing::warn!(%error, "echo: writing back failed");
                 }
             }
+            Err(error) => return tracing::warn!(%error, "echo: reading failed"),
         }
     }
 }

@@ -78,8 +78,10 @@ pub async fn spawn() -> io::Result<Running> {
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(metered, app(Arc::default()))
+            // Told to stop, or the handle that could tell it was dropped: stop
+            // either way.
             .with_graceful_shutdown(async {
-                let _ = stopped.await;
+                let _stop_or_handle_dropped = stopped.await;
             })
             .await
             .map_err(BoxError::from)
@@ -103,11 +105,16 @@ impl axum::serve::Listener for MeteredListener {
                 Ok((socket, peer)) => match self.meter.accepted(socket) {
                     Ok(io) => return (io, peer),
                     // The connection died before it could be set up: take the next.
-                    Err(_) => continue,
+                    Err(error) => {
+                        tracing::debug!(%error, "connection lost at setup")
+                    }
                 },
                 // Out of file descriptors, say: back off briefly rather than spin,
                 // as axum's own listener does.
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(error) => {
+                    tracing::error!(%error, "accept failed; retrying in 50 ms");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     }
@@ -173,7 +180,7 @@ impl HttpClient {
         let response = request.send().await?;
         let status = response.status();
         if status != StatusCode::CREATED {
-            let body = response.text().await.unwrap_or_default();
+            let body = response.text().await?;
             return Err(HttpError::Refused { status: status.as_u16(), body });
         }
         Ok(response.json().await?)

@@ -72,8 +72,10 @@ pub async fn spawn() -> io::Result<Running> {
     let task = tokio::spawn(async move {
         Server::builder()
             .add_service(service)
+            // Told to stop, or the handle that could tell it was dropped: stop
+            // either way.
             .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
+                let _stop_or_handle_dropped = stopped.await;
             })
             .await
             .map_err(BoxError::from)

@@ -32,7 +32,11 @@ impl Running {
 
     /// Stops accepting connections and waits for the server task to end.
     pub async fn shutdown(self) -> Result<(), BoxError> {
-        let _ = self.stop.send(());
+        // A refused send means the server task has already ended; awaiting it
+        // below returns why.
+        if self.stop.send(()).is_err() {
+            tracing::debug!("the server had already stopped");
+        }
         self.task.await?
     }
 }

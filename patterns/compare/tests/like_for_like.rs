@@ -2,6 +2,7 @@
 //! order, gzip is really negotiated on both (the bytes counted on the wire shrink
 //! for a large order and grow for a one-line one), and the library behaviour the
 //! chapter describes is what the libraries do.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use compare::Gzip;
 use compare::http::{HttpClient, HttpError};
@@ -186,4 +187,77 @@ async fn tonic_compresses_answers_only_for_clients_that_accept_gzip() {
     );
     assert!(traffic.sent > protobuf_len, "the answer is not: {traffic:?}");
     rpc.shutdown().await.unwrap();
+}
+
+/// A tonic server answers a gzipped request with UNIMPLEMENTED unless it was built
+/// with `accept_compressed`: compressing requests is the client's choice only once
+/// the server accepts it.
+#[tokio::test]
+async fn tonic_refuses_a_gzipped_request_without_accept_compressed() {
+    use compare::proto::orders_server::OrdersServer;
+    use compare::rpc::OrdersService;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let plain = OrdersServer::new(OrdersService::default());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(plain)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let order = sample_order(1);
+
+    let mut uncompressed = OrdersClient::new(channel.clone());
+    let placed = uncompressed.place_order(order.clone()).await.unwrap();
+    assert_eq!(placed.into_inner().total_cents, expected_total(&order));
+
+    let mut gzipped =
+        OrdersClient::new(channel).send_compressed(CompressionEncoding::Gzip);
+    let refused = gzipped.place_order(order).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    assert!(refused.message().contains("gzip"), "{refused:?}");
+    server.abort();
+}
+
+/// tower-http's `RequestDecompressionLayer` inflates a body by its
+/// `Content-Encoding` header: the same gzipped bytes are an order with the header
+/// and malformed JSON without it.
+#[tokio::test]
+async fn the_http_service_inflates_a_request_by_its_content_encoding() {
+    use std::io::Write;
+
+    let http = compare::http::spawn().await.unwrap();
+    let order = sample_order(640);
+    let json = serde_json::to_vec(&order).unwrap();
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(&json).unwrap();
+    let gzipped = encoder.finish().unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{}{}", http.addr, compare::http::PLACE_ORDER);
+    let post = |encoding: Option<&'static str>| {
+        let mut request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(gzipped.clone());
+        if let Some(encoding) = encoding {
+            request = request.header("content-encoding", encoding);
+        }
+        request.send()
+    };
+
+    let placed = post(Some("gzip")).await.unwrap();
+    assert_eq!(placed.status(), 201);
+    let placed: PlacedOrder = placed.json().await.unwrap();
+    assert_eq!(placed.total_cents, expected_total(&order));
+
+    let undeclared = post(None).await.unwrap();
+    assert_eq!(undeclared.status(), 400, "gzip bytes read as JSON");
+    http.shutdown().await.unwrap();
 }

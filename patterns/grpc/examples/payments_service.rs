@@ -30,7 +30,7 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
-use tracing::info;
+use tracing::{error, info};
 
 /// The documented port of the standalone payments service (gRPC's customary one).
 const ADDR: &str = "127.0.0.1:50051";
@@ -56,8 +56,14 @@ async fn main() -> anyhow::Result<()> {
 
     if !once {
         grpc::server::serve(listener, router, async {
-            let _ = tokio::signal::ctrl_c().await;
-            info!("Ctrl-C: finishing the calls in flight, then stopping");
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => {
+                    info!("Ctrl-C: finishing the calls in flight, then stopping")
+                }
+                Err(error) => {
+                    error!(%error, "cannot listen for Ctrl-C; stopping now")
+                }
+            }
         })
         .await?;
         info!("stopped");
@@ -66,10 +72,11 @@ async fn main() -> anyhow::Result<()> {
 
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(grpc::server::serve(listener, router, async {
-        let _ = stopped.await;
+        let _stop_or_handle_dropped = stopped.await;
     }));
     self_check(addr).await?;
-    let _ = stop.send(());
+    // Refused only if the server already ended: the next line returns why.
+    let _unless_already_stopped = stop.send(());
     server.await??;
     info!("done: listed, described, health-checked, authorized, looked up, refused");
     Ok(())

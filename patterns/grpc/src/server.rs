@@ -54,8 +54,9 @@ pub async fn spawn_with(
     let queries =
         PaymentQueriesService::new(ledger.clone()).with_latency(lookup_latency);
     let (stop, stopped) = oneshot::channel::<()>();
+    // Told to stop, or the handle that could tell it was dropped: stop either way.
     let task = tokio::spawn(serve(listener, router(service, queries), async {
-        let _ = stopped.await;
+        let _stop_or_handle_dropped = stopped.await;
     }));
     info!("payments-service listening on {addr}");
     Ok(RunningPayments { addr, ledger, cards, stop, task })
@@ -88,7 +89,11 @@ impl RunningPayments {
     pub async fn shutdown(
         self,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let _ = self.stop.send(());
+        // A refused send means the server task has already ended; awaiting it
+        // below returns why.
+        if self.stop.send(()).is_err() {
+            tracing::debug!("the server had already stopped");
+        }
         self.task.await??;
         Ok(())
     }

@@ -260,7 +260,9 @@ impl Payments for PaymentsService {
                         () = deadline::passed(deadline) => {
                             let late = "the caller's deadline passed mid-stream";
                             let status = refuse(Status::deadline_exceeded(late));
-                            let _ = tx.send(Err(status)).await;
+                            if tx.send(Err(status)).await.is_err() {
+                                info!("the caller went away before the deadline");
+                            }
                             return;
                         }
                     };
@@ -325,7 +327,9 @@ async fn follow(
             sequence: now.sequence,
         };
         if now.status == PaymentStatus::Settled {
-            let _ = tx.send(Ok(event)).await;
+            if tx.send(Ok(event)).await.is_err() {
+                return info!("the watcher went away before the settlement");
+            }
             return info!("settled; stream complete");
         }
         if tx.send(Ok(event)).await.is_err() {
@@ -337,7 +341,10 @@ async fn follow(
             // tonic stopped timing this call when the stream began.
             () = deadline::passed(deadline) => {
                 let late = format!("deadline passed before {payment_id} settled");
-                let _ = tx.send(Err(refuse(Status::deadline_exceeded(late)))).await;
+                let status = refuse(Status::deadline_exceeded(late));
+                if tx.send(Err(status)).await.is_err() {
+                    info!("the watcher went away before the deadline");
+                }
                 return;
             }
         }

@@ -54,7 +54,8 @@ struct DropSignal(Option<oneshot::Sender<()>>);
 impl Drop for DropSignal {
     fn drop(&mut self) {
         if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
+            // A test that no longer waits has dropped the receiver: nobody to tell.
+            let _nobody_waiting = tx.send(());
         }
     }
 }
@@ -89,7 +90,7 @@ impl Payments for Bare {
         let timeout = request.metadata().get("grpc-timeout");
         let timeout = timeout.map(|v| v.to_str().unwrap().to_owned());
         if let Some(started) = self.started.lock().unwrap().take() {
-            let _ = started.send(timeout);
+            started.send(timeout).unwrap();
         }
         std::future::pending().await
     }
@@ -107,7 +108,9 @@ impl Payments for Bare {
                     tokio::time::sleep(Duration::from_millis(400)).await;
                 }
                 let event = PaymentEvent { sequence, ..PaymentEvent::default() };
-                let _ = tx.send(Ok(event)).await;
+                if tx.send(Ok(event)).await.is_err() {
+                    return; // the caller has gone: stop streaming
+                }
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

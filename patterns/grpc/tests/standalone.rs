@@ -42,7 +42,7 @@ async fn standalone() -> (Channel, oneshot::Sender<()>) {
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(grpc::server::serve(listener, router, async {
-        let _ = stopped.await;
+        let _stop_or_handle_dropped = stopped.await;
     }));
     let url = format!("http://{addr}");
     let channel = Endpoint::from_shared(url).unwrap().connect().await.unwrap();

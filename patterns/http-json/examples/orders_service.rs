@@ -16,7 +16,7 @@ use http_json::orders::{NewOrder, OrderLine};
 use http_json::server::{AppState, ServiceConfig, serve};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tracing::info;
+use tracing::{error, info};
 
 /// The documented port of the standalone orders service.
 const ADDR: &str = "127.0.0.1:8081";
@@ -39,8 +39,14 @@ async fn main() -> anyhow::Result<()> {
 
     if !once {
         serve(listener, state, async {
-            let _ = tokio::signal::ctrl_c().await;
-            info!("Ctrl-C: finishing the requests in flight, then stopping");
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => {
+                    info!("Ctrl-C: finishing the requests in flight, then stopping")
+                }
+                Err(error) => {
+                    error!(%error, "cannot listen for Ctrl-C; stopping now")
+                }
+            }
         })
         .await?;
         info!("stopped");
@@ -49,10 +55,11 @@ async fn main() -> anyhow::Result<()> {
 
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async {
-        let _ = stopped.await;
+        let _stop_or_handle_dropped = stopped.await;
     }));
     self_check(&format!("http://{addr}")).await?;
-    let _ = stop.send(());
+    // Refused only if the server already ended: the next line returns why.
+    let _unless_already_stopped = stop.send(());
     server.await??;
     info!(
         "done: created, replayed, read, listed and refused as the curl lines show"

@@ -31,8 +31,13 @@ pub enum ClientError {
     #[error("{} {}: {}", .0.status, .0.title, .0.detail)]
     Rejected(Problem),
     /// The service answered with something that is not the documented contract.
-    #[error("unexpected {status} response: {body}")]
-    Unexpected { status: StatusCode, body: String },
+    #[error("unexpected {status} response ({reason}): {body}")]
+    Unexpected {
+        status: StatusCode,
+        /// What did not match: the status, or why the body did not decode.
+        reason: String,
+        body: String,
+    },
     /// Connecting or talking to the service failed.
     #[error("transport error: {0}")]
     Transport(#[source] reqwest::Error),
@@ -84,6 +89,9 @@ impl OrdersClient {
         timeout: Duration,
     ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
+            // Talk to the service directly, even with HTTP_PROXY set in the
+            // environment: a proxy would add its own timeouts and errors.
+            .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .build()
@@ -137,7 +145,7 @@ impl OrdersClient {
             .await?;
         let replayed =
             response.headers().get(IDEMPOTENT_REPLAYED).is_some_and(|v| v == "true");
-        let order = decode(response, StatusCode::CREATED).await?;
+        let order = self.decode(response, StatusCode::CREATED).await?;
         Ok(Created { order, replayed })
     }
     // ANCHOR_END: create
@@ -147,7 +155,7 @@ impl OrdersClient {
         let response = self
             .send(self.request(reqwest::Method::GET, &format!("/v1/orders/{id}")))
             .await?;
-        decode(response, StatusCode::OK).await
+        self.decode(response, StatusCode::OK).await
     }
 
     /// `GET /v2/orders/{id}`: the same order in the version 2 representation.
@@ -155,7 +163,7 @@ impl OrdersClient {
         let response = self
             .send(self.request(reqwest::Method::GET, &format!("/v2/orders/{id}")))
             .await?;
-        decode(response, StatusCode::OK).await
+        self.decode(response, StatusCode::OK).await
     }
 
     /// `GET /v1/orders`, optionally for one customer.
@@ -167,7 +175,7 @@ impl OrdersClient {
         if let Some(customer) = customer_id {
             request = request.query(&[("customer_id", customer)]);
         }
-        decode(self.send(request).await?, StatusCode::OK).await
+        self.decode(self.send(request).await?, StatusCode::OK).await
     }
 
     /// `POST` an arbitrary body with an arbitrary content type, for showing how the service treats
@@ -184,16 +192,13 @@ impl OrdersClient {
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .header(IDEMPOTENCY_KEY, idempotency_key)
             .body(body);
-        match decode::<serde_json::Value>(
-            self.send(request).await?,
-            StatusCode::CREATED,
-        )
-        .await
-        {
+        let response = self.send(request).await?;
+        match self.decode::<serde_json::Value>(response, StatusCode::CREATED).await {
             Err(ClientError::Rejected(problem)) => Ok(problem),
             Err(other) => Err(other),
             Ok(accepted) => Err(ClientError::Unexpected {
                 status: StatusCode::CREATED,
+                reason: "bad input was accepted".into(),
                 body: accepted.to_string(),
             }),
         }
@@ -203,37 +208,49 @@ impl OrdersClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        request.send().await.map_err(|e| {
-            if e.is_timeout() {
-                ClientError::Timeout(self.timeout)
-            } else {
-                ClientError::Transport(e)
-            }
-        })
+        request.send().await.map_err(|e| self.transport(e))
     }
-}
 
-/// Decodes the expected success body, or turns a problem (or anything else) into an error.
-async fn decode<T: DeserializeOwned>(
-    response: reqwest::Response,
-    expected: StatusCode,
-) -> Result<T, ClientError> {
-    let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
-    let bytes = response.bytes().await.map_err(ClientError::Transport)?;
-    let unexpected = || ClientError::Unexpected {
-        status,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    };
-    if status == expected {
-        return serde_json::from_slice(&bytes).map_err(|_| unexpected());
+    /// A reqwest error in the caller's terms: the total-request timeout can fire
+    /// while waiting for the headers or while reading the body, and both are the
+    /// same ambiguous [`ClientError::Timeout`].
+    fn transport(&self, error: reqwest::Error) -> ClientError {
+        if error.is_timeout() {
+            ClientError::Timeout(self.timeout)
+        } else {
+            ClientError::Transport(error)
+        }
     }
-    if is_problem && let Ok(problem) = serde_json::from_slice::<Problem>(&bytes) {
-        return Err(ClientError::Rejected(problem));
+
+    /// Decodes the expected success body, or turns a problem (or anything else)
+    /// into an error.
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+        expected: StatusCode,
+    ) -> Result<T, ClientError> {
+        let status = response.status();
+        let is_problem = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(PROBLEM_JSON));
+        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
+        let unexpected = |reason: String| ClientError::Unexpected {
+            status,
+            reason,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        if status == expected {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| unexpected(format!("undecodable body: {e}")));
+        }
+        if !is_problem {
+            return Err(unexpected(format!("expected {expected}")));
+        }
+        match serde_json::from_slice::<Problem>(&bytes) {
+            Ok(problem) => Err(ClientError::Rejected(problem)),
+            Err(e) => Err(unexpected(format!("undecodable problem: {e}"))),
+        }
     }
-    Err(unexpected())
 }

@@ -123,19 +123,37 @@ struct StoreInner {
 impl OrderStore {
     /// Stores a validated order and returns it. `total_cents` must come from [`NewOrder::total_cents`].
     pub fn insert(&self, new: NewOrder, total_cents: u64) -> Order {
+        let stored: Result<_, std::convert::Infallible> =
+            self.insert_with(new, total_cents, |_| Ok(()));
+        match stored {
+            Ok((order, ())) => order,
+        }
+    }
+
+    /// Builds the order, derives `answer` from it (the response body, say), and
+    /// stores the order only if that succeeds. A caller that must never hold an
+    /// order without its answer (the idempotency record) gets that by construction:
+    /// when `answer` fails, nothing was stored and a retry places the order afresh.
+    pub fn insert_with<T, E>(
+        &self,
+        new: NewOrder,
+        total_cents: u64,
+        answer: impl FnOnce(&Order) -> Result<T, E>,
+    ) -> Result<(Order, T), E> {
         let mut inner =
             self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        inner.next_seq += 1;
         let order = Order {
             id: Uuid::new_v4(),
             customer_id: new.customer_id,
             lines: new.lines,
             total_cents,
             status: OrderStatus::Placed,
-            seq: inner.next_seq,
+            seq: inner.next_seq + 1,
         };
+        let answer = answer(&order)?;
+        inner.next_seq = order.seq;
         inner.orders.insert(order.id, order.clone());
-        order
+        Ok((order, answer))
     }
 
     pub fn get(&self, id: Uuid) -> Option<Order> {
@@ -213,6 +231,27 @@ mod tests {
         let extra = r#"{"sku": "mug", "quantity": 2, "unit_price_cents": 1, "gift_wrap": true}"#;
         let error = serde_json::from_str::<OrderLine>(extra).unwrap_err();
         assert!(error.to_string().contains("unknown field `gift_wrap`"), "{error}");
+    }
+
+    /// The handler builds its answer inside `insert_with`: when that fails, no order
+    /// exists, so the freed idempotency key cannot lead a retry to a second order.
+    #[test]
+    fn an_order_whose_answer_fails_is_not_stored() {
+        let store = OrderStore::default();
+        let new = NewOrder { customer_id: "c-1".into(), lines: vec![line(1, 1)] };
+        let failed = store.insert_with(new.clone(), 1, |_| Err::<(), _>("no body"));
+        assert_eq!(failed.unwrap_err(), "no body");
+        assert!(store.list(None).is_empty());
+
+        let (order, body) = store
+            .insert_with(new, 1, |order| Ok::<_, ()>(order.id.to_string()))
+            .unwrap();
+        assert_eq!(body, order.id.to_string());
+        assert_eq!(
+            store.get(order.id).unwrap().seq,
+            1,
+            "the failed try took no seq"
+        );
     }
 
     #[test]

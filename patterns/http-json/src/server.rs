@@ -148,10 +148,12 @@ async fn create_order<R: Representation>(
         }
         Begin::InFlight => Err(Problem::request_in_progress()),
         Begin::Fresh(reservation) => {
-            // No await between insert and complete: cancellation cannot separate the
-            // order from its idempotency record.
-            let order = state.orders.insert(new, total);
-            let body = serde_json::to_vec(&R::from(&order))
+            // The answer is built before the order is stored, and nothing can fail
+            // or await between storing it and completing the reservation: neither a
+            // cancelled request nor an error can leave an order without its record.
+            let (order, body) = state
+                .orders
+                .insert_with(new, total, |order| serde_json::to_vec(&R::from(order)))
                 .map_err(|e| Problem::internal(e.to_string()))?;
             let stored = StoredResponse {
                 status: StatusCode::CREATED,
@@ -281,7 +283,11 @@ impl RunningService {
 
     /// Stops accepting, lets in-flight requests finish, and waits for the server to exit.
     pub async fn shutdown(self) -> std::io::Result<()> {
-        let _ = self.stop.send(());
+        // A refused send means the server task has already ended; awaiting it
+        // below returns why.
+        if self.stop.send(()).is_err() {
+            tracing::debug!("the server had already stopped");
+        }
         self.task.await.map_err(std::io::Error::other)?
     }
 }
@@ -293,8 +299,9 @@ pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningService> {
     let addr = listener.local_addr()?;
     let state = AppState::new(config);
     let (stop, stopped) = oneshot::channel::<()>();
+    // Told to stop, or the handle that could tell it was dropped: stop either way.
     let task = tokio::spawn(serve(listener, state.clone(), async {
-        let _ = stopped.await;
+        let _stop_or_handle_dropped = stopped.await;
     }));
     info!("orders-service listening on http://{addr}");
     Ok(RunningService { addr, state, stop, task })

@@ -1,5 +1,6 @@
 //! The client against a real server on `127.0.0.1:0`: typed results, problems as errors, and the
 //! timeout a caller sees when the service is slow, followed by the safe retry.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,13 +126,40 @@ async fn a_service_that_is_not_there_is_a_transport_error() {
     assert!(matches!(err, ClientError::Transport(_)), "got {err:?}");
 }
 
+/// The total-request timeout can fire after the headers arrived, while the body is
+/// still coming: that is the same ambiguous timeout, not a transport error.
+#[tokio::test]
+async fn a_body_that_stalls_is_a_timeout_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _read = socket.read(&mut request).await.unwrap();
+        // The headers promise 100 bytes; one arrives, the rest never does.
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                    content-length: 100\r\n\r\n[";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        std::future::pending::<()>().await;
+    });
+    let timeout = Duration::from_millis(200);
+    let client = OrdersClient::new(format!("http://{addr}"), timeout).unwrap();
+    let err = client.list(None).await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout(t) if t == timeout), "got {err:?}");
+    assert!(err.is_retryable());
+    server.abort();
+}
+
 /// Sends on its channel when dropped: shows when hyper drops a request's future.
 struct SignalOnDrop(Arc<Mutex<Option<oneshot::Sender<()>>>>);
 
 impl Drop for SignalOnDrop {
     fn drop(&mut self) {
         if let Some(dropped) = self.0.lock().unwrap().take() {
-            let _ = dropped.send(());
+            // A test that no longer waits has dropped the receiver: nobody to tell.
+            let _nobody_waiting = dropped.send(());
         }
     }
 }

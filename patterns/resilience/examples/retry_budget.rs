@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{bail, ensure};
 use resilience::backoff::Backoff;
 use resilience::budget::RetryBudget;
 use resilience::retry::{Idempotency, RetryPolicy, Retryable};
@@ -85,7 +85,10 @@ async fn main() -> anyhow::Result<()> {
             }));
         }
         for caller in callers {
-            let _ = caller.await?;
+            // The outage is total: a checkout that succeeded would be a bug here.
+            if caller.await?.is_ok() {
+                bail!("a checkout succeeded while payments was down");
+            }
         }
         info!(
             wave,
@@ -97,12 +100,13 @@ async fn main() -> anyhow::Result<()> {
 
     // Creating a payment without an idempotency key is not idempotent: one attempt, never retried.
     let attempts = AtomicU32::new(0);
-    let _ = policy
+    let charged = policy
         .run(Idempotency::NotIdempotent, |_| {
             attempts.fetch_add(1, Ordering::Relaxed);
             async { Err::<(), _>(Unavailable) }
         })
         .await;
+    ensure!(charged.is_err(), "the POST cannot succeed while payments is down");
     info!(
         "a non-idempotent POST /payments was tried {} time(s): retrying it could charge twice",
         attempts.load(Ordering::Relaxed)

@@ -1,4 +1,5 @@
 //! Retries: who is retried, how often, how long the waits are, and what a budget does to an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -123,14 +124,15 @@ async fn an_error_that_is_not_retryable_is_not_retried() {
 async fn waits_between_attempts_stay_under_their_ceilings() {
     let began = tokio::time::Instant::now();
     let attempts = AtomicU32::new(0);
-    let _ = call(
+    call(
         &policy(),
         Idempotency::Idempotent,
         || UpstreamError::Unavailable,
         99,
         &attempts,
     )
-    .await;
+    .await
+    .unwrap_err();
     // Three waits, each at most 10, 20 and 40 ms.
     assert!(
         began.elapsed() <= Duration::from_millis(70),
@@ -147,22 +149,24 @@ async fn with_every_call_failing_a_budget_keeps_attempts_near_the_calls() {
     let budgeted = AtomicU32::new(0);
     let with_budget = policy().with_budget(Arc::new(RetryBudget::new(0.1, 10)));
     for _ in 0..calls {
-        let _ = call(
+        call(
             &policy(),
             Idempotency::Idempotent,
             || UpstreamError::Unavailable,
             u32::MAX,
             &unbudgeted,
         )
-        .await;
-        let _ = call(
+        .await
+        .unwrap_err();
+        call(
             &with_budget,
             Idempotency::Idempotent,
             || UpstreamError::Unavailable,
             u32::MAX,
             &budgeted,
         )
-        .await;
+        .await
+        .unwrap_err();
     }
     assert_eq!(
         unbudgeted.load(Ordering::SeqCst),
@@ -186,14 +190,15 @@ async fn the_examples_budget_allows_24_retries_because_a_full_budget_drops_a_dep
     let budgeted = policy().with_budget(Arc::new(RetryBudget::new(0.1, 5)));
     let attempts = AtomicU32::new(0);
     for _ in 0..200 {
-        let _ = call(
+        call(
             &budgeted,
             Idempotency::Idempotent,
             || UpstreamError::Unavailable,
             u32::MAX,
             &attempts,
         )
-        .await;
+        .await
+        .unwrap_err();
     }
     // 5 + 200 x 0.1 = 25 tokens, less the first deposit, which arrived while the budget was
     // full: 24.9, so 24 retries. Without the cap this would be 225.
@@ -220,14 +225,24 @@ proptest! {
 fn full_jitter_spreads_the_waits_over_the_whole_range() {
     let backoff =
         Backoff { base: Duration::from_millis(100), max: Duration::from_secs(10) };
+    let ceiling = backoff.ceiling(2); // 400 ms
     let mut rng = fastrand::Rng::with_seed(7);
     let waits: Vec<Duration> =
         (0..1_000).map(|_| backoff.delay(2, &mut rng)).collect();
-    let below_half =
-        waits.iter().filter(|w| **w < Duration::from_millis(200)).count();
-    // Uniform over [0, 400 ms]: about half fall below 200 ms. Callers that failed together spread out.
+    // Uniform over [0, 400 ms]: each tenth of the range gets about 100 of the
+    // 1000 waits, none is empty, and the waits reach both ends. Callers that
+    // failed together spread out over all of it, not around a midpoint.
+    let mut tenths = [0u32; 10];
+    for wait in &waits {
+        let tenth = (wait.as_nanos() * 10 / ceiling.as_nanos()).min(9);
+        tenths[tenth as usize] += 1;
+    }
     assert!(
-        (400..600).contains(&below_half),
-        "{below_half} of 1000 below half the ceiling"
+        tenths.iter().all(|n| (60..140).contains(n)),
+        "waits per tenth of the range: {tenths:?}"
     );
+    let (shortest, longest) =
+        (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+    assert!(*shortest < ceiling / 100, "shortest {shortest:?}");
+    assert!(*longest > ceiling * 99 / 100, "longest {longest:?}");
 }

@@ -18,7 +18,7 @@ thread_local! {
 fn count() {
     // `try_with`: during thread teardown the slot may be gone; such allocations are
     // not ours.
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+    let _not_ours_during_teardown = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
 }
 
 /// Forwards to the system allocator, counting every `alloc` and `realloc` of the
