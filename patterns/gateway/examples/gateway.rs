@@ -16,7 +16,7 @@ use anyhow::{Context, ensure};
 use gateway::auth::{Caller, Issuer};
 use gateway::graphql::{self, PaymentFetch};
 use gateway::limit::Rate;
-use gateway::{Config, RunningGateway};
+use gateway::{Config, RunningGateway, Secret};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -35,14 +35,18 @@ async fn main() -> anyhow::Result<()> {
     let lookup_latency = if slow { Duration::from_secs(2) } else { Duration::ZERO };
     let payments =
         grpc::server::spawn_with(Default::default(), lookup_latency).await?;
-    let mut config =
-        Config::new(orders.base_url(), format!("http://{}", payments.addr));
+    // The example signs its own tokens, so it makes a fresh key for this run.
+    let payments_url = format!("http://{}", payments.addr);
+    let mut config = Config::new(orders.base_url(), payments_url, Secret::random());
     // One token a minute: within the example, only the burst counts, however slow
     // the machine, so the request that is limited is the same on every run.
-    config.rate = Rate { burst: 10, per_second: 1.0 / 60.0 };
+    config.rate = Rate::new(10, 1.0 / 60.0)?;
     config.compose_deadline = Duration::from_millis(500);
-    let issuer =
-        Issuer::hs256(&config.token_secret, &config.issuer, &config.audience);
+    let issuer = Issuer::hs256(
+        config.token_secret.expose(),
+        &config.issuer,
+        &config.audience,
+    );
     let running = gateway::spawn(config).await?;
     let shop = Client::new(&running, &issuer)?;
 

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use compare::stats::Sample;
-use gateway::Config;
 use gateway::auth::Issuer;
 use gateway::limit::Rate;
+use gateway::{Config, Secret};
 use serde_json::{Value, json};
 
 const ROUNDS: usize = 2_000;
@@ -24,12 +24,15 @@ const ROUNDS: usize = 2_000;
 async fn main() -> anyhow::Result<()> {
     let orders = http_json::server::spawn(Default::default()).await?;
     let payments = grpc::server::spawn(Default::default()).await?;
-    let mut config =
-        Config::new(orders.base_url(), format!("http://{}", payments.addr));
+    let payments_url = format!("http://{}", payments.addr);
+    let mut config = Config::new(orders.base_url(), payments_url, Secret::random());
     // The limit is not what is measured: high enough never to refuse.
-    config.rate = Rate { burst: 1_000_000, per_second: 1_000_000.0 };
-    let issuer =
-        Issuer::hs256(&config.token_secret, &config.issuer, &config.audience);
+    config.rate = Rate::new(1_000_000, 1_000_000.0)?;
+    let issuer = Issuer::hs256(
+        config.token_secret.expose(),
+        &config.issuer,
+        &config.audience,
+    );
     let token = issuer.mint(
         "bench",
         "orders:read orders:write payments:write checkout:read",

@@ -2,10 +2,12 @@
 //!
 //! Every backend call has a deadline (an instant, so several calls can share one) and runs
 //! through [`Backend::guard`]: the breaker is asked first, the call is cut off at the deadline,
-//! and the outcome is counted the way the circuit-breaker chapter counts it. A refusal (a 4xx, or
-//! a gRPC code that means "your request is wrong") is the backend working correctly, so it counts
-//! as a success; timeouts, transport errors and 5xx count as failures. The timeout sits *inside*
-//! the breaker's call, so a backend that hangs trips the breaker instead of escaping it.
+//! and the outcome is counted by the circuit-breaker chapter's rule: an HTTP answer by
+//! [`circuit_breaker::classify::http_status`] (a 5xx fails, a 4xx, 429 included, is a refusal),
+//! a gRPC answer by its equivalent here (`RESOURCE_EXHAUSTED`, gRPC's 429, is a refusal too). A
+//! refusal is the backend working correctly, so it counts as a success; timeouts, transport
+//! errors and 5xx count as failures. The timeout sits *inside* the breaker's call, so a backend
+//! that hangs trips the breaker instead of escaping it.
 //!
 //! The counters exist for the GraphQL chapter's N+1 test and the example's narration: how many
 //! calls a query cost each backend.
@@ -15,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use circuit_breaker::{CallError, CircuitBreaker};
+use circuit_breaker::classify::http_status;
+use circuit_breaker::{CallError, CircuitBreaker, Outcome};
 use grpc::proto::v2::payment_queries_client::PaymentQueriesClient;
 use grpc::proto::v2::payments_client::PaymentsClient;
 use grpc::proto::v2::{AuthorizeRequest, Payment, PaymentsForOrdersRequest};
@@ -140,6 +143,8 @@ pub struct Forwarded {
     pub content_type: Option<String>,
     pub location: Option<String>,
     pub replayed: Option<String>,
+    /// On a 429 or 503: when the client may try again.
+    pub retry_after: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -206,9 +211,12 @@ impl OrdersBackend {
                 content_type: header("content-type"),
                 location: header("location"),
                 replayed: header(http_json::idempotency::IDEMPOTENT_REPLAYED),
+                retry_after: header("retry-after"),
                 body: response.bytes().await.map_err(failed)?.to_vec(),
             };
-            if status.is_server_error() {
+            // The breaker chapter's rule: only a 5xx is the backend failing.
+            // A 429 is passed on to the client, Retry-After and all.
+            if http_status(status.as_u16()) == Outcome::Failure {
                 return Err(Fault::Failed(format!("answered {status}")));
             }
             Ok(Ok(forwarded))
@@ -264,16 +272,26 @@ impl OrdersBackend {
                 .headers()
                 .get("content-type")
                 .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-            if status.is_server_error() {
+            if http_status(status.as_u16()) == Outcome::Failure {
                 return Err(Fault::Failed(format!("answered {status}")));
             }
-            if status.is_client_error() && is_problem {
+            if status.is_success() {
+                return Ok(Ok(response.json::<T>().await.map_err(failed)?));
+            }
+            // Anything else is a refusal: the backend's problem body if it
+            // sent one, or one that names its status.
+            if is_problem {
                 return Ok(Err(response.json::<Problem>().await.map_err(failed)?));
             }
-            if !status.is_success() {
-                return Err(Fault::Failed(format!("answered {status}")));
-            }
-            Ok(Ok(response.json::<T>().await.map_err(failed)?))
+            let code = StatusCode::from_u16(status.as_u16())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let detail = format!("orders answered {status}");
+            Ok(Err(Problem::new(
+                code,
+                "orders-refused",
+                "Refused by orders",
+                detail,
+            )))
         };
         self.backend.guard(deadline, call).await
     }

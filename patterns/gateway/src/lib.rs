@@ -53,6 +53,46 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+// ANCHOR: Secret
+/// The key tokens are signed with (HS256). There is no default: a key in the
+/// source is a key every reader of the source has. RFC 7518 (section 3.2)
+/// requires at least as many bits as the hash, 256 for HS256.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("an HS256 key needs at least 32 bytes, this one has {0}")]
+pub struct WeakSecret(pub usize);
+
+impl Secret {
+    pub fn new(key: Vec<u8>) -> Result<Secret, WeakSecret> {
+        if key.len() < 32 {
+            return Err(WeakSecret(key.len()));
+        }
+        Ok(Secret(key))
+    }
+    // ANCHOR_END: Secret
+
+    /// A fresh key from the operating system's random source (through two
+    /// version-4 UUIDs, 244 random bits): for examples and tests, which sign
+    /// their own tokens. A real gateway loads its key from a secret store.
+    pub fn random() -> Secret {
+        let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
+        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        Secret(key)
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes, redacted)", self.0.len())
+    }
+}
+
 /// Where the backends are, whom to trust, and the limits.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -60,8 +100,8 @@ pub struct Config {
     pub orders_url: String,
     /// URL of the payments service, e.g. `http://127.0.0.1:50051`.
     pub payments_url: String,
-    /// The HS256 secret tokens are signed with, their issuer and audience.
-    pub token_secret: Vec<u8>,
+    /// The HS256 key tokens are signed with, their issuer and audience.
+    pub token_secret: Secret,
     pub issuer: String,
     pub audience: String,
     /// Every authenticated client's allowance.
@@ -79,15 +119,19 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for a gateway in front of these two services.
-    pub fn new(orders_url: String, payments_url: String) -> Self {
+    /// Defaults for a gateway in front of these two services; the key has none.
+    pub fn new(
+        orders_url: String,
+        payments_url: String,
+        token_secret: Secret,
+    ) -> Self {
         Config {
             orders_url,
             payments_url,
-            token_secret: b"change-me: the shop's token secret".to_vec(),
+            token_secret,
             issuer: "https://id.shop.example".into(),
             audience: "shop-gateway".into(),
-            rate: Rate { burst: 5, per_second: 1.0 },
+            rate: Rate::default(),
             backend_timeout: Duration::from_secs(2),
             compose_deadline: Duration::from_millis(500),
             request_timeout: Duration::from_secs(5),
@@ -131,7 +175,7 @@ impl Gateway {
 
     pub fn verifier(&self) -> Verifier {
         let c = &self.config;
-        Verifier::hs256(&c.token_secret, &c.issuer, &c.audience)
+        Verifier::hs256(c.token_secret.expose(), &c.issuer, &c.audience)
     }
 }
 
@@ -150,7 +194,10 @@ impl RunningGateway {
 
     /// Stops accepting, lets requests in flight finish, waits for the server.
     pub async fn shutdown(self) -> std::io::Result<()> {
-        let _ = self.stop.send(());
+        // An error means the server has ended already: its task says why.
+        if self.stop.send(()).is_err() {
+            tracing::debug!("the gateway had stopped before it was told to");
+        }
         self.task.await.map_err(std::io::Error::other)?
     }
 }
@@ -165,10 +212,27 @@ pub async fn spawn(config: Config) -> Result<RunningGateway, StartError> {
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
-                let _ = stopped.await;
+                // Told to stop, or the handle was dropped: stop either way.
+                if stopped.await.is_err() {
+                    tracing::debug!("gateway handle dropped: shutting down");
+                }
             })
             .await
     });
     info!("gateway listening on http://{addr}");
     Ok(RunningGateway { addr, gateway, stop, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_key_is_refused_and_a_key_never_prints() {
+        assert_eq!(Secret::new(b"change-me".to_vec()).err(), Some(WeakSecret(9)));
+        let key = Secret::new(vec![7; 32]).unwrap();
+        assert_eq!(format!("{key:?}"), "Secret(32 bytes, redacted)");
+        assert_ne!(Secret::random().expose(), Secret::random().expose());
+        assert_eq!(Secret::random().expose().len(), 32);
+    }
 }

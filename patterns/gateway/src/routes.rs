@@ -100,6 +100,7 @@ fn relay(forwarded: Forwarded) -> Response {
         header::HeaderName::from_static(http_json::idempotency::IDEMPOTENT_REPLAYED),
         forwarded.replayed,
     );
+    set(header::RETRY_AFTER, forwarded.retry_after);
     response
 }
 

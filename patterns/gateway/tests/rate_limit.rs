@@ -16,7 +16,7 @@ use tower::ServiceExt;
 // ANCHOR: limiter_test
 #[tokio::test(start_paused = true)]
 async fn a_bucket_allows_its_burst_then_one_request_per_refill() {
-    let limiter = RateLimiter::new(Rate { burst: 3, per_second: 2.0 });
+    let limiter = RateLimiter::new(Rate::new(3, 2.0).unwrap());
     for _ in 0..3 {
         assert_eq!(limiter.check("mobile-app"), Ok(()));
     }
@@ -41,7 +41,7 @@ async fn a_bucket_allows_its_burst_then_one_request_per_refill() {
 fn app() -> (Router, gateway::Config) {
     let mut config =
         support::config("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into());
-    config.rate = Rate { burst: 5, per_second: 1.0 };
+    config.rate = Rate::new(5, 1.0).unwrap();
     (gateway::routes::app(Gateway::new(config.clone()).unwrap()), config)
 }
 
@@ -107,3 +107,52 @@ async fn a_rejected_token_does_not_spend_anyones_allowance() {
         assert_eq!(send(&app, &mobile, "10.0.0.1").await.0, StatusCode::NOT_FOUND);
     }
 }
+
+// ANCHOR: governor_test
+/// The book's bucket and `governor` (GCRA, the crate to use in production),
+/// fed the same requests at the same instants, allow and refuse the same ones
+/// and name the same wait.
+#[tokio::test(start_paused = true)]
+async fn the_bucket_decides_as_governor_does() {
+    use governor::Quota;
+    use governor::clock::{Clock, FakeRelativeClock};
+    use std::num::NonZeroU32;
+
+    for (burst, per_second) in [(3, 2.0), (10, 1.0 / 60.0), (1, 5.0), (5, 1.0)] {
+        let ours = RateLimiter::new(Rate::new(burst, per_second).unwrap());
+        let period = Duration::from_secs_f64(1.0 / per_second);
+        let quota = Quota::with_period(period)
+            .unwrap()
+            .allow_burst(NonZeroU32::new(burst).unwrap());
+        let clock = FakeRelativeClock::default();
+        let theirs = governor::RateLimiter::direct_with_clock(quota, clock.clone());
+        let (mut allowed, mut refused) = (0, 0);
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for i in 0..2_000 {
+            // Gaps of 0 to 1.5 periods, in whole milliseconds, the same for both:
+            // on average more requests than tokens, so both answers occur.
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let most = 3 * period.as_millis() as u64 / 2;
+            let gap = Duration::from_millis((seed >> 33) % (most + 1));
+            tokio::time::advance(gap).await;
+            clock.advance(gap);
+            match (ours.check("client"), theirs.check()) {
+                (Ok(()), Ok(())) => allowed += 1,
+                (Err(wait), Err(not_until)) => {
+                    let theirs = not_until.wait_time_from(clock.now());
+                    let apart = wait.abs_diff(theirs);
+                    assert!(
+                        apart < Duration::from_micros(1),
+                        "{i}: {wait:?} {theirs:?}"
+                    );
+                    refused += 1;
+                }
+                (a, b) => {
+                    panic!("request {i} ({burst}, {per_second}/s): {a:?} / {b:?}")
+                }
+            }
+        }
+        assert!(allowed > 100 && refused > 100, "{allowed} / {refused}");
+    }
+}
+// ANCHOR_END: governor_test

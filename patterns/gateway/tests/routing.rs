@@ -102,3 +102,45 @@ async fn a_backend_that_is_down_trips_its_breaker_and_calls_then_fail_fast() {
     assert_eq!(statuses, [502, 502, 502, 502, 503, 503]);
     assert_eq!(shop.gateway.gateway.payments.backend.calls(), 4);
 }
+
+/// A 429 from orders is orders answering (slow down, this caller), not orders
+/// failing: the client gets the 429, and the breaker stays closed however many
+/// come. The rule is the circuit-breaker chapter's `http_status`.
+#[tokio::test]
+async fn a_429_from_orders_reaches_the_client_and_never_opens_the_breaker() {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let throttled = || async {
+        (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "7")], "slow down")
+            .into_response()
+    };
+    let app = axum::Router::new().fallback(throttled);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let orders_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let shop = support::shop_with(std::time::Duration::ZERO, |config| {
+        config.orders_url = orders_url;
+        config.breaker = circuit_breaker::Config::builder()
+            .count_window(4)
+            .minimum_calls(4)
+            .failure_rate_threshold(50.0)
+            .build()
+            .unwrap();
+    })
+    .await;
+    let id = "3f2a1c9e-0000-4000-8000-000000000001";
+    for _ in 0..8 {
+        let get = shop.http.get(shop.url(&format!("/orders/{id}")));
+        let response = get.bearer_auth(shop.token("web-shop")).send().await.unwrap();
+        assert_eq!(response.status(), 429);
+        let body = serde_json::json!({"customer_id": "c-1", "lines": []});
+        let post = shop.http.post(shop.url("/orders")).json(&body);
+        let response =
+            post.bearer_auth(shop.token("web-shop")).send().await.unwrap();
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()["retry-after"], "7");
+    }
+    let breaker = &shop.gateway.gateway.orders.backend.breaker;
+    assert_eq!(breaker.state(), circuit_breaker::State::Closed);
+    assert_eq!(shop.gateway.gateway.orders.backend.calls(), 16);
+}

@@ -20,13 +20,14 @@ pub struct Shop {
 
 /// A config for services at these addresses, with a fast breaker for tests.
 pub fn config(orders_url: String, payments_url: String) -> Config {
-    let mut config = Config::new(orders_url, payments_url);
-    config.rate = gateway::limit::Rate { burst: 100, per_second: 100.0 };
+    let mut config =
+        Config::new(orders_url, payments_url, gateway::Secret::random());
+    config.rate = gateway::limit::Rate::new(100, 100.0).unwrap();
     config
 }
 
 pub fn issuer(config: &Config) -> Issuer {
-    Issuer::hs256(&config.token_secret, &config.issuer, &config.audience)
+    Issuer::hs256(config.token_secret.expose(), &config.issuer, &config.audience)
 }
 
 pub fn token(config: &Config, client: &str) -> String {
