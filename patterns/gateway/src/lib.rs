@@ -71,8 +71,10 @@ impl Secret {
         }
         Ok(Secret(key))
     }
-    // ANCHOR_END: Secret
+}
+// ANCHOR_END: Secret
 
+impl Secret {
     /// A fresh key from the operating system's random source (through two
     /// version-4 UUIDs, 244 random bits): for examples and tests, which sign
     /// their own tokens. A real gateway loads its key from a secret store.

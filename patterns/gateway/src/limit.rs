@@ -71,8 +71,10 @@ impl Rate {
         }
         Ok(Rate { burst, per_second, period, full })
     }
-    // ANCHOR_END: Rate
+}
+// ANCHOR_END: Rate
 
+impl Rate {
     pub fn burst(&self) -> u32 {
         self.burst
     }
