@@ -22,7 +22,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer, ExchangeKind};
 use rabbitmq_queues::publish::{enable_confirms, persistent};
 use rabbitmq_queues::reconnect::{connect_recovering, publish_until_confirmed};
-use rabbitmq_queues::rpc::{RpcClient, RpcError, serve};
+use rabbitmq_queues::rpc::{RpcClient, RpcError, declare_request_queue, serve};
 use rabbitmq_queues::{admin, topology};
 use tokio::sync::{Notify, watch};
 use tokio::time::timeout;
@@ -100,7 +100,9 @@ async fn main() -> anyhow::Result<()> {
         "every valid capture done: {done:?}"
     );
     ensure!(email == 5 && sms == 5, "one notification per capture in each queue");
-    for queue in [&names.captures, &names.dead, &names.email, &names.sms] {
+    let queues =
+        [&names.captures, &names.dead, &names.email, &names.sms, &names.stock];
+    for queue in queues {
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
@@ -283,13 +285,7 @@ async fn count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
 /// The checkout asks the stock service, over queues, and gives up on a slow answer.
 async fn stock_check(connection: &Connection, queue: &str) -> anyhow::Result<()> {
     let server_channel = connection.create_channel().await?;
-    server_channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    declare_request_queue(&server_channel, queue).await?;
     // The sencha lookup is slow: it answers only once the checkout has given up.
     let gave_up = Arc::new(Notify::new());
     let (server_queue, lookup_done) = (queue.to_owned(), Arc::clone(&gave_up));

@@ -10,28 +10,35 @@ use std::process::Command;
 /// Runs `rabbitmqctl` with `args` and returns its standard output. Says why, when neither
 /// the native tool nor the container's could run it.
 fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
-    let native = Command::new("rabbitmqctl").args(args).output();
-    if let Ok(output) = &native
-        && output.status.success()
-    {
-        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
-    }
+    let native = run(Command::new("rabbitmqctl").args(args));
+    let native_error = match native {
+        Ok(stdout) => return Ok(stdout),
+        Err(e) => e,
+    };
     // docker compose finds docker-compose.yml from the workspace root, wherever we were started.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let compose = Command::new("docker")
+    let compose = run(Command::new("docker")
         .args(["compose", "exec", "-T", "rabbitmq", "rabbitmqctl"])
         .args(args)
-        .current_dir(root)
-        .output();
-    match compose {
-        Ok(output) if output.status.success() => {
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-        }
-        _ => Err(format!(
-            "neither `rabbitmqctl` (native broker) nor `docker compose exec rabbitmq rabbitmqctl` \
-             could run `{}` ({native:?})",
+        .current_dir(root));
+    compose.map_err(|compose_error| {
+        format!(
+            "neither `rabbitmqctl` (native broker: {native_error}) nor `docker compose exec \
+             rabbitmq rabbitmqctl` ({compose_error}) could run `{}`; --drop-connection and the \
+             reconnection test need one of them on this machine",
             args.join(" ")
-        )),
+        )
+    })
+}
+
+/// Runs `command`: its standard output, or why it did not succeed.
+fn run(command: &mut Command) -> Result<String, String> {
+    let output = command.output().map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(format!("{}: {}", output.status, stderr.trim()))
     }
 }
 

@@ -8,8 +8,10 @@
 //! pending call and is dropped, counted, and never delivered to the wrong caller. The request
 //! itself carries an `expiration` equal to the caller's timeout: RabbitMQ does not deliver a
 //! message whose time to live has run out, so a request still queued when its caller gives up is
-//! dropped instead of processed. One already taken by the server is answered, and that answer is
-//! the late reply.
+//! dropped instead of processed. That holds only while the request is in the queue: the server
+//! takes one request at a time (a prefetch of 1), so the others wait in the queue, where they
+//! can expire, and not in the server's own buffer, where they cannot. One already taken by the
+//! server is answered, and that answer is the late reply.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
@@ -33,6 +36,22 @@ pub enum RpcError {
     Amqp(#[from] lapin::Error),
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    /// The task that routes replies to callers has stopped (its channel closed).
+    #[error("the reply queue's consumer stopped; no reply can arrive")]
+    RepliesStopped,
+}
+
+/// Declares the queue a server takes requests from: durable, so that it is neither
+/// a transient non-exclusive queue (deprecated in RabbitMQ 4.0, refused by later
+/// releases) nor lost when the broker restarts. Callers and servers may both
+/// declare it; the declarations must agree.
+pub async fn declare_request_queue(
+    channel: &Channel,
+    queue: &str,
+) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(queue.into(), durable, FieldTable::default()).await?;
+    Ok(())
 }
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
@@ -72,26 +91,32 @@ impl RpcClient {
         let (routes, late) = (Arc::clone(&pending), Arc::clone(&late_replies));
         // ANCHOR: route_replies
         let replies = tokio::spawn(async move {
-            while let Some(Ok(reply)) = consumer.next().await {
-                let id = reply
-                    .properties
-                    .correlation_id()
-                    .as_ref()
-                    .map(|id| id.to_string())
-                    .unwrap_or_default();
+            while let Some(reply) = consumer.next().await {
+                let reply = match reply {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        warn!("the reply queue's consumer failed: {e}");
+                        break;
+                    }
+                };
+                let Some(id) = reply.properties.correlation_id().as_ref() else {
+                    warn!("a reply without a correlation id: discarded");
+                    continue;
+                };
+                let id = id.to_string();
                 let waiting =
                     routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                match waiting {
-                    Some(caller) => {
-                        let _ = caller.send(reply.data);
-                    }
-                    None => {
-                        warn!(
-                            correlation_id = %id,
-                            "a reply came after its caller gave up: discarded"
-                        );
-                        late.fetch_add(1, Ordering::Release);
-                    }
+                // The caller may give up between our lookup and this send.
+                let undelivered = match waiting {
+                    Some(caller) => caller.send(reply.data).is_err(),
+                    None => true,
+                };
+                if undelivered {
+                    warn!(
+                        correlation_id = %id,
+                        "a reply came after its caller gave up: discarded"
+                    );
+                    late.fetch_add(1, Ordering::Release);
                 }
             }
         });
@@ -129,7 +154,8 @@ impl RpcClient {
                 .await?;
             match tokio::time::timeout(wait, reply_rx).await {
                 Ok(Ok(reply)) => Ok(reply),
-                _ => Err(RpcError::Timeout(wait)),
+                Ok(Err(_)) => Err(RpcError::RepliesStopped),
+                Err(_) => Err(RpcError::Timeout(wait)),
             }
         };
         let answer = answer.await;
@@ -156,7 +182,9 @@ impl Drop for RpcClient {
 // ANCHOR: serve
 /// The serving side: answers each request on `queue` with `handler`'s reply, sent
 /// to the request's `reply_to` with its `correlation_id`, then acknowledges the
-/// request. Runs until the channel closes.
+/// request. One request at a time (a prefetch of 1): the rest wait in the queue,
+/// where a request whose caller gave up expires unprocessed. Runs until the channel
+/// closes.
 pub async fn serve<F, Fut>(
     channel: &Channel,
     queue: &str,
@@ -166,13 +194,8 @@ where
     F: FnMut(Vec<u8>) -> Fut,
     Fut: Future<Output = Vec<u8>>,
 {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    declare_request_queue(channel, queue).await?;
+    channel.basic_qos(1, BasicQosOptions::default()).await?;
     let mut requests = channel
         .basic_consume(
             queue.into(),
@@ -188,18 +211,21 @@ where
             request.properties.correlation_id().clone(),
         );
         let reply = handler(request.data.clone()).await;
-        if let (Some(reply_to), Some(id)) = (reply_to, id) {
-            let properties = BasicProperties::default().with_correlation_id(id);
-            channel
-                .basic_publish(
-                    "".into(),
-                    reply_to,
-                    BasicPublishOptions::default(),
-                    &reply,
-                    properties,
-                )
-                .await?;
-        }
+        let (Some(reply_to), Some(id)) = (reply_to, id) else {
+            warn!("a request without reply_to or correlation_id: nobody to answer");
+            request.ack(BasicAckOptions::default()).await?;
+            continue;
+        };
+        let properties = BasicProperties::default().with_correlation_id(id);
+        channel
+            .basic_publish(
+                "".into(),
+                reply_to,
+                BasicPublishOptions::default(),
+                &reply,
+                properties,
+            )
+            .await?;
         request.ack(BasicAckOptions::default()).await?;
     }
     Ok(())

@@ -19,7 +19,7 @@ use lapin::{Channel, Connection, ExchangeKind};
 use rabbitmq_queues::publish::{
     PublishError, enable_confirms, persistent, publish_confirmed,
 };
-use rabbitmq_queues::rpc::{RpcClient, RpcError, serve};
+use rabbitmq_queues::rpc::{RpcClient, RpcError, declare_request_queue, serve};
 use rabbitmq_queues::{connect, topology};
 use support::wait_until;
 use tokio::sync::Notify;
@@ -331,14 +331,7 @@ async fn request_reply_times_out_and_discards_the_late_reply() {
     let queue = unique("stock-check");
     // Declared here as well as by the server (declarations are idempotent), so the
     // first call cannot race the server's start.
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_request_queue(&channel, &queue).await.unwrap();
     // The server answers "slow" only when the test lets it, after the call gave up.
     let release = Arc::new(Notify::new());
     let server_channel = connection.create_channel().await.unwrap();
@@ -368,6 +361,7 @@ async fn request_reply_times_out_and_discards_the_late_reply() {
     assert_eq!(client.call(&queue, b"tea", STEP).await.unwrap(), b"stock for tea");
     assert_eq!(client.late_replies(), 1);
     server.abort();
+    delete_queue(&channel, &queue).await;
     connection.close(200, "done".into()).await.unwrap();
 }
 // ANCHOR_END: rpc_test
@@ -376,14 +370,7 @@ async fn request_reply_times_out_and_discards_the_late_reply() {
 async fn a_request_still_queued_when_its_caller_gives_up_is_never_processed() {
     let Some((connection, channel)) = broker().await else { return };
     let queue = unique("stock-check");
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_request_queue(&channel, &queue).await.unwrap();
     // No server yet: the call times out, and its request expires in the queue.
     let client = RpcClient::new(&connection).await.unwrap();
     let gone = client.call(&queue, b"ghost", Duration::from_millis(50)).await;
@@ -411,5 +398,67 @@ async fn a_request_still_queued_when_its_caller_gives_up_is_never_processed() {
     assert_eq!(client.call(&queue, b"mug", STEP).await.unwrap(), b"mug");
     assert_eq!(*handled.lock().unwrap(), [b"mug"]);
     server.abort();
+    delete_queue(&channel, &queue).await;
     connection.close(200, "done".into()).await.unwrap();
+}
+
+/// The server takes one request at a time, so a request sent while it is busy waits
+/// in the queue, where its time to live can run out. With an unlimited prefetch the
+/// broker would push it to the busy server at once, and the server would process it
+/// after its caller had given up.
+#[tokio::test]
+async fn a_request_waiting_behind_a_busy_server_expires_unprocessed() {
+    let Some((connection, channel)) = broker().await else { return };
+    let queue = unique("stock-check");
+    declare_request_queue(&channel, &queue).await.unwrap();
+    let release = Arc::new(Notify::new());
+    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let server_channel = connection.create_channel().await.unwrap();
+    let (server_queue, released, log) =
+        (queue.clone(), release.clone(), handled.clone());
+    let serving = server_channel.clone();
+    let server = tokio::spawn(async move {
+        serve(&serving, &server_queue, |request| {
+            log.lock().unwrap().push(request.clone());
+            let released = released.clone();
+            async move {
+                if request == b"slow" {
+                    released.notified().await;
+                }
+                request
+            }
+        })
+        .await
+    });
+    let client = RpcClient::new(&connection).await.unwrap();
+    let slow = client.call(&queue, b"slow", STEP);
+    let meanwhile = async {
+        wait_until(STEP, "the server to work on the slow request", || {
+            ready(handled.lock().unwrap().len() == 1)
+        })
+        .await;
+        let gone = client.call(&queue, b"ghost", Duration::from_millis(100)).await;
+        assert!(matches!(gone, Err(RpcError::Timeout(_))), "{gone:?}");
+        release.notify_one();
+    };
+    let (slow, ()) = tokio::join!(slow, meanwhile);
+    assert_eq!(slow.unwrap(), b"slow");
+    assert_eq!(client.call(&queue, b"mug", STEP).await.unwrap(), b"mug");
+    let handled = handled.lock().unwrap().clone();
+    assert_eq!(
+        handled,
+        [b"slow".to_vec(), b"mug".to_vec()],
+        "ghost never processed"
+    );
+    // An orderly end: closing the server's channel ends its consumer, and `serve`.
+    server_channel.close(200, "done".into()).await.unwrap();
+    timeout(STEP, server).await.unwrap().unwrap().unwrap();
+    delete_queue(&channel, &queue).await;
+    connection.close(200, "done".into()).await.unwrap();
+}
+
+/// Request queues are durable, so each test deletes its own.
+async fn delete_queue(channel: &Channel, queue: &str) {
+    let options = lapin::options::QueueDeleteOptions::default();
+    channel.queue_delete(queue.into(), options).await.unwrap();
 }

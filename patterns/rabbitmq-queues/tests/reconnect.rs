@@ -166,8 +166,8 @@ async fn a_dropped_connection_is_recovered_and_every_message_arrives_as_promised
         published.len(),
         seen.len()
     );
-    let _ = publisher.close(200, "done".into()).await;
-    let _ = consumer.close(200, "done".into()).await;
+    publisher.close(200, "done".into()).await.expect("close the publisher");
+    consumer.close(200, "done".into()).await.expect("close the consumer");
 }
 // ANCHOR_END: reconnect_test
 
