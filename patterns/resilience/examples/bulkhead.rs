@@ -28,6 +28,7 @@ const POOL: usize = 10;
 const PAGES: u32 = 40;
 const PAGE_EVERY: Duration = Duration::from_millis(10);
 const RECOMMENDATIONS_PLACES: usize = 4;
+const INVENTORY_PLACES: usize = 6;
 const INVENTORY_LATENCY: Duration = Duration::from_millis(5);
 const RECOMMENDATIONS_LATENCY: Duration = Duration::from_millis(400);
 
@@ -80,9 +81,13 @@ async fn main() -> anyhow::Result<()> {
     let with_bulkheads = !flags.has("--no-bulkhead");
     let pool = Arc::new(Semaphore::new(POOL));
     // ANCHOR: bulkheads
+    // The compartments must fit in what they share: if they added up to more than
+    // the pool, a full recommendations compartment and inventory together could
+    // still empty it, and inventory would queue again.
+    ensure!(INVENTORY_PLACES + RECOMMENDATIONS_PLACES <= POOL);
     let (inventory, recommendations) = if with_bulkheads {
         (
-            Some(Bulkhead::new("inventory", 6)),
+            Some(Bulkhead::new("inventory", INVENTORY_PLACES)),
             Some(Bulkhead::new("recommendations", RECOMMENDATIONS_PLACES)),
         )
     } else {

@@ -32,7 +32,8 @@ async fn main() -> anyhow::Result<()> {
     .on_transition(|t| warn!("breaker {:?} -> {:?}: {}", t.from, t.to, t.reason))
     .build();
     let inventory_down = AtomicBool::new(false);
-    let last_good = LastKnownGood::new();
+    // Stock a few seconds old is still a fair guess; much older is not.
+    let last_good = LastKnownGood::with_max_age(Duration::from_secs(5));
     let (mut fresh, mut degraded, mut errors) = (0, 0, 0);
     let outage = 10..25;
     let mut last_page_fresh = false;

@@ -36,15 +36,26 @@ impl<T> Answer<T> {
     }
 }
 
-/// The last answer that was real, and when it was.
+/// The last answer that was real, and when it was. An answer older than the
+/// maximum age is not served: past some age a stale value misleads more than "unknown"
+/// does (yesterday's stock level, last week's price).
 #[derive(Debug, Default)]
 pub struct LastKnownGood<T> {
     slot: Mutex<Option<(T, Instant)>>,
+    max_age: Option<Duration>,
 }
 
 impl<T: Clone> LastKnownGood<T> {
+    /// Serves the last good answer however old it is: only for values that cannot
+    /// go wrong with age. Prefer [`with_max_age`](Self::with_max_age).
     pub fn new() -> Self {
-        LastKnownGood { slot: Mutex::new(None) }
+        LastKnownGood { slot: Mutex::new(None), max_age: None }
+    }
+
+    /// Serves the last good answer only while it is at most `max_age` old; after
+    /// that, the default, or the call's error.
+    pub fn with_max_age(max_age: Duration) -> Self {
+        LastKnownGood { slot: Mutex::new(None), max_age: Some(max_age) }
     }
 
     fn remember(&self, value: T) {
@@ -52,17 +63,20 @@ impl<T: Clone> LastKnownGood<T> {
             Some((value, Instant::now()));
     }
 
+    /// The last good answer and its age, unless it is too old to serve.
     fn recall(&self) -> Option<(T, Duration)> {
         self.slot
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|(v, at)| (v.clone(), at.elapsed()))
+            .filter(|(_, age)| self.max_age.is_none_or(|max| *age <= max))
     }
 
     // ANCHOR: or_fallback
     /// The call's answer if it succeeds (remembered for next time); else the last
-    /// good answer, else `default`, both marked degraded; else the call's error.
+    /// good answer if it is not too old, else `default`, both marked degraded; else
+    /// the call's error.
     pub async fn or_fallback<E: Display>(
         &self,
         call: impl Future<Output = Result<T, E>>,

@@ -61,6 +61,24 @@ async fn a_fallback_is_the_last_good_answer_marked_with_its_age() {
     assert!(degraded.is_degraded());
 }
 
+/// Past its maximum age the last good answer is not served: the default is, or,
+/// without one, the error.
+#[tokio::test(start_paused = true)]
+async fn a_last_good_answer_older_than_its_maximum_age_is_not_served() {
+    let cache = LastKnownGood::with_max_age(Duration::from_secs(60));
+    cache.or_fallback(async { Ok::<_, &str>(12) }, None).await.unwrap();
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let at_the_limit = cache.or_fallback(async { Err("503") }, None).await;
+    assert_eq!(at_the_limit.unwrap().value(), &12, "60 s old is still served");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let too_old = cache.or_fallback(async { Err("503") }, Some(0)).await;
+    assert_eq!(
+        too_old,
+        Ok(Answer::Degraded { value: 0, why: "503".into(), age: None })
+    );
+    assert_eq!(cache.or_fallback(async { Err("503") }, None).await, Err("503"));
+}
+
 #[tokio::test]
 async fn without_a_last_good_answer_the_default_is_used_and_without_a_default_the_error()
  {
