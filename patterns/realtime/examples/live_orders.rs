@@ -37,7 +37,14 @@ async fn main() -> anyhow::Result<()> {
     let step =
         Duration::from_millis(if flags.has("--slow-client") { 20 } else { 300 });
     let shop = Shop::new(hub.clone(), step);
-    let state = AppState::new(hub.clone(), shop.clone(), ChannelConfig::default());
+    // The slow client here reads again once the rush is over, to show the close frame
+    // and its reason; a close timeout of 10 s lets the frame wait that long for it. (A
+    // client that never reads again is dropped after the close timeout, frame unsent.)
+    let config = ChannelConfig {
+        close_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let state = AppState::new(hub.clone(), shop.clone(), config);
     // Small socket buffers in --slow-client mode, so a client that stops reading fills the
     // pipe after kilobytes rather than the megabytes a loopback socket holds by default.
     let listener = listen(flags.has("--slow-client"))?;

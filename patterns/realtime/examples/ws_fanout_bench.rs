@@ -77,9 +77,16 @@ async fn main() -> anyhow::Result<()> {
                         }
                     }
                     Ok(Push::Event(e)) => {
-                        let _ = tx.send((e.seq, arrived));
+                        // The receiver is gone once the measurement is over.
+                        if tx.send((e.seq, arrived)).is_err() {
+                            break;
+                        }
                     }
-                    _ => {}
+                    Ok(Push::Resync(_)) => {}
+                    Err(error) => {
+                        eprintln!("a client read a push it cannot parse: {error}");
+                        break;
+                    }
                 }
             }
         });

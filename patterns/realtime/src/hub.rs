@@ -19,7 +19,6 @@
 //!   a hole in it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -131,7 +130,8 @@ impl Default for HubConfig {
 
 struct Subscriber {
     tx: mpsc::Sender<Event>,
-    lagged: Arc<AtomicBool>,
+    /// Set (once) when the hub cuts this subscriber off.
+    lagged: watch::Sender<bool>,
 }
 
 struct State {
@@ -194,7 +194,7 @@ impl Hub {
         state.subscribers.retain(|sub| match sub.tx.try_send(event) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                sub.lagged.store(true, Ordering::Release);
+                sub.lagged.send_replace(true);
                 false
             }
             // The subscription was dropped: forget it.
@@ -211,7 +211,7 @@ impl Hub {
     pub fn subscribe(&self, after: Option<u64>) -> (Start, Subscription) {
         let mut state = self.lock();
         let (tx, rx) = mpsc::channel(self.config.buffer);
-        let lagged = Arc::new(AtomicBool::new(false));
+        let (lagged_tx, lagged) = watch::channel(false);
         // The oldest event still kept; with an empty history, the next one to come.
         let oldest = state.history.front().map_or(state.last_seq + 1, |e| e.seq);
         let (start, backlog) = match after {
@@ -232,7 +232,7 @@ impl Hub {
             Start::Resume => after.unwrap_or(0),
             Start::Snapshot(s) | Start::Resync(s) => s.seq,
         };
-        state.subscribers.push(Subscriber { tx, lagged: lagged.clone() });
+        state.subscribers.push(Subscriber { tx, lagged: lagged_tx });
         self.count.send_replace(state.subscribers.len());
         drop(state);
         let hub = self.clone();
@@ -250,8 +250,10 @@ impl Hub {
     /// dropped).
     pub async fn wait_for_subscribers(&self, n: usize) {
         let mut rx = self.count.subscribe();
-        // `wait_for` only fails when the sender is gone, and `self` holds it.
-        let _ = rx.wait_for(|count| *count == n).await;
+        // `wait_for` fails only when the sender is gone, and `self` holds it.
+        if let Err(error) = rx.wait_for(|count| *count == n).await {
+            tracing::warn!(%error, "the subscriber count is gone");
+        }
     }
 
     fn forget_closed(&self) {
@@ -278,7 +280,7 @@ pub struct Subscription {
     hub: Hub,
     backlog: VecDeque<Event>,
     rx: mpsc::Receiver<Event>,
-    lagged: Arc<AtomicBool>,
+    lagged: watch::Receiver<bool>,
     last_seq: u64,
 }
 
@@ -288,20 +290,33 @@ impl Subscription {
     pub async fn next(&mut self) -> Next {
         // A lagged subscriber stops at once: what is still buffered would only be a
         // longer road to the same resume point.
-        if self.lagged.load(Ordering::Acquire) {
+        if *self.lagged.borrow() {
             return Next::Lagged;
         }
         let event = match self.backlog.pop_front() {
             Some(event) => event,
             None => match self.rx.recv().await {
                 Some(event) => event,
-                None if self.lagged.load(Ordering::Acquire) => return Next::Lagged,
+                None if *self.lagged.borrow() => return Next::Lagged,
                 None => return Next::Closed,
             },
         };
         self.last_seq = event.seq;
         Next::Event(event)
     }
+
+    // ANCHOR: cut_off
+    /// Completes when the hub cuts this subscriber off, even while the caller
+    /// is busy elsewhere (blocked in a send to a client that stopped reading).
+    /// Cancel-safe; it never completes for a subscriber that is not cut off.
+    pub async fn cut_off(&mut self) {
+        if self.lagged.wait_for(|lagged| *lagged).await.is_err() {
+            // The hub let go of this subscriber without cutting it off (it shut
+            // down, and `next` says `Closed`): that is not a lag.
+            std::future::pending::<()>().await;
+        }
+    }
+    // ANCHOR_END: cut_off
 
     /// The last sequence number this subscription handed out (or started from).
     pub fn last_seq(&self) -> u64 {
@@ -393,5 +408,30 @@ mod tests {
         assert_eq!(hub.subscribers(), 1, "the slow one is detached");
         assert_eq!(slow.next().await, Next::Lagged);
         assert_eq!(slow.last_seq(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cut_off_completes_for_a_lagged_subscriber_and_only_for_it() {
+        use std::time::Duration;
+        let hub = hub(64, 1);
+        let (_, mut slow) = hub.subscribe(None);
+        let (_, mut fast) = hub.subscribe(None);
+        let waiting = Duration::from_secs(60);
+        // Nothing lagged yet: it does not complete (a paused clock makes the
+        // wait free).
+        let early = tokio::time::timeout(waiting, slow.cut_off()).await;
+        assert!(early.is_err(), "cut off before any lag");
+        for order in 1..=2 {
+            hub.publish(order, Status::Placed);
+            assert_eq!(take(&mut fast, 1).await, [order]);
+        }
+        // The slow one's buffer of one overflowed: it hears it without reading.
+        tokio::time::timeout(waiting, slow.cut_off()).await.unwrap();
+        let fast_cut = tokio::time::timeout(waiting, fast.cut_off()).await;
+        assert!(fast_cut.is_err(), "the fast one is not cut off");
+        // A hub that shuts down does not count as cutting anyone off.
+        drop(hub);
+        let closed = tokio::time::timeout(waiting, fast.cut_off()).await;
+        assert!(closed.is_err());
     }
 }

@@ -61,6 +61,10 @@ pub struct ChannelConfig {
     /// The longest one send may take before the connection counts as stalled and is
     /// dropped.
     pub send_timeout: Duration,
+    /// How long the server tries to say goodbye: to write its close frame, then
+    /// to hear the client's. Short, because a connection being closed for being
+    /// slow is the one least likely to take the frame.
+    pub close_timeout: Duration,
     /// The largest message (and frame) a client may send.
     pub max_message_size: usize,
 }
@@ -71,6 +75,7 @@ impl Default for ChannelConfig {
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
             max_message_size: 4096,
         }
     }
@@ -156,7 +161,7 @@ enum End {
     /// Send this close frame, then stop.
     Close(u16, String),
     /// The peer is gone or stalled; there is no one to tell.
-    Gone(&'static str),
+    Gone(String),
 }
 
 // ANCHOR: connection
@@ -193,12 +198,16 @@ async fn connection(
         // race.
         tokio::select! {
             next = sub.next() => end = match next {
+                // The hub may cut this client off while the send waits for it
+                // to read: then the send is abandoned at once.
                 Next::Event(e) => {
-                    send(&mut socket, &Push::Event(e), &config).await.err()
+                    let push = Push::Event(e);
+                    tokio::select! {
+                        sent = send(&mut socket, &push, &config) => sent.err(),
+                        () = sub.cut_off() => Some(too_slow(&sub)),
+                    }
                 }
-                Next::Lagged => Some(End::Close(close::TRY_AGAIN_LATER, format!(
-                    "too slow: reconnect with after={}", sub.last_seq()
-                ))),
+                Next::Lagged => Some(too_slow(&sub)),
                 Next::Closed => {
                     Some(End::Close(close::GOING_AWAY, "shutting down".into()))
                 }
@@ -214,7 +223,7 @@ async fn connection(
                     )))
                 } else {
                     let ping = Message::Ping(Default::default());
-                    send_message(&mut socket, ping, &config).await.err()
+                    send_message(&mut socket, ping, config.send_timeout).await.err()
                 };
             }
         }
@@ -225,6 +234,15 @@ async fn connection(
     finish(socket, end, &config).await;
 }
 // ANCHOR_END: connection
+
+/// The close for a client the hub cut off. The resume point is the last event
+/// handed to the socket: if that event's send was abandoned half-way, its bytes
+/// still sit ahead of the close frame in the same stream, so a client that
+/// reads this reason has read that event too.
+fn too_slow(sub: &Subscription) -> End {
+    let reason = format!("too slow: reconnect with after={}", sub.last_seq());
+    End::Close(close::TRY_AGAIN_LATER, reason)
+}
 
 // ANCHOR: received
 /// What a frame from the client means for the connection: `None` to carry on.
@@ -241,7 +259,7 @@ fn received(incoming: Option<Result<Message, axum::Error>>) -> Option<End> {
         }
         // The codec has already answered the client's close frame.
         Some(Ok(Message::Close(_))) | None => {
-            return Some(End::Gone("client closed"));
+            return Some(End::Gone("client closed".into()));
         }
         Some(Err(error)) => error,
     };
@@ -257,11 +275,11 @@ fn received(incoming: Option<Result<Message, axum::Error>>) -> Option<End> {
         // frame.
         Some(tungstenite::Error::Protocol(
             tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        )) => End::Gone("client left without a close frame"),
+        )) => End::Gone("client left without a close frame".into()),
         Some(tungstenite::Error::Protocol(e)) => {
             End::Close(close::PROTOCOL, format!("protocol error: {e}"))
         }
-        _ => End::Gone("connection lost"),
+        _ => End::Gone(format!("connection lost: {inner}")),
     })
 }
 // ANCHOR_END: received
@@ -271,9 +289,14 @@ async fn send(
     push: &Push,
     config: &ChannelConfig,
 ) -> Result<(), End> {
-    let text = serde_json::to_string(push)
-        .map_err(|_| End::Gone("an event could not be encoded"))?;
-    send_message(socket, Message::Text(text.into()), config).await
+    let text = match serde_json::to_string(push) {
+        Ok(text) => text,
+        Err(error) => {
+            warn!(%error, "a push could not be encoded");
+            return Err(End::Gone("a push could not be encoded".into()));
+        }
+    };
+    send_message(socket, Message::Text(text.into()), config.send_timeout).await
 }
 
 /// One send, bounded by `send_timeout`: a peer that stops reading cannot hold the
@@ -281,37 +304,48 @@ async fn send(
 async fn send_message(
     socket: &mut WebSocket,
     message: Message,
-    config: &ChannelConfig,
+    limit: Duration,
 ) -> Result<(), End> {
-    match timeout(config.send_timeout, socket.send(message)).await {
+    match timeout(limit, socket.send(message)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(End::Gone("connection lost")),
-        Err(_) => Err(End::Gone("stalled: a send did not finish in time")),
+        Ok(Err(error)) => Err(End::Gone(format!("connection lost: {error}"))),
+        Err(_) => Err(End::Gone("stalled: a send did not finish in time".into())),
     }
 }
 
+// ANCHOR: finish
 async fn finish(mut socket: WebSocket, end: Option<End>, config: &ChannelConfig) {
     match end {
         Some(End::Close(code, reason)) => {
             warn!(code, %reason, "closing");
             let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
             let close = Message::Close(Some(frame));
-            if send_message(&mut socket, close, config).await.is_ok() {
-                // The closing handshake: wait (bounded) for the client's close frame
-                // before dropping the socket. Dropping at once can make the client's
-                // TCP stack discard our close frame, reason and all, as a reset
-                // arrives behind it.
-                let _ = timeout(config.send_timeout, async {
-                    while let Some(Ok(message)) = socket.recv().await {
-                        if matches!(message, Message::Close(_)) {
-                            break;
-                        }
+            // The close frame queues behind whatever the client has not read
+            // yet: a client that reads nothing never gets it, and is dropped
+            // after `close_timeout` instead of `send_timeout`.
+            if let Err(End::Gone(why)) =
+                send_message(&mut socket, close, config.close_timeout).await
+            {
+                info!("disconnected without a close frame: {why}");
+                return;
+            }
+            // The closing handshake: wait (bounded) for the client's close frame
+            // before dropping the socket. Dropping at once can make the client's
+            // TCP stack discard our close frame, reason and all, as a reset
+            // arrives behind it.
+            let answered = timeout(config.close_timeout, async {
+                while let Some(Ok(message)) = socket.recv().await {
+                    if matches!(message, Message::Close(_)) {
+                        return;
                     }
-                })
-                .await;
+                }
+            });
+            if answered.await.is_err() {
+                info!("no close frame back in time: dropped");
             }
         }
         Some(End::Gone(why)) => info!("disconnected: {why}"),
         None => {}
     }
 }
+// ANCHOR_END: finish

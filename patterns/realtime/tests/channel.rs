@@ -77,6 +77,35 @@ async fn a_slow_client_is_closed_with_a_reason_and_never_stalls_the_others() {
     assert_eq!(within("a live event", back.next_seq()).await, EVENTS + 1);
 }
 
+// ANCHOR: never_reads_test
+/// A client that stops reading for good is cut off by the hub while the server is
+/// blocked writing an event to it. The server abandons that send at once, gives
+/// its close frame `close_timeout` (it cannot go out: the pipe is full) and drops
+/// the connection, instead of waiting out `send_timeout` behind the backlog.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_reads_again_is_dropped_after_the_close_timeout() {
+    let config = ChannelConfig { close_timeout: Duration::from_secs(1), ..quiet() };
+    let server = Server::memory(HubConfig { history: 1024, buffer: 4 }, config, 512);
+    let mut stuck = server.connect(None).await;
+    let began = tokio::time::Instant::now();
+    // Enough to fill the pipe (about six events) and then the hub's buffer.
+    for order in 1..=50 {
+        server.hub.publish(order, Status::Placed);
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(server.hub.subscribers(), 0, "cut off by the hub");
+    // Past the close timeout, far short of the send timeout (an hour here).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The server has let go: the pipe holds what it could take, then ends.
+    let mut bytes = Vec::new();
+    let read = stuck.raw_memory().read_to_end(&mut bytes);
+    within("the end of the stream", read).await.unwrap();
+    assert!(bytes.len() <= 512, "only what the pipe held: {}", bytes.len());
+    let elapsed = began.elapsed();
+    assert!(elapsed < Duration::from_secs(2), "dropped after {elapsed:?}");
+}
+// ANCHOR_END: never_reads_test
+
 /// A client that reconnects with the last sequence number it saw gets the events it
 /// missed, from the history, then live ones: no snapshot, no gap, no duplicate.
 #[tokio::test]
@@ -149,6 +178,7 @@ async fn heartbeats_close_a_silent_connection_and_keep_a_live_one() {
         ping_interval: Duration::from_secs(15),
         idle_timeout: Duration::from_secs(30),
         send_timeout: Duration::from_secs(10),
+        close_timeout: Duration::from_secs(10),
         max_message_size: 4096,
     };
     let server = Server::memory(HubConfig::default(), config, 64 * 1024);

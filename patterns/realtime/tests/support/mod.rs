@@ -58,6 +58,7 @@ pub fn quiet() -> ChannelConfig {
         ping_interval: Duration::from_secs(3600),
         idle_timeout: Duration::from_secs(7200),
         send_timeout: Duration::from_secs(3600),
+        close_timeout: Duration::from_secs(3600),
         max_message_size: 4096,
     }
 }
