@@ -2,8 +2,13 @@
 //!
 //! Two things no Rust test can see: the realtime chapter's live page working in a browser (its
 //! JavaScript, its WebSocket, the statuses appearing as they happen), and the built book
-//! working (mermaid diagrams rendered, a quiz answered and graded). The checks are one Node.js
-//! script, `xtask/browser/check.mjs`, driving Chromium through playwright-core.
+//! working. Every page of `book/build/` is opened: each mermaid diagram must have rendered to
+//! an SVG that is not mermaid's error picture and that names every participant, node or state
+//! its source declares (mermaid draws "Syntax error in text" as an SVG too, so "an SVG is
+//! there" proves nothing), and each quiz must have loaded and be answered and graded question
+//! by question. A failure names the page and the diagram (with its line in `book/src/`) or the
+//! quiz. The checks are one Node.js script, `xtask/browser/check.mjs`, driving Chromium
+//! through playwright-core.
 //!
 //! - The browser is Debian's `chromium` at /usr/bin/chromium, installed with apt when we run as
 //!   root (as `cargo xtask brokers up` installs RabbitMQ), never a browser that playwright
@@ -22,8 +27,9 @@ use std::time::{Duration, Instant};
 use crate::{Fail, brokers, cmd, command_exists, lint, run_quiet, workspace_root};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// Long enough for a cold start of Chromium and every bounded wait in check.mjs.
-const CHECK_LIMIT: Duration = Duration::from_secs(180);
+/// Long enough for a cold start of Chromium, every page of the book with every quiz answered
+/// (about a minute), and a few of check.mjs's bounded waits running out.
+const CHECK_LIMIT: Duration = Duration::from_secs(420);
 /// Building the example on a cold cache, then its first line.
 const BUILD_LIMIT: Duration = Duration::from_secs(900);
 const START_LIMIT: Duration = Duration::from_secs(60);
