@@ -75,6 +75,8 @@ pub enum Error {
     Grpc(#[from] tonic::transport::Error),
     #[error("{0} did not happen within {1:?}")]
     Timeout(&'static str, Duration),
+    #[error("shipping has stopped: no more shipments will be reported")]
+    Stopped,
 }
 
 /// What the storefront posts to `POST /checkout`.
@@ -209,16 +211,20 @@ impl Shop {
     pub async fn shipped(&mut self, limit: Duration) -> Result<Shipped, Error> {
         match tokio::time::timeout(limit, self.shipped.recv()).await {
             Ok(Some(shipped)) => Ok(shipped),
-            _ => Err(Error::Timeout("a shipment", limit)),
+            Ok(None) => Err(Error::Stopped),
+            Err(_elapsed) => Err(Error::Timeout("a shipment", limit)),
         }
     }
 
     /// Stops every service and consumer and waits for them to finish.
     pub async fn shutdown(self) {
         drop(self.http); // idle keep-alive connections would hold the server open
-        let _ = self.stop.send(true);
+        // `send_replace` cannot fail: it stores the value with or without readers.
+        self.stop.send_replace(true);
         for task in self.tasks {
-            let _ = task.await;
+            if let Err(error) = task.await {
+                warn!("a service of the shop panicked: {error}");
+            }
         }
         // Channels first, then the connection: closing a connection while one of
         // its channels is still closing fails. The exclusive queue goes with it.
@@ -249,7 +255,10 @@ async fn serve_checkout(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
+        // An error means the stop sender is gone: stop then too.
+        if stopped.wait_for(|stop| *stop).await.is_err() {
+            tracing::debug!("checkout-api: stop signal dropped, shutting down");
+        }
     });
     let task = tokio::spawn(async move {
         if let Err(error) = server.await {
@@ -331,7 +340,10 @@ async fn serve_payments(
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
+                // An error means the stop sender is gone: stop then too.
+                if stopped.wait_for(|stop| *stop).await.is_err() {
+                    tracing::debug!("payments: stop signal dropped, shutting down");
+                }
             },
         );
     let task = tokio::spawn(async move {
@@ -423,8 +435,9 @@ async fn fulfilment(
         };
         let span = hops::kafka_consumer_span(FULFILMENT, &message);
         async {
-            let Ok(event) = decode(&message) else {
-                return warn!("undecodable event skipped");
+            let event = match decode(&message) {
+                Ok(event) => event,
+                Err(error) => return warn!("undecodable event skipped: {error}"),
             };
             let id = &event.metadata.correlation_id;
             let task = (queue.as_str(), event.order.order_id.as_bytes());
@@ -433,7 +446,9 @@ async fn fulfilment(
                 Ok(()) => info!("shipment task sent for {}", event.order.order_id),
                 Err(error) => warn!("shipment task not sent: {error}"),
             }
-            let _ = consumer.store_offset_from_message(&message);
+            if let Err(error) = consumer.store_offset_from_message(&message) {
+                warn!("offset not stored (the event may come again): {error}");
+            }
         }
         .instrument(span)
         .await;
@@ -463,7 +478,11 @@ async fn shipping(
                 delivery = deliveries.next() => delivery,
                 _ = stopped.wait_for(|stop| *stop) => return,
             };
-            let Some(Ok(delivery)) = delivery else { return };
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => return warn!("shipping stopped: {error}"),
+                None => return,
+            };
             let span =
                 hops::amqp_consumer_span(SHIPPING, &queue, &delivery.properties);
             async {
@@ -474,7 +493,10 @@ async fn shipping(
                 if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
                     return warn!("ack failed: {error}");
                 }
-                let _ = report.send(Shipped { order_id, correlation_id }).await;
+                let shipped = Shipped { order_id, correlation_id };
+                if report.send(shipped).await.is_err() {
+                    tracing::debug!("shipped, and nobody is waiting for the report");
+                }
             }
             .instrument(span)
             .await;

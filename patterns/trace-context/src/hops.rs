@@ -6,9 +6,11 @@
 //! `consumer` as a child of it. The receiving span's parent is then a span in another service,
 //! and the trace is one tree across services. Spans are named as OpenTelemetry's semantic
 //! conventions name them (`POST /checkout`, `shop.payments.Payments/Authorize`,
-//! `<destination> publish`, `<destination> process`), so tracing UIs group them correctly.
+//! `<destination> publish`, `<destination> process`), so tracing UIs group them correctly. An
+//! HTTP server span takes the matched route (`GET /orders/{id}`), never the raw path: one name
+//! per order id would make every request a group of its own.
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use kafka_events::envelope::{Metadata, OrderPlaced};
@@ -33,9 +35,13 @@ use crate::carrier::{
 pub fn adopt(span: &Span, parent: Context) {
     use opentelemetry::trace::TraceContextExt;
     if parent.span().span_context().is_valid() {
-        // Fails only if the span was already started or is disabled; it then keeps
-        // its own trace, which is visible in the tree and not worth failing a request.
-        let _ = span.set_parent(parent);
+        // Fails if the span has started already (calling `span.context()` starts
+        // it, too), is disabled, or has no OpenTelemetry layer. The span then
+        // keeps its own trace: not worth failing a request, worth a line in the
+        // log that says why the tree broke here.
+        if let Err(error) = span.set_parent(parent) {
+            tracing::warn!(%error, "span not joined to the caller's trace");
+        }
     }
 }
 
@@ -47,7 +53,12 @@ pub async fn http_server_span(
     request: Request,
     next: Next,
 ) -> Response {
-    let name = format!("{} {}", request.method(), request.uri().path());
+    // The route template, low-cardinality as the HTTP conventions ask; a request
+    // that matched no route (a 404) is named by its method alone.
+    let name = match request.extensions().get::<MatchedPath>() {
+        Some(route) => format!("{} {}", request.method(), route.as_str()),
+        None => request.method().to_string(),
+    };
     let span = info_span!(
         "http.server",
         otel.name = name,

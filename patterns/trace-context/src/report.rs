@@ -4,7 +4,6 @@
 //! tracing backend would have stored: the span ids, parent links and timings of the real run.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
@@ -149,7 +148,8 @@ impl<'a> Trace<'a> {
         let took = span.end_time.duration_since(span.start_time).unwrap_or_default();
         let (service, name, kind) =
             (self.service(span), &span.name, kind(&span.span_kind));
-        let _ = writeln!(out, "{lead}{service}: {name} [{kind}] {}", millis(took));
+        let took = millis(took);
+        out.push_str(&format!("{lead}{service}: {name} [{kind}] {took}\n"));
         let id = span.span_context.span_id();
         let children = self.children.get(&id).map(Vec::as_slice).unwrap_or_default();
         for (n, &child) in children.iter().enumerate() {
@@ -176,8 +176,10 @@ impl<'a> Trace<'a> {
         for span in &order {
             let service = self.service(span);
             if !participants.contains(&service) {
-                let _ =
-                    writeln!(out, "    participant {} as {service}", id(&service));
+                out.push_str(&format!(
+                    "    participant {} as {service}\n",
+                    id(&service)
+                ));
                 participants.push(service);
             }
         }
@@ -185,14 +187,14 @@ impl<'a> Trace<'a> {
             (participants.first(), participants.last())
         {
             let (first, last, trace) = (id(first), id(last), self.trace_id);
-            let _ = writeln!(out, "    Note over {first},{last}: trace {trace}");
+            out.push_str(&format!("    Note over {first},{last}: trace {trace}\n"));
         }
         let mut messages = std::collections::VecDeque::from([self.root]);
         while let Some(start) = messages.pop_front() {
             if let Some(parent) = self.parent(self.spans[start]) {
                 let arrow =
                     format!("{}-){}", id(&self.service(parent)), self.id_of(start));
-                let _ = writeln!(out, "    {arrow}: {}", self.label(start));
+                out.push_str(&format!("    {arrow}: {}\n", self.label(start)));
             }
             self.calls(start, &mut out, &mut messages);
         }
@@ -227,17 +229,14 @@ impl<'a> Trace<'a> {
             } else if self.spans[child].span_kind == SpanKind::Consumer {
                 messages.push_back(child);
             } else {
-                let _ = writeln!(out, "    {from}->>{to}: {}", self.label(child));
+                out.push_str(&format!("    {from}->>{to}: {}\n", self.label(child)));
                 self.calls(child, out, messages);
                 let took = self.spans[child]
                     .end_time
                     .duration_since(self.spans[child].start_time)
                     .unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "    {to}-->>{from}: reply after {}",
-                    millis(took)
-                );
+                let took = millis(took);
+                out.push_str(&format!("    {to}-->>{from}: reply after {took}\n"));
             }
         }
     }

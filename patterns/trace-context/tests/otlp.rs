@@ -25,7 +25,10 @@ impl TraceService for Collector {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let _ = self.0.send(request.into_inner());
+        // The test reading them is gone: tell the exporter, rather than pretend.
+        if self.0.send(request.into_inner()).is_err() {
+            return Err(Status::unavailable("the test's collector has stopped"));
+        }
         Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
