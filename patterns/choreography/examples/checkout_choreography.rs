@@ -106,7 +106,7 @@ fn report(span: &Span, outcome: &Outcome, stock: u32, balance: u64) {
         OrderStatus::Confirmed { tracking } => format!("confirmed ({tracking})"),
         OrderStatus::Cancelled { reason } => format!("cancelled: {reason}"),
     });
-    info!(parent: span, "orders:    o-1001 {}", order.unwrap_or_default());
+    info!(parent: span, "orders:    o-1001 {}", order.as_deref().unwrap_or("no record"));
     let hold = match &outcome.hold {
         Some(Hold::Reserved { .. }) => "reserved",
         Some(Hold::Rejected { .. }) => "rejected",
@@ -132,7 +132,7 @@ fn report(span: &Span, outcome: &Outcome, stock: u32, balance: u64) {
         ShipmentStatus::Failed { reason } => format!("failed: {reason}"),
         ShipmentStatus::Cancelled { .. } => "cancelled".to_owned(),
     });
-    info!(parent: span, "shipping:  {}", shipment.unwrap_or_default());
+    info!(parent: span, "shipping:  {}", shipment.as_deref().unwrap_or("no record"));
     let effects: Vec<String> =
         outcome.emitted.iter().map(|(kind, n)| format!("{kind} x{n}")).collect();
     info!(parent: span, "events: {}", effects.join(", "));

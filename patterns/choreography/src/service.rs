@@ -277,10 +277,13 @@ fn narrate(span: &Span, delivery: &Delivery) {
                 info!(parent: span, "{kind}: noted; nothing to emit");
             }
             for row in emitted {
-                let what = shop_domain::Kind::parse(&row.event_type)
-                    .and_then(|k| wire::event_from(k, &row.payload).ok())
-                    .map(|e| describe(&e))
-                    .unwrap_or_default();
+                let what = match shop_domain::Kind::parse(&row.event_type) {
+                    Some(kind) => match wire::event_from(kind, &row.payload) {
+                        Ok(event) => describe(&event),
+                        Err(e) => format!("(its payload does not decode: {e})"),
+                    },
+                    None => "(a type the shop does not know)".to_owned(),
+                };
                 let id = short(row.id);
                 info!(parent: span, "{kind}: {what} -> {} {id}", row.event_type);
             }

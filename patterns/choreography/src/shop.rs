@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use kafka_events::client::{consumer, create_topics, producer};
 use kafka_events::envelope::header;
-use outbox::relay::{Relay, RelayConfig, RelayError, RelayFaults};
+use outbox::faults::{FaultPlan, FaultyPublisher};
+use outbox::relay::{Publisher, Relay, RelayConfig};
 use rdkafka::Offset;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -161,7 +162,10 @@ struct Shared {
 impl Shared {
     fn committed(&self, service: ServiceName, order_id: &str, emitted: Vec<Kind>) {
         let order_id = order_id.to_owned();
-        let _ = self.notices.send(Notice { service, order_id, emitted });
+        // An error only says that nobody subscribes to notices now: nothing waits.
+        if self.notices.send(Notice { service, order_id, emitted }).is_err() {
+            tracing::trace!("a commit nobody waits for");
+        }
         self.progress.send_modify(|n| *n += 1);
     }
 }
@@ -247,7 +251,9 @@ impl Shop {
         if let Err(e) =
             shop.wait_until("every consumer joined", within, joined).await
         {
-            let _ = shop.stop.send(true);
+            if shop.stop.send(true).is_err() {
+                warn!("no service task was left to stop");
+            }
             return Err(e);
         }
         Ok(shop)
@@ -309,7 +315,7 @@ impl Shop {
             let span = span(orders, correlation_id, &short(request_id));
             let pending = self.outbox_counts(orders).await?.pending;
             let counter = &self.shared.stats.of(orders).pending_at_crash;
-            counter.fetch_add(u64::try_from(pending).unwrap_or(0), Relaxed);
+            counter.fetch_add(pending.unsigned_abs(), Relaxed);
             warn!(
                 parent: &span,
                 "crash! died after its commit, before its relay ran: {pending} event(s) wait in its outbox"
@@ -500,9 +506,15 @@ impl Shop {
     /// Stops every service and relay (between messages and passes), then drops
     /// the shop's schemas. Topics stay: the broker keeps them, as evidence.
     pub async fn shut_down(self) -> Result<(), Error> {
-        let _ = self.stop.send(true);
+        if self.stop.send(true).is_err() {
+            warn!("no service task was left to stop");
+        }
         for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("a service task ended abnormally: {e}"),
+                Err(_) => warn!("a service task did not stop within 30 s"),
+            }
         }
         for service in ServiceName::ALL {
             let schema = self.shared.schemas.of(service);
@@ -717,9 +729,9 @@ async fn run_process<S: Store + 'static>(
     // The relay lives and dies with the process; in the first life of a
     // service that dies before its relay runs, there is none.
     let relay = (!die_before_relay && !dual_write).then(|| {
-        let relay_faults = RelayFaults {
-            crash_after_publish: fault(&faults.relay_dies_before_mark).then_some(1),
-            ..RelayFaults::default()
+        let relay_faults = FaultPlan {
+            die_after: fault(&faults.relay_dies_before_mark).then_some(1),
+            ..FaultPlan::default()
         };
         tokio::spawn(relay_loop(shared.clone(), me, relay_faults, wake.clone()))
     });
@@ -846,20 +858,27 @@ async fn shared_pending(
     let span = incoming_span(me, incoming);
     if before_relay {
         let schema = shared.schemas.of(me);
-        let pending = match connect(&shared.config.database_url).await {
-            Ok(client) => outbox::counts(&client, schema).await.map(|c| c.pending),
-            Err(e) => {
-                warn!(parent: &span, "cannot count the outbox: {e}");
-                Ok(0)
-            }
+        let counted = match connect(&shared.config.database_url).await {
+            Ok(client) => outbox::counts(&client, schema)
+                .await
+                .map(|c| c.pending)
+                .map_err(Error::from),
+            Err(e) => Err(e),
         };
-        let pending = pending.unwrap_or(0);
-        let counter = &shared.stats.of(me).pending_at_crash;
-        counter.fetch_add(u64::try_from(pending).unwrap_or(0), Relaxed);
-        warn!(
-            parent: &span,
-            "crash! died after its commit, before its relay ran: {pending} event(s) wait in its outbox"
-        );
+        match counted {
+            Ok(pending) => {
+                let counter = &shared.stats.of(me).pending_at_crash;
+                counter.fetch_add(pending.unsigned_abs(), Relaxed);
+                warn!(
+                    parent: &span,
+                    "crash! died after its commit, before its relay ran: {pending} event(s) wait in its outbox"
+                );
+            }
+            Err(e) => warn!(
+                parent: &span,
+                "crash! died after its commit, before its relay ran; its outbox cannot be counted: {e}"
+            ),
+        }
     } else {
         warn!(parent: &span, "crash! died after its commit, before storing the offset");
     }
@@ -877,23 +896,30 @@ fn rewind(
     Ok(())
 }
 
-/// Runs a service's relay, restarting it when its fault plan kills it.
+/// Runs a service's relay, restarting it when it dies. Its first life follows
+/// `faults`; a relay the plan kills is dropped mid-pass, as a process dies.
 async fn relay_loop(
     shared: Arc<Shared>,
     me: ServiceName,
-    mut faults: RelayFaults,
+    mut faults: FaultPlan,
     wake: Arc<Notify>,
 ) {
     let mut stop = shared.stop.clone();
     loop {
-        let result =
-            relay_life(&shared, me, std::mem::take(&mut faults), &wake).await;
-        match result {
-            Ok(()) => return,
-            Err(Error::Relay(RelayError::Crashed { .. })) => {
+        let plan = std::mem::take(&mut faults);
+        let publisher = FaultyPublisher::new(shared.producer.clone(), plan);
+        let result = tokio::select! {
+            result = relay_life(&shared, me, publisher.clone(), &wake) => result,
+            _ = publisher.died() => {
                 shared.stats.of(me).relay_crashes.fetch_add(1, Relaxed);
                 shared.progress.send_modify(|n| *n += 1);
+                let next = "a new relay starts and sends the unmarked rows again";
+                info!("{}-relay: died; {next}", me.as_str());
+                continue;
             }
+        };
+        match result {
+            Ok(()) => return,
             Err(e) => {
                 warn!("{}-relay: {e}; restarting in 1 s", me.as_str());
                 let pause = tokio::time::sleep(Duration::from_secs(1));
@@ -912,16 +938,14 @@ async fn relay_loop(
 async fn relay_life(
     shared: &Shared,
     me: ServiceName,
-    faults: RelayFaults,
+    publisher: impl Publisher,
     wake: &Notify,
 ) -> Result<(), Error> {
     let (url, schema) = (&shared.config.database_url, shared.schemas.of(me));
     let poll_interval = shared.config.relay_poll;
     let config = RelayConfig { poll_interval, ..RelayConfig::default() };
-    let mut relay = Relay::connect(url, schema, shared.producer.clone())
-        .await?
-        .with_config(config)
-        .with_faults(faults);
+    let mut relay =
+        Relay::connect(url, schema, publisher).await?.with_config(config);
     let lookup = connect(url).await?;
     let mut stop = shared.stop.clone();
     loop {
@@ -937,12 +961,7 @@ async fn relay_life(
             continue;
         }
         let span = relay_span(&lookup, me, schema, &ids).await?;
-        let report = batch.finish().instrument(span.clone()).await;
-        if let Err(RelayError::Crashed { .. }) = &report {
-            let next = "a new relay starts and sends the unmarked rows again";
-            info!(parent: &span, "the relay died; {next}");
-        }
-        let report = report?;
+        let report = batch.finish().instrument(span).await?;
         let published = report.published.len() as u64;
         shared.stats.of(me).published.fetch_add(published, Relaxed);
         shared.progress.send_modify(|n| *n += 1);

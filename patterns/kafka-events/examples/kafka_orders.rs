@@ -14,7 +14,7 @@
 //! PostgreSQL at `DATABASE_URL`, because that is where the memory of processed events must live
 //! for it to survive a crash.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -159,13 +159,20 @@ async fn main() -> anyhow::Result<()> {
         drop(projection);
         service = subscribe(&brokers, &group, &topic)?;
         projection = Projection::Postgres(postgres_store(&schema).await?);
+        // Nothing was stored, so nothing was committed: the new member starts where
+        // auto.offset.reset says. With `latest`, the unstored event would be skipped.
         span.in_scope(|| {
-            info!("restarted: the group resumes from its last committed offset")
+            info!(
+                "restarted: the group has no committed offset yet; \
+                 auto.offset.reset=earliest starts it at the first event"
+            )
         });
     }
     let mut failed_once = false;
     let mut handled = 0;
-    let mut attempt = 0;
+    // Failed attempts per message (partition, offset): other partitions' successes
+    // in between must not reset the count of the message that keeps failing.
+    let mut failures: HashMap<(i32, i64), u32> = HashMap::new();
     while handled < expected {
         let step = handle_next(&service, &dead_letters, |event| async {
             if flags.has("--fail-once")
@@ -182,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("the consumer saw nothing for 30 s")?;
         match outcome {
-            Ok(Handled::Processed(_)) => (handled, attempt) = (handled + 1, 0),
+            Ok(Handled::Processed(_)) => handled += 1,
             Ok(Handled::DeadLettered(error)) => {
                 handled += 1;
                 span.in_scope(|| {
@@ -190,12 +197,14 @@ async fn main() -> anyhow::Result<()> {
                 });
             }
             // ANCHOR: retry
-            Err(StepError::Handler { partition, offset, error })
-                if attempt + 1 < ATTEMPTS =>
-            {
-                attempt += 1;
-                let pause = Duration::from_millis(100 << attempt);
+            Err(StepError::Handler { partition, offset, error }) => {
+                let attempt = failures.entry((partition, offset)).or_insert(0);
+                *attempt += 1;
                 let why = format!("{partition}/{offset} failed: {error}");
+                if *attempt == ATTEMPTS {
+                    bail!("the consumer stops after {ATTEMPTS} attempts: {why}");
+                }
+                let pause = Duration::from_millis(100 << *attempt);
                 warn!(parent: &span, "{why}; retry {attempt} in {pause:?}");
                 tokio::time::sleep(pause).await;
             }
@@ -214,8 +223,9 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..expected {
         let message =
             timeout(STEP, replay.recv()).await.context("replay stalled")??;
-        if let Ok(event) = envelope::decode(&message) {
-            add_to_totals(&mut rebuilt, &event.order);
+        match envelope::decode(&message) {
+            Ok(event) => add_to_totals(&mut rebuilt, &event.order),
+            Err(e) => info!("replay: skips the event it cannot decode: {e}"),
         }
     }
     // ANCHOR_END: replay
@@ -276,25 +286,29 @@ async fn brokers(
     let created = if listening {
         let topics = [(topic, 3), (dlq, 1)];
         let create = create_topics(&brokers, &topics);
-        timeout(Duration::from_secs(10), create).await.ok()
+        match timeout(Duration::from_secs(10), create).await {
+            Ok(created) => created.map_err(anyhow::Error::from),
+            Err(_) => Err(anyhow::anyhow!("creating the topics took over 10 s")),
+        }
     } else {
-        None
+        Err(anyhow::anyhow!("nothing listens there"))
     };
     match created {
-        Some(Ok(())) => {
+        Ok(()) => {
             info!("using the Kafka broker at {brokers}");
             Ok((brokers, None))
         }
-        _ if infra::brokers_required() => bail!(
-            "no Kafka broker answers at {brokers}: start one with `cargo xtask brokers up`"
+        Err(e) if infra::brokers_required() => bail!(
+            "no Kafka broker answers at {brokers} ({e}): \
+             start one with `cargo xtask brokers up`"
         ),
-        _ => {
+        Err(e) => {
             let mock = MockCluster::new(1)?;
             mock.create_topic(topic, 3, 1)?;
             mock.create_topic(dlq, 1, 1)?;
             info!(
-                "no Kafka broker at {brokers}; using librdkafka's in-process mock cluster \
-                 (start a real one with `cargo xtask brokers up`)"
+                "no usable Kafka broker at {brokers} ({e}); using librdkafka's \
+                 in-process mock cluster (start a real one with `cargo xtask brokers up`)"
             );
             Ok((mock.bootstrap_servers(), Some(mock)))
         }

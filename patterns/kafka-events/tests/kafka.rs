@@ -342,10 +342,8 @@ async fn a_dead_letter_that_cannot_be_sent_is_not_skipped() {
     // A dead-letter producer whose broker is gone (a port that was just closed), and
     // which gives up after a second. It fails on any broker, whether or not that
     // broker would have created a missing topic.
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed_port =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let impatient = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", closed_port.to_string())
         .set("message.timeout.ms", "1000")
@@ -424,13 +422,20 @@ async fn two_consumers_share_the_partitions_and_the_survivor_takes_over() {
             DeadLetters { producer: f.producer.clone(), topic: f.dlq.clone() };
         tasks.push(tokio::spawn(async move {
             loop {
-                if let Ok(Handled::Processed(event)) =
-                    handle_next(&consumer, &dead_letters, |e| async {
-                        Ok::<_, String>(e)
-                    })
-                    .await
-                {
-                    let _ = tx.send((n, event.metadata.event_id));
+                let step = handle_next(&consumer, &dead_letters, |e| async {
+                    Ok::<_, String>(e)
+                });
+                match step.await {
+                    Ok(Handled::Processed(event)) => {
+                        if tx.send((n, event.metadata.event_id)).is_err() {
+                            return; // the test has ended
+                        }
+                    }
+                    Ok(other) => {
+                        panic!("consumer {n}: only valid events: {other:?}")
+                    }
+                    // A step that fails rewinds; the next one tries again.
+                    Err(e) => eprintln!("consumer {n}: {e}"),
                 }
             }
         }));
@@ -488,7 +493,10 @@ async fn two_consumers_share_the_partitions_and_the_survivor_takes_over() {
             // the group. Its partition moves to the first.
             let task = tasks.pop().unwrap();
             task.abort();
-            let _ = task.await;
+            assert!(
+                task.await.is_err_and(|e| e.is_cancelled()),
+                "stopped by the abort"
+            );
             drop(consumers.pop());
         }
     }

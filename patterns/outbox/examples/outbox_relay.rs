@@ -22,7 +22,8 @@ use kafka_events::client::{consumer, create_topics, producer};
 use kafka_events::consume::{DeadLetters, Handled, handle_next};
 use kafka_events::envelope::{Event, Metadata, OrderPlaced, header};
 use kafka_events::produce::publish;
-use outbox::relay::{Relay, RelayError, RelayFaults, RelayStats};
+use outbox::faults::{FaultPlan, FaultyPublisher};
+use outbox::relay::{Relay, RelayStats};
 use outbox::{OutboxEvent, counts, enqueue, inbox, migrate};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
@@ -65,9 +66,9 @@ async fn main() -> anyhow::Result<()> {
         2
     } else {
         let faults = if flags.has("--crash-relay") {
-            RelayFaults { crash_after_publish: Some(2), ..RelayFaults::default() }
+            FaultPlan { die_after: Some(2), ..FaultPlan::default() }
         } else {
-            RelayFaults::default()
+            FaultPlan::default()
         };
         let (stop, relay) = if flags.has("--late-commit") {
             // The relay is already running while the orders are placed.
@@ -260,32 +261,35 @@ impl Shop {
 
     // ANCHOR: supervise
     /// Runs the relay in the background until `stop` says so. When it dies, a new
-    /// relay takes over, as a process supervisor would restart it.
+    /// relay takes over, as a process supervisor would restart it. The first relay
+    /// follows the fault plan `faults` (`--crash-relay`); its successors do not.
     fn start_relay(
         &self,
-        faults: RelayFaults,
+        faults: FaultPlan,
     ) -> (watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<RelayStats>>)
     {
         let (stop, stopped) = watch::channel(false);
         let (url, schema) = (self.url.clone(), self.orders_schema.clone());
         let producer = self.producer.clone();
         let supervise = async move {
-            let mut faults = Some(faults);
+            let mut faults = faults;
             loop {
-                let relay = Relay::connect(&url, &schema, producer.clone()).await?;
-                let relay = relay.with_faults(faults.take().unwrap_or_default());
+                let plan = std::mem::take(&mut faults);
+                let publisher = FaultyPublisher::new(producer.clone(), plan);
+                let relay = Relay::connect(&url, &schema, publisher.clone()).await?;
                 let mut stopped = stopped.clone();
                 let until = async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                };
-                match relay.run(until).await {
-                    Ok(stats) => return Ok(stats),
-                    Err(RelayError::Crashed { .. }) => {
-                        warn!(
-                            "restarting the relay: its unmarked events are pending"
-                        )
+                    // A sender that is gone can never say stop: take it as one.
+                    if stopped.wait_for(|stop| *stop).await.is_err() {
+                        warn!("the stop signal is gone: the relay stops");
                     }
-                    Err(e) => return Err(e.into()),
+                };
+                tokio::select! {
+                    stats = relay.run(until) => return Ok(stats?),
+                    // Dead: the relay, its connection and its transaction go.
+                    _ = publisher.died() => {
+                        warn!("restarting the relay: its unmarked events are pending")
+                    }
                 }
             }
         };

@@ -23,6 +23,7 @@
 
 use tokio_postgres::Client;
 
+pub mod faults;
 pub mod inbox;
 pub mod relay;
 
@@ -125,16 +126,18 @@ pub async fn counts(client: &Client, schema: &str) -> Result<Counts, OutboxError
     Ok(Counts { pending: row.get(0), sent: row.get(1), failed: row.get(2) })
 }
 
-/// Puts every `failed` row back to `pending` with a fresh attempt budget, once a
-/// human has fixed the cause (created the topic, raised a size limit). Returns how
-/// many rows were requeued.
+/// Puts every `failed` row back to `pending` with a fresh attempt budget and no
+/// `last_error` (an error from before the fix would mislead whoever reads a pending
+/// row), once a human has fixed the cause (created the topic, raised a size limit).
+/// Returns how many rows were requeued.
 pub async fn retry_failed(
     client: &Client,
     schema: &str,
 ) -> Result<u64, OutboxError> {
     let s = checked(schema)?;
     let sql = format!(
-        "UPDATE {s}.outbox SET status = 'pending', attempts = 0 WHERE status = 'failed'"
+        "UPDATE {s}.outbox SET status = 'pending', attempts = 0, last_error = NULL
+         WHERE status = 'failed'"
     );
     Ok(client.execute(&sql, &[]).await?)
 }

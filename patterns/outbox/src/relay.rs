@@ -18,9 +18,12 @@
 //! A crash between 3 and 4 rolls the transaction back: the rows are still pending, and the next
 //! relay publishes them again. That is the at-least-once half of the bargain; the consumer's inbox
 //! is the other half.
+//!
+//! The relay publishes through a [`Publisher`]: a Kafka producer in production, and the seam
+//! through which the tests and the examples' "break it" flags make a publish fail or the relay
+//! die ([`crate::faults`]). The relay's own code has no test branch.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -45,10 +48,31 @@ pub enum RelayError {
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
-    /// The fault plan killed the relay after it published rows and before it
-    /// marked them sent. Treat the relay as dead: drop it and start a new one.
-    #[error("relay crashed after publishing {published} rows it never marked sent")]
-    Crashed { published: usize },
+}
+
+/// Why one row was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// Refused for another reason (a wrapper's own rule, an injected fault).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Where a relay sends its rows, and waits for each acknowledgement.
+pub trait Publisher: Send + Sync {
+    /// Publishes one row; its partition and offset once the broker has it.
+    fn publish(
+        &self,
+        row: &ClaimedRow,
+    ) -> impl Future<Output = Result<(i32, i64), PublishError>> + Send;
+}
+
+impl Publisher for FutureProducer {
+    async fn publish(&self, row: &ClaimedRow) -> Result<(i32, i64), PublishError> {
+        Ok(send(self, row).await?)
+    }
 }
 
 /// How a relay works.
@@ -70,16 +94,6 @@ impl Default for RelayConfig {
             poll_interval: Duration::from_millis(20),
         }
     }
-}
-
-/// Failures to inject, for tests and the examples' "break it" flags.
-#[derive(Debug, Clone, Default)]
-pub struct RelayFaults {
-    /// Die once this relay has published this many rows, before marking them sent
-    /// (the pass returns [`RelayError::Crashed`], its transaction rolls back).
-    pub crash_after_publish: Option<usize>,
-    /// The first this-many publish attempts fail as if the broker had refused them.
-    pub fail_publishes: u32,
 }
 
 /// A row the broker acknowledged.
@@ -131,39 +145,32 @@ pub struct RelayStats {
 
 /// A relay for one service's outbox (one schema). Give it its own connection: a
 /// pass holds a transaction open while it waits for the broker.
-pub struct Relay {
+pub struct Relay<P = FutureProducer> {
     client: Client,
     /// Everything else, apart from the client so that a batch can borrow it while
     /// its transaction borrows the client.
-    state: State,
+    state: State<P>,
 }
 
-struct State {
+struct State<P> {
     schema: String,
-    producer: FutureProducer,
+    publisher: P,
     config: RelayConfig,
-    faults: RelayFaults,
-    /// Sends started over the relay's life (what the crash plan counts).
-    sends_started: usize,
-    /// Failures injected over the relay's life.
-    failures_injected: u32,
 }
 
-impl Relay {
-    /// A relay over `<schema>.outbox`, publishing with `producer` (see
-    /// [`kafka_events::client::producer`]: acks from all replicas, idempotent).
+impl<P: Publisher> Relay<P> {
+    /// A relay over `<schema>.outbox`, publishing with `publisher`: a producer
+    /// from [`kafka_events::client::producer`] (acks from all replicas,
+    /// idempotent), or a wrapper around one.
     pub fn new(
         client: Client,
         schema: &str,
-        producer: FutureProducer,
+        publisher: P,
     ) -> Result<Self, RelayError> {
         let state = State {
             schema: checked(schema)?.to_owned(),
-            producer,
+            publisher,
             config: RelayConfig::default(),
-            faults: RelayFaults::default(),
-            sends_started: 0,
-            failures_injected: 0,
         };
         Ok(Relay { client, state })
     }
@@ -172,7 +179,7 @@ impl Relay {
     pub async fn connect(
         url: &str,
         schema: &str,
-        producer: FutureProducer,
+        publisher: P,
     ) -> Result<Self, RelayError> {
         checked(schema)?;
         let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
@@ -181,16 +188,11 @@ impl Relay {
                 warn!("relay's postgres connection ended: {e}");
             }
         });
-        Relay::new(client, schema, producer)
+        Relay::new(client, schema, publisher)
     }
 
     pub fn with_config(mut self, config: RelayConfig) -> Self {
         self.state.config = config;
-        self
-    }
-
-    pub fn with_faults(mut self, faults: RelayFaults) -> Self {
-        self.state.faults = faults;
         self
     }
 
@@ -203,7 +205,7 @@ impl Relay {
     /// Steps 1 and 2 of a pass: claims pending rows and sets aside those that would
     /// overtake an unsent earlier event of their aggregate. The claimed rows stay
     /// locked until the returned batch finishes (or is dropped, which rolls back).
-    pub async fn claim(&mut self) -> Result<Batch<'_>, RelayError> {
+    pub async fn claim(&mut self) -> Result<Batch<'_, P>, RelayError> {
         let s = &self.state.schema;
         let tx = self.client.transaction().await?;
         // No watermark: every pending row, however late it committed.
@@ -215,7 +217,8 @@ impl Relay {
              FOR UPDATE SKIP LOCKED"
         );
         let rows = tx.query(&claim, &[&self.state.config.batch_size]).await?;
-        let mut rows: Vec<Claimed> = rows.iter().map(Claimed::from_row).collect();
+        let mut rows: Vec<ClaimedRow> =
+            rows.iter().map(ClaimedRow::from_row).collect();
         // The earliest unsent row of each aggregate that is not ours: locked by
         // another relay, or failed. Our rows after it must wait.
         let blockers = format!(
@@ -275,14 +278,15 @@ impl Relay {
 }
 
 /// A claimed batch: rows locked by this relay's open transaction.
-pub struct Batch<'a> {
+pub struct Batch<'a, P> {
     tx: Transaction<'a>,
-    state: &'a mut State,
-    rows: Vec<Claimed>,
+    state: &'a mut State<P>,
+    rows: Vec<ClaimedRow>,
     held_back: usize,
 }
 
-struct Claimed {
+/// An outbox row a relay has claimed and is about to publish.
+pub struct ClaimedRow {
     seq: i64,
     id: Uuid,
     aggregate_id: String,
@@ -292,11 +296,25 @@ struct Claimed {
     headers: Vec<(String, String)>,
 }
 
-impl Claimed {
+impl ClaimedRow {
+    /// The event's id, chosen by the service that wrote it.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The aggregate's id: the message key.
+    pub fn aggregate_id(&self) -> &str {
+        &self.aggregate_id
+    }
+
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
     fn from_row(row: &Row) -> Self {
         let names: Vec<String> = row.get(6);
         let values: Vec<String> = row.get(7);
-        Claimed {
+        ClaimedRow {
             seq: row.get(0),
             id: row.get(1),
             aggregate_id: row.get(2),
@@ -355,7 +373,7 @@ impl Claimed {
     }
 }
 
-impl Batch<'_> {
+impl<P: Publisher> Batch<'_, P> {
     /// The ids of the rows this batch will publish, in `seq` order.
     pub fn ids(&self) -> Vec<Uuid> {
         self.rows.iter().map(|r| r.id).collect()
@@ -368,27 +386,11 @@ impl Batch<'_> {
     pub async fn finish(self) -> Result<RelayReport, RelayError> {
         let Batch { tx, state, rows, held_back } = self;
         let chains = by_aggregate(&rows);
-        let plan = Plan::new(state);
-        let publishing =
-            chains.iter().map(|chain| plan.publish(&state.producer, chain));
+        let publisher = &state.publisher;
+        let publishing = chains.iter().map(|chain| publish_chain(publisher, chain));
+        // A relay that dies here has published rows it never marks: its
+        // transaction rolls back, and they are all pending again.
         let outcomes = join_all(publishing).await;
-        plan.save(state);
-        if plan.crashed() {
-            // The process dies here: nothing is marked, the transaction rolls back
-            // as `tx` is dropped, and every claimed row is pending again.
-            state.faults.crash_after_publish = None;
-            let keys: Vec<&str> = outcomes
-                .iter()
-                .flatten()
-                .filter(|(_, r)| r.is_ok())
-                .map(|(row, _)| row.aggregate_id.as_str())
-                .collect();
-            let (published, keys) = (keys.len(), keys.join(", "));
-            warn!(
-                "crash! published {published} events (keys {keys}), marked none sent"
-            );
-            return Err(RelayError::Crashed { published });
-        }
         let mut report = mark(&tx, state, &outcomes).await?;
         tx.commit().await?;
         let reached: usize = outcomes.iter().map(Vec::len).sum();
@@ -400,8 +402,8 @@ impl Batch<'_> {
 
 /// The claimed rows grouped by aggregate, each group in `seq` order, the groups in
 /// the order of their first row.
-fn by_aggregate(rows: &[Claimed]) -> Vec<Vec<&Claimed>> {
-    let mut chains: Vec<Vec<&Claimed>> = Vec::new();
+fn by_aggregate(rows: &[ClaimedRow]) -> Vec<Vec<&ClaimedRow>> {
+    let mut chains: Vec<Vec<&ClaimedRow>> = Vec::new();
     let mut chain_of: HashMap<&str, usize> = HashMap::new();
     for row in rows {
         let next = chains.len();
@@ -417,9 +419,9 @@ fn by_aggregate(rows: &[Claimed]) -> Vec<Vec<&Claimed>> {
 // ANCHOR: mark
 /// Records the outcome of each publish: `sent`, or one more attempt and the error,
 /// and `failed` once the row has used `max_attempts`.
-async fn mark(
+async fn mark<P>(
     tx: &Transaction<'_>,
-    state: &State,
+    state: &State<P>,
     outcomes: &[ChainOutcome<'_>],
 ) -> Result<RelayReport, RelayError> {
     let s = &state.schema;
@@ -465,78 +467,24 @@ async fn mark(
 
 /// What happened to each row of one aggregate's chain, in order. A chain stops at
 /// its first failure, so rows after it are absent (and count as held back).
-type ChainOutcome<'r> = Vec<(&'r Claimed, Result<(i32, i64), String>)>;
+type ChainOutcome<'r> = Vec<(&'r ClaimedRow, Result<(i32, i64), String>)>;
 
-/// The fault plan's state during one pass. Atomics, not `Cell`s, so that the pass
-/// stays `Send` (a relay runs in a spawned task).
-struct Plan {
-    crash_after: Option<usize>,
-    fail_publishes: u32,
-    /// Sends this relay has started, over its life (only counted under a crash plan).
-    started: AtomicUsize,
-    /// Injected failures so far, over the relay's life.
-    injected: AtomicU32,
-}
-
-impl Plan {
-    fn new(state: &State) -> Self {
-        Plan {
-            crash_after: state.faults.crash_after_publish,
-            fail_publishes: state.faults.fail_publishes,
-            started: AtomicUsize::new(state.sends_started),
-            injected: AtomicU32::new(state.failures_injected),
+/// Publishes one aggregate's rows in order, each after the previous one's
+/// acknowledgement, and stops at the first failure.
+async fn publish_chain<'r, P: Publisher>(
+    publisher: &P,
+    chain: &[&'r ClaimedRow],
+) -> ChainOutcome<'r> {
+    let mut outcome = Vec::new();
+    for row in chain {
+        let result = publisher.publish(row).await.map_err(|e| e.to_string());
+        let failed = result.is_err();
+        outcome.push((*row, result));
+        if failed {
+            break;
         }
     }
-
-    /// Carries the counts over to the relay's next pass.
-    fn save(&self, state: &mut State) {
-        state.sends_started = self.started.load(Relaxed);
-        state.failures_injected = self.injected.load(Relaxed);
-    }
-
-    /// Whether the relay has sent as many rows as it was planned to die after.
-    fn crashed(&self) -> bool {
-        self.crash_after.is_some_and(|n| self.started.load(Relaxed) >= n)
-    }
-
-    /// Takes one of the sends the crash plan allows, if any are left.
-    fn may_send(&self) -> bool {
-        match self.crash_after {
-            None => true,
-            Some(n) => self.started.fetch_add(1, Relaxed) < n,
-        }
-    }
-
-    /// Whether this attempt is one of the failures the plan injects.
-    fn inject_failure(&self) -> bool {
-        let limit = self.fail_publishes;
-        let next = |k: u32| (k < limit).then_some(k + 1);
-        self.injected.fetch_update(Relaxed, Relaxed, next).is_ok()
-    }
-
-    async fn publish<'r>(
-        &self,
-        producer: &FutureProducer,
-        chain: &[&'r Claimed],
-    ) -> ChainOutcome<'r> {
-        let mut outcome = Vec::new();
-        for row in chain {
-            let result = if self.inject_failure() {
-                Err("the broker refused the event (injected by the fault plan)"
-                    .into())
-            } else if self.may_send() {
-                send(producer, row).await.map_err(|e| e.to_string())
-            } else {
-                break; // the relay is dead: nothing more goes out
-            };
-            let failed = result.is_err();
-            outcome.push((*row, result));
-            if failed {
-                break;
-            }
-        }
-        outcome
-    }
+    outcome
 }
 
 // ANCHOR: send
@@ -545,7 +493,7 @@ impl Plan {
 /// recognise a second copy.
 async fn send(
     producer: &FutureProducer,
-    row: &Claimed,
+    row: &ClaimedRow,
 ) -> Result<(i32, i64), KafkaError> {
     let id = row.id.to_string();
     let ours =

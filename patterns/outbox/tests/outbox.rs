@@ -12,7 +12,8 @@ use std::time::Duration;
 use kafka_events::client::{consumer, create_topics, producer};
 use kafka_events::consume::{DeadLetters, Handled, handle_next};
 use kafka_events::envelope::{Event, Metadata, OrderPlaced, header};
-use outbox::relay::{Relay, RelayConfig, RelayError, RelayFaults, RelayReport};
+use outbox::faults::{FaultPlan, FaultyPublisher};
+use outbox::relay::{Publisher, Relay, RelayConfig, RelayReport};
 use outbox::{Counts, OutboxEvent, counts, enqueue, inbox, migrate};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -83,9 +84,20 @@ async fn fixture() -> Option<Fixture> {
 
 impl Fixture {
     async fn relay(&self) -> Relay {
-        Relay::connect(&self.url, &self.schema, self.producer.clone())
+        self.relay_with(self.producer.clone()).await
+    }
+
+    /// A relay that publishes through `publisher` (a fault plan's, say).
+    async fn relay_with<P: Publisher>(&self, publisher: P) -> Relay<P> {
+        Relay::connect(&self.url, &self.schema, publisher)
             .await
             .expect("relay connects")
+    }
+
+    /// A publisher whose first `n` publishes fail.
+    fn failing_first(&self, n: u32) -> FaultyPublisher<FutureProducer> {
+        let plan = FaultPlan { fail_first: n, ..FaultPlan::default() };
+        FaultyPublisher::new(self.producer.clone(), plan)
     }
 
     /// An `OrderPlaced` event for `order_id`, with the envelope the Kafka chapter
@@ -475,7 +487,7 @@ async fn two_running_relays_share_the_work_without_duplicates_or_reordering() {
         let relay = f.relay().await.with_config(config.clone());
         let mut stopped = stop.1.clone();
         let until = async move {
-            let _ = stopped.wait_for(|s| *s).await;
+            stopped.wait_for(|s| *s).await.expect("the sender outlives the relays");
         };
         relays.push(tokio::spawn(relay.run(until)));
     }
@@ -509,8 +521,7 @@ async fn a_failed_publish_is_retried_and_its_aggregate_keeps_its_order() {
     for event in &events {
         f.commit(event).await;
     }
-    let faults = RelayFaults { fail_publishes: 1, ..RelayFaults::default() };
-    let mut relay = f.relay().await.with_faults(faults);
+    let mut relay = f.relay_with(f.failing_first(1)).await;
 
     let first = relay.publish_batch().await.unwrap();
     assert_eq!(first.retrying.len(), 1, "o-1's first event failed once: {first:?}");
@@ -568,6 +579,37 @@ async fn a_row_that_cannot_be_published_is_marked_failed_and_reported() {
     f.drop_schema().await;
 }
 // ANCHOR_END: marked_failed
+
+/// After a human fixed the cause, `retry_failed` gives a failed row a fresh attempt
+/// budget and forgets its error, so a pending row never shows a stale one.
+#[tokio::test]
+async fn retry_failed_requeues_a_failed_row_without_its_old_error() {
+    let Some(mut f) = fixture().await else { return };
+    let event = f.order_placed("o-1", 1);
+    f.commit(&event).await;
+    let config = RelayConfig { max_attempts: 1, ..RelayConfig::default() };
+    let mut relay = f.relay_with(f.failing_first(1)).await.with_config(config);
+    let failed = relay.publish_batch().await.unwrap();
+    assert_eq!(failed.failed.len(), 1, "{failed:?}");
+    assert_eq!(f.counts().await, Counts { pending: 0, sent: 0, failed: 1 });
+
+    let requeued = outbox::retry_failed(&f.db, &f.schema).await.unwrap();
+    assert_eq!(requeued, 1);
+    let sql = format!(
+        "SELECT status, attempts, last_error FROM {}.outbox WHERE id = $1",
+        f.schema
+    );
+    let row = f.db.query_one(&sql, &[&event.id]).await.unwrap();
+    let status: &str = row.get(0);
+    let attempts: i32 = row.get(1);
+    let last_error: Option<String> = row.get(2);
+    assert_eq!((status, attempts, last_error), ("pending", 0, None));
+
+    let published = relay.publish_batch().await.unwrap();
+    assert_eq!(published.published.len(), 1, "{published:?}");
+    assert_eq!(f.counts().await, Counts { pending: 0, sent: 1, failed: 0 });
+    f.drop_schema().await;
+}
 
 /// The effect a consumer applies once per event: charging an order. Its table
 /// lives next to the inbox, in the consumer's schema, so both commit together.
@@ -663,14 +705,16 @@ async fn a_relay_crash_between_publish_and_mark_is_absorbed_by_the_inbox() {
     for event in &events {
         f.commit(event).await;
     }
-    // The relay dies after two sends, before marking anything sent.
-    let faults =
-        RelayFaults { crash_after_publish: Some(2), ..RelayFaults::default() };
-    let crashed = f.relay().await.with_faults(faults).publish_batch().await;
-    assert!(
-        matches!(crashed, Err(RelayError::Crashed { published: 2 })),
-        "{crashed:?}"
-    );
+    // The relay dies after two acknowledged sends, before marking anything sent:
+    // its process is dropped mid-pass, and its transaction rolls back.
+    let plan = FaultPlan { die_after: Some(2), ..FaultPlan::default() };
+    let publisher = FaultyPublisher::new(f.producer.clone(), plan);
+    let mut relay = f.relay_with(publisher.clone()).await;
+    tokio::select! {
+        report = relay.publish_batch() => panic!("it was to die: {report:?}"),
+        published = publisher.died() => assert_eq!(published, 2),
+    }
+    drop(relay);
     assert_eq!(f.counts().await, Counts { pending: 3, sent: 0, failed: 0 });
 
     // A new relay starts over from what is pending: two events go out twice.
