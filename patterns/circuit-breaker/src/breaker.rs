@@ -63,7 +63,9 @@ impl State {
 /// How a call went, as the breaker should count it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// The dependency did its job (a 404 counts: it answered by its contract).
     Success,
+    /// The dependency failed: an error, a timeout, a 5xx.
     Failure,
     /// Neither: not the dependency's fault nor proof of its health (a cancelled
     /// call, a caller error the classifier chose to ignore). An ignored probe gives
@@ -74,14 +76,34 @@ pub enum Outcome {
 /// Why the breaker changed state.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Reason {
-    FailureRate { percent: f64 },
-    SlowCallRate { percent: f64 },
+    /// Too many failures in the window: open.
+    FailureRate {
+        /// The failure rate reached.
+        percent: f64,
+    },
+    /// Too many slow calls in the window: open.
+    SlowCallRate {
+        /// The slow-call rate reached.
+        percent: f64,
+    },
+    /// Open long enough: let probes through.
     OpenWaitElapsed,
+    /// The probes were below both thresholds: close.
     ProbesSucceeded,
-    ProbesFailed { failure_percent: f64, slow_percent: f64 },
+    /// The probes reached a threshold: open again.
+    ProbesFailed {
+        /// Failed probes, in percent.
+        failure_percent: f64,
+        /// Slow probes, in percent.
+        slow_percent: f64,
+    },
+    /// Half-open had no verdict within `max_half_open_wait`: open again.
     HalfOpenTimedOut,
+    /// An operator called `force_open`.
     Forced,
+    /// An operator called `disable`.
     Disabled,
+    /// An operator called `reset`.
     Reset,
 }
 
@@ -113,8 +135,11 @@ impl std::fmt::Display for Reason {
 /// A state change, delivered once to every listener.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Transition {
+    /// The state left.
     pub from: State,
+    /// The state entered.
     pub to: State,
+    /// Why, in words fit for a log line (its `Display`).
     pub reason: Reason,
 }
 
@@ -124,22 +149,32 @@ pub struct Transition {
     "circuit breaker is {state:?}: call rejected without calling the dependency"
 )]
 pub struct Rejected {
+    /// The state that refused: open, forced open, or half-open with no probe permit left.
     pub state: State,
 }
 
 /// A snapshot of what the breaker knows.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Metrics {
+    /// The state now.
     pub state: State,
     /// The calls in the current window (or the probes so far, when half-open).
     pub window: Totals,
+    /// Failed calls in the window, in percent.
     pub failure_rate: f64,
+    /// Slow calls in the window, in percent.
     pub slow_call_rate: f64,
+    /// Calls that succeeded, since the breaker was built (stale ones too).
     pub successful: u64,
+    /// Calls that failed, since the breaker was built (stale ones too).
     pub failed: u64,
+    /// Calls that took at least the slow-call duration, whatever their outcome.
     pub slow: u64,
+    /// Calls the classifier chose not to count.
     pub ignored: u64,
+    /// Calls refused without calling the dependency: the load the breaker spared it.
     pub rejected: u64,
+    /// State changes: each is an event worth an alert.
     pub transitions: u64,
 }
 
@@ -252,6 +287,7 @@ impl Builder {
         self
     }
 
+    /// The breaker, closed, with its listeners; it cannot fail, the config being valid.
     pub fn build(self) -> CircuitBreaker {
         // A `Config` is validated when built, so both counts are at least 1 here.
         let at_least_one = |n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
@@ -292,14 +328,17 @@ impl CircuitBreaker {
         Self::builder(config).build()
     }
 
+    /// A builder, to add transition listeners before the breaker exists.
     pub fn builder(config: Config) -> Builder {
         Builder { config, listeners: Vec::new() }
     }
 
+    /// The settings it judges by.
     pub fn config(&self) -> &Config {
         &self.shared.config
     }
 
+    /// The state now; open turns half-open lazily, on the next request for a permit.
     pub fn state(&self) -> State {
         State::from_bits(self.shared.word.load(Ordering::Acquire))
     }
@@ -347,6 +386,7 @@ impl CircuitBreaker {
         self.shared.set(State::Closed, Reason::Reset);
     }
 
+    /// A snapshot for metrics export: the state, the window's rates and the counters.
     pub fn metrics(&self) -> Metrics {
         let shared = &self.shared;
         let mut m = shared.lock();
@@ -380,6 +420,7 @@ pub struct Permit<'a> {
 }
 
 impl Permit<'_> {
+    /// Reports how the call went. Consumes the permit, so a call is counted once.
     #[inline]
     pub fn record(mut self, outcome: Outcome) {
         if let Some(ticket) = self.ticket.take() {

@@ -11,8 +11,10 @@ use crate::classify::{AnyError, Classify};
 /// itself failed.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CallError<E> {
+    /// The breaker refused: the dependency was not called.
     #[error(transparent)]
     Rejected(Rejected),
+    /// The call was made and failed with its own error.
     #[error(transparent)]
     Inner(E),
 }

@@ -7,6 +7,7 @@ use crate::breaker::Outcome;
 /// Turns a call's result into an [`Outcome`]. Any `Fn(&Result<T, E>) -> Outcome` is
 /// one.
 pub trait Classify<T, E> {
+    /// How the breaker should count `result`.
     fn classify(&self, result: &Result<T, E>) -> Outcome;
 }
 

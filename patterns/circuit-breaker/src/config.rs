@@ -21,10 +21,18 @@ pub const MAX_BUCKETS: u32 = 1_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowKind {
     /// The last `size` calls, however old.
-    CountBased { size: u32 },
+    CountBased {
+        /// How many calls.
+        size: u32,
+    },
     /// The calls of the last `buckets * bucket_width`, kept in `buckets` slices of
     /// time; a slice older than the window is evicted whole.
-    TimeBased { buckets: u32, bucket_width: Duration },
+    TimeBased {
+        /// How many slices.
+        buckets: u32,
+        /// How long each slice is.
+        bucket_width: Duration,
+    },
 }
 
 // ANCHOR: Config
@@ -82,24 +90,39 @@ impl Default for Config {
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A count window of 0 calls, or more than the ring may allocate.
     #[error("window: a count window holds 1 to {MAX_WINDOW_CALLS} calls, not {0}")]
     WindowSize(u32),
+    /// A time window of 0 buckets, or more than eviction should visit.
     #[error("window: a time window has 1 to {MAX_BUCKETS} buckets, not {0}")]
     Buckets(u32),
+    /// Buckets of no width would hold no time.
     #[error("window: bucket_width must be longer than zero")]
     BucketWidth,
+    /// Not a percentage the breaker could reach, or one it always reaches (NaN, 0).
     #[error("failure_rate_threshold: a percentage in (0, 100], not {0}")]
     FailureRateThreshold(f64),
+    /// The same, for slow calls.
     #[error("slow_calls.rate_threshold: a percentage in (0, 100], not {0}")]
     SlowCallRateThreshold(f64),
+    /// Every call would be slow.
     #[error("slow_calls.duration must be longer than zero (or every call is slow)")]
     SlowCallDuration,
     #[error("minimum_calls: 1 to {max} (what the window can hold), not {value}")]
-    MinimumCalls { value: u32, max: u32 },
+    /// A minimum the window could never reach, or of zero calls.
+    MinimumCalls {
+        /// The minimum asked for.
+        value: u32,
+        /// The most the window holds.
+        max: u32,
+    },
+    /// An open breaker would half-open at once: no rest for the dependency.
     #[error("open_wait must be longer than zero (or the dependency gets no rest)")]
     OpenWait,
+    /// Half-open with no probe could never close.
     #[error("half_open_permits must be at least 1 (or no probe can close it)")]
     HalfOpenPermits,
+    /// Half-open would time out before any probe could answer.
     #[error("max_half_open_wait must be longer than zero")]
     MaxHalfOpenWait,
 }
@@ -130,28 +153,36 @@ fn is_percentage(value: f64) -> bool {
 }
 
 impl Config {
+    /// Starts from [`Config::default`]; `build` checks every setting.
     pub fn builder() -> ConfigBuilder {
         ConfigBuilder(Config::default())
     }
 
+    /// Which calls are judged.
     pub fn window(&self) -> WindowKind {
         self.window
     }
+    /// Open at this failure percentage or more.
     pub fn failure_rate_threshold(&self) -> f64 {
         self.failure_rate_threshold
     }
+    /// The slow-call rule, if calls are timed at all.
     pub fn slow_calls(&self) -> Option<SlowCalls> {
         self.slow_calls
     }
+    /// No verdict before the window holds this many calls.
     pub fn minimum_calls(&self) -> u32 {
         self.minimum_calls
     }
+    /// How long the breaker stays open before probing.
     pub fn open_wait(&self) -> Duration {
         self.open_wait
     }
+    /// How many probes half-open lets through and judges together.
     pub fn half_open_permits(&self) -> u32 {
         self.half_open_permits
     }
+    /// How long half-open may wait for its probes' verdict.
     pub fn max_half_open_wait(&self) -> Duration {
         self.max_half_open_wait
     }
@@ -214,14 +245,17 @@ impl Config {
 pub struct ConfigBuilder(Config);
 
 impl ConfigBuilder {
+    /// Judge by the last `size` calls, however old (1 to a million).
     pub fn count_window(mut self, size: u32) -> Self {
         self.0.window = WindowKind::CountBased { size };
         self
     }
+    /// Judge by the calls of the last `buckets` x `bucket_width` (1 to 1000 buckets).
     pub fn time_window(mut self, buckets: u32, bucket_width: Duration) -> Self {
         self.0.window = WindowKind::TimeBased { buckets, bucket_width };
         self
     }
+    /// Open at this percentage of failed calls or more, in (0, 100].
     pub fn failure_rate_threshold(mut self, percent: f64) -> Self {
         self.0.failure_rate_threshold = percent;
         self
@@ -233,22 +267,27 @@ impl ConfigBuilder {
             Some(SlowCalls { rate_threshold: rate_percent, duration });
         self
     }
+    /// Give no verdict before this many calls (1 to the window's size).
     pub fn minimum_calls(mut self, calls: u32) -> Self {
         self.0.minimum_calls = calls;
         self
     }
+    /// Stay open this long before probing; `Duration::MAX` means until `reset`.
     pub fn open_wait(mut self, wait: Duration) -> Self {
         self.0.open_wait = wait;
         self
     }
+    /// Let this many probes through when half-open, and judge them together.
     pub fn half_open_permits(mut self, permits: u32) -> Self {
         self.0.half_open_permits = permits;
         self
     }
+    /// Open again if half-open has no verdict this long after it began.
     pub fn max_half_open_wait(mut self, wait: Duration) -> Self {
         self.0.max_half_open_wait = wait;
         self
     }
+    /// The config, or the first setting that cannot work, named.
     pub fn build(self) -> Result<Config, ConfigError> {
         self.0.validate()?;
         Ok(self.0)

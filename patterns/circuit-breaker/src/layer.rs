@@ -40,6 +40,7 @@ pub struct CircuitBreakerLayer<C = AnyError> {
 }
 
 impl CircuitBreakerLayer {
+    /// A layer that counts any `Err` as a failure; see `with_classifier` for HTTP.
     pub fn new(breaker: CircuitBreaker) -> Self {
         CircuitBreakerLayer { breaker, classifier: AnyError }
     }
@@ -97,6 +98,7 @@ pub struct CircuitBreakerService<S, C = AnyError> {
 }
 
 impl<S, C> CircuitBreakerService<S, C> {
+    /// The breaker, shared with every clone of the service: for metrics and operators.
     pub fn breaker(&self) -> &CircuitBreaker {
         &self.breaker
     }
@@ -140,8 +142,17 @@ pin_project! {
     /// The response of a [`CircuitBreakerService`]: the inner call, judged when it
     /// completes.
     #[project = ResponseFutureProj]
+    // pin-project-lite takes no attribute on a field but `#[pin]`, so the fields
+    // are described in their variant's doc instead.
+    #[allow(missing_docs)]
     pub enum ResponseFuture<F, C> {
+        /// Admitted: the inner call runs, and is judged when it completes.
+        /// (`inner`: the inner service's response future; `ticket`: the breaker's
+        /// record of the call, completed with its outcome; `classifier`: how to
+        /// count that outcome.)
         Called { #[pin] inner: F, ticket: Option<OwnedTicket>, classifier: C },
+        /// Refused: ready at once with the rejection (`rejected`: which state
+        /// refused).
         Refused { rejected: Rejected },
     }
 }

@@ -33,6 +33,8 @@
 //! transitions, and keep the breaker's state per process (sharing it across a fleet
 //! couples every instance's view to one store's availability).
 
+#![warn(missing_docs)]
+
 pub mod breaker;
 pub mod call;
 pub mod classify;

@@ -14,15 +14,20 @@ use std::time::Duration;
 /// One call's outcome, as the window sees it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sample {
+    /// The call failed.
     pub failed: bool,
+    /// The call took at least the slow-call duration (failed or not).
     pub slow: bool,
 }
 
 /// How many calls a window holds, and how many of those failed or were slow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
+    /// Calls in the window.
     pub calls: u32,
+    /// Of which failed.
     pub failures: u32,
+    /// Of which were slow.
     pub slow: u32,
 }
 
@@ -79,6 +84,7 @@ impl CountWindow {
         }
     }
 
+    /// Adds a call, evicting the oldest once the ring is full.
     pub fn record(&mut self, sample: Sample) {
         if self.ring.len() < self.size {
             self.ring.push(sample);
@@ -98,6 +104,7 @@ impl CountWindow {
         self.totals.add(sample);
     }
 
+    /// The window's totals, kept current: nothing is recounted.
     pub fn totals(&self) -> Totals {
         self.totals
     }
@@ -108,6 +115,7 @@ impl CountWindow {
         self.ring.len() == self.size
     }
 
+    /// Forgets every call: a breaker that closes starts a fresh window.
     pub fn clear(&mut self) {
         self.ring.clear();
         self.next = 0;
@@ -186,6 +194,7 @@ impl TimeWindow {
         now
     }
 
+    /// Adds a call made at `at` (time since a fixed start).
     pub fn record(&mut self, at: Duration, sample: Sample) {
         let now = self.advance(at);
         let slot = (now % self.buckets.len() as u64) as usize;
@@ -205,6 +214,7 @@ impl TimeWindow {
         self.totals
     }
 
+    /// Forgets every call: a breaker that closes starts a fresh window.
     pub fn clear(&mut self) {
         self.buckets.fill(Bucket::default());
         self.totals = Totals::default();

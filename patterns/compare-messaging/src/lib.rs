@@ -7,4 +7,6 @@
 //! the protocol benchmark uses; the broker clients are the ones the Kafka and
 //! RabbitMQ chapters build (`kafka-events`, `rabbitmq-queues`).
 
+#![warn(missing_docs)]
+
 pub use compare::stats;

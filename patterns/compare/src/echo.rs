@@ -55,6 +55,8 @@ pub struct EchoClient {
 }
 
 impl EchoClient {
+    /// Connects with Nagle's algorithm off, like the HTTP and gRPC clients, so the
+    /// baseline measures the round trip and not a delayed-ACK timer.
     pub async fn connect(addr: std::net::SocketAddr) -> std::io::Result<Self> {
         let socket = TcpStream::connect(addr).await?;
         // Small messages must not wait for Nagle's algorithm, or the baseline
@@ -63,6 +65,7 @@ impl EchoClient {
         Ok(EchoClient { socket, reply: Vec::new() })
     }
 
+    /// Sends `message` and reads it back whole: the least work a round trip can do.
     pub async fn round_trip(&mut self, message: &[u8]) -> std::io::Result<()> {
         self.reply.resize(message.len(), 0);
         // Write and read at once: a message larger than the socket buffers would

@@ -127,14 +127,23 @@ impl axum::serve::Listener for MeteredListener {
 /// Why a call to [`HttpClient::place`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    /// The request did not complete: connection, timeout, or an undecodable answer.
     #[error(transparent)]
     Request(#[from] reqwest::Error),
+    /// The order could not be written as JSON (a bug, not a network error).
     #[error("encoding the order: {0}")]
     Encode(#[from] serde_json::Error),
+    /// gzip failed while compressing the request body.
     #[error("compressing the order: {0}")]
     Compress(#[from] io::Error),
+    /// The service answered, but not `201 Created`: its status and problem body.
     #[error("the service answered {status}: {body}")]
-    Refused { status: u16, body: String },
+    Refused {
+        /// The HTTP status, 422 for an invalid order.
+        status: u16,
+        /// The problem body, which names what was wrong.
+        body: String,
+    },
 }
 
 /// A client of the orders service over one kept-alive HTTP/1.1 connection.
@@ -145,6 +154,8 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
+    /// A client for the service at `addr`, with its own connection and gzip setting;
+    /// it never goes through a proxy, so the bytes counted are this call's alone.
     pub fn new(addr: SocketAddr, gzip: Gzip) -> Result<Self, HttpError> {
         let http = reqwest::Client::builder()
             // Loopback: never through a proxy the environment may name.

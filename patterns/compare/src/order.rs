@@ -11,14 +11,24 @@ use crate::proto::{OrderLine, PlaceOrderRequest, PlacedOrder};
 /// gRPC.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Invalid {
+    /// Without a customer, nobody can be billed.
     #[error("customer_id is required")]
     NoCustomer,
+    /// Prices are in the order's currency, so it must be a real one.
     #[error("currency must be a three-letter ISO 4217 code, got {0:?}")]
     Currency(String),
+    /// An empty order is a mistake, not an order for nothing.
     #[error("an order needs at least one line")]
     NoLines,
+    /// One line is wrong: which one (from 1), and why.
     #[error("line {line}: {reason}")]
-    Line { line: usize, reason: &'static str },
+    Line {
+        /// The line's position, counted from 1 as a person would.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Refused rather than wrapped around: a total must be exact.
     #[error("the order's total does not fit in 64 bits of cents")]
     TotalTooLarge,
 }

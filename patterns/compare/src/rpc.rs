@@ -90,6 +90,8 @@ pub struct RpcClient {
 }
 
 impl RpcClient {
+    /// Connects one HTTP/2 channel to the service at `addr`, gzipping both ways if
+    /// asked, with a client-side timeout that sends no deadline.
     pub async fn connect(
         addr: SocketAddr,
         gzip: Gzip,

@@ -13,6 +13,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A server on `127.0.0.1:<port>`; stop it with [`Running::shutdown`].
 pub struct Running {
+    /// Where the server listens; the port is the one the OS chose.
     pub addr: SocketAddr,
     /// Counts the bytes of every connection the server accepts.
     pub meter: Meter,

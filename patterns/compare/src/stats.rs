@@ -25,10 +25,12 @@ impl Sample {
     }
     // ANCHOR_END: percentile
 
+    /// How many samples were taken: a percentile of a few is not worth printing.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether no sample was taken (no percentile can be read then).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -27,7 +27,9 @@ struct Counts {
 /// (requests), `sent` what the server answered (responses).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Traffic {
+    /// Bytes the clients sent: requests, with their headers and framing.
     pub received: u64,
+    /// Bytes the server sent back: answers, with their headers and framing.
     pub sent: u64,
 }
 
@@ -77,6 +79,7 @@ pub struct Metered<S> {
 }
 
 impl<S> Metered<S> {
+    /// The wrapped connection, for what the server needs to know of it (its peer).
     pub fn get_ref(&self) -> &S {
         &self.inner
     }

@@ -29,6 +29,7 @@ pub struct CardNetwork {
 }
 
 impl CardNetwork {
+    /// A card network that takes `latency` to decide, with no hold placed yet.
     pub fn new(latency: Duration) -> Self {
         CardNetwork { latency, holds: AtomicU64::new(0) }
     }

@@ -11,6 +11,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 use uuid::Uuid;
 
+/// The metadata key that carries the correlation id from call to call.
 pub const CORRELATION_ID: &str = "x-correlation-id";
 
 /// The correlation id of the call being handled.

@@ -32,26 +32,62 @@ pub const RISKY_CUSTOMER: &str = "c-risky";
 /// Why a payment operation failed, in domain terms.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PaymentError {
+    /// The request is wrong: fix it, do not retry it.
     #[error("{field} {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        /// The field at fault, as the schema names it.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The order was paid for on other terms: a second payment, not a retry.
     #[error("order {order_id} already has payment {payment_id}, for other terms")]
-    AlreadyAuthorized { order_id: String, payment_id: String },
+    AlreadyAuthorized {
+        /// The order the caller meant to pay for.
+        order_id: String,
+        /// The payment it already has.
+        payment_id: String,
+    },
+    /// The same authorization is running now: retrying shortly gets its result.
     #[error("order {order_id} is being authorized by an earlier call; retry")]
-    InProgress { order_id: String },
+    InProgress {
+        /// The order being authorized.
+        order_id: String,
+    },
+    /// The card network said no: an answer, not a failure.
     #[error("declined: {0}")]
     Declined(String),
+    /// Refused before asking the card network, which could not answer in time.
     #[error(
         "the card network needs {} ms, the caller's deadline leaves {} ms; \
          no hold placed",
         needed.as_millis(), left.as_millis()
     )]
-    NoTime { needed: Duration, left: Duration },
+    NoTime {
+        /// How long the card network takes.
+        needed: Duration,
+        /// What the caller's deadline leaves, less the margin for the answer.
+        left: Duration,
+    },
+    /// No payment has this id.
     #[error("no payment {0}")]
     UnknownPayment(String),
+    /// Only an authorized payment can be captured.
     #[error("payment {payment_id} is {}, not authorized", status.as_str_name())]
-    NotCapturable { payment_id: String, status: PaymentStatus },
+    NotCapturable {
+        /// The payment the caller tried to capture.
+        payment_id: String,
+        /// Where it is instead.
+        status: PaymentStatus,
+    },
+    /// More than was authorized: the customer agreed to less.
     #[error("capture of {requested} cents exceeds the authorized {authorized}")]
-    OverCapture { requested: u64, authorized: u64 },
+    OverCapture {
+        /// What the capture asked for.
+        requested: u64,
+        /// What the authorization allows.
+        authorized: u64,
+    },
 }
 
 impl From<PaymentError> for Status {
@@ -136,10 +172,12 @@ pub fn validate_authorize(request: &AuthorizeRequest) -> Result<(), PaymentError
     required("card_token", &request.card_token)
 }
 
+/// A watch needs the payment to follow.
 pub fn validate_watch(request: &WatchPaymentRequest) -> Result<(), PaymentError> {
     required("payment_id", &request.payment_id)
 }
 
+/// A capture needs the payment and a positive amount.
 pub fn validate_capture(request: &CaptureRequest) -> Result<(), PaymentError> {
     required("payment_id", &request.payment_id)?;
     positive("amount_cents", request.amount_cents)
@@ -159,6 +197,7 @@ pub fn risk_check(request: &AuthorizeRequest) -> Result<(), PaymentError> {
 pub struct Snapshot {
     /// Position in the payment's history: 1 authorized, 2 captured, 3 settled.
     pub sequence: u32,
+    /// Where the payment is now.
     pub status: PaymentStatus,
 }
 
@@ -346,10 +385,12 @@ impl Ledger {
         Ok(true)
     }
 
+    /// How many payments exist: what the examples check against the holds placed.
     pub fn len(&self) -> usize {
         self.lock().payments.len()
     }
 
+    /// Whether no payment exists yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

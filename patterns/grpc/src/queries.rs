@@ -29,6 +29,7 @@ pub struct PaymentQueriesService {
 }
 
 impl PaymentQueriesService {
+    /// Read-only queries over `ledger`, answering at once.
     pub fn new(ledger: Arc<Ledger>) -> Self {
         PaymentQueriesService { ledger, latency: Duration::ZERO }
     }

@@ -26,7 +26,9 @@ use crate::service::{PaymentsService, ServiceConfig};
 
 /// A payments server on `127.0.0.1:<port>`; stop it with [`RunningPayments::shutdown`].
 pub struct RunningPayments {
+    /// Where it listens: `127.0.0.1` and the port the OS chose.
     pub addr: SocketAddr,
+    /// The payments it recorded, for tests that check what happened.
     pub ledger: Arc<Ledger>,
     /// The card network the service calls, to count the holds it placed.
     pub cards: Arc<CardNetwork>,

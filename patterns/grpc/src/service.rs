@@ -45,6 +45,8 @@ impl Default for ServiceConfig {
     }
 }
 
+/// The `Payments` service: authorizations, captures and watches over one ledger, with
+/// the card network it calls.
 #[derive(Debug)]
 pub struct PaymentsService {
     ledger: Arc<Ledger>,
@@ -59,6 +61,7 @@ impl Default for PaymentsService {
 }
 
 impl PaymentsService {
+    /// A service with an empty ledger and a card network as `config` describes it.
     pub fn new(config: ServiceConfig) -> Self {
         PaymentsService {
             ledger: Arc::default(),

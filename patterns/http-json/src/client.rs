@@ -33,9 +33,11 @@ pub enum ClientError {
     /// The service answered with something that is not the documented contract.
     #[error("unexpected {status} response ({reason}): {body}")]
     Unexpected {
+        /// The status the service answered.
         status: StatusCode,
         /// What did not match: the status, or why the body did not decode.
         reason: String,
+        /// The body as received, for the log: what the service actually said.
         body: String,
     },
     /// Connecting or talking to the service failed.
@@ -68,7 +70,9 @@ impl ClientError {
 /// A created order, and whether the service replayed it for a repeated idempotency key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Created {
+    /// The order as the service stored it.
     pub order: OrderV1,
+    /// `true` when this answer is a replay: nothing new was created.
     pub replayed: bool,
 }
 

@@ -43,8 +43,11 @@ pub fn key_from(headers: &HeaderMap) -> Result<String, Problem> {
 /// A response kept for replay.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredResponse {
+    /// The status to answer again, 201 for a created order.
     pub status: StatusCode,
+    /// Where the created resource lives, if the first answer said so.
     pub location: Option<String>,
+    /// The body as first sent, byte for byte, so a replay is the same answer.
     pub body: Vec<u8>,
 }
 
@@ -126,6 +129,8 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// Records the answer under the key, for every retry to replay. Call it with no
+    /// `.await` since the work was done, so cancellation cannot separate the two.
     pub fn complete(mut self, response: StoredResponse) {
         if let Some(fingerprint) = self.fingerprint.take() {
             let mut slots = self

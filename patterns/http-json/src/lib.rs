@@ -16,6 +16,8 @@
 //! services you own that need streaming or a strict schema, and messaging when the caller should not
 //! wait for the callee at all.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod idempotency;
 pub mod orders;

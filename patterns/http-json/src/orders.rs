@@ -25,22 +25,29 @@ use crate::problem::FieldError;
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
+    /// Who is ordering; required, and the key orders are listed by.
     pub customer_id: String,
+    /// What is ordered: 1 to `MAX_LINES` lines.
     pub lines: Vec<OrderLine>,
 }
 
+/// One line of an order: a product, how many, and at what price.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
+    /// The product's stock-keeping unit; required.
     pub sku: String,
+    /// How many, 1 to `MAX_QUANTITY`.
     pub quantity: u32,
     /// Minor units (cents). Integers, never floats, for money.
     pub unit_price_cents: u64,
 }
 // ANCHOR_END: NewOrder
 
-/// Upper bounds that keep one request from doing unbounded work.
+/// At most this many lines in one order: upper bounds keep one request from doing
+/// unbounded work.
 pub const MAX_LINES: usize = 100;
+/// The most of one product in one line: beyond it, a typo more likely than an order.
 pub const MAX_QUANTITY: u32 = 1_000;
 
 impl NewOrder {
@@ -89,19 +96,26 @@ impl NewOrder {
     }
 }
 
+/// Where an order is in its life; the service only places orders so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
+    /// Accepted and stored.
     Placed,
 }
 
 /// An order as the service stores it. Each API version renders it its own way (see `server`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Order {
+    /// Chosen by the service, never by the client.
     pub id: Uuid,
+    /// As given in the request.
     pub customer_id: String,
+    /// As given in the request, validated.
     pub lines: Vec<OrderLine>,
+    /// Computed once, with overflow checked, and stored: never recomputed on read.
     pub total_cents: u64,
+    /// Where the order is in its life.
     pub status: OrderStatus,
     /// Creation order, for stable listings.
     pub seq: u64,
@@ -156,6 +170,7 @@ impl OrderStore {
         Ok((order, answer))
     }
 
+    /// One order by id, or `None` (a 404 for the caller).
     pub fn get(&self, id: Uuid) -> Option<Order> {
         self.inner
             .lock()
@@ -179,6 +194,7 @@ impl OrderStore {
         orders
     }
 
+    /// How many orders are stored: what the tests count to prove one order per key.
     pub fn len(&self) -> usize {
         self.inner
             .lock()
@@ -187,6 +203,7 @@ impl OrderStore {
             .len()
     }
 
+    /// Whether no order was stored yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

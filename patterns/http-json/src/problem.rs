@@ -26,8 +26,11 @@ pub struct Problem {
     /// The kind of problem; clients branch on this, never on `title` or `detail`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// A short summary of the kind, the same for every problem of that kind.
     pub title: String,
+    /// The HTTP status, repeated in the body for clients that log only bodies.
     pub status: u16,
+    /// What went wrong with this request, for a person to read.
     pub detail: String,
     /// One entry per invalid field, for validation problems.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -37,12 +40,15 @@ pub struct Problem {
 /// One invalid field: a JSON Pointer into the request body, and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
+    /// Where in the body, as a JSON Pointer (`/lines/0/quantity`).
     pub pointer: String,
+    /// What is wrong there, and what is allowed.
     pub detail: String,
 }
 // ANCHOR_END: Problem
 
 impl FieldError {
+    /// One invalid field at `pointer`, with what is wrong.
     pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
         FieldError { pointer: pointer.into(), detail: detail.into() }
     }
@@ -67,6 +73,7 @@ impl Problem {
         }
     }
 
+    /// 400: the body is not JSON at all; fix the request, do not retry it.
     pub fn malformed_json(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -76,6 +83,8 @@ impl Problem {
         )
     }
 
+    /// 422: well-formed JSON that breaks the contract or the rules, each field
+    /// named.
     pub fn invalid_fields(
         detail: impl Into<String>,
         errors: Vec<FieldError>,
@@ -90,6 +99,7 @@ impl Problem {
         problem
     }
 
+    /// 415: the body was not declared as JSON.
     pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -99,6 +109,7 @@ impl Problem {
         )
     }
 
+    /// 413: the body is over the limit; refused before it is parsed.
     pub fn body_too_large(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -108,10 +119,12 @@ impl Problem {
         )
     }
 
+    /// 404: no such order, or no such route.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", "No such resource", detail)
     }
 
+    /// 405: the route exists, the method does not.
     pub fn method_not_allowed(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -121,6 +134,7 @@ impl Problem {
         )
     }
 
+    /// 400: a create without an Idempotency-Key could not be retried safely.
     pub fn idempotency_key_missing() -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -131,6 +145,7 @@ impl Problem {
         )
     }
 
+    /// 422: the key was first used with another body; a new order needs a new key.
     pub fn idempotency_key_reused() -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -140,6 +155,7 @@ impl Problem {
         )
     }
 
+    /// 409: the first request with this key is still running; retry shortly.
     pub fn request_in_progress() -> Self {
         Self::new(
             StatusCode::CONFLICT,
@@ -149,6 +165,7 @@ impl Problem {
         )
     }
 
+    /// 500: the service's own failure, with its cause in `detail`.
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -158,6 +175,7 @@ impl Problem {
         )
     }
 
+    /// The status to answer with; 500 if `status` is not a valid code.
     pub fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

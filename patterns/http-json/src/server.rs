@@ -52,12 +52,16 @@ impl Default for ServiceConfig {
 /// Shared by every request. Cloning is cheap and shares the stores.
 #[derive(Clone, Debug, Default)]
 pub struct AppState {
+    /// Every order placed, shared with the tests that count them.
     pub orders: Arc<OrderStore>,
+    /// The answers kept for replay, by idempotency key.
     pub idempotency: IdempotencyStore,
+    /// The limits and injected faults this service runs with.
     pub config: ServiceConfig,
 }
 
 impl AppState {
+    /// Empty stores and the given configuration.
     pub fn new(config: ServiceConfig) -> Self {
         AppState { config, ..Default::default() }
     }
@@ -270,13 +274,16 @@ async fn correlate_and_log(mut request: Request, next: Next) -> Response {
 
 /// A service serving on a loopback port; stop it with [`RunningService::shutdown`].
 pub struct RunningService {
+    /// Where it listens: `127.0.0.1` and the port the OS chose.
     pub addr: SocketAddr,
+    /// Its stores, for tests that check what the service did.
     pub state: AppState,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
 
 impl RunningService {
+    /// `http://127.0.0.1:<port>`, for a client.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

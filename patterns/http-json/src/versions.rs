@@ -13,17 +13,24 @@ use crate::orders::Order;
 /// The currency of every price in the shop. v1 left it implicit; v2 says it.
 pub const CURRENCY: &str = "EUR";
 
+/// Version 1, served under `/v1`: money as integer cents, currency implied.
 pub mod v1 {
     use super::*;
     use crate::orders::{OrderLine, OrderStatus};
 
     // ANCHOR: v1
+    /// An order as `/v1` answers it.
     #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
     pub struct OrderV1 {
+        /// The order's id.
         pub id: Uuid,
+        /// Who ordered.
         pub customer_id: String,
+        /// What was ordered.
         pub lines: Vec<OrderLine>,
+        /// In cents of the shop's one currency, which v1 never names.
         pub total_cents: u64,
+        /// Where the order is in its life.
         pub status: OrderStatus,
     }
     // ANCHOR_END: v1
@@ -41,41 +48,57 @@ pub mod v1 {
     }
 }
 
+/// Version 2, served under `/v2`: money with its currency, `items`, a `customer`.
 pub mod v2 {
     use super::*;
     use crate::orders::OrderStatus;
 
     // ANCHOR: v2
+    /// An order as `/v2` answers it.
     #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
     pub struct OrderV2 {
+        /// The order's id, as in v1.
         pub id: Uuid,
+        /// An object, so customer details can grow without another version.
         pub customer: Customer,
+        /// What was ordered (v1's `lines`).
         pub items: Vec<Item>,
+        /// The order's total, with its currency.
         pub total: Money,
+        /// Where the order is in its life.
         pub status: OrderStatus,
     }
 
+    /// Who ordered.
     #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
     pub struct Customer {
+        /// The customer's id.
         pub id: String,
     }
 
+    /// One line of the order.
     #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
     pub struct Item {
+        /// The product's stock-keeping unit.
         pub sku: String,
+        /// How many.
         pub quantity: u32,
+        /// The price of one, with its currency.
         pub unit_price: Money,
     }
 
     /// A decimal string and an ISO 4217 code: exact, and clear about the currency.
     #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
     pub struct Money {
+        /// Decimal, as a string: no float ever holds money (`"28.99"`).
         pub amount: String,
+        /// ISO 4217 (`EUR`).
         pub currency: String,
     }
     // ANCHOR_END: v2
 
     impl Money {
+        /// Renders integer cents as v2's money, in the shop's currency.
         pub fn from_cents(cents: u64) -> Self {
             Money {
                 amount: format!("{}.{:02}", cents / 100, cents % 100),

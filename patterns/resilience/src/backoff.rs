@@ -8,7 +8,9 @@ use std::time::Duration;
 /// the same moment; the cap keeps a long outage from growing waits without bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
+    /// The first retry's ceiling; each later retry doubles it.
     pub base: Duration,
+    /// The most any wait may be, however long the outage.
     pub max: Duration,
 }
 

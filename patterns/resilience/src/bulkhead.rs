@@ -25,11 +25,15 @@ pub struct Bulkhead {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("bulkhead {name} is full ({max_in_flight} in flight): rejected, not queued")]
 pub struct BulkheadFull {
+    /// Which dependency's compartment was full, for the logs and metrics.
     pub name: &'static str,
+    /// Its size: a rejection at a small limit reads differently from one at a large.
     pub max_in_flight: usize,
 }
 
 impl Bulkhead {
+    /// A compartment of `max_in_flight` places for the dependency `name`; size
+    /// it from the dependency's normal concurrency (rate x latency) plus headroom.
     pub fn new(name: &'static str, max_in_flight: usize) -> Self {
         Bulkhead {
             name,
@@ -49,6 +53,8 @@ impl Bulkhead {
         Ok(call.into_future().await)
     }
 
+    /// Calls holding a place now: the figure to export, since a bulkhead that is
+    /// often full in normal traffic is too small.
     pub fn in_flight(&self) -> usize {
         self.max_in_flight - self.permits.available_permits()
     }

@@ -13,8 +13,11 @@ use tokio::time::Instant;
 /// An answer, and whether it is the real one.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Answer<T> {
+    /// The real answer, just obtained.
     Fresh(T),
+    /// A stand-in, which the caller must not mistake for the real answer.
     Degraded {
+        /// The last good answer, or the default.
         value: T,
         /// Why the real answer could not be had.
         why: String,
@@ -25,20 +28,22 @@ pub enum Answer<T> {
 // ANCHOR_END: Answer
 
 impl<T> Answer<T> {
+    /// The value, fresh or not, for callers that show it either way (and mark it).
     pub fn value(&self) -> &T {
         match self {
             Answer::Fresh(value) | Answer::Degraded { value, .. } => value,
         }
     }
 
+    /// Whether to say so: to the user where it matters, in metrics always.
     pub fn is_degraded(&self) -> bool {
         matches!(self, Answer::Degraded { .. })
     }
 }
 
 /// The last answer that was real, and when it was. An answer older than the
-/// maximum age is not served: past some age a stale value misleads more than "unknown"
-/// does (yesterday's stock level, last week's price).
+/// maximum age is not served: past some age a stale value misleads more than
+/// "unknown" does (yesterday's stock level, last week's price).
 #[derive(Debug, Default)]
 pub struct LastKnownGood<T> {
     slot: Mutex<Option<(T, Instant)>>,

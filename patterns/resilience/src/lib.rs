@@ -15,6 +15,8 @@
 //! Timeouts are not here: they are a `tokio::time::timeout` (or a gRPC deadline) on each call,
 //! shown in the request/response chapters. Everything here assumes every call has one.
 
+#![warn(missing_docs)]
+
 pub mod backoff;
 pub mod budget;
 pub mod bulkhead;

@@ -13,25 +13,34 @@ use crate::budget::RetryBudget;
 /// plain POST that creates an order is not, and retrying it after a timeout may create two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Idempotency {
+    /// Safe to run again: a read, a whole-resource PUT, a create with a key.
     Idempotent,
+    /// Not safe to run again: tried once, whatever the error.
     NotIdempotent,
 }
 
 /// Errors say whether another attempt could help: a timeout or a 503 may pass next time, a 400
 /// will fail the same way forever.
 pub trait Retryable {
+    /// Whether the same request could succeed next time.
     fn is_retryable(&self) -> bool;
 }
 
 /// How to retry: attempts in total (the first included), backoff, and an optional shared budget.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
+    /// Attempts in all, the first included; at least 1.
     pub max_attempts: u32,
+    /// How long to wait before each retry.
     pub backoff: Backoff,
+    /// Shared by every clone of the policy, so all its calls draw on one budget;
+    /// `None` retries up to `max_attempts` whatever the load.
     pub budget: Option<Arc<RetryBudget>>,
 }
 
 impl RetryPolicy {
+    /// `max_attempts` in all (0 is taken as 1), with no budget: add one with
+    /// [`with_budget`](Self::with_budget) for any call made on behalf of many users.
     pub fn new(max_attempts: u32, backoff: Backoff) -> Self {
         RetryPolicy { max_attempts: max_attempts.max(1), backoff, budget: None }
     }
