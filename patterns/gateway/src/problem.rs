@@ -7,7 +7,6 @@
 //! that is not yet a problem (a timeout from tower-http, a body-limit refusal, an extractor's
 //! rejection) is rewritten into one, so no route can leak a plain-text error.
 
-use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -86,12 +85,14 @@ pub async fn problem_bodies(request: Request, next: Next) -> Response {
         _ => ("gateway-error", "the gateway failed to handle the request"),
     };
     let title = status.canonical_reason().unwrap_or("Error");
-    let body = serde_json::to_vec(&Problem::new(status, slug, title, detail))
-        .unwrap_or_default();
+    // Rendered as every problem is (through axum's `Json`, which would answer a
+    // plain-text 500 rather than an empty body if encoding ever failed).
+    let problem = Problem::new(status, slug, title, detail).into_response();
+    let (_, body) = problem.into_parts();
     parts
         .headers
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(body))
+    Response::from_parts(parts, body)
 }
 // ANCHOR_END: problem_bodies
