@@ -13,8 +13,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use deadpool_postgres::{
+    BuildError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod,
+};
 use shop_domain::OrderPlaced;
-use tokio_postgres::Client;
 
 use crate::saga::{Definition, Input, Record, State, Terminal, decide};
 
@@ -22,6 +24,10 @@ use crate::saga::{Definition, Input, Record, State, Terminal, decide};
 pub enum LogError {
     #[error("postgres: {0}")]
     Db(#[from] tokio_postgres::Error),
+    #[error("no PostgreSQL connection: {0}")]
+    Pool(#[from] PoolError),
+    #[error("connection pool: {0}")]
+    PoolSetup(#[from] BuildError),
     #[error("no saga {0}")]
     UnknownSaga(String),
     #[error("saga {saga} is driven by {owner}")]
@@ -73,12 +79,18 @@ pub trait SagaLog: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<(OrderPlaced, Vec<Record>)>, LogError>> + Send;
 }
 
-/// The log in a PostgreSQL schema of its own.
+/// The log in a PostgreSQL schema of its own, over a small connection pool: a
+/// connection that breaks is replaced on the next call instead of ending the
+/// log, and a caller outside the orchestrator's loop (a test, a tool reading
+/// the log) does not queue behind the loop's queries.
 pub struct PgLog {
-    client: tokio::sync::Mutex<Client>,
+    pool: Pool,
     schema: String,
     lease: Duration,
 }
+
+/// Connections per log: the orchestrator's loop needs one at a time.
+const POOL_SIZE: usize = 4;
 
 impl PgLog {
     /// Connects and creates the schema and tables if missing.
@@ -87,9 +99,17 @@ impl PgLog {
         schema: &str,
         lease: Duration,
     ) -> Result<PgLog, LogError> {
-        let (client, connection) =
-            tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-        crate::drive_connection(connection);
+        let config: tokio_postgres::Config = url.parse()?;
+        // Fast recycling: a connection the server closed is dropped from the
+        // pool; one that broke without closing fails its next query, once.
+        let recycling_method = RecyclingMethod::Fast;
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig { recycling_method },
+        );
+        let pool = Pool::builder(manager).max_size(POOL_SIZE).build()?;
+        let client = pool.get().await?;
         client
             .batch_execute(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema};
@@ -109,8 +129,8 @@ impl PgLog {
                      PRIMARY KEY (saga_id, seq));"
             ))
             .await?;
-        let client = tokio::sync::Mutex::new(client);
-        Ok(PgLog { client, schema: schema.to_owned(), lease })
+        drop(client);
+        Ok(PgLog { pool, schema: schema.to_owned(), lease })
     }
 
     /// Who wrote each record of a saga (tests check that one owner drove it).
@@ -119,7 +139,7 @@ impl PgLog {
             "SELECT writer FROM {}.saga_log WHERE saga_id = $1 ORDER BY seq",
             self.schema
         );
-        let client = self.client.lock().await;
+        let client = self.pool.get().await?;
         let rows = client.query(&sql, &[&saga_id]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -130,7 +150,7 @@ impl PgLog {
             "UPDATE {}.sagas SET lease_until = now() - interval '1 s' WHERE id = $1",
             self.schema
         );
-        self.client.lock().await.execute(&sql, &[&saga_id]).await?;
+        self.pool.get().await?.execute(&sql, &[&saga_id]).await?;
         Ok(())
     }
 }
@@ -153,7 +173,7 @@ impl SagaLog for PgLog {
             self.schema
         );
         let lease = lease_secs(self.lease);
-        let client = self.client.lock().await;
+        let client = self.pool.get().await?;
         Ok(client.execute(&sql, &[&saga_id, &order, &owner, &lease]).await? == 1)
     }
 
@@ -166,7 +186,7 @@ impl SagaLog for PgLog {
         input: &Input,
     ) -> Result<Applied, LogError> {
         let s = &self.schema;
-        let mut client = self.client.lock().await;
+        let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let sql = format!(
             "SELECT order_json, owner FROM {s}.sagas WHERE id = $1 FOR UPDATE"
@@ -233,7 +253,7 @@ impl SagaLog for PgLog {
                           FOR UPDATE SKIP LOCKED)
              RETURNING id"
         );
-        let client = self.client.lock().await;
+        let client = self.pool.get().await?;
         let rows = client.query(&sql, &[&owner, &lease_secs(lease)]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -244,7 +264,7 @@ impl SagaLog for PgLog {
         saga_id: &str,
     ) -> Result<Option<(OrderPlaced, Vec<Record>)>, LogError> {
         let s = &self.schema;
-        let client = self.client.lock().await;
+        let client = self.pool.get().await?;
         let sql = format!("SELECT order_json FROM {s}.sagas WHERE id = $1");
         let Some(row) = client.query_opt(&sql, &[&saga_id]).await? else {
             return Ok(None);
