@@ -180,10 +180,13 @@ fn respond(stored: StoredResponse, replayed: bool) -> Response {
     let headers = response.headers_mut();
     headers
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(location) =
-        stored.location.and_then(|l| HeaderValue::from_str(&l).ok())
-    {
-        headers.insert(header::LOCATION, location);
+    if let Some(location) = stored.location {
+        // Built from our own id, so always valid; if that ever breaks, say so
+        // rather than answer without the header in silence.
+        match HeaderValue::from_str(&location) {
+            Ok(value) => _ = headers.insert(header::LOCATION, value),
+            Err(error) => warn!(%location, %error, "Location header left out"),
+        }
     }
     headers.insert(
         IDEMPOTENT_REPLAYED,
