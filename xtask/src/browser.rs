@@ -138,8 +138,11 @@ impl LiveOrders {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = page_url(&line) {
-                    let _ = tx.send(url);
+                // A send fails once the receiver gave up waiting; keep draining the pipe.
+                if let Some(url) = page_url(&line)
+                    && tx.send(url).is_err()
+                {
+                    continue;
                 }
             }
         });
@@ -161,8 +164,9 @@ impl LiveOrders {
     }
 
     fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // A kill that fails means it exited already; wait reaps it either way.
+        crate::report_failed("stopping live_orders", self.child.kill());
+        crate::report_failed("reaping live_orders", self.child.wait());
     }
 }
 
