@@ -137,12 +137,13 @@ impl LiveOrders {
         // over the first URL.
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // A send fails once the receiver gave up waiting; keep draining the pipe.
                 if let Some(url) = page_url(&line)
-                    && tx.send(url).is_err()
+                    && let Some(tx) = tx.take()
                 {
-                    continue;
+                    // Fails only when the waiting side gave up (its time limit).
+                    crate::report_failed("handing over the page URL", tx.send(url));
                 }
             }
         });
