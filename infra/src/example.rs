@@ -45,6 +45,8 @@ impl Flags {
         }
     }
 
+    /// Whether `flag` was given. Ask only for flags listed in [`Flags::parse`]:
+    /// a misspelt one is never set, and the example would skip its fault silently.
     pub fn has(&self, flag: &str) -> bool {
         self.0.iter().any(|a| a == flag)
     }

@@ -9,6 +9,8 @@
 //! answer, a test prints why and skips, unless `REQUIRE_BROKERS=1` is set (as `cargo xtask test` and CI
 //! do), in which case the test fails. A skipped test is a visible gap; a failed one is a broken build.
 
+#![warn(missing_docs)]
+
 use std::env;
 use std::fmt::Display;
 
