@@ -32,10 +32,15 @@ pub type OrderId = u64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// The customer placed it; every order starts here.
     Placed,
+    /// Payment was taken.
     Paid,
+    /// The warehouse packed it.
     Packed,
+    /// It left the warehouse.
     Shipped,
+    /// It reached the customer: the last status, after which no event follows.
     Delivered,
 }
 
@@ -49,6 +54,7 @@ impl Status {
         Status::Delivered,
     ];
 
+    /// The status as it is spelt on the wire (the serde name), for log fields.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Placed => "placed",
@@ -65,8 +71,11 @@ impl Status {
 /// event, so a client that saw 41 and then sees 43 knows it missed one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    /// This event's number in the hub's one stream.
     pub seq: u64,
+    /// The order that changed.
     pub order: OrderId,
+    /// Its status from this event on.
     pub status: Status,
 }
 // ANCHOR_END: Event
@@ -75,14 +84,18 @@ pub struct Event {
 /// gets when there is no history to resume from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// The last event the snapshot includes: live events continue from `seq + 1`.
     pub seq: u64,
+    /// Every order the hub has seen, each with its latest status, by order id.
     pub orders: Vec<OrderState>,
 }
 
 /// One line of a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderState {
+    /// The order.
     pub order: OrderId,
+    /// Its latest status as of the snapshot's `seq`.
     pub status: Status,
 }
 
@@ -104,6 +117,7 @@ pub enum Start {
 /// What a subscriber reads next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
+    /// The next event, in `seq` order with no gap since the start or the last one.
     Event(Event),
     /// The subscriber fell `buffer` events behind and was cut off.
     /// `Subscription::last_seq` says where it got to, so it can come back with
@@ -151,6 +165,8 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// An empty hub. A zero `history` or `buffer` is raised to 1: a hub that keeps
+    /// nothing could never deliver an event to anyone.
     pub fn new(config: HubConfig) -> Hub {
         Hub {
             config: HubConfig {
@@ -167,6 +183,7 @@ impl Hub {
         }
     }
 
+    /// The sizes in force, after [`Hub::new`] raised any zero to 1.
     pub fn config(&self) -> HubConfig {
         self.config
     }

@@ -23,6 +23,8 @@
 //! when there is more than one server, and an `Origin` check against cross-site
 //! WebSocket hijacking.
 
+#![warn(missing_docs)]
+
 pub mod hub;
 pub mod server;
 pub mod shop;

@@ -98,13 +98,17 @@ pub enum Push {
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
+    /// The stream every WebSocket connection subscribes to.
     pub hub: Hub,
+    /// Where `POST /orders` places orders; their events reach the hub.
     pub shop: Shop,
+    /// The timeouts and limits every connection runs under.
     pub config: ChannelConfig,
     next_client: Arc<AtomicU64>,
 }
 
 impl AppState {
+    /// The state for [`app`]. Connection ids, used in logs, start at 1.
     pub fn new(hub: Hub, shop: Shop, config: ChannelConfig) -> AppState {
         AppState { hub, shop, config, next_client: Arc::new(AtomicU64::new(1)) }
     }

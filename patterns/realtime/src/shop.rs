@@ -23,6 +23,8 @@ pub struct Shop {
 }
 
 impl Shop {
+    /// A shop publishing to `hub`. Order ids start at 1; a short `step` lets a test
+    /// or a demo watch a whole order's life in moments.
     pub fn new(hub: Hub, step: Duration) -> Shop {
         Shop { hub, step, next_order: Arc::new(AtomicU64::new(1)) }
     }
