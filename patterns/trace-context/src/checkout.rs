@@ -50,11 +50,16 @@ use tracing::{Instrument, info, warn};
 
 use crate::hops::{self, Both};
 
-/// The five services, as `shop.service` names them.
+/// The five services, as `shop.service` names them. The storefront: it sends the
+/// HTTP request, so its client span is the root of the trace.
 pub const STOREFRONT: &str = "storefront";
+/// The checkout API: HTTP server, then gRPC client of payments.
 pub const CHECKOUT_API: &str = "checkout-api";
+/// Payments: gRPC server, then Kafka producer of `OrderPlaced`.
 pub const PAYMENTS: &str = "payments";
+/// Fulfilment: Kafka consumer, then AMQP publisher of the shipment task.
 pub const FULFILMENT: &str = "fulfilment";
+/// Shipping: AMQP consumer, the last hop of the trace.
 pub const SHIPPING: &str = "shipping";
 
 /// The gRPC method, named as OpenTelemetry's conventions name it.
@@ -63,18 +68,25 @@ pub const AUTHORIZE: &str = "shop.payments.Payments/Authorize";
 /// Why the shop could not start or a checkout failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Creating the run's topic, or building or subscribing a client, failed.
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// Connecting to RabbitMQ or declaring the run's queue failed.
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
+    /// A service could not bind its loopback port.
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
+    /// The storefront's `POST /checkout` failed or answered with an error status.
     #[error("checkout call failed: {0}")]
     Http(#[from] reqwest::Error),
+    /// The checkout API could not set up its gRPC channel to payments.
     #[error("bad gRPC address: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// What was awaited (named first) did not come within the limit (second).
     #[error("{0} did not happen within {1:?}")]
     Timeout(&'static str, Duration),
+    /// Shipping's consumer has ended, so waiting longer cannot bring a shipment.
     #[error("shipping has stopped: no more shipments will be reported")]
     Stopped,
 }
@@ -82,30 +94,41 @@ pub enum Error {
 /// What the storefront posts to `POST /checkout`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CheckoutRequest {
+    /// The shop's order id: it rides in `OrderPlaced` and comes back in [`Shipped`].
     pub order_id: String,
+    /// Who pays: passed to payments and on into the event.
     pub customer_id: String,
+    /// The amount to authorize, in cents so that no rounding happens on the way.
     pub total_cents: u64,
+    /// The card to charge, as the payment provider's token, never a card number.
     pub card_token: String,
 }
 
 /// The checkout API's answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckoutReply {
+    /// The order the reply is about, echoed from the request.
     pub order_id: String,
+    /// The authorization payments granted: the id to capture or refund it by.
     pub payment_id: String,
 }
 
 /// What shipping reports when it has taken a shipment task.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Shipped {
+    /// The order shipping took, as it arrived over AMQP.
     pub order_id: String,
+    /// The correlation id that arrived with it: a test compares it with the one
+    /// the storefront sent, to show it survived all four hops.
     pub correlation_id: String,
 }
 
 /// Where the brokers are, and whether fulfilment passes the trace on.
 #[derive(Clone, Debug)]
 pub struct Brokers {
+    /// Kafka bootstrap servers, as `infra::kafka_brokers()` gives them.
     pub kafka: String,
+    /// RabbitMQ's AMQP URL, as `infra::amqp_addr()` gives it.
     pub amqp: String,
     /// False leaves the trace context out of the AMQP messages (break it).
     pub amqp_context: bool,
@@ -113,8 +136,11 @@ pub struct Brokers {
 
 /// The five services, running.
 pub struct Shop {
+    /// Where the checkout API listens (a loopback port picked by the OS).
     pub http_addr: SocketAddr,
+    /// This run's Kafka topic for `OrderPlaced`, unique to the run.
     pub topic: String,
+    /// This run's shipment queue: exclusive, so it goes away with the shop.
     pub queue: String,
     http: reqwest::Client,
     shipped: mpsc::Receiver<Shipped>,

@@ -20,6 +20,8 @@
 //! chapter), which is why production systems sample. It does not replace a business id: traces
 //! are sampled and expire, orders are not.
 
+#![warn(missing_docs)]
+
 pub mod carrier;
 pub mod checkout;
 pub mod hops;

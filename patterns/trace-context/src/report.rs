@@ -12,14 +12,21 @@ use opentelemetry_sdk::trace::SpanData;
 /// Why the spans are not one trace with one tree.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TreeError {
+    /// Nothing to check: no span was exported (yet).
     #[error("no spans were exported")]
     Empty,
+    /// More than one trace id: a hop started a new trace instead of continuing.
     #[error("the spans belong to {0} traces, not one")]
     ManyTraces(usize),
+    /// Not exactly one span lacks its parent among the spans (how many do, and their
+    /// names). Two or more: a hop lost the context, or a parent is not exported yet.
     #[error("{0} spans have no parent among the spans: {1:?}")]
     Roots(usize, Vec<String>),
+    /// Spans that parent links do not lead to from the root: their links go round in
+    /// a loop.
     #[error("{0} spans are not reachable from the root")]
     Unreachable(usize),
+    /// The expected span of this kind from this service was not exported.
     #[error("no {1:?} span from {0} yet")]
     Missing(String, SpanKind),
 }
@@ -30,6 +37,7 @@ pub const SERVICE: &str = "shop.service";
 /// Spans of one trace, checked to form one tree.
 #[derive(Debug)]
 pub struct Trace<'a> {
+    /// The one trace id every span shares.
     pub trace_id: TraceId,
     spans: Vec<&'a SpanData>,
     root: usize,
