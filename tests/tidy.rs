@@ -422,11 +422,7 @@ fn every_crate_takes_the_workspace_lints() {
             .and_then(|l| l.get("workspace"))
             .and_then(|w| w.as_bool())
             == Some(true);
-        assert!(
-            opted_in,
-            "{} needs `[lints] workspace = true`",
-            manifest.display()
-        );
+        assert!(opted_in, "{} needs `[lints] workspace = true`", manifest.display());
     }
 }
 
