@@ -20,6 +20,7 @@
 
 use shop_domain::Service as ServiceName;
 
+pub mod faults;
 pub mod service;
 pub mod shop;
 pub mod store;
@@ -44,6 +45,10 @@ pub enum Error {
     Refused(String),
     #[error("{0}")]
     Shop(String),
+    /// The fault plan killed the process here (tests and `--no-outbox`, `--crash-*`
+    /// only); the span is the work it died on.
+    #[error("the process died, as its fault plan said")]
+    Died(tracing::Span),
 }
 
 /// The PostgreSQL schema of each service: four databases in all but name.

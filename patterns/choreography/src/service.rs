@@ -4,10 +4,9 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use kafka_events::consume::DeadLetters;
 use kafka_events::envelope::header;
 use outbox::{OutboxEvent, inbox};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_domain::orders::Orders;
 use shop_domain::{Event, OrderPlaced, Service as ServiceName, euros};
@@ -105,23 +104,22 @@ impl<S: Store> Service<S> {
 
     // ANCHOR: dual_write
     /// What `--no-outbox` does instead, and what this crate exists to avoid:
-    /// commit the state, then publish. When the process dies between the two
-    /// (`die_between`), the state says the work is done and the event never
-    /// existed anywhere but in this process's memory. Redelivery does not help:
-    /// the inbox (or the rules' own idempotency) sees the work done and emits
-    /// nothing the second time.
+    /// commit the state, then publish. When the process dies between the two,
+    /// the state says the work is done and the event never existed anywhere but
+    /// in this process's memory. Redelivery does not help: the inbox (or the
+    /// rules' own idempotency) sees the work done and emits nothing the second
+    /// time.
     pub async fn apply_then_publish(
         &mut self,
         incoming: &Incoming,
-        producer: &FutureProducer,
-        die_between: bool,
-    ) -> Result<(Delivery, bool), Error> {
+        producer: &impl PublishNow,
+    ) -> Result<Delivery, Error> {
         let schema = &self.schema;
         let tx = self.client.transaction().await?;
         let me = S::SERVICE.as_str();
         if !inbox::first_delivery(&tx, schema, me, incoming.event_id).await? {
             tx.rollback().await?;
-            return Ok((Delivery::Duplicate { incoming: incoming.clone() }, false));
+            return Ok(Delivery::Duplicate { incoming: incoming.clone() });
         }
         let state = S::load(&tx, schema, &incoming.event).await?;
         let (state, events) = state.react(&incoming.event);
@@ -137,37 +135,19 @@ impl<S: Store> Service<S> {
                 Some(cause),
             )?);
         }
-        let died = die_between && !emitted.is_empty();
-        if !died {
-            for row in &emitted {
-                publish_now(producer, row).await?;
-            }
+        for row in &emitted {
+            producer.publish_now(row).await?;
         }
-        Ok((Delivery::Applied { incoming: incoming.clone(), emitted }, died))
+        Ok(Delivery::Applied { incoming: incoming.clone(), emitted })
     }
     // ANCHOR_END: dual_write
 
     // ANCHOR: handle
-    /// Handles one message: dead-letters what cannot be read, skips types this
-    /// service does not react to, and applies the rest once, narrating under
-    /// the checkout's correlation id and the causing event's id. The caller
-    /// stores the offset afterwards, or rewinds when this fails.
-    pub async fn handle(
-        &mut self,
-        message: &BorrowedMessage<'_>,
-        dead_letters: &DeadLetters,
-    ) -> Result<Delivery, Error> {
-        let incoming = match wire::decode(message) {
-            Ok(incoming) => incoming,
-            Err(error) => {
-                let reason = error.to_string();
-                dead_letters.send(message, &reason).await?;
-                let span = span(S::SERVICE, correlation_of(message), "-");
-                let dlq = &dead_letters.topic;
-                warn!(parent: &span, "unreadable event sent to {dlq}: {reason}");
-                return Ok(Delivery::DeadLettered { reason });
-            }
-        };
+    /// Handles one decoded event: skips a type this service does not react to,
+    /// and applies the rest once, narrating under the checkout's correlation id
+    /// and the causing event's id. (What cannot be decoded never gets here: the
+    /// consumer step dead-letters it.)
+    pub async fn handle(&mut self, incoming: Incoming) -> Result<Delivery, Error> {
         if !S::listens_to(incoming.event.kind()) {
             return Ok(Delivery::Ignored);
         }
@@ -178,32 +158,37 @@ impl<S: Store> Service<S> {
     }
     // ANCHOR_END: handle
 
-    /// [`Service::handle`] for a service without an outbox (`--no-outbox`);
-    /// also says whether the process died between its commit and its publish.
+    /// [`Service::handle`] for a service without an outbox (`--no-outbox`): it
+    /// publishes with `producer` right after its commit.
     pub async fn handle_without_outbox(
         &mut self,
-        message: &BorrowedMessage<'_>,
-        dead_letters: &DeadLetters,
-        producer: &FutureProducer,
-        die_between: bool,
-    ) -> Result<(Delivery, bool), Error> {
-        let Ok(incoming) = wire::decode(message) else {
-            return Ok((self.handle(message, dead_letters).await?, false));
-        };
+        incoming: Incoming,
+        producer: &impl PublishNow,
+    ) -> Result<Delivery, Error> {
         if !S::listens_to(incoming.event.kind()) {
-            return Ok((Delivery::Ignored, false));
+            return Ok(Delivery::Ignored);
         }
         let span = incoming_span(S::SERVICE, &incoming);
-        let apply = self.apply_then_publish(&incoming, producer, die_between);
-        let (delivery, died) = apply.instrument(span.clone()).await?;
+        let apply = self.apply_then_publish(&incoming, producer);
+        let delivery = apply.instrument(span.clone()).await?;
         narrate(&span, &delivery);
-        if died {
-            warn!(
-                parent: &span,
-                "crash! committed, then died before publishing: no outbox holds the event"
-            );
-        }
-        Ok((delivery, died))
+        Ok(delivery)
+    }
+}
+
+/// Where the dual write (`--no-outbox`) publishes, right after its commit: the
+/// shop's producer, or a fault plan's wrapper around it ([`crate::faults`]).
+pub trait PublishNow: Send + Sync {
+    /// Publishes one event as the relay would, and waits for the broker.
+    fn publish_now(
+        &self,
+        row: &OutboxEvent,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+impl PublishNow for FutureProducer {
+    async fn publish_now(&self, row: &OutboxEvent) -> Result<(), Error> {
+        publish_now(self, row).await
     }
 }
 
@@ -261,11 +246,6 @@ pub fn span(service: ServiceName, correlation_id: &str, causation_id: &str) -> S
 
 pub fn incoming_span(service: ServiceName, incoming: &Incoming) -> Span {
     span(service, &incoming.correlation_id, &short(incoming.event_id))
-}
-
-fn correlation_of<'a>(message: &'a BorrowedMessage<'a>) -> &'a str {
-    kafka_events::envelope::header_str(message, header::CORRELATION_ID)
-        .unwrap_or("-")
 }
 
 /// One line per applied event: what it was, what the service did, what it emits.

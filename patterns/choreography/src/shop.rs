@@ -26,11 +26,9 @@ use kafka_events::client::{consumer, create_topics, producer};
 use kafka_events::envelope::header;
 use outbox::faults::{FaultPlan, FaultyPublisher};
 use outbox::relay::{Publisher, Relay, RelayConfig};
-use rdkafka::Offset;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
-use rdkafka::util::Timeout;
 use shop_domain::inventory::{Hold, Inventory};
 use shop_domain::orders::{Order, OrderStatus, Orders};
 use shop_domain::payments::{Payment, PaymentStatus, Payments};
@@ -42,11 +40,12 @@ use tokio_postgres::{Client, NoTls};
 use tracing::{Instrument, Span, info, info_span, warn};
 use uuid::Uuid;
 
+use crate::faults::DiesBeforePublishing;
 use crate::service::{Delivery, Service, incoming_span, span};
 use crate::store::{Seed, Store, seed};
 use crate::wire::{Topics, short};
-use crate::{Error, Schemas};
-use kafka_events::consume::DeadLetters;
+use crate::{Error, Schemas, wire};
+use kafka_events::consume::{DeadLetters, Handled, StepError, handle_with};
 
 /// Where each service dies once, in its first life. See the module documentation.
 #[derive(Clone, Debug, Default)]
@@ -708,11 +707,17 @@ async fn run_process<S: Store + 'static>(
     let me = S::SERVICE;
     let faults = &shared.config.faults;
     let fault = |set: &BTreeSet<ServiceName>| first_life && set.contains(&me);
-    let die_before_relay = fault(&faults.die_before_relay);
+    // Where this life's fault plan kills the process, if anywhere.
+    let deaths = Deaths {
+        after_effect: fault(&faults.die_after_effect),
+        before_relay: fault(&faults.die_before_relay),
+    };
     // Without an outbox in every life; it dies between commit and publish once.
-    let (dual_write, die_between) =
-        (faults.dual_write.contains(&me), fault(&faults.dual_write));
-    let die_after_effect = fault(&faults.die_after_effect);
+    let dual_write = faults.dual_write.contains(&me);
+    let publisher = DiesBeforePublishing::new(
+        shared.producer.clone(),
+        fault(&faults.dual_write),
+    );
     let (config, schema) = (&shared.config, shared.schemas.of(me));
     let mut service =
         Service::<S>::connect(&config.database_url, schema, shared.topics.clone())
@@ -728,7 +733,7 @@ async fn run_process<S: Store + 'static>(
     };
     // The relay lives and dies with the process; in the first life of a
     // service that dies before its relay runs, there is none.
-    let relay = (!die_before_relay && !dual_write).then(|| {
+    let relay = (!deaths.before_relay && !dual_write).then(|| {
         let relay_faults = FaultPlan {
             die_after: fault(&faults.relay_dies_before_mark).then_some(1),
             ..FaultPlan::default()
@@ -741,78 +746,95 @@ async fn run_process<S: Store + 'static>(
     // Readiness: the consumer has joined its group and holds its partitions.
     let mut ready = false;
     let mut check = tokio::time::interval(Duration::from_millis(20));
+    let decode = |message: &BorrowedMessage<'_>| wire::decode(message);
     loop {
-        let message = tokio::select! {
-            _ = stop.wait_for(|stopped| *stopped) => return Ok(Exit::Stopped),
-            () = kill.notified() => return Ok(Exit::Crashed(span(me, "-", "-"))),
-            _ = check.tick(), if !ready => {
-                if consumer.assignment()?.count() > 0 {
-                    ready = true;
-                    shared.stats.of(me).ready.fetch_add(1, Relaxed);
-                    shared.progress.send_modify(|n| *n += 1);
+        // ANCHOR: consume
+        // The Kafka chapter's step: decode (or dead-letter), apply once, and
+        // only then store the offset; rewind when anything fails.
+        let step = handle_with(&consumer, &dead_letters, decode, |incoming| async {
+            let delivery = match dual_write {
+                false => service.handle(incoming).await?,
+                true => service.handle_without_outbox(incoming, &publisher).await?,
+            };
+            if record(shared, me, &delivery) {
+                wake.notify_one(); // the relay has work
+            }
+            deaths.after_commit(shared, me, &delivery).await?;
+            Ok::<_, Error>(delivery)
+        });
+        // ANCHOR_END: consume
+        let mut step = std::pin::pin!(step);
+        let handled = loop {
+            tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return Ok(Exit::Stopped),
+                () = kill.notified() => {
+                    return Ok(Exit::Crashed(span(me, "-", "-")));
                 }
-                continue;
+                _ = check.tick(), if !ready => {
+                    if consumer.assignment()?.count() > 0 {
+                        ready = true;
+                        shared.stats.of(me).ready.fetch_add(1, Relaxed);
+                        shared.progress.send_modify(|n| *n += 1);
+                    }
+                }
+                handled = &mut step => break handled,
             }
-            message = consumer.recv() => message,
         };
-        let message = match message {
-            Ok(message) => message,
-            Err(e) => {
-                warn!("{}: kafka: {e}", me.as_str());
-                continue;
-            }
-        };
-        let handled = if dual_write {
-            let producer = &shared.producer;
-            service
-                .handle_without_outbox(
-                    &message,
-                    &dead_letters,
-                    producer,
-                    die_between,
-                )
-                .await
-        } else {
-            service.handle(&message, &dead_letters).await.map(|d| (d, false))
-        };
-        match handled {
-            Ok((delivery, died)) => {
+        let error = match handled {
+            Ok(Handled::Processed(_)) => {
                 failures = 0;
-                let effect = record(shared, me, &delivery);
-                if effect {
-                    wake.notify_one();
-                }
-                if died {
-                    return Ok(Exit::Crashed(delivery_span(me, &delivery)));
-                }
-                // Dying before the relay matters once there is something to relay.
-                let relayed = delivery.emitted_any();
-                if (effect && die_after_effect) || (relayed && die_before_relay) {
-                    let pending =
-                        shared_pending(shared, me, &delivery, die_before_relay);
-                    pending.await;
-                    return Ok(Exit::Crashed(delivery_span(me, &delivery)));
-                }
-                // Local and non-blocking: librdkafka commits it in the background.
-                consumer.store_offset_from_message(&message)?;
+                continue;
             }
-            Err(error) => {
-                failures += 1;
-                rewind(&consumer, &message)?;
-                if failures >= 5 {
-                    return Err(error);
-                }
-                let pause = Duration::from_millis(100 << failures);
-                warn!(
-                    "{}: {error}; the message comes again in {pause:?}",
-                    me.as_str()
-                );
-                tokio::time::sleep(pause).await;
+            Ok(Handled::DeadLettered(reason)) => {
+                failures = 0;
+                let reason = reason.to_string();
+                record(shared, me, &Delivery::DeadLettered { reason });
+                continue;
             }
+            Err(StepError::Handler { error: Error::Died(span), .. }) => {
+                return Ok(Exit::Crashed(span));
+            }
+            Err(StepError::Handler { error, .. }) => error,
+            Err(StepError::Kafka(error)) => Error::Kafka(error),
+        };
+        // The step rewound: the message comes again, after a pause.
+        failures += 1;
+        if failures >= 5 {
+            return Err(error);
         }
+        let pause = Duration::from_millis(100 << failures);
+        warn!("{}: {error}; the message comes again in {pause:?}", me.as_str());
+        tokio::time::sleep(pause).await;
     }
 }
 // ANCHOR_END: process
+
+/// Where the fault plan kills one life of a process: after a commit, before the
+/// message's offset is stored (tests and the example's flags only).
+struct Deaths {
+    /// After its first effect.
+    after_effect: bool,
+    /// After its first commit that put events in the outbox, before a relay ran.
+    before_relay: bool,
+}
+
+impl Deaths {
+    /// `Err(Error::Died)` where the plan says this process dies.
+    async fn after_commit(
+        &self,
+        shared: &Shared,
+        me: ServiceName,
+        delivery: &Delivery,
+    ) -> Result<(), Error> {
+        let effect = matches!(delivery, Delivery::Applied { .. });
+        let relayed = delivery.emitted_any();
+        if (effect && self.after_effect) || (relayed && self.before_relay) {
+            shared_pending(shared, me, delivery, self.before_relay).await;
+            return Err(Error::Died(delivery_span(me, delivery)));
+        }
+        Ok(())
+    }
+}
 
 fn delivery_span(me: ServiceName, delivery: &Delivery) -> Span {
     match delivery {
@@ -882,18 +904,6 @@ async fn shared_pending(
     } else {
         warn!(parent: &span, "crash! died after its commit, before storing the offset");
     }
-}
-
-/// Moves the partition back to `message`, so that it comes again next (as the
-/// Kafka chapter's consumer does).
-fn rewind(
-    consumer: &StreamConsumer,
-    message: &BorrowedMessage<'_>,
-) -> Result<(), Error> {
-    let offset = Offset::Offset(message.offset());
-    let timeout = Timeout::After(Duration::ZERO);
-    consumer.seek(message.topic(), message.partition(), offset, timeout)?;
-    Ok(())
 }
 
 /// Runs a service's relay, restarting it when it dies. Its first life follows

@@ -26,11 +26,12 @@ use rdkafka::util::Timeout;
 
 use crate::envelope::{self, DecodeError, Event, header};
 
-/// What happened to the message a step took.
+/// What happened to the message a step took: the handler's result, or why the
+/// message could not be decoded (it went to the dead-letter topic).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Handled {
-    Processed(Event),
-    DeadLettered(DecodeError),
+pub enum Handled<T = Event, R = DecodeError> {
+    Processed(T),
+    DeadLettered(R),
 }
 
 /// Why a step failed. In every case no offset was stored for the message and its
@@ -93,15 +94,8 @@ impl DeadLetters {
     // ANCHOR_END: dead_letter
 }
 
-// ANCHOR: handle_next
-/// Takes the next message, decodes it, runs `handler`, and only then stores its
-/// offset for the background commit. A message that cannot be decoded is
-/// dead-lettered and stored, so one bad message cannot stop the consumer.
-///
-/// When anything fails (the handler, the dead-letter send, storing the offset),
-/// the partition is rewound to the message: the next call receives it again,
-/// before any later message of its partition. Retry after a backoff, or stop;
-/// never skip it.
+/// [`handle_with`] for this crate's envelope: decodes an [`Event`], and hands it
+/// to `handler`.
 pub async fn handle_next<F, Fut, E>(
     consumer: &StreamConsumer,
     dead_letters: &DeadLetters,
@@ -111,18 +105,44 @@ where
     F: FnOnce(Event) -> Fut,
     Fut: Future<Output = Result<Event, E>>,
 {
+    let decode = |message: &BorrowedMessage<'_>| envelope::decode(message);
+    handle_with(consumer, dead_letters, decode, handler).await
+}
+
+// ANCHOR: handle_next
+/// Takes the next message, decodes it, runs `handler`, and only then stores its
+/// offset for the background commit. A message that `decode` refuses is
+/// dead-lettered with its reason and stored, so one bad message cannot stop the
+/// consumer.
+///
+/// When anything fails (the handler, the dead-letter send, storing the offset),
+/// the partition is rewound to the message: the next call receives it again,
+/// before any later message of its partition. Retry after a backoff, or stop;
+/// never skip it.
+pub async fn handle_with<T, R, D, F, Fut, O, E>(
+    consumer: &StreamConsumer,
+    dead_letters: &DeadLetters,
+    decode: D,
+    handler: F,
+) -> Result<Handled<O, R>, StepError<E>>
+where
+    D: FnOnce(&BorrowedMessage<'_>) -> Result<T, R>,
+    R: Display,
+    F: FnOnce(T) -> Fut,
+    Fut: Future<Output = Result<O, E>>,
+{
     let message = consumer.recv().await?;
     let (partition, offset) = (message.partition(), message.offset());
-    let outcome = match envelope::decode(&message) {
-        Ok(event) => handler(event)
+    let outcome = match decode(&message) {
+        Ok(decoded) => handler(decoded)
             .await
             .map(Handled::Processed)
             .map_err(|error| StepError::Handler { partition, offset, error }),
-        Err(error) => {
+        Err(reason) => {
             let dlq = &dead_letters.topic;
-            tracing::warn!(offset, "undecodable event sent to {dlq}: {error}");
-            let sent = dead_letters.send(&message, &error).await;
-            sent.map(|()| Handled::DeadLettered(error)).map_err(StepError::Kafka)
+            tracing::warn!(offset, "undecodable event sent to {dlq}: {reason}");
+            let sent = dead_letters.send(&message, &reason).await;
+            sent.map(|()| Handled::DeadLettered(reason)).map_err(StepError::Kafka)
         }
     };
     // Local and non-blocking: librdkafka commits stored offsets in the background.

@@ -288,7 +288,8 @@ impl Shop {
                     stats = relay.run(until) => return Ok(stats?),
                     // Dead: the relay, its connection and its transaction go.
                     _ = publisher.died() => {
-                        warn!("restarting the relay: its unmarked events are pending")
+                        let why = "its unmarked events are pending";
+                        warn!("restarting the relay: {why}");
                     }
                 }
             }
