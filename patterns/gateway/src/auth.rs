@@ -31,7 +31,10 @@ pub const CALLER_HEADER: &str = "x-shop-caller";
 pub struct Claims {
     /// The client: the rate limit and the downstream identity are keyed on it.
     pub sub: String,
+    /// Who issued the token: must be the identity provider the gateway trusts.
     pub iss: String,
+    /// Whom the token is for: must be this gateway, so a token minted for another
+    /// API is refused here.
     pub aud: String,
     /// Expiry, in seconds since the Unix epoch.
     pub exp: u64,
@@ -41,6 +44,7 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// The permissions in `scope`, one each; an absent `scope` grants none.
     pub fn scopes(&self) -> BTreeSet<&str> {
         self.scope.split_whitespace().collect()
     }
@@ -49,7 +53,9 @@ impl Claims {
 /// The authenticated caller, put into the request's extensions for the handlers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
+    /// The token's `sub`: what the rate limit counts by and the backends hear.
     pub client: String,
+    /// What the token grants; routes check theirs with [`Caller::require`].
     pub scopes: BTreeSet<String>,
 }
 
@@ -89,6 +95,7 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// A verifier that accepts HS256 tokens only, from `issuer`, for `audience`.
     pub fn hs256(secret: &[u8], issuer: &str, audience: &str) -> Self {
         // Only HS256: the token's own `alg` header never chooses the check
         // (`none` does not even parse as an algorithm here).
@@ -115,13 +122,22 @@ impl Verifier {
 /// Why a request is not authenticated: each becomes a 401 with its own detail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
+    /// No `Authorization` header at all: the challenge then names no error
+    /// (RFC 6750).
     Missing,
+    /// The header is not `Bearer <token>`, or the token is not a JWT we can read.
     Malformed,
+    /// Past its `exp`, beyond the few seconds of clock skew tolerated.
     Expired,
+    /// Signed with our key but not issued by the issuer we trust.
     WrongIssuer,
+    /// Issued for another API.
     WrongAudience,
+    /// The signature does not match: not signed with our key, or altered.
     BadSignature,
+    /// The token's `alg` is not HS256 (`none` included).
     WrongAlgorithm,
+    /// One of `exp`, `iss`, `aud`, `sub` is absent.
     MissingClaim,
 }
 
@@ -140,6 +156,8 @@ impl Rejection {
         }
     }
 
+    /// The problem body's detail and the challenge's `error_description`: tells
+    /// the client what to fix, never anything about the key.
     pub fn detail(self) -> &'static str {
         match self {
             Rejection::Missing => "send Authorization: Bearer <token>",
@@ -217,11 +235,15 @@ pub async fn authenticate(
 #[derive(Clone)]
 pub struct Issuer {
     key: EncodingKey,
+    /// The `iss` of every token minted: the verifier's issuer, to be accepted.
     pub issuer: String,
+    /// The `aud` of every token minted; see [`Issuer::for_audience`].
     pub audience: String,
 }
 
 impl Issuer {
+    /// An issuer signing with `secret`: the gateway's key mints tokens it accepts,
+    /// any other key a forger's tokens.
     pub fn hs256(secret: &[u8], issuer: &str, audience: &str) -> Self {
         Issuer {
             key: EncodingKey::from_secret(secret),
@@ -253,6 +275,8 @@ impl Issuer {
         Issuer { audience: audience.into(), ..self.clone() }
     }
 
+    /// A token with exactly these claims, signed: how tests build the tokens that
+    /// must be refused (another issuer or audience, an expiry long past).
     pub fn mint_claims(
         &self,
         claims: &Claims,

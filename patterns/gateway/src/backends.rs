@@ -36,10 +36,14 @@ use crate::problem::from_grpc;
 /// Why a backend call gave no usable answer.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum BackendError {
+    /// The breaker refused the call without sending it: 503 at once, no wait.
     #[error("{0} is failing fast: its circuit breaker is open")]
     Open(&'static str),
+    /// The deadline passed first: 504, and a failure for the breaker.
     #[error("{0} did not answer before the deadline")]
     Timeout(&'static str),
+    /// No connection, an unreadable answer, a 5xx or a gRPC code that is not a
+    /// refusal (the second field says which): 502, and a failure for the breaker.
     #[error("{0} is unreachable or failing: {1}")]
     Failed(&'static str, String),
     /// The backend answered, and refused (not its failure: the request's).
@@ -89,12 +93,15 @@ enum Fault {
 /// A backend's name, breaker and call counter.
 #[derive(Debug)]
 pub struct Backend {
+    /// Names the backend in errors and problem details (`orders`, `payments`).
     pub name: &'static str,
+    /// This backend's own breaker: one failing backend does not open another's.
     pub breaker: CircuitBreaker,
     calls: AtomicU64,
 }
 
 impl Backend {
+    /// A backend with no calls counted yet.
     pub fn new(name: &'static str, breaker: CircuitBreaker) -> Self {
         Backend { name, breaker, calls: AtomicU64::new(0) }
     }
@@ -139,24 +146,34 @@ impl Backend {
 /// What the orders service answered to a forwarded request.
 #[derive(Debug)]
 pub struct Forwarded {
+    /// Passed to the client as it is, 4xx included (a 5xx never gets here: it
+    /// is a [`BackendError::Failed`]).
     pub status: StatusCode,
+    /// Says whether the body is an order or a problem; passed on.
     pub content_type: Option<String>,
+    /// Where a created order lives, in the backend's paths: the route rewrites it.
     pub location: Option<String>,
+    /// The `Idempotent-Replayed` header: this answer is a replay of an earlier one.
     pub replayed: Option<String>,
     /// On a 429 or 503: when the client may try again.
     pub retry_after: Option<String>,
+    /// The body, read whole and passed on unparsed.
     pub body: Vec<u8>,
 }
 
 /// The orders service (HTTP/JSON), spoken to with reqwest.
 #[derive(Debug)]
 pub struct OrdersBackend {
+    /// Its name, breaker and call counter.
     pub backend: Backend,
     base_url: String,
     http: reqwest::Client,
 }
 
 impl OrdersBackend {
+    /// A client for the orders service at `base_url`. Connecting is given 2 s;
+    /// the whole call is bounded by each call's deadline. Fails only if reqwest
+    /// cannot build its client (its TLS backend, for one).
     pub fn new(
         base_url: String,
         breaker: CircuitBreaker,
@@ -304,11 +321,15 @@ fn failed(error: reqwest::Error) -> Fault {
 /// A payment as the gateway shows it in JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PaymentView {
+    /// The id payments gave the authorization.
     pub payment_id: String,
+    /// The order the payment is for: what composition joins on.
     pub order_id: String,
     /// `authorized`, `captured` or `settled`.
     pub status: String,
+    /// The amount authorized, in cents.
     pub amount_cents: u64,
+    /// The card network's approval code, as payments reports it.
     pub authorization_code: String,
 }
 
@@ -329,6 +350,7 @@ impl From<Payment> for PaymentView {
 /// The payments service (gRPC), spoken to with tonic over one HTTP/2 channel.
 #[derive(Debug)]
 pub struct PaymentsBackend {
+    /// Its name, breaker and call counter.
     pub backend: Backend,
     channel: Channel,
 }

@@ -18,15 +18,20 @@ use http_json::versions::v2::OrderV2;
 /// A part of the view the gateway could not fetch, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Missing {
+    /// `order` or `payment`: the field of the view that is empty for this reason.
     pub part: String,
+    /// The backend error, as text: for the client to show or log, not to parse.
     pub reason: String,
 }
 
 /// The composed checkout view.
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct CheckoutView {
+    /// The order asked for, present even when the order itself could not be fetched.
     pub order_id: String,
+    /// The order; `None` only when it is named in `missing`.
     pub order: Option<OrderV2>,
+    /// The order's payment; `None` with nothing missing: the order has none.
     pub payment: Option<PaymentView>,
     /// Empty when the view is complete.
     pub missing: Vec<Missing>,

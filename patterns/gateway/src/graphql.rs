@@ -35,6 +35,8 @@ pub enum PaymentFetch {
     Batched,
 }
 
+/// Builds the schema once, at start-up, with its depth and complexity limits: a
+/// client writes the query, so the gateway bounds what one query may cost.
 pub fn schema() -> ShopSchema {
     Schema::build(Query, EmptyMutation, EmptySubscription)
         // Bounds on what one query may cost: how deep, how many fields.
@@ -76,6 +78,7 @@ fn to_graphql(error: BackendError) -> async_graphql::Error {
         .extend_with(|_, e| e.set("status", problem.status))
 }
 
+/// The root of every query: an order, a customer's orders, or the checkout view.
 pub struct Query;
 
 #[Object]
@@ -148,6 +151,7 @@ pub struct Money {
     currency: String,
 }
 
+/// One line of an order.
 #[derive(SimpleObject)]
 pub struct Item {
     sku: String,
@@ -155,6 +159,7 @@ pub struct Item {
     unit_price: Money,
 }
 
+/// An order from the orders service, as the GraphQL type `Order`.
 pub struct OrderNode(OrderV2);
 
 // ANCHOR: OrderNode
@@ -205,6 +210,7 @@ impl OrderNode {
 }
 // ANCHOR_END: OrderNode
 
+/// A payment, fetched only when a query asks for `Order.payment`.
 pub struct Payment(PaymentView);
 
 #[Object]

@@ -20,6 +20,8 @@
 //! business), data of its own, and per-service retries that the service's own clients know
 //! better. A gateway that grows those becomes a distributed monolith every team must change.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod backends;
 pub mod compose;
@@ -45,10 +47,13 @@ use crate::limit::{Rate, RateLimiter};
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// reqwest could not build the HTTP client for orders.
     #[error("orders client: {0}")]
     Orders(#[from] reqwest::Error),
+    /// The payments URL is not one tonic can connect to.
     #[error("payments address: {0}")]
     Payments(#[from] tonic::transport::Error),
+    /// The listening socket could not be bound.
     #[error("listening: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -60,11 +65,13 @@ pub enum StartError {
 #[derive(Clone)]
 pub struct Secret(Vec<u8>);
 
+/// A key too short to sign with; the field is its length in bytes.
 #[derive(Debug, PartialEq, thiserror::Error)]
 #[error("an HS256 key needs at least 32 bytes, this one has {0}")]
 pub struct WeakSecret(pub usize);
 
 impl Secret {
+    /// The key, if it has the 32 bytes HS256 needs.
     pub fn new(key: Vec<u8>) -> Result<Secret, WeakSecret> {
         if key.len() < 32 {
             return Err(WeakSecret(key.len()));
@@ -84,6 +91,8 @@ impl Secret {
         Secret(key)
     }
 
+    /// The key's bytes, to sign or verify with: the one way to read them, since
+    /// `Debug` redacts them.
     pub fn expose(&self) -> &[u8] {
         &self.0
     }
@@ -104,7 +113,9 @@ pub struct Config {
     pub payments_url: String,
     /// The HS256 key tokens are signed with, their issuer and audience.
     pub token_secret: Secret,
+    /// The `iss` a token must carry.
     pub issuer: String,
+    /// The `aud` a token must carry: this gateway's name for itself.
     pub audience: String,
     /// Every authenticated client's allowance.
     pub rate: Rate,
@@ -146,10 +157,15 @@ impl Config {
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
+    /// The orders service and its breaker, shared by every request.
     pub orders: Arc<OrdersBackend>,
+    /// The payments service and its breaker, shared by every request.
     pub payments: Arc<PaymentsBackend>,
+    /// The configuration it was built from.
     pub config: Arc<Config>,
+    /// The buckets of every client, shared so a client's requests all count.
     pub limiter: RateLimiter,
+    /// Built once: building a schema per request would cost every query.
     pub schema: graphql::ShopSchema,
 }
 
@@ -162,6 +178,8 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
+    /// The backends and their breakers. Connects to nothing yet: a backend that
+    /// is down shows up as failed calls, not as a gateway that will not start.
     pub fn new(config: Config) -> Result<Self, StartError> {
         let breaker = || CircuitBreaker::new(config.breaker.clone());
         let orders = OrdersBackend::new(config.orders_url.clone(), breaker())?;
@@ -175,6 +193,7 @@ impl Gateway {
         })
     }
 
+    /// A verifier for the configured key, issuer and audience.
     pub fn verifier(&self) -> Verifier {
         let c = &self.config;
         Verifier::hs256(c.token_secret.expose(), &c.issuer, &c.audience)
@@ -183,13 +202,16 @@ impl Gateway {
 
 /// A gateway serving on a loopback port; stop it with [`RunningGateway::shutdown`].
 pub struct RunningGateway {
+    /// The port the OS picked on 127.0.0.1.
     pub addr: SocketAddr,
+    /// The state the server runs with: tests read its counters and breakers.
     pub gateway: Gateway,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
 
 impl RunningGateway {
+    /// `http://` and [`RunningGateway::addr`], for clients to build URLs on.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

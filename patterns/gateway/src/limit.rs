@@ -43,17 +43,23 @@ pub struct Rate {
     full: Duration,
 }
 
+/// Why [`Rate::new`] refused a rate.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum RateError {
+    /// A bucket that holds nothing.
     #[error("a burst of 0 refuses every request: allow at least 1")]
     NoBurst,
+    /// Zero, negative, NaN or infinite.
     #[error("{0} tokens a second is not a rate: use a positive number")]
     NotPositive(f64),
+    /// A period or a full bucket that `Duration` cannot hold.
     #[error("{0} tokens a second is beyond what a nanosecond clock can count")]
     OutOfRange(f64),
 }
 
 impl Rate {
+    /// Checks the rate once, at start-up: the request path then only adds and
+    /// subtracts durations.
     pub fn new(burst: u32, per_second: f64) -> Result<Rate, RateError> {
         if burst == 0 {
             return Err(RateError::NoBurst);
@@ -75,10 +81,12 @@ impl Rate {
 // ANCHOR_END: Rate
 
 impl Rate {
+    /// The most requests a client may send at once, after a quiet spell.
     pub fn burst(&self) -> u32 {
         self.burst
     }
 
+    /// The sustained rate, as configured.
     pub fn per_second(&self) -> f64 {
         self.per_second
     }
@@ -115,6 +123,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// A limiter where every client starts with a full bucket.
     pub fn new(rate: Rate) -> Self {
         RateLimiter { rate, buckets: Arc::default() }
     }

@@ -192,10 +192,16 @@ async fn get_order(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeJson {
+    /// The order to pay for.
     pub order_id: String,
+    /// The amount, in the currency's minor unit (cents).
     pub amount_cents: u64,
+    /// ISO 4217 code, e.g. `EUR`, passed to payments unchecked here.
     pub currency: String,
+    /// The payment provider's token for the card, never the card number.
     pub card_token: String,
+    /// Optional: an absent one reaches payments as the empty string, as proto3
+    /// has no absent string.
     #[serde(default)]
     pub customer_id: String,
 }
