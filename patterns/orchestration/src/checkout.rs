@@ -47,10 +47,15 @@ fn step(
 /// one step's action (or compensation), which is what the inbox recognises.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
+    /// The inbox's key: applied once, however often it arrives.
     pub command_id: String,
+    /// The saga the reply must reach.
     pub saga_id: String,
+    /// The step, as the reply names it back.
     pub step: usize,
+    /// Do or undo.
     pub kind: Kind,
+    /// The order the saga is about.
     pub order: OrderPlaced,
     /// What earlier steps reported, by participant (`"shipping"`: the
     /// tracking number). Keyed by name, not position, so that adding or
@@ -74,10 +79,14 @@ pub fn details(saga: &Definition, state: &State) -> BTreeMap<String, String> {
 /// reply, so the orchestrator's timeout decides what happens next.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// The participant's database failed; the transaction did not commit.
     #[error("postgres: {0}")]
     Db(#[from] tokio_postgres::Error),
+    /// A record or stored reply (key first) does not parse, or a reply does not
+    /// serialize: a bug or a hand-edited row, which a retry will not fix.
     #[error("stored record {0} is unreadable: {1}")]
     Corrupt(String, serde_json::Error),
+    /// The command went to a participant this crate has no rules for.
     #[error("no participant is called {0}")]
     Unknown(String),
 }

@@ -18,6 +18,8 @@
 //! orchestrator adds what this one leaves out: a workflow engine's versioning of running sagas,
 //! a dashboard over the log, and alerts on sagas that stay compensating for long.
 
+#![warn(missing_docs)]
+
 use std::future::Future;
 
 pub mod checkout;

@@ -20,18 +20,32 @@ use shop_domain::OrderPlaced;
 
 use crate::saga::{Definition, Input, Record, State, Terminal, decide};
 
+/// Why the log could not record or read a saga. Nothing was appended.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
+    /// A statement failed; its transaction rolled back.
     #[error("postgres: {0}")]
     Db(#[from] tokio_postgres::Error),
+    /// The pool could not hand out a connection (database down, or timeout).
     #[error("no PostgreSQL connection: {0}")]
     Pool(#[from] PoolError),
+    /// The pool could not be built from the configuration.
     #[error("connection pool: {0}")]
     PoolSetup(#[from] BuildError),
+    /// No saga with this id is in this log.
     #[error("no saga {0}")]
     UnknownSaga(String),
+    /// The fence: another orchestrator holds the saga's lease, so this one
+    /// must not write, even if it thinks it still drives the saga.
     #[error("saga {saga} is driven by {owner}")]
-    NotOwner { saga: String, owner: String },
+    NotOwner {
+        /// The saga asked about.
+        saga: String,
+        /// The orchestrator that holds its lease.
+        owner: String,
+    },
+    /// A stored record or order does not parse (or one will not serialize): a
+    /// bug or a hand-edited row, which a retry will not fix.
     #[error("unreadable log entry: {0}")]
     Corrupt(#[from] serde_json::Error),
 }
@@ -40,8 +54,11 @@ pub enum LogError {
 /// after them.
 #[derive(Clone, Debug)]
 pub struct Applied {
+    /// The order the saga is about, for the commands to carry.
     pub order: OrderPlaced,
+    /// What this call appended, in order: empty if the input changed nothing.
     pub appended: Vec<Record>,
+    /// The saga after the appended records.
     pub state: State,
 }
 

@@ -40,7 +40,9 @@ use crate::saga::{
 /// reply arrived but before the reply is logged. Steps count from 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Crash {
+    /// Intent logged, command not sent.
     AfterIntent(usize),
+    /// Reply received, not logged.
     BeforeOutcome(usize),
 }
 // ANCHOR_END: Crash
@@ -51,31 +53,46 @@ pub struct Config {
     /// Its identity: the owner its leases name. A restart under the same name
     /// takes its sagas back at once; another name waits for the lease to run out.
     pub name: String,
+    /// RabbitMQ's AMQP URL.
     pub amqp: String,
+    /// The shop's queue prefix: must match the participants' to reach them.
     pub names: Names,
     /// How long to wait for the first reply; each retry waits twice as long
     /// as the one before (up to 16 times this).
     pub timeout: Duration,
+    /// How long a saga stays this orchestrator's without a renewal; renewed
+    /// every third of it, so a live orchestrator never loses its sagas.
     pub lease: Duration,
+    /// `None` in production: a crash on purpose, for the fault tests.
     pub crash: Option<Crash>,
 }
 
+/// Why an orchestrator stopped. Its sagas stay in the log, leased to it: a
+/// restart under the same name resumes them.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The configured [`Crash`] happened.
     #[error("crashed on purpose at {0:?}")]
     Crashed(Crash),
+    /// Connecting to RabbitMQ, or declaring or consuming the reply queue, failed.
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
+    /// A command was not confirmed by the broker.
     #[error("publish: {0}")]
     Publish(#[from] PublishError),
+    /// The saga log failed, or a saga is no longer this orchestrator's.
     #[error("log: {0}")]
     Log(#[from] LogError),
+    /// The broker closed the reply consumer: no reply can reach the loop.
     #[error("the reply queue's consumer ended")]
     RepliesEnded,
+    /// A command (its id first) could not be serialized.
     #[error("command {0} could not be encoded: {1}")]
     Encode(String, serde_json::Error),
+    /// The loop's task panicked or was cancelled.
     #[error("the orchestrator's task panicked or was cancelled: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The loop has ended: [`Orchestrator::task`] holds why.
     #[error("the orchestrator has stopped")]
     Stopped,
 }
@@ -85,6 +102,7 @@ pub struct Orchestrator {
     starts: mpsc::Sender<OrderPlaced>,
     /// Every saga this orchestrator finishes, with how it ended.
     pub finished: mpsc::UnboundedReceiver<(String, Terminal)>,
+    /// The loop: ends with an error, or with `Ok` after [`Orchestrator::stop`].
     pub task: JoinHandle<Result<(), RunError>>,
 }
 

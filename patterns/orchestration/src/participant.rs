@@ -28,54 +28,77 @@ use crate::checkout::{Command, apply_once, put};
 /// so that tests and runs never see each other's messages or rows.
 #[derive(Clone, Debug)]
 pub struct Names {
+    /// Unique per run or test (a random suffix, say).
     pub prefix: String,
 }
 
 impl Names {
+    /// The names under `prefix`.
     pub fn new(prefix: &str) -> Names {
         Names { prefix: prefix.to_owned() }
     }
+    /// The command queue `participant` consumes.
     pub fn queue(&self, participant: &str) -> String {
         format!("{}.{participant}", self.prefix)
     }
+    /// The PostgreSQL schema of `participant` (or of the saga log, `log`): the
+    /// prefix with `-` and `.` made `_`, as an unquoted identifier needs.
     pub fn schema(&self, participant: &str) -> String {
         format!("{}_{participant}", self.prefix.replace(['-', '.'], "_"))
     }
+    /// The reply queue of the orchestrator called `orchestrator`: one each, so a
+    /// reply reaches the orchestrator that sent the command.
     pub fn replies(&self, orchestrator: &str) -> String {
         format!("{}.replies.{orchestrator}", self.prefix)
     }
+    /// Where the command queues send what they reject.
     pub fn dead_letter_exchange(&self) -> String {
         format!("{}.dlx", self.prefix)
     }
+    /// The queue that keeps dead letters, for a person to look at.
     pub fn dead_letters(&self) -> String {
         format!("{}.dead", self.prefix)
     }
 }
 
+/// Every participant of the checkout saga: what [`setup`] creates a schema and
+/// a queue for.
 pub const PARTICIPANTS: [&str; 4] = ["inventory", "payments", "shipping", "orders"];
 
 /// What the shop starts with.
 #[derive(Clone, Debug, Default)]
 pub struct Seed {
+    /// Units in stock, by SKU: an order for more is refused by inventory.
     pub stock: Vec<(String, u32)>,
+    /// Cents each customer can pay, by customer id: payments refuses beyond it.
     pub balances: Vec<(String, u64)>,
+    /// Countries shipping delivers to: any other is refused.
     pub destinations: Vec<String>,
 }
 
+/// Why a participant, or its setup, stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// A statement failed.
     #[error("postgres: {0}")]
     Db(#[from] tokio_postgres::Error),
+    /// Connecting, declaring or consuming failed.
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
+    /// [`setup`] could not write a seed record. (In the consume loop, a command
+    /// that cannot be applied is logged and requeued, and the loop goes on.)
     #[error("{0}")]
     Apply(#[from] crate::checkout::ApplyError),
+    /// A reply was not confirmed by the broker.
     #[error("reply: {0}")]
     Publish(#[from] rabbitmq_queues::publish::PublishError),
+    /// The reply to this command id could not be serialized.
     #[error("reply to {0} could not be encoded: {1}")]
     Encode(String, serde_json::Error),
+    /// The record under this key does not parse: a bug or a hand-edited row.
     #[error("stored record {0} is unreadable: {1}")]
     Corrupt(String, serde_json::Error),
+    /// The participant's task panicked or was cancelled.
     #[error("the participant's task panicked or was cancelled: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -176,6 +199,7 @@ pub struct Quirks {
 
 /// A running participant.
 pub struct Service {
+    /// The consume loop: ends with an error, or with `Ok` after a stop.
     pub task: JoinHandle<Result<(), ServiceError>>,
     stop: Arc<Notify>,
 }

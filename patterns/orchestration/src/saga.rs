@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 /// unanswered one is retried rather than compensated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Definition {
+    /// What the saga is called (`checkout`), for people reading it.
     pub name: &'static str,
+    /// Run in this order, undone in the reverse.
     pub steps: Vec<Step>,
     /// Index of the pivot step in `steps`.
     pub pivot: usize,
@@ -40,8 +42,11 @@ pub struct Definition {
 /// it. Both names travel in the command; the participant knows what they mean.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
+    /// The service whose command queue the step's commands go to.
     pub participant: &'static str,
+    /// What the participant is asked to do.
     pub action: &'static str,
+    /// What undoes the action.
     pub compensation: &'static str,
 }
 // ANCHOR_END: Definition
@@ -49,7 +54,9 @@ pub struct Step {
 /// Whether a command does a step or undoes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Kind {
+    /// Do the step.
     Action,
+    /// Undo the step.
     Compensation,
 }
 
@@ -58,34 +65,60 @@ pub enum Kind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// About to send this command (attempt 1, or a retry of the same command).
-    Intent { step: usize, kind: Kind, attempt: u32 },
+    Intent {
+        /// Index into the definition's steps.
+        step: usize,
+        /// Do or undo.
+        kind: Kind,
+        /// From 1; a timer names its attempt, so an old one is ignored.
+        attempt: u32,
+    },
     /// What came of it.
-    Outcome { step: usize, kind: Kind, outcome: Outcome },
+    Outcome {
+        /// The step of the intent it answers.
+        step: usize,
+        /// The kind of the intent it answers.
+        kind: Kind,
+        /// Done, refused, or no answer in time.
+        outcome: Outcome,
+    },
     /// The saga is over; nothing is appended after this.
     Finished(Terminal),
 }
 
+/// What came of a command, as the log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// Done; `detail` is what the participant reports (a tracking number, ...).
-    Done { detail: String },
+    /// The participant did it.
+    Done {
+        /// What the participant reports (a tracking number, ...).
+        detail: String,
+    },
     /// The participant refused, with nothing done (stock short, card declined).
-    Refused { reason: String },
+    Refused {
+        /// The participant's words.
+        reason: String,
+    },
     /// No reply in time: it may or may not have happened.
     TimedOut,
 }
 
+/// How a saga ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Terminal {
+    /// Every step's action is done.
     Completed,
-    /// Every step that ran (or may have) was undone, because of `reason`.
+    /// Every step that ran (or may have) was undone.
     Compensated {
+        /// Why the saga turned back: the refusal or timeout that started it.
         reason: String,
     },
     /// The compensation of `step` was refused: that step is not undone, and
     /// no machine can decide what to do about it. A person must.
     Stuck {
+        /// The step left done.
         step: usize,
+        /// Why its compensation was refused.
         reason: String,
     },
 }
@@ -97,16 +130,39 @@ pub enum Input {
     /// The saga was created: begin.
     Start,
     /// A participant answered the command for `(step, kind)`.
-    Reply { step: usize, kind: Kind, reply: Reply },
+    Reply {
+        /// The step the command was for.
+        step: usize,
+        /// Whether the command did or undid it.
+        kind: Kind,
+        /// What the participant said.
+        reply: Reply,
+    },
     /// The wait for attempt `attempt` of `(step, kind)` ran out.
-    Timeout { step: usize, kind: Kind, attempt: u32 },
+    Timeout {
+        /// The step of the command waited for.
+        step: usize,
+        /// Its kind.
+        kind: Kind,
+        /// Which attempt the timer was for: a later attempt makes it stale.
+        attempt: u32,
+    },
 }
 
 /// A participant's answer, as it travels back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    Done { detail: String },
-    Refused { reason: String },
+    /// The participant did it. A resent command is answered with the same reply
+    /// again, from the participant's inbox.
+    Done {
+        /// What it reports, kept in the log's [`Outcome::Done`].
+        detail: String,
+    },
+    /// The participant would not, and changed nothing.
+    Refused {
+        /// Why, kept in the log and in the saga's end.
+        reason: String,
+    },
 }
 
 /// Where a saga stands: the fold of its log.
@@ -122,6 +178,7 @@ pub struct State {
     pub refused_compensation: Option<(usize, String)>,
     /// Set once compensation began, with why.
     pub compensating: Option<String>,
+    /// How it ended, once it has: no input changes a finished saga.
     pub finished: Option<Terminal>,
 }
 
