@@ -514,8 +514,10 @@ impl Shop {
         Ok(count)
     }
 
-    /// Stops every service and relay (between messages and passes), then drops
-    /// the shop's schemas. Topics stay: the broker keeps them, as evidence.
+    /// Stops every service and relay, then drops the shop's schemas. A relay
+    /// stops between passes; a service may stop inside a message, whose
+    /// transaction then rolls back and whose offset is not stored, so it would
+    /// come again. Topics stay: the broker keeps them, as evidence.
     pub async fn shut_down(self) -> Result<(), Error> {
         if self.stop.send(true).is_err() {
             warn!("no service task was left to stop");
