@@ -220,9 +220,13 @@ pub async fn authenticate(
     };
     match verifier.verify(token) {
         Ok(caller) => {
-            if let Ok(value) = HeaderValue::from_str(&caller.client) {
-                request.headers_mut().insert(CALLER_HEADER, value);
-            }
+            // A subject that cannot travel as a header would reach the backend as
+            // no caller at all: refuse the token rather than forward it unnamed.
+            let Ok(value) = HeaderValue::from_str(&caller.client) else {
+                tracing::warn!(sub = %caller.client, "subject is no header value");
+                return Rejection::Malformed.reject();
+            };
+            request.headers_mut().insert(CALLER_HEADER, value);
             request.extensions_mut().insert(caller);
             next.run(request).await
         }

@@ -220,7 +220,14 @@ impl OrdersBackend {
             let status = response.status();
             let header = |name: &str| {
                 let value = response.headers().get(name)?;
-                value.to_str().ok().map(str::to_owned)
+                match value.to_str() {
+                    Ok(text) => Some(text.to_owned()),
+                    // Not passed on; said, so a missing Location can be traced.
+                    Err(e) => {
+                        tracing::warn!(header = name, %e, "backend header dropped");
+                        None
+                    }
+                }
             };
             let forwarded = Forwarded {
                 status: StatusCode::from_u16(status.as_u16())

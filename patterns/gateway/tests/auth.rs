@@ -194,3 +194,14 @@ async fn the_caller_header_is_the_gateways_never_the_clients() {
         .unwrap();
     assert_eq!(seen, ["mobile-app"]);
 }
+
+#[tokio::test]
+async fn a_subject_that_cannot_be_forwarded_is_refused_not_dropped() {
+    let config = nowhere();
+    let issuer = support::issuer(&config);
+    // Validly signed, but a newline cannot travel in the caller header: without
+    // the refusal, the backend would see a request with no caller at all.
+    let odd = Claims { sub: "web\nshop".into(), ..claims(&config) };
+    let token = format!("Bearer {}", issuer.mint_claims(&odd).unwrap());
+    rejected(&config, &token).await;
+}
