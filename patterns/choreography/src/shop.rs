@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use kafka_events::client::{consumer, create_topics, producer};
-use kafka_events::envelope::header;
 use outbox::faults::{FaultPlan, FaultyPublisher};
 use outbox::relay::{Publisher, Relay, RelayConfig};
 use rdkafka::consumer::Consumer;

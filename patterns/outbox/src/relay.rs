@@ -24,6 +24,7 @@
 //! die ([`crate::faults`]). The relay's own code has no test branch.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -32,6 +33,7 @@ use kafka_events::envelope::header;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::Notify;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Transaction};
 use tracing::field::display;
@@ -156,6 +158,8 @@ struct State<P> {
     schema: String,
     publisher: P,
     config: RelayConfig,
+    /// Ends [`Relay::run`]'s wait after an idle pass early.
+    wake: Arc<Notify>,
 }
 
 impl<P: Publisher> Relay<P> {
@@ -171,6 +175,7 @@ impl<P: Publisher> Relay<P> {
             schema: checked(schema)?.to_owned(),
             publisher,
             config: RelayConfig::default(),
+            wake: Arc::new(Notify::new()),
         };
         Ok(Relay { client, state })
     }
@@ -193,6 +198,13 @@ impl<P: Publisher> Relay<P> {
 
     pub fn with_config(mut self, config: RelayConfig) -> Self {
         self.state.config = config;
+        self
+    }
+
+    /// Lets the service wake the relay right after a commit, so an event leaves
+    /// within milliseconds instead of a poll interval.
+    pub fn with_wake(mut self, wake: Arc<Notify>) -> Self {
+        self.state.wake = wake;
         self
     }
 
@@ -245,18 +257,29 @@ impl<P: Publisher> Relay<P> {
     }
     // ANCHOR_END: claim
 
-    // ANCHOR: run
-    /// Runs passes until `stop` completes, then returns what it did. `stop` is
-    /// checked between passes, never inside one: a pass that has published also
-    /// marks. After a pass that published nothing, it waits `poll_interval`.
+    /// [`Relay::run_with`], with nothing to do after each pass.
     pub async fn run(
+        self,
+        stop: impl Future<Output = ()>,
+    ) -> Result<RelayStats, RelayError> {
+        self.run_with(stop, |_| {}).await
+    }
+
+    // ANCHOR: run
+    /// Runs passes until `stop` completes, then returns what it did; `on_pass`
+    /// sees each pass's report. `stop` is checked between passes, never inside
+    /// one: a pass that has published also marks. After a pass that published
+    /// nothing, it waits `poll_interval`, or until it is woken.
+    pub async fn run_with(
         mut self,
         stop: impl Future<Output = ()>,
+        mut on_pass: impl FnMut(&RelayReport),
     ) -> Result<RelayStats, RelayError> {
         let mut stop = std::pin::pin!(stop);
         let mut stats = RelayStats::default();
         loop {
             let report = self.publish_batch().await?;
+            on_pass(&report);
             stats.passes += 1;
             stats.published += report.published.len() as u64;
             stats.retried += report.retrying.len() as u64;
@@ -268,8 +291,10 @@ impl<P: Publisher> Relay<P> {
                 }
                 continue;
             }
+            let wake = Arc::clone(&self.state.wake);
             tokio::select! {
                 () = &mut stop => return Ok(stats),
+                () = wake.notified() => {}
                 () = tokio::time::sleep(self.state.config.poll_interval) => {}
             }
         }

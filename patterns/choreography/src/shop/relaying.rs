@@ -1,5 +1,7 @@
 //! A service's outbox relay: woken by the service after each commit, restarted when it dies.
 
+use outbox::relay::RelayReport;
+
 use super::*;
 
 /// Runs a service's relay, restarting it when it dies. Its first life follows
@@ -15,7 +17,7 @@ pub(super) async fn relay_loop(
         let plan = std::mem::take(&mut faults);
         let publisher = FaultyPublisher::new(shared.producer.clone(), plan);
         let result = tokio::select! {
-            result = relay_life(&shared, me, publisher.clone(), &wake) => result,
+            result = relay_life(&shared, me, publisher.clone(), wake.clone()) => result,
             _ = publisher.died() => {
                 shared.stats.of(me).relay_crashes.fetch_add(1, Relaxed);
                 shared.progress.send_modify(|n| *n += 1);
@@ -39,80 +41,45 @@ pub(super) async fn relay_loop(
 }
 
 // ANCHOR: relay_life
-/// One relay life: claim pending rows, publish, mark, commit; when there is
-/// nothing to do, wait for the service's wake-up call (or the poll interval).
+/// One relay life: the outbox chapter's relay, woken by the service after each
+/// commit (the poll interval only bounds the wait), until the shop stops.
 async fn relay_life(
     shared: &Shared,
     me: ServiceName,
     publisher: impl Publisher,
-    wake: &Notify,
+    wake: Arc<Notify>,
 ) -> Result<(), Error> {
     let (url, schema) = (&shared.config.database_url, shared.schemas.of(me));
     let poll_interval = shared.config.relay_poll;
     let config = RelayConfig { poll_interval, ..RelayConfig::default() };
-    let mut relay =
-        Relay::connect(url, schema, publisher).await?.with_config(config);
-    let lookup = connect(url).await?;
+    let relay = Relay::connect(url, schema, publisher).await?;
+    let relay = relay.with_config(config).with_wake(wake);
     let mut stop = shared.stop.clone();
-    loop {
-        let batch = relay.claim().await?;
-        let ids = batch.ids();
-        if ids.is_empty() {
-            drop(batch);
-            tokio::select! {
-                _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
-                () = wake.notified() => {}
-                () = tokio::time::sleep(poll_interval) => {}
-            }
-            continue;
+    let stopped = async move {
+        // A sender that is gone can never say stop: take it as one.
+        if stop.wait_for(|stopped| *stopped).await.is_err() {
+            warn!("{}-relay: the stop signal is gone", me.as_str());
         }
-        let span = relay_span(&lookup, me, schema, &ids).await?;
-        let report = batch.finish().instrument(span).await?;
+    };
+    let on_pass = |report: &RelayReport| {
         let published = report.published.len() as u64;
         shared.stats.of(me).published.fetch_add(published, Relaxed);
-        shared.progress.send_modify(|n| *n += 1);
-    }
+        if *report != RelayReport::default() {
+            shared.progress.send_modify(|n| *n += 1); // waiters look again
+        }
+    };
+    relay.run_with(stopped, on_pass).instrument(relay_span(me)).await?;
+    Ok(())
 }
 // ANCHOR_END: relay_life
 
-/// A relay pass's span: the correlation and causation ids of the rows it
-/// publishes, read from the service's own outbox.
-async fn relay_span(
-    lookup: &Client,
-    me: ServiceName,
-    schema: &str,
-    ids: &[Uuid],
-) -> Result<Span, Error> {
-    let sql = format!(
-        "SELECT header_names, header_values FROM {schema}.outbox WHERE id = ANY($1)"
-    );
-    let (mut correlations, mut causes) = (BTreeSet::new(), BTreeSet::new());
-    for row in lookup.query(&sql, &[&ids]).await? {
-        let names: Vec<String> = row.get(0);
-        let values: Vec<String> = row.get(1);
-        for (name, value) in names.iter().zip(values) {
-            if name == header::CORRELATION_ID {
-                correlations.insert(value);
-            } else if name == crate::wire::CAUSATION_ID {
-                let short = Uuid::parse_str(&value).map(short).unwrap_or(value);
-                causes.insert(short);
-            }
-        }
+/// The relay's span: its service's name. Each published line carries the
+/// event's id and correlation id.
+fn relay_span(me: ServiceName) -> Span {
+    match me {
+        ServiceName::Orders => info_span!("orders-relay"),
+        ServiceName::Inventory => info_span!("inventory-relay"),
+        ServiceName::Payments => info_span!("payments-relay"),
+        ServiceName::Shipping => info_span!("shipping-relay"),
     }
-    let join = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>().join(",");
-    let (correlation_id, causation_id) = (join(correlations), join(causes));
-    Ok(match me {
-        ServiceName::Orders => {
-            info_span!("orders-relay", correlation_id = %correlation_id, causation_id = %causation_id)
-        }
-        ServiceName::Inventory => {
-            info_span!("inventory-relay", correlation_id = %correlation_id, causation_id = %causation_id)
-        }
-        ServiceName::Payments => {
-            info_span!("payments-relay", correlation_id = %correlation_id, causation_id = %causation_id)
-        }
-        ServiceName::Shipping => {
-            info_span!("shipping-relay", correlation_id = %correlation_id, causation_id = %causation_id)
-        }
-    })
 }
