@@ -320,7 +320,9 @@ async fn an_authorize_stream_ends_with_deadline_exceeded_at_the_deadline() {
 
 #[tokio::test]
 async fn the_client_reports_its_own_passed_deadline_as_deadline_exceeded() {
-    let (addr, _) = serve_bare(None).await;
+    // Kept alive: the bare handler reports its start on it, and a handler that
+    // panicked would reset the stream before the client's own timer fires.
+    let (addr, _handler) = serve_bare(None).await;
     let mut client = client::connect(addr, "test-deadlines").await.unwrap();
     let status =
         client::authorize(&mut client, order("o-1"), Duration::from_millis(200))
