@@ -30,7 +30,10 @@ use crate::envelope::{self, DecodeError, Event, header};
 /// message could not be decoded (it went to the dead-letter topic).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Handled<T = Event, R = DecodeError> {
+    /// The handler succeeded and the offset is stored; this is what it returned.
     Processed(T),
+    /// The message could not be decoded; this reason went with its copy to the
+    /// dead-letter topic, and the offset is stored, so it is not read again.
     DeadLettered(R),
 }
 
@@ -38,6 +41,9 @@ pub enum Handled<T = Event, R = DecodeError> {
 /// partition was rewound to it: it is delivered again, before anything after it.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError<E> {
+    /// librdkafka failed to receive the message, send it to the dead-letter topic,
+    /// store its offset or rewind to it. A failed receive took no message, and a
+    /// failed rewind leaves the position where it was.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     /// The handler failed on the message at `partition`/`offset`; the consumer was
@@ -45,12 +51,23 @@ pub enum StepError<E> {
     #[error(
         "the handler failed on {partition}/{offset}, which comes again: {error}"
     )]
-    Handler { partition: i32, offset: i64, error: E },
+    Handler {
+        /// The partition of the message that comes again.
+        partition: i32,
+        /// Its offset: the consumer's next message from `partition`.
+        offset: i64,
+        /// What the handler returned, for the caller to log or to decide to stop.
+        error: E,
+    },
 }
 
 /// Where undecodable messages go, with their payload, headers and the reason.
 pub struct DeadLetters {
+    /// Sends the copies. The offset is stored once it acknowledges a copy, so give
+    /// it `acks=all` ([`crate::client::producer`]) or a copy can be lost.
     pub producer: FutureProducer,
+    /// Create it up front ([`crate::client::create_topics`]): nothing here creates
+    /// it, and a step whose copy cannot be sent is rewound and fails.
     pub topic: String,
 }
 

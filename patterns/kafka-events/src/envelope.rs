@@ -10,10 +10,19 @@ use uuid::Uuid;
 
 /// Header names. Kafka header keys are strings; values are bytes (UTF-8 here).
 pub mod header {
+    /// Fresh per event and kept on redelivery: what a consumer spots duplicates by.
     pub const EVENT_ID: &str = "event-id";
+    /// Read first: it decides which payload to decode, and an unknown type is
+    /// dead-lettered without parsing the payload.
     pub const EVENT_TYPE: &str = "event-type";
+    /// The payload's version: a reader decodes the versions it knows and
+    /// dead-letters the rest, never guessing at a newer one.
     pub const SCHEMA_VERSION: &str = "schema-version";
+    /// When the fact happened at the producer (RFC 3339, UTC), not when it was
+    /// published or read.
     pub const OCCURRED_AT: &str = "occurred-at";
+    /// Carried over from the request that caused the event, so the logs of every
+    /// service it passes through can be joined.
     pub const CORRELATION_ID: &str = "correlation-id";
     /// Added to a dead-lettered event: why it could not be processed.
     pub const DLQ_ERROR: &str = "dlq-error";
@@ -21,6 +30,7 @@ pub mod header {
     pub const DLQ_ORIGIN: &str = "dlq-origin";
 }
 
+/// The `event-type` of an [`OrderPlaced`]; [`decode`] dead-letters any other type.
 pub const ORDER_PLACED: &str = "OrderPlaced";
 
 // ANCHOR: OrderPlaced
@@ -29,8 +39,11 @@ pub const ORDER_PLACED: &str = "OrderPlaced";
 /// (see the tests).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OrderPlaced {
+    /// Also the message key, so one order's events keep their order.
     pub order_id: String,
+    /// Whose totals the idempotent consumer adds the order to.
     pub customer_id: String,
+    /// Whole cents, so sums never round.
     pub total_cents: u64,
     /// New in v2. Absent in v1 events, which were all in euros.
     #[serde(default = "euro")]
@@ -45,8 +58,11 @@ fn euro() -> String {
 /// currency) are skipped.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OrderPlacedV1 {
+    /// As in v2.
     pub order_id: String,
+    /// As in v2.
     pub customer_id: String,
+    /// As in v2, always in euros.
     pub total_cents: u64,
 }
 // ANCHOR_END: OrderPlaced
@@ -54,32 +70,51 @@ pub struct OrderPlacedV1 {
 /// The metadata of an event, carried in headers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metadata {
+    /// New for each event ([`Metadata::order_placed`]) and the same on every
+    /// redelivery: the idempotent consumer's key.
     pub event_id: Uuid,
+    /// Which payload to expect; [`ORDER_PLACED`] is the only one this crate reads.
     pub event_type: String,
+    /// The payload's version; [`decode`] reads 1 and 2 and refuses the rest.
     pub schema_version: u32,
     /// RFC 3339, UTC.
     pub occurred_at: String,
+    /// From the request that caused the event; see [`header::CORRELATION_ID`].
     pub correlation_id: String,
 }
 
 /// A decoded event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
+    /// Read from the headers, before the payload.
     pub metadata: Metadata,
+    /// The payload, read as v2 whatever its version: a v1 payload gets `EUR`.
     pub order: OrderPlaced,
 }
 
 /// Why a message could not be decoded: it goes to the dead-letter topic with this reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {
+    /// A required header is absent or not UTF-8; holds its name.
     #[error("header {0} is missing or not UTF-8")]
     MissingHeader(&'static str),
+    /// A header is there but cannot be parsed (a version that is not a number,
+    /// an event id that is not a UUID).
     #[error("header {name} has a bad value: {value:?}")]
-    BadHeader { name: &'static str, value: String },
+    BadHeader {
+        /// Which header.
+        name: &'static str,
+        /// What it held, so the dead-letter reason shows the bad value.
+        value: String,
+    },
+    /// An `event-type` this reader does not decode; holds it.
     #[error("unknown event type {0:?}")]
     UnknownType(String),
+    /// A schema version this reader does not know, such as one from a newer
+    /// producer: refused rather than misread.
     #[error("unsupported schema version {0}")]
     UnsupportedVersion(u32),
+    /// The payload is not JSON of an `OrderPlaced`; holds serde's message.
     #[error("payload is not a valid OrderPlaced: {0}")]
     BadPayload(String),
 }
@@ -96,6 +131,7 @@ impl Metadata {
         }
     }
 
+    /// The headers [`decode`] reads back, one per field, values as UTF-8 text.
     pub fn to_headers(&self) -> OwnedHeaders {
         let version = self.schema_version.to_string();
         let event_id = self.event_id.to_string();

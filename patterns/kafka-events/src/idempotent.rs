@@ -13,13 +13,17 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::envelope::{Event, OrderPlaced};
 
+/// Why the store could not connect, set up its tables or apply an event.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A PostgreSQL error. In [`Store::apply_once`] the event id and the effect
+    /// commit together or not at all, so applying the event again is safe.
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
     #[error(
         "schema name {0:?} must be lowercase letters, digits and underscores, starting with a letter"
     )]
+    /// The schema name is pasted into SQL, so only a plain identifier is accepted.
     BadSchemaName(String),
 }
 
@@ -107,6 +111,7 @@ impl Store {
     }
     // ANCHOR_END: apply_once
 
+    /// The projection as committed: each event counted once, however often it came.
     pub async fn totals(&self) -> Result<CustomerTotals, StoreError> {
         let rows = self.client.query(&format!("SELECT customer_id, orders, total_cents FROM {}.customer_totals", self.schema), &[]).await?;
         Ok(rows.iter().map(|row| (row.get(0), (row.get(1), row.get(2)))).collect())

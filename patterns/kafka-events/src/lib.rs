@@ -17,6 +17,8 @@
 //! history. Prefer a queue (RabbitMQ) for work items that one worker should take and acknowledge,
 //! and request/response when the caller needs the answer to go on.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod consume;
 pub mod envelope;

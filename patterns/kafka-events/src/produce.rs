@@ -10,8 +10,11 @@ use crate::envelope::{Metadata, OrderPlaced};
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The payload could not be serialized; nothing was sent.
     #[error("cannot encode the event: {0}")]
     Encode(#[from] serde_json::Error),
+    /// No acknowledgement came. The event may still have been written, so a retry
+    /// with the same metadata can duplicate it; consumers drop it by event id.
     #[error("the broker did not take the event: {0}")]
     Kafka(#[from] KafkaError),
 }
