@@ -15,6 +15,8 @@
 //! if that worker dies first. Prefer Kafka for facts that many consumers read independently and
 //! may replay, and request/response when the caller needs the answer now.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod publish;
 pub mod reconnect;

@@ -17,6 +17,8 @@ use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel};
 
+/// Why a publish was not confirmed. The variant says how far it got, and so
+/// whether sending it again can make a duplicate.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// lapin refused the publish before writing it out (for example, the channel is
@@ -27,8 +29,12 @@ pub enum PublishError {
     /// confirm came back: the message may or may not be on the queue.
     #[error("sent, but no confirm came ({0})")]
     Unconfirmed(lapin::Error),
+    /// The broker would not take responsibility for it (an internal error in a
+    /// queue, or a full queue set to `reject-publish`): treat it as lost.
     #[error("the broker refused the message (nack)")]
     Nacked,
+    /// No queue is bound for this routing key (held here). The publish was
+    /// `mandatory`, so the broker returned the message instead of dropping it.
     #[error("no queue is bound for routing key {0:?}: the message was returned")]
     Unroutable(String),
     /// The channel was never put in confirm mode, so there is no confirm to wait for.

@@ -30,10 +30,15 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 use uuid::Uuid;
 
+/// Why a call returned without a reply.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
+    /// The request could not be published (its channel or connection failed), so
+    /// no reply is awaited for it.
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
+    /// No reply within the wait (held here). A request still queued expires; one
+    /// a server already took is answered, and that late reply is discarded.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
     /// The task that routes replies to callers has stopped (its channel closed).
