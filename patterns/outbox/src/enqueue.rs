@@ -17,8 +17,13 @@ pub struct OutboxEvent {
     pub id: Uuid,
     /// The entity whose events must stay in order (an order id, say).
     pub aggregate_id: String,
+    /// The Kafka topic it goes to. Nothing here creates it: a row the broker keeps
+    /// refusing uses up its attempts and is marked `failed`.
     pub topic: String,
+    /// Sent as the `event-type` header, so a consumer picks a decoder without
+    /// reading the payload.
     pub event_type: String,
+    /// The message body, published as is: the outbox neither encodes nor reads it.
     pub payload: Vec<u8>,
     /// Extra Kafka headers (correlation id, causation id, schema version...), as
     /// UTF-8 pairs.

@@ -47,6 +47,8 @@ struct Progress {
 }
 
 impl<P> FaultyPublisher<P> {
+    /// Wraps `inner` with a fresh count: `plan` counts the publishes of this
+    /// publisher and its clones from here on.
     pub fn new(inner: P, plan: FaultPlan) -> Self {
         let progress = Progress {
             failed: AtomicU32::new(0),

@@ -21,6 +21,8 @@
 //! many services need it and you can run the extra infrastructure: it replaces the polling
 //! relay, not the outbox table.
 
+#![warn(missing_docs)]
+
 use tokio_postgres::Client;
 
 pub mod faults;
@@ -34,8 +36,13 @@ pub use enqueue::{OutboxEvent, enqueue};
 /// Why an outbox or inbox operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
+    /// A PostgreSQL statement or the connection failed. From [`enqueue()`], roll
+    /// the caller's transaction back: committing its state change without the
+    /// event is the very gap the outbox exists to close.
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// The schema name is pasted into SQL (names cannot be bound as parameters),
+    /// so only a plain identifier is accepted; holds the name refused.
     #[error(
         "schema name {0:?} must be lowercase letters, digits and underscores, \
          starting with a letter"
@@ -103,8 +110,14 @@ pub async fn migrate(client: &Client, schema: &str) -> Result<(), OutboxError> {
 /// How many outbox rows are in each state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Committed but not yet published: a number that keeps growing means the
+    /// relay is behind or down.
     pub pending: i64,
+    /// Acknowledged by the broker. Nothing here deletes sent rows, so this only
+    /// grows.
     pub sent: i64,
+    /// Out of attempts, waiting for a human ([`retry_failed`]); later events of
+    /// their aggregates wait behind them.
     pub failed: i64,
 }
 

@@ -46,8 +46,13 @@ use crate::{OutboxError, checked};
 /// are counted on the row and reported in [`RelayReport`].
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// A PostgreSQL statement or the connection failed. Unless the commit itself
+    /// went through, the pass rolls back: its rows are pending again, and those it
+    /// published go out a second time, which consumers' inboxes absorb.
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// The schema name was refused ([`OutboxError::BadSchemaName`]) when the relay
+    /// was made.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
 }
@@ -55,6 +60,9 @@ pub enum RelayError {
 /// Why one row was not published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The broker refused the row or did not acknowledge it in time. The row
+    /// counts an attempt; it may still have been written, so a retry can make a
+    /// copy, which the consumer's inbox absorbs.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
     /// Refused for another reason (a wrapper's own rule, an injected fault).
@@ -101,22 +109,33 @@ impl Default for RelayConfig {
 /// A row the broker acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
+    /// The event id, also sent as the `event-id` header.
     pub id: Uuid,
+    /// The message key: every event of the aggregate goes to the same partition.
     pub aggregate_id: String,
+    /// Also sent as the `event-type` header.
     pub event_type: String,
+    /// With `partition` and `offset`, where a consumer finds the event.
     pub topic: String,
+    /// Decided by the key, so the same for all of the aggregate's events as long
+    /// as the topic's partition count does not change.
     pub partition: i32,
+    /// Its place in the partition: the order consumers of that partition read in.
     pub offset: i64,
 }
 
 /// A row whose publishing failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedRow {
+    /// The event id: the row to look at in the outbox table.
     pub id: Uuid,
+    /// The aggregate whose later events wait behind this one.
     pub aggregate_id: String,
+    /// What kind of event, for the log line and whoever reads it.
     pub event_type: String,
     /// Attempts used so far, this one included.
     pub attempts: i32,
+    /// The publisher's error as text, as stored in the row's `last_error`.
     pub error: String,
 }
 
@@ -138,8 +157,13 @@ pub struct RelayReport {
 /// What [`Relay::run`] did in all, until it was stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RelayStats {
+    /// Every pass, idle ones included: many passes and little published means the
+    /// relay mostly polled.
     pub passes: u64,
+    /// Rows published and marked sent.
     pub published: u64,
+    /// Failed publishes that left their row pending for another try; a row that
+    /// fails twice counts twice.
     pub retried: u64,
     /// Every row this relay marked `failed`.
     pub failed: Vec<FailedRow>,
@@ -196,6 +220,7 @@ impl<P: Publisher> Relay<P> {
         Relay::new(client, schema, publisher)
     }
 
+    /// Replaces the defaults ([`RelayConfig::default`]); call it before running.
     pub fn with_config(mut self, config: RelayConfig) -> Self {
         self.state.config = config;
         self
@@ -332,6 +357,8 @@ impl ClaimedRow {
         &self.aggregate_id
     }
 
+    /// The event's type, sent as the `event-type` header; a wrapping
+    /// [`Publisher`] can route or refuse by it.
     pub fn event_type(&self) -> &str {
         &self.event_type
     }
