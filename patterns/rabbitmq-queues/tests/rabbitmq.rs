@@ -336,8 +336,9 @@ async fn request_reply_times_out_and_discards_the_late_reply() {
     let release = Arc::new(Notify::new());
     let server_channel = connection.create_channel().await.unwrap();
     let (server_queue, released) = (queue.clone(), release.clone());
+    let serving = server_channel.clone();
     let server = tokio::spawn(async move {
-        serve(&server_channel, &server_queue, |request| {
+        serve(&serving, &server_queue, |request| {
             let released = released.clone();
             async move {
                 if request == b"slow" {
@@ -360,7 +361,11 @@ async fn request_reply_times_out_and_discards_the_late_reply() {
     // The late reply went nowhere; the next call gets its own answer.
     assert_eq!(client.call(&queue, b"tea", STEP).await.unwrap(), b"stock for tea");
     assert_eq!(client.late_replies(), 1);
-    server.abort();
+    // An orderly end: closing the server's channel ends its consumer, and `serve`
+    // (aborting the task instead could leave the channel closing under the
+    // connection's own close).
+    server_channel.close(200, "done".into()).await.unwrap();
+    timeout(STEP, server).await.unwrap().unwrap().unwrap();
     delete_queue(&channel, &queue).await;
     connection.close(200, "done".into()).await.unwrap();
 }
@@ -388,8 +393,9 @@ async fn a_request_still_queued_when_its_caller_gives_up_is_never_processed() {
     let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (server_channel, server_queue, log) =
         (connection.create_channel().await.unwrap(), queue.clone(), handled.clone());
+    let serving = server_channel.clone();
     let server = tokio::spawn(async move {
-        serve(&server_channel, &server_queue, |request| {
+        serve(&serving, &server_queue, |request| {
             log.lock().unwrap().push(request.clone());
             async move { request }
         })
@@ -397,7 +403,8 @@ async fn a_request_still_queued_when_its_caller_gives_up_is_never_processed() {
     });
     assert_eq!(client.call(&queue, b"mug", STEP).await.unwrap(), b"mug");
     assert_eq!(*handled.lock().unwrap(), [b"mug"]);
-    server.abort();
+    server_channel.close(200, "done".into()).await.unwrap();
+    timeout(STEP, server).await.unwrap().unwrap().unwrap();
     delete_queue(&channel, &queue).await;
     connection.close(200, "done".into()).await.unwrap();
 }
