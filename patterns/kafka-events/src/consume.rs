@@ -37,8 +37,10 @@ pub enum Handled<T = Event, R = DecodeError> {
     DeadLettered(R),
 }
 
-/// Why a step failed. In every case no offset was stored for the message and its
-/// partition was rewound to it: it is delivered again, before anything after it.
+/// Why a step failed. No offset was stored for a message the step took, and its
+/// partition was rewound to it, so it comes again before anything after it; the
+/// two exceptions (nothing was received, or the rewind itself failed) are
+/// [`StepError::Kafka`]'s.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError<E> {
     /// librdkafka failed to receive the message, send it to the dead-letter topic,
