@@ -23,6 +23,17 @@ pub enum Hold {
     Released { reason: String },
 }
 
+impl Hold {
+    /// The hold without its data, lower case (`"reserved"`), as logged.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Hold::Reserved { .. } => "reserved",
+            Hold::Rejected { .. } => "rejected",
+            Hold::Released { .. } => "released",
+        }
+    }
+}
+
 /// Available stock per SKU, and the hold of every order inventory has seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {

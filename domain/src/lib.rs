@@ -28,8 +28,11 @@ pub mod inventory;
 pub mod orders;
 pub mod payments;
 pub mod shipping;
+pub mod time;
 
-/// The four services of the checkout. Each owns its data and its events.
+/// The four services of the checkout. Each owns its data and its events. Its
+/// [`name`](Service::name) is how every crate spells it: in topics, queues,
+/// schemas, span names and log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Service {
     Orders,
@@ -42,7 +45,9 @@ impl Service {
     pub const ALL: [Service; 4] =
         [Service::Orders, Service::Inventory, Service::Payments, Service::Shipping];
 
-    pub fn as_str(self) -> &'static str {
+    /// The service's name, lower case: `"inventory"`. A `const fn`, so that a
+    /// span name (which must be known at compile time) can use it.
+    pub const fn name(self) -> &'static str {
         match self {
             Service::Orders => "orders",
             Service::Inventory => "inventory",
@@ -50,6 +55,30 @@ impl Service {
             Service::Shipping => "shipping",
         }
     }
+
+    /// The service a name stands for; `None` for a name this shop does not know.
+    pub fn parse(name: &str) -> Option<Service> {
+        Service::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a shop starts with: articles in stock, customers' balances, and the
+/// countries a carrier delivers to. The choreographed and the orchestrated
+/// shop seed their own stores from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Seed {
+    /// Units in stock, by SKU: an order for more is refused by inventory.
+    pub stock: Vec<(String, u32)>,
+    /// Cents each customer can pay, by customer id: payments refuses beyond it.
+    pub balances: Vec<(String, u64)>,
+    /// Countries shipping delivers to: any other is refused.
+    pub destinations: Vec<String>,
 }
 
 /// One line of an order: how many of which article.
@@ -285,6 +314,16 @@ mod tests {
         assert_eq!(Kind::parse("OrderTeleported"), None);
         let by_orders = Kind::ALL.iter().filter(|k| k.source() == Service::Orders);
         assert_eq!(by_orders.count(), 3);
+    }
+
+    #[test]
+    fn every_service_round_trips_through_its_name() {
+        for service in Service::ALL {
+            assert_eq!(Service::parse(service.name()), Some(service));
+            assert_eq!(service.to_string(), service.name());
+        }
+        assert_eq!(Service::Inventory.name(), "inventory");
+        assert_eq!(Service::parse("billing"), None);
     }
 
     #[test]

@@ -21,6 +21,16 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// The status without its data, lower case (`"confirmed"`): the `status`
+    /// column of the orders table and the word the logs print.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OrderStatus::Placed => "placed",
+            OrderStatus::Confirmed { .. } => "confirmed",
+            OrderStatus::Cancelled { .. } => "cancelled",
+        }
+    }
+
     pub fn is_final(&self) -> bool {
         !matches!(self, OrderStatus::Placed)
     }

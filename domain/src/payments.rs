@@ -40,6 +40,19 @@ pub enum PaymentStatus {
     },
 }
 
+impl PaymentStatus {
+    /// The status without its data, lower case (`"authorized"`), as stored and logged.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PaymentStatus::Pending => "pending",
+            PaymentStatus::Authorized { .. } => "authorized",
+            PaymentStatus::Declined { .. } => "declined",
+            PaymentStatus::Refunded { .. } => "refunded",
+            PaymentStatus::Voided { .. } => "voided",
+        }
+    }
+}
+
 /// What payments knows about one order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {

@@ -26,6 +26,18 @@ pub enum ShipmentStatus {
     },
 }
 
+impl ShipmentStatus {
+    /// The status without its data, lower case (`"scheduled"`), as stored and logged.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ShipmentStatus::Pending => "pending",
+            ShipmentStatus::Scheduled { .. } => "scheduled",
+            ShipmentStatus::Failed { .. } => "failed",
+            ShipmentStatus::Cancelled { .. } => "cancelled",
+        }
+    }
+}
+
 /// What shipping knows about one order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shipment {

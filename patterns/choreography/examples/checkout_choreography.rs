@@ -21,12 +21,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use choreography::shop::{Config, Outcome, Shop, correlation_id};
-use choreography::store::Seed;
 use shop_domain::inventory::Hold;
 use shop_domain::orders::OrderStatus;
-use shop_domain::payments::PaymentStatus;
 use shop_domain::shipping::ShipmentStatus;
-use shop_domain::{Line, OrderPlaced, Service, euros};
+use shop_domain::{Line, OrderPlaced, Seed, Service, euros};
 use tracing::{Span, info, info_span, warn};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -102,35 +100,24 @@ use std::sync::atomic::Ordering::Relaxed;
 /// Prints what each service ended with.
 fn report(span: &Span, outcome: &Outcome, stock: u32, balance: u64) {
     let order = outcome.order.as_ref().map(|o| match &o.status {
-        OrderStatus::Placed => "placed".to_owned(),
+        OrderStatus::Placed => o.status.name().to_owned(),
         OrderStatus::Confirmed { tracking } => format!("confirmed ({tracking})"),
         OrderStatus::Cancelled { reason } => format!("cancelled: {reason}"),
     });
     info!(parent: span, "orders:    o-1001 {}", order.as_deref().unwrap_or("no record"));
-    let hold = match &outcome.hold {
-        Some(Hold::Reserved { .. }) => "reserved",
-        Some(Hold::Rejected { .. }) => "rejected",
-        Some(Hold::Released { .. }) => "released",
-        None => "none",
-    };
+    let hold = outcome.hold.as_ref().map_or("none", Hold::name);
     let left = outcome.stock.get("kettle").copied().unwrap_or(0);
     info!(parent: span, "inventory: {hold}; kettles {stock} -> {left}");
-    let payment = outcome.payment.as_ref().map(|p| match &p.status {
-        PaymentStatus::Pending => "pending",
-        PaymentStatus::Authorized { .. } => "authorized",
-        PaymentStatus::Declined { .. } => "declined",
-        PaymentStatus::Refunded { .. } => "refunded",
-        PaymentStatus::Voided { .. } => "voided",
-    });
+    let payment = outcome.payment.as_ref().map(|p| p.status.name());
     let now = outcome.balances.get("c-42").copied().unwrap_or(0);
     let (before, now) = (euros(balance), euros(now));
     let payment = payment.unwrap_or("none");
     info!(parent: span, "payments:  {payment}; c-42 balance {before} -> {now} EUR");
     let shipment = outcome.shipment.as_ref().map(|s| match &s.status {
-        ShipmentStatus::Pending => "pending".to_owned(),
+        ShipmentStatus::Pending => s.status.name().to_owned(),
         ShipmentStatus::Scheduled { tracking } => format!("scheduled ({tracking})"),
         ShipmentStatus::Failed { reason } => format!("failed: {reason}"),
-        ShipmentStatus::Cancelled { .. } => "cancelled".to_owned(),
+        ShipmentStatus::Cancelled { .. } => s.status.name().to_owned(),
     });
     info!(parent: span, "shipping:  {}", shipment.as_deref().unwrap_or("no record"));
     let effects: Vec<String> =

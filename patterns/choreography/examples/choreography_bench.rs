@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use choreography::shop::{Config, Shop, correlation_id};
-use choreography::store::Seed;
-use shop_domain::{Kind, Line, OrderPlaced, Service};
+use shop_domain::{Kind, Line, OrderPlaced, Seed, Service};
 use tokio::sync::mpsc;
 use tracing::info;
 

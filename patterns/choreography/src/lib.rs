@@ -64,10 +64,10 @@ impl Schemas {
     /// `<prefix>_orders`, `<prefix>_inventory`, ...
     pub fn new(prefix: &str) -> Self {
         Schemas {
-            orders: format!("{prefix}_orders"),
-            inventory: format!("{prefix}_inventory"),
-            payments: format!("{prefix}_payments"),
-            shipping: format!("{prefix}_shipping"),
+            orders: format!("{prefix}_{}", ServiceName::Orders),
+            inventory: format!("{prefix}_{}", ServiceName::Inventory),
+            payments: format!("{prefix}_{}", ServiceName::Payments),
+            shipping: format!("{prefix}_{}", ServiceName::Shipping),
         }
     }
 

@@ -82,7 +82,7 @@ impl<S: Store> Service<S> {
     pub async fn apply(&mut self, incoming: &Incoming) -> Result<Delivery, Error> {
         let (schema, topics) = (&self.schema, &self.topics);
         let tx = self.client.transaction().await?;
-        let me = S::SERVICE.as_str();
+        let me = S::SERVICE.name();
         if !inbox::first_delivery(&tx, schema, me, incoming.event_id).await? {
             tx.rollback().await?;
             return Ok(Delivery::Duplicate { incoming: incoming.clone() });
@@ -116,7 +116,7 @@ impl<S: Store> Service<S> {
     ) -> Result<Delivery, Error> {
         let schema = &self.schema;
         let tx = self.client.transaction().await?;
-        let me = S::SERVICE.as_str();
+        let me = S::SERVICE.name();
         if !inbox::first_delivery(&tx, schema, me, incoming.event_id).await? {
             tx.rollback().await?;
             return Ok(Delivery::Duplicate { incoming: incoming.clone() });
@@ -228,19 +228,21 @@ impl Service<Orders> {
 /// The span of a service's work on one event: the checkout's correlation id
 /// and the id of the event that caused the work.
 pub fn span(service: ServiceName, correlation_id: &str, causation_id: &str) -> Span {
+    // A span's name is fixed where the span is written: one arm per service.
+    macro_rules! named {
+        ($service:expr) => {
+            info_span!(
+                $service.name(),
+                correlation_id = %correlation_id,
+                causation_id = %causation_id
+            )
+        };
+    }
     match service {
-        ServiceName::Orders => {
-            info_span!("orders", correlation_id = %correlation_id, causation_id = %causation_id)
-        }
-        ServiceName::Inventory => {
-            info_span!("inventory", correlation_id = %correlation_id, causation_id = %causation_id)
-        }
-        ServiceName::Payments => {
-            info_span!("payments", correlation_id = %correlation_id, causation_id = %causation_id)
-        }
-        ServiceName::Shipping => {
-            info_span!("shipping", correlation_id = %correlation_id, causation_id = %causation_id)
-        }
+        ServiceName::Orders => named!(ServiceName::Orders),
+        ServiceName::Inventory => named!(ServiceName::Inventory),
+        ServiceName::Payments => named!(ServiceName::Payments),
+        ServiceName::Shipping => named!(ServiceName::Shipping),
     }
 }
 

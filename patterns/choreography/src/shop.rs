@@ -36,7 +36,7 @@ use shop_domain::inventory::{Hold, Inventory};
 use shop_domain::orders::{Order, OrderStatus, Orders};
 use shop_domain::payments::{Payment, PaymentStatus, Payments};
 use shop_domain::shipping::{Shipment, ShipmentStatus, Shipping};
-use shop_domain::{Kind, OrderPlaced, Reaction, Service as ServiceName};
+use shop_domain::{Kind, OrderPlaced, Reaction, Seed, Service as ServiceName};
 use tokio::sync::{Mutex, Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
@@ -45,7 +45,7 @@ use uuid::Uuid;
 
 use crate::faults::DiesBeforePublishing;
 use crate::service::{Delivery, Service, incoming_span, span};
-use crate::store::{Seed, Store, seed};
+use crate::store::{Store, seed};
 use crate::wire::{Topics, short};
 use crate::{Error, Schemas, wire};
 
@@ -132,7 +132,7 @@ impl Stats {
             let n = |a: &AtomicU64| a.load(Relaxed);
             format!(
                 "{}: {} applied, {} duplicates, {} crashes, {} relay crashes, {} lives joined",
-                service.as_str(),
+                service.name(),
                 n(&c.applied),
                 n(&c.duplicates),
                 n(&c.crashes),
@@ -459,7 +459,7 @@ impl Shop {
             for service in ServiceName::ALL {
                 let counts = self.outbox_counts(service).await?;
                 if counts.failed > 0 {
-                    let s = service.as_str();
+                    let s = service.name();
                     return Err(Error::Shop(format!("{s} has failed outbox rows")));
                 }
                 pending += counts.pending;

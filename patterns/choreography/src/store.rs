@@ -14,10 +14,10 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shop_domain::inventory::{Hold, Inventory};
-use shop_domain::orders::{Order, OrderStatus, Orders};
-use shop_domain::payments::{Payment, PaymentStatus, Payments};
-use shop_domain::shipping::{Shipment, ShipmentStatus, Shipping};
-use shop_domain::{Event, Reaction};
+use shop_domain::orders::{Order, Orders};
+use shop_domain::payments::{Payment, Payments};
+use shop_domain::shipping::{Shipment, Shipping};
+use shop_domain::{Event, Reaction, Seed};
 use tokio_postgres::{Client, Transaction};
 
 use crate::Error;
@@ -101,14 +101,6 @@ fn to_u64(value: i64) -> Result<u64, Error> {
     u64::try_from(value).map_err(|_| Error::OutOfRange(value.to_string()))
 }
 
-pub fn order_status(status: &OrderStatus) -> &'static str {
-    match status {
-        OrderStatus::Placed => "placed",
-        OrderStatus::Confirmed { .. } => "confirmed",
-        OrderStatus::Cancelled { .. } => "cancelled",
-    }
-}
-
 impl Store for Orders {
     async fn create_tables(client: &Client, s: &str) -> Result<(), Error> {
         client.batch_execute(&records_table(s, "orders")).await?;
@@ -129,7 +121,7 @@ impl Store for Orders {
 
     async fn save(&self, tx: &Transaction<'_>, s: &str) -> Result<(), Error> {
         for (id, order) in &self.orders {
-            let status = order_status(&order.status);
+            let status = order.status.name();
             put_record(tx, s, "orders", id, status, order).await?;
         }
         Ok(())
@@ -185,12 +177,7 @@ impl Store for Inventory {
             tx.execute(&sql, &[sku, &available]).await?;
         }
         for (id, hold) in &self.holds {
-            let status = match hold {
-                Hold::Reserved { .. } => "reserved",
-                Hold::Rejected { .. } => "rejected",
-                Hold::Released { .. } => "released",
-            };
-            put_record(tx, s, "holds", id, status, hold).await?;
+            put_record(tx, s, "holds", id, hold.name(), hold).await?;
         }
         Ok(())
     }
@@ -241,13 +228,7 @@ impl Store for Payments {
             tx.execute(&sql, &[customer, &to_i64(*cents)?]).await?;
         }
         for (id, payment) in &self.payments {
-            let status = match payment.status {
-                PaymentStatus::Pending => "pending",
-                PaymentStatus::Authorized { .. } => "authorized",
-                PaymentStatus::Declined { .. } => "declined",
-                PaymentStatus::Refunded { .. } => "refunded",
-                PaymentStatus::Voided { .. } => "voided",
-            };
+            let status = payment.status.name();
             put_record(tx, s, "payments", id, status, payment).await?;
         }
         Ok(())
@@ -286,25 +267,11 @@ impl Store for Shipping {
 
     async fn save(&self, tx: &Transaction<'_>, s: &str) -> Result<(), Error> {
         for (id, shipment) in &self.shipments {
-            let status = match shipment.status {
-                ShipmentStatus::Pending => "pending",
-                ShipmentStatus::Scheduled { .. } => "scheduled",
-                ShipmentStatus::Failed { .. } => "failed",
-                ShipmentStatus::Cancelled { .. } => "cancelled",
-            };
+            let status = shipment.status.name();
             put_record(tx, s, "shipments", id, status, shipment).await?;
         }
         Ok(())
     }
-}
-
-/// What a shop starts with: articles in stock, customers' balances, and the
-/// countries a carrier delivers to.
-#[derive(Clone, Debug)]
-pub struct Seed {
-    pub stock: Vec<(String, u32)>,
-    pub balances: Vec<(String, u64)>,
-    pub destinations: Vec<String>,
 }
 
 /// Writes the seed into each service's own tables.

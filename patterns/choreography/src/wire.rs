@@ -9,11 +9,12 @@
 //! The event id and type headers are the outbox relay's (it copies the row's id, which is what
 //! makes every copy of an event recognisable to an inbox); this module adds the rest.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use kafka_events::envelope::{DecodeError as EnvelopeError, header, header_str};
 use outbox::OutboxEvent;
 use rdkafka::message::Message;
+use shop_domain::time::{Precision, rfc3339};
 use shop_domain::{Event, Kind, Service};
 use uuid::Uuid;
 
@@ -37,12 +38,12 @@ impl Topics {
 
     /// Where `service` publishes.
     pub fn of(&self, service: Service) -> String {
-        format!("{}-{}", self.prefix, service.as_str())
+        format!("{}-{}", self.prefix, service.name())
     }
 
     /// Where `service` dead-letters what it cannot read.
     pub fn dead_letters(&self, service: Service) -> String {
-        format!("{}-{}-dlq", self.prefix, service.as_str())
+        format!("{}-{}-dlq", self.prefix, service.name())
     }
 
     /// Every topic of the shop.
@@ -87,10 +88,11 @@ pub fn outbox_event(
 ) -> Result<OutboxEvent, serde_json::Error> {
     let kind = event.kind();
     let topic = topics.of(kind.source());
+    let occurred_at = rfc3339(SystemTime::now(), Precision::Millis);
     let mut row =
         OutboxEvent::new(event.order_id(), topic, kind.as_str(), payload(event)?)
             .header(header::SCHEMA_VERSION, SCHEMA_VERSION.to_string())
-            .header(header::OCCURRED_AT, now_rfc3339())
+            .header(header::OCCURRED_AT, occurred_at)
             .header(header::CORRELATION_ID, correlation_id);
     if let Some(cause) = causation_id {
         row = row.header(CAUSATION_ID, cause.to_string());
@@ -155,29 +157,6 @@ fn uuid_header<M: Message>(
 /// The first 8 hex digits of an id: enough to follow one checkout in a log.
 pub fn short(id: Uuid) -> String {
     id.simple().to_string()[..8].to_owned()
-}
-
-/// Now, as RFC 3339 in UTC with milliseconds (`2026-11-24T09:15:02.125Z`).
-pub fn now_rfc3339() -> String {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    rfc3339(since.as_secs(), since.subsec_millis())
-}
-
-/// Seconds since the Unix epoch as a UTC date and time (the civil-from-days
-/// algorithm of Howard Hinnant's date library).
-fn rfc3339(secs: u64, millis: u32) -> String {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
 }
 
 #[cfg(test)]
@@ -263,12 +242,5 @@ mod tests {
         let no_id =
             decode(&message(&[(header::EVENT_TYPE, "StockReserved")], b"{}"));
         assert!(matches!(no_id, Err(DecodeError::Envelope(_))));
-    }
-
-    #[test]
-    fn times_are_rfc3339_in_utc() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_795_515_302, 125), "2026-11-24T10:15:02.125Z");
-        assert_eq!(rfc3339(951_782_400, 7), "2000-02-29T00:00:00.007Z");
     }
 }

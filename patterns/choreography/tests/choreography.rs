@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use choreography::shop::{Config, Faults, Outcome, Shop, correlation_id};
-use choreography::store::Seed;
 use kafka_events::client::consumer;
 use kafka_events::envelope::header;
 use rdkafka::Message;
@@ -22,7 +21,7 @@ use shop_domain::inventory::Hold;
 use shop_domain::orders::OrderStatus;
 use shop_domain::payments::PaymentStatus;
 use shop_domain::shipping::ShipmentStatus;
-use shop_domain::{Line, OrderPlaced, Service};
+use shop_domain::{Line, OrderPlaced, Seed, Service};
 use tokio::time::timeout;
 use uuid::Uuid;
 

@@ -45,28 +45,12 @@ impl Outcome {
     /// One line: each service's status.
     pub fn summary(&self) -> String {
         let order = self.order.as_ref().map(|o| match &o.status {
-            OrderStatus::Placed => "placed".to_owned(),
-            OrderStatus::Confirmed { .. } => "confirmed".to_owned(),
             OrderStatus::Cancelled { reason } => format!("cancelled ({reason})"),
+            status => status.name().to_owned(),
         });
-        let hold = self.hold.as_ref().map(|h| match h {
-            Hold::Reserved { .. } => "reserved",
-            Hold::Rejected { .. } => "rejected",
-            Hold::Released { .. } => "released",
-        });
-        let payment = self.payment.as_ref().map(|p| match p.status {
-            PaymentStatus::Pending => "pending",
-            PaymentStatus::Authorized { .. } => "authorized",
-            PaymentStatus::Declined { .. } => "declined",
-            PaymentStatus::Refunded { .. } => "refunded",
-            PaymentStatus::Voided { .. } => "voided",
-        });
-        let shipment = self.shipment.as_ref().map(|s| match s.status {
-            ShipmentStatus::Pending => "pending",
-            ShipmentStatus::Scheduled { .. } => "scheduled",
-            ShipmentStatus::Failed { .. } => "failed",
-            ShipmentStatus::Cancelled { .. } => "cancelled",
-        });
+        let hold = self.hold.as_ref().map(Hold::name);
+        let payment = self.payment.as_ref().map(|p| p.status.name());
+        let shipment = self.shipment.as_ref().map(|s| s.status.name());
         let none = || "none".to_owned();
         format!(
             "order {}, stock {}, payment {}, shipment {}",

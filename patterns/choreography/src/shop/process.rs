@@ -37,7 +37,7 @@ pub(super) async fn supervise<S: Store + 'static>(
                 info!(parent: &span, "{what}{relay}");
             }
             Err(e) => {
-                warn!("{}: failed ({e}); restarting in 1 s", me.as_str());
+                warn!("{}: failed ({e}); restarting in 1 s", me.name());
                 let pause = tokio::time::sleep(Duration::from_secs(1));
                 tokio::select! {
                     _ = stop.wait_for(|stopped| *stopped) => return,
@@ -178,7 +178,7 @@ async fn run_process<S: Store + 'static>(
             return Err(error);
         }
         let pause = Duration::from_millis(100 << failures);
-        warn!("{}: {error}; the message comes again in {pause:?}", me.as_str());
+        warn!("{}: {error}; the message comes again in {pause:?}", me.name());
         tokio::time::sleep(pause).await;
     }
 }

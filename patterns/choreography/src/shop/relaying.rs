@@ -22,14 +22,14 @@ pub(super) async fn relay_loop(
                 shared.stats.of(me).relay_crashes.fetch_add(1, Relaxed);
                 shared.progress.send_modify(|n| *n += 1);
                 let next = "a new relay starts and sends the unmarked rows again";
-                info!("{}-relay: died; {next}", me.as_str());
+                info!("{}-relay: died; {next}", me.name());
                 continue;
             }
         };
         match result {
             Ok(()) => return,
             Err(e) => {
-                warn!("{}-relay: {e}; restarting in 1 s", me.as_str());
+                warn!("{}-relay: {e}; restarting in 1 s", me.name());
                 let pause = tokio::time::sleep(Duration::from_secs(1));
                 tokio::select! {
                     _ = stop.wait_for(|stopped| *stopped) => return,
@@ -58,7 +58,7 @@ async fn relay_life(
     let stopped = async move {
         // A sender that is gone can never say stop: take it as one.
         if stop.wait_for(|stopped| *stopped).await.is_err() {
-            warn!("{}-relay: the stop signal is gone", me.as_str());
+            warn!("{}-relay: the stop signal is gone", me.name());
         }
     };
     let on_pass = |report: &RelayReport| {
