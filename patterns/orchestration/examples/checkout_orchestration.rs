@@ -17,11 +17,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use orchestration::log::PgLog;
 use orchestration::orchestrator::{Config, Crash, Orchestrator};
-use orchestration::participant::{
-    self, Names, PARTICIPANTS, Quirks, Seed, serve, setup,
-};
+use orchestration::participant::{self, Names, PARTICIPANTS, Quirks, serve, setup};
 use orchestration::saga::Terminal;
-use shop_domain::{Line, OrderPlaced};
+use shop_domain::{Line, OrderPlaced, Seed, Service};
 use tracing::{info, warn};
 
 struct Options {
@@ -72,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let ready = async {
         setup(&url, &amqp, &names, &seed).await?;
         anyhow::Ok(
-            PgLog::connect(&url, &names.schema("log"), Duration::from_secs(30))
+            PgLog::connect(&url, &names.log_schema(), Duration::from_secs(30))
                 .await?,
         )
     };
@@ -93,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     let mut services = vec![];
     for participant in PARTICIPANTS {
         let quirks = match participant {
-            "shipping" if options.slow_shipping => {
+            Service::Shipping if options.slow_shipping => {
                 Quirks { slow_first_reply: Some(Duration::from_millis(1200)) }
             }
             _ => Quirks::default(),
@@ -158,12 +156,14 @@ async fn check(
 ) -> anyhow::Result<()> {
     let (db, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     orchestration::drive_connection(conn);
-    let stock: u32 = participant::record(&db, names, "inventory", "stock:kettle")
-        .await?
-        .context("no stock record")?;
-    let balance: u64 = participant::record(&db, names, "payments", "balance:c-ada")
-        .await?
-        .context("no balance")?;
+    let stock: u32 =
+        participant::record(&db, names, Service::Inventory, "stock:kettle")
+            .await?
+            .context("no stock record")?;
+    let balance: u64 =
+        participant::record(&db, names, Service::Payments, "balance:c-ada")
+            .await?
+            .context("no balance")?;
     let mut applied = vec![];
     for p in PARTICIPANTS {
         applied.extend(participant::applied(&db, names, p).await?);

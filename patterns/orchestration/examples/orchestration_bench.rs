@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use orchestration::log::{MemLog, PgLog, SagaLog};
 use orchestration::orchestrator::{Config, Orchestrator};
-use orchestration::participant::{Names, PARTICIPANTS, Quirks, Seed, serve, setup};
+use orchestration::participant::{Names, PARTICIPANTS, Quirks, serve, setup};
 use orchestration::saga::Terminal;
-use shop_domain::{Line, OrderPlaced};
+use shop_domain::{Line, OrderPlaced, Seed};
 use tracing::info;
 
 struct Figures {
@@ -144,8 +144,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     info!("{sagas} checkouts of 4 steps each, {in_flight} in flight");
-    let log = PgLog::connect(&url, &durable.schema("log"), Duration::from_secs(60))
-        .await?;
+    let log =
+        PgLog::connect(&url, &durable.log_schema(), Duration::from_secs(60)).await?;
     let pg = run("durable log (PostgreSQL)", durable.clone(), log, sagas, in_flight)
         .await?;
     let mem =

@@ -12,7 +12,7 @@ use shop_domain::inventory::{Hold, Inventory};
 use shop_domain::orders::{Order, OrderStatus, Orders};
 use shop_domain::payments::{Payment, PaymentStatus, Payments};
 use shop_domain::shipping::{Shipment, ShipmentStatus, Shipping};
-use shop_domain::{OrderPlaced, euros};
+use shop_domain::{OrderPlaced, Service, euros};
 use tokio_postgres::Transaction;
 
 use crate::saga::{Definition, Kind, Outcome, Reply, State, Step};
@@ -24,10 +24,10 @@ pub fn checkout() -> Definition {
     Definition {
         name: "checkout",
         steps: vec![
-            step("inventory", "reserve", "release"),
-            step("payments", "authorize", "refund"),
-            step("shipping", "schedule", "cancel"),
-            step("orders", "confirm", "cancel"),
+            step(Service::Inventory, "reserve", "release"),
+            step(Service::Payments, "authorize", "refund"),
+            step(Service::Shipping, "schedule", "cancel"),
+            step(Service::Orders, "confirm", "cancel"),
         ],
         pivot: 1,
     }
@@ -35,11 +35,11 @@ pub fn checkout() -> Definition {
 // ANCHOR_END: checkout
 
 fn step(
-    participant: &'static str,
+    participant: Service,
     action: &'static str,
     compensation: &'static str,
 ) -> Step {
-    Step { participant, action, compensation }
+    Step { participant: participant.name(), action, compensation }
 }
 
 // ANCHOR: Command
@@ -86,9 +86,6 @@ pub enum ApplyError {
     /// serialize: a bug or a hand-edited row, which a retry will not fix.
     #[error("stored record {0} is unreadable: {1}")]
     Corrupt(String, serde_json::Error),
-    /// The command went to a participant this crate has no rules for.
-    #[error("no participant is called {0}")]
-    Unknown(String),
 }
 
 /// The reason a compensation gives the domain.
@@ -132,7 +129,7 @@ pub(crate) async fn put<T: Serialize>(
 pub async fn apply_once(
     client: &mut tokio_postgres::Client,
     schema: &str,
-    participant: &str,
+    participant: Service,
     command: &Command,
 ) -> Result<(Reply, bool), ApplyError> {
     let tx = client.transaction().await?;
@@ -150,11 +147,10 @@ pub async fn apply_once(
         return Ok((reply, false)); // a resend: answered again, applied never
     }
     let reply = match participant {
-        "inventory" => inventory(&tx, schema, command).await?,
-        "payments" => payments(&tx, schema, command).await?,
-        "shipping" => shipping(&tx, schema, command).await?,
-        "orders" => orders(&tx, schema, command).await?,
-        other => return Err(ApplyError::Unknown(other.to_owned())),
+        Service::Inventory => inventory(&tx, schema, command).await?,
+        Service::Payments => payments(&tx, schema, command).await?,
+        Service::Shipping => shipping(&tx, schema, command).await?,
+        Service::Orders => orders(&tx, schema, command).await?,
     };
     let text = serde_json::to_string(&reply)
         .map_err(|e| ApplyError::Corrupt(id.clone(), e))?;
@@ -303,7 +299,7 @@ async fn orders(
     }
     match command.kind {
         // The tracking number is what shipping reported, wherever its step is.
-        Kind::Action => match command.details.get("shipping") {
+        Kind::Action => match command.details.get(Service::Shipping.name()) {
             Some(tracking) => orders.confirm(id, tracking),
             None => return Ok(refused("no tracking number from shipping")),
         },
@@ -328,7 +324,9 @@ mod tests {
     fn details_are_keyed_by_participant_wherever_its_step_is() {
         // A step added before shipping moves it from index 2 to index 3.
         let mut saga = checkout();
-        saga.steps.insert(1, step("fraud", "check", "forget"));
+        let fraud =
+            Step { participant: "fraud", action: "check", compensation: "forget" };
+        saga.steps.insert(1, fraud);
         let done = |step: usize, detail: &str| Record::Outcome {
             step,
             kind: Kind::Action,
@@ -341,7 +339,7 @@ mod tests {
             done(3, "trk-o-1001"),
         ];
         let details = details(&saga, &State::replay(&log));
-        assert_eq!(details["shipping"], "trk-o-1001");
+        assert_eq!(details[Service::Shipping.name()], "trk-o-1001");
         assert_eq!(details["fraud"], "looks fine");
         assert_eq!(details.len(), 4);
     }

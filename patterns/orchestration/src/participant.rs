@@ -18,6 +18,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rabbitmq_queues::publish::{enable_confirms, persistent, publish_confirmed};
 use rabbitmq_queues::topology::{dead_letters, work_queue};
+use shop_domain::{Seed, Service};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
@@ -37,14 +38,22 @@ impl Names {
     pub fn new(prefix: &str) -> Names {
         Names { prefix: prefix.to_owned() }
     }
-    /// The command queue `participant` consumes.
-    pub fn queue(&self, participant: &str) -> String {
+    /// The command queue `participant` consumes (a [`Service`], or a step's
+    /// participant as the saga names it: the same name).
+    pub fn queue(&self, participant: impl std::fmt::Display) -> String {
         format!("{}.{participant}", self.prefix)
     }
-    /// The PostgreSQL schema of `participant` (or of the saga log, `log`): the
-    /// prefix with `-` and `.` made `_`, as an unquoted identifier needs.
-    pub fn schema(&self, participant: &str) -> String {
-        format!("{}_{participant}", self.prefix.replace(['-', '.'], "_"))
+    /// The PostgreSQL schema of `participant`: the prefix with `-` and `.` made
+    /// `_`, as an unquoted identifier needs, then the service's name.
+    pub fn schema(&self, participant: Service) -> String {
+        self.schema_of(participant.name())
+    }
+    /// The PostgreSQL schema of the saga log.
+    pub fn log_schema(&self) -> String {
+        self.schema_of("log")
+    }
+    fn schema_of(&self, owner: &str) -> String {
+        format!("{}_{owner}", self.prefix.replace(['-', '.'], "_"))
     }
     /// The reply queue of the orchestrator called `orchestrator`: one each, so a
     /// reply reaches the orchestrator that sent the command.
@@ -63,18 +72,8 @@ impl Names {
 
 /// Every participant of the checkout saga: what [`setup`] creates a schema and
 /// a queue for.
-pub const PARTICIPANTS: [&str; 4] = ["inventory", "payments", "shipping", "orders"];
-
-/// What the shop starts with.
-#[derive(Clone, Debug, Default)]
-pub struct Seed {
-    /// Units in stock, by SKU: an order for more is refused by inventory.
-    pub stock: Vec<(String, u32)>,
-    /// Cents each customer can pay, by customer id: payments refuses beyond it.
-    pub balances: Vec<(String, u64)>,
-    /// Countries shipping delivers to: any other is refused.
-    pub destinations: Vec<String>,
-}
+pub const PARTICIPANTS: [Service; 4] =
+    [Service::Inventory, Service::Payments, Service::Shipping, Service::Orders];
 
 /// Why a participant, or its setup, stopped.
 #[derive(Debug, thiserror::Error)]
@@ -127,13 +126,15 @@ pub async fn setup(
     }
     let tx = client.transaction().await?;
     for (sku, count) in &seed.stock {
-        put(&tx, &names.schema("inventory"), &format!("stock:{sku}"), count).await?;
+        let schema = names.schema(Service::Inventory);
+        put(&tx, &schema, &format!("stock:{sku}"), count).await?;
     }
     for (customer, cents) in &seed.balances {
-        put(&tx, &names.schema("payments"), &format!("balance:{customer}"), cents)
-            .await?;
+        let schema = names.schema(Service::Payments);
+        put(&tx, &schema, &format!("balance:{customer}"), cents).await?;
     }
-    put(&tx, &names.schema("shipping"), "destinations", &seed.destinations).await?;
+    let schema = names.schema(Service::Shipping);
+    put(&tx, &schema, "destinations", &seed.destinations).await?;
     tx.commit().await?;
     let connection =
         Connection::connect(amqp, ConnectionProperties::default()).await?;
@@ -164,8 +165,8 @@ pub async fn teardown(
     let (db, connection) =
         tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     crate::drive_connection(connection);
-    for p in PARTICIPANTS.into_iter().chain(["log"]) {
-        let s = names.schema(p);
+    let schemas = PARTICIPANTS.map(|p| names.schema(p));
+    for s in schemas.into_iter().chain([names.log_schema()]) {
         let sql = format!(
             "SET client_min_messages TO warning; DROP SCHEMA IF EXISTS {s} CASCADE"
         );
@@ -198,13 +199,13 @@ pub struct Quirks {
 }
 
 /// A running participant.
-pub struct Service {
+pub struct Participant {
     /// The consume loop: ends with an error, or with `Ok` after a stop.
     pub task: JoinHandle<Result<(), ServiceError>>,
     stop: Arc<Notify>,
 }
 
-impl Service {
+impl Participant {
     /// Stops taking commands (after the one in hand) and closes the connection.
     /// A task that panicked is an error, not a stop.
     pub async fn stop(self) -> Result<(), ServiceError> {
@@ -215,13 +216,13 @@ impl Service {
 
 /// Runs `participant` until its connection fails or it is stopped.
 pub fn serve(
-    participant: &'static str,
+    participant: Service,
     url: String,
     amqp: String,
     names: Names,
     quirks: Quirks,
-) -> Service {
-    let span = info_span!("participant", service = participant);
+) -> Participant {
+    let span = info_span!("participant", service = participant.name());
     let stop = Arc::new(Notify::new());
     let stopped = Arc::clone(&stop);
     let task = tokio::spawn(
@@ -237,7 +238,7 @@ pub fn serve(
             let mut commands = channel
                 .basic_consume(
                     queue.as_str().into(),
-                    participant.into(),
+                    participant.name().into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
@@ -294,7 +295,7 @@ pub fn serve(
         }
         .instrument(span),
     );
-    Service { task, stop }
+    Participant { task, stop }
 }
 
 /// Reads one record of a participant's schema (for tests and the example's
@@ -303,7 +304,7 @@ pub fn serve(
 pub async fn record<T: for<'de> serde::Deserialize<'de>>(
     client: &tokio_postgres::Client,
     names: &Names,
-    participant: &str,
+    participant: Service,
     key: &str,
 ) -> Result<Option<T>, ServiceError> {
     let sql = format!(
@@ -320,7 +321,7 @@ pub async fn record<T: for<'de> serde::Deserialize<'de>>(
 pub async fn applied(
     client: &tokio_postgres::Client,
     names: &Names,
-    participant: &str,
+    participant: Service,
 ) -> Result<Vec<(String, std::time::SystemTime)>, ServiceError> {
     let sql = format!(
         "SELECT command_id, applied_at FROM {}.inbox ORDER BY applied_at",

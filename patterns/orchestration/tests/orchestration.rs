@@ -15,6 +15,7 @@ use orchestration::log::{LogError, PgLog, SagaLog};
 use orchestration::orchestrator::{Crash, RunError, saga_id};
 use orchestration::participant::Quirks;
 use orchestration::saga::{Input, Kind, Outcome, Record, Reply, Terminal};
+use shop_domain::Service;
 use shop_domain::inventory::Hold;
 use shop_domain::orders::{Order, OrderStatus};
 use shop_domain::payments::{Payment, PaymentStatus};
@@ -60,10 +61,12 @@ async fn crash_case(crash: Crash, fail_last: bool) {
     let applied = shop.applied().await;
     let applied: Vec<&str> =
         applied.iter().map(|id| &id[saga.len() + 1..]).collect();
-    let stock: u32 = shop.record("inventory", "stock:kettle").await.unwrap();
-    let balance: u64 = shop.record("payments", "balance:c-rich").await.unwrap();
-    let shipment: Shipment = shop.record("shipping", "shipment:o-1").await.unwrap();
-    let placed: Order = shop.record("orders", "order:o-1").await.unwrap();
+    let stock: u32 = shop.record(Service::Inventory, "stock:kettle").await.unwrap();
+    let balance: u64 =
+        shop.record(Service::Payments, "balance:c-rich").await.unwrap();
+    let shipment: Shipment =
+        shop.record(Service::Shipping, "shipment:o-1").await.unwrap();
+    let placed: Order = shop.record(Service::Orders, "order:o-1").await.unwrap();
     if fail_last {
         assert_eq!(
             terminal,
@@ -160,11 +163,12 @@ async fn every_branch_ends_in_the_right_state() {
     // Cannot ship: payment refunded, then stock released.
     let (done, undone) = done_and_undone(&shop.records(&saga_id(&far)).await);
     assert_eq!((done, undone), (vec![0, 1], vec![1, 0]));
-    let payment: Payment = shop.record("payments", "payment:o-far").await.unwrap();
+    let payment: Payment =
+        shop.record(Service::Payments, "payment:o-far").await.unwrap();
     assert!(matches!(payment.status, PaymentStatus::Refunded { .. }));
-    let stock: u32 = shop.record("inventory", "stock:kettle").await.unwrap();
+    let stock: u32 = shop.record(Service::Inventory, "stock:kettle").await.unwrap();
     assert_eq!(stock, 10, "every reservation given back");
-    let hold: Hold = shop.record("inventory", "hold:o-greedy").await.unwrap();
+    let hold: Hold = shop.record(Service::Inventory, "hold:o-greedy").await.unwrap();
     assert!(matches!(hold, Hold::Rejected { .. }), "nothing to undo");
     o.stop().await.unwrap();
     shop.drop().await;
@@ -174,7 +178,7 @@ async fn every_branch_ends_in_the_right_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_down_for_a_while_delays_the_saga_without_duplicates() {
     let Some(mut shop) = shop().await else { return };
-    for participant in ["inventory", "payments", "orders"] {
+    for participant in [Service::Inventory, Service::Payments, Service::Orders] {
         shop.start(participant, Quirks::default());
     }
     let mut config = shop.config("o", None);
@@ -188,12 +192,13 @@ async fn a_participant_down_for_a_while_delays_the_saga_without_duplicates() {
         records.contains(&third).then_some(())
     })
     .await;
-    shop.start("shipping", Quirks::default());
+    shop.start(Service::Shipping, Quirks::default());
     assert_eq!(finished(&mut o, &saga).await, Terminal::Completed);
     let applied = shop.applied().await;
     let shipping = applied.iter().filter(|id| id.ends_with("/2/do")).count();
     assert_eq!(shipping, 1, "three copies queued, one applied: {applied:?}");
-    let balance: u64 = shop.record("payments", "balance:c-rich").await.unwrap();
+    let balance: u64 =
+        shop.record(Service::Payments, "balance:c-rich").await.unwrap();
     assert_eq!(balance, 100_000 - 2900);
     o.stop().await.unwrap();
     shop.drop().await;
@@ -203,11 +208,11 @@ async fn a_participant_down_for_a_while_delays_the_saga_without_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_whose_step_succeeded_is_retried_and_applied_once() {
     let Some(mut shop) = shop().await else { return };
-    for participant in ["inventory", "payments", "orders"] {
+    for participant in [Service::Inventory, Service::Payments, Service::Orders] {
         shop.start(participant, Quirks::default());
     }
     let slow = Quirks { slow_first_reply: Some(Duration::from_millis(800)) };
-    shop.start("shipping", slow);
+    shop.start(Service::Shipping, slow);
     let mut config = shop.config("o", None);
     config.timeout = Duration::from_millis(200);
     let mut o = shop.orchestrator(config).await;
@@ -218,7 +223,8 @@ async fn a_timeout_whose_step_succeeded_is_retried_and_applied_once() {
     assert!(records.contains(&retry), "the timeout led to a retry: {records:?}");
     let applied = shop.applied().await;
     assert_eq!(applied.iter().filter(|id| id.ends_with("/2/do")).count(), 1);
-    let shipment: Shipment = shop.record("shipping", "shipment:o-1").await.unwrap();
+    let shipment: Shipment =
+        shop.record(Service::Shipping, "shipment:o-1").await.unwrap();
     assert!(matches!(shipment.status, ShipmentStatus::Scheduled { .. }));
     o.stop().await.unwrap();
     shop.drop().await;
@@ -265,7 +271,7 @@ async fn bad_replies_are_dead_lettered_and_the_orchestrator_keeps_going() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_orchestrators_never_drive_the_same_saga() {
     let Some(shop) = shop().await else { return };
-    let schema = shop.names.schema("log");
+    let schema = shop.names.log_schema();
     let lease = Duration::from_secs(30);
     let a = PgLog::connect(&shop.url, &schema, lease).await.unwrap();
     let b = PgLog::connect(&shop.url, &schema, lease).await.unwrap();
@@ -331,19 +337,20 @@ async fn a_database_error_is_an_error_not_nothing() {
     let read = orchestration::participant::record::<u32>(
         &shop.db,
         &missing,
-        "inventory",
+        Service::Inventory,
         "stock:kettle",
     )
     .await;
     assert!(read.is_err(), "{read:?}");
     let applied =
-        orchestration::participant::applied(&shop.db, &missing, "inventory").await;
+        orchestration::participant::applied(&shop.db, &missing, Service::Inventory)
+            .await;
     assert!(applied.is_err(), "{applied:?}");
     // Where the table is there, an absent record is `None`, not an error.
     let none = orchestration::participant::record::<u32>(
         &shop.db,
         &shop.names,
-        "inventory",
+        Service::Inventory,
         "stock:teapot",
     )
     .await;

@@ -18,7 +18,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -41,6 +41,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
+use shop_domain::Service;
+use shop_domain::time::{Precision, rfc3339};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -56,11 +58,11 @@ pub const STOREFRONT: &str = "storefront";
 /// The checkout API: HTTP server, then gRPC client of payments.
 pub const CHECKOUT_API: &str = "checkout-api";
 /// Payments: gRPC server, then Kafka producer of `OrderPlaced`.
-pub const PAYMENTS: &str = "payments";
+pub const PAYMENTS: &str = Service::Payments.name();
 /// Fulfilment: Kafka consumer, then AMQP publisher of the shipment task.
 pub const FULFILMENT: &str = "fulfilment";
 /// Shipping: AMQP consumer, the last hop of the trace.
-pub const SHIPPING: &str = "shipping";
+pub const SHIPPING: &str = Service::Shipping.name();
 
 /// The gRPC method, named as OpenTelemetry's conventions name it.
 pub const AUTHORIZE: &str = "shop.payments.Payments/Authorize";
@@ -492,7 +494,7 @@ async fn shipping(
     let mut deliveries = channel
         .basic_consume(
             queue.into(),
-            "shipping".into(),
+            SHIPPING.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -530,23 +532,9 @@ async fn shipping(
     }))
 }
 
-/// The current time in RFC 3339 (UTC, seconds), for the event envelope.
-pub fn rfc3339_now() -> String {
-    let secs =
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s) = (rest / 3_600, rest % 3_600 / 60, rest % 60);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+/// The current time in RFC 3339 (UTC, whole seconds), for the event envelope.
+fn rfc3339_now() -> String {
+    rfc3339(SystemTime::now(), Precision::Seconds)
 }
 
 /// Every hop of a checkout, as (service, span kind): a complete trace has them all.

@@ -12,10 +12,10 @@ use lapin::{Connection, ConnectionProperties};
 use orchestration::log::{PgLog, SagaLog};
 use orchestration::orchestrator::{Config, Crash, Orchestrator};
 use orchestration::participant::{
-    Names, PARTICIPANTS, Quirks, Seed, Service, serve, setup,
+    Names, PARTICIPANTS, Participant, Quirks, serve, setup,
 };
 use orchestration::saga::{Record, Terminal};
-use shop_domain::{Line, OrderPlaced};
+use shop_domain::{Line, OrderPlaced, Seed, Service};
 use tokio_postgres::Client;
 
 /// A bound on any one wait; a healthy saga settles in well under a second.
@@ -27,7 +27,7 @@ pub struct Shop {
     pub amqp: String,
     pub db: Client,
     pub log: Arc<PgLog>,
-    pub services: Vec<(&'static str, Service)>,
+    pub services: Vec<(Service, Participant)>,
 }
 
 pub fn seed() -> Seed {
@@ -57,7 +57,7 @@ pub async fn shop() -> Option<Shop> {
     let ready = async {
         setup(&url, &amqp, &names, &seed()).await.map_err(|e| e.to_string())?;
         let lease = Duration::from_secs(30);
-        let log = PgLog::connect(&url, &names.schema("log"), lease).await;
+        let log = PgLog::connect(&url, &names.log_schema(), lease).await;
         let log = log.map_err(|e| e.to_string())?;
         let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
@@ -85,7 +85,7 @@ pub async fn shop() -> Option<Shop> {
 }
 
 impl Shop {
-    pub fn start(&mut self, participant: &'static str, quirks: Quirks) {
+    pub fn start(&mut self, participant: Service, quirks: Quirks) {
         let (url, amqp, names) =
             (self.url.clone(), self.amqp.clone(), self.names.clone());
         let task = serve(participant, url, amqp, names, quirks);
@@ -121,7 +121,7 @@ impl Shop {
         let value = serde_json::to_string(&orders.orders[&order.order_id]).unwrap();
         let sql = format!(
             "INSERT INTO {}.records (key, value) VALUES ($1, $2)",
-            self.names.schema("orders")
+            self.names.schema(Service::Orders)
         );
         let key = format!("order:{}", order.order_id);
         self.db.execute(&sql, &[&key, &value]).await.unwrap();
@@ -133,7 +133,7 @@ impl Shop {
 
     pub async fn record<T: for<'de> serde::Deserialize<'de>>(
         &self,
-        participant: &str,
+        participant: Service,
         key: &str,
     ) -> Option<T> {
         orchestration::participant::record(&self.db, &self.names, participant, key)
