@@ -97,6 +97,45 @@ fn anchor_body(source: &str, name: &str) -> Option<String> {
     None
 }
 
+/// Every `(file, anchor)` the book includes, with the file's path relative to the root.
+fn included_anchors() -> BTreeSet<(String, String)> {
+    let mut included = BTreeSet::new();
+    for chapter in chapters() {
+        for include in directives(&read(&chapter), "include") {
+            let Some((file, anchor)) = include.split_once(':') else { continue };
+            let target = chapter.parent().unwrap().join(file);
+            let Ok(target) = target.canonicalize() else { continue };
+            let root = root().canonicalize().unwrap();
+            let Ok(relative) = target.strip_prefix(&root) else { continue };
+            included.insert((relative.display().to_string(), anchor.to_owned()));
+        }
+    }
+    included
+}
+
+/// The other direction of the includes: an `ANCHOR` that no chapter includes is a
+/// marker that promises a reader something nobody shows them. Teach it or remove it.
+#[test]
+fn every_anchor_in_the_code_is_included_by_the_book() {
+    let included = included_anchors();
+    let mut orphans = Vec::new();
+    for (path, text) in rust_sources() {
+        for line in text.lines() {
+            let Some(name) = line.trim().strip_prefix("// ANCHOR: ") else {
+                continue;
+            };
+            if !included.contains(&(path.clone(), name.to_owned())) {
+                orphans.push(format!("{path}: ANCHOR: {name}"));
+            }
+        }
+    }
+    assert!(
+        orphans.is_empty(),
+        "anchors no chapter includes (include them where they teach, else remove them):\n{}",
+        orphans.join("\n")
+    );
+}
+
 /// How many columns mdBook's page shows without scrolling a code block.
 const PAGE_COLUMNS: usize = 85;
 

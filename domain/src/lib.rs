@@ -90,7 +90,6 @@ pub struct Line {
     pub quantity: u32,
 }
 
-// ANCHOR: OrderPlaced
 /// The fact that starts a checkout. It carries what the other services need
 /// (lines for inventory, customer and amount for payments, destination for
 /// shipping), so none of them has to ask the orders service: they keep their own
@@ -106,9 +105,7 @@ pub struct OrderPlaced {
     /// ISO country code of the delivery address.
     pub ship_to: String,
 }
-// ANCHOR_END: OrderPlaced
 
-// ANCHOR: Event
 /// Everything the checkout's services say, each about one order. The payload of
 /// a message; the envelope (ids, type, correlation and causation) is the
 /// transport's business.
@@ -165,7 +162,6 @@ pub enum Event {
         reason: String,
     },
 }
-// ANCHOR_END: Event
 
 /// The type of an event, without its data: what a message's `event-type` header names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

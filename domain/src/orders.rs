@@ -108,7 +108,6 @@ impl Orders {
     }
 }
 
-// ANCHOR: orders_react
 impl Reaction for Orders {
     const SERVICE: Service = Service::Orders;
 
@@ -140,7 +139,6 @@ impl Reaction for Orders {
         (self, emitted)
     }
 }
-// ANCHOR_END: orders_react
 
 #[cfg(test)]
 mod tests {

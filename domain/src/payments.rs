@@ -75,7 +75,6 @@ pub struct Payments {
 }
 
 impl Payments {
-    // ANCHOR: authorize
     /// Takes `amount_cents` from the customer's balance, or declines. Only a
     /// pending payment moves money: a second request, or one after a refund or
     /// a void, emits nothing.
@@ -108,7 +107,6 @@ impl Payments {
         payment.status = PaymentStatus::Authorized { amount_cents };
         vec![Event::PaymentAuthorized { order_id, amount_cents }]
     }
-    // ANCHOR_END: authorize
 
     /// Compensation: gives an authorised amount back. Safe to repeat; before
     /// any charge it voids the payment, so that a late authorisation is refused.

@@ -114,7 +114,6 @@ impl Shipping {
     }
 }
 
-// ANCHOR: shipping_react
 impl Reaction for Shipping {
     const SERVICE: Service = Service::Shipping;
 
@@ -155,7 +154,6 @@ impl Reaction for Shipping {
         (self, emitted)
     }
 }
-// ANCHOR_END: shipping_react
 
 #[cfg(test)]
 mod tests {

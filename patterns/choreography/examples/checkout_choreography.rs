@@ -44,7 +44,6 @@ async fn main() -> anyhow::Result<()> {
     require(&infra::first_kafka_broker(), "Kafka", &brokers).await?;
     require(&postgres_address(&url), "PostgreSQL", &url).await?;
 
-    // ANCHOR: setup
     let stock = if flags.has("--out-of-stock") { 1 } else { 5 };
     let balance = if flags.has("--decline") { 2000 } else { 10_000 };
     let seed = Seed {
@@ -66,7 +65,6 @@ async fn main() -> anyhow::Result<()> {
         total_cents: 5798,
         ship_to: if flags.has("--undeliverable") { "AQ" } else { "NL" }.into(),
     };
-    // ANCHOR_END: setup
     let faults = config.faults.clone();
     let shop = Shop::start(config).await.context("cannot start the shop")?;
     let correlation = correlation_id();
@@ -163,7 +161,6 @@ fn check(
     Ok(())
 }
 
-// ANCHOR: lost_event
 /// `--no-outbox`: inventory committed its reservation and died before it
 /// published `StockReserved`. After its restart, the redelivered `OrderPlaced`
 /// is a duplicate, so nothing is emitted: the event is gone.
@@ -191,7 +188,6 @@ async fn lost_event(shop: &Shop, span: &Span) -> anyhow::Result<()> {
     info!("done: without an outbox, {why} for good");
     Ok(())
 }
-// ANCHOR_END: lost_event
 
 /// `host:port` of a PostgreSQL URL (`postgres://user:pw@host:port/db`).
 fn postgres_address(url: &str) -> String {

@@ -117,7 +117,6 @@ async fn run() -> anyhow::Result<()> {
     shop.settle(&["o-0"], Duration::from_secs(60)).await?;
     while confirmed.try_recv().is_ok() {}
 
-    // ANCHOR: paced
     let mut started = HashMap::new();
     let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
     for i in 1..=checkouts {
@@ -126,7 +125,6 @@ async fn run() -> anyhow::Result<()> {
         shop.place(order(i), &correlation_id()).await?;
     }
     let mut paced = collect(&mut confirmed, &started).await?;
-    // ANCHOR_END: paced
     paced.sort();
     info!(
         "paced, {checkouts} checkouts at {rate}/s: p50 {}, p99 {}, max {}",

@@ -22,7 +22,6 @@ use tokio_postgres::{Client, Transaction};
 
 use crate::Error;
 
-// ANCHOR: Store
 /// A service's persistence: its tables, and the slice of its state that an
 /// event touches, loaded and saved inside the transaction that applies it.
 pub trait Store: Reaction + Send + Sync {
@@ -47,7 +46,6 @@ pub trait Store: Reaction + Send + Sync {
         s: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 }
-// ANCHOR_END: Store
 
 /// `CREATE TABLE` of a per-order record table.
 fn records_table(s: &str, table: &str) -> String {

@@ -107,7 +107,6 @@ pub fn payload(event: &Event) -> Result<Vec<u8>, serde_json::Error> {
     serde_json::to_vec(&tagged["data"].take())
 }
 
-// ANCHOR: decode
 /// Reads a message: the type header first (an unknown type is not worth
 /// parsing), then ids, then the payload as that type's data.
 pub fn decode<M: Message>(message: &M) -> Result<Incoming, DecodeError> {
@@ -128,7 +127,6 @@ pub fn decode<M: Message>(message: &M) -> Result<Incoming, DecodeError> {
     let event = event_from(kind, message.payload().unwrap_or_default())?;
     Ok(Incoming { event_id, correlation_id, causation_id, event })
 }
-// ANCHOR_END: decode
 
 /// The event of type `kind` whose data is `payload`.
 pub fn event_from(kind: Kind, payload: &[u8]) -> Result<Event, DecodeError> {

@@ -366,7 +366,6 @@ async fn unreadable_and_unknown_events_are_dead_lettered_and_the_checkout_goes_o
     shop.shut_down().await.unwrap();
 }
 
-// ANCHOR: dual_write_test
 #[tokio::test]
 async fn without_an_outbox_a_crash_between_commit_and_publish_loses_the_event() {
     let faults =
@@ -395,6 +394,5 @@ async fn without_an_outbox_a_crash_between_commit_and_publish_loses_the_event() 
     );
     shop.shut_down().await.unwrap();
 }
-// ANCHOR_END: dual_write_test
 
 use std::sync::atomic::Ordering::Relaxed;

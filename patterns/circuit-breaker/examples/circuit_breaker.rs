@@ -92,7 +92,6 @@ fn breaker() -> anyhow::Result<CircuitBreaker> {
 }
 // ANCHOR_END: breaker_config
 
-// ANCHOR: one_call
 /// One gateway call: through the breaker (if any), with a timeout on the upstream
 /// call.
 async fn call(
@@ -121,7 +120,6 @@ async fn call(
         Err(CallError::Inner(_)) => tally.failed += 1,
     }
 }
-// ANCHOR_END: one_call
 
 #[tokio::main(flavor = "current_thread", start_paused = true)]
 async fn main() -> anyhow::Result<()> {

@@ -343,7 +343,6 @@ impl CircuitBreaker {
         State::from_bits(self.shared.word.load(Ordering::Acquire))
     }
 
-    // ANCHOR: try_acquire
     /// Asks to make a call. The permit must be given an [`Outcome`] with
     /// [`Permit::record`]; dropping it instead (a cancelled call) counts nothing and
     /// gives a probe's permit back.
@@ -353,7 +352,6 @@ impl CircuitBreaker {
             .acquire()
             .map(|ticket| Permit { shared: &self.shared, ticket: Some(ticket) })
     }
-    // ANCHOR_END: try_acquire
 
     #[inline]
     pub(crate) fn acquire_ticket(&self) -> Result<Ticket, Rejected> {

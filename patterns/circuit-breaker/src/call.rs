@@ -6,7 +6,6 @@ use std::future::IntoFuture;
 use crate::breaker::{CircuitBreaker, Rejected};
 use crate::classify::{AnyError, Classify};
 
-// ANCHOR: CallError
 /// A call through the breaker failed: either the breaker refused it, or the call
 /// itself failed.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -18,7 +17,6 @@ pub enum CallError<E> {
     #[error(transparent)]
     Inner(E),
 }
-// ANCHOR_END: CallError
 
 impl CircuitBreaker {
     // ANCHOR: call

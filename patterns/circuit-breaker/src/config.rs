@@ -187,7 +187,6 @@ impl Config {
         self.max_half_open_wait
     }
 
-    // ANCHOR: validate
     /// Every rule a working breaker needs; the first broken one is reported.
     fn validate(&self) -> Result<(), ConfigError> {
         let most_calls = match self.window {
@@ -234,7 +233,6 @@ impl Config {
         }
         Ok(())
     }
-    // ANCHOR_END: validate
 }
 
 /// Builds a [`Config`], validating it at the end. Waits too long for the clock to

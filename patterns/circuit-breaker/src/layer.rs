@@ -30,7 +30,6 @@ use crate::breaker::{CircuitBreaker, Outcome, Rejected, Ticket};
 use crate::call::CallError;
 use crate::classify::{AnyError, Classify};
 
-// ANCHOR: CircuitBreakerLayer
 /// Wraps services in a [`CircuitBreaker`]; every service made by one layer shares
 /// its breaker.
 #[derive(Clone, Debug)]
@@ -65,7 +64,6 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
         }
     }
 }
-// ANCHOR_END: CircuitBreakerLayer
 
 /// A ticket owned by a response future; dropping it unrecorded abandons the call.
 struct OwnedTicket {

@@ -132,7 +132,6 @@ struct Bucket {
     totals: Totals,
 }
 
-// ANCHOR: TimeWindow
 /// The calls of the last `buckets` slices of `bucket_width` each. Time is given by
 /// the caller as the duration since a fixed start, which keeps the window testable
 /// and clock-free.
@@ -220,7 +219,6 @@ impl TimeWindow {
         self.totals = Totals::default();
     }
 }
-// ANCHOR_END: TimeWindow
 
 #[cfg(test)]
 mod tests {

@@ -152,7 +152,6 @@ impl RateLimiter {
 }
 // ANCHOR_END: RateLimiter
 
-// ANCHOR: rate_limit
 /// Middleware: 429 with `Retry-After` (whole seconds, rounded up) when the
 /// authenticated client's bucket is empty.
 pub async fn rate_limit(
@@ -191,7 +190,6 @@ pub async fn rate_limit(
         }
     }
 }
-// ANCHOR_END: rate_limit
 
 #[cfg(test)]
 mod tests {

@@ -206,7 +206,6 @@ pub struct AuthorizeJson {
     pub customer_id: String,
 }
 
-// ANCHOR: authorize
 async fn authorize(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
@@ -235,7 +234,6 @@ async fn authorize(
         Err(error) => refuse(error),
     }
 }
-// ANCHOR_END: authorize
 
 async fn checkout(
     State(gateway): State<Gateway>,

@@ -40,7 +40,6 @@ async fn both_parts_when_both_backends_answer() {
     assert!(paid.missing.is_empty());
 }
 
-// ANCHOR: partial_test
 #[tokio::test]
 async fn a_slow_payments_service_leaves_the_payment_missing_not_the_view() {
     // Payments answers its lookups 30 s late; the view's deadline is 200 ms.
@@ -60,7 +59,6 @@ async fn a_slow_payments_service_leaves_the_payment_missing_not_the_view() {
         "payments did not answer before the deadline"
     );
 }
-// ANCHOR_END: partial_test
 
 #[tokio::test]
 async fn a_payments_service_that_is_down_leaves_the_payment_missing() {

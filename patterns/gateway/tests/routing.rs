@@ -32,7 +32,6 @@ async fn orders_and_payments_are_reached_through_one_entry_point() {
     assert_eq!(shop.payments.ledger.len(), 1);
 }
 
-// ANCHOR: mapping_test
 #[tokio::test]
 async fn grpc_refusals_become_http_statuses_with_problem_bodies() {
     let shop = support::shop().await;
@@ -69,7 +68,6 @@ async fn grpc_refusals_become_http_statuses_with_problem_bodies() {
     let breaker = &shop.gateway.gateway.payments.backend.breaker;
     assert_eq!(breaker.state(), circuit_breaker::State::Closed);
 }
-// ANCHOR_END: mapping_test
 
 #[test]
 fn the_status_table_sends_retryable_codes_to_retryable_statuses() {

@@ -26,7 +26,6 @@ pub fn return_margin(budget: Duration) -> Duration {
     (budget / 10).max(Duration::from_millis(5))
 }
 
-// ANCHOR: parse
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
@@ -47,7 +46,6 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
         _ => return None,
     })
 }
-// ANCHOR_END: parse
 
 /// The caller's budget for this call, if it sent one.
 pub fn from_metadata(metadata: &MetadataMap) -> Option<Duration> {

@@ -261,7 +261,6 @@ struct LedgerInner {
     orders: HashMap<String, OrderSlot>,
 }
 
-// ANCHOR: Begin
 /// What the ledger says about an authorization request for an order.
 #[derive(Debug)]
 pub enum Begin<'a> {
@@ -270,7 +269,6 @@ pub enum Begin<'a> {
     /// The same request was authorized before: this is its payment.
     Replay(Payment),
 }
-// ANCHOR_END: Begin
 
 impl Ledger {
     fn lock(&self) -> std::sync::MutexGuard<'_, LedgerInner> {
@@ -555,7 +553,6 @@ mod tests {
         assert_eq!(code(twice), Code::FailedPrecondition);
     }
 
-    // ANCHOR: idempotency_tests
     #[test]
     fn the_same_request_again_returns_the_first_payment() {
         let ledger = Ledger::default();
@@ -595,7 +592,6 @@ mod tests {
         assert!(matches!(ledger.begin(&request("o-1")), Ok(Begin::Fresh(_))));
         assert!(ledger.is_empty());
     }
-    // ANCHOR_END: idempotency_tests
 
     #[test]
     fn changes_are_published_and_settlement_follows_capture_only() {

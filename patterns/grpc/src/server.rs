@@ -36,13 +36,11 @@ pub struct RunningPayments {
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
-// ANCHOR: spawn
 /// Serves [`PaymentsService`] on `127.0.0.1:0` (a free port chosen by the OS)
 /// in a background task.
 pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningPayments> {
     spawn_with(config, Duration::ZERO).await
 }
-// ANCHOR_END: spawn
 
 /// Like [`spawn`], with every `PaymentQueries` answer `lookup_latency` late.
 pub async fn spawn_with(

@@ -302,7 +302,6 @@ impl RunningService {
     }
 }
 
-// ANCHOR: spawn
 /// Serves [`app`] on `127.0.0.1:0` (a free port chosen by the OS) in a background task.
 pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningService> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -316,7 +315,6 @@ pub async fn spawn(config: ServiceConfig) -> std::io::Result<RunningService> {
     info!("orders-service listening on http://{addr}");
     Ok(RunningService { addr, state, stop, task })
 }
-// ANCHOR_END: spawn
 
 // ANCHOR: serve
 /// Serves [`app`] on `listener` until `shutdown` completes. Then it stops

@@ -42,7 +42,6 @@ fn step(
     Step { participant: participant.name(), action, compensation }
 }
 
-// ANCHOR: Command
 /// What travels to a participant. `command_id` is the same on every resend of
 /// one step's action (or compensation), which is what the inbox recognises.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +61,6 @@ pub struct Command {
     /// moving a step changes nothing for the participants.
     pub details: BTreeMap<String, String>,
 }
-// ANCHOR_END: Command
 
 /// What each step that is done reported, keyed by its participant.
 pub fn details(saga: &Definition, state: &State) -> BTreeMap<String, String> {
@@ -172,7 +170,6 @@ fn refused(reason: impl Into<String>) -> Reply {
     Reply::Refused { reason: reason.into() }
 }
 
-// ANCHOR: inventory
 /// Loads what the command touches, applies the shop's rule, saves it back, and
 /// answers from the resulting state (not from the emitted events, which are
 /// empty for a repeat).
@@ -214,7 +211,6 @@ async fn inventory(
         (Kind::Action, Hold::Released { .. }) => refused("released before reserved"),
     })
 }
-// ANCHOR_END: inventory
 
 async fn payments(
     tx: &Transaction<'_>,

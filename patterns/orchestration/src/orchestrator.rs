@@ -207,7 +207,6 @@ struct Driver<L> {
 }
 
 impl<L: SagaLog> Driver<L> {
-    // ANCHOR: run
     async fn run(
         mut self,
         mut starts: mpsc::Receiver<OrderPlaced>,
@@ -237,7 +236,6 @@ impl<L: SagaLog> Driver<L> {
             }
         }
     }
-    // ANCHOR_END: run
 
     async fn begin(&mut self, order: OrderPlaced) -> Result<(), RunError> {
         let id = saga_id(&order);

@@ -24,7 +24,6 @@
 
 use serde::{Deserialize, Serialize};
 
-// ANCHOR: Definition
 /// The shape of a saga: its steps in order, and the pivot, the last step that
 /// may still be undone. Steps after the pivot must eventually succeed, so an
 /// unanswered one is retried rather than compensated.
@@ -49,7 +48,6 @@ pub struct Step {
     /// What undoes the action.
     pub compensation: &'static str,
 }
-// ANCHOR_END: Definition
 
 /// Whether a command does a step or undoes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

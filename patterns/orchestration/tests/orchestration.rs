@@ -38,7 +38,6 @@ fn done_and_undone(records: &[Record]) -> (Vec<usize>, Vec<usize>) {
     (done, undone)
 }
 
-// ANCHOR: crash_case
 /// Runs one checkout with an orchestrator that dies at `crash`, starts a new
 /// one under the same name, and checks where everything ends up.
 async fn crash_case(crash: Crash, fail_last: bool) {
@@ -95,7 +94,6 @@ async fn crash_case(crash: Crash, fail_last: bool) {
     second.stop().await.unwrap();
     shop.drop().await;
 }
-// ANCHOR_END: crash_case
 
 // ANCHOR: crash_matrix
 /// One named test per boundary, step and path: 4 steps x 2 boundaries x 2 paths.
@@ -174,7 +172,6 @@ async fn every_branch_ends_in_the_right_state() {
     shop.drop().await;
 }
 
-// ANCHOR: participant_down
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_down_for_a_while_delays_the_saga_without_duplicates() {
     let Some(mut shop) = shop().await else { return };
@@ -203,7 +200,6 @@ async fn a_participant_down_for_a_while_delays_the_saga_without_duplicates() {
     o.stop().await.unwrap();
     shop.drop().await;
 }
-// ANCHOR_END: participant_down
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_whose_step_succeeded_is_retried_and_applied_once() {
@@ -230,7 +226,6 @@ async fn a_timeout_whose_step_succeeded_is_retried_and_applied_once() {
     shop.drop().await;
 }
 
-// ANCHOR: bad_replies
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_replies_are_dead_lettered_and_the_orchestrator_keeps_going() {
     let Some(mut shop) = shop().await else { return };
@@ -265,9 +260,7 @@ async fn bad_replies_are_dead_lettered_and_the_orchestrator_keeps_going() {
     o.stop().await.unwrap();
     shop.drop().await;
 }
-// ANCHOR_END: bad_replies
 
-// ANCHOR: leases
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_orchestrators_never_drive_the_same_saga() {
     let Some(shop) = shop().await else { return };
@@ -304,7 +297,6 @@ async fn two_orchestrators_never_drive_the_same_saga() {
     assert_eq!(a.writers(taken).await.unwrap(), [holder]);
     shop.drop().await;
 }
-// ANCHOR_END: leases
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_orchestrator_takes_over_an_expired_lease_without_interleaving() {

@@ -226,7 +226,6 @@ fn published_ids(report: &RelayReport) -> Vec<Uuid> {
     report.published.iter().map(|p| p.id).collect()
 }
 
-// ANCHOR: dual_write
 #[tokio::test]
 async fn an_event_commits_with_its_state_change_or_not_at_all() {
     let Some(mut f) = fixture().await else { return };
@@ -243,7 +242,6 @@ async fn an_event_commits_with_its_state_change_or_not_at_all() {
     assert_eq!(seen[0].event_id, placed.id);
     f.drop_schema().await;
 }
-// ANCHOR_END: dual_write
 
 #[tokio::test]
 async fn the_relay_publishes_keyed_by_aggregate_with_id_and_type_and_marks_sent() {

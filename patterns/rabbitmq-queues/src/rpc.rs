@@ -184,7 +184,6 @@ impl Drop for RpcClient {
     }
 }
 
-// ANCHOR: serve
 /// The serving side: answers each request on `queue` with `handler`'s reply, sent
 /// to the request's `reply_to` with its `correlation_id`, then acknowledges the
 /// request. One request at a time (a prefetch of 1): the rest wait in the queue,
@@ -235,4 +234,3 @@ where
     }
     Ok(())
 }
-// ANCHOR_END: serve

@@ -324,7 +324,6 @@ async fn rejected_and_expired_messages_go_to_the_dead_letter_exchange() {
     connection.close(200, "done".into()).await.unwrap();
 }
 
-// ANCHOR: rpc_test
 #[tokio::test]
 async fn request_reply_times_out_and_discards_the_late_reply() {
     let Some((connection, channel)) = broker().await else { return };
@@ -369,7 +368,6 @@ async fn request_reply_times_out_and_discards_the_late_reply() {
     delete_queue(&channel, &queue).await;
     connection.close(200, "done".into()).await.unwrap();
 }
-// ANCHOR_END: rpc_test
 
 #[tokio::test]
 async fn a_request_still_queued_when_its_caller_gives_up_is_never_processed() {

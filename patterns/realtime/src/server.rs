@@ -81,7 +81,6 @@ impl Default for ChannelConfig {
     }
 }
 
-// ANCHOR: Push
 /// What the server sends, as JSON text messages tagged by `type`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -93,7 +92,6 @@ pub enum Push {
     /// One status change.
     Event(Event),
 }
-// ANCHOR_END: Push
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -77,7 +77,6 @@ async fn a_slow_client_is_closed_with_a_reason_and_never_stalls_the_others() {
     assert_eq!(within("a live event", back.next_seq()).await, EVENTS + 1);
 }
 
-// ANCHOR: never_reads_test
 /// A client that stops reading for good is cut off by the hub while the server is
 /// blocked writing an event to it. The server abandons that send at once, gives
 /// its close frame `close_timeout` (it cannot go out: the pipe is full) and drops
@@ -104,7 +103,6 @@ async fn a_client_that_never_reads_again_is_dropped_after_the_close_timeout() {
     let elapsed = began.elapsed();
     assert!(elapsed < Duration::from_secs(2), "dropped after {elapsed:?}");
 }
-// ANCHOR_END: never_reads_test
 
 /// A client that reconnects with the last sequence number it saw gets the events it
 /// missed, from the history, then live ones: no snapshot, no gap, no duplicate.

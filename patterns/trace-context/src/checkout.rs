@@ -210,7 +210,6 @@ impl Shop {
         })
     }
 
-    // ANCHOR: place_order
     /// The storefront's side: one `POST /checkout` in a `client` span, the root
     /// of the trace.
     pub async fn place_order(
@@ -233,7 +232,6 @@ impl Shop {
         .instrument(span)
         .await
     }
-    // ANCHOR_END: place_order
 
     /// Waits at most `limit` for shipping to take the next shipment task.
     pub async fn shipped(&mut self, limit: Duration) -> Result<Shipped, Error> {
@@ -296,7 +294,6 @@ async fn serve_checkout(
     Ok((addr, task))
 }
 
-// ANCHOR: app
 /// The checkout API: every route runs in the `server` span of
 /// [`hops::http_server_span`].
 fn app(api: Api) -> Router {
@@ -308,7 +305,6 @@ fn app(api: Api) -> Router {
         ))
         .with_state(api)
 }
-// ANCHOR_END: app
 
 // ANCHOR: checkout
 /// Authorizes the payment over gRPC, inside a `client` span whose context the

@@ -70,7 +70,6 @@ fn sources<S: Reaction>(topics: &Topics) -> Vec<String> {
     services.into_iter().map(|s| topics.of(s)).collect()
 }
 
-// ANCHOR: process
 /// One life of a service: its consumer loop and its relay, until the shop
 /// stops or the fault plan kills it.
 async fn run_process<S: Store + 'static>(
@@ -182,7 +181,6 @@ async fn run_process<S: Store + 'static>(
         tokio::time::sleep(pause).await;
     }
 }
-// ANCHOR_END: process
 
 /// Where the fault plan kills one life of a process: after a commit, before the
 /// message's offset is stored (tests and the example's flags only).
