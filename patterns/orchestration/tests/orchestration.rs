@@ -178,8 +178,10 @@ async fn a_participant_down_for_a_while_delays_the_saga_without_duplicates() {
     for participant in [Service::Inventory, Service::Payments, Service::Orders] {
         shop.start(participant, Quirks::default());
     }
+    // A timeout up to the pivot undoes the saga, so it must outlast the replies of
+    // inventory and payments on a busy machine; after the pivot it paces the resends.
     let mut config = shop.config("o", None);
-    config.timeout = Duration::from_millis(100);
+    config.timeout = Duration::from_secs(1);
     let mut o = shop.orchestrator(config).await;
     let saga = o.checkout(order("o-1", "c-rich")).await.unwrap();
     // Shipping is after the pivot: its command is sent again and again.
@@ -207,10 +209,12 @@ async fn a_timeout_whose_step_succeeded_is_retried_and_applied_once() {
     for participant in [Service::Inventory, Service::Payments, Service::Orders] {
         shop.start(participant, Quirks::default());
     }
-    let slow = Quirks { slow_first_reply: Some(Duration::from_millis(800)) };
+    let slow = Quirks { slow_first_reply: Some(Duration::from_millis(2500)) };
     shop.start(Service::Shipping, slow);
+    // Long enough for the steps before the pivot (a timeout there undoes the
+    // saga), short enough that shipping's slow first reply misses it.
     let mut config = shop.config("o", None);
-    config.timeout = Duration::from_millis(200);
+    config.timeout = Duration::from_secs(1);
     let mut o = shop.orchestrator(config).await;
     let saga = o.checkout(order("o-1", "c-rich")).await.unwrap();
     assert_eq!(finished(&mut o, &saga).await, Terminal::Completed);
