@@ -80,16 +80,21 @@ fn the_status_table_sends_retryable_codes_to_retryable_statuses() {
     assert_eq!(http_status_of(Code::Internal).as_u16(), 500);
 }
 
+/// A breaker that judges after four calls and opens at half of them failing.
+fn breaker_of_four() -> circuit_breaker::Config {
+    circuit_breaker::Config::builder()
+        .count_window(4)
+        .minimum_calls(4)
+        .failure_rate_threshold(50.0)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_backend_that_is_down_trips_its_breaker_and_calls_then_fail_fast() {
     let shop = support::shop_with(std::time::Duration::ZERO, |config| {
         config.payments_url = "http://127.0.0.1:9".into(); // nothing listens there
-        config.breaker = circuit_breaker::Config::builder()
-            .count_window(4)
-            .minimum_calls(4)
-            .failure_rate_threshold(50.0)
-            .build()
-            .unwrap();
+        config.breaker = breaker_of_four();
     })
     .await;
     let mut statuses = Vec::new();
@@ -118,12 +123,7 @@ async fn a_429_from_orders_reaches_the_client_and_never_opens_the_breaker() {
     tokio::spawn(async move { axum::serve(listener, app).await });
     let shop = support::shop_with(std::time::Duration::ZERO, |config| {
         config.orders_url = orders_url;
-        config.breaker = circuit_breaker::Config::builder()
-            .count_window(4)
-            .minimum_calls(4)
-            .failure_rate_threshold(50.0)
-            .build()
-            .unwrap();
+        config.breaker = breaker_of_four();
     })
     .await;
     let id = "3f2a1c9e-0000-4000-8000-000000000001";
