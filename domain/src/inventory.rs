@@ -16,11 +16,20 @@ use crate::{Event, Kind, Line, Reaction, Service};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Hold {
     /// These lines are taken out of the available stock.
-    Reserved { lines: Vec<Line> },
+    Reserved {
+        /// What was taken, so that a release gives back exactly these lines.
+        lines: Vec<Line>,
+    },
     /// Nothing was taken, because of `reason`.
-    Rejected { reason: String },
+    Rejected {
+        /// Which line was short, as told to the customer.
+        reason: String,
+    },
     /// Given back (or refused before it was taken), because of `reason`.
-    Released { reason: String },
+    Released {
+        /// Why it was given back, or refused before it was taken.
+        reason: String,
+    },
 }
 
 impl Hold {
@@ -37,7 +46,9 @@ impl Hold {
 /// Available stock per SKU, and the hold of every order inventory has seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
+    /// Units free to reserve, by SKU; a SKU missing here has none.
     pub available: BTreeMap<String, u32>,
+    /// One hold per order ever seen, kept forever so that repeats change nothing.
     pub holds: BTreeMap<String, Hold>,
 }
 

@@ -22,6 +22,8 @@
 //! with no warehouses, and a payment is one step (authorised means the money is taken). A real
 //! shop splits these further; the coordination problems stay the same.
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 
 pub mod inventory;
@@ -35,13 +37,18 @@ pub mod time;
 /// schemas, span names and log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Service {
+    /// Owns orders and their status; starts and settles every checkout.
     Orders,
+    /// Owns stock; reserves it for an order and releases it on failure.
     Inventory,
+    /// Owns customers' balances; charges an order and refunds it on failure.
     Payments,
+    /// Owns shipments; schedules a parcel once the order is paid.
     Shipping,
 }
 
 impl Service {
+    /// Every service, for code that must set up each one (topics, queues, stores).
     pub const ALL: [Service; 4] =
         [Service::Orders, Service::Inventory, Service::Payments, Service::Shipping];
 
@@ -86,7 +93,9 @@ pub struct Seed {
     Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Line {
+    /// The article, as inventory keys its stock.
     pub sku: String,
+    /// Units wanted; an order with a line of zero is refused by orders.
     pub quantity: u32,
 }
 
@@ -98,9 +107,13 @@ pub struct Line {
     Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct OrderPlaced {
+    /// The order's key everywhere: message key, store key, correlation.
     pub order_id: String,
+    /// Whose balance payments charges.
     pub customer_id: String,
+    /// What inventory reserves; never empty in an order that was placed.
     pub lines: Vec<Line>,
+    /// The amount payments charges, in whole cents.
     pub total_cents: u64,
     /// ISO country code of the delivery address.
     pub ship_to: String,
@@ -114,51 +127,81 @@ pub struct OrderPlaced {
 )]
 #[serde(tag = "type", content = "data")]
 pub enum Event {
+    /// A new order: the one event the other services learn its details from.
     OrderPlaced(OrderPlaced),
+    /// Inventory took every line out of stock; payments may now charge.
     StockReserved {
+        /// The order this event is about.
         order_id: String,
     },
+    /// Inventory could not cover some line; nothing was taken.
     StockRejected {
+        /// The order this event is about.
         order_id: String,
+        /// Which line was short, for the customer-facing cancellation reason.
         reason: String,
     },
     /// Compensation: a reservation given back.
     StockReleased {
+        /// The order this event is about.
         order_id: String,
+        /// Why the stock went back, for logs and the order's story.
         reason: String,
     },
+    /// The customer was charged; shipping may now schedule.
     PaymentAuthorized {
+        /// The order this event is about.
         order_id: String,
+        /// Cents taken, so a refund can give back exactly that.
         amount_cents: u64,
     },
+    /// The customer's balance was short; nothing was charged.
     PaymentDeclined {
+        /// The order this event is about.
         order_id: String,
+        /// Why, in words for the customer.
         reason: String,
     },
     /// Compensation: an authorised payment given back.
     PaymentRefunded {
+        /// The order this event is about.
         order_id: String,
+        /// Cents returned to the customer.
         amount_cents: u64,
+        /// Which failure caused the refund.
         reason: String,
     },
+    /// A carrier took the parcel; the order can be confirmed.
     ShipmentScheduled {
+        /// The order this event is about.
         order_id: String,
+        /// The carrier's reference the customer is told.
         tracking: String,
     },
+    /// No carrier delivers to the address; earlier steps must be undone.
     ShipmentFailed {
+        /// The order this event is about.
         order_id: String,
+        /// Why, in words for the customer.
         reason: String,
     },
     /// Compensation (used by orchestration): a scheduled shipment called off.
     ShipmentCancelled {
+        /// The order this event is about.
         order_id: String,
+        /// Why the shipment was called off.
         reason: String,
     },
+    /// The checkout succeeded; the last event of a good order.
     OrderConfirmed {
+        /// The order this event is about.
         order_id: String,
     },
+    /// The checkout failed; the last event of a failed order.
     OrderCancelled {
+        /// The order this event is about.
         order_id: String,
+        /// The first failure, in words for the customer.
         reason: String,
     },
 }
@@ -166,21 +209,34 @@ pub enum Event {
 /// The type of an event, without its data: what a message's `event-type` header names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
+    /// Type of [`Event::OrderPlaced`].
     OrderPlaced,
+    /// Type of [`Event::StockReserved`].
     StockReserved,
+    /// Type of [`Event::StockRejected`].
     StockRejected,
+    /// Type of [`Event::StockReleased`].
     StockReleased,
+    /// Type of [`Event::PaymentAuthorized`].
     PaymentAuthorized,
+    /// Type of [`Event::PaymentDeclined`].
     PaymentDeclined,
+    /// Type of [`Event::PaymentRefunded`].
     PaymentRefunded,
+    /// Type of [`Event::ShipmentScheduled`].
     ShipmentScheduled,
+    /// Type of [`Event::ShipmentFailed`].
     ShipmentFailed,
+    /// Type of [`Event::ShipmentCancelled`].
     ShipmentCancelled,
+    /// Type of [`Event::OrderConfirmed`].
     OrderConfirmed,
+    /// Type of [`Event::OrderCancelled`].
     OrderCancelled,
 }
 
 impl Kind {
+    /// Every kind, so that [`parse`](Kind::parse) and tests can enumerate them.
     pub const ALL: [Kind; 12] = [
         Kind::OrderPlaced,
         Kind::StockReserved,
@@ -196,6 +252,8 @@ impl Kind {
         Kind::OrderCancelled,
     ];
 
+    /// The type name as written in the `event-type` header;
+    /// [`parse`](Kind::parse) reverses it.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::OrderPlaced => "OrderPlaced",
@@ -238,6 +296,8 @@ impl Kind {
 }
 
 impl Event {
+    /// The event's type, for the header and for a service's
+    /// [`Reaction::listens_to`].
     pub fn kind(&self) -> Kind {
         match self {
             Event::OrderPlaced(_) => Kind::OrderPlaced,

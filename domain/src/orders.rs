@@ -15,9 +15,18 @@ use crate::{Event, Kind, OrderPlaced, Reaction, Service};
 /// Where an order stands. `Confirmed` and `Cancelled` are final: later events change nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderStatus {
+    /// Waiting to hear that shipping scheduled it, or that a step failed.
     Placed,
-    Confirmed { tracking: String },
-    Cancelled { reason: String },
+    /// Every step succeeded.
+    Confirmed {
+        /// The parcel's reference, from shipping.
+        tracking: String,
+    },
+    /// Some step failed; the others undo their part on hearing of it.
+    Cancelled {
+        /// The first failure, in words for the customer.
+        reason: String,
+    },
 }
 
 impl OrderStatus {
@@ -31,14 +40,18 @@ impl OrderStatus {
         }
     }
 
+    /// Whether later events must be ignored: a settled order never changes again.
     pub fn is_final(&self) -> bool {
         !matches!(self, OrderStatus::Placed)
     }
 }
 
+/// One order as the orders service keeps it: what was placed and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
+    /// The order as placed, so that placing it again can be told from a conflict.
     pub placed: OrderPlaced,
+    /// Where the order stands.
     pub status: OrderStatus,
 }
 
@@ -54,6 +67,7 @@ pub enum PlaceError {
 /// The orders the service knows (all of them, or the one a transaction loaded).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Orders {
+    /// Every order known, by order id.
     pub orders: BTreeMap<String, Order>,
 }
 

@@ -15,27 +15,37 @@ use crate::{Event, Kind, Reaction, Service, euros};
 /// Who pays how much for an order (from `OrderPlaced`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Due {
+    /// Whose balance is charged, and refunded if a later step fails.
     pub customer_id: String,
+    /// Cents to charge.
     pub amount_cents: u64,
 }
 
+/// Where one order's payment stands; only `Pending` moves money.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaymentStatus {
     /// Waiting for the amount or for the stock.
     Pending,
+    /// The amount was taken from the customer's balance.
     Authorized {
+        /// Cents taken, which a refund gives back.
         amount_cents: u64,
     },
+    /// The balance was short; nothing was taken.
     Declined {
+        /// Why, with the amounts, in words for the customer.
         reason: String,
     },
     /// Compensation done: the amount went back to the customer.
     Refunded {
+        /// Cents given back.
         amount_cents: u64,
+        /// The failure that caused the refund.
         reason: String,
     },
     /// Called off before any money moved; a late authorisation is refused.
     Voided {
+        /// Why it was called off.
         reason: String,
     },
 }
@@ -56,8 +66,11 @@ impl PaymentStatus {
 /// What payments knows about one order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
+    /// Who owes how much, once `OrderPlaced` has been heard.
     pub due: Option<Due>,
+    /// Whether `StockReserved` has been heard: no charge before it.
     pub stock_reserved: bool,
+    /// Where the payment stands.
     pub status: PaymentStatus,
 }
 
@@ -70,7 +83,9 @@ impl Payment {
 /// Balances per customer (what they may spend), and a payment record per order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Payments {
+    /// Cents each customer may still spend, by customer id.
     pub balances: BTreeMap<String, u64>,
+    /// One payment record per order, by order id.
     pub payments: BTreeMap<String, Payment>,
 }
 

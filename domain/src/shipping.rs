@@ -10,18 +10,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Event, Kind, Reaction, Service};
 
+/// Where one order's shipment stands; only `Pending` can be scheduled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShipmentStatus {
     /// Waiting for the address or for the payment.
     Pending,
+    /// A carrier has the parcel.
     Scheduled {
+        /// The reference told to the customer.
         tracking: String,
     },
+    /// No carrier delivers to the address.
     Failed {
+        /// Why, in words for the customer.
         reason: String,
     },
     /// Called off (a compensation, used by orchestration), or before it was scheduled.
     Cancelled {
+        /// Why it was called off.
         reason: String,
     },
 }
@@ -41,8 +47,11 @@ impl ShipmentStatus {
 /// What shipping knows about one order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shipment {
+    /// Where to ship, once `OrderPlaced` has been heard.
     pub ship_to: Option<String>,
+    /// Whether `PaymentAuthorized` has been heard: nothing ships unpaid.
     pub paid: bool,
+    /// Where the shipment stands.
     pub status: ShipmentStatus,
 }
 
@@ -55,7 +64,9 @@ impl Shipment {
 /// The countries some carrier delivers to, and a shipment record per order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Shipping {
+    /// Countries some carrier delivers to; others fail the shipment.
     pub destinations: BTreeSet<String>,
+    /// One shipment record per order, by order id.
     pub shipments: BTreeMap<String, Shipment>,
 }
 
