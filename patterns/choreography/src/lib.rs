@@ -18,6 +18,8 @@
 //! to undo something, and adding a step means changing several services. With more steps, or
 //! when someone must see and steer each saga, prefer an orchestrator (the next chapter).
 
+#![warn(missing_docs)]
+
 use shop_domain::Service as ServiceName;
 
 pub mod faults;
@@ -30,20 +32,28 @@ pub mod wire;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("postgres: {0}")]
+    /// PostgreSQL refused a connection, a query or a commit.
     Postgres(#[from] tokio_postgres::Error),
     #[error("outbox: {0}")]
+    /// Writing to or reading the outbox failed.
     Outbox(#[from] outbox::OutboxError),
     #[error("relay: {0}")]
+    /// The relay could not publish or mark an outbox row.
     Relay(#[from] outbox::relay::RelayError),
     #[error("kafka: {0}")]
+    /// Kafka refused a client, a topic or a send.
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("json: {0}")]
+    /// An event or a stored record would not (de)serialise as JSON.
     Json(#[from] serde_json::Error),
     #[error("value out of range: {0}")]
+    /// A count did not fit PostgreSQL's `i64` or the domain's unsigned type.
     OutOfRange(String),
     #[error("the order was refused: {0}")]
+    /// Orders refused to place the order (empty, or its id taken by another).
     Refused(String),
     #[error("{0}")]
+    /// The shop as a whole failed, e.g. a wait ran past its deadline.
     Shop(String),
     /// The fault plan killed the process here (tests and `--no-outbox`, `--crash-*`
     /// only); the span is the work it died on.
@@ -54,9 +64,13 @@ pub enum Error {
 /// The PostgreSQL schema of each service: four databases in all but name.
 #[derive(Clone, Debug)]
 pub struct Schemas {
+    /// Schema of the orders service.
     pub orders: String,
+    /// Schema of the inventory service.
     pub inventory: String,
+    /// Schema of the payments service.
     pub payments: String,
+    /// Schema of the shipping service.
     pub shipping: String,
 }
 
@@ -71,6 +85,7 @@ impl Schemas {
         }
     }
 
+    /// The schema `service` owns, for code that must name it in SQL.
     pub fn of(&self, service: ServiceName) -> &str {
         match service {
             ServiceName::Orders => &self.orders,

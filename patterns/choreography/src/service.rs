@@ -31,13 +31,24 @@ pub struct Service<S> {
 pub enum Delivery {
     /// Applied for the first time: the state is saved and `emitted` is in the
     /// outbox (possibly nothing, when the event only added to what is known).
-    Applied { incoming: Incoming, emitted: Vec<OutboxEvent> },
+    Applied {
+        /// The message as decoded, for narration and the caller's checks.
+        incoming: Incoming,
+        /// The outbox rows written in the same transaction.
+        emitted: Vec<OutboxEvent>,
+    },
     /// Applied before (the inbox has its id): nothing happened.
-    Duplicate { incoming: Incoming },
+    Duplicate {
+        /// The message that was already applied.
+        incoming: Incoming,
+    },
     /// An event of a type this service does not react to.
     Ignored,
     /// Unreadable: copied to the dead-letter topic with this reason.
-    DeadLettered { reason: String },
+    DeadLettered {
+        /// Why it could not be decoded, as written on the dead-letter copy.
+        reason: String,
+    },
 }
 
 impl Delivery {
@@ -70,6 +81,7 @@ impl<S: Store> Service<S> {
         S::create_tables(&self.client, &self.schema).await
     }
 
+    /// The service's own connection, for tests and the auditor to read its tables.
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -246,6 +258,7 @@ pub fn span(service: ServiceName, correlation_id: &str, causation_id: &str) -> S
     }
 }
 
+/// The [`span`] of the work caused by `incoming`, so its log lines carry its ids.
 pub fn incoming_span(service: ServiceName, incoming: &Incoming) -> Span {
     span(service, &incoming.correlation_id, &short(incoming.event_id))
 }

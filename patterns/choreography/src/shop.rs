@@ -61,20 +61,28 @@ use process::supervise;
 /// Where each service dies once, in its first life. See the module documentation.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
+    /// Services that commit their first effect and die before their relay runs.
     pub die_before_relay: BTreeSet<ServiceName>,
+    /// Services whose relay dies once between publishing a row and marking it.
     pub relay_dies_before_mark: BTreeSet<ServiceName>,
+    /// Services whose consumer dies once after a commit, before storing the offset.
     pub die_after_effect: BTreeSet<ServiceName>,
+    /// Services with no outbox: commit, then publish, dying in between once.
     pub dual_write: BTreeSet<ServiceName>,
 }
 
 /// A shop to start.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Kafka bootstrap servers, `host:port[,...]`.
     pub brokers: String,
+    /// Where the four schemas live (one PostgreSQL database).
     pub database_url: String,
     /// Names this shop's topics, groups and schemas: a fresh one per run.
     pub prefix: String,
+    /// What the services' stores hold at the start.
     pub seed: Seed,
+    /// Where each service dies; none by default.
     pub faults: Faults,
     /// How often an idle relay looks for rows nobody told it about. A service
     /// wakes its own relay after each commit; this only bounds the wait for rows
@@ -101,11 +109,17 @@ impl Config {
 /// What one service did so far, over all its lives.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Messages applied for the first time.
     pub applied: AtomicU64,
+    /// Messages skipped because the inbox already had their id.
     pub duplicates: AtomicU64,
+    /// Messages copied to the dead-letter topic because they could not be read.
     pub dead_lettered: AtomicU64,
+    /// Times the process died (consumer and relay together).
     pub crashes: AtomicU64,
+    /// Times the relay alone died.
     pub relay_crashes: AtomicU64,
+    /// Outbox rows this service's relays reported published.
     pub published: AtomicU64,
     /// Outbox rows still pending when the service died before its relay ran.
     pub pending_at_crash: AtomicU64,
@@ -120,6 +134,7 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The counters of `service`.
     pub fn of(&self, service: ServiceName) -> &Counters {
         let i = ServiceName::ALL.iter().position(|s| *s == service).unwrap_or(0);
         &self.counters[i]
@@ -152,8 +167,11 @@ impl Stats {
 /// A service committed something about an order (for benchmarks and narration).
 #[derive(Clone, Debug)]
 pub struct Notice {
+    /// The service that committed.
     pub service: ServiceName,
+    /// The order it committed something about.
     pub order_id: String,
+    /// The types of the events it put in its outbox (maybe none).
     pub emitted: Vec<Kind>,
 }
 
@@ -277,18 +295,22 @@ impl Shop {
         self.tasks.push(tokio::spawn(supervise::<S>(shared, wake, kill)));
     }
 
+    /// The shop's topic names, e.g. to publish to or read from one directly.
     pub fn topics(&self) -> &Topics {
         &self.shared.topics
     }
 
+    /// The shop's schema names, e.g. to query a service's tables.
     pub fn schemas(&self) -> &Schemas {
         &self.shared.schemas
     }
 
+    /// What each service did so far, for assertions and error messages.
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
     }
 
+    /// The shop's own producer, e.g. for a test to publish a malformed message.
     pub fn producer(&self) -> &FutureProducer {
         &self.shared.producer
     }

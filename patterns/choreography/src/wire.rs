@@ -32,6 +32,7 @@ pub struct Topics {
 }
 
 impl Topics {
+    /// Topics named `<prefix>-<service>` and `<prefix>-<service>-dlq`.
     pub fn new(prefix: &str) -> Self {
         Topics { prefix: prefix.to_owned() }
     }
@@ -58,10 +59,13 @@ impl Topics {
 /// A decoded message: the event and where it comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Incoming {
+    /// The outbox row's id: what the inbox deduplicates on.
     pub event_id: Uuid,
+    /// The checkout this event belongs to, carried by every event it causes.
     pub correlation_id: String,
     /// `None` for the event that starts a checkout.
     pub causation_id: Option<Uuid>,
+    /// The event itself.
     pub event: Event,
 }
 
@@ -72,7 +76,13 @@ pub enum DecodeError {
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
     #[error("payload is not a valid {kind}: {error}")]
-    BadPayload { kind: &'static str, error: String },
+    /// The headers are fine, but the body does not decode as the type they name.
+    BadPayload {
+        /// The type the header named.
+        kind: &'static str,
+        /// Serde's complaint, for the dead-letter reason.
+        error: String,
+    },
 }
 
 // ANCHOR: encode

@@ -6,13 +6,17 @@ use super::*;
 /// Every service's view of one order, and the events each emitted about it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
+    /// The order as the orders service has it; `None` if it never took it.
     pub order: Option<Order>,
+    /// Inventory's hold for the order, if it heard of it.
     pub hold: Option<Hold>,
     /// All of inventory's stock, by SKU.
     pub stock: BTreeMap<String, u32>,
+    /// Payments' record of the order, if it heard of it.
     pub payment: Option<Payment>,
     /// All of payments' balances, by customer.
     pub balances: BTreeMap<String, u64>,
+    /// Shipping's record of the order, if it heard of it.
     pub shipment: Option<Shipment>,
     /// How many events of each type the four outboxes hold for this order:
     /// one per effect, since every effect emits exactly one event.
