@@ -53,6 +53,15 @@ mod outcome;
 mod process;
 mod relaying;
 
+/// A supervisor's pause before it restarts what died: one second, or `false` as
+/// soon as the shop stops (or its stop signal is gone), so the supervisor ends.
+async fn pause_before_restart(stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = stop.wait_for(|stopped| *stopped) => false,
+        () = tokio::time::sleep(Duration::from_secs(1)) => true,
+    }
+}
+
 use kafka_events::consume::{DeadLetters, Handled, StepError, handle_with};
 pub use outcome::Outcome;
 use outcome::read_record;

@@ -38,10 +38,8 @@ pub(super) async fn supervise<S: Store + 'static>(
             }
             Err(e) => {
                 warn!("{}: failed ({e}); restarting in 1 s", me.name());
-                let pause = tokio::time::sleep(Duration::from_secs(1));
-                tokio::select! {
-                    _ = stop.wait_for(|stopped| *stopped) => return,
-                    () = pause => {}
+                if !super::pause_before_restart(&mut stop).await {
+                    return;
                 }
             }
         }

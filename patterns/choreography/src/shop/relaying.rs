@@ -30,10 +30,8 @@ pub(super) async fn relay_loop(
             Ok(()) => return,
             Err(e) => {
                 warn!("{}-relay: {e}; restarting in 1 s", me.name());
-                let pause = tokio::time::sleep(Duration::from_secs(1));
-                tokio::select! {
-                    _ = stop.wait_for(|stopped| *stopped) => return,
-                    () = pause => {}
+                if !super::pause_before_restart(&mut stop).await {
+                    return;
                 }
             }
         }
