@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use orchestration::log::PgLog;
-use orchestration::orchestrator::{Config, Crash, Orchestrator};
+use orchestration::faults::{Crash, CrashingLog};
+use orchestration::log::{LogError, PgLog};
+use orchestration::orchestrator::{Config, Orchestrator, RunError};
 use orchestration::participant::{self, Names, PARTICIPANTS, Quirks, serve, setup};
 use orchestration::saga::Terminal;
 use shop_domain::{Line, OrderPlaced, Seed, Service};
@@ -109,7 +110,6 @@ async fn main() -> anyhow::Result<()> {
             5000
         }),
         lease: Duration::from_secs(30),
-        crash: options.crash.map(|n| Crash::BeforeOutcome(n - 1)),
     };
     let order = OrderPlaced {
         order_id: "o-1001".into(),
@@ -118,13 +118,24 @@ async fn main() -> anyhow::Result<()> {
         total_cents: 5_800,
         ship_to: "NL".into(),
     };
-    let mut orchestrator =
-        Orchestrator::start(config.clone(), Arc::clone(&log)).await?;
+    // The crash is planned in the log the first orchestrator writes to: it
+    // dies when the log is asked to record step N's reply.
+    let mut orchestrator = match options.crash {
+        Some(n) => {
+            let plan = Crash::BeforeOutcome(n - 1);
+            let crashing = Arc::new(CrashingLog::new(Arc::clone(&log), plan));
+            Orchestrator::start(config.clone(), crashing).await?
+        }
+        None => Orchestrator::start(config.clone(), Arc::clone(&log)).await?,
+    };
     let saga = orchestrator.checkout(order.clone()).await?;
     if options.crash.is_some() {
-        let died = orchestrator.task.await?;
-        warn!("orchestrator-1 is gone ({died:?}); starting it again");
-        let config = Config { crash: None, ..config };
+        match orchestrator.task.await? {
+            Err(RunError::Log(died @ LogError::Crashed(_))) => {
+                warn!("orchestrator-1 is gone ({died}); starting it again");
+            }
+            other => bail!("orchestrator-1 was to crash, and ended with {other:?}"),
+        }
         orchestrator = Orchestrator::start(config, Arc::clone(&log)).await?;
     }
     let end = loop {

@@ -48,7 +48,6 @@ async fn run<L: SagaLog>(
         names: names.clone(),
         timeout: Duration::from_secs(30),
         lease: Duration::from_secs(60),
-        crash: None,
     };
     let mut orchestrator = Orchestrator::start(config, Arc::new(log)).await?;
     let order = |i: usize| OrderPlaced {

@@ -11,6 +11,8 @@
 //!   of `shop-domain` (the same rules the choreography chapter wires with events).
 //! - [`participant`] and [`orchestrator`]: the services over RabbitMQ: command queues, one reply
 //!   queue per orchestrator, the command id as correlation id, and an inbox per participant.
+//! - [`faults`]: crashes on purpose, through a wrapper around the log, for the tests and the
+//!   example's "break it" flag.
 //!
 //! Use orchestration when a workflow has an owner who must be able to say where each instance
 //! stands and change the order of steps in one place; prefer choreography when services should
@@ -23,6 +25,7 @@
 use std::future::Future;
 
 pub mod checkout;
+pub mod faults;
 pub mod log;
 pub mod orchestrator;
 pub mod participant;

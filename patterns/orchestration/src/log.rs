@@ -18,9 +18,11 @@ use deadpool_postgres::{
 };
 use shop_domain::OrderPlaced;
 
+use crate::faults::Crash;
 use crate::saga::{Definition, Input, Record, State, Terminal, decide};
 
-/// Why the log could not record or read a saga. Nothing was appended.
+/// Why the log could not record or read a saga. Nothing was appended (but see
+/// [`LogError::Crashed`]).
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// A statement failed; its transaction rolled back.
@@ -48,6 +50,10 @@ pub enum LogError {
     /// bug or a hand-edited row, which a retry will not fix.
     #[error("unreadable log entry: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// A planned crash ([`crate::faults::CrashingLog`]): the orchestrator using
+    /// this log dies here on purpose. At `AfterIntent` the intent is committed.
+    #[error("crashed on purpose at {0:?}")]
+    Crashed(Crash),
 }
 
 /// What one `apply` did: the saga's order, the records appended, and the state

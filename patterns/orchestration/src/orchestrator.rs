@@ -34,19 +34,6 @@ use crate::saga::{
     parse_command_id,
 };
 
-// ANCHOR: Crash
-/// Where an orchestrator dies on purpose (a fault plan): at a step's action,
-/// after its intent is logged but before the command is sent, or after its
-/// reply arrived but before the reply is logged. Steps count from 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Crash {
-    /// Intent logged, command not sent.
-    AfterIntent(usize),
-    /// Reply received, not logged.
-    BeforeOutcome(usize),
-}
-// ANCHOR_END: Crash
-
 /// How to run one orchestrator.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -63,24 +50,20 @@ pub struct Config {
     /// How long a saga stays this orchestrator's without a renewal; renewed
     /// every third of it, so a live orchestrator never loses its sagas.
     pub lease: Duration,
-    /// `None` in production: a crash on purpose, for the fault tests.
-    pub crash: Option<Crash>,
 }
 
 /// Why an orchestrator stopped. Its sagas stay in the log, leased to it: a
 /// restart under the same name resumes them.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The configured [`Crash`] happened.
-    #[error("crashed on purpose at {0:?}")]
-    Crashed(Crash),
     /// Connecting to RabbitMQ, or declaring or consuming the reply queue, failed.
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
     /// A command was not confirmed by the broker.
     #[error("publish: {0}")]
     Publish(#[from] PublishError),
-    /// The saga log failed, or a saga is no longer this orchestrator's.
+    /// The saga log failed (or crashed on purpose: [`crate::faults`]), or a
+    /// saga is no longer this orchestrator's.
     #[error("log: {0}")]
     Log(#[from] LogError),
     /// The broker closed the reply consumer: no reply can reach the loop.
@@ -304,11 +287,6 @@ impl<L: SagaLog> Driver<L> {
             warn!(correlation_id = ?id, "reply for no such step: dead-lettered");
             return reject(&delivery).await;
         }
-        if kind == Kind::Action
-            && self.config.crash == Some(Crash::BeforeOutcome(step))
-        {
-            return Err(RunError::Crashed(Crash::BeforeOutcome(step)));
-        }
         let input = Input::Reply { step, kind, reply };
         match self.log.apply(&saga, &self.config.name, &self.saga, &input).await {
             Ok(applied) => {
@@ -341,13 +319,6 @@ impl<L: SagaLog> Driver<L> {
         for record in &applied.appended {
             match *record {
                 Record::Intent { step, kind, attempt } => {
-                    let planned = Some(Crash::AfterIntent(step));
-                    if kind == Kind::Action
-                        && attempt == 1
-                        && self.config.crash == planned
-                    {
-                        return Err(RunError::Crashed(Crash::AfterIntent(step)));
-                    }
                     self.send(
                         id,
                         &applied.order,

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use orchestration::faults::Crash;
 use orchestration::log::{LogError, PgLog, SagaLog};
-use orchestration::orchestrator::{Crash, RunError, saga_id};
+use orchestration::orchestrator::{RunError, saga_id};
 use orchestration::participant::Quirks;
 use orchestration::saga::{Input, Kind, Outcome, Record, Reply, Terminal};
 use shop_domain::Service;
@@ -48,12 +49,14 @@ async fn crash_case(crash: Crash, fail_last: bool) {
         // The customer cancelled while the checkout ran: confirm is refused.
         shop.customer_cancels(&order).await;
     }
-    let first = shop.orchestrator(shop.config("o", Some(crash))).await;
+    let first = shop.crashing_orchestrator(shop.config("o"), crash).await;
     let saga = first.checkout(order.clone()).await.unwrap();
     let died = tokio::time::timeout(WAIT, first.task).await.unwrap().unwrap();
-    assert!(matches!(died, Err(RunError::Crashed(c)) if c == crash), "{died:?}");
+    let planned =
+        matches!(died, Err(RunError::Log(LogError::Crashed(c))) if c == crash);
+    assert!(planned, "{died:?}");
 
-    let mut second = shop.orchestrator(shop.config("o", None)).await;
+    let mut second = shop.orchestrator(shop.config("o")).await;
     let terminal = finished(&mut second, &saga).await;
     let records = shop.records(&saga).await;
     let (done, undone) = done_and_undone(&records);
@@ -131,7 +134,7 @@ crash_matrix! {
 async fn every_branch_ends_in_the_right_state() {
     let Some(mut shop) = shop().await else { return };
     shop.start_all();
-    let mut o = shop.orchestrator(shop.config("o", None)).await;
+    let mut o = shop.orchestrator(shop.config("o")).await;
     let declined = order("o-poor", "c-poor");
     let mut far = order("o-far", "c-rich");
     far.ship_to = "AQ".into();
@@ -180,7 +183,7 @@ async fn a_participant_down_for_a_while_delays_the_saga_without_duplicates() {
     }
     // A timeout up to the pivot undoes the saga, so it must outlast the replies of
     // inventory and payments on a busy machine; after the pivot it paces the resends.
-    let mut config = shop.config("o", None);
+    let mut config = shop.config("o");
     config.timeout = Duration::from_secs(1);
     let mut o = shop.orchestrator(config).await;
     let saga = o.checkout(order("o-1", "c-rich")).await.unwrap();
@@ -213,7 +216,7 @@ async fn a_timeout_whose_step_succeeded_is_retried_and_applied_once() {
     shop.start(Service::Shipping, slow);
     // Long enough for the steps before the pivot (a timeout there undoes the
     // saga), short enough that shipping's slow first reply misses it.
-    let mut config = shop.config("o", None);
+    let mut config = shop.config("o");
     config.timeout = Duration::from_secs(1);
     let mut o = shop.orchestrator(config).await;
     let saga = o.checkout(order("o-1", "c-rich")).await.unwrap();
@@ -234,7 +237,7 @@ async fn a_timeout_whose_step_succeeded_is_retried_and_applied_once() {
 async fn bad_replies_are_dead_lettered_and_the_orchestrator_keeps_going() {
     let Some(mut shop) = shop().await else { return };
     shop.start_all();
-    let mut o = shop.orchestrator(shop.config("o", None)).await;
+    let mut o = shop.orchestrator(shop.config("o")).await;
     let conn = Connection::connect(&shop.amqp, ConnectionProperties::default())
         .await
         .unwrap();
@@ -306,11 +309,11 @@ async fn two_orchestrators_never_drive_the_same_saga() {
 async fn another_orchestrator_takes_over_an_expired_lease_without_interleaving() {
     let Some(mut shop) = shop().await else { return };
     shop.start_all();
-    let a = shop.orchestrator(shop.config("a", Some(Crash::AfterIntent(1)))).await;
+    let a = shop.crashing_orchestrator(shop.config("a"), AfterIntent(1)).await;
     let saga = a.checkout(order("o-1", "c-rich")).await.unwrap();
     let died = tokio::time::timeout(WAIT, a.task).await.unwrap().unwrap();
-    assert!(matches!(died, Err(RunError::Crashed(_))));
-    let mut config = shop.config("b", None);
+    assert!(matches!(died, Err(RunError::Log(LogError::Crashed(_)))), "{died:?}");
+    let mut config = shop.config("b");
     config.lease = Duration::from_millis(300);
     let mut b = shop.orchestrator(config).await;
     // a's lease (30 s) still runs: b takes the saga only once it has run out.

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
 use lapin::{Connection, ConnectionProperties};
+use orchestration::faults::{Crash, CrashingLog};
 use orchestration::log::{PgLog, SagaLog};
-use orchestration::orchestrator::{Config, Crash, Orchestrator};
+use orchestration::orchestrator::{Config, Orchestrator};
 use orchestration::participant::{
     Names, PARTICIPANTS, Participant, Quirks, serve, setup,
 };
@@ -98,19 +99,28 @@ impl Shop {
         }
     }
 
-    pub fn config(&self, name: &str, crash: Option<Crash>) -> Config {
+    pub fn config(&self, name: &str) -> Config {
         Config {
             name: name.into(),
             amqp: self.amqp.clone(),
             names: self.names.clone(),
             timeout: Duration::from_secs(10),
             lease: Duration::from_secs(30),
-            crash,
         }
     }
 
     pub async fn orchestrator(&self, config: Config) -> Orchestrator {
         Orchestrator::start(config, Arc::clone(&self.log)).await.unwrap()
+    }
+
+    /// An orchestrator whose log follows the fault plan `crash`: it dies there.
+    pub async fn crashing_orchestrator(
+        &self,
+        config: Config,
+        crash: Crash,
+    ) -> Orchestrator {
+        let log = CrashingLog::new(Arc::clone(&self.log), crash);
+        Orchestrator::start(config, Arc::new(log)).await.unwrap()
     }
 
     /// The order as the orders service has it after its customer cancelled it.
