@@ -13,13 +13,16 @@
 //!   cannot finish in time instead of starting it for nobody.
 //! - **Response streams.** tonic's timer stops when the handler returns its response, which for a
 //!   streaming call is before the first message. A stream that should end at the caller's
-//!   deadline must be ended by the handler ([`passed`]).
+//!   deadline must be ended by the handler ([`stream_until`], built on [`passed`]).
 
+use std::future::Future;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::Request;
 use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
+use tracing::info;
 
 /// The part of a budget kept back for the answer to travel to the caller: a tenth, at least 5 ms.
 pub fn return_margin(budget: Duration) -> Duration {
@@ -86,6 +89,34 @@ pub async fn passed(deadline: Option<Deadline>) {
     }
 }
 // ANCHOR_END: Deadline
+
+// ANCHOR: stream_until
+/// Feeds a response stream through `tx` with `feed` until `feed` is done or
+/// the deadline passes. At the deadline `feed` is dropped wherever it waits
+/// (for the caller's next message, for a downstream, for room in the
+/// channel) and the stream ends with the status `late` makes. A slot is kept
+/// for that status from the start, so it goes out even when the caller has
+/// stopped reading and `feed` has filled every other slot. Call it before
+/// anything is sent on the channel.
+pub async fn stream_until<T>(
+    deadline: Option<Deadline>,
+    tx: mpsc::Sender<Result<T, Status>>,
+    feed: impl Future<Output = ()>,
+    late: impl FnOnce() -> Status,
+) {
+    // Nothing was sent yet, so the channel has room and this does not wait:
+    // it fails only when the caller has already gone.
+    let Ok(last) = tx.reserve_owned().await else {
+        return info!("the caller went away before the stream began");
+    };
+    tokio::select! {
+        () = feed => {}
+        () = passed(deadline) => {
+            last.send(Err(late()));
+        }
+    }
+}
+// ANCHOR_END: stream_until
 
 impl Deadline {
     /// The whole budget the caller sent.

@@ -5,16 +5,17 @@
 //! its response metadata. Streams are fed by a spawned task through a bounded channel: the bound is
 //! the backpressure, and a failed send means the client went away, so the task stops instead of
 //! working for nobody. tonic does not time a response stream (its deadline timer stops when the
-//! handler returns), so the streaming handlers end their streams at the caller's deadline
-//! themselves.
+//! handler returns), so the streaming handlers end their streams, and their tasks, at the caller's
+//! deadline themselves; [`PaymentsService::open_streams`] counts the tasks still running.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::card::CardNetwork;
 use crate::correlation::CorrelationId;
@@ -52,6 +53,8 @@ pub struct PaymentsService {
     ledger: Arc<Ledger>,
     cards: Arc<CardNetwork>,
     config: ServiceConfig,
+    /// How many response streams have a task feeding them right now.
+    streams: watch::Sender<usize>,
 }
 
 impl Default for PaymentsService {
@@ -67,7 +70,38 @@ impl PaymentsService {
             ledger: Arc::default(),
             cards: Arc::new(CardNetwork::new(config.card_network_latency)),
             config,
+            streams: watch::Sender::new(0),
         }
+    }
+
+    /// How many response streams the service is feeding, as a gauge: each has
+    /// a task on the server until it ends, at the latest at its caller's
+    /// deadline. A metrics exporter reads it, and a test waits on it.
+    pub fn open_streams(&self) -> watch::Receiver<usize> {
+        self.streams.subscribe()
+    }
+
+    /// Spawns the task that feeds a response stream through `tx`, in `span`:
+    /// counted in [`Self::open_streams`] while it runs, and ended at the
+    /// caller's deadline with the status `late` makes
+    /// ([`deadline::stream_until`]).
+    fn spawn_stream<T: Send + 'static>(
+        &self,
+        span: Span,
+        deadline: Option<Deadline>,
+        tx: mpsc::Sender<Result<T, Status>>,
+        feed: impl Future<Output = ()> + Send + 'static,
+        late: impl FnOnce() -> Status + Send + 'static,
+    ) {
+        let open = OpenStream::count(&self.streams);
+        let task = deadline::stream_until(deadline, tx, feed, late);
+        tokio::spawn(
+            async move {
+                task.await;
+                drop(open);
+            }
+            .instrument(span),
+        );
     }
 
     /// The ledger, shared with the service (for tests and the example's final check).
@@ -99,6 +133,22 @@ impl PaymentsService {
             .instrument(info_span!("settlement")),
         );
         Ok(cents)
+    }
+}
+
+/// One response stream being fed, counted in its service's gauge until dropped.
+struct OpenStream(watch::Sender<usize>);
+
+impl OpenStream {
+    fn count(gauge: &watch::Sender<usize>) -> OpenStream {
+        gauge.send_modify(|open| *open += 1);
+        OpenStream(gauge.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.send_modify(|open| *open = open.saturating_sub(1));
     }
 }
 
@@ -196,8 +246,12 @@ impl Payments for PaymentsService {
         })
         .and_then(|()| self.ledger.watch(&payment_id))
         .map_err(|error| span.in_scope(|| refuse(error.into())))?;
+        // Room for every state a payment has, and the slot kept for the end.
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(follow(payment_id, changes, deadline, tx).instrument(span));
+        let late = format!("deadline passed before {payment_id} settled");
+        let late = move || refuse(Status::deadline_exceeded(late));
+        let feed = follow(payment_id, changes, tx.clone());
+        self.spawn_stream(span, deadline, tx, feed, late);
         Ok(with_id(ReceiverStream::new(rx), &id))
     }
 
@@ -253,72 +307,60 @@ impl Payments for PaymentsService {
         let deadline = Deadline::of(&request);
         let span = info_span!("payments-service", correlation_id = %id);
         let mut inbound = request.into_inner();
+        // One slot of the 16 is kept for the status that ends the stream.
         let (tx, rx) = mpsc::channel(16);
-        let (ledger, cards) = (self.ledger(), self.card_network());
-        tokio::spawn(
-            async move {
-                loop {
-                    let next = tokio::select! {
-                        next = inbound.message() => next,
-                        () = deadline::passed(deadline) => {
-                            let late = "the caller's deadline passed mid-stream";
-                            let status = refuse(Status::deadline_exceeded(late));
-                            if tx.send(Err(status)).await.is_err() {
-                                info!("the caller went away before the deadline");
-                            }
-                            return;
-                        }
-                    };
-                    let req = match next {
-                        Ok(Some(req)) => req,
-                        Ok(None) => break,
-                        Err(status) => {
-                            warn!("inbound stream failed: {status}");
-                            break;
-                        }
-                    };
-                    // Each request is answered as soon as it is decided; a decline
-                    // is an answer, not the end of the stream.
-                    let outcome =
-                        match authorize_order(&ledger, &cards, &req, deadline).await
-                        {
-                            Ok(Authorized::New(p) | Authorized::Replayed(p)) => {
-                                Outcome::Payment(p)
-                            }
-                            Err(error) => {
-                                let status = Status::from(error);
-                                Outcome::Decline(Decline {
-                                    code: code_name(status.code()).to_owned(),
-                                    reason: status.message().to_owned(),
-                                })
-                            }
-                        };
-                    let result = AuthorizationResult {
-                        order_id: req.order_id,
-                        outcome: Some(outcome),
-                    };
-                    if tx.send(Ok(result)).await.is_err() {
-                        info!("the caller went away; stop answering");
-                        return;
+        let (ledger, cards, answers) =
+            (self.ledger(), self.card_network(), tx.clone());
+        let feed = async move {
+            loop {
+                let req = match inbound.message().await {
+                    Ok(Some(req)) => req,
+                    Ok(None) => {
+                        return info!("AuthorizeStream: caller finished sending");
                     }
+                    Err(status) => return warn!("inbound stream failed: {status}"),
+                };
+                // Each request is answered as soon as it is decided; a decline
+                // is an answer, not the end of the stream.
+                let outcome =
+                    match authorize_order(&ledger, &cards, &req, deadline).await {
+                        Ok(Authorized::New(p) | Authorized::Replayed(p)) => {
+                            Outcome::Payment(p)
+                        }
+                        Err(error) => {
+                            let status = Status::from(error);
+                            Outcome::Decline(Decline {
+                                code: code_name(status.code()).to_owned(),
+                                reason: status.message().to_owned(),
+                            })
+                        }
+                    };
+                let result = AuthorizationResult {
+                    order_id: req.order_id,
+                    outcome: Some(outcome),
+                };
+                if answers.send(Ok(result)).await.is_err() {
+                    return info!("the caller went away; stop answering");
                 }
-                info!("AuthorizeStream: caller finished sending");
             }
-            .instrument(span),
-        );
+        };
+        // Every wait above (the next request, the card network, room in the
+        // channel) ends at the caller's deadline: tonic no longer times it.
+        let late = "the caller's deadline passed mid-stream";
+        let late = move || refuse(Status::deadline_exceeded(late));
+        self.spawn_stream(span, deadline, tx, feed, late);
         Ok(with_id(ReceiverStream::new(rx), &id))
     }
     // ANCHOR_END: authorize_stream
 }
 
 // ANCHOR: follow
-/// Streams a payment's states until it settles, the watcher leaves, or the
-/// watcher's deadline passes. It only reads: any number of watchers can
-/// follow one payment, and none of them moves it.
+/// Streams a payment's states until it settles or the watcher leaves (the
+/// handler ends it at the watcher's deadline). It only reads: any number of
+/// watchers can follow one payment, and none of them moves it.
 async fn follow(
     payment_id: String,
     mut changes: watch::Receiver<Snapshot>,
-    deadline: Option<Deadline>,
     tx: mpsc::Sender<Result<PaymentEvent, Status>>,
 ) {
     info!(%payment_id, "WatchPayment: following until settled");
@@ -329,27 +371,15 @@ async fn follow(
             status: now.status as i32,
             sequence: now.sequence,
         };
-        if now.status == PaymentStatus::Settled {
-            if tx.send(Ok(event)).await.is_err() {
-                return info!("the watcher went away before the settlement");
-            }
-            return info!("settled; stream complete");
-        }
         if tx.send(Ok(event)).await.is_err() {
             return info!("the watcher went away");
+        }
+        if now.status == PaymentStatus::Settled {
+            return info!("settled; stream complete");
         }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             () = tx.closed() => return info!("the watcher went away"),
-            // tonic stopped timing this call when the stream began.
-            () = deadline::passed(deadline) => {
-                let late = format!("deadline passed before {payment_id} settled");
-                let status = refuse(Status::deadline_exceeded(late));
-                if tx.send(Err(status)).await.is_err() {
-                    info!("the watcher went away before the deadline");
-                }
-                return;
-            }
         }
     }
 }

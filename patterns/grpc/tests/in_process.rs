@@ -1,6 +1,7 @@
 //! The service's handlers called in process, on paused tokio time: two watchers of one payment,
-//! and two authorizations of one order at the same moment. No network, so time only moves when
-//! every task waits, and each step of these races happens in a known order.
+//! two authorizations of one order at the same moment, and a caller that stops reading its
+//! stream. No network, so time only moves when every task waits, and each step of these races
+//! happens in a known order.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::sync::Arc;
@@ -9,11 +10,18 @@ use std::time::Duration;
 use grpc::ledger::Ledger;
 use grpc::proto::v2::payments_server::Payments;
 use grpc::proto::v2::{
-    CaptureRequest, PaymentEvent, PaymentStatus, WatchPaymentRequest,
+    AuthorizationResult, AuthorizeRequest, CaptureRequest, PaymentEvent,
+    PaymentStatus, WatchPaymentRequest,
 };
 use grpc::service::{PaymentsService, ServiceConfig};
+use http_body_util::Full;
+use prost::Message;
+use prost::bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::codec::{Codec, Streaming};
 use tonic::{Code, Request, Status};
+use tonic_prost::ProstCodec;
 
 mod support;
 use support::order;
@@ -89,3 +97,57 @@ async fn a_second_authorize_for_an_order_in_flight_is_aborted_not_charged_twice(
     assert_eq!(retry.into_inner(), first, "the retry gets the first payment");
     assert_eq!(service.card_network().holds(), 1, "one hold, not two");
 }
+
+/// A request stream as tonic hands it to a handler: `requests` in gRPC's
+/// framing (a flag byte, a 4-byte length, the message), all sent at once.
+fn inbound(requests: &[AuthorizeRequest]) -> Streaming<AuthorizeRequest> {
+    let mut body = Vec::new();
+    for request in requests {
+        let message = request.encode_to_vec();
+        body.push(0); // not compressed
+        body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        body.extend_from_slice(&message);
+    }
+    let decoder =
+        ProstCodec::<AuthorizationResult, AuthorizeRequest>::default().decoder();
+    Streaming::new_request(decoder, Full::new(Bytes::from(body)), None, None)
+}
+
+// ANCHOR: stops_reading_test
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_stops_reading_does_not_keep_the_stream_past_its_deadline() {
+    let service = PaymentsService::default();
+    let mut open = service.open_streams();
+    let orders: Vec<_> = (1..=100).map(|n| order(&format!("o-{n}"))).collect();
+    let mut request = Request::new(inbound(&orders));
+    request.set_timeout(Duration::from_millis(200));
+    let began = Instant::now();
+    let answers = service.authorize_stream(request).await.unwrap();
+    assert_eq!(*open.borrow_and_update(), 1, "a task feeds the stream");
+
+    // The caller reads nothing: the task fills the channel and waits for room,
+    // until the deadline ends the wait and the task with it.
+    let ended =
+        tokio::time::timeout(Duration::from_secs(60), open.wait_for(|n| *n == 0));
+    ended.await.expect("the task outlived the deadline").unwrap();
+    assert_eq!(began.elapsed(), Duration::from_millis(200), "at the deadline");
+    // Sixteen orders authorized: fifteen answers fit, the sixteenth waited.
+    assert_eq!(service.card_network().holds(), 16);
+
+    // What the caller reads when it comes back: the answers that fit in the
+    // channel (16 slots, one kept for the end), then DEADLINE_EXCEEDED.
+    let mut answers = answers.into_inner().into_inner();
+    for n in 1..=15 {
+        let answer = answers.recv().await.unwrap().unwrap();
+        assert_eq!(answer.order_id, format!("o-{n}"));
+    }
+    let end = answers.recv().await.unwrap().unwrap_err();
+    assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
+    assert!(answers.recv().await.is_none(), "nothing after the status");
+
+    // The lost answer is in the ledger: a retry gets it, with no new hold.
+    let retry = service.authorize(Request::new(order("o-16"))).await.unwrap();
+    assert_eq!(retry.into_inner().order_id, "o-16");
+    assert_eq!(service.card_network().holds(), 16, "no work after the end");
+}
+// ANCHOR_END: stops_reading_test
