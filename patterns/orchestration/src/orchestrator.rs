@@ -22,7 +22,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use rabbitmq_queues::publish::{PublishError, enable_confirms, publish_confirmed};
 use rabbitmq_queues::topology::{dead_letters, work_queue};
 use shop_domain::OrderPlaced;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -80,9 +80,13 @@ pub enum RunError {
     Stopped,
 }
 
+/// A checkout to start, and where to say that its saga is in the log.
+type Start = (OrderPlaced, oneshot::Sender<()>);
+
 /// A running orchestrator.
 pub struct Orchestrator {
-    starts: mpsc::Sender<OrderPlaced>,
+    starts: mpsc::Sender<Start>,
+    stop: Option<oneshot::Sender<()>>,
     /// Every saga this orchestrator finishes, with how it ended.
     pub finished: mpsc::UnboundedReceiver<(String, Terminal)>,
     /// The loop: ends with an error, or with `Ok` after [`Orchestrator::stop`].
@@ -121,6 +125,7 @@ impl Orchestrator {
             )
             .await?;
         let (starts, starts_rx) = mpsc::channel(1024);
+        let (stop, stop_rx) = oneshot::channel();
         let (finished_tx, finished) = mpsc::unbounded_channel();
         let (timers, timers_rx) = mpsc::unbounded_channel();
         let span = info_span!("orchestrator", name = %config.name);
@@ -136,7 +141,8 @@ impl Orchestrator {
         };
         let task = tokio::spawn(
             async move {
-                let result = driver.run(starts_rx, timers_rx, consumer).await;
+                let result =
+                    driver.run(starts_rx, stop_rx, timers_rx, consumer).await;
                 // A crash drops the connection: the broker requeues what
                 // this orchestrator had not acknowledged.
                 if let Err(error) =
@@ -151,17 +157,17 @@ impl Orchestrator {
             }
             .instrument(span),
         );
-        Ok(Orchestrator { starts, finished, task })
+        Ok(Orchestrator { starts, stop: Some(stop), finished, task })
     }
 
-    /// Starts the checkout of `order`; returns its saga id.
+    /// Starts the checkout of `order`; see [`Starter::checkout`].
     pub async fn checkout(&self, order: OrderPlaced) -> Result<String, RunError> {
-        let id = saga_id(&order);
-        match self.starts.send(order).await {
-            Ok(()) => Ok(id),
-            // The loop has ended; its task holds why.
-            Err(_) => Err(RunError::Stopped),
-        }
+        self.starter().checkout(order).await
+    }
+
+    /// A handle that starts checkouts, for callers elsewhere (an HTTP handler).
+    pub fn starter(&self) -> Starter {
+        Starter { starts: self.starts.clone() }
     }
 
     /// Waits for the next saga this orchestrator finishes.
@@ -169,11 +175,35 @@ impl Orchestrator {
         self.finished.recv().await
     }
 
-    /// Stops taking new sagas and waits for the loop to end (it ends once
-    /// the sender is gone). A loop that panicked is an error, not a stop.
-    pub async fn stop(self) -> Result<(), RunError> {
-        drop(self.starts);
+    /// Stops taking new sagas and waits for the loop to end. A loop that
+    /// panicked is an error, not a stop.
+    pub async fn stop(mut self) -> Result<(), RunError> {
+        if let Some(stop) = self.stop.take()
+            && stop.send(()).is_err()
+        {
+            debug!("the loop had ended before it was told to stop");
+        }
         self.task.await?
+    }
+}
+
+/// Starts checkouts on a running orchestrator; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Starter {
+    starts: mpsc::Sender<Start>,
+}
+
+impl Starter {
+    /// Starts the checkout of `order` and returns its saga id once the saga is
+    /// in the log, created now or found there (a retry of the same order): from
+    /// then on, a crash of the orchestrator loses nothing.
+    pub async fn checkout(&self, order: OrderPlaced) -> Result<String, RunError> {
+        let id = saga_id(&order);
+        let (logged, is_logged) = oneshot::channel();
+        // Either fails only when the loop has ended; its task holds why.
+        self.starts.send((order, logged)).await.map_err(|_| RunError::Stopped)?;
+        is_logged.await.map_err(|_| RunError::Stopped)?;
+        Ok(id)
     }
 }
 
@@ -192,7 +222,8 @@ struct Driver<L> {
 impl<L: SagaLog> Driver<L> {
     async fn run(
         mut self,
-        mut starts: mpsc::Receiver<OrderPlaced>,
+        mut starts: mpsc::Receiver<Start>,
+        mut stop: oneshot::Receiver<()>,
         mut timers: mpsc::UnboundedReceiver<(String, Input)>,
         mut replies: lapin::Consumer,
     ) -> Result<(), RunError> {
@@ -204,8 +235,10 @@ impl<L: SagaLog> Driver<L> {
         let mut lease_tick = tokio::time::interval_at(first, period);
         loop {
             tokio::select! {
-                order = starts.recv() => match order {
-                    Some(order) => self.begin(order).await?,
+                _ = &mut stop => return Ok(()),
+                start = starts.recv() => match start {
+                    Some((order, logged)) => self.begin(order, logged).await?,
+                    // Only the Orchestrator holds no sender once it is dropped.
                     None => return Ok(()),
                 },
                 reply = replies.next() => match reply {
@@ -220,9 +253,17 @@ impl<L: SagaLog> Driver<L> {
         }
     }
 
-    async fn begin(&mut self, order: OrderPlaced) -> Result<(), RunError> {
+    async fn begin(
+        &mut self,
+        order: OrderPlaced,
+        logged: oneshot::Sender<()>,
+    ) -> Result<(), RunError> {
         let id = saga_id(&order);
-        if !self.log.create(&id, &order, &self.config.name).await? {
+        let created = self.log.create(&id, &order, &self.config.name).await?;
+        if logged.send(()).is_err() {
+            debug!(saga = %id, "logged, and the caller stopped waiting");
+        }
+        if !created {
             warn!(saga = %id, "a saga for this order exists already: not started again");
             return Ok(());
         }

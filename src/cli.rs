@@ -1,0 +1,296 @@
+//! The `shop` command: `shop role <name>` runs one service; `shop` alone runs the whole shop as
+//! processes, places a batch of checkouts, breaks what it was asked to break, and checks the end.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use gateway::Secret;
+use orchestration::participant::{self, PARTICIPANTS};
+use tracing::{error, info, warn};
+
+use crate::config::{Env, PREFIX_VAR, Role, encode_hex};
+use crate::probe;
+use crate::scenario::{self, Client, Planned};
+use crate::supervisor::{Output, Supervisor};
+
+/// What the reader asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Keep the shop up and print what to try, until Ctrl-C.
+    pub serve: bool,
+    /// SIGKILL this role while checkouts are in flight, and let the supervisor start it again.
+    pub kill: Option<Role>,
+    /// SIGKILL every role in turn, in an order and at moments drawn from this seed.
+    pub chaos: Option<u64>,
+}
+
+const USAGE: &str =
+    "usage: shop [--serve | --kill ROLE | --chaos [SEED]] | shop role ROLE
+roles: inventory, payments, shipping, orders, saga, gateway";
+
+/// Reads the options after the program name.
+pub fn options(args: &[String]) -> anyhow::Result<Options> {
+    let mut options = Options::default();
+    let mut args = args.iter().peekable();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--serve" => options.serve = true,
+            "--kill" => {
+                let name = args.next().context(USAGE)?;
+                let role = Role::parse(name)
+                    .with_context(|| format!("no role {name:?}\n{USAGE}"))?;
+                options.kill = Some(role);
+            }
+            "--chaos" => {
+                let seed = match args.peek().map(|a| a.parse::<u64>()) {
+                    Some(Ok(seed)) => {
+                        args.next();
+                        seed
+                    }
+                    _ => fastrand::u64(..1_000_000),
+                };
+                options.chaos = Some(seed);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let faults =
+        usize::from(options.kill.is_some()) + usize::from(options.chaos.is_some());
+    if faults > 1 || (options.serve && faults > 0) {
+        bail!("--serve, --kill and --chaos go one at a time\n{USAGE}");
+    }
+    Ok(options)
+}
+
+/// The whole program: a role, or the supervisor and its run.
+pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
+    if let [role, name] = args.as_slice()
+        && role == "role"
+    {
+        let role = Role::parse(name)
+            .with_context(|| format!("no role {name:?}\n{USAGE}"))?;
+        return crate::roles::run(role).await;
+    }
+    let options = options(&args)?;
+    let exe = std::env::current_exe()
+        .context("cannot find this program to start its roles")?;
+    let mut env = Env::from_env()?;
+    if !options.serve && std::env::var(PREFIX_VAR).is_err() {
+        // A run of its own: names nobody else uses, removed at the end.
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        env.names =
+            orchestration::participant::Names::new(&format!("shop_{}", &tag[..8]));
+    }
+    let seed = crate::shop::seed();
+    if let Err(why) = preflight(&env, &seed).await {
+        eprintln!(
+            "the shop needs PostgreSQL at {} and RabbitMQ at {} ({why:#}): start them with \
+             `cargo xtask brokers up` (or `docker compose up -d --wait`)",
+            env.database_url, env.amqp
+        );
+        std::process::exit(2);
+    }
+    let key = Secret::random();
+    let supervisor =
+        Supervisor::start(&exe, &env, &encode_hex(key.expose()), &Output::Prefixed)?;
+    let outcome = async {
+        supervisor.wait_all_ready(Duration::from_secs(60)).await?;
+        info!("every service is ready");
+        let client = Client::new(env.url(Role::Gateway), key.expose())?;
+        if options.serve {
+            serve_until_stopped(&env, &client).await
+        } else {
+            run_batch(&supervisor, &client, &options).await
+        }
+    }
+    .await;
+    let ended = supervisor.stop().await?;
+    for end in &ended {
+        if !end.status.success() || end.killed_after_grace {
+            warn!(
+                "{} ended badly: {} (killed after grace: {})",
+                end.role, end.status, end.killed_after_grace
+            );
+        }
+    }
+    if !options.serve {
+        let orchestrators = [crate::roles::saga::ORCHESTRATOR];
+        if let Err(error) = participant::teardown(
+            &env.database_url,
+            &env.amqp,
+            &env.names,
+            &orchestrators,
+        )
+        .await
+        {
+            warn!(%error, "removing this run's queues and schemas failed");
+        }
+    }
+    outcome?;
+    if ended.iter().any(|e| !e.status.success() || e.killed_after_grace) {
+        bail!("a service did not stop cleanly on SIGTERM (see above)");
+    }
+    Ok(())
+}
+
+/// Checks the brokers answer, then creates this shop's queues and schemas and seeds them.
+async fn preflight(env: &Env, seed: &shop_domain::Seed) -> anyhow::Result<()> {
+    let setup = participant::setup(&env.database_url, &env.amqp, &env.names, seed);
+    match tokio::time::timeout(Duration::from_secs(10), setup).await {
+        Ok(done) => Ok(done?),
+        Err(_) => bail!("no answer in 10 s"),
+    }
+}
+
+async fn serve_until_stopped(env: &Env, client: &Client) -> anyhow::Result<()> {
+    let gateway = env.url(Role::Gateway);
+    let token = client.token("c-ada")?;
+    println!();
+    println!("The shop is up. Try, in another terminal:");
+    println!("  TOKEN={token}");
+    println!(
+        "  curl -si -X POST {gateway}/checkouts -H \"authorization: Bearer $TOKEN\" \
+         -H 'content-type: application/json' -H 'idempotency-key: my-first' \
+         -d '{{\"lines\":[{{\"sku\":\"kettle\",\"quantity\":1}}],\"ship_to\":\"NL\"}}'"
+    );
+    println!(
+        "  curl -s {gateway}/checkouts/my-first -H \"authorization: Bearer $TOKEN\""
+    );
+    for role in Role::ALL {
+        println!("  curl -s {}/readyz     # {role}", env.url(role));
+    }
+    println!(
+        "Kill one for real (the supervisor starts it again): kill -9 <pid in its log>"
+    );
+    println!("Ctrl-C stops every service with SIGTERM.");
+    probe::terminated().await;
+    Ok(())
+}
+
+/// Places the batch, breaks what was asked while it runs, follows every checkout to its end and
+/// checks the promises.
+async fn run_batch(
+    supervisor: &Supervisor,
+    client: &Client,
+    options: &Options,
+) -> anyhow::Result<()> {
+    let env = supervisor.env();
+    let run = env.names.prefix.replace('_', "-");
+    let planned = scenario::batch(&run);
+    let traffic = async {
+        let placing =
+            planned.iter().map(|p| client.place(p, Duration::from_secs(60)));
+        for placed in futures::future::join_all(placing).await {
+            placed?;
+        }
+        let following = planned.iter().map(|p| async move {
+            client
+                .follow(&p.customer, &p.key, Duration::from_secs(120))
+                .await
+                .map(|v| (p.clone(), v))
+        });
+        futures::future::try_join_all(following).await
+    };
+    let faults = async {
+        if let Some(role) = options.kill {
+            kill_when(supervisor, role, 6).await?;
+        }
+        if let Some(seed) = options.chaos {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut roles = Role::ALL.to_vec();
+            rng.shuffle(&mut roles);
+            let mut points: Vec<usize> =
+                roles.iter().map(|_| rng.usize(1..=25)).collect();
+            points.sort_unstable();
+            info!("chaos (seed {seed}): {}", describe_plan(&roles, &points));
+            for (role, point) in roles.iter().zip(points) {
+                kill_when(supervisor, *role, point).await?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let (placed, faulted) = tokio::join!(traffic, faults);
+    faulted?;
+    let placed: Vec<(Planned, crate::roles::saga::CheckoutView)> = placed?;
+    for (planned, view) in &placed {
+        let reason =
+            view.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        println!(
+            "{:>14} {:<6} {}{reason}",
+            view.order_id, planned.customer, view.status
+        );
+        println!("{:>14} {}", "", view.steps.join(" -> "));
+    }
+    let findings = scenario::check(env, &crate::shop::seed(), &placed).await?;
+    for service in PARTICIPANTS {
+        let role = Role::Participant(service);
+        let applied = findings.applied.get(service.name()).copied().unwrap_or(0);
+        let restarts = supervisor.life(role).generation.saturating_sub(1);
+        println!(
+            "{:>9}: {applied} commands applied, restarted {restarts} time(s)",
+            service.name()
+        );
+    }
+    for role in [Role::Saga, Role::Gateway] {
+        println!(
+            "{:>9}: restarted {} time(s)",
+            role.name(),
+            supervisor.life(role).generation.saturating_sub(1)
+        );
+    }
+    if !findings.broken.is_empty() {
+        for broken in &findings.broken {
+            error!("{broken}");
+        }
+        bail!("{} promise(s) broken", findings.broken.len());
+    }
+    let confirmed = placed.iter().filter(|(_, v)| v.status == "confirmed").count();
+    println!(
+        "every checkout ended ({confirmed} confirmed, {} cancelled with a reason); stock and money \
+         add up in each service's own records; nothing dead-lettered",
+        placed.len() - confirmed
+    );
+    Ok(())
+}
+
+fn describe_plan(roles: &[Role], points: &[usize]) -> String {
+    let steps: Vec<String> = roles
+        .iter()
+        .zip(points)
+        .map(|(r, p)| format!("{r} after {p} commands"))
+        .collect();
+    steps.join(", ")
+}
+
+/// Kills `role` once the participants have applied `commands` commands in all (so checkouts are
+/// in flight), then waits for its next life to be ready.
+pub async fn kill_when(
+    supervisor: &Supervisor,
+    role: Role,
+    commands: usize,
+) -> anyhow::Result<()> {
+    let env = supervisor.env();
+    let (db, connection) =
+        tokio_postgres::connect(&env.database_url, tokio_postgres::NoTls).await?;
+    orchestration::drive_connection(connection);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut applied = 0;
+        for service in PARTICIPANTS {
+            applied += participant::applied(&db, &env.names, service).await?.len();
+        }
+        if applied >= commands {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "only {applied} commands were applied in 60 s; {role} was not killed"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    supervisor.kill(role).await?;
+    supervisor.wait_ready(role, Duration::from_secs(60)).await?;
+    info!("{role} is back and ready");
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! What each process of the shop is, and the configuration it reads from its environment: the
+//! same surface a container or a Kubernetes manifest gives it, nothing read from files or flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use gateway::Secret;
+use orchestration::participant::Names;
+use shop_domain::Service;
+
+/// One process of the shop. Every role runs from the same binary (`shop role <name>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// A participant of the checkout saga: consumes its command queue on RabbitMQ and keeps its
+    /// state in its own PostgreSQL schema.
+    Participant(Service),
+    /// The saga orchestrator: takes checkouts over HTTP, logs every decision in PostgreSQL and
+    /// sends the participants their commands.
+    Saga,
+    /// The public edge: verifies tokens, limits each client, forwards to the saga.
+    Gateway,
+}
+
+impl Role {
+    /// Every role, in the order the supervisor starts them: the participants first (so a command
+    /// finds its consumer), then the saga, then the edge that lets traffic in.
+    pub const ALL: [Role; 6] = [
+        Role::Participant(Service::Inventory),
+        Role::Participant(Service::Payments),
+        Role::Participant(Service::Shipping),
+        Role::Participant(Service::Orders),
+        Role::Saga,
+        Role::Gateway,
+    ];
+
+    /// The role's name: on the command line, in log prefixes, in `--kill`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Participant(service) => service.name(),
+            Role::Saga => "saga",
+            Role::Gateway => "gateway",
+        }
+    }
+
+    /// The role a name stands for.
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// The documented port: the gateway on 8080, the saga on 8090, the participants on 8091 to
+    /// 8094. Each serves `/healthz` and `/readyz` there; the saga and the gateway their API too.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Role::Gateway => 8080,
+            Role::Saga => 8090,
+            Role::Participant(Service::Inventory) => 8091,
+            Role::Participant(Service::Payments) => 8092,
+            Role::Participant(Service::Shipping) => 8093,
+            Role::Participant(Service::Orders) => 8094,
+        }
+    }
+
+    /// The environment variable that holds the role's address: `SHOP_GATEWAY_ADDR`, ...
+    pub fn addr_var(self) -> String {
+        format!("SHOP_{}_ADDR", self.name().to_uppercase())
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A configuration a process cannot start with: the variable and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The variable is set but does not parse.
+    #[error("{var}={value:?} is not {expected}")]
+    Invalid {
+        /// The variable's name.
+        var: String,
+        /// What it holds.
+        value: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
+    /// A variable without a safe default is not set.
+    #[error("{0} is required: {1}")]
+    Missing(&'static str, &'static str),
+}
+
+/// The variable with the gateway's token key, hex-encoded, at least 32 bytes. It has no default:
+/// a key shipped in the code would be a key everybody knows.
+pub const JWT_KEY_VAR: &str = "SHOP_JWT_KEY";
+
+/// The variable with the run's name prefix (queues and schemas): `SHOP_PREFIX`, default `shop`.
+pub const PREFIX_VAR: &str = "SHOP_PREFIX";
+
+/// Everything a process of the shop reads from its environment.
+#[derive(Clone, Debug)]
+pub struct Env {
+    /// Queue and schema names: one prefix per shop, so two shops on one broker never meet.
+    pub names: Names,
+    /// `DATABASE_URL`: PostgreSQL, where each service has its own schema.
+    pub database_url: String,
+    /// `AMQP_ADDR`: RabbitMQ.
+    pub amqp: String,
+    /// Where every role listens (`SHOP_<ROLE>_ADDR`), so each can find the others.
+    pub addrs: BTreeMap<Role, SocketAddr>,
+}
+
+impl Env {
+    /// Reads the environment; an unset address is the role's documented port on 127.0.0.1.
+    pub fn from_env() -> Result<Env, ConfigError> {
+        let read = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+        let prefix = read(PREFIX_VAR).unwrap_or_else(|| "shop".to_owned());
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        if !prefix.chars().all(valid) || prefix.is_empty() || prefix.len() > 40 {
+            let expected = "1 to 40 letters, digits or _";
+            return Err(invalid(PREFIX_VAR, &prefix, expected));
+        }
+        let mut addrs = BTreeMap::new();
+        for role in Role::ALL {
+            let var = role.addr_var();
+            let addr = match read(&var) {
+                Some(value) => value.parse().map_err(|_| {
+                    invalid(&var, &value, "an address like 127.0.0.1:8080")
+                })?,
+                None => SocketAddr::from(([127, 0, 0, 1], role.default_port())),
+            };
+            addrs.insert(role, addr);
+        }
+        Ok(Env {
+            names: Names::new(&prefix),
+            database_url: infra::database_url(),
+            amqp: infra::amqp_addr(),
+            addrs,
+        })
+    }
+
+    /// Where `role` listens.
+    pub fn addr(&self, role: Role) -> SocketAddr {
+        // Every role is in the map: `from_env` and `Env::vars` fill all of them.
+        self.addrs.get(&role).copied().unwrap_or_else(|| {
+            SocketAddr::from(([127, 0, 0, 1], role.default_port()))
+        })
+    }
+
+    /// `http://` and the role's address.
+    pub fn url(&self, role: Role) -> String {
+        format!("http://{}", self.addr(role))
+    }
+
+    /// The variables a child process gets, so that its `from_env` reads this configuration.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        let mut vars = vec![
+            (PREFIX_VAR.to_owned(), self.names.prefix.clone()),
+            ("DATABASE_URL".to_owned(), self.database_url.clone()),
+            ("AMQP_ADDR".to_owned(), self.amqp.clone()),
+        ];
+        for (role, addr) in &self.addrs {
+            vars.push((role.addr_var(), addr.to_string()));
+        }
+        vars
+    }
+}
+
+fn invalid(var: &str, value: &str, expected: &'static str) -> ConfigError {
+    ConfigError::Invalid { var: var.to_owned(), value: value.to_owned(), expected }
+}
+
+/// The gateway's token key from [`JWT_KEY_VAR`]: required, hex, at least 32 bytes.
+pub fn jwt_key() -> Result<Secret, ConfigError> {
+    let Some(hex) = std::env::var(JWT_KEY_VAR).ok().filter(|v| !v.is_empty()) else {
+        let why = "64 or more hex digits (generate one: `openssl rand -hex 32`)";
+        return Err(ConfigError::Missing(JWT_KEY_VAR, why));
+    };
+    let expected = "hex digits encoding 32 bytes or more";
+    let bytes = decode_hex(&hex)
+        .ok_or_else(|| invalid(JWT_KEY_VAR, "<redacted>", expected))?;
+    Secret::new(bytes).map_err(|_| invalid(JWT_KEY_VAR, "<redacted>", expected))
+}
+
+/// Lower-case hex of `bytes`, as [`JWT_KEY_VAR`] holds a key.
+pub fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_round_trip_through_their_names_and_ports_are_distinct() {
+        let mut ports = std::collections::HashSet::new();
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.name()), Some(role));
+            assert!(ports.insert(role.default_port()), "{role} shares a port");
+        }
+        assert_eq!(Role::parse("warehouse"), None);
+        assert_eq!(Role::Saga.addr_var(), "SHOP_SAGA_ADDR");
+    }
+
+    #[test]
+    fn hex_keys_decode_and_bad_ones_are_refused() {
+        let key = [0xab_u8; 32];
+        assert_eq!(decode_hex(&encode_hex(&key)), Some(key.to_vec()));
+        assert_eq!(decode_hex("abc"), None);
+        assert_eq!(decode_hex("zz"), None);
+    }
+}

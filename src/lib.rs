@@ -1,0 +1,46 @@
+//! The capstone: the whole shop as separate processes, built from the pattern crates.
+//!
+//! Every service of the checkout runs as its own OS process, from one binary with a role per
+//! process (`shop role inventory`): the gateway (the gateway chapter's token check and rate
+//! limit), the saga service (the orchestration chapter's orchestrator and its PostgreSQL log), and
+//! the four participants (inventory, payments, shipping, orders) on RabbitMQ, each with its own
+//! PostgreSQL schema. A small supervisor starts them, restarts one that dies, kills one on
+//! request, and stops them all with SIGTERM.
+//!
+//! - [`config`]: the roles and what each reads from its environment.
+//! - [`probe`]: `/healthz`, `/readyz` and the signal that stops a process.
+//! - [`roles`]: one module per kind of process.
+//! - [`supervisor`]: the child processes.
+//! - [`scenario`]: the batch of checkouts, the client that places them, the promises checked from
+//!   each service's own records.
+//! - [`cli`]: `cargo run --example shop` and its flags.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod probe;
+pub mod roles;
+pub mod scenario;
+pub mod shop;
+pub mod supervisor;
+
+/// Runs the `shop` command with this process's arguments: what `main` of the binary and of the
+/// example both call. Logs go to stdout, one line per event.
+pub fn main() -> std::process::ExitCode {
+    infra::example::init_logging();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::main(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

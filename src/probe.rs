@@ -1,0 +1,178 @@
+//! Liveness and readiness, as every process of the shop answers them, and the signal that stops
+//! a process.
+//!
+//! `/healthz` says the process is alive and serving HTTP. `/readyz` says it can do its work now:
+//! each role checks what it depends on (its database answers, its queue has its consumer), so a
+//! supervisor or a load balancer sends it work only then. A readiness check runs the real check on
+//! every probe, so it goes false while a broker is away and true again when it is back.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+/// How long one dependency may take to answer a probe before it counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A readiness check: `Ok` when ready, or what is not.
+pub type Check = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// `/healthz` and `/readyz`, to merge into a role's router.
+pub fn routes(ready: Check) -> Router {
+    Router::new().route("/healthz", get(|| async { "alive\n" })).route(
+        "/readyz",
+        get(move || {
+            let ready = Arc::clone(&ready);
+            async move {
+                match ready().await {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                    Err(why) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {why}\n"),
+                    ),
+                }
+            }
+        }),
+    )
+}
+
+/// Binds `addr` and serves `app` until `stop` resolves; requests in flight then finish.
+pub async fn serve(
+    addr: SocketAddr,
+    app: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr} ({e}): is another shop running? set another port")
+    })?;
+    axum::serve(listener, app).with_graceful_shutdown(stop).await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM (how a supervisor, `kill` or Kubernetes stops a process) or Ctrl-C.
+pub async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: finishing the work in hand, then stopping"),
+                    _ = ctrl_c() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops this process");
+                ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c().await;
+}
+
+async fn ctrl_c() {
+    match tokio::signal::ctrl_c().await {
+        Ok(()) => {
+            tracing::info!("Ctrl-C: finishing the work in hand, then stopping")
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A small PostgreSQL pool for probes and reads; a broken connection is replaced on the next use.
+pub fn pg_pool(url: &str) -> anyhow::Result<Pool> {
+    let config: tokio_postgres::Config = url.parse()?;
+    let recycling = ManagerConfig { recycling_method: RecyclingMethod::Verified };
+    let manager = Manager::from_config(config, tokio_postgres::NoTls, recycling);
+    Ok(Pool::builder(manager).max_size(2).build()?)
+}
+
+/// Whether PostgreSQL answers a query through `pool` within the probe timeout.
+pub async fn pg_answers(pool: &Pool) -> Result<(), String> {
+    let ping = async {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        client.simple_query("SELECT 1").await.map_err(|e| e.to_string())?;
+        Ok(())
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, ping).await {
+        Ok(answer) => answer.map_err(|e: String| format!("PostgreSQL: {e}")),
+        Err(_) => Err("PostgreSQL: no answer in 2 s".to_owned()),
+    }
+}
+
+/// Asks RabbitMQ about queues over a connection of its own, opened again when it broke.
+pub struct AmqpProbe {
+    amqp: String,
+    connection: Mutex<Option<Connection>>,
+}
+
+impl AmqpProbe {
+    /// A probe for the broker at `amqp`; it connects on first use.
+    pub fn new(amqp: String) -> Self {
+        AmqpProbe { amqp, connection: Mutex::new(None) }
+    }
+
+    /// How many consumers `queue` has now (a passive declare: it creates nothing).
+    pub async fn consumers(&self, queue: &str) -> Result<u32, String> {
+        match tokio::time::timeout(PROBE_TIMEOUT, self.ask(queue)).await {
+            Ok(answer) => answer.map(|(_, consumers)| consumers),
+            Err(_) => Err("RabbitMQ: no answer in 2 s".to_owned()),
+        }
+    }
+
+    /// How many messages `queue` holds now.
+    pub async fn messages(&self, queue: &str) -> Result<u32, String> {
+        match tokio::time::timeout(PROBE_TIMEOUT, self.ask(queue)).await {
+            Ok(answer) => answer.map(|(messages, _)| messages),
+            Err(_) => Err("RabbitMQ: no answer in 2 s".to_owned()),
+        }
+    }
+
+    async fn ask(&self, queue: &str) -> Result<(u32, u32), String> {
+        let mut slot = self.connection.lock().await;
+        let usable = slot.as_ref().is_some_and(|c| c.status().connected());
+        if !usable {
+            let connection =
+                Connection::connect(&self.amqp, ConnectionProperties::default())
+                    .await
+                    .map_err(|e| format!("RabbitMQ: {e}"))?;
+            *slot = Some(connection);
+        }
+        let Some(connection) = slot.as_ref() else {
+            return Err("RabbitMQ: no connection".to_owned());
+        };
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| format!("RabbitMQ: {e}"))?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let declared = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .map_err(|e| format!("RabbitMQ, queue {queue}: {e}"))?;
+        let counts = (declared.message_count(), declared.consumer_count());
+        if let Err(error) = channel.close(200, "probed".into()).await {
+            tracing::debug!(%error, "closing a probe channel failed");
+        }
+        Ok(counts)
+    }
+}

@@ -1,0 +1,100 @@
+//! A participant of the checkout as a process: the orchestration chapter's
+//! [`participant::serve`], kept running across broker outages, with its probes.
+//!
+//! The consume loop ends when its connection to RabbitMQ or PostgreSQL breaks. This process then
+//! says so in its log and starts a new loop after a backoff (0.1 s, doubling up to 5 s), as long as
+//! it takes. Nothing is lost meanwhile: a command it had not acknowledged goes back to its queue, and
+//! its inbox turns the second delivery into the stored reply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orchestration::participant::{self, Quirks};
+use shop_domain::Service;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::config::{Env, Role};
+use crate::probe::{self, AmqpProbe, Check};
+
+/// The first wait before reconnecting; each failure in a row doubles it, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A loop that ran this long before it failed was healthy: the next wait starts small again.
+const HEALTHY: Duration = Duration::from_secs(10);
+
+/// Runs `service` until SIGTERM.
+pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
+    let pool = probe::pg_pool(&env.database_url)?;
+    let amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
+    let queue = env.names.queue(service);
+    let ready: Check = Arc::new(move || {
+        let (pool, amqp, queue) = (pool.clone(), Arc::clone(&amqp), queue.clone());
+        Box::pin(async move {
+            probe::pg_answers(&pool).await?;
+            match amqp.consumers(&queue).await? {
+                0 => Err(format!("no consumer on {queue} yet")),
+                _ => Ok(()),
+            }
+        })
+    });
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let addr = env.addr(Role::Participant(service));
+    let http = tokio::spawn(probe::serve(addr, probe::routes(ready), async {
+        if http_stopped.await.is_err() {
+            tracing::debug!("probe server's stop handle dropped");
+        }
+    }));
+    info!(
+        "{service} probes on http://{addr}/readyz; consuming {}",
+        env.names.queue(service)
+    );
+    consume_until_terminated(service, &env).await;
+    if stop_http.send(()).is_err() {
+        warn!("the probe server had already stopped");
+    }
+    http.await??;
+    info!("{service} stopped");
+    Ok(())
+}
+
+async fn consume_until_terminated(service: Service, env: &Env) {
+    let mut terminated = std::pin::pin!(probe::terminated());
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let (url, amqp, names) =
+            (env.database_url.clone(), env.amqp.clone(), env.names.clone());
+        let mut running =
+            participant::serve(service, url, amqp, names, Quirks::default());
+        let ended = tokio::select! {
+            ended = &mut running.task => ended,
+            () = &mut terminated => {
+                if let Err(error) = running.stop().await {
+                    error!(%error, "{service} did not stop cleanly");
+                }
+                return;
+            }
+        };
+        if started.elapsed() > HEALTHY {
+            backoff = FIRST_BACKOFF;
+        }
+        match ended {
+            Ok(Ok(())) => {
+                warn!("{service}'s consumer ended; starting it again in {backoff:?}")
+            }
+            Ok(Err(error)) => {
+                warn!(%error, "{service} lost its broker or database; reconnecting in {backoff:?}")
+            }
+            Err(error) => {
+                error!(%error, "{service}'s consumer task failed; restarting it in {backoff:?}")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = &mut terminated => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,326 @@
+//! What the capstone does with a running shop: place a batch of checkouts through the gateway
+//! with real tokens, follow each one to its end, and check the shop's promises from every
+//! service's own database (not from logs, and not from what the saga believes).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use gateway::auth::Issuer;
+use orchestration::participant::{self, PARTICIPANTS};
+use shop_domain::inventory::Hold;
+use shop_domain::orders::Order;
+use shop_domain::payments::Payment;
+use shop_domain::shipping::Shipment;
+use shop_domain::{Line, Seed, Service};
+use tracing::{info, warn};
+
+use crate::config::Env;
+use crate::probe::AmqpProbe;
+use crate::roles::edge::{AUDIENCE, ISSUER, READ, WRITE};
+use crate::roles::saga::CheckoutView;
+
+/// One checkout to place: who, what, and what the shop should make of it without faults.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    /// The idempotency key, which becomes the order id.
+    pub key: String,
+    /// The customer: the token's subject.
+    pub customer: String,
+    /// What to buy.
+    pub lines: Vec<Line>,
+    /// Where to.
+    pub ship_to: String,
+}
+
+/// The batch every run places: most succeed, Bob's card is declined, and three customers' worth of
+/// mugs meet a stock of three (two of each at a time: one confirmed, two out of stock).
+pub fn batch(run: &str) -> Vec<Planned> {
+    let line = |sku: &str, quantity| Line { sku: sku.into(), quantity };
+    let mut planned = vec![];
+    let mut add = |customer: &str, lines: Vec<Line>| {
+        let key = format!("{run}-{}", planned.len() + 1);
+        planned.push(Planned {
+            key,
+            customer: customer.into(),
+            lines,
+            ship_to: "NL".into(),
+        });
+    };
+    for _ in 0..3 {
+        add("c-ada", vec![line("kettle", 1), line("teapot", 1)]);
+        add("c-cyd", vec![line("kettle", 2)]);
+    }
+    add("c-bob", vec![line("kettle", 1)]);
+    add("c-bob", vec![line("teapot", 1)]);
+    for customer in ["c-ada", "c-cyd", "c-ada"] {
+        add(customer, vec![line("mug", 2)]);
+    }
+    planned
+}
+
+/// A client of the gateway, as a customer's app would be: a token per customer, and retries with
+/// the same idempotency key when the answer is lost or the shop is restarting.
+pub struct Client {
+    base: String,
+    issuer: Issuer,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the gateway at `base`, whose tokens are signed with `key`.
+    pub fn new(base: String, key: &[u8]) -> anyhow::Result<Client> {
+        let http =
+            reqwest::Client::builder().timeout(Duration::from_secs(6)).build()?;
+        Ok(Client { base, issuer: Issuer::hs256(key, ISSUER, AUDIENCE), http })
+    }
+
+    /// A token for `customer`, valid for an hour.
+    pub fn token(&self, customer: &str) -> anyhow::Result<String> {
+        Ok(self.issuer.mint(customer, &format!("{READ} {WRITE}"), 3600)?)
+    }
+
+    /// Places `planned`; on a lost answer or a `502`/`503`/`504` it tries again with the same
+    /// key, for up to `patience`. Returns the order id.
+    pub async fn place(
+        &self,
+        planned: &Planned,
+        patience: Duration,
+    ) -> anyhow::Result<String> {
+        let token = self.token(&planned.customer)?;
+        let body = serde_json::json!({ "lines": planned.lines, "ship_to": planned.ship_to });
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let sent = self
+                .http
+                .post(format!("{}/checkouts", self.base))
+                .bearer_auth(&token)
+                .header("idempotency-key", &planned.key)
+                .json(&body)
+                .send()
+                .await;
+            let why = match sent {
+                Ok(answer) if answer.status() == reqwest::StatusCode::ACCEPTED => {
+                    return Ok(planned.key.clone());
+                }
+                Ok(answer) if answer.status().is_server_error() => {
+                    format!(
+                        "{}: {}",
+                        answer.status(),
+                        answer.text().await.unwrap_or_default()
+                    )
+                }
+                Ok(answer) => {
+                    let status = answer.status();
+                    bail!(
+                        "{} refused with {status}: {}",
+                        planned.key,
+                        answer.text().await?
+                    );
+                }
+                Err(error) => error.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{} was not accepted within {patience:?}: {why}", planned.key);
+            }
+            info!(key = %planned.key, "not accepted yet ({why}); trying again with the same key");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Asks where a checkout stands.
+    pub async fn view(
+        &self,
+        customer: &str,
+        order_id: &str,
+    ) -> anyhow::Result<CheckoutView> {
+        let answer = self
+            .http
+            .get(format!("{}/checkouts/{order_id}", self.base))
+            .bearer_auth(self.token(customer)?)
+            .send()
+            .await?;
+        let status = answer.status();
+        if !status.is_success() {
+            bail!("{order_id}: {status}: {}", answer.text().await?);
+        }
+        Ok(answer.json().await?)
+    }
+
+    /// Asks until the checkout has ended, for up to `patience`; a shop that is restarting is asked
+    /// again.
+    pub async fn follow(
+        &self,
+        customer: &str,
+        order_id: &str,
+        patience: Duration,
+    ) -> anyhow::Result<CheckoutView> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let last = match self.view(customer, order_id).await {
+                Ok(view) if view.is_final() => return Ok(view),
+                Ok(view) => format!("{} so far", view.status),
+                Err(error) => error.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{order_id} did not end within {patience:?} ({last})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// What a run found, service by service.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Commands each participant applied (from its inbox).
+    pub applied: BTreeMap<&'static str, usize>,
+    /// Broken promises, one sentence each; empty when the shop kept them all.
+    pub broken: Vec<String>,
+}
+
+/// Checks what the shop promises, from each participant's own records: every checkout ended and
+/// none is stuck; stock and money are conserved (each confirmed order took its stock and its
+/// money once, each cancelled one took nothing in the end); each service's record of each order
+/// agrees with how the checkout ended; no command was dead-lettered.
+pub async fn check(
+    env: &Env,
+    seed: &Seed,
+    placed: &[(Planned, CheckoutView)],
+) -> anyhow::Result<Findings> {
+    let (db, connection) =
+        tokio_postgres::connect(&env.database_url, tokio_postgres::NoTls)
+            .await
+            .context("reading the services' records")?;
+    orchestration::drive_connection(connection);
+    let names = &env.names;
+    let mut findings = Findings::default();
+    let mut broken = |text: String| {
+        warn!("broken promise: {text}");
+        findings.broken.push(text);
+    };
+    let mut stock: BTreeMap<String, i64> =
+        seed.stock.iter().map(|(sku, n)| (sku.clone(), i64::from(*n))).collect();
+    let mut money: BTreeMap<String, i64> = BTreeMap::new();
+    for (customer, cents) in &seed.balances {
+        money.insert(customer.clone(), i64::try_from(*cents)?);
+    }
+    for (planned, view) in placed {
+        let id = view.order_id.as_str();
+        let hold: Option<Hold> = participant::record(
+            &db,
+            names,
+            Service::Inventory,
+            &format!("hold:{id}"),
+        )
+        .await?;
+        let payment: Option<Payment> = participant::record(
+            &db,
+            names,
+            Service::Payments,
+            &format!("payment:{id}"),
+        )
+        .await?;
+        let shipment: Option<Shipment> = participant::record(
+            &db,
+            names,
+            Service::Shipping,
+            &format!("shipment:{id}"),
+        )
+        .await?;
+        let order: Option<Order> =
+            participant::record(&db, names, Service::Orders, &format!("order:{id}"))
+                .await?;
+        let hold = hold.as_ref().map_or("none", Hold::name);
+        let paid = payment.as_ref().map_or("none", |p| p.status.name());
+        let shipped = shipment.as_ref().map_or("none", |s| s.status.name());
+        let settled = order.as_ref().map_or("none", |o| o.status.name());
+        let seen = format!(
+            "hold {hold}, payment {paid}, shipment {shipped}, order {settled}"
+        );
+        match view.status.as_str() {
+            "confirmed" => {
+                if (hold, paid, shipped, settled)
+                    != ("reserved", "authorized", "scheduled", "confirmed")
+                {
+                    broken(format!(
+                        "{id} is confirmed, but the services say: {seen}"
+                    ));
+                }
+                for line in &planned.lines {
+                    *stock.entry(line.sku.clone()).or_default() -=
+                        i64::from(line.quantity);
+                }
+                let total: u64 = planned
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        crate::shop::price(&l.sku).unwrap_or(0)
+                            * u64::from(l.quantity)
+                    })
+                    .sum();
+                *money.entry(planned.customer.clone()).or_default() -=
+                    i64::try_from(total)?;
+            }
+            "cancelled" => {
+                let kept = hold == "reserved"
+                    || paid == "authorized"
+                    || shipped == "scheduled";
+                if kept || settled == "confirmed" {
+                    broken(format!(
+                        "{id} is cancelled, but the services say: {seen}"
+                    ));
+                }
+                if view.reason.as_deref().is_none_or(str::is_empty) {
+                    broken(format!("{id} is cancelled without a reason"));
+                }
+            }
+            other => broken(format!("{id} ended {other}: {:?}", view.reason)),
+        }
+    }
+    for (sku, expected) in &stock {
+        let have: Option<u32> = participant::record(
+            &db,
+            names,
+            Service::Inventory,
+            &format!("stock:{sku}"),
+        )
+        .await?;
+        if have.map(i64::from) != Some(*expected) {
+            broken(format!(
+                "stock of {sku} is {have:?}, the confirmed orders leave {expected}"
+            ));
+        }
+    }
+    for (customer, expected) in &money {
+        let have: Option<u64> = participant::record(
+            &db,
+            names,
+            Service::Payments,
+            &format!("balance:{customer}"),
+        )
+        .await?;
+        if have.map(i64::try_from).transpose()? != Some(*expected) {
+            broken(format!(
+                "{customer}'s balance is {have:?}, the confirmed orders leave {expected}"
+            ));
+        }
+    }
+    let dead =
+        AmqpProbe::new(env.amqp.clone()).messages(&names.dead_letters()).await;
+    match dead {
+        Ok(0) => {}
+        Ok(n) => broken(format!(
+            "{n} command(s) or replies were dead-lettered in {}",
+            names.dead_letters()
+        )),
+        Err(error) => {
+            broken(format!("the dead-letter queue could not be read: {error}"))
+        }
+    }
+    for service in PARTICIPANTS {
+        let applied = participant::applied(&db, names, service).await?;
+        findings.applied.insert(service.name(), applied.len());
+    }
+    Ok(findings)
+}

@@ -1,0 +1,337 @@
+//! A small supervisor: it starts every role of the shop as a child process of one executable,
+//! restarts a child that dies, kills one on request (SIGKILL, as `kill -9` does), and stops them
+//! all with SIGTERM and a grace period.
+//!
+//! Each child gets its whole configuration in its environment ([`Env::vars`] and the token key),
+//! the same surface a container gets. Its output is prefixed with its role, like `docker compose`
+//! does, or written to a file per role. Children are signalled by their process id, never by name,
+//! and a supervisor that is dropped (a test that failed) kills whatever it still runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::{Env, JWT_KEY_VAR, Role};
+
+/// How long a child has, after SIGTERM, before it is killed.
+pub const GRACE: Duration = Duration::from_secs(10);
+/// How long a restarted child waits before it starts again: a child that dies at once must not
+/// spin the machine.
+const RESTART_DELAY: Duration = Duration::from_millis(200);
+
+/// Where children's output goes.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// To this process's stdout, each line prefixed with the role.
+    Prefixed,
+    /// To `<dir>/<role>.log`, appended across restarts: for tests, whose output would drown.
+    Files(PathBuf),
+}
+
+/// What the supervisor knows about one role's current process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Life {
+    /// How many times the role has been started.
+    pub generation: u64,
+    /// The id of the process running now; `None` between two lives and after the end.
+    pub pid: Option<u32>,
+}
+
+/// How a role's last process ended, once the supervisor has stopped.
+#[derive(Debug)]
+pub struct Ended {
+    /// The role.
+    pub role: Role,
+    /// Its exit status; a process that needed SIGKILL after the grace period says so.
+    pub status: ExitStatus,
+    /// Whether it overran its grace period and was killed.
+    pub killed_after_grace: bool,
+}
+
+struct Child1 {
+    life: watch::Receiver<Life>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<(ExitStatus, bool)>>,
+}
+
+/// Every role of one shop, as child processes.
+pub struct Supervisor {
+    children: BTreeMap<Role, Child1>,
+    env: Env,
+    http: reqwest::Client,
+}
+
+impl Supervisor {
+    /// Starts every role in [`Role::ALL`]'s order; returns once each one is spawned (not ready:
+    /// see [`Supervisor::wait_ready`]).
+    pub fn start(
+        exe: &Path,
+        env: &Env,
+        jwt_key_hex: &str,
+        output: &Output,
+    ) -> anyhow::Result<Supervisor> {
+        if let Output::Files(dir) = output {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut vars = env.vars();
+        vars.push((JWT_KEY_VAR.to_owned(), jwt_key_hex.to_owned()));
+        let mut children = BTreeMap::new();
+        for role in Role::ALL {
+            let (life_tx, life) = watch::channel(Life::default());
+            let (stop, stopped) = watch::channel(false);
+            let spec = Spec {
+                exe: exe.to_owned(),
+                role,
+                vars: vars.clone(),
+                output: output.clone(),
+            };
+            let task = tokio::spawn(keep_running(spec, life_tx, stopped));
+            children.insert(role, Child1 { life, stop, task });
+        }
+        let http =
+            reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        Ok(Supervisor { children, env: env.clone(), http })
+    }
+
+    /// The configuration the children run with.
+    pub fn env(&self) -> &Env {
+        &self.env
+    }
+
+    /// The current life of `role`.
+    pub fn life(&self, role: Role) -> Life {
+        self.children.get(&role).map(|c| *c.life.borrow()).unwrap_or_default()
+    }
+
+    /// Waits until `role` answers `200` on `/readyz`, or fails after `within` with its last answer.
+    pub async fn wait_ready(
+        &self,
+        role: Role,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}/readyz", self.env.url(role));
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let last = match self.http.get(&url).send().await {
+                Ok(answer) if answer.status().is_success() => return Ok(()),
+                Ok(answer) => answer.text().await.unwrap_or_else(|e| e.to_string()),
+                Err(error) => error.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{role} was not ready within {within:?}: {}",
+                    last.trim()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for every role to be ready.
+    pub async fn wait_all_ready(&self, within: Duration) -> anyhow::Result<()> {
+        for role in Role::ALL {
+            self.wait_ready(role, within).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends SIGKILL to `role`'s process and returns once its next life has started: no chance to
+    /// finish anything, exactly as `kill -9` or a lost machine.
+    pub async fn kill(&self, role: Role) -> anyhow::Result<Life> {
+        let child = self
+            .children
+            .get(&role)
+            .ok_or_else(|| anyhow::anyhow!("no role {role}"))?;
+        let mut life = child.life.clone();
+        let before = *life.borrow_and_update();
+        let pid =
+            before.pid.ok_or_else(|| anyhow::anyhow!("{role} is not running"))?;
+        signal(pid, libc::SIGKILL)?;
+        warn!("killed {role} (pid {pid}) with SIGKILL");
+        let after = tokio::time::timeout(
+            Duration::from_secs(10),
+            life.wait_for(|l| l.generation > before.generation && l.pid.is_some()),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("{role} did not start again within 10 s"))??;
+        Ok(*after)
+    }
+
+    /// Stops every role with SIGTERM, the edge first and the participants last (so work in
+    /// flight can finish downstream), each within [`GRACE`] or killed.
+    pub async fn stop(mut self) -> anyhow::Result<Vec<Ended>> {
+        let mut ended = vec![];
+        for role in Role::ALL.into_iter().rev() {
+            let Some(child) = self.children.remove(&role) else { continue };
+            if child.stop.send(true).is_err() {
+                warn!("{role}'s keeper had already ended");
+            }
+            let (status, killed_after_grace) = child.task.await??;
+            ended.push(Ended { role, status, killed_after_grace });
+        }
+        Ok(ended)
+    }
+}
+
+impl Drop for Supervisor {
+    /// A supervisor dropped without [`Supervisor::stop`] (a failed test, a panic) kills what it
+    /// still runs, so no process outlives it.
+    fn drop(&mut self) {
+        for (role, child) in &self.children {
+            if child.stop.send(true).is_err() {
+                continue;
+            }
+            if let Some(pid) = child.life.borrow().pid
+                && let Err(error) = signal(pid, libc::SIGKILL)
+            {
+                warn!(%error, "could not kill {role} (pid {pid})");
+            }
+            child.task.abort();
+        }
+    }
+}
+
+/// Sends `signal` to the process `pid`.
+fn signal(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
+    let pid = libc::pid_t::try_from(pid)?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is one of our
+    // own children, which stays a zombie (not reused) until its keeper has waited for it.
+    let result = unsafe { libc::kill(pid, signal) };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+struct Spec {
+    exe: PathBuf,
+    role: Role,
+    vars: Vec<(String, String)>,
+    output: Output,
+}
+
+impl Spec {
+    fn spawn(&self) -> anyhow::Result<Child> {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(["role", self.role.name()])
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(pipe(stdout, self.role, self.output.clone()));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(pipe(stderr, self.role, self.output.clone()));
+        }
+        Ok(child)
+    }
+}
+
+/// Runs one role, again and again if it dies, until told to stop; then SIGTERM, the grace
+/// period, and SIGKILL if it overran.
+async fn keep_running(
+    spec: Spec,
+    life: watch::Sender<Life>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<(ExitStatus, bool)> {
+    let role = spec.role;
+    let mut generation = 0;
+    loop {
+        let mut child = spec.spawn()?;
+        generation += 1;
+        life.send_replace(Life { generation, pid: child.id() });
+        let status = tokio::select! {
+            status = child.wait() => status?,
+            () = told_to_stop(&mut stop) => return terminate(role, child).await,
+        };
+        life.send_replace(Life { generation, pid: None });
+        warn!("{role} exited ({status}); starting it again");
+        tokio::select! {
+            () = tokio::time::sleep(RESTART_DELAY) => {}
+            () = told_to_stop(&mut stop) => return Ok((status, false)),
+        }
+    }
+}
+
+/// Resolves once the supervisor says stop, or is gone.
+async fn told_to_stop(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        debug!("the supervisor is gone: stopping its child");
+    }
+}
+
+async fn terminate(
+    role: Role,
+    mut child: Child,
+) -> anyhow::Result<(ExitStatus, bool)> {
+    let Some(pid) = child.id() else {
+        return Ok((child.wait().await?, false));
+    };
+    signal(pid, libc::SIGTERM)?;
+    match tokio::time::timeout(GRACE, child.wait()).await {
+        Ok(status) => {
+            let status = status?;
+            info!("{role} stopped ({status})");
+            Ok((status, false))
+        }
+        Err(_) => {
+            warn!("{role} overran its {GRACE:?} grace period: killed");
+            child.start_kill()?;
+            Ok((child.wait().await?, true))
+        }
+    }
+}
+
+/// Copies a child's output, line by line, to where [`Output`] says.
+async fn pipe(from: impl AsyncRead + Unpin, role: Role, output: Output) {
+    let mut lines = BufReader::new(from).lines();
+    let mut file = match &output {
+        Output::Prefixed => None,
+        Output::Files(dir) => {
+            let path = dir.join(format!("{role}.log"));
+            let open = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await;
+            match open {
+                Ok(file) => Some(file),
+                Err(error) => {
+                    warn!(%error, "cannot write {}: {role}'s output goes to stdout", path.display());
+                    None
+                }
+            }
+        }
+    };
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => return,
+            Err(error) => {
+                warn!(%error, "reading {role}'s output failed");
+                return;
+            }
+        };
+        match &mut file {
+            Some(file) => {
+                if let Err(error) =
+                    file.write_all(format!("{line}\n").as_bytes()).await
+                {
+                    warn!(%error, "writing {role}'s log failed");
+                }
+            }
+            None => println!("{:>9} | {line}", role.name()),
+        }
+    }
+}
