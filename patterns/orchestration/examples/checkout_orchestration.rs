@@ -165,8 +165,8 @@ async fn check(
     options: &Options,
     end: &Terminal,
 ) -> anyhow::Result<()> {
-    let (db, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    orchestration::drive_connection(conn);
+    let pool = orchestration::pool(url, 1)?;
+    let db = pool.get().await?;
     let stock: u32 =
         participant::record(&db, names, Service::Inventory, "stock:kettle")
             .await?

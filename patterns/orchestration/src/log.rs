@@ -13,9 +13,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{
-    BuildError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod,
-};
+use deadpool_postgres::{Pool, PoolError};
 use shop_domain::OrderPlaced;
 
 use crate::faults::Crash;
@@ -32,8 +30,8 @@ pub enum LogError {
     #[error("no PostgreSQL connection: {0}")]
     Pool(#[from] PoolError),
     /// The pool could not be built from the configuration.
-    #[error("connection pool: {0}")]
-    PoolSetup(#[from] BuildError),
+    #[error(transparent)]
+    PoolSetup(#[from] crate::PoolSetupError),
     /// No saga with this id is in this log.
     #[error("no saga {0}")]
     UnknownSaga(String),
@@ -122,16 +120,7 @@ impl PgLog {
         schema: &str,
         lease: Duration,
     ) -> Result<PgLog, LogError> {
-        let config: tokio_postgres::Config = url.parse()?;
-        // Fast recycling: a connection the server closed is dropped from the
-        // pool; one that broke without closing fails its next query, once.
-        let recycling_method = RecyclingMethod::Fast;
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig { recycling_method },
-        );
-        let pool = Pool::builder(manager).max_size(POOL_SIZE).build()?;
+        let pool = crate::pool(url, POOL_SIZE)?;
         let client = pool.get().await?;
         client
             .batch_execute(&format!(

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use deadpool_postgres::{Pool, PoolError};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -23,7 +24,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::checkout::{Command, apply_once, put};
+use crate::PoolSetupError;
+use crate::checkout::{ApplyError, Command, apply_once, put};
+use crate::saga::Reply;
 
 /// Where things live for one shop: queue names and schema names share a prefix,
 /// so that tests and runs never see each other's messages or rows.
@@ -81,13 +84,19 @@ pub enum ServiceError {
     /// A statement failed.
     #[error("postgres: {0}")]
     Db(#[from] tokio_postgres::Error),
+    /// No connection could be had (the database is down, or refuses us).
+    #[error("no PostgreSQL connection: {0}")]
+    Pool(#[from] PoolError),
+    /// The connection pool could not be built (the URL does not parse).
+    #[error(transparent)]
+    PoolSetup(#[from] PoolSetupError),
     /// Connecting, declaring or consuming failed.
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
     /// [`setup`] could not write a seed record. (In the consume loop, a command
     /// that cannot be applied is logged and requeued, and the loop goes on.)
     #[error("{0}")]
-    Apply(#[from] crate::checkout::ApplyError),
+    Apply(#[from] ApplyError),
     /// A reply was not confirmed by the broker.
     #[error("reply: {0}")]
     Publish(#[from] rabbitmq_queues::publish::PublishError),
@@ -109,9 +118,9 @@ pub async fn setup(
     names: &Names,
     seed: &Seed,
 ) -> Result<(), ServiceError> {
-    let (mut client, connection) =
-        tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    crate::drive_connection(connection);
+    // One connection, closed when the pool goes at the end of the setup.
+    let pool = crate::pool(url, 1)?;
+    let mut client = pool.get().await?;
     for participant in PARTICIPANTS {
         let s = names.schema(participant);
         client
@@ -162,9 +171,8 @@ pub async fn teardown(
     names: &Names,
     orchestrators: &[&str],
 ) -> Result<(), ServiceError> {
-    let (db, connection) =
-        tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    crate::drive_connection(connection);
+    let pool = crate::pool(url, 1)?;
+    let db = pool.get().await?;
     let schemas = PARTICIPANTS.map(|p| names.schema(p));
     for s in schemas.into_iter().chain([names.log_schema()]) {
         let sql = format!(
@@ -214,7 +222,11 @@ impl Participant {
     }
 }
 
-/// Runs `participant` until its connection fails or it is stopped.
+/// Runs `participant` until its connection to RabbitMQ fails or it is
+/// stopped. Its PostgreSQL connection comes from a pool of one that the loop
+/// owns: a connection that breaks fails one command (which goes back on the
+/// queue) and is replaced for the next, and when the loop ends, for whatever
+/// reason, the pool goes with it and closes the connection.
 pub fn serve(
     participant: Service,
     url: String,
@@ -227,9 +239,7 @@ pub fn serve(
     let stopped = Arc::clone(&stop);
     let task = tokio::spawn(
         async move {
-            let (mut db, connection) =
-                tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-            crate::drive_connection(connection);
+            let pool = crate::pool(&url, 1)?;
             let amqp = Connection::connect(&amqp, ConnectionProperties::default()).await?;
             let channel = amqp.create_channel().await?;
             enable_confirms(&channel).await?;
@@ -261,7 +271,7 @@ pub fn serve(
                     }
                 };
                 let (reply, applied) =
-                    match apply_once(&mut db, &schema, participant, &command).await {
+                    match apply(&pool, &schema, participant, &command).await {
                         Ok(answer) => answer,
                         Err(error) => {
                             // No reply: the orchestrator's timeout decides.
@@ -296,6 +306,17 @@ pub fn serve(
         .instrument(span),
     );
     Participant { task, stop }
+}
+
+/// Applies `command` on a connection from `pool`.
+async fn apply(
+    pool: &Pool,
+    schema: &str,
+    participant: Service,
+    command: &Command,
+) -> Result<(Reply, bool), ServiceError> {
+    let mut db = pool.get().await?;
+    Ok(apply_once(&mut db, schema, participant, command).await?)
 }
 
 /// Reads one record of a participant's schema (for tests and the example's

@@ -1,7 +1,8 @@
 //! The orchestrator's promises against PostgreSQL (`DATABASE_URL`) and RabbitMQ (`AMQP_ADDR`):
 //! recovery from a crash at each of the 2N step boundaries on both paths, a participant that is
-//! down for a while, a timeout whose step succeeded, bad replies dead-lettered, and two
-//! orchestrators that never drive one saga at once.
+//! down for a while, a timeout whose step succeeded, bad replies dead-lettered, two
+//! orchestrators that never drive one saga at once, and participants whose database connections
+//! break.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
@@ -14,7 +15,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use orchestration::faults::Crash;
 use orchestration::log::{LogError, PgLog, SagaLog};
 use orchestration::orchestrator::{RunError, saga_id};
-use orchestration::participant::Quirks;
+use orchestration::participant::{PARTICIPANTS, Quirks};
 use orchestration::saga::{Input, Kind, Outcome, Record, Reply, Terminal};
 use shop_domain::Service;
 use shop_domain::inventory::Hold;
@@ -331,10 +332,11 @@ async fn another_orchestrator_takes_over_an_expired_lease_without_interleaving()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_error_is_an_error_not_nothing() {
     let Some(shop) = shop().await else { return };
+    let db = shop.db().await;
     // A schema that does not exist: the query fails, and the caller hears it.
     let missing = orchestration::participant::Names::new("nowhere");
     let read = orchestration::participant::record::<u32>(
-        &shop.db,
+        &db,
         &missing,
         Service::Inventory,
         "stock:kettle",
@@ -342,17 +344,49 @@ async fn a_database_error_is_an_error_not_nothing() {
     .await;
     assert!(read.is_err(), "{read:?}");
     let applied =
-        orchestration::participant::applied(&shop.db, &missing, Service::Inventory)
-            .await;
+        orchestration::participant::applied(&db, &missing, Service::Inventory).await;
     assert!(applied.is_err(), "{applied:?}");
     // Where the table is there, an absent record is `None`, not an error.
     let none = orchestration::participant::record::<u32>(
-        &shop.db,
+        &db,
         &shop.names,
         Service::Inventory,
         "stock:teapot",
     )
     .await;
     assert!(matches!(none, Ok(None)), "{none:?}");
+    shop.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_replaces_a_broken_connection_and_closes_it_when_stopped() {
+    let Some(mut shop) = shop().await else { return };
+    shop.start_all();
+    let mut o = shop.orchestrator(shop.config("o")).await;
+    let first = o.checkout(order("o-1", "c-rich")).await.unwrap();
+    assert_eq!(finished(&mut o, &first).await, Terminal::Completed);
+    let names: Vec<String> =
+        PARTICIPANTS.iter().map(|p| shop.connection_name(*p)).collect();
+    // The server ends every participant's connection, as its restart would.
+    let sql = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+               WHERE application_name = ANY($1)";
+    let ended: i64 = shop.db().await.query_one(sql, &[&names]).await.unwrap().get(0);
+    assert_eq!(ended, 4, "one pooled connection per participant");
+    let second = o.checkout(order("o-2", "c-rich")).await.unwrap();
+    assert_eq!(finished(&mut o, &second).await, Terminal::Completed);
+    assert_eq!(shop.applied().await.len(), 8, "each command applied once");
+    o.stop().await.unwrap();
+    // A participant's pool is its task's: stopped, it closes its connection.
+    for (name, service) in shop.services.drain(..) {
+        service.stop().await.unwrap_or_else(|e| panic!("{name} stopped: {e}"));
+    }
+    until("the stopped participants' connections to close", || async {
+        let sql = "SELECT count(*) FROM pg_stat_activity
+                   WHERE application_name = ANY($1)";
+        let open: i64 =
+            shop.db().await.query_one(sql, &[&names]).await.unwrap().get(0);
+        (open == 0).then_some(())
+    })
+    .await;
     shop.drop().await;
 }

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deadpool_postgres::{Client, Pool};
 use lapin::options::BasicGetOptions;
 use lapin::{Connection, ConnectionProperties};
 use orchestration::faults::{Crash, CrashingLog};
@@ -17,7 +18,6 @@ use orchestration::participant::{
 };
 use orchestration::saga::{Record, Terminal};
 use shop_domain::{Line, OrderPlaced, Seed, Service};
-use tokio_postgres::Client;
 
 /// A bound on any one wait; a healthy saga settles in well under a second.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -26,7 +26,8 @@ pub struct Shop {
     pub names: Names,
     pub url: String,
     pub amqp: String,
-    pub db: Client,
+    /// Connections for the test's own reads and writes.
+    pub pool: Pool,
     pub log: Arc<PgLog>,
     pub services: Vec<(Service, Participant)>,
 }
@@ -60,15 +61,13 @@ pub async fn shop() -> Option<Shop> {
         let lease = Duration::from_secs(30);
         let log = PgLog::connect(&url, &names.log_schema(), lease).await;
         let log = log.map_err(|e| e.to_string())?;
-        let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
-        orchestration::drive_connection(conn);
-        Ok::<_, String>((log, db))
+        let pool = orchestration::pool(&url, 2).map_err(|e| e.to_string())?;
+        Ok::<_, String>((log, pool))
     };
     match tokio::time::timeout(Duration::from_secs(30), ready).await {
-        Ok(Ok((log, db))) => {
-            Some(Shop { names, url, amqp, db, log: Arc::new(log), services: vec![] })
+        Ok(Ok((log, pool))) => {
+            let log = Arc::new(log);
+            Some(Shop { names, url, amqp, pool, log, services: vec![] })
         }
         Ok(Err(why)) => {
             infra::unavailable(
@@ -86,9 +85,26 @@ pub async fn shop() -> Option<Shop> {
 }
 
 impl Shop {
+    /// A connection from the test's pool.
+    pub async fn db(&self) -> Client {
+        self.pool.get().await.unwrap()
+    }
+
+    /// The `application_name` of `participant`'s connections in this shop, so
+    /// a test can find them in `pg_stat_activity`.
+    pub fn connection_name(&self, participant: Service) -> String {
+        self.names.schema(participant)
+    }
+
     pub fn start(&mut self, participant: Service, quirks: Quirks) {
-        let (url, amqp, names) =
-            (self.url.clone(), self.amqp.clone(), self.names.clone());
+        let name = self.connection_name(participant);
+        // The URL in either of PostgreSQL's forms: a URI, or key=value pairs.
+        let url = match (self.url.contains("://"), self.url.contains('?')) {
+            (true, true) => format!("{}&application_name={name}", self.url),
+            (true, false) => format!("{}?application_name={name}", self.url),
+            (false, _) => format!("{} application_name={name}", self.url),
+        };
+        let (amqp, names) = (self.amqp.clone(), self.names.clone());
         let task = serve(participant, url, amqp, names, quirks);
         self.services.push((participant, task));
     }
@@ -134,7 +150,7 @@ impl Shop {
             self.names.schema(Service::Orders)
         );
         let key = format!("order:{}", order.order_id);
-        self.db.execute(&sql, &[&key, &value]).await.unwrap();
+        self.db().await.execute(&sql, &[&key, &value]).await.unwrap();
     }
 
     pub async fn records(&self, saga: &str) -> Vec<Record> {
@@ -146,23 +162,20 @@ impl Shop {
         participant: Service,
         key: &str,
     ) -> Option<T> {
-        orchestration::participant::record(&self.db, &self.names, participant, key)
+        let db = self.db().await;
+        orchestration::participant::record(&db, &self.names, participant, key)
             .await
             .unwrap()
     }
 
     /// Command ids each participant applied, all merged in the order applied.
     pub async fn applied(&self) -> Vec<String> {
-        let mut all = vec![];
+        let (mut all, db) = (vec![], self.db().await);
         for participant in PARTICIPANTS {
             all.extend(
-                orchestration::participant::applied(
-                    &self.db,
-                    &self.names,
-                    participant,
-                )
-                .await
-                .unwrap(),
+                orchestration::participant::applied(&db, &self.names, participant)
+                    .await
+                    .unwrap(),
             );
         }
         all.sort_by_key(|(_, at)| *at);
