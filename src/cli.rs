@@ -269,26 +269,7 @@ pub async fn kill_when(
     role: Role,
     commands: usize,
 ) -> anyhow::Result<()> {
-    let env = supervisor.env();
-    let (db, connection) =
-        tokio_postgres::connect(&env.database_url, tokio_postgres::NoTls).await?;
-    orchestration::drive_connection(connection);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut applied = 0;
-        for service in PARTICIPANTS {
-            applied += participant::applied(&db, &env.names, service).await?.len();
-        }
-        if applied >= commands {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "only {applied} commands were applied in 60 s; {role} was not killed"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scenario::when_applied(supervisor.env(), commands).await?;
     supervisor.kill(role).await?;
     supervisor.wait_ready(role, Duration::from_secs(60)).await?;
     info!("{role} is back and ready");

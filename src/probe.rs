@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -96,14 +96,6 @@ async fn ctrl_c() {
             std::future::pending::<()>().await;
         }
     }
-}
-
-/// A small PostgreSQL pool for probes and reads; a broken connection is replaced on the next use.
-pub fn pg_pool(url: &str) -> anyhow::Result<Pool> {
-    let config: tokio_postgres::Config = url.parse()?;
-    let recycling = ManagerConfig { recycling_method: RecyclingMethod::Verified };
-    let manager = Manager::from_config(config, tokio_postgres::NoTls, recycling);
-    Ok(Pool::builder(manager).max_size(2).build()?)
 }
 
 /// Whether PostgreSQL answers a query through `pool` within the probe timeout.

@@ -188,11 +188,8 @@ pub async fn check(
     seed: &Seed,
     placed: &[(Planned, CheckoutView)],
 ) -> anyhow::Result<Findings> {
-    let (db, connection) =
-        tokio_postgres::connect(&env.database_url, tokio_postgres::NoTls)
-            .await
-            .context("reading the services' records")?;
-    orchestration::drive_connection(connection);
+    let pool = orchestration::pool(&env.database_url, 1)?;
+    let db = pool.get().await.context("reading the services' records")?;
     let names = &env.names;
     let mut findings = Findings::default();
     let mut broken = |text: String| {
@@ -323,4 +320,35 @@ pub async fn check(
         findings.applied.insert(service.name(), applied.len());
     }
     Ok(findings)
+}
+
+/// How many commands the participants have applied in all, from their inboxes: how far the
+/// shop's work has gone, for a fault to be injected at a chosen point.
+pub async fn applied_total(
+    db: &tokio_postgres::Client,
+    env: &Env,
+) -> anyhow::Result<usize> {
+    let mut applied = 0;
+    for service in PARTICIPANTS {
+        applied += participant::applied(db, &env.names, service).await?.len();
+    }
+    Ok(applied)
+}
+
+/// Returns once the participants have applied at least `commands` commands in all;
+/// fails after a minute with how far they got.
+pub async fn when_applied(env: &Env, commands: usize) -> anyhow::Result<()> {
+    let pool = orchestration::pool(&env.database_url, 1)?;
+    let db = pool.get().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let applied = applied_total(&db, env).await?;
+        if applied >= commands {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("only {applied} commands were applied in 60 s, not {commands}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

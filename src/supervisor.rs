@@ -42,6 +42,8 @@ pub struct Life {
     pub generation: u64,
     /// The id of the process running now; `None` between two lives and after the end.
     pub pid: Option<u32>,
+    /// How the life before this one ended.
+    pub last_exit: Option<ExitStatus>,
 }
 
 /// How a role's last process ended, once the supervisor has stopped.
@@ -145,6 +147,17 @@ impl Supervisor {
     /// Sends SIGKILL to `role`'s process and returns once its next life has started: no chance to
     /// finish anything, exactly as `kill -9` or a lost machine.
     pub async fn kill(&self, role: Role) -> anyhow::Result<Life> {
+        self.end_life(role, libc::SIGKILL).await
+    }
+
+    /// Sends SIGTERM to `role`'s process, as a rolling restart does, and returns
+    /// once its next life has started; that life's [`Life::last_exit`] says how
+    /// the old one ended.
+    pub async fn terminate(&self, role: Role) -> anyhow::Result<Life> {
+        self.end_life(role, libc::SIGTERM).await
+    }
+
+    async fn end_life(&self, role: Role, how: libc::c_int) -> anyhow::Result<Life> {
         let child = self
             .children
             .get(&role)
@@ -153,14 +166,15 @@ impl Supervisor {
         let before = *life.borrow_and_update();
         let pid =
             before.pid.ok_or_else(|| anyhow::anyhow!("{role} is not running"))?;
-        signal(pid, libc::SIGKILL)?;
-        warn!("killed {role} (pid {pid}) with SIGKILL");
+        signal(pid, how)?;
+        let name = if how == libc::SIGKILL { "SIGKILL" } else { "SIGTERM" };
+        warn!("sent {name} to {role} (pid {pid})");
         let after = tokio::time::timeout(
-            Duration::from_secs(10),
+            GRACE + Duration::from_secs(5),
             life.wait_for(|l| l.generation > before.generation && l.pid.is_some()),
         )
         .await
-        .map_err(|_| anyhow::anyhow!("{role} did not start again within 10 s"))??;
+        .map_err(|_| anyhow::anyhow!("{role} did not start again in time"))??;
         Ok(*after)
     }
 
@@ -250,12 +264,14 @@ async fn keep_running(
     loop {
         let mut child = spec.spawn()?;
         generation += 1;
-        life.send_replace(Life { generation, pid: child.id() });
+        life.send_modify(|l| {
+            *l = Life { generation, pid: child.id(), last_exit: l.last_exit }
+        });
         let status = tokio::select! {
             status = child.wait() => status?,
             () = told_to_stop(&mut stop) => return terminate(role, child).await,
         };
-        life.send_replace(Life { generation, pid: None });
+        life.send_replace(Life { generation, pid: None, last_exit: Some(status) });
         warn!("{role} exited ({status}); starting it again");
         tokio::select! {
             () = tokio::time::sleep(RESTART_DELAY) => {}

@@ -157,7 +157,10 @@ async fn forward(
     match answer.bytes().await {
         Ok(bytes) => {
             let mut response = (status, bytes).into_response();
-            response.headers_mut().extend(kept);
+            // insert, not extend: extend would add to the body's own content type.
+            for (name, value) in kept {
+                response.headers_mut().insert(name, value);
+            }
             response
         }
         Err(error) => unreachable(&error),

@@ -26,7 +26,7 @@ const HEALTHY: Duration = Duration::from_secs(10);
 
 /// Runs `service` until SIGTERM.
 pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
-    let pool = probe::pg_pool(&env.database_url)?;
+    let pool = orchestration::pool(&env.database_url, 1)?;
     let amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
     let queue = env.names.queue(service);
     let ready: Check = Arc::new(move || {

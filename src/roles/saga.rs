@@ -84,7 +84,7 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
     let log = Arc::new(connect_log(&env).await?);
     let shared =
         Shared { log: Arc::clone(&log), starter: Arc::new(RwLock::new(None)) };
-    let pool = probe::pg_pool(&env.database_url)?;
+    let pool = orchestration::pool(&env.database_url, 1)?;
     let amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
     let replies = env.names.replies(ORCHESTRATOR);
     let starter = Arc::clone(&shared.starter);

@@ -1,0 +1,330 @@
+//! The capstone end to end: the shop's services as real processes (the `shop` binary, one role
+//! each) on real brokers, killed with SIGKILL and stopped with SIGTERM for real, with every
+//! promise checked from each service's own records.
+//!
+//! Each test runs a shop of its own: its own queue and schema prefix and its own free ports, so
+//! tests run side by side. Faults happen at explicit points (after the participants have applied
+//! N commands in all, read from their inboxes), and every wait is bounded and on a condition. The
+//! supervisor kills whatever it still runs when a test fails. Children's logs go to
+//! `<temp>/<prefix>/<role>.log`; a failing test prints where.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use orchestration::participant::{self, Names};
+use shop::config::{Env, Role, encode_hex};
+use shop::roles::saga::{CheckoutView, ORCHESTRATOR};
+use shop::scenario::{self, Client, Planned};
+use shop::supervisor::{Output, Supervisor};
+
+struct Shop {
+    supervisor: Supervisor,
+    client: Client,
+    key: Vec<u8>,
+    placed: Vec<(Planned, CheckoutView)>,
+}
+
+/// Six free ports on 127.0.0.1, held until all six are chosen so none repeats.
+fn free_addrs() -> BTreeMap<Role, SocketAddr> {
+    let listeners: Vec<(Role, TcpListener)> = Role::ALL
+        .into_iter()
+        .map(|role| (role, TcpListener::bind("127.0.0.1:0").unwrap()))
+        .collect();
+    listeners.iter().map(|(role, l)| (*role, l.local_addr().unwrap())).collect()
+}
+
+/// A shop of its own, every service ready; `None` (with the reason printed) when the brokers
+/// are not there and not required.
+async fn start(test: &str) -> Option<Shop> {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let env = Env {
+        names: Names::new(&format!("t{}_{}", &tag[..8], test)),
+        database_url: infra::database_url(),
+        amqp: infra::amqp_addr(),
+        addrs: free_addrs(),
+    };
+    let seed = shop::shop::seed();
+    let setup = participant::setup(&env.database_url, &env.amqp, &env.names, &seed);
+    match tokio::time::timeout(Duration::from_secs(10), setup).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            infra::unavailable("PostgreSQL and RabbitMQ", &env.amqp, error);
+            return None;
+        }
+        Err(_) => {
+            infra::unavailable(
+                "PostgreSQL and RabbitMQ",
+                &env.amqp,
+                "no answer in 10 s",
+            );
+            return None;
+        }
+    }
+    let logs = std::env::temp_dir().join(&env.names.prefix);
+    eprintln!("{test}: the services' logs are in {}", logs.display());
+    let key = gateway::Secret::random().expose().to_vec();
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_shop"));
+    let supervisor =
+        Supervisor::start(exe, &env, &encode_hex(&key), &Output::Files(logs))
+            .unwrap();
+    supervisor.wait_all_ready(Duration::from_secs(60)).await.unwrap();
+    let client = Client::new(env.url(Role::Gateway), &key).unwrap();
+    Some(Shop { supervisor, client, key, placed: vec![] })
+}
+
+impl Shop {
+    fn env(&self) -> &Env {
+        self.supervisor.env()
+    }
+
+    /// Places `batch` and follows every checkout to its end; `fault` runs alongside.
+    async fn run_batch(
+        &self,
+        batch: Vec<Planned>,
+        fault: impl Future<Output = anyhow::Result<()>>,
+    ) -> Vec<(Planned, CheckoutView)> {
+        let client = &self.client;
+        let traffic = async {
+            for placed in futures::future::join_all(
+                batch.iter().map(|p| client.place(p, Duration::from_secs(60))),
+            )
+            .await
+            {
+                placed?;
+            }
+            let following = batch.iter().map(|p| async move {
+                let view = client
+                    .follow(&p.customer, &p.key, Duration::from_secs(120))
+                    .await?;
+                anyhow::Ok((p.clone(), view))
+            });
+            futures::future::try_join_all(following).await
+        };
+        let (placed, faulted) = tokio::join!(traffic, fault);
+        faulted.unwrap();
+        placed.unwrap()
+    }
+
+    /// Every promise, from every service's own records, over all checkouts so far.
+    async fn assert_promises_kept(&self) {
+        let findings =
+            scenario::check(self.env(), &shop::shop::seed(), &self.placed)
+                .await
+                .unwrap();
+        assert!(
+            findings.broken.is_empty(),
+            "broken promises: {:#?}",
+            findings.broken
+        );
+    }
+
+    async fn applied(&self) -> usize {
+        let pool = orchestration::pool(&self.env().database_url, 1).unwrap();
+        scenario::applied_total(&pool.get().await.unwrap(), self.env())
+            .await
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        let env = self.env().clone();
+        let ended = self.supervisor.stop().await.unwrap();
+        for end in &ended {
+            assert!(
+                end.status.success() && !end.killed_after_grace,
+                "{} did not stop cleanly on SIGTERM: {} (killed after grace: {})",
+                end.role,
+                end.status,
+                end.killed_after_grace
+            );
+        }
+        participant::teardown(
+            &env.database_url,
+            &env.amqp,
+            &env.names,
+            &[ORCHESTRATOR],
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_through_the_gateway_ends_as_the_stock_and_balances_say() {
+    let Some(mut shop) = start("batch").await else { return };
+    let placed = shop.run_batch(scenario::batch("b"), async { Ok(()) }).await;
+    shop.placed.extend(placed);
+    let ended: BTreeMap<String, (String, Option<String>)> = shop
+        .placed
+        .iter()
+        .map(|(p, v)| (p.key.clone(), (v.status.clone(), v.reason.clone())))
+        .collect();
+    for n in 1..=6 {
+        assert_eq!(ended[&format!("b-{n}")].0, "confirmed", "{ended:#?}");
+    }
+    for n in [7, 8] {
+        let (status, reason) = &ended[&format!("b-{n}")];
+        assert_eq!(status, "cancelled");
+        assert!(
+            reason.as_deref().unwrap().starts_with("insufficient funds"),
+            "{reason:?}"
+        );
+    }
+    let mugs: Vec<&(String, Option<String>)> =
+        (9..=11).map(|n| &ended[&format!("b-{n}")]).collect();
+    let confirmed = mugs.iter().filter(|(s, _)| s == "confirmed").count();
+    assert_eq!(confirmed, 1, "three mugs make one order of two: {mugs:?}");
+    for (status, reason) in mugs.iter().filter(|(s, _)| s != "confirmed") {
+        assert_eq!(status, "cancelled");
+        assert!(
+            reason.as_deref().unwrap().starts_with("mug: 2 wanted"),
+            "{reason:?}"
+        );
+    }
+    shop.assert_promises_kept().await;
+    shop.stop().await;
+}
+
+/// Each service SIGKILLed at two points of the checkout: early (after the first command of a
+/// batch, before most payments) and late (after 16, past most pivots). One shop per service, one
+/// batch per kill point: the promises hold over both batches together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_killed_mid_checkout_at_two_points_and_the_shop_converges() {
+    for role in Role::ALL {
+        let Some(mut shop) = start(role.name()).await else { return };
+        for (round, after) in [1, 16].into_iter().enumerate() {
+            let from = shop.applied().await;
+            let supervisor = &shop.supervisor;
+            let fault = async move {
+                scenario::when_applied(supervisor.env(), from + after).await?;
+                supervisor.kill(role).await?;
+                supervisor.wait_ready(role, Duration::from_secs(60)).await
+            };
+            let batch = scenario::batch(&format!("k{round}"));
+            let placed = shop.run_batch(batch, fault).await;
+            shop.placed.extend(placed);
+        }
+        assert_eq!(
+            shop.supervisor.life(role).generation,
+            3,
+            "{role} was killed twice"
+        );
+        shop.assert_promises_kept().await;
+        shop.stop().await;
+    }
+}
+
+/// SIGTERM to each service while checkouts are in flight: it finishes or hands back what it
+/// holds, exits 0 within its grace period, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_stopped_with_sigterm_mid_checkout_exits_cleanly_and_loses_nothing()
+ {
+    let Some(mut shop) = start("term").await else { return };
+    for (round, role) in Role::ALL.into_iter().enumerate() {
+        let from = shop.applied().await;
+        let supervisor = &shop.supervisor;
+        let fault = async move {
+            scenario::when_applied(supervisor.env(), from + 3).await?;
+            let life = supervisor.terminate(role).await?;
+            let exit = life.last_exit.expect("the old life's exit is known");
+            anyhow::ensure!(exit.success(), "{role} exited with {exit} on SIGTERM");
+            supervisor.wait_ready(role, Duration::from_secs(60)).await
+        };
+        let placed =
+            shop.run_batch(scenario::batch(&format!("t{round}")), fault).await;
+        shop.placed.extend(placed);
+    }
+    shop.assert_promises_kept().await;
+    shop.stop().await;
+}
+
+/// Bad input at the edge gets a clear 4xx problem body, and the shop keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_at_the_gateway_gets_a_problem_body_and_the_shop_keeps_serving() {
+    let Some(mut shop) = start("edge").await else { return };
+    let base = shop.env().url(Role::Gateway);
+    let http = reqwest::Client::new();
+    let good = shop.client.token("c-ada").unwrap();
+    let issuer = gateway::auth::Issuer::hs256(
+        &shop.key,
+        shop::roles::edge::ISSUER,
+        shop::roles::edge::AUDIENCE,
+    );
+    let forger = gateway::auth::Issuer::hs256(
+        &[9; 32],
+        shop::roles::edge::ISSUER,
+        shop::roles::edge::AUDIENCE,
+    );
+    let expired = issuer.mint("c-ada", "orders:read orders:write", -3600).unwrap();
+    let forged = forger.mint("c-ada", "orders:read orders:write", 3600).unwrap();
+    let read_only = issuer.mint("c-ada", "orders:read", 3600).unwrap();
+    // An unsigned token: header {"alg":"none"}, a valid payload, no signature.
+    let none = {
+        let signed = issuer.mint("c-ada", "orders:read orders:write", 3600).unwrap();
+        let payload = signed.split('.').nth(1).unwrap();
+        format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.")
+    };
+    let body = r#"{"lines":[{"sku":"kettle","quantity":1}],"ship_to":"NL"}"#;
+    let cases: Vec<(&str, Option<String>, String, u16, &str)> = vec![
+        ("no token", None, body.into(), 401, "/problems/unauthorized"),
+        ("expired", Some(expired), body.into(), 401, "/problems/unauthorized"),
+        ("forged", Some(forged), body.into(), 401, "/problems/unauthorized"),
+        ("alg none", Some(none), body.into(), 401, "/problems/unauthorized"),
+        (
+            "read-only scope",
+            Some(read_only),
+            body.into(),
+            403,
+            "/problems/forbidden",
+        ),
+        ("malformed JSON", Some(good.clone()), "{\"lines\": [".into(), 400, ""),
+        (
+            "unknown product",
+            Some(good.clone()),
+            r#"{"lines":[{"sku":"anvil","quantity":1}],"ship_to":"NL"}"#.into(),
+            422,
+            "/problems/invalid-order",
+        ),
+        (
+            "unknown field",
+            Some(good.clone()),
+            r#"{"lines":[],"ship_to":"NL","discount":100}"#.into(),
+            422,
+            "",
+        ),
+        (
+            "oversized",
+            Some(good.clone()),
+            format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000)),
+            413,
+            "",
+        ),
+    ];
+    for (what, token, body, status, kind) in cases {
+        let mut request = http
+            .post(format!("{base}/checkouts"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", format!("bad-{}", what.replace(' ', "-")))
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), status, "{what}");
+        let content_type =
+            answer.headers()["content-type"].to_str().unwrap().to_owned();
+        assert_eq!(content_type, "application/problem+json", "{what}");
+        let problem: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(problem["status"], status, "{what}: {problem}");
+        if !kind.is_empty() {
+            assert_eq!(problem["type"], kind, "{what}: {problem}");
+        }
+        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}");
+    }
+    // Nothing of that reached a service, and everyone else is still served.
+    let placed = shop.run_batch(scenario::batch("after"), async { Ok(()) }).await;
+    shop.placed.extend(placed);
+    shop.assert_promises_kept().await;
+    shop.stop().await;
+}
