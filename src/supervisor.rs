@@ -252,8 +252,9 @@ impl Spec {
     }
 }
 
-/// Runs one role, again and again if it dies, until told to stop; then SIGTERM, the grace
-/// period, and SIGKILL if it overran.
+// ANCHOR: keep_running
+/// Runs one role, again and again if it dies, until told to stop; then
+/// SIGTERM, the grace period, and SIGKILL if it overran.
 async fn keep_running(
     spec: Spec,
     life: watch::Sender<Life>,
@@ -279,6 +280,7 @@ async fn keep_running(
         }
     }
 }
+// ANCHOR_END: keep_running
 
 /// Resolves once the supervisor says stop, or is gone.
 async fn told_to_stop(stop: &mut watch::Receiver<bool>) {

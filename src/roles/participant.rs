@@ -59,6 +59,8 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+// ANCHOR: consume_until_terminated
+/// Runs the consume loop, and a new one whenever it ends, until SIGTERM.
 async fn consume_until_terminated(service: Service, env: &Env) {
     let mut terminated = std::pin::pin!(probe::terminated());
     let mut backoff = FIRST_BACKOFF;
@@ -81,14 +83,12 @@ async fn consume_until_terminated(service: Service, env: &Env) {
             backoff = FIRST_BACKOFF;
         }
         match ended {
-            Ok(Ok(())) => {
-                warn!("{service}'s consumer ended; starting it again in {backoff:?}")
-            }
+            Ok(Ok(())) => warn!("consumer ended; again in {backoff:?}"),
             Ok(Err(error)) => {
-                warn!(%error, "{service} lost its broker or database; reconnecting in {backoff:?}")
+                warn!(%error, "lost a connection; reconnecting in {backoff:?}")
             }
             Err(error) => {
-                error!(%error, "{service}'s consumer task failed; restarting it in {backoff:?}")
+                error!(%error, "consumer task failed; again in {backoff:?}")
             }
         }
         tokio::select! {
@@ -98,3 +98,4 @@ async fn consume_until_terminated(service: Service, env: &Env) {
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
+// ANCHOR_END: consume_until_terminated
