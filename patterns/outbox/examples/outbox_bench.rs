@@ -22,7 +22,6 @@ use outbox::relay::{Relay, RelayConfig};
 use outbox::{OutboxEvent, counts, enqueue, migrate};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::time::timeout;
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 const EVENTS: usize = 5_000;
@@ -35,14 +34,14 @@ const BATCH_SIZES: [i64; 2] = [256, 2048];
 async fn main() -> anyhow::Result<()> {
     let (url, brokers) = (infra::database_url(), infra::kafka_brokers());
     let hint = "start them with `cargo xtask brokers up` (or `docker compose up -d --wait`)";
-    let connecting =
-        timeout(Duration::from_secs(5), tokio_postgres::connect(&url, NoTls));
-    let Ok(Ok((mut db, connection))) = connecting.await else {
+    // The writer's pool: one connection, which writes the rows the relays read.
+    let pool = outbox::pool(&url, 1)?;
+    let connecting = timeout(Duration::from_secs(5), pool.get());
+    let Ok(Ok(mut db)) = connecting.await else {
         bail!(
             "this benchmark needs PostgreSQL at {url} and Kafka at {brokers}: {hint}"
         );
     };
-    tokio::spawn(connection);
     let run = Uuid::new_v4().simple().to_string()[..12].to_owned();
     let plain_topic = format!("bench-plain-{run}");
     let relay_topics = BATCH_SIZES.map(|size| format!("bench-relay-{run}-{size}"));

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use deadpool_postgres::Pool;
 use kafka_events::client::{consumer, create_topics, producer};
 use kafka_events::consume::{DeadLetters, Handled, handle_next};
 use kafka_events::envelope::{Event, Metadata, OrderPlaced, header};
@@ -29,7 +30,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 use tokio::time::timeout;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
 
@@ -108,7 +109,8 @@ async fn main() -> anyhow::Result<()> {
         if flags.has("--late-commit") {
             ensure!(shop.sent_last().await? == "o-1001", "o-1001 went out last");
         }
-        let counts = counts(&shop.orders_db, &shop.orders_schema).await?;
+        let orders_db = shop.orders_db.get().await?;
+        let counts = counts(&orders_db, &shop.orders_schema).await?;
         ensure!(
             (counts.pending, counts.failed) == (0, 0),
             "outbox drained: {counts:?}"
@@ -122,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
     shop.clean_up().await
 }
 
-/// Both services' databases, the topics and the producer.
+/// Both services' databases (a connection pool each), the topics and the producer.
 struct Shop {
     url: String,
     brokers: String,
@@ -130,9 +132,9 @@ struct Shop {
     dlq: String,
     producer: FutureProducer,
     orders_schema: String,
-    orders_db: Client,
+    orders_db: Pool,
     billing_schema: String,
-    billing_db: Client,
+    billing_db: Pool,
 }
 
 impl Shop {
@@ -142,8 +144,10 @@ impl Shop {
         let hint = "start them with `cargo xtask brokers up` (or `docker compose up -d --wait`)";
         let run = Uuid::new_v4().simple().to_string()[..12].to_owned();
         let (topic, dlq) = (format!("orders-{run}"), format!("orders-dlq-{run}"));
+        // Orders needs two connections at once for `--late-commit`, and one
+        // more to watch its outbox; billing applies one event at a time.
         let (orders_db, billing_db) =
-            match (connect(&url).await, connect(&url).await) {
+            match (connect(&url, 3).await, connect(&url, 1).await) {
                 (Ok(a), Ok(b)) => (a, b),
                 (Err(e), _) | (_, Err(e)) => bail!(
                     "this example needs PostgreSQL at {url} and Kafka at {brokers}; \
@@ -173,20 +177,21 @@ impl Shop {
         }
         let (orders_schema, billing_schema) =
             (format!("orders_{run}"), format!("billing_{run}"));
-        migrate(&orders_db, &orders_schema).await?;
-        orders_db
-            .batch_execute(&format!(
-                "CREATE TABLE {orders_schema}.orders (order_id TEXT PRIMARY KEY,
+        let db = orders_db.get().await?;
+        migrate(&db, &orders_schema).await?;
+        db.batch_execute(&format!(
+            "CREATE TABLE {orders_schema}.orders (order_id TEXT PRIMARY KEY,
                      customer_id TEXT NOT NULL, total_cents BIGINT NOT NULL)"
-            ))
-            .await?;
-        migrate(&billing_db, &billing_schema).await?;
-        billing_db
-            .batch_execute(&format!(
-                "CREATE TABLE {billing_schema}.charges (order_id TEXT PRIMARY KEY,
+        ))
+        .await?;
+        let db = billing_db.get().await?;
+        migrate(&db, &billing_schema).await?;
+        db.batch_execute(&format!(
+            "CREATE TABLE {billing_schema}.charges (order_id TEXT PRIMARY KEY,
                      cents BIGINT NOT NULL)"
-            ))
-            .await?;
+        ))
+        .await?;
+        drop(db);
         info!("using PostgreSQL at {url} and Kafka at {brokers}");
         let producer = producer(&brokers)?;
         Ok(Shop {
@@ -206,7 +211,8 @@ impl Shop {
     /// Places an order: the order row and its `OrderPlaced` event, one commit.
     async fn place(&mut self, order: &(&str, &str, u64)) -> anyhow::Result<()> {
         let (schema, topic) = (&self.orders_schema, &self.topic);
-        let tx = self.orders_db.transaction().await?;
+        let mut db = self.orders_db.get().await?;
+        let tx = db.transaction().await?;
         let event = insert_order(&tx, schema, topic, order).await?;
         tx.commit().await?; // both, or neither
         let id = short(event.id);
@@ -221,7 +227,7 @@ impl Shop {
     /// `--late-commit`: o-1001's transaction writes first (lowest `seq`) but commits
     /// only after o-1002 and o-1003 are committed AND published.
     async fn place_first_order_late(&mut self) -> anyhow::Result<()> {
-        let mut slow_db = connect(&self.url).await?;
+        let mut slow_db = self.orders_db.get().await?;
         let slow = slow_db.transaction().await?;
         let event =
             insert_order(&slow, &self.orders_schema, &self.topic, &ORDERS[0])
@@ -252,9 +258,8 @@ impl Shop {
         let insert =
             format!("INSERT INTO {}.orders VALUES ($1, $2, $3)", self.orders_schema);
         let (order_id, customer_id, cents) = order;
-        self.orders_db
-            .execute(&insert, &[order_id, customer_id, &(*cents as i64)])
-            .await?;
+        let db = self.orders_db.get().await?;
+        db.execute(&insert, &[order_id, customer_id, &(*cents as i64)]).await?;
         info!("placed {order_id} ({cents} cents); committed, no outbox");
         Ok(Metadata::order_placed(CORRELATION_ID, OCCURRED_AT))
     }
@@ -300,8 +305,9 @@ impl Shop {
 
     /// Waits (bounded) until `n` outbox rows are sent.
     async fn wait_until_sent(&self, n: i64) -> anyhow::Result<()> {
+        let db = self.orders_db.get().await?;
         let waiting = async {
-            while counts(&self.orders_db, &self.orders_schema).await?.sent < n {
+            while counts(&db, &self.orders_schema).await?.sent < n {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             anyhow::Ok(())
@@ -320,8 +326,9 @@ impl Shop {
         let dead_letters =
             DeadLetters { producer: self.producer.clone(), topic: self.dlq.clone() };
         let mut duplicates = 0;
+        let mut db = self.billing_db.get().await?;
         for _ in 0..deliveries {
-            let (db, schema) = (&mut self.billing_db, self.billing_schema.as_str());
+            let (db, schema) = (&mut db, self.billing_schema.as_str());
             let step = handle_next(&consumer, &dead_letters, |event| async {
                 let charged = charge_once(db, schema, &event).await?;
                 let (m, order) = (&event.metadata, &event.order);
@@ -350,7 +357,7 @@ impl Shop {
         }
         let sql =
             format!("SELECT order_id, cents FROM {}.charges", self.billing_schema);
-        let rows = self.billing_db.query(&sql, &[]).await?;
+        let rows = db.query(&sql, &[]).await?;
         Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), duplicates))
     }
 
@@ -359,7 +366,7 @@ impl Shop {
             "SELECT order_id, total_cents FROM {}.orders",
             self.orders_schema
         );
-        let rows = self.orders_db.query(&sql, &[]).await?;
+        let rows = self.orders_db.get().await?.query(&sql, &[]).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -369,7 +376,7 @@ impl Shop {
             "SELECT aggregate_id FROM {}.outbox ORDER BY sent_at DESC, seq DESC LIMIT 1",
             self.orders_schema
         );
-        Ok(self.orders_db.query_one(&sql, &[]).await?.get(0))
+        Ok(self.orders_db.get().await?.query_one(&sql, &[]).await?.get(0))
     }
 
     async fn clean_up(self) -> anyhow::Result<()> {
@@ -377,7 +384,7 @@ impl Shop {
             let drop = format!(
                 "SET client_min_messages TO warning; DROP SCHEMA {schema} CASCADE"
             );
-            self.orders_db.batch_execute(&drop).await?;
+            self.orders_db.get().await?.batch_execute(&drop).await?;
         }
         Ok(())
     }
@@ -452,13 +459,15 @@ fn order_placed((order_id, customer_id, cents): &(&str, &str, u64)) -> OrderPlac
     }
 }
 
-async fn connect(url: &str) -> anyhow::Result<Client> {
-    let (client, connection) =
-        timeout(Duration::from_secs(5), tokio_postgres::connect(url, NoTls))
-            .await
-            .context("no answer within 5 s")??;
-    tokio::spawn(connection);
-    Ok(client)
+/// A service's own pool of up to `size` connections to `url`, once one of them
+/// has connected: a PostgreSQL that is not there is reported at the start.
+async fn connect(url: &str, size: usize) -> anyhow::Result<Pool> {
+    let pool = outbox::pool(url, size)?;
+    let first = timeout(Duration::from_secs(5), pool.get())
+        .await
+        .context("no answer within 5 s")??;
+    drop(first); // back into the pool, open, for the first to ask
+    Ok(pool)
 }
 
 fn short(id: Uuid) -> String {

@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deadpool_postgres::{Object, Pool, PoolError, Transaction};
 use futures::FutureExt;
 use futures::future::join_all;
 use kafka_events::envelope::header;
@@ -34,8 +35,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Notify;
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Transaction};
 use tracing::field::display;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -55,6 +56,13 @@ pub enum RelayError {
     /// was made.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// The relay's pool could not hand out a connection: PostgreSQL is down or
+    /// unreachable. Nothing was claimed; the next pass asks again.
+    #[error("no PostgreSQL connection: {0}")]
+    Pool(#[from] PoolError),
+    /// The relay's pool could not be built (the URL does not parse).
+    #[error(transparent)]
+    PoolSetup(#[from] crate::PoolSetupError),
 }
 
 /// Why one row was not published.
@@ -169,12 +177,17 @@ pub struct RelayStats {
     pub failed: Vec<FailedRow>,
 }
 
-/// A relay for one service's outbox (one schema). Give it its own connection: a
-/// pass holds a transaction open while it waits for the broker.
+/// A relay for one service's outbox (one schema), with a connection pool of its
+/// own: a pass holds a transaction open while it waits for the broker, so it
+/// shares its connection with nobody. The pool goes with the relay, and so do
+/// its connection and any pass in flight.
 pub struct Relay<P = FutureProducer> {
-    client: Client,
-    /// Everything else, apart from the client so that a batch can borrow it while
-    /// its transaction borrows the client.
+    pool: Pool,
+    /// The connection of the current (or last) pass. Each pass takes it from
+    /// the pool afresh, so a connection the server closed is replaced then.
+    connection: Option<Object>,
+    /// Everything else, apart from the connection so that a batch can borrow it
+    /// while its transaction borrows the connection.
     state: State<P>,
 }
 
@@ -187,37 +200,33 @@ struct State<P> {
 }
 
 impl<P: Publisher> Relay<P> {
-    /// A relay over `<schema>.outbox`, publishing with `publisher`: a producer
-    /// from [`kafka_events::client::producer`] (acks from all replicas,
-    /// idempotent), or a wrapper around one.
-    pub fn new(
-        client: Client,
-        schema: &str,
-        publisher: P,
-    ) -> Result<Self, RelayError> {
+    /// A relay over `<schema>.outbox` on connections from `pool` (give it one of
+    /// its own: see [`Relay`]), publishing with `publisher`: a producer from
+    /// [`kafka_events::client::producer`] (acks from all replicas, idempotent),
+    /// or a wrapper around one.
+    pub fn new(pool: Pool, schema: &str, publisher: P) -> Result<Self, RelayError> {
         let state = State {
             schema: checked(schema)?.to_owned(),
             publisher,
             config: RelayConfig::default(),
             wake: Arc::new(Notify::new()),
         };
-        Ok(Relay { client, state })
+        Ok(Relay { pool, connection: None, state })
     }
 
-    /// Opens its own PostgreSQL connection to `url`.
+    /// A relay with a pool of its own to `url`: one connection, as a pass needs
+    /// no more. Fails now, not at the first pass, when PostgreSQL does not
+    /// answer.
     pub async fn connect(
         url: &str,
         schema: &str,
         publisher: P,
     ) -> Result<Self, RelayError> {
         checked(schema)?;
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                warn!("relay's postgres connection ended: {e}");
-            }
-        });
-        Relay::new(client, schema, publisher)
+        let pool = crate::pool(url, 1)?;
+        let mut relay = Relay::new(pool, schema, publisher)?;
+        relay.connection = Some(relay.pool.get().await?);
+        Ok(relay)
     }
 
     /// Replaces the defaults ([`RelayConfig::default`]); call it before running.
@@ -244,7 +253,11 @@ impl<P: Publisher> Relay<P> {
     /// locked until the returned batch finishes (or is dropped, which rolls back).
     pub async fn claim(&mut self) -> Result<Batch<'_, P>, RelayError> {
         let s = &self.state.schema;
-        let tx = self.client.transaction().await?;
+        // Back to the pool and out again: a connection that closed since the
+        // last pass is replaced here instead of failing every pass after it.
+        self.connection = None;
+        let connection = self.connection.insert(self.pool.get().await?);
+        let tx = connection.transaction().await?;
         // No watermark: every pending row, however late it committed.
         let claim = format!(
             "SELECT seq, id, aggregate_id, topic, event_type, payload,

@@ -13,7 +13,7 @@ use kafka_events::client::{consumer, create_topics, producer};
 use kafka_events::consume::{DeadLetters, Handled, handle_next};
 use kafka_events::envelope::{Event, Metadata, OrderPlaced, header};
 use outbox::faults::{FaultPlan, FaultyPublisher};
-use outbox::relay::{Publisher, Relay, RelayConfig, RelayReport};
+use outbox::relay::{Publisher, Relay, RelayConfig, RelayError, RelayReport};
 use outbox::{Counts, OutboxEvent, counts, enqueue, inbox, migrate};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -277,6 +277,50 @@ async fn the_relay_publishes_keyed_by_aggregate_with_id_and_type_and_marks_sent(
         [events[0].id, events[2].id],
         "o-1's events in the order they were committed"
     );
+    f.drop_schema().await;
+}
+
+/// The server process behind the session named `application_name`, if any.
+async fn backend_of(db: &Client, application_name: &str) -> Option<i32> {
+    let sql = "SELECT pid FROM pg_stat_activity WHERE application_name = $1";
+    db.query_opt(sql, &[&application_name]).await.unwrap().map(|row| row.get(0))
+}
+
+#[tokio::test]
+async fn a_relay_replaces_a_connection_the_server_closed() {
+    let Some(mut f) = fixture().await else { return };
+    // The relay's session carries a name, so the test can find and end it.
+    let name = unique("relay");
+    let joiner = if f.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{joiner}application_name={name}", f.url);
+    let mut relay =
+        Relay::connect(&url, &f.schema, f.producer.clone()).await.unwrap();
+    let first = f.order_placed("o-1", 100);
+    f.commit(&first).await;
+    assert_eq!(published_ids(&relay.publish_batch().await.unwrap()), [first.id]);
+
+    // A restart, a failover or an administrator ends the relay's session; the
+    // call returns once the server process is gone (5 s at most).
+    let old = backend_of(&f.db, &name).await.expect("the relay's session");
+    let sql = "SELECT pg_terminate_backend($1, 5000)";
+    assert!(f.db.query_one(sql, &[&old]).await.unwrap().get::<_, bool>(0));
+    let second = f.order_placed("o-2", 200);
+    f.commit(&second).await;
+
+    // A pass that meets the closed connection before the relay has seen it
+    // close fails; the pass after it runs on a new connection, and so does a
+    // pass that comes later.
+    let report = match relay.publish_batch().await {
+        Ok(report) => report,
+        Err(RelayError::Postgres(error)) => {
+            eprintln!("one pass failed on the closed connection: {error}");
+            relay.publish_batch().await.unwrap()
+        }
+        Err(other) => panic!("not a PostgreSQL error: {other}"),
+    };
+    assert_eq!(published_ids(&report), [second.id]);
+    let new = backend_of(&f.db, &name).await.expect("a new session");
+    assert_ne!(new, old, "a new connection, not the closed one");
     f.drop_schema().await;
 }
 
