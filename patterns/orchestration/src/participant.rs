@@ -94,7 +94,8 @@ pub enum ServiceError {
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
     /// [`setup`] could not write a seed record. (In the consume loop, a command
-    /// that cannot be applied is logged and requeued, and the loop goes on.)
+    /// that cannot be applied is logged and requeued; the loop goes on, unless
+    /// the database could not be reached: see [`ServiceError::is_unreachable`].)
     #[error("{0}")]
     Apply(#[from] ApplyError),
     /// A reply was not confirmed by the broker.
@@ -109,6 +110,21 @@ pub enum ServiceError {
     /// The participant's task panicked or was cancelled.
     #[error("the participant's task panicked or was cancelled: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+impl ServiceError {
+    /// Whether PostgreSQL could not be reached at all (no connection, or one
+    /// that broke), as opposed to a statement the server refused. A participant
+    /// whose database is unreachable stops consuming with this error, so it
+    /// does not take command after command only to put each one back.
+    pub fn is_unreachable(&self) -> bool {
+        let lost = |e: &tokio_postgres::Error| e.as_db_error().is_none();
+        match self {
+            ServiceError::Pool(_) => true,
+            ServiceError::Db(e) | ServiceError::Apply(ApplyError::Db(e)) => lost(e),
+            _ => false,
+        }
+    }
 }
 
 /// Creates (or recreates) each participant's schema and the dead-letter queue, and seeds them.
@@ -278,6 +294,12 @@ pub fn serve(
                             warn!(%error, "could not apply {}", command.command_id);
                             let requeue = BasicNackOptions { requeue: true, ..Default::default() };
                             delivery.nack(requeue).await?;
+                            if error.is_unreachable() {
+                                // Taking the next command would fail the same way,
+                                // at once: stop, and let the caller decide when to
+                                // try again.
+                                return Err(error);
+                            }
                             continue;
                         }
                     };

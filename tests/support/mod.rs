@@ -1,0 +1,157 @@
+//! What the capstone's tests share: a shop of real processes per test (its own prefix, its own
+//! free ports), and a TCP proxy that cuts a broker off for a while.
+#![allow(dead_code)] // each test binary uses its own part of it
+
+pub mod proxy;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use orchestration::participant::{self, Names};
+use shop::config::{Env, Role, encode_hex};
+use shop::roles::saga::{CheckoutView, ORCHESTRATOR};
+use shop::scenario::{self, Client, Planned};
+use shop::supervisor::{Output, Supervisor};
+
+/// A shop of real processes for one test.
+pub struct Shop {
+    pub supervisor: Supervisor,
+    pub client: Client,
+    pub key: Vec<u8>,
+    pub placed: Vec<(Planned, CheckoutView)>,
+}
+
+/// Six free ports on 127.0.0.1, held until all six are chosen so none repeats.
+fn free_addrs() -> BTreeMap<Role, SocketAddr> {
+    let listeners: Vec<(Role, TcpListener)> = Role::ALL
+        .into_iter()
+        .map(|role| (role, TcpListener::bind("127.0.0.1:0").unwrap()))
+        .collect();
+    listeners.iter().map(|(role, l)| (*role, l.local_addr().unwrap())).collect()
+}
+
+/// A shop of its own, every service ready; `None` (with the reason printed) when the brokers
+/// are not there and not required.
+pub async fn start(test: &str) -> Option<Shop> {
+    start_with(test, infra::database_url(), infra::amqp_addr()).await
+}
+
+/// [`start`], with the services reaching PostgreSQL and RabbitMQ at these addresses (a proxy
+/// in front of them, say).
+pub async fn start_with(
+    test: &str,
+    database_url: String,
+    amqp: String,
+) -> Option<Shop> {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let env = Env {
+        names: Names::new(&format!("t{}_{}", &tag[..8], test)),
+        database_url,
+        amqp,
+        addrs: free_addrs(),
+    };
+    let seed = shop::shop::seed();
+    let setup = participant::setup(&env.database_url, &env.amqp, &env.names, &seed);
+    match tokio::time::timeout(Duration::from_secs(10), setup).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            infra::unavailable("PostgreSQL and RabbitMQ", &env.amqp, error);
+            return None;
+        }
+        Err(_) => {
+            infra::unavailable(
+                "PostgreSQL and RabbitMQ",
+                &env.amqp,
+                "no answer in 10 s",
+            );
+            return None;
+        }
+    }
+    let logs = std::env::temp_dir().join(&env.names.prefix);
+    eprintln!("{test}: the services' logs are in {}", logs.display());
+    let key = gateway::Secret::random().expose().to_vec();
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_shop"));
+    let supervisor =
+        Supervisor::start(exe, &env, &encode_hex(&key), &Output::Files(logs))
+            .unwrap();
+    supervisor.wait_all_ready(Duration::from_secs(60)).await.unwrap();
+    let client = Client::new(env.url(Role::Gateway), &key).unwrap();
+    Some(Shop { supervisor, client, key, placed: vec![] })
+}
+
+impl Shop {
+    pub fn env(&self) -> &Env {
+        self.supervisor.env()
+    }
+
+    /// Places `batch` and follows every checkout to its end; `fault` runs alongside.
+    pub async fn run_batch(
+        &self,
+        batch: Vec<Planned>,
+        fault: impl Future<Output = anyhow::Result<()>>,
+    ) -> Vec<(Planned, CheckoutView)> {
+        let client = &self.client;
+        let traffic = async {
+            for placed in futures::future::join_all(
+                batch.iter().map(|p| client.place(p, Duration::from_secs(60))),
+            )
+            .await
+            {
+                placed?;
+            }
+            let following = batch.iter().map(|p| async move {
+                let view = client
+                    .follow(&p.customer, &p.key, Duration::from_secs(120))
+                    .await?;
+                anyhow::Ok((p.clone(), view))
+            });
+            futures::future::try_join_all(following).await
+        };
+        let (placed, faulted) = tokio::join!(traffic, fault);
+        faulted.unwrap();
+        placed.unwrap()
+    }
+
+    /// Every promise, from every service's own records, over all checkouts so far.
+    pub async fn assert_promises_kept(&self) {
+        let findings =
+            scenario::check(self.env(), &shop::shop::seed(), &self.placed)
+                .await
+                .unwrap();
+        assert!(
+            findings.broken.is_empty(),
+            "broken promises: {:#?}",
+            findings.broken
+        );
+    }
+
+    pub async fn applied(&self) -> usize {
+        let pool = orchestration::pool(&self.env().database_url, 1).unwrap();
+        scenario::applied_total(&pool.get().await.unwrap(), self.env())
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        let env = self.env().clone();
+        let ended = self.supervisor.stop().await.unwrap();
+        for end in &ended {
+            assert!(
+                end.status.success() && !end.killed_after_grace,
+                "{} did not stop cleanly on SIGTERM: {} (killed after grace: {})",
+                end.role,
+                end.status,
+                end.killed_after_grace
+            );
+        }
+        participant::teardown(
+            &env.database_url,
+            &env.amqp,
+            &env.names,
+            &[ORCHESTRATOR],
+        )
+        .await
+        .unwrap();
+    }
+}
