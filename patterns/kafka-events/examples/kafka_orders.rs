@@ -142,8 +142,8 @@ async fn main() -> anyhow::Result<()> {
     let mut service = subscribe(&brokers, &group, &topic)?;
     if crash {
         // The first event is applied, then the process dies before its offset is
-        // stored, so no commit can ever include it. The connection to PostgreSQL
-        // dies with it; only what PostgreSQL committed survives.
+        // stored, so no commit can ever include it. Its pool of PostgreSQL
+        // connections dies with it; only what PostgreSQL committed survives.
         let message =
             timeout(STEP, service.recv()).await.context("no event arrived")??;
         let event = envelope::decode(&message)?;

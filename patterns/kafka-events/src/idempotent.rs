@@ -6,10 +6,16 @@
 //! one transaction: if the id is already there, the insert does nothing and neither does the effect.
 //! A crash between the two is impossible, because there is no "between": the transaction commits
 //! both or neither.
+//!
+//! The store owns a small connection pool, made when it connects and closed when it is dropped:
+//! a consumer that dies takes its connections with it, and one the server closed (a restart) is
+//! replaced when the next event asks for a connection, instead of failing every event after it.
 
 use std::collections::BTreeMap;
 
-use tokio_postgres::{Client, NoTls};
+use deadpool_postgres::{
+    BuildError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod,
+};
 
 use crate::envelope::{Event, OrderPlaced};
 
@@ -20,6 +26,13 @@ pub enum StoreError {
     /// commit together or not at all, so applying the event again is safe.
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// The pool could not hand out a connection: PostgreSQL is down or
+    /// unreachable. Nothing was applied.
+    #[error("no PostgreSQL connection: {0}")]
+    Pool(#[from] PoolError),
+    /// The pool refused its configuration.
+    #[error("connection pool: {0}")]
+    PoolSetup(#[from] BuildError),
     #[error(
         "schema name {0:?} must be lowercase letters, digits and underscores, starting with a letter"
     )]
@@ -39,9 +52,29 @@ pub fn add_to_totals(totals: &mut CustomerTotals, order: &OrderPlaced) {
 
 /// A consumer's processed events and its projection, in one PostgreSQL schema.
 pub struct Store {
-    client: Client,
+    pool: Pool,
     schema: String,
     consumer: String,
+}
+
+/// Connections per store: one, as the consumer applies one event at a time.
+const POOL_SIZE: usize = 1;
+
+/// The store's own pool of connections to `url`, each of which keeps
+/// PostgreSQL's notices (such as `DROP SCHEMA ... CASCADE`'s) to itself.
+fn pool(url: &str) -> Result<Pool, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.options("-c client_min_messages=warning");
+    // Fast recycling: when the pool hands a connection out, it checks that the
+    // connection is still open and opens a new one if the server closed it. A
+    // query on a connection that breaks fails, and its caller returns the error.
+    let recycling_method = RecyclingMethod::Fast;
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig { recycling_method },
+    );
+    Ok(Pool::builder(manager).max_size(POOL_SIZE).build()?)
 }
 
 impl Store {
@@ -58,27 +91,19 @@ impl Store {
         if !valid {
             return Err(StoreError::BadSchemaName(schema.to_owned()));
         }
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!("postgres connection ended: {e}");
-            }
-        });
+        let pool = pool(url)?;
+        let client = pool.get().await?;
         client
             .batch_execute(&format!(
-                "SET client_min_messages TO warning;
-                 CREATE SCHEMA IF NOT EXISTS {schema};
+                "CREATE SCHEMA IF NOT EXISTS {schema};
                  CREATE TABLE IF NOT EXISTS {schema}.processed_events (
                      consumer TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (consumer, event_id));
                  CREATE TABLE IF NOT EXISTS {schema}.customer_totals (
                      customer_id TEXT PRIMARY KEY, orders BIGINT NOT NULL, total_cents BIGINT NOT NULL);"
             ))
             .await?;
-        Ok(Store {
-            client,
-            schema: schema.to_owned(),
-            consumer: consumer.to_owned(),
-        })
+        drop(client);
+        Ok(Store { pool, schema: schema.to_owned(), consumer: consumer.to_owned() })
     }
 
     // ANCHOR: apply_once
@@ -86,7 +111,8 @@ impl Store {
     /// (`false`: a duplicate, already applied before).
     pub async fn apply_once(&mut self, event: &Event) -> Result<bool, StoreError> {
         let schema = &self.schema;
-        let tx = self.client.transaction().await?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
         let remember = format!(
             "INSERT INTO {schema}.processed_events (consumer, event_id)
              VALUES ($1, $2) ON CONFLICT DO NOTHING"
@@ -113,13 +139,15 @@ impl Store {
 
     /// The projection as committed: each event counted once, however often it came.
     pub async fn totals(&self) -> Result<CustomerTotals, StoreError> {
-        let rows = self.client.query(&format!("SELECT customer_id, orders, total_cents FROM {}.customer_totals", self.schema), &[]).await?;
+        let client = self.pool.get().await?;
+        let rows = client.query(&format!("SELECT customer_id, orders, total_cents FROM {}.customer_totals", self.schema), &[]).await?;
         Ok(rows.iter().map(|row| (row.get(0), (row.get(1), row.get(2)))).collect())
     }
 
     /// Drops the schema (tests clean up after themselves).
     pub async fn drop_schema(self) -> Result<(), StoreError> {
-        self.client
+        let client = self.pool.get().await?;
+        client
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
             .await?;
         Ok(())

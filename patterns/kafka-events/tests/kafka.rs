@@ -12,7 +12,7 @@ use kafka_events::consume::{DeadLetters, Handled, StepError, handle_next};
 use kafka_events::envelope::{
     self, DecodeError, Event, Metadata, OrderPlaced, header, header_str,
 };
-use kafka_events::idempotent::{CustomerTotals, Store, add_to_totals};
+use kafka_events::idempotent::{CustomerTotals, Store, StoreError, add_to_totals};
 use kafka_events::produce::publish;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -123,6 +123,47 @@ async fn events_of_one_order_stay_in_order_in_one_partition() {
     for (id, steps) in seen {
         assert_eq!(steps, [1, 2, 3, 4, 5], "events of {id} out of order");
     }
+}
+
+#[tokio::test]
+async fn the_store_replaces_a_connection_the_server_closed() {
+    let url = infra::database_url();
+    // The store's session carries a name, so the test can find and end it.
+    let name = unique("totals").replace('-', "_");
+    let joiner = if url.contains('?') { '&' } else { '?' };
+    let named = format!("{url}{joiner}application_name={name}");
+    let schema = format!("t_{}", Uuid::new_v4().simple());
+    let mut store = match Store::connect(&named, &schema, "totals").await {
+        Ok(store) => store,
+        Err(e) => return infra::unavailable("PostgreSQL", &url, e),
+    };
+    // A restart, a failover or an administrator ends the store's session; the
+    // call returns once the server process is gone (5 s at most).
+    let (admin, connection) =
+        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let end = "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+               WHERE application_name = $1";
+    assert_eq!(admin.query(end, &[&name]).await.unwrap().len(), 1, "one session");
+
+    // An event that meets the closed connection before the store has seen it
+    // close fails, and comes again (as an unstored offset would bring it); the
+    // next attempt runs on a new connection.
+    let event = Event { metadata: metadata(), order: order("o-1", "c-42", 2899) };
+    let applied = match store.apply_once(&event).await {
+        Ok(applied) => applied,
+        Err(StoreError::Postgres(error)) => {
+            eprintln!("one attempt failed on the closed connection: {error}");
+            store.apply_once(&event).await.unwrap()
+        }
+        Err(other) => panic!("not a PostgreSQL error: {other}"),
+    };
+    assert!(applied, "applied on a new connection");
+    assert_eq!(
+        store.totals().await.unwrap(),
+        CustomerTotals::from([("c-42".to_owned(), (1, 2899))])
+    );
+    store.drop_schema().await.unwrap();
 }
 
 // ANCHOR: crash_test
