@@ -82,15 +82,13 @@ async fn run() -> anyhow::Result<()> {
              (or `docker compose up -d --wait`)"
         );
     }
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| {
-            format!(
-                "PostgreSQL does not answer at {url}: run `cargo xtask brokers up`"
-            )
-        })?;
-    tokio::spawn(connection);
+    // One connection, to name the server; the shop's services own their pools.
+    let pool = outbox::pool(&url, 1)?;
+    let client = pool.get().await.with_context(|| {
+        format!("PostgreSQL does not answer at {url}: run `cargo xtask brokers up`")
+    })?;
     let version: String = client.query_one("SHOW server_version", &[]).await?.get(0);
+    drop((client, pool));
     info!("PostgreSQL {version}; Kafka API broker at {brokers}");
 
     let seed = Seed {

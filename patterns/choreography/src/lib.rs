@@ -34,6 +34,12 @@ pub enum Error {
     #[error("postgres: {0}")]
     /// PostgreSQL refused a connection, a query or a commit.
     Postgres(#[from] tokio_postgres::Error),
+    #[error("no PostgreSQL connection: {0}")]
+    /// A pool could not hand out a connection: PostgreSQL is down or unreachable.
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    /// A pool could not be built (the PostgreSQL URL does not parse).
+    PoolSetup(#[from] outbox::PoolSetupError),
     #[error("outbox: {0}")]
     /// Writing to or reading the outbox failed.
     Outbox(#[from] outbox::OutboxError),

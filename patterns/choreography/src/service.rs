@@ -4,13 +4,13 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use deadpool_postgres::{Object, Pool};
 use kafka_events::envelope::header;
 use outbox::{OutboxEvent, inbox};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_domain::orders::Orders;
 use shop_domain::{Event, OrderPlaced, Service as ServiceName, euros};
-use tokio_postgres::{Client, NoTls};
 use tracing::{Instrument, Span, info, info_span, warn};
 use uuid::Uuid;
 
@@ -18,9 +18,11 @@ use crate::Error;
 use crate::store::Store;
 use crate::wire::{self, Incoming, Topics, outbox_event, short};
 
-/// A service's connection to its own schema, and where its events go.
+/// A service's connection pool to its own schema, and where its events go.
+/// The pool is the service's: made when it connects, closed when it is dropped,
+/// so a service that dies takes its connections with it.
 pub struct Service<S> {
-    client: Client,
+    pool: Pool,
     schema: String,
     topics: Topics,
     rules: PhantomData<fn() -> S>,
@@ -59,31 +61,37 @@ impl Delivery {
 }
 
 impl<S: Store> Service<S> {
-    /// Connects to PostgreSQL at `url`, to work in `schema`.
+    /// Connects to PostgreSQL at `url`, to work in `schema`, with a pool of
+    /// its own: one connection, as the service applies one message at a time.
+    /// Fails now, not at the first message, when PostgreSQL does not answer.
     pub async fn connect(
         url: &str,
         schema: &str,
         topics: Topics,
     ) -> Result<Self, Error> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                warn!("postgres connection ended: {e}");
-            }
-        });
+        let pool = outbox::pool(url, 1)?;
+        drop(pool.get().await?);
         let rules = PhantomData;
-        Ok(Service { client, schema: schema.to_owned(), topics, rules })
+        Ok(Service { pool, schema: schema.to_owned(), topics, rules })
     }
 
     /// Creates the schema, the outbox and inbox, and the service's tables.
     pub async fn migrate(&self) -> Result<(), Error> {
-        outbox::migrate(&self.client, &self.schema).await?;
-        S::create_tables(&self.client, &self.schema).await
+        let db = self.connection().await?;
+        outbox::migrate(&db, &self.schema).await?;
+        S::create_tables(&db, &self.schema).await
     }
 
-    /// The service's own connection, for tests and the auditor to read its tables.
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// A connection from the service's own pool, to seed or read its tables.
+    /// The pool checks it on the way out: one the server closed is replaced.
+    pub async fn connection(&self) -> Result<Object, Error> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// How many of the service's outbox rows are pending, sent, failed.
+    pub async fn outbox_counts(&self) -> Result<outbox::Counts, Error> {
+        let db = self.connection().await?;
+        Ok(outbox::counts(&db, &self.schema).await?)
     }
 
     // ANCHOR: apply
@@ -93,7 +101,8 @@ impl<S: Store> Service<S> {
     /// including the events, which the relay will publish.
     pub async fn apply(&mut self, incoming: &Incoming) -> Result<Delivery, Error> {
         let (schema, topics) = (&self.schema, &self.topics);
-        let tx = self.client.transaction().await?;
+        let mut db = self.connection().await?;
+        let tx = db.transaction().await?;
         let me = S::SERVICE.name();
         if !inbox::first_delivery(&tx, schema, me, incoming.event_id).await? {
             tx.rollback().await?;
@@ -127,7 +136,8 @@ impl<S: Store> Service<S> {
         producer: &impl PublishNow,
     ) -> Result<Delivery, Error> {
         let schema = &self.schema;
-        let tx = self.client.transaction().await?;
+        let mut db = self.connection().await?;
+        let tx = db.transaction().await?;
         let me = S::SERVICE.name();
         if !inbox::first_delivery(&tx, schema, me, incoming.event_id).await? {
             tx.rollback().await?;
@@ -216,7 +226,8 @@ impl Service<Orders> {
     ) -> Result<Vec<OutboxEvent>, Error> {
         let span = span(ServiceName::Orders, correlation_id, &short(request_id));
         let placed = Event::OrderPlaced(order.clone());
-        let tx = self.client.transaction().await?;
+        let mut db = self.connection().await?;
+        let tx = db.transaction().await?;
         let mut orders = Orders::load(&tx, &self.schema, &placed).await?;
         let events =
             orders.place(order).map_err(|e| Error::Refused(format!("{e:?}")))?;

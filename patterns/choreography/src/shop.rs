@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use deadpool_postgres::Pool;
 use kafka_events::client::{consumer, create_topics, producer};
 use outbox::faults::{FaultPlan, FaultyPublisher};
 use outbox::relay::{Publisher, Relay, RelayConfig};
@@ -39,7 +40,6 @@ use shop_domain::shipping::{Shipment, ShipmentStatus, Shipping};
 use shop_domain::{Kind, OrderPlaced, Reaction, Seed, Service as ServiceName};
 use tokio::sync::{Mutex, Notify, broadcast, watch};
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
 use tracing::{Instrument, Span, info, info_span, warn};
 use uuid::Uuid;
 
@@ -211,7 +211,8 @@ impl Shared {
 pub struct Shop {
     shared: Arc<Shared>,
     orders_api: Mutex<Service<Orders>>,
-    reader: Mutex<Client>,
+    /// The auditor's pool: reads every schema, never writes a service's tables.
+    reader: Pool,
     wakes: BTreeMap<ServiceName, Arc<Notify>>,
     kills: BTreeMap<ServiceName, Arc<Notify>>,
     orders_killed: AtomicBool,
@@ -249,8 +250,14 @@ impl Shop {
             Service::<Shipping>::connect(url, &schemas.shipping, topics.clone())
                 .await?;
         shipping.migrate().await?;
-        let (i, p, s) = (inventory.client(), payments.client(), shipping.client());
-        seed(i, p, s, &schemas, &config.seed).await?;
+        let (i, p, s) = (
+            inventory.connection().await?,
+            payments.connection().await?,
+            shipping.connection().await?,
+        );
+        seed(&i, &p, &s, &schemas, &config.seed).await?;
+        // The seeding services are done: their pools close here.
+        drop((i, p, s, inventory, payments, shipping));
         let reader = connect(url).await?;
 
         let (stop, stop_rx) = watch::channel(false);
@@ -267,7 +274,7 @@ impl Shop {
         let mut shop = Shop {
             shared: shared.clone(),
             orders_api: Mutex::new(orders),
-            reader: Mutex::new(reader),
+            reader,
             wakes: BTreeMap::new(),
             kills: BTreeMap::new(),
             orders_killed: AtomicBool::new(false),
@@ -373,7 +380,7 @@ impl Shop {
     /// What every service knows about `order_id`, read from their schemas (a
     /// test's or an auditor's view: no service reads another's tables).
     pub async fn outcome(&self, order_id: &str) -> Result<Outcome, Error> {
-        let mut reader = self.reader.lock().await;
+        let mut reader = self.reader.get().await?;
         // One snapshot of the whole database: all four schemas as of one moment.
         let c = reader
             .build_transaction()
@@ -513,7 +520,7 @@ impl Shop {
         &self,
         service: ServiceName,
     ) -> Result<outbox::Counts, Error> {
-        let reader = self.reader.lock().await;
+        let reader = self.reader.get().await?;
         Ok(outbox::counts(&reader, self.shared.schemas.of(service)).await?)
     }
 
@@ -561,8 +568,12 @@ impl Shop {
         }
         for service in ServiceName::ALL {
             let schema = self.shared.schemas.of(service);
-            let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
-            self.reader.lock().await.batch_execute(&drop).await?;
+            // Quiet: DROP SCHEMA ... CASCADE says NOTICE otherwise.
+            let drop = format!(
+                "SET client_min_messages TO warning;
+                 DROP SCHEMA IF EXISTS {schema} CASCADE"
+            );
+            self.reader.get().await?.batch_execute(&drop).await?;
         }
         Ok(())
     }
@@ -573,14 +584,11 @@ pub fn correlation_id() -> String {
     format!("chk-{}", short(Uuid::new_v4()))
 }
 
-async fn connect(url: &str) -> Result<Client, Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            warn!("postgres connection ended: {e}");
-        }
-    });
-    // Quiet: DROP SCHEMA ... CASCADE and friends say NOTICE otherwise.
-    client.batch_execute("SET client_min_messages TO warning").await?;
-    Ok(client)
+/// The auditor's pool: two connections, so a reader of one outcome and a
+/// counter of outboxes (a waiting test, say) do not queue behind each other.
+/// Fails now when PostgreSQL does not answer.
+async fn connect(url: &str) -> Result<Pool, Error> {
+    let pool = outbox::pool(url, 2)?;
+    drop(pool.get().await?);
+    Ok(pool)
 }

@@ -131,7 +131,7 @@ async fn run_process<S: Store + 'static>(
             if record(shared, me, &delivery) {
                 wake.notify_one(); // the relay has work
             }
-            deaths.after_commit(shared, me, &delivery).await?;
+            deaths.after_commit(shared, &service, &delivery).await?;
             Ok::<_, Error>(delivery)
         });
         // ANCHOR_END: consume
@@ -191,16 +191,17 @@ struct Deaths {
 
 impl Deaths {
     /// `Err(Error::Died)` where the plan says this process dies.
-    async fn after_commit(
+    async fn after_commit<S: Store>(
         &self,
         shared: &Shared,
-        me: ServiceName,
+        service: &Service<S>,
         delivery: &Delivery,
     ) -> Result<(), Error> {
+        let me = S::SERVICE;
         let effect = matches!(delivery, Delivery::Applied { .. });
         let relayed = delivery.emitted_any();
         if (effect && self.after_effect) || (relayed && self.before_relay) {
-            shared_pending(shared, me, delivery, self.before_relay).await;
+            shared_pending(shared, service, delivery, self.before_relay).await;
             return Err(Error::Died(delivery_span(me, delivery)));
         }
         Ok(())
@@ -241,23 +242,18 @@ fn record(shared: &Shared, me: ServiceName, delivery: &Delivery) -> bool {
 
 /// Narrates a crash after an effect (and, when the relay never ran, counts the
 /// rows it left in the outbox).
-async fn shared_pending(
+async fn shared_pending<S: Store>(
     shared: &Shared,
-    me: ServiceName,
+    service: &Service<S>,
     delivery: &Delivery,
     before_relay: bool,
 ) {
     let Delivery::Applied { incoming, .. } = delivery else { return };
+    let me = S::SERVICE;
     let span = incoming_span(me, incoming);
     if before_relay {
-        let schema = shared.schemas.of(me);
-        let counted = match connect(&shared.config.database_url).await {
-            Ok(client) => outbox::counts(&client, schema)
-                .await
-                .map(|c| c.pending)
-                .map_err(Error::from),
-            Err(e) => Err(e),
-        };
+        // The dying service counts its own outbox, on its own pool.
+        let counted = service.outbox_counts().await.map(|c| c.pending);
         match counted {
             Ok(pending) => {
                 let counter = &shared.stats.of(me).pending_at_crash;
