@@ -24,9 +24,11 @@ pub struct Options {
     pub chaos: Option<u64>,
 }
 
+/// The roles, as `shop role ROLE` and `--kill ROLE` take them.
+pub const ROLES: &str =
+    "roles: inventory, payments, shipping, orders, saga, gateway";
 const USAGE: &str =
-    "usage: shop [--serve | --kill ROLE | --chaos [SEED]] | shop role ROLE
-roles: inventory, payments, shipping, orders, saga, gateway";
+    "usage: shop [--serve | --kill ROLE | --chaos [SEED]] | shop role ROLE";
 
 /// Reads the options after the program name.
 pub fn options(args: &[String]) -> anyhow::Result<Options> {
@@ -37,8 +39,9 @@ pub fn options(args: &[String]) -> anyhow::Result<Options> {
             "--serve" => options.serve = true,
             "--kill" => {
                 let name = args.next().context(USAGE)?;
-                let role = Role::parse(name)
-                    .with_context(|| format!("no role {name:?}\n{USAGE}"))?;
+                let role = Role::parse(name).with_context(|| {
+                    format!("no role {name:?}; {ROLES}\n{USAGE}")
+                })?;
                 options.kill = Some(role);
             }
             "--chaos" => {
@@ -62,20 +65,38 @@ pub fn options(args: &[String]) -> anyhow::Result<Options> {
     Ok(options)
 }
 
-/// The whole program: a role, or the supervisor and its run.
+/// The supervisor and its run (`shop` without `role`).
 pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
-    if let [role, name] = args.as_slice()
-        && role == "role"
-    {
-        let role = Role::parse(name)
-            .with_context(|| format!("no role {name:?}\n{USAGE}"))?;
-        return crate::roles::run(role).await;
-    }
     let options = options(&args)?;
+    let serve = options.serve;
+    let (supervisor, client, env) = start_shop_as(serve, Output::Prefixed).await?;
+    let outcome = if serve {
+        serve_until_stopped(&env, &client).await
+    } else {
+        run_batch(&supervisor, &client, &options).await
+    };
+    let stopped = stop_shop_as(supervisor, &env, !serve).await;
+    outcome?;
+    stopped
+}
+
+/// Starts a shop of its own (fresh names, removed by [`stop_shop`]): checks the brokers, creates
+/// and seeds the queues and schemas, starts every role and waits until each is ready. Without
+/// its brokers it says what to start, in one line, and exits.
+pub async fn start_shop(
+    output: Output,
+) -> anyhow::Result<(Supervisor, Client, Env)> {
+    start_shop_as(false, output).await
+}
+
+async fn start_shop_as(
+    serve: bool,
+    output: Output,
+) -> anyhow::Result<(Supervisor, Client, Env)> {
     let exe = std::env::current_exe()
         .context("cannot find this program to start its roles")?;
     let mut env = Env::from_env()?;
-    if !options.serve && std::env::var(PREFIX_VAR).is_err() {
+    if !serve && std::env::var(PREFIX_VAR).is_err() {
         // A run of its own: names nobody else uses, removed at the end.
         let tag = uuid::Uuid::new_v4().simple().to_string();
         env.names =
@@ -92,18 +113,24 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
     }
     let key = Secret::random();
     let supervisor =
-        Supervisor::start(&exe, &env, &encode_hex(key.expose()), &Output::Prefixed)?;
-    let outcome = async {
-        supervisor.wait_all_ready(Duration::from_secs(60)).await?;
-        info!("every service is ready");
-        let client = Client::new(env.url(Role::Gateway), key.expose())?;
-        if options.serve {
-            serve_until_stopped(&env, &client).await
-        } else {
-            run_batch(&supervisor, &client, &options).await
-        }
-    }
-    .await;
+        Supervisor::start(&exe, &env, &encode_hex(key.expose()), &output)?;
+    supervisor.wait_all_ready(Duration::from_secs(60)).await?;
+    info!("every service is ready");
+    let client = Client::new(env.url(Role::Gateway), key.expose())?;
+    Ok((supervisor, client, env))
+}
+
+/// Stops every role with SIGTERM, removes the run's queues and schemas, and fails if a role did
+/// not stop cleanly.
+pub async fn stop_shop(supervisor: Supervisor, env: &Env) -> anyhow::Result<()> {
+    stop_shop_as(supervisor, env, true).await
+}
+
+async fn stop_shop_as(
+    supervisor: Supervisor,
+    env: &Env,
+    teardown: bool,
+) -> anyhow::Result<()> {
     let ended = supervisor.stop().await?;
     for end in &ended {
         if !end.status.success() || end.killed_after_grace {
@@ -113,7 +140,7 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
             );
         }
     }
-    if !options.serve {
+    if teardown {
         let orchestrators = [crate::roles::saga::ORCHESTRATOR];
         if let Err(error) = participant::teardown(
             &env.database_url,
@@ -126,7 +153,6 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
             warn!(%error, "removing this run's queues and schemas failed");
         }
     }
-    outcome?;
     if ended.iter().any(|e| !e.status.success() || e.killed_after_grace) {
         bail!("a service did not stop cleanly on SIGTERM (see above)");
     }

@@ -16,6 +16,7 @@
 //! - [`cli`]: `cargo run --example shop` and its flags.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod probe;
@@ -27,6 +28,23 @@ pub mod supervisor;
 /// Runs the `shop` command with this process's arguments: what `main` of the binary and of the
 /// example both call. Logs go to stdout, one line per event.
 pub fn main() -> std::process::ExitCode {
+    run(|args| Box::pin(cli::main(args)))
+}
+
+/// Runs the benchmark (`cargo run --release --example shop_bench`).
+pub fn bench_main() -> std::process::ExitCode {
+    run(|args| Box::pin(bench::main(args)))
+}
+
+type Program = fn(
+    Vec<String>,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = anyhow::Result<()>>>,
+>;
+
+/// Every program of the package is also every role: the supervisor starts its roles from its
+/// own executable, as `<program> role <name>`.
+fn run(program: Program) -> std::process::ExitCode {
     infra::example::init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -36,7 +54,16 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::main(args)) {
+    let outcome = runtime.block_on(async {
+        match args.as_slice() {
+            [role, name] if role == "role" => match config::Role::parse(name) {
+                Some(role) => roles::run(role).await,
+                None => Err(anyhow::anyhow!("no role {name:?}; {}", cli::ROLES)),
+            },
+            _ => program(args).await,
+        }
+    });
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
