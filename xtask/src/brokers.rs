@@ -3,7 +3,8 @@
 //! `up` uses a broker that already answers as it is. For the others it prefers a container engine
 //! (`docker compose up -d --wait` with the repository's `docker-compose.yml`) and falls back to native
 //! processes: PostgreSQL and RabbitMQ from the distribution's packages, Nisshi (formerly Tansu)
-//! for the Kafka API. It returns only when each broker completes a real handshake (see `probe.rs`), and records what it
+//! for the Kafka API. The Restate server (the durable-execution engine of the "Orchestration on an
+//! engine" chapter) always runs natively, from its pinned npm package (see `restate.rs`). It returns only when each broker completes a real handshake (see `probe.rs`), and records what it
 //! started in `target/brokers/started`, so that `down` stops exactly that and nothing else.
 
 use std::fs;
@@ -12,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::probe::{self, AmqpUri, PgUrl, ProbeError};
+use crate::restate;
 use crate::{Fail, cmd, command_exists, run, run_quiet, workspace_root};
 
 /// Nisshi (formerly Tansu), pinned: the Kafka-API broker used when no container engine is
@@ -25,9 +27,11 @@ pub enum Broker {
     Kafka,
     RabbitMq,
     Postgres,
+    Restate,
 }
 
-pub const ALL: [Broker; 3] = [Broker::Kafka, Broker::RabbitMq, Broker::Postgres];
+pub const ALL: [Broker; 4] =
+    [Broker::Kafka, Broker::RabbitMq, Broker::Postgres, Broker::Restate];
 
 impl Broker {
     fn name(self) -> &'static str {
@@ -35,6 +39,7 @@ impl Broker {
             Broker::Kafka => "kafka",
             Broker::RabbitMq => "rabbitmq",
             Broker::Postgres => "postgres",
+            Broker::Restate => "restate",
         }
     }
 
@@ -43,11 +48,18 @@ impl Broker {
         self.name()
     }
 
+    /// Whether docker-compose.yml has it. Restate is not there: its npm package runs it anywhere
+    /// Node.js does, with or without a container engine.
+    fn in_compose(self) -> bool {
+        self != Broker::Restate
+    }
+
     fn env_var(self) -> &'static str {
         match self {
             Broker::Kafka => "KAFKA_BROKERS",
             Broker::RabbitMq => "AMQP_ADDR",
             Broker::Postgres => "DATABASE_URL",
+            Broker::Restate => restate::ADMIN_VAR,
         }
     }
 
@@ -56,6 +68,7 @@ impl Broker {
             Broker::Kafka => infra::kafka_brokers(),
             Broker::RabbitMq => infra::amqp_addr(),
             Broker::Postgres => infra::database_url(),
+            Broker::Restate => restate::admin_url(),
         }
     }
 
@@ -70,6 +83,7 @@ impl Broker {
             Broker::Postgres => {
                 Ok(PgUrl::parse(&addr).map_err(Fail::msg)?.host_port)
             }
+            Broker::Restate => restate::host_port(&addr).map_err(Fail::msg),
         }
     }
 
@@ -89,6 +103,7 @@ impl Broker {
             Broker::Postgres => {
                 probe::postgres(&PgUrl::parse(&addr).map_err(bad_config)?)
             }
+            Broker::Restate => restate::probe(),
         }
     }
 }
@@ -123,7 +138,7 @@ impl Started {
     }
 }
 
-fn state_dir() -> PathBuf {
+pub(crate) fn state_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
@@ -176,9 +191,14 @@ pub fn up() -> Result<(), Fail> {
     }
 
     let mut started = load_started();
-    if container_engine() {
+    let (mut composed, mut native): (Vec<Broker>, Vec<Broker>) =
+        (vec![], missing.clone());
+    if native.iter().any(|b| b.in_compose()) && container_engine() {
+        (composed, native) = missing.iter().partition(|b| b.in_compose());
+    }
+    if !composed.is_empty() {
         let services: Vec<&str> =
-            missing.iter().map(|b| b.compose_service()).collect();
+            composed.iter().map(|b| b.compose_service()).collect();
         println!(
             "brokers: container engine found; docker compose up -d --wait {}",
             services.join(" ")
@@ -189,10 +209,13 @@ pub fn up() -> Result<(), Fail> {
             .args(&services)
             .current_dir(workspace_root());
         run(&mut compose)?;
-        started.extend(missing.iter().map(|b| Started::Compose(*b)));
-    } else {
-        println!("brokers: no container engine; starting native brokers");
-        for &broker in &missing {
+        started.extend(composed.iter().map(|b| Started::Compose(*b)));
+    }
+    if !native.is_empty() {
+        if native.iter().any(|b| b.in_compose()) {
+            println!("brokers: no container engine; starting native brokers");
+        }
+        for &broker in &native {
             // Recorded before starting: a start that fails halfway may still leave a process
             // behind, and `down` must be able to stop it.
             started.push(Started::Native(broker));
@@ -202,6 +225,7 @@ pub fn up() -> Result<(), Fail> {
                 Broker::Kafka => start_nisshi()?,
                 Broker::RabbitMq => start_rabbitmq()?,
                 Broker::Postgres => start_postgres()?,
+                Broker::Restate => restate::start()?,
             }
             println!(
                 "  {:<9} started in {:.1}s",
@@ -229,6 +253,7 @@ fn wait_ready(broker: Broker) -> Result<String, Fail> {
                     Broker::Kafka => state_dir().join("nisshi.log"),
                     Broker::RabbitMq => PathBuf::from("/var/log/rabbitmq"),
                     Broker::Postgres => pg_dir().join("postgres.log"),
+                    Broker::Restate => restate::log_file(),
                 }
                 .display()
                 .to_string();
@@ -262,6 +287,7 @@ pub fn down() -> Result<(), Fail> {
             Started::Native(Broker::Kafka) => stop_nisshi(),
             Started::Native(Broker::RabbitMq) => stop_rabbitmq(),
             Started::Native(Broker::Postgres) => stop_postgres(),
+            Started::Native(Broker::Restate) => restate::stop(),
         };
         let name = entry.broker().name();
         match (stopped, entry.broker().probe()) {
@@ -564,6 +590,7 @@ mod tests {
             Started::Native(Broker::Kafka),
             Started::Compose(Broker::Postgres),
             Started::Native(Broker::RabbitMq),
+            Started::Native(Broker::Restate),
         ] {
             assert_eq!(Started::parse(&s.line()), Some(s));
         }

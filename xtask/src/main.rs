@@ -1,7 +1,7 @@
 //! Repository automation, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
 //!
 //! ```text
-//! cargo xtask brokers up|down|status   real Kafka-API, RabbitMQ and PostgreSQL brokers on this machine
+//! cargo xtask brokers up|down|status   real Kafka-API, RabbitMQ, PostgreSQL and Restate servers on this machine
 //! cargo xtask test                     brokers up, every test with REQUIRE_BROKERS=1, every example, the book
 //! cargo xtask book [--serve]           build (or serve) the book with pinned mdBook tools
 //! cargo xtask examples                 run the README's examples, keeping their output
@@ -22,6 +22,7 @@ mod lint;
 mod probe;
 mod quiz;
 mod quiz_schema;
+mod restate;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
