@@ -17,7 +17,7 @@ use orchestration::participant::Names;
 use shop_domain::{Line, Service};
 use tracing::info;
 
-use crate::config::{Env, Role};
+use crate::config::Env;
 use crate::scenario::{self, Client, Planned};
 use crate::supervisor::Supervisor;
 
@@ -63,7 +63,7 @@ pub async fn phase(
     planned: Vec<Planned>,
     concurrency: usize,
     fault: impl Future<Output = anyhow::Result<()>>,
-) -> anyhow::Result<(Phase, Vec<(Planned, crate::roles::saga::CheckoutView)>)> {
+) -> anyhow::Result<(Phase, Vec<(Planned, crate::roles::intake::CheckoutView)>)> {
     let env = supervisor.env();
     let started = tokio::time::Instant::now();
     let work = async {
@@ -111,7 +111,7 @@ const SEGMENTS: [&str; 6] = [
 async fn timings(
     env: &Env,
     sent_at: &BTreeMap<String, SystemTime>,
-    ended: &[(Planned, crate::roles::saga::CheckoutView)],
+    ended: &[(Planned, crate::roles::intake::CheckoutView)],
 ) -> anyhow::Result<(Sample, Vec<(&'static str, Duration)>)> {
     let pool = orchestration::pool(&env.database_url, 1)?;
     let db = pool.get().await?;
@@ -211,7 +211,7 @@ pub async fn chaos(
     commands: usize,
 ) -> anyhow::Result<()> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut roles = Role::ALL.to_vec();
+    let mut roles = supervisor.env().style.roles();
     rng.shuffle(&mut roles);
     let mut points: Vec<usize> =
         roles.iter().map(|_| from + rng.usize(1..=commands)).collect();
@@ -244,7 +244,7 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
     anyhow::ensure!(n > 0 && concurrency > 0, "N and C must be positive");
     let logs = std::env::temp_dir().join("shop_bench");
     let (shop, client, env) =
-        crate::cli::start_shop(crate::supervisor::Output::Files(logs.clone()))
+        crate::cli::start_shop(None, crate::supervisor::Output::Files(logs.clone()))
             .await?;
     println!("services' logs: {}", logs.display());
     let outcome = async {

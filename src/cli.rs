@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use gateway::Secret;
-use orchestration::participant::{self, PARTICIPANTS};
+use orchestration::participant;
 use tracing::{error, info, warn};
 
-use crate::config::{Env, PREFIX_VAR, Role, encode_hex};
+use crate::config::{Env, PREFIX_VAR, Role, Style, encode_hex};
 use crate::probe;
 use crate::scenario::{self, Client, Planned};
 use crate::supervisor::{Output, Supervisor};
@@ -22,13 +22,15 @@ pub struct Options {
     pub kill: Option<Role>,
     /// SIGKILL every role in turn, in an order and at moments drawn from this seed.
     pub chaos: Option<u64>,
+    /// How the checkout is coordinated; `None`: as `SHOP_STYLE` says (orchestration).
+    pub style: Option<Style>,
 }
 
 /// The roles, as `shop role ROLE` and `--kill ROLE` take them.
 pub const ROLES: &str =
     "roles: inventory, payments, shipping, orders, saga, gateway";
-const USAGE: &str =
-    "usage: shop [--serve | --kill ROLE | --chaos [SEED]] | shop role ROLE";
+const USAGE: &str = "usage: shop [--style orchestration|choreography] \
+                     [--serve | --kill ROLE | --chaos [SEED]] | shop role ROLE";
 
 /// Reads the options after the program name.
 pub fn options(args: &[String]) -> anyhow::Result<Options> {
@@ -37,6 +39,13 @@ pub fn options(args: &[String]) -> anyhow::Result<Options> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--serve" => options.serve = true,
+            "--style" => {
+                let name = args.next().context(USAGE)?;
+                let style = Style::parse(name).with_context(|| {
+                    format!("no style {name:?}: orchestration or choreography")
+                })?;
+                options.style = Some(style);
+            }
             "--kill" => {
                 let name = args.next().context(USAGE)?;
                 let role = Role::parse(name).with_context(|| {
@@ -69,7 +78,8 @@ pub fn options(args: &[String]) -> anyhow::Result<Options> {
 pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
     let options = options(&args)?;
     let serve = options.serve;
-    let (supervisor, client, env) = start_shop_as(serve, Output::Prefixed).await?;
+    let (supervisor, client, env) =
+        start_shop_as(serve, options.style, Output::Prefixed).await?;
     let outcome = if serve {
         serve_until_stopped(&env, &client).await
     } else {
@@ -84,18 +94,21 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
 /// and seeds the queues and schemas, starts every role and waits until each is ready. Without
 /// its brokers it says what to start, in one line, and exits.
 pub async fn start_shop(
+    style: Option<Style>,
     output: Output,
 ) -> anyhow::Result<(Supervisor, Client, Env)> {
-    start_shop_as(false, output).await
+    start_shop_as(false, style, output).await
 }
 
 async fn start_shop_as(
     serve: bool,
+    style: Option<Style>,
     output: Output,
 ) -> anyhow::Result<(Supervisor, Client, Env)> {
     let exe = std::env::current_exe()
         .context("cannot find this program to start its roles")?;
     let mut env = Env::from_env()?;
+    env.style = style.unwrap_or(env.style);
     if !serve && std::env::var(PREFIX_VAR).is_err() {
         // A run of its own: names nobody else uses, removed at the end.
         let tag = uuid::Uuid::new_v4().simple().to_string();
@@ -104,10 +117,14 @@ async fn start_shop_as(
     }
     let seed = crate::shop::seed();
     if let Err(why) = preflight(&env, &seed).await {
+        let broker = match env.style {
+            Style::Orchestration => format!("RabbitMQ at {}", env.amqp),
+            Style::Choreography => format!("a Kafka-API broker at {}", env.kafka),
+        };
         eprintln!(
-            "the shop needs PostgreSQL at {} and RabbitMQ at {} ({why:#}): start them with \
+            "the shop needs PostgreSQL at {} and {broker} ({why:#}): start them with \
              `cargo xtask brokers up` (or `docker compose up -d --wait`)",
-            env.database_url, env.amqp
+            env.database_url
         );
         std::process::exit(2);
     }
@@ -140,18 +157,8 @@ async fn stop_shop_as(
             );
         }
     }
-    if teardown {
-        let orchestrators = [crate::roles::saga::ORCHESTRATOR];
-        if let Err(error) = participant::teardown(
-            &env.database_url,
-            &env.amqp,
-            &env.names,
-            &orchestrators,
-        )
-        .await
-        {
-            warn!(%error, "removing this run's queues and schemas failed");
-        }
+    if teardown && let Err(error) = self::teardown(env).await {
+        warn!(%error, "removing this run's queues and schemas failed");
     }
     if ended.iter().any(|e| !e.status.success() || e.killed_after_grace) {
         bail!("a service did not stop cleanly on SIGTERM (see above)");
@@ -159,13 +166,47 @@ async fn stop_shop_as(
     Ok(())
 }
 
-/// Checks the brokers answer, then creates this shop's queues and schemas and seeds them.
-async fn preflight(env: &Env, seed: &shop_domain::Seed) -> anyhow::Result<()> {
-    let setup = participant::setup(&env.database_url, &env.amqp, &env.names, seed);
-    match tokio::time::timeout(Duration::from_secs(10), setup).await {
-        Ok(done) => Ok(done?),
-        Err(_) => bail!("no answer in 10 s"),
+/// Checks the brokers of the shop's style answer, then creates its queues or topics and its
+/// schemas and seeds them.
+pub async fn preflight(env: &Env, seed: &shop_domain::Seed) -> anyhow::Result<()> {
+    let setup = async {
+        match env.style {
+            Style::Orchestration => {
+                participant::setup(&env.database_url, &env.amqp, &env.names, seed)
+                    .await?;
+            }
+            Style::Choreography => {
+                let config = crate::roles::choreographed::shop_config(env);
+                choreography::shop::Shop::set_up(&config).await?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(20), setup).await {
+        Ok(done) => done,
+        Err(_) => bail!("no answer in 20 s"),
     }
+}
+
+/// Removes what `preflight` created (queues and schemas; Kafka topics stay).
+pub async fn teardown(env: &Env) -> anyhow::Result<()> {
+    match env.style {
+        Style::Orchestration => {
+            let orchestrators = [crate::roles::saga::ORCHESTRATOR];
+            participant::teardown(
+                &env.database_url,
+                &env.amqp,
+                &env.names,
+                &orchestrators,
+            )
+            .await?;
+        }
+        Style::Choreography => {
+            let config = crate::roles::choreographed::shop_config(env);
+            choreography::shop::Shop::tear_down(&config).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn serve_until_stopped(env: &Env, client: &Client) -> anyhow::Result<()> {
@@ -182,7 +223,7 @@ async fn serve_until_stopped(env: &Env, client: &Client) -> anyhow::Result<()> {
     println!(
         "  curl -s {gateway}/checkouts/my-first -H \"authorization: Bearer $TOKEN\""
     );
-    for role in Role::ALL {
+    for role in env.style.roles() {
         println!("  curl -s {}/readyz     # {role}", env.url(role));
     }
     println!(
@@ -223,7 +264,7 @@ async fn run_batch(
         }
         if let Some(seed) = options.chaos {
             let mut rng = fastrand::Rng::with_seed(seed);
-            let mut roles = Role::ALL.to_vec();
+            let mut roles = supervisor.env().style.roles();
             rng.shuffle(&mut roles);
             let mut points: Vec<usize> =
                 roles.iter().map(|_| rng.usize(1..=25)).collect();
@@ -237,7 +278,7 @@ async fn run_batch(
     };
     let (placed, faulted) = tokio::join!(traffic, faults);
     faulted?;
-    let placed: Vec<(Planned, crate::roles::saga::CheckoutView)> = placed?;
+    let placed: Vec<(Planned, crate::roles::intake::CheckoutView)> = placed?;
     for (planned, view) in &placed {
         let reason =
             view.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
@@ -248,21 +289,20 @@ async fn run_batch(
         println!("{:>14} {}", "", view.steps.join(" -> "));
     }
     let findings = scenario::check(env, &crate::shop::seed(), &placed).await?;
-    for service in PARTICIPANTS {
-        let role = Role::Participant(service);
-        let applied = findings.applied.get(service.name()).copied().unwrap_or(0);
+    let what = match env.style {
+        Style::Orchestration => "commands",
+        Style::Choreography => "events",
+    };
+    for role in env.style.roles() {
         let restarts = supervisor.life(role).generation.saturating_sub(1);
-        println!(
-            "{:>9}: {applied} commands applied, restarted {restarts} time(s)",
-            service.name()
-        );
-    }
-    for role in [Role::Saga, Role::Gateway] {
-        println!(
-            "{:>9}: restarted {} time(s)",
-            role.name(),
-            supervisor.life(role).generation.saturating_sub(1)
-        );
+        let applied = match role {
+            Role::Participant(service) => {
+                let n = findings.applied.get(service.name()).copied().unwrap_or(0);
+                format!("{n} {what} applied, ")
+            }
+            _ => String::new(),
+        };
+        println!("{:>9}: {applied}restarted {restarts} time(s)", role.name());
     }
     if !findings.broken.is_empty() {
         for broken in &findings.broken {

@@ -72,6 +72,56 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// How the checkout is coordinated: the same shop, two ways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// The saga service tells each participant what to do over RabbitMQ and logs every decision
+    /// (the orchestration chapter).
+    Orchestration,
+    /// Nobody runs the checkout: each service reacts to the others' events on Kafka, with an
+    /// outbox and an inbox each (the choreography chapter). No saga process.
+    Choreography,
+}
+
+impl Style {
+    /// The style's name, as `SHOP_STYLE` and `--style` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Style::Orchestration => "orchestration",
+            Style::Choreography => "choreography",
+        }
+    }
+
+    /// The style a name stands for.
+    pub fn parse(name: &str) -> Option<Style> {
+        [Style::Orchestration, Style::Choreography]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+
+    /// The roles a shop of this style runs, in the order they start.
+    pub fn roles(self) -> Vec<Role> {
+        match self {
+            Style::Orchestration => Role::ALL.to_vec(),
+            Style::Choreography => {
+                Role::ALL.into_iter().filter(|r| *r != Role::Saga).collect()
+            }
+        }
+    }
+
+    /// The role that takes checkouts behind the gateway: the saga service, or the orders
+    /// service when nobody orchestrates.
+    pub fn intake(self) -> Role {
+        match self {
+            Style::Orchestration => Role::Saga,
+            Style::Choreography => Role::Participant(Service::Orders),
+        }
+    }
+}
+
+/// The variable that chooses the [`Style`]: `SHOP_STYLE`, default `orchestration`.
+pub const STYLE_VAR: &str = "SHOP_STYLE";
+
 /// A configuration a process cannot start with: the variable and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -100,6 +150,10 @@ pub const PREFIX_VAR: &str = "SHOP_PREFIX";
 /// Everything a process of the shop reads from its environment.
 #[derive(Clone, Debug)]
 pub struct Env {
+    /// How the checkout is coordinated.
+    pub style: Style,
+    /// `KAFKA_BROKERS`: the Kafka-API broker (choreography only).
+    pub kafka: String,
     /// Queue and schema names: one prefix per shop, so two shops on one broker never meet.
     pub names: Names,
     /// `DATABASE_URL`: PostgreSQL, where each service has its own schema.
@@ -120,6 +174,12 @@ impl Env {
             let expected = "1 to 40 letters, digits or _";
             return Err(invalid(PREFIX_VAR, &prefix, expected));
         }
+        let style = match read(STYLE_VAR) {
+            None => Style::Orchestration,
+            Some(name) => Style::parse(&name).ok_or_else(|| {
+                invalid(STYLE_VAR, &name, "orchestration or choreography")
+            })?,
+        };
         let mut addrs = BTreeMap::new();
         for role in Role::ALL {
             let var = role.addr_var();
@@ -132,6 +192,8 @@ impl Env {
             addrs.insert(role, addr);
         }
         Ok(Env {
+            style,
+            kafka: infra::kafka_brokers(),
             names: Names::new(&prefix),
             database_url: infra::database_url(),
             amqp: infra::amqp_addr(),
@@ -155,6 +217,8 @@ impl Env {
     /// The variables a child process gets, so that its `from_env` reads this configuration.
     pub fn vars(&self) -> Vec<(String, String)> {
         let mut vars = vec![
+            (STYLE_VAR.to_owned(), self.style.name().to_owned()),
+            ("KAFKA_BROKERS".to_owned(), self.kafka.clone()),
             (PREFIX_VAR.to_owned(), self.names.prefix.clone()),
             ("DATABASE_URL".to_owned(), self.database_url.clone()),
             ("AMQP_ADDR".to_owned(), self.amqp.clone()),

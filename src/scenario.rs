@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use gateway::auth::Issuer;
-use orchestration::participant::{self, PARTICIPANTS};
+use orchestration::participant;
 use shop_domain::inventory::Hold;
 use shop_domain::orders::Order;
 use shop_domain::payments::Payment;
@@ -15,10 +15,10 @@ use shop_domain::shipping::Shipment;
 use shop_domain::{Line, Seed, Service};
 use tracing::{info, warn};
 
-use crate::config::Env;
+use crate::config::{Env, Style};
 use crate::probe::AmqpProbe;
 use crate::roles::edge::{AUDIENCE, ISSUER, READ, WRITE};
-use crate::roles::saga::CheckoutView;
+use crate::roles::intake::CheckoutView;
 
 /// One checkout to place: who, what, and what the shop should make of it without faults.
 #[derive(Clone, Debug)]
@@ -179,18 +179,174 @@ pub struct Findings {
     pub broken: Vec<String>,
 }
 
-/// Checks what the shop promises, from each participant's own records: every checkout ended and
+/// Where the services keep their records: the participants' schemas (orchestration), or the
+/// choreographed services' tables, read through the choreography crate's view of an order.
+enum Records {
+    Orchestrated(Box<deadpool_postgres::Object>),
+    Choreographed(Box<choreography::shop::Shop>),
+}
+
+/// One order as the four services record it: the names of the hold, the payment, the shipment
+/// and the order status (`none` where a service has no record).
+struct Seen {
+    hold: String,
+    paid: String,
+    shipped: String,
+    settled: String,
+}
+
+impl Records {
+    async fn open(env: &Env) -> anyhow::Result<Records> {
+        Ok(match env.style {
+            Style::Orchestration => {
+                let pool = orchestration::pool(&env.database_url, 1)?;
+                let db = pool.get().await.context("reading the records")?;
+                Records::Orchestrated(Box::new(db))
+            }
+            Style::Choreography => {
+                // A view of the shop that runs none of its services.
+                let config = crate::roles::choreographed::shop_config(env);
+                let shop = choreography::shop::Shop::start_only(config, &[]).await?;
+                Records::Choreographed(Box::new(shop))
+            }
+        })
+    }
+
+    async fn order(&self, env: &Env, id: &str) -> anyhow::Result<Seen> {
+        let names = &env.names;
+        let name = |n: Option<&str>| n.unwrap_or("none").to_owned();
+        Ok(match self {
+            Records::Orchestrated(db) => {
+                let key = |what: &str| format!("{what}:{id}");
+                let hold: Option<Hold> =
+                    participant::record(db, names, Service::Inventory, &key("hold"))
+                        .await?;
+                let payment: Option<Payment> = participant::record(
+                    db,
+                    names,
+                    Service::Payments,
+                    &key("payment"),
+                )
+                .await?;
+                let shipment: Option<Shipment> = participant::record(
+                    db,
+                    names,
+                    Service::Shipping,
+                    &key("shipment"),
+                )
+                .await?;
+                let order: Option<Order> =
+                    participant::record(db, names, Service::Orders, &key("order"))
+                        .await?;
+                Seen {
+                    hold: name(hold.as_ref().map(Hold::name)),
+                    paid: name(payment.as_ref().map(|p| p.status.name())),
+                    shipped: name(shipment.as_ref().map(|s| s.status.name())),
+                    settled: name(order.as_ref().map(|o| o.status.name())),
+                }
+            }
+            Records::Choreographed(shop) => {
+                let o = shop.outcome(id).await?;
+                Seen {
+                    hold: name(o.hold.as_ref().map(Hold::name)),
+                    paid: name(o.payment.as_ref().map(|p| p.status.name())),
+                    shipped: name(o.shipment.as_ref().map(|s| s.status.name())),
+                    settled: name(o.order.as_ref().map(|o| o.status.name())),
+                }
+            }
+        })
+    }
+
+    /// Every SKU's stock and every customer's balance.
+    async fn totals(
+        &self,
+        env: &Env,
+        seed: &Seed,
+    ) -> anyhow::Result<(BTreeMap<String, u32>, BTreeMap<String, u64>)> {
+        let (mut stock, mut money) = (BTreeMap::new(), BTreeMap::new());
+        match self {
+            Records::Orchestrated(db) => {
+                let names = &env.names;
+                for (sku, _) in &seed.stock {
+                    let key = format!("stock:{sku}");
+                    let have: Option<u32> =
+                        participant::record(db, names, Service::Inventory, &key)
+                            .await?;
+                    stock.insert(sku.clone(), have.context("no stock record")?);
+                }
+                for (customer, _) in &seed.balances {
+                    let key = format!("balance:{customer}");
+                    let have: Option<u64> =
+                        participant::record(db, names, Service::Payments, &key)
+                            .await?;
+                    money.insert(
+                        customer.clone(),
+                        have.context("no balance record")?,
+                    );
+                }
+            }
+            Records::Choreographed(shop) => {
+                // Any order id gives the whole stock and every balance.
+                let o = shop.outcome("-").await?;
+                stock = o.stock;
+                money = o.balances;
+            }
+        }
+        Ok((stock, money))
+    }
+
+    /// Messages no service could read: the dead-letter queue, or topics.
+    async fn dead_letters(&self, env: &Env) -> Result<u64, String> {
+        match self {
+            Records::Orchestrated(_) => {
+                let queue = env.names.dead_letters();
+                AmqpProbe::new(env.amqp.clone())
+                    .messages(&queue)
+                    .await
+                    .map(u64::from)
+            }
+            Records::Choreographed(shop) => {
+                let mut total = 0;
+                for service in Service::ALL {
+                    let n = shop
+                        .dead_letters_of(service)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    total += n.unsigned_abs();
+                }
+                Ok(total)
+            }
+        }
+    }
+
+    async fn close(self) {
+        if let Records::Choreographed(shop) = self {
+            shop.stop().await;
+        }
+    }
+}
+
+/// Checks what the shop promises, from each service's own records: every checkout ended and
 /// none is stuck; stock and money are conserved (each confirmed order took its stock and its
 /// money once, each cancelled one took nothing in the end); each service's record of each order
-/// agrees with how the checkout ended; no command was dead-lettered.
+/// agrees with how the checkout ended; nothing was dead-lettered.
 pub async fn check(
     env: &Env,
     seed: &Seed,
     placed: &[(Planned, CheckoutView)],
 ) -> anyhow::Result<Findings> {
-    let pool = orchestration::pool(&env.database_url, 1)?;
-    let db = pool.get().await.context("reading the services' records")?;
-    let names = &env.names;
+    let records = Records::open(env).await?;
+    let found = check_records(&records, env, seed, placed).await;
+    records.close().await;
+    found
+}
+
+async fn check_records(
+    records: &Records,
+    env: &Env,
+    seed: &Seed,
+    placed: &[(Planned, CheckoutView)],
+) -> anyhow::Result<Findings> {
     let mut findings = Findings::default();
     let mut broken = |text: String| {
         warn!("broken promise: {text}");
@@ -204,44 +360,22 @@ pub async fn check(
     }
     for (planned, view) in placed {
         let id = view.order_id.as_str();
-        let hold: Option<Hold> = participant::record(
-            &db,
-            names,
-            Service::Inventory,
-            &format!("hold:{id}"),
-        )
-        .await?;
-        let payment: Option<Payment> = participant::record(
-            &db,
-            names,
-            Service::Payments,
-            &format!("payment:{id}"),
-        )
-        .await?;
-        let shipment: Option<Shipment> = participant::record(
-            &db,
-            names,
-            Service::Shipping,
-            &format!("shipment:{id}"),
-        )
-        .await?;
-        let order: Option<Order> =
-            participant::record(&db, names, Service::Orders, &format!("order:{id}"))
-                .await?;
-        let hold = hold.as_ref().map_or("none", Hold::name);
-        let paid = payment.as_ref().map_or("none", |p| p.status.name());
-        let shipped = shipment.as_ref().map_or("none", |s| s.status.name());
-        let settled = order.as_ref().map_or("none", |o| o.status.name());
-        let seen = format!(
+        let seen = records.order(env, id).await?;
+        let (hold, paid, shipped, settled) = (
+            seen.hold.as_str(),
+            seen.paid.as_str(),
+            seen.shipped.as_str(),
+            seen.settled.as_str(),
+        );
+        let told = format!(
             "hold {hold}, payment {paid}, shipment {shipped}, order {settled}"
         );
         match view.status.as_str() {
             "confirmed" => {
-                if (hold, paid, shipped, settled)
-                    != ("reserved", "authorized", "scheduled", "confirmed")
-                {
+                let all = ("reserved", "authorized", "scheduled", "confirmed");
+                if (hold, paid, shipped, settled) != all {
                     broken(format!(
-                        "{id} is confirmed, but the services say: {seen}"
+                        "{id} is confirmed, but the services say: {told}"
                     ));
                 }
                 for line in &planned.lines {
@@ -265,7 +399,7 @@ pub async fn check(
                     || shipped == "scheduled";
                 if kept || settled == "confirmed" {
                     broken(format!(
-                        "{id} is cancelled, but the services say: {seen}"
+                        "{id} is cancelled, but the services say: {told}"
                     ));
                 }
                 if view.reason.as_deref().is_none_or(str::is_empty) {
@@ -275,51 +409,59 @@ pub async fn check(
             other => broken(format!("{id} ended {other}: {:?}", view.reason)),
         }
     }
+    let (have_stock, have_money) = records.totals(env, seed).await?;
     for (sku, expected) in &stock {
-        let have: Option<u32> = participant::record(
-            &db,
-            names,
-            Service::Inventory,
-            &format!("stock:{sku}"),
-        )
-        .await?;
-        if have.map(i64::from) != Some(*expected) {
+        let have = have_stock.get(sku).copied().map(i64::from);
+        if have != Some(*expected) {
             broken(format!(
                 "stock of {sku} is {have:?}, the confirmed orders leave {expected}"
             ));
         }
     }
     for (customer, expected) in &money {
-        let have: Option<u64> = participant::record(
-            &db,
-            names,
-            Service::Payments,
-            &format!("balance:{customer}"),
-        )
-        .await?;
-        if have.map(i64::try_from).transpose()? != Some(*expected) {
+        let have =
+            have_money.get(customer).copied().map(i64::try_from).transpose()?;
+        if have != Some(*expected) {
             broken(format!(
                 "{customer}'s balance is {have:?}, the confirmed orders leave {expected}"
             ));
         }
     }
-    let dead =
-        AmqpProbe::new(env.amqp.clone()).messages(&names.dead_letters()).await;
-    match dead {
+    match records.dead_letters(env).await {
         Ok(0) => {}
-        Ok(n) => broken(format!(
-            "{n} command(s) or replies were dead-lettered in {}",
-            names.dead_letters()
-        )),
+        Ok(n) => broken(format!("{n} message(s) were dead-lettered")),
         Err(error) => {
-            broken(format!("the dead-letter queue could not be read: {error}"))
+            broken(format!("the dead letters could not be counted: {error}"))
         }
     }
-    for service in PARTICIPANTS {
-        let applied = participant::applied(&db, names, service).await?;
-        findings.applied.insert(service.name(), applied.len());
+    let pool = orchestration::pool(&env.database_url, 1)?;
+    let db = pool.get().await?;
+    for service in Service::ALL {
+        findings
+            .applied
+            .insert(service.name(), applied_by(&db, env, service).await?);
     }
     Ok(findings)
+}
+
+/// How many messages `service` has applied: commands in its inbox (orchestration) or events
+/// in its inbox (choreography).
+pub async fn applied_by(
+    db: &tokio_postgres::Client,
+    env: &Env,
+    service: Service,
+) -> anyhow::Result<usize> {
+    Ok(match env.style {
+        Style::Orchestration => {
+            participant::applied(db, &env.names, service).await?.len()
+        }
+        Style::Choreography => {
+            let schemas = choreography::Schemas::new(&env.names.prefix);
+            let sql = format!("SELECT count(*) FROM {}.inbox", schemas.of(service));
+            let n: i64 = db.query_one(&sql, &[]).await?.try_get(0)?;
+            usize::try_from(n)?
+        }
+    })
 }
 
 /// How many commands the participants have applied in all, from their inboxes: how far the
@@ -329,8 +471,8 @@ pub async fn applied_total(
     env: &Env,
 ) -> anyhow::Result<usize> {
     let mut applied = 0;
-    for service in PARTICIPANTS {
-        applied += participant::applied(db, &env.names, service).await?.len();
+    for service in Service::ALL {
+        applied += applied_by(db, env, service).await?;
     }
     Ok(applied)
 }

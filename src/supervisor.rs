@@ -71,7 +71,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts every role in [`Role::ALL`]'s order; returns once each one is spawned (not ready:
+    /// Starts every role of the shop's style, in order; returns once each one is spawned (not ready:
     /// see [`Supervisor::wait_ready`]).
     pub fn start(
         exe: &Path,
@@ -85,7 +85,7 @@ impl Supervisor {
         let mut vars = env.vars();
         vars.push((JWT_KEY_VAR.to_owned(), jwt_key_hex.to_owned()));
         let mut children = BTreeMap::new();
-        for role in Role::ALL {
+        for role in env.style.roles() {
             let (life_tx, life) = watch::channel(Life::default());
             let (stop, stopped) = watch::channel(false);
             let spec = Spec {
@@ -138,7 +138,7 @@ impl Supervisor {
 
     /// Waits for every role to be ready.
     pub async fn wait_all_ready(&self, within: Duration) -> anyhow::Result<()> {
-        for role in Role::ALL {
+        for role in self.env.style.roles() {
             self.wait_ready(role, within).await?;
         }
         Ok(())
@@ -182,7 +182,7 @@ impl Supervisor {
     /// flight can finish downstream), each within [`GRACE`] or killed.
     pub async fn stop(mut self) -> anyhow::Result<Vec<Ended>> {
         let mut ended = vec![];
-        for role in Role::ALL.into_iter().rev() {
+        for role in self.env.style.roles().into_iter().rev() {
             let Some(child) = self.children.remove(&role) else { continue };
             if child.stop.send(true).is_err() {
                 warn!("{role}'s keeper had already ended");

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use shop::config::Role;
+use shop::config::{Role, Style};
 use shop::scenario;
 use shop_domain::Service;
 use support::proxy::{Proxy, through, upstream};
@@ -42,8 +42,13 @@ async fn outage(broker: &str) {
     let pg = Proxy::start(upstream(&db)).await;
     let mq = Proxy::start(upstream(&amqp)).await;
     let test = format!("out_{broker}");
-    let Some(mut shop) =
-        start_with(&test, through(&db, pg.addr), through(&amqp, mq.addr)).await
+    let Some(mut shop) = start_with(
+        &test,
+        Style::Orchestration,
+        through(&db, pg.addr),
+        through(&amqp, mq.addr),
+    )
+    .await
     else {
         return;
     };

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::config::{Env, Role};
 use crate::probe::{self, Check};
-use crate::roles::saga::IDEMPOTENCY_KEY;
+use crate::roles::intake::IDEMPOTENCY_KEY;
 
 /// The issuer a token must name: the identity provider the shop trusts.
 pub const ISSUER: &str = "https://id.shop.example";
@@ -92,7 +92,7 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
     let key = crate::config::jwt_key()?;
     let verifier = Verifier::hs256(key.expose(), ISSUER, AUDIENCE);
     let rate = Rate::new(200, 100.0)?;
-    let app = app(env.url(Role::Saga), verifier, rate)?;
+    let app = app(env.url(env.style.intake()), verifier, rate)?;
     let addr = env.addr(Role::Gateway);
     info!(
         "gateway on http://{addr}: POST /checkouts, GET /checkouts/{{id}} (bearer token)"

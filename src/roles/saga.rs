@@ -10,67 +10,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_json::problem::{JsonBody, Problem};
+use http_json::problem::JsonBody;
 use orchestration::checkout::checkout;
 use orchestration::log::{PgLog, SagaLog};
 use orchestration::orchestrator::{Config, Orchestrator, Starter, saga_id};
 use orchestration::saga::{Kind, Outcome, Record, State as SagaState, Terminal};
-use serde::{Deserialize, Serialize};
-use shop_domain::{Line, OrderPlaced};
+use shop_domain::OrderPlaced;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{Env, Role};
 use crate::probe::{self, AmqpProbe, Check};
+use crate::roles::intake::{
+    CheckoutRequest, CheckoutView, accepted, caller_and_key, order_of, problem,
+    valid_key,
+};
 
 /// The orchestrator's name: its leases carry it, so a restart under the same name takes its sagas
 /// back at once.
 pub const ORCHESTRATOR: &str = "saga-1";
-/// The header the gateway sets to the verified caller: the customer who pays.
-pub const CALLER: &str = gateway::auth::CALLER_HEADER;
-/// The header whose value becomes the order id (and so the saga's id).
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const HEALTHY: Duration = Duration::from_secs(10);
-
-/// What a client asks for; the customer is not in it: it is whoever the token names.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckoutRequest {
-    /// What to buy.
-    pub lines: Vec<Line>,
-    /// Where to send it: a country code the carrier knows (`NL`).
-    pub ship_to: String,
-}
-
-/// Where a checkout stands, as `GET /checkouts/{id}` answers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckoutView {
-    /// The order (the idempotency key it was placed with).
-    pub order_id: String,
-    /// Who pays.
-    pub customer_id: String,
-    /// `running`, `compensating`, `confirmed`, `cancelled` or `stuck`.
-    pub status: String,
-    /// Why it was cancelled or is stuck.
-    pub reason: Option<String>,
-    /// Each step the saga took, as the log has it: `inventory.reserve: done (hold-...)`.
-    pub steps: Vec<String>,
-}
-
-impl CheckoutView {
-    /// Whether the checkout has ended, one way or the other.
-    pub fn is_final(&self) -> bool {
-        matches!(self.status.as_str(), "confirmed" | "cancelled" | "stuck")
-    }
-}
 
 #[derive(Clone)]
 struct Shared {
@@ -222,77 +188,14 @@ fn narrate(id: &str, end: &Terminal) {
     }
 }
 
-fn problem(
-    status: StatusCode,
-    slug: &str,
-    title: &str,
-    detail: impl Into<String>,
-) -> Response {
-    Problem::new(status, slug, title, detail).into_response()
-}
-
-/// A valid order id: what an idempotency key may be.
-fn valid_key(key: &str) -> bool {
-    let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-    (1..=64).contains(&key.len()) && key.chars().all(ok)
-}
-
-/// Checks a request and prices it, or says what is wrong with it.
-pub fn order_of(
-    order_id: &str,
-    customer_id: &str,
-    request: &CheckoutRequest,
-) -> Result<OrderPlaced, String> {
-    if request.lines.is_empty() || request.lines.len() > 20 {
-        return Err("an order has 1 to 20 lines".to_owned());
-    }
-    let mut total: u64 = 0;
-    for line in &request.lines {
-        let Some(cents) = crate::shop::price(&line.sku) else {
-            return Err(format!("unknown product {:?}", line.sku));
-        };
-        if !(1..=100).contains(&line.quantity) {
-            return Err(format!("quantity of {:?} must be 1 to 100", line.sku));
-        }
-        total += cents * u64::from(line.quantity);
-    }
-    let country =
-        |s: &str| s.len() == 2 && s.chars().all(|c| c.is_ascii_uppercase());
-    if !country(&request.ship_to) {
-        return Err("ship_to is a two-letter country code (NL)".to_owned());
-    }
-    Ok(OrderPlaced {
-        order_id: order_id.to_owned(),
-        customer_id: customer_id.to_owned(),
-        lines: request.lines.clone(),
-        total_cents: total,
-        ship_to: request.ship_to.clone(),
-    })
-}
-
 async fn place(
     State(shared): State<Shared>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<CheckoutRequest>,
 ) -> Response {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let Some(customer) = text(CALLER) else {
-        let detail = "no verified caller: checkouts come through the gateway";
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Not authenticated",
-            detail,
-        );
-    };
-    let Some(key) = text(IDEMPOTENCY_KEY).filter(|k| valid_key(k)) else {
-        let detail = "send Idempotency-Key: 1 to 64 letters, digits, - or _ (it becomes the order id)";
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "idempotency-key",
-            "Idempotency key required",
-            detail,
-        );
+    let (customer, key) = match caller_and_key(&headers) {
+        Ok(both) => both,
+        Err(refusal) => return *refusal,
     };
     let order = match order_of(key, customer, &request) {
         Ok(order) => order,
@@ -340,10 +243,7 @@ async fn place(
         }
         Ok(Some(_)) => {
             info!(order = %order.order_id, customer = %order.customer_id, "checkout accepted");
-            let location = format!("/checkouts/{}", order.order_id);
-            let body = serde_json::json!({ "order_id": order.order_id, "status_url": location });
-            (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body))
-                .into_response()
+            accepted(&order.order_id)
         }
         Ok(None) => {
             error!(order = %order.order_id, "accepted but not in the log");
@@ -442,39 +342,5 @@ pub fn describe(order: &OrderPlaced, records: &[Record]) -> CheckoutView {
         status: status.to_owned(),
         reason,
         steps,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(sku: &str, quantity: u32, ship_to: &str) -> CheckoutRequest {
-        CheckoutRequest {
-            lines: vec![Line { sku: sku.into(), quantity }],
-            ship_to: ship_to.into(),
-        }
-    }
-
-    #[test]
-    fn an_order_is_priced_from_the_catalog_and_bad_ones_say_why() {
-        let order = order_of("o-1", "c-ada", &request("mug", 2, "NL")).unwrap();
-        assert_eq!(order.total_cents, 2_500);
-        assert_eq!(order.customer_id, "c-ada");
-        let unknown =
-            order_of("o-1", "c-ada", &request("anvil", 1, "NL")).unwrap_err();
-        assert!(unknown.contains("unknown product \"anvil\""), "{unknown}");
-        assert!(order_of("o-1", "c-ada", &request("mug", 0, "NL")).is_err());
-        assert!(order_of("o-1", "c-ada", &request("mug", 1, "nl")).is_err());
-        let empty = CheckoutRequest { lines: vec![], ship_to: "NL".into() };
-        assert!(order_of("o-1", "c-ada", &empty).is_err());
-    }
-
-    #[test]
-    fn keys_are_order_ids_and_nothing_else() {
-        assert!(valid_key("o-2026_12"));
-        assert!(!valid_key(""));
-        assert!(!valid_key("o/../x"));
-        assert!(!valid_key(&"k".repeat(65)));
     }
 }

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use orchestration::participant::{self, Names};
-use shop::config::{Env, Role, encode_hex};
-use shop::roles::saga::{CheckoutView, ORCHESTRATOR};
+use orchestration::participant::Names;
+use shop::config::{Env, Role, Style, encode_hex};
+use shop::roles::intake::CheckoutView;
 use shop::scenario::{self, Client, Planned};
 use shop::supervisor::{Output, Supervisor};
 
@@ -34,39 +34,40 @@ fn free_addrs() -> BTreeMap<Role, SocketAddr> {
 /// A shop of its own, every service ready; `None` (with the reason printed) when the brokers
 /// are not there and not required.
 pub async fn start(test: &str) -> Option<Shop> {
-    start_with(test, infra::database_url(), infra::amqp_addr()).await
+    start_with(test, Style::Orchestration, infra::database_url(), infra::amqp_addr())
+        .await
+}
+
+/// [`start`], a shop of the given style.
+pub async fn start_styled(test: &str, style: Style) -> Option<Shop> {
+    start_with(test, style, infra::database_url(), infra::amqp_addr()).await
 }
 
 /// [`start`], with the services reaching PostgreSQL and RabbitMQ at these addresses (a proxy
 /// in front of them, say).
 pub async fn start_with(
     test: &str,
+    style: Style,
     database_url: String,
     amqp: String,
 ) -> Option<Shop> {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let env = Env {
+        style,
+        kafka: infra::kafka_brokers(),
         names: Names::new(&format!("t{}_{}", &tag[..8], test)),
         database_url,
         amqp,
         addrs: free_addrs(),
     };
     let seed = shop::shop::seed();
-    let setup = participant::setup(&env.database_url, &env.amqp, &env.names, &seed);
-    match tokio::time::timeout(Duration::from_secs(10), setup).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            infra::unavailable("PostgreSQL and RabbitMQ", &env.amqp, error);
-            return None;
-        }
-        Err(_) => {
-            infra::unavailable(
-                "PostgreSQL and RabbitMQ",
-                &env.amqp,
-                "no answer in 10 s",
-            );
-            return None;
-        }
+    if let Err(error) = shop::cli::preflight(&env, &seed).await {
+        let brokers = match style {
+            Style::Orchestration => "PostgreSQL and RabbitMQ",
+            Style::Choreography => "PostgreSQL and the Kafka-API broker",
+        };
+        infra::unavailable(brokers, &env.database_url, format!("{error:#}"));
+        return None;
     }
     let logs = std::env::temp_dir().join(&env.names.prefix);
     eprintln!("{test}: the services' logs are in {}", logs.display());
@@ -145,13 +146,6 @@ impl Shop {
                 end.killed_after_grace
             );
         }
-        participant::teardown(
-            &env.database_url,
-            &env.amqp,
-            &env.names,
-            &[ORCHESTRATOR],
-        )
-        .await
-        .unwrap();
+        shop::cli::teardown(&env).await.unwrap();
     }
 }

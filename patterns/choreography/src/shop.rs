@@ -224,6 +224,14 @@ impl Shop {
     /// Creates the topics and schemas, seeds the data, and starts the four
     /// services and their relays.
     pub async fn start(config: Config) -> Result<Shop, Error> {
+        Shop::set_up(&config).await?;
+        Shop::start_only(config, &ServiceName::ALL).await
+    }
+
+    /// Creates the topics and the four schemas and seeds them: what
+    /// [`Shop::start`] does first. When the services run as separate processes,
+    /// this runs once, and each process then calls [`Shop::start_only`].
+    pub async fn set_up(config: &Config) -> Result<(), Error> {
         let topics = Topics::new(&config.prefix.replace('_', "-"));
         let schemas = Schemas::new(&config.prefix);
         let names = topics.all();
@@ -257,7 +265,23 @@ impl Shop {
         );
         seed(&i, &p, &s, &schemas, &config.seed).await?;
         // The seeding services are done: their pools close here.
-        drop((i, p, s, inventory, payments, shipping));
+        drop((i, p, s, orders, inventory, payments, shipping));
+        Ok(())
+    }
+
+    /// Starts `services` of a shop that [`Shop::set_up`] prepared, and returns
+    /// once their consumers have joined their groups. Every `Shop` can place
+    /// orders (through the orders service's tables) and read outcomes, whichever
+    /// services it runs.
+    pub async fn start_only(
+        config: Config,
+        services: &[ServiceName],
+    ) -> Result<Shop, Error> {
+        let topics = Topics::new(&config.prefix.replace('_', "-"));
+        let schemas = Schemas::new(&config.prefix);
+        let url = &config.database_url;
+        let orders =
+            Service::<Orders>::connect(url, &schemas.orders, topics.clone()).await?;
         let reader = connect(url).await?;
 
         let (stop, stop_rx) = watch::channel(false);
@@ -281,16 +305,19 @@ impl Shop {
             stop,
             tasks: Vec::new(),
         };
-        shop.spawn::<Orders>();
-        shop.spawn::<Inventory>();
-        shop.spawn::<Payments>();
-        shop.spawn::<Shipping>();
+        for service in services {
+            match service {
+                ServiceName::Orders => shop.spawn::<Orders>(),
+                ServiceName::Inventory => shop.spawn::<Inventory>(),
+                ServiceName::Payments => shop.spawn::<Payments>(),
+                ServiceName::Shipping => shop.spawn::<Shipping>(),
+            }
+        }
         // Up means joined: a consumer that dies while it is still joining its
         // group can leave a member behind that holds partitions until the
         // broker notices (never, with some brokers).
-        let joined = |s: &Stats| {
-            ServiceName::ALL.iter().all(|x| s.of(*x).ready.load(Relaxed) > 0)
-        };
+        let joined =
+            |s: &Stats| services.iter().all(|x| s.of(*x).ready.load(Relaxed) > 0);
         let within = Duration::from_secs(60);
         if let Err(e) =
             shop.wait_until("every consumer joined", within, joined).await
@@ -527,8 +554,17 @@ impl Shop {
     /// How many messages `service`'s topic holds, over all its partitions (the
     /// high watermarks: this broker keeps everything).
     pub async fn messages_in(&self, service: ServiceName) -> Result<i64, Error> {
+        self.messages_in_topic(self.shared.topics.of(service)).await
+    }
+
+    /// How many messages `service`'s dead-letter topic holds: what it could not
+    /// read, for a person to look at.
+    pub async fn dead_letters_of(&self, service: ServiceName) -> Result<i64, Error> {
+        self.messages_in_topic(self.shared.topics.dead_letters(service)).await
+    }
+
+    async fn messages_in_topic(&self, topic: String) -> Result<i64, Error> {
         let producer = self.shared.producer.clone();
-        let topic = self.shared.topics.of(service);
         let count = tokio::task::spawn_blocking(move || {
             let client = rdkafka::producer::Producer::client(&producer);
             let metadata =
@@ -556,6 +592,14 @@ impl Shop {
     /// transaction then rolls back and whose offset is not stored, so it would
     /// come again. Topics stay: the broker keeps them, as evidence.
     pub async fn shut_down(self) -> Result<(), Error> {
+        let config = self.shared.config.clone();
+        self.stop().await;
+        Shop::tear_down(&config).await
+    }
+
+    /// Stops the services this `Shop` runs (each finishes the message in hand
+    /// and its relay ends); their data stays.
+    pub async fn stop(self) {
         if self.stop.send(true).is_err() {
             warn!("no service task was left to stop");
         }
@@ -566,14 +610,20 @@ impl Shop {
                 Err(_) => warn!("a service task did not stop within 30 s"),
             }
         }
+    }
+
+    /// Drops the four schemas of the shop `config` names (its topics stay).
+    pub async fn tear_down(config: &Config) -> Result<(), Error> {
+        let schemas = Schemas::new(&config.prefix);
+        let reader = connect(&config.database_url).await?;
         for service in ServiceName::ALL {
-            let schema = self.shared.schemas.of(service);
+            let schema = schemas.of(service);
             // Quiet: DROP SCHEMA ... CASCADE says NOTICE otherwise.
             let drop = format!(
                 "SET client_min_messages TO warning;
                  DROP SCHEMA IF EXISTS {schema} CASCADE"
             );
-            self.reader.get().await?.batch_execute(&drop).await?;
+            reader.get().await?.batch_execute(&drop).await?;
         }
         Ok(())
     }

@@ -1,0 +1,226 @@
+//! A service of the choreographed checkout as a process: the choreography chapter's service, its
+//! consumer and its relay (`Shop::start_only` with this one service), with its probes. Nobody
+//! orchestrates: the orders service takes checkouts over HTTP and puts `OrderPlaced` in its
+//! outbox; every other step is a service reacting to an event on Kafka.
+//!
+//! The choreography crate restarts a service's consumer and relay inside the process when they
+//! fail (its broker went away, say), after a pause: this process only adds the probes, the intake,
+//! and a clean stop on SIGTERM.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use choreography::shop::{Config, Faults, Outcome, Shop};
+use http_json::problem::JsonBody;
+use shop_domain::Service;
+use shop_domain::orders::OrderStatus;
+use tracing::{info, warn};
+
+use crate::config::{Env, Role};
+use crate::probe::{self, Check};
+use crate::roles::intake::{
+    CheckoutRequest, CheckoutView, accepted, caller_and_key, order_of, problem,
+    valid_key,
+};
+
+/// The choreographed shop every process of this style joins: names from the shared prefix.
+pub fn shop_config(env: &Env) -> Config {
+    Config {
+        brokers: env.kafka.clone(),
+        database_url: env.database_url.clone(),
+        prefix: env.names.prefix.clone(),
+        seed: crate::shop::seed(),
+        faults: Faults::default(),
+        relay_poll: Duration::from_millis(200),
+    }
+}
+
+/// Runs `service` until SIGTERM.
+pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
+    let shop = Arc::new(start(service, &env).await?);
+    let pool = orchestration::pool(&env.database_url, 1)?;
+    let watched = Arc::clone(&shop);
+    let ready: Check = Arc::new(move || {
+        let (pool, shop) = (pool.clone(), Arc::clone(&watched));
+        Box::pin(async move {
+            probe::pg_answers(&pool).await?;
+            let counters = shop.stats().of(service);
+            // Each life of the consumer counts once when it has joined its group; a
+            // crash counts once too. More joins than crashes: a life is in.
+            match counters.ready.load(Relaxed) > counters.crashes.load(Relaxed) {
+                true => Ok(()),
+                false => Err("the consumer has not joined its group".to_owned()),
+            }
+        })
+    });
+    let mut app = probe::routes(ready);
+    if service == Service::Orders {
+        let intake = Router::new()
+            .route("/checkouts", post(place))
+            .route("/checkouts/{order_id}", get(view))
+            .with_state(Arc::clone(&shop));
+        app = app.merge(intake);
+    }
+    let addr = env.addr(Role::Participant(service));
+    info!("{service} (choreography) on http://{addr}/readyz");
+    probe::serve(addr, app, probe::terminated()).await?;
+    match Arc::try_unwrap(shop) {
+        Ok(shop) => shop.stop().await,
+        Err(_) => {
+            warn!("a request still holds the service; stopping without waiting")
+        }
+    }
+    info!("{service} stopped");
+    Ok(())
+}
+
+/// Starts the service, trying again while Kafka or PostgreSQL does not answer.
+async fn start(service: Service, env: &Env) -> anyhow::Result<Shop> {
+    let mut backoff = Duration::from_millis(100);
+    let mut terminated = std::pin::pin!(probe::terminated());
+    loop {
+        match Shop::start_only(shop_config(env), &[service]).await {
+            Ok(shop) => return Ok(shop),
+            Err(error) => {
+                warn!(%error, "cannot start {service}; again in {backoff:?}")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = &mut terminated => anyhow::bail!("stopped before {service} could start"),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn place(
+    State(shop): State<Arc<Shop>>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<CheckoutRequest>,
+) -> Response {
+    let (customer, key) = match caller_and_key(&headers) {
+        Ok(both) => both,
+        Err(refusal) => return *refusal,
+    };
+    let order = match order_of(key, customer, &request) {
+        Ok(order) => order,
+        Err(detail) => {
+            let status = StatusCode::UNPROCESSABLE_ENTITY;
+            return problem(
+                status,
+                "invalid-order",
+                "The order cannot be placed",
+                detail,
+            );
+        }
+    };
+    let correlation = choreography::shop::correlation_id();
+    match shop.place(order.clone(), &correlation).await {
+        Ok(()) => {
+            info!(order = %order.order_id, customer = %order.customer_id, "checkout accepted");
+            accepted(&order.order_id)
+        }
+        Err(choreography::Error::Refused(why)) => {
+            warn!(order = %order.order_id, "refused: {why}");
+            let detail = "this idempotency key was used for another checkout";
+            problem(
+                StatusCode::CONFLICT,
+                "key-reused",
+                "Idempotency key reused",
+                detail,
+            )
+        }
+        Err(error) => {
+            warn!(%error, "placing the order failed");
+            let detail = format!(
+                "the order was not recorded ({error}); retry with the same key"
+            );
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Try again",
+                detail,
+            )
+        }
+    }
+}
+
+async fn view(
+    State(shop): State<Arc<Shop>>,
+    Path(order_id): Path<String>,
+) -> Response {
+    if !valid_key(&order_id) {
+        let detail = "an order id is 1 to 64 letters, digits, - or _";
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid-id",
+            "Invalid order id",
+            detail,
+        );
+    }
+    match shop.outcome(&order_id).await {
+        Ok(outcome) => match describe(&order_id, &outcome) {
+            Some(view) => Json(view).into_response(),
+            None => {
+                let detail = format!("no checkout {order_id}");
+                problem(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    "No such checkout",
+                    detail,
+                )
+            }
+        },
+        Err(error) => {
+            warn!(%error, "reading the services' records failed");
+            let detail = format!("the records did not answer ({error})");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Try again",
+                detail,
+            )
+        }
+    }
+}
+
+/// A checkout as the four services' records tell it: it has ended when the order is final and
+/// every service has settled its part; `None` when orders never took it.
+pub fn describe(order_id: &str, outcome: &Outcome) -> Option<CheckoutView> {
+    let order = outcome.order.as_ref()?;
+    let (status, reason) = match (&order.status, outcome.settled()) {
+        (OrderStatus::Confirmed { .. }, true) => ("confirmed", None),
+        (OrderStatus::Cancelled { reason }, true) => {
+            ("cancelled", Some(reason.clone()))
+        }
+        (OrderStatus::Cancelled { reason }, false) => {
+            ("compensating", Some(reason.clone()))
+        }
+        _ => ("running", None),
+    };
+    let steps = vec![
+        format!("orders: {}", order.status.name()),
+        format!("inventory: {}", outcome.hold.as_ref().map_or("none", |h| h.name())),
+        format!(
+            "payments: {}",
+            outcome.payment.as_ref().map_or("none", |p| p.status.name())
+        ),
+        format!(
+            "shipping: {}",
+            outcome.shipment.as_ref().map_or("none", |s| s.status.name())
+        ),
+    ];
+    Some(CheckoutView {
+        order_id: order_id.to_owned(),
+        customer_id: order.placed.customer_id.clone(),
+        status: status.to_owned(),
+        reason,
+        steps,
+    })
+}

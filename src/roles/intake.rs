@@ -1,0 +1,162 @@
+//! What both ways of taking a checkout share: the request, the view of a checkout, and the
+//! checks and answers at the intake (the saga service in one style, the orders service in the
+//! other).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use http_json::problem::Problem;
+use serde::{Deserialize, Serialize};
+use shop_domain::{Line, OrderPlaced};
+
+/// The header the gateway sets to the verified caller: the customer who pays.
+pub const CALLER: &str = gateway::auth::CALLER_HEADER;
+/// The header whose value becomes the order id (and so the saga's id).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// What a client asks for; the customer is not in it: it is whoever the token names.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutRequest {
+    /// What to buy.
+    pub lines: Vec<Line>,
+    /// Where to send it: a country code the carrier knows (`NL`).
+    pub ship_to: String,
+}
+
+/// Where a checkout stands, as `GET /checkouts/{id}` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckoutView {
+    /// The order (the idempotency key it was placed with).
+    pub order_id: String,
+    /// Who pays.
+    pub customer_id: String,
+    /// `running`, `compensating`, `confirmed`, `cancelled` or `stuck`.
+    pub status: String,
+    /// Why it was cancelled or is stuck.
+    pub reason: Option<String>,
+    /// Each step the saga took, as the log has it: `inventory.reserve: done (hold-...)`.
+    pub steps: Vec<String>,
+}
+
+impl CheckoutView {
+    /// Whether the checkout has ended, one way or the other.
+    pub fn is_final(&self) -> bool {
+        matches!(self.status.as_str(), "confirmed" | "cancelled" | "stuck")
+    }
+}
+
+/// An `application/problem+json` answer.
+pub fn problem(
+    status: StatusCode,
+    slug: &str,
+    title: &str,
+    detail: impl Into<String>,
+) -> Response {
+    Problem::new(status, slug, title, detail).into_response()
+}
+
+/// A valid order id: what an idempotency key may be.
+pub fn valid_key(key: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    (1..=64).contains(&key.len()) && key.chars().all(ok)
+}
+
+/// Checks a request and prices it, or says what is wrong with it.
+pub fn order_of(
+    order_id: &str,
+    customer_id: &str,
+    request: &CheckoutRequest,
+) -> Result<OrderPlaced, String> {
+    if request.lines.is_empty() || request.lines.len() > 20 {
+        return Err("an order has 1 to 20 lines".to_owned());
+    }
+    let mut total: u64 = 0;
+    for line in &request.lines {
+        let Some(cents) = crate::shop::price(&line.sku) else {
+            return Err(format!("unknown product {:?}", line.sku));
+        };
+        if !(1..=100).contains(&line.quantity) {
+            return Err(format!("quantity of {:?} must be 1 to 100", line.sku));
+        }
+        total += cents * u64::from(line.quantity);
+    }
+    let country =
+        |s: &str| s.len() == 2 && s.chars().all(|c| c.is_ascii_uppercase());
+    if !country(&request.ship_to) {
+        return Err("ship_to is a two-letter country code (NL)".to_owned());
+    }
+    Ok(OrderPlaced {
+        order_id: order_id.to_owned(),
+        customer_id: customer_id.to_owned(),
+        lines: request.lines.clone(),
+        total_cents: total,
+        ship_to: request.ship_to.clone(),
+    })
+}
+
+/// `202 Accepted`, with where to follow the checkout.
+pub fn accepted(order_id: &str) -> Response {
+    let location = format!("/checkouts/{order_id}");
+    let body = serde_json::json!({ "order_id": order_id, "status_url": location });
+    let headers = [(axum::http::header::LOCATION, location)];
+    (StatusCode::ACCEPTED, headers, axum::Json(body)).into_response()
+}
+
+/// The answer to a request whose caller or key is missing or malformed; `None` when both are
+/// there: the customer and the order id.
+pub fn caller_and_key(
+    headers: &axum::http::HeaderMap,
+) -> Result<(&str, &str), Box<Response>> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(customer) = text(CALLER) else {
+        let detail = "no verified caller: checkouts come through the gateway";
+        let status = StatusCode::UNAUTHORIZED;
+        return Err(Box::new(problem(
+            status,
+            "unauthorized",
+            "Not authenticated",
+            detail,
+        )));
+    };
+    let Some(key) = text(IDEMPOTENCY_KEY).filter(|k| valid_key(k)) else {
+        let detail = "send Idempotency-Key: 1 to 64 letters, digits, - or _ \
+                      (it becomes the order id)";
+        let (status, title) = (StatusCode::BAD_REQUEST, "Idempotency key required");
+        return Err(Box::new(problem(status, "idempotency-key", title, detail)));
+    };
+    Ok((customer, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(sku: &str, quantity: u32, ship_to: &str) -> CheckoutRequest {
+        CheckoutRequest {
+            lines: vec![Line { sku: sku.into(), quantity }],
+            ship_to: ship_to.into(),
+        }
+    }
+
+    #[test]
+    fn an_order_is_priced_from_the_catalog_and_bad_ones_say_why() {
+        let order = order_of("o-1", "c-ada", &request("mug", 2, "NL")).unwrap();
+        assert_eq!(order.total_cents, 2_500);
+        assert_eq!(order.customer_id, "c-ada");
+        let unknown =
+            order_of("o-1", "c-ada", &request("anvil", 1, "NL")).unwrap_err();
+        assert!(unknown.contains("unknown product \"anvil\""), "{unknown}");
+        assert!(order_of("o-1", "c-ada", &request("mug", 0, "NL")).is_err());
+        assert!(order_of("o-1", "c-ada", &request("mug", 1, "nl")).is_err());
+        let empty = CheckoutRequest { lines: vec![], ship_to: "NL".into() };
+        assert!(order_of("o-1", "c-ada", &empty).is_err());
+    }
+
+    #[test]
+    fn keys_are_order_ids_and_nothing_else() {
+        assert!(valid_key("o-2026_12"));
+        assert!(!valid_key(""));
+        assert!(!valid_key("o/../x"));
+        assert!(!valid_key(&"k".repeat(65)));
+    }
+}
