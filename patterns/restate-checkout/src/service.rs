@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestration::participant::Names;
+use restate_sdk::filter::ReplayAwareFilter;
 use restate_sdk::prelude::{Endpoint, HttpServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
@@ -20,6 +21,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tracing::info;
 use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Filter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -114,22 +116,92 @@ pub enum ServeError {
     Signal(std::io::Error),
 }
 
-/// Logs to stdout as every example does, but hides what a handler logs
-/// while the SDK replays its journal: a resumed workflow narrates only what
-/// it does anew, not the steps the journal already holds.
+/// Logs to stdout, one line per event (the time since start, the level, the
+/// message and its fields; not the SDK's span around every handler call), and
+/// hides what the workflow logs while the SDK replays its journal: a resumed
+/// workflow narrates only what it does anew. The participants' lines always
+/// show: an effect that runs again after a crash is news, replay or not.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
-                .with_target(false)
+                .event_format(Plain { start: std::time::Instant::now() })
                 .with_ansi(false)
-                .with_timer(tracing_subscriber::fmt::time::uptime())
                 .with_filter(filter)
-                .with_filter(restate_sdk::filter::ReplayAwareFilter),
+                .with_filter(HideReplayedWorkflow),
         )
         .init();
+}
+
+/// The SDK's replay-aware filter, applied to the workflow's own events only.
+/// It learns whether a handler replays from the SDK's span, so every span
+/// callback goes to it too.
+struct HideReplayedWorkflow;
+
+type Cx<'a, S> = tracing_subscriber::layer::Context<'a, S>;
+
+impl<S> Filter<S> for HideReplayedWorkflow
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn enabled(&self, meta: &tracing::Metadata<'_>, cx: &Cx<'_, S>) -> bool {
+        Filter::<S>::enabled(&ReplayAwareFilter, meta, cx)
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, cx: &Cx<'_, S>) -> bool {
+        let workflow = concat!(env!("CARGO_CRATE_NAME"), "::workflow");
+        event.metadata().target() != workflow
+            || Filter::<S>::event_enabled(&ReplayAwareFilter, event, cx)
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        cx: Cx<'_, S>,
+    ) {
+        Filter::<S>::on_new_span(&ReplayAwareFilter, attrs, id, cx)
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        cx: Cx<'_, S>,
+    ) {
+        Filter::<S>::on_record(&ReplayAwareFilter, id, values, cx)
+    }
+}
+
+/// The time since start, the level, the message and its fields.
+struct Plain {
+    start: std::time::Instant,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Plain
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let since = self.start.elapsed();
+        let level = event.metadata().level();
+        write!(
+            writer,
+            "{:4}.{:09}s {level:>5} ",
+            since.as_secs(),
+            since.subsec_nanos()
+        )?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 // ANCHOR: serve
