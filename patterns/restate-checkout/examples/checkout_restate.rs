@@ -100,6 +100,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             patience_ms: 30_000,
         },
         echo: true,
+        quiet: false,
     };
     let mut service = ServiceProcess::start(&launch).await?;
     engine.register(&service.uri()).await?;
@@ -173,7 +174,7 @@ async fn check(
     let once = applied.len()
         == applied.iter().collect::<std::collections::HashSet<_>>().len();
     if decline {
-        let reverse = applied.last().is_some_and(|id| id.ends_with("/0/undo"));
+        let reverse = applied.last() == Some(&"0/undo");
         if *end == Terminal::Completed
             || stock != 5
             || balance != 1_000

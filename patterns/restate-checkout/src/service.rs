@@ -278,7 +278,14 @@ pub struct Launch {
     /// Whether to copy its log lines to this process's stdout (`[service]`
     /// in front); tests leave it off, examples narrate with it.
     pub echo: bool,
+    /// Whether it logs warnings only (and the line that says where it
+    /// listens): a benchmark's per-step lines would cost more than what it
+    /// measures.
+    pub quiet: bool,
 }
+
+/// `RUST_LOG` for a quiet service process: warnings, and [`LISTENING`].
+const QUIET: &str = concat!("warn,", env!("CARGO_CRATE_NAME"), "::service=info");
 
 /// A running service process, started with [`ServiceProcess::start`].
 pub struct ServiceProcess {
@@ -298,6 +305,7 @@ impl ServiceProcess {
             .args(launch.options.to_args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .envs(launch.quiet.then_some(("RUST_LOG", QUIET)))
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| ProcessError::Spawn(program, e))?;

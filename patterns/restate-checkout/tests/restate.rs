@@ -88,6 +88,7 @@ async fn shop(crash: Option<Crash>) -> Option<Shop> {
         leading: vec![],
         options,
         echo: false,
+        quiet: false,
     };
     let service = ServiceProcess::start(&launch).await.unwrap();
     engine.register(&service.uri()).await.unwrap();
