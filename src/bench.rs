@@ -14,10 +14,11 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, bail};
 use compare::stats::Sample;
 use orchestration::participant::Names;
-use shop_domain::{Line, Service};
+use shop_domain::{Kind, Line, Service};
 use tracing::info;
 
-use crate::config::Env;
+use crate::config::{Env, Style};
+use crate::roles::intake::CheckoutView;
 use crate::scenario::{self, Client, Planned};
 use crate::supervisor::Supervisor;
 
@@ -63,7 +64,7 @@ pub async fn phase(
     planned: Vec<Planned>,
     concurrency: usize,
     fault: impl Future<Output = anyhow::Result<()>>,
-) -> anyhow::Result<(Phase, Vec<(Planned, crate::roles::intake::CheckoutView)>)> {
+) -> anyhow::Result<(Phase, Vec<(Planned, CheckoutView)>)> {
     let env = supervisor.env();
     let started = tokio::time::Instant::now();
     let work = async {
@@ -99,79 +100,165 @@ pub async fn phase(
     Ok((phase, ended))
 }
 
-const SEGMENTS: [&str; 6] = [
+/// A confirmed checkout's marks, in order, for each style: the record that ends each segment.
+const ORCHESTRATED: [&str; 6] = [
     "client -> gateway -> saga log",
-    "-> inventory.reserve",
-    "-> payments.authorize",
-    "-> shipping.schedule",
-    "-> orders.confirm",
+    "-> inventory.reserve applied",
+    "-> payments.authorize applied",
+    "-> shipping.schedule applied",
+    "-> orders.confirm applied",
     "-> saga finished",
 ];
+const CHOREOGRAPHED: [(&str, Service, Kind); 5] = [
+    ("client -> gateway -> OrderPlaced", Service::Orders, Kind::OrderPlaced),
+    ("-> StockReserved", Service::Inventory, Kind::StockReserved),
+    ("-> PaymentAuthorized", Service::Payments, Kind::PaymentAuthorized),
+    ("-> ShipmentScheduled", Service::Shipping, Kind::ShipmentScheduled),
+    ("-> OrderConfirmed", Service::Orders, Kind::OrderConfirmed),
+];
+
+/// When each checkout ended, and the marks of each confirmed one (`None` for a cancelled one),
+/// read from the services' own records.
+type Marks = BTreeMap<String, (SystemTime, Option<Vec<SystemTime>>)>;
+
+async fn marks(
+    env: &Env,
+    ended: &[(Planned, CheckoutView)],
+) -> anyhow::Result<Marks> {
+    let pool = orchestration::pool(&env.database_url, 1)?;
+    let db = pool.get().await?;
+    let mut marks = Marks::new();
+    match env.style {
+        Style::Orchestration => {
+            let names: &Names = &env.names;
+            let sql = format!(
+                "SELECT id, created_at, finished_at FROM {}.sagas \
+                 WHERE finished_at IS NOT NULL",
+                names.log_schema()
+            );
+            let mut sagas = BTreeMap::new();
+            for row in db.query(&sql, &[]).await? {
+                let id: String = row.try_get(0)?;
+                let times: (SystemTime, SystemTime) =
+                    (row.try_get(1)?, row.try_get(2)?);
+                sagas.insert(id, times);
+            }
+            let mut applied: BTreeMap<String, SystemTime> = BTreeMap::new();
+            for service in [
+                Service::Inventory,
+                Service::Payments,
+                Service::Shipping,
+                Service::Orders,
+            ] {
+                let sql = format!(
+                    "SELECT command_id, applied_at FROM {}.inbox WHERE applied_at IS NOT NULL",
+                    names.schema(service)
+                );
+                for row in db.query(&sql, &[]).await? {
+                    applied.insert(row.try_get(0)?, row.try_get(1)?);
+                }
+            }
+            for (planned, view) in ended {
+                let id = format!("checkout-{}", planned.key);
+                let (created, finished) = *sagas
+                    .get(&id)
+                    .with_context(|| format!("{id} has no end in the log"))?;
+                let steps = if view.status == "confirmed" {
+                    let mut steps = vec![created];
+                    for step in 0..4 {
+                        let at =
+                            applied.get(&format!("{id}/{step}/do")).with_context(
+                                || format!("{id}: step {step} has no applied_at"),
+                            )?;
+                        steps.push(*at);
+                    }
+                    steps.push(finished);
+                    Some(steps)
+                } else {
+                    None
+                };
+                marks.insert(planned.key.clone(), (finished, steps));
+            }
+        }
+        Style::Choreography => {
+            let schemas = choreography::Schemas::new(&env.names.prefix);
+            let mut events: BTreeMap<(String, String), SystemTime> = BTreeMap::new();
+            let mut last: BTreeMap<String, SystemTime> = BTreeMap::new();
+            for service in Service::ALL {
+                let sql = format!(
+                    "SELECT aggregate_id, event_type, created_at FROM {}.outbox",
+                    schemas.of(service)
+                );
+                for row in db.query(&sql, &[]).await? {
+                    let (order, kind): (String, String) =
+                        (row.try_get(0)?, row.try_get(1)?);
+                    let at: SystemTime = row.try_get(2)?;
+                    let latest = last.entry(order.clone()).or_insert(at);
+                    *latest = (*latest).max(at);
+                    events.insert((order, kind), at);
+                }
+            }
+            for (planned, view) in ended {
+                let end = *last
+                    .get(&planned.key)
+                    .with_context(|| format!("{} emitted nothing", planned.key))?;
+                let steps = if view.status == "confirmed" {
+                    let mut steps = vec![];
+                    for (_, _, kind) in CHOREOGRAPHED {
+                        let key = (planned.key.clone(), kind.as_str().to_owned());
+                        let at = events.get(&key).with_context(|| {
+                            format!("{}: no {}", planned.key, kind.as_str())
+                        })?;
+                        steps.push(*at);
+                    }
+                    Some(steps)
+                } else {
+                    None
+                };
+                marks.insert(planned.key.clone(), (end, steps));
+            }
+        }
+    }
+    Ok(marks)
+}
 
 async fn timings(
     env: &Env,
     sent_at: &BTreeMap<String, SystemTime>,
-    ended: &[(Planned, crate::roles::intake::CheckoutView)],
+    ended: &[(Planned, CheckoutView)],
 ) -> anyhow::Result<(Sample, Vec<(&'static str, Duration)>)> {
-    let pool = orchestration::pool(&env.database_url, 1)?;
-    let db = pool.get().await?;
-    let names: &Names = &env.names;
-    let sql = format!(
-        "SELECT id, created_at, finished_at FROM {}.sagas WHERE finished_at IS NOT NULL",
-        names.log_schema()
-    );
-    let mut sagas = BTreeMap::new();
-    for row in db.query(&sql, &[]).await? {
-        let id: String = row.try_get(0)?;
-        let times: (SystemTime, SystemTime) = (row.try_get(1)?, row.try_get(2)?);
-        sagas.insert(id, times);
-    }
-    let mut applied: BTreeMap<String, SystemTime> = BTreeMap::new();
-    for service in
-        [Service::Inventory, Service::Payments, Service::Shipping, Service::Orders]
-    {
-        let sql = format!(
-            "SELECT command_id, applied_at FROM {}.inbox WHERE applied_at IS NOT NULL",
-            names.schema(service)
-        );
-        for row in db.query(&sql, &[]).await? {
-            applied.insert(row.try_get(0)?, row.try_get(1)?);
+    let names: Vec<&'static str> = match env.style {
+        Style::Orchestration => ORCHESTRATED.to_vec(),
+        Style::Choreography => {
+            CHOREOGRAPHED.iter().map(|(name, _, _)| *name).collect()
         }
-    }
+    };
+    let marks = marks(env, ended).await?;
     let since = |later: SystemTime, earlier: SystemTime| {
         later.duration_since(earlier).unwrap_or(Duration::ZERO)
     };
     let mut latencies = vec![];
-    let mut parts: Vec<Vec<Duration>> = vec![vec![]; SEGMENTS.len()];
-    for (planned, view) in ended {
-        let id = format!("checkout-{}", planned.key);
-        let (Some(sent), Some((created, finished))) =
-            (sent_at.get(&planned.key), sagas.get(&id))
-        else {
-            bail!("{id} has no end in the saga log");
-        };
-        latencies.push(since(*finished, *sent));
-        if view.status != "confirmed" {
-            continue;
-        }
-        let mut marks = vec![*sent, *created];
-        for step in 0..4 {
-            let at = applied
-                .get(&format!("{id}/{step}/do"))
-                .with_context(|| format!("{id}: step {step} has no applied_at"))?;
-            marks.push(*at);
-        }
-        marks.push(*finished);
-        for (i, pair) in marks.windows(2).enumerate() {
-            parts[i].push(since(pair[1], pair[0]));
+    let mut parts: Vec<Vec<Duration>> = vec![vec![]; names.len()];
+    for (planned, _) in ended {
+        let sent =
+            *sent_at.get(&planned.key).context("a checkout was never sent")?;
+        let (end, steps) =
+            marks.get(&planned.key).context("a checkout has no marks")?;
+        latencies.push(since(*end, sent));
+        if let Some(steps) = steps {
+            let mut previous = sent;
+            for (i, at) in steps.iter().enumerate() {
+                parts[i].push(since(*at, previous));
+                previous = *at;
+            }
         }
     }
     let latency = Sample::new(latencies).context("no checkout ended")?;
-    let segments = SEGMENTS
-        .iter()
+    let segments = names
+        .into_iter()
         .zip(parts)
         .filter_map(|(name, part)| {
-            Sample::new(part).map(|s| (*name, s.percentile(50.0)))
+            Sample::new(part).map(|s| (name, s.percentile(50.0)))
         })
         .collect();
     Ok((latency, segments))
@@ -228,7 +315,7 @@ pub async fn chaos(
 /// `shop_bench [--checkouts N] [--concurrency C] [--chaos SEED]`: a clean phase and a chaos phase
 /// of N checkouts each on one shop, after a warm-up, then every promise over all of them.
 pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
-    let (mut n, mut concurrency, mut seed) = (300_usize, 16_usize, 7_u64);
+    let (mut n, mut concurrency, mut seed) = (200_usize, 16_usize, 7_u64);
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let mut value = || args.next().context("a number must follow the flag");
@@ -242,26 +329,50 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(n > 0 && concurrency > 0, "N and C must be positive");
-    let logs = std::env::temp_dir().join("shop_bench");
-    let (shop, client, env) =
-        crate::cli::start_shop(None, crate::supervisor::Output::Files(logs.clone()))
-            .await?;
-    println!("services' logs: {}", logs.display());
+    println!(
+        "{n} checkouts per phase, {concurrency} at a time, through the gateway; \
+         every service its own process"
+    );
+    for style in [Style::Orchestration, Style::Choreography] {
+        one_style(style, n, concurrency, seed).await?;
+    }
+    Ok(())
+}
+
+async fn one_style(
+    style: Style,
+    n: usize,
+    concurrency: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let logs = std::env::temp_dir().join(format!("shop_bench_{}", style.name()));
+    let output = crate::supervisor::Output::Files(logs.clone());
+    let (shop, client, env) = crate::cli::start_shop(Some(style), output).await?;
+    println!("== {} (services' logs: {})", style.name(), logs.display());
     let outcome = async {
-        let (_, mut all) = phase(&shop, &client, checkouts("warm", 32), concurrency, async { Ok(()) }).await?;
-        let (clean, placed) = phase(&shop, &client, checkouts("clean", n), concurrency, async { Ok(()) }).await?;
+        let quiet = || async { Ok(()) };
+        let warm = checkouts("warm", 32);
+        let (_, mut all) = phase(&shop, &client, warm, concurrency, quiet()).await?;
+        let clean = checkouts("clean", n);
+        let (clean, placed) = phase(&shop, &client, clean, concurrency, quiet()).await?;
         all.extend(placed);
         let pool = orchestration::pool(&env.database_url, 1)?;
         let from = scenario::applied_total(&*pool.get().await?, &env).await?;
-        // Kills spread over the first half of the phase's commands (four per checkout).
-        let kills = chaos(&shop, seed, from, 2 * n);
-        let (chaotic, placed) = phase(&shop, &client, checkouts("chaos", n), concurrency, kills).await?;
+        // Kills spread over the first half of the phase's messages.
+        let per_checkout = match style {
+            Style::Orchestration => 4,
+            Style::Choreography => 11,
+        };
+        let kills = chaos(&shop, seed, from, per_checkout * n / 2);
+        let chaotic = checkouts("chaos", n);
+        let (chaotic, placed) = phase(&shop, &client, chaotic, concurrency, kills).await?;
         all.extend(placed);
-        println!("{n} checkouts per phase, {concurrency} at a time, through the gateway; every service its own process");
         report("clean", &clean);
         report("chaos", &chaotic);
+        let roles = env.style.roles().len();
         println!(
-            "chaos / clean: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (seed {seed}: each of the six services SIGKILLed once)",
+            "chaos / clean: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (seed {seed}: each of the \
+             {roles} services SIGKILLed once)",
             chaotic.rate() / clean.rate(),
             ratio(chaotic.latency.percentile(50.0), clean.latency.percentile(50.0)),
             ratio(chaotic.latency.percentile(99.0), clean.latency.percentile(99.0)),
@@ -273,7 +384,8 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
             bail!("promises broken: {:?}", findings.broken);
         }
         println!(
-            "converged: all {} checkouts ended ({} confirmed), stock and money add up, nothing dead-lettered",
+            "converged: all {} checkouts ended ({} confirmed), stock and money add up, \
+             nothing dead-lettered",
             all.len(),
             all.iter().filter(|(_, v)| v.status == "confirmed").count()
         );
