@@ -130,8 +130,19 @@ async fn every_choreographed_service_killed_mid_checkout_and_the_shop_converges(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_stopped_with_sigterm_mid_checkout_exits_cleanly_and_loses_nothing()
  {
-    let Some(mut shop) = start("term").await else { return };
-    for (round, role) in Role::ALL.into_iter().enumerate() {
+    stopped_with_sigterm(Style::Orchestration).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_choreographed_service_stopped_with_sigterm_exits_cleanly_and_loses_nothing()
+ {
+    stopped_with_sigterm(Style::Choreography).await;
+}
+
+async fn stopped_with_sigterm(style: Style) {
+    let test = format!("term_{}", style.name());
+    let Some(mut shop) = start_styled(&test, style).await else { return };
+    for (round, role) in style.roles().into_iter().enumerate() {
         let from = shop.applied().await;
         let supervisor = &shop.supervisor;
         let fault = async move {
