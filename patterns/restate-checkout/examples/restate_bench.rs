@@ -273,9 +273,18 @@ fn main() -> ExitCode {
     }
     // The per-step narration would cost more than what is measured: only the
     // figures (and warnings) are printed.
+    // The book's orchestrator warns when it crashes on purpose; here that is
+    // the plan, and its lines would bury the figures.
+    let quiet = "warn,restate_bench=info,orchestration::faults=error,\
+                 orchestration::orchestrator=error";
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "warn,restate_bench=info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+        .unwrap_or_else(|_| quiet.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .init();
     let result = tokio::runtime::Runtime::new()
         .context("no tokio runtime")
         .and_then(|runtime| runtime.block_on(run()));
