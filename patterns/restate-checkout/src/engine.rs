@@ -35,11 +35,23 @@ fn env_or(key: &str, default: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// No answer (nothing listens, or it took too long), or an unreadable one.
-    #[error("{0}: {1}")]
+    #[error("{url}: {why}", url = .0, why = causes(.1))]
     Http(String, reqwest::Error),
     /// The server answered with an error status; its body says why.
     #[error("{0} answered {1}: {2}")]
     Status(String, u16, String),
+}
+
+/// An error and its causes, on one line: reqwest's own message ("error
+/// sending request") does not say that the connection was refused.
+fn causes(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether a workflow was started by this call or had been before.
