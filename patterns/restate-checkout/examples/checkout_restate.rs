@@ -103,7 +103,7 @@ async fn run() -> anyhow::Result<ExitCode> {
         quiet: false,
     };
     let mut service = ServiceProcess::start(&launch).await?;
-    engine.register(&service.uri()).await?;
+    let deployment = engine.register(&service.uri()).await?;
     info!("registered {} with Restate as the deployment of Checkout", service.uri());
     let order = OrderPlaced {
         order_id: "o-1001".into(),
@@ -137,6 +137,7 @@ async fn run() -> anyhow::Result<ExitCode> {
     );
     let checked = check(&url, &names, &key, decline, &end).await;
     service.stop().await?;
+    engine.unregister(&deployment).await?;
     teardown(&url, &names).await?;
     checked?;
     Ok(ExitCode::SUCCESS)

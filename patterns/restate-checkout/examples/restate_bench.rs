@@ -345,7 +345,7 @@ async fn run() -> anyhow::Result<ExitCode> {
     )
     .await?;
     let mut service = ServiceProcess::start(&launch(&engined)?).await?;
-    engine.register(&service.uri()).await?;
+    let deployment = engine.register(&service.uri()).await?;
     let rs = restate(&engine, &engined, sagas, in_flight).await?;
     info!(
         "Restate: {:.2}x the throughput of the orchestrator with its PostgreSQL log \
@@ -377,6 +377,7 @@ async fn run() -> anyhow::Result<ExitCode> {
         ms(theirs_max.unwrap_or_default())
     );
     service.stop().await?;
+    engine.unregister(&deployment).await?;
     for names in [&durable, &memory, &crashes] {
         participant::teardown(&url, &amqp, names, &["bench"]).await?;
     }

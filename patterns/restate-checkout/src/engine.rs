@@ -77,6 +77,11 @@ struct Version {
 }
 
 #[derive(Deserialize)]
+struct Registered {
+    id: String,
+}
+
+#[derive(Deserialize)]
 struct SendResponse {
     status: String,
 }
@@ -112,14 +117,30 @@ impl Engine {
     /// Registers the service endpoint at `uri` (it serves `Checkout`): the
     /// server asks it which services it has, and from now on sends new
     /// invocations of them there. Invocations already running stay with the
-    /// deployment they started on.
-    pub async fn register(&self, uri: &str) -> Result<(), EngineError> {
+    /// deployment they started on. Returns the deployment's id.
+    pub async fn register(&self, uri: &str) -> Result<String, EngineError> {
         let url = format!("{}/deployments", self.admin);
         let body = serde_json::json!({ "uri": uri, "force": true });
         let request =
             self.http.post(&url).json(&body).timeout(Duration::from_secs(10));
-        let _: serde_json::Value = json(&url, request).await?;
-        Ok(())
+        let registered: Registered = json(&url, request).await?;
+        Ok(registered.id)
+    }
+
+    /// Removes deployment `id` from the server, once nothing runs on it: a
+    /// run that registered a service process on a port of its own leaves no
+    /// stale deployment behind.
+    pub async fn unregister(&self, id: &str) -> Result<(), EngineError> {
+        let url = format!("{}/deployments/{id}?force=true", self.admin);
+        let request = self.http.delete(&url).timeout(Duration::from_secs(10));
+        let http = |e| EngineError::Http(url.clone(), e);
+        let response = request.send().await.map_err(http)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.map_err(http)?;
+        Err(EngineError::Status(url.clone(), status.as_u16(), body))
     }
 
     // ANCHOR: start

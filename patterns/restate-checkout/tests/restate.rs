@@ -48,6 +48,7 @@ struct Shop {
     names: Names,
     url: String,
     engine: Engine,
+    deployment: String,
     pool: deadpool_postgres::Pool,
     service: ServiceProcess,
     _turn: MutexGuard<'static, ()>,
@@ -91,9 +92,9 @@ async fn shop(crash: Option<Crash>) -> Option<Shop> {
         quiet: false,
     };
     let service = ServiceProcess::start(&launch).await.unwrap();
-    engine.register(&service.uri()).await.unwrap();
+    let deployment = engine.register(&service.uri()).await.unwrap();
     let pool = orchestration::pool(&url, 2).unwrap();
-    Some(Shop { names, url, engine, pool, service, _turn: turn })
+    Some(Shop { names, url, engine, deployment, pool, service, _turn: turn })
 }
 
 impl Shop {
@@ -141,6 +142,7 @@ impl Shop {
 
     async fn drop(self) {
         self.service.stop().await.unwrap();
+        self.engine.unregister(&self.deployment).await.unwrap();
         teardown(&self.url, &self.names).await.unwrap();
     }
 }
