@@ -13,9 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use deadpool_postgres::{
-    BuildError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod,
-};
+use deadpool_postgres::{BuildError, Pool, PoolError};
 
 use crate::envelope::{Event, OrderPlaced};
 
@@ -65,16 +63,7 @@ const POOL_SIZE: usize = 1;
 fn pool(url: &str) -> Result<Pool, StoreError> {
     let mut config: tokio_postgres::Config = url.parse()?;
     config.options("-c client_min_messages=warning");
-    // Fast recycling: when the pool hands a connection out, it checks that the
-    // connection is still open and opens a new one if the server closed it. A
-    // query on a connection that breaks fails, and its caller returns the error.
-    let recycling_method = RecyclingMethod::Fast;
-    let manager = Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        ManagerConfig { recycling_method },
-    );
-    Ok(Pool::builder(manager).max_size(POOL_SIZE).build()?)
+    Ok(infra::postgres::pool_of(config, POOL_SIZE)?)
 }
 
 impl Store {

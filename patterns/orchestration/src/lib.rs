@@ -24,8 +24,6 @@
 
 use std::future::Future;
 
-use deadpool_postgres::{BuildError, Manager, ManagerConfig, Pool, RecyclingMethod};
-
 pub mod checkout;
 pub mod faults;
 pub mod log;
@@ -33,35 +31,8 @@ pub mod orchestrator;
 pub mod participant;
 pub mod saga;
 
-/// Why a connection pool could not be built. Nothing is connected yet then:
-/// a pool opens its connections when they are first asked for.
-#[derive(Debug, thiserror::Error)]
-pub enum PoolSetupError {
-    /// The PostgreSQL URL (`DATABASE_URL`) does not parse.
-    #[error("the PostgreSQL URL does not parse: {0}")]
-    Url(#[from] tokio_postgres::Error),
-    /// The pool refused its configuration.
-    #[error("connection pool: {0}")]
-    Build(#[from] BuildError),
-}
-
-/// A pool of at most `size` connections to the PostgreSQL at `url`: the saga
-/// log's, and each participant's own. A connection is opened when first asked
-/// for and closed when the pool is dropped, so whoever owns the pool owns its
-/// connections.
-pub fn pool(url: &str, size: usize) -> Result<Pool, PoolSetupError> {
-    let config: tokio_postgres::Config = url.parse()?;
-    // Fast recycling: a connection the server closed is dropped from the pool
-    // when it is next handed out; one that broke without closing fails its
-    // next query, once, which ends it, and the pool replaces it after that.
-    let recycling_method = RecyclingMethod::Fast;
-    let manager = Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        ManagerConfig { recycling_method },
-    );
-    Ok(Pool::builder(manager).max_size(size).build()?)
-}
+/// The pool the log and each participant use: see [`infra::postgres`].
+pub use infra::postgres::{PoolSetupError, pool};
 
 /// Drives a PostgreSQL connection in the background. When it ends with an
 /// error (the server went away, the network broke), the cause is logged: the

@@ -24,7 +24,6 @@
 
 #![warn(missing_docs)]
 
-use deadpool_postgres::{BuildError, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::Client;
 
 pub mod faults;
@@ -52,38 +51,8 @@ pub enum OutboxError {
     BadSchemaName(String),
 }
 
-/// Why a connection pool could not be built. Nothing is connected yet then:
-/// a pool opens its connections when they are first asked for.
-#[derive(Debug, thiserror::Error)]
-pub enum PoolSetupError {
-    /// The PostgreSQL URL (`DATABASE_URL`) does not parse.
-    #[error("the PostgreSQL URL does not parse: {0}")]
-    Url(#[from] tokio_postgres::Error),
-    /// The pool refused its configuration.
-    #[error("connection pool: {0}")]
-    Build(#[from] BuildError),
-}
-
-/// A pool of at most `size` connections to the PostgreSQL at `url`, for one
-/// relay or one service. A connection is opened when first asked for and
-/// closed when the pool is dropped, so whoever owns the pool owns its
-/// connections: a relay or service that dies takes them with it.
-pub fn pool(url: &str, size: usize) -> Result<Pool, PoolSetupError> {
-    let config: tokio_postgres::Config = url.parse()?;
-    // Fast recycling: when the pool hands a connection out, it checks that the
-    // connection is still open and opens a new one if the server closed it (a
-    // restart, a terminated backend). A query on a connection that breaks
-    // fails, and its caller returns the error. `Verified` would also send a
-    // query at each checkout: a round trip per pass for what the pass's first
-    // statement finds out anyway.
-    let recycling_method = RecyclingMethod::Fast;
-    let manager = Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        ManagerConfig { recycling_method },
-    );
-    Ok(Pool::builder(manager).max_size(size).build()?)
-}
+/// The pool each relay and service uses: see [`infra::postgres`].
+pub use infra::postgres::{PoolSetupError, pool};
 
 /// Checks that `schema` can be pasted into SQL as an identifier. Schema names cannot be
 /// bound as query parameters, so they are validated instead.
