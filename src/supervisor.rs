@@ -82,18 +82,18 @@ impl Supervisor {
         if let Output::Files(dir) = output {
             std::fs::create_dir_all(dir)?;
         }
-        let mut vars = env.vars();
-        vars.push((JWT_KEY_VAR.to_owned(), jwt_key_hex.to_owned()));
+        let vars = env.vars();
         let mut children = BTreeMap::new();
         for role in env.style.roles() {
             let (life_tx, life) = watch::channel(Life::default());
             let (stop, stopped) = watch::channel(false);
-            let spec = Spec {
-                exe: exe.to_owned(),
-                role,
-                vars: vars.clone(),
-                output: output.clone(),
-            };
+            let mut vars = vars.clone();
+            if role == Role::Gateway {
+                // Only the process that verifies tokens holds the key.
+                vars.push((JWT_KEY_VAR.to_owned(), jwt_key_hex.to_owned()));
+            }
+            let spec =
+                Spec { exe: exe.to_owned(), role, vars, output: output.clone() };
             let task = tokio::spawn(keep_running(spec, life_tx, stopped));
             children.insert(role, Child1 { life, stop, task });
         }
@@ -265,6 +265,9 @@ async fn keep_running(
     loop {
         let mut child = spec.spawn()?;
         generation += 1;
+        if let Some(pid) = child.id() {
+            info!("started {role} (pid {pid})");
+        }
         life.send_modify(|l| {
             *l = Life { generation, pid: child.id(), last_exit: l.last_exit }
         });

@@ -243,9 +243,14 @@ async fn bad_input_at_the_gateway_gets_a_problem_body_and_the_shop_keeps_serving
         }
         assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}");
     }
-    // Nothing of that reached a service, and everyone else is still served.
+    // Everyone else is still served: the refusals changed nothing.
     let placed = shop.run_batch(scenario::batch("after"), async { Ok(()) }).await;
     shop.placed.extend(placed);
+    // A checkout is shown to the customer who placed it, and to nobody else.
+    let ada = shop.client.view("c-ada", "after-1").await.unwrap();
+    assert_eq!(ada.customer_id, "c-ada");
+    let bob = shop.client.view("c-bob", "after-1").await.unwrap_err().to_string();
+    assert!(bob.contains("404"), "{bob}");
     shop.assert_promises_kept().await;
     shop.stop().await;
 }

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use choreography::shop::{Config, Faults, Outcome, Shop};
 use http_json::problem::JsonBody;
 use shop_domain::Service;
@@ -26,7 +26,7 @@ use crate::config::{Env, Role};
 use crate::probe::{self, Check};
 use crate::roles::intake::{
     CheckoutRequest, CheckoutView, accepted, caller_and_key, order_of, problem,
-    valid_key,
+    shown_to, valid_key,
 };
 
 /// The choreographed shop every process of this style joins: names from the shared prefix.
@@ -154,6 +154,7 @@ async fn place(
 async fn view(
     State(shop): State<Arc<Shop>>,
     Path(order_id): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     if !valid_key(&order_id) {
         let detail = "an order id is 1 to 64 letters, digits, - or _";
@@ -166,7 +167,7 @@ async fn view(
     }
     match shop.outcome(&order_id).await {
         Ok(outcome) => match describe(&order_id, &outcome) {
-            Some(view) => Json(view).into_response(),
+            Some(view) => shown_to(&headers, view),
             None => {
                 let detail = format!("no checkout {order_id}");
                 problem(

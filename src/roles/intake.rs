@@ -127,6 +127,22 @@ pub fn caller_and_key(
     Ok((customer, key))
 }
 
+/// The checkout as the caller may see it: only the customer who placed it; anyone else gets the
+/// same `404` as for a checkout that does not exist, so ids cannot be probed.
+pub fn shown_to(headers: &axum::http::HeaderMap, view: CheckoutView) -> Response {
+    let caller = headers.get(CALLER).and_then(|v| v.to_str().ok());
+    if caller != Some(view.customer_id.as_str()) {
+        let detail = format!("no checkout {}", view.order_id);
+        return problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such checkout",
+            detail,
+        );
+    }
+    axum::Json(view).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

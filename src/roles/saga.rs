@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use http_json::problem::JsonBody;
 use orchestration::checkout::checkout;
 use orchestration::log::{PgLog, SagaLog};
@@ -28,7 +28,7 @@ use crate::config::{Env, Role};
 use crate::probe::{self, AmqpProbe, Check};
 use crate::roles::intake::{
     CheckoutRequest, CheckoutView, accepted, caller_and_key, order_of, problem,
-    valid_key,
+    shown_to, valid_key,
 };
 
 /// The orchestrator's name: its leases carry it, so a restart under the same name takes its sagas
@@ -273,6 +273,7 @@ async fn place(
 async fn view(
     State(shared): State<Shared>,
     Path(order_id): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     if !valid_key(&order_id) {
         let detail = "an order id is 1 to 64 letters, digits, - or _";
@@ -284,9 +285,7 @@ async fn view(
         );
     }
     match shared.log.load(&format!("checkout-{order_id}")).await {
-        Ok(Some((order, records))) => {
-            Json(describe(&order, &records)).into_response()
-        }
+        Ok(Some((order, records))) => shown_to(&headers, describe(&order, &records)),
         Ok(None) => {
             let detail = format!("no checkout {order_id}");
             problem(StatusCode::NOT_FOUND, "not-found", "No such checkout", detail)

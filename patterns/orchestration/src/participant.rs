@@ -238,11 +238,13 @@ impl Participant {
     }
 }
 
-/// Runs `participant` until its connection to RabbitMQ fails or it is
-/// stopped. Its PostgreSQL connection comes from a pool of one that the loop
-/// owns: a connection that breaks fails one command (which goes back on the
-/// queue) and is replaced for the next, and when the loop ends, for whatever
-/// reason, the pool goes with it and closes the connection.
+/// Runs `participant` until its connection to RabbitMQ fails, its database
+/// cannot be reached, or it is stopped. Its PostgreSQL connection comes from a
+/// pool of one that the loop owns: a connection the server closed is replaced
+/// when the next command takes one; when no connection can be had, or one
+/// breaks mid-command, the command goes back on the queue and the loop ends
+/// with that error ([`ServiceError::is_unreachable`]). When the loop ends, for
+/// whatever reason, the pool goes with it and closes the connection.
 pub fn serve(
     participant: Service,
     url: String,
