@@ -3,8 +3,9 @@
 //! Every example and test reads broker addresses through this crate, so there is exactly one place
 //! that knows the environment variables and their local defaults (the ports `cargo xtask brokers up`
 //! and `docker-compose.yml` use). It has no dependencies on purpose: a chapter that needs no broker
-//! pays nothing for it. What some crates share beyond addresses sits behind a feature: `examples`
-//! (logging and flags), `postgres` (one way to build a connection pool).
+//! pays nothing for it. What examples share (logging and flags) sits behind the `examples` feature;
+//! the PostgreSQL pool builder is a crate of its own (`pg-pool`), since a feature of this crate
+//! would be switched on for every example in the workspace.
 //!
 //! The rule for tests that need a broker lives here too ([`unavailable`]): when the broker does not
 //! answer, a test prints why and skips, unless `REQUIRE_BROKERS=1` is set (as `cargo xtask test` and CI
@@ -17,8 +18,6 @@ use std::fmt::Display;
 
 #[cfg(feature = "examples")]
 pub mod example;
-#[cfg(feature = "postgres")]
-pub mod postgres;
 
 /// Kafka bootstrap servers: `KAFKA_BROKERS`, default `127.0.0.1:9092`.
 pub fn kafka_brokers() -> String {

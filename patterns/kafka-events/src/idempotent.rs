@@ -63,7 +63,7 @@ const POOL_SIZE: usize = 1;
 fn pool(url: &str) -> Result<Pool, StoreError> {
     let mut config: tokio_postgres::Config = url.parse()?;
     config.options("-c client_min_messages=warning");
-    Ok(infra::postgres::pool_of(config, POOL_SIZE)?)
+    Ok(pg_pool::pool_of(config, POOL_SIZE)?)
 }
 
 impl Store {

@@ -31,8 +31,8 @@ pub mod orchestrator;
 pub mod participant;
 pub mod saga;
 
-/// The pool the log and each participant use: see [`infra::postgres`].
-pub use infra::postgres::{PoolSetupError, pool};
+/// The pool the log and each participant use: see [`pg_pool`].
+pub use pg_pool::{PoolSetupError, pool};
 
 /// Drives a PostgreSQL connection in the background. When it ends with an
 /// error (the server went away, the network broke), the cause is logged: the

@@ -51,8 +51,8 @@ pub enum OutboxError {
     BadSchemaName(String),
 }
 
-/// The pool each relay and service uses: see [`infra::postgres`].
-pub use infra::postgres::{PoolSetupError, pool};
+/// The pool each relay and service uses: see [`pg_pool`].
+pub use pg_pool::{PoolSetupError, pool};
 
 /// Checks that `schema` can be pasted into SQL as an identifier. Schema names cannot be
 /// bound as query parameters, so they are validated instead.

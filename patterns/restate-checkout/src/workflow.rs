@@ -10,8 +10,8 @@
 //!
 //! The decisions are the orchestration chapter's: a refused step turns the saga back, and the
 //! steps that are done, or whose outcome is unknown, are undone in strict reverse order; up to
-//! the pivot, a step that does not answer within its patience is unknown and undone; after the
-//! pivot, and for every compensation, the effect is retried until it answers.
+//! the pivot, a step whose effect keeps failing for its patience is unknown and undone; after
+//! the pivot, and for every compensation, the effect is retried until it succeeds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -5,6 +5,10 @@
 //! Each service, relay or store owns its pool: connections open when first asked for and close
 //! when the pool is dropped, so a component that stops or dies takes its connections with it, and
 //! no process-wide pool outlives the part of the program that used it.
+//!
+//! A crate of its own rather than a feature of `infra`: Cargo switches a feature on for every
+//! package of a build, so the first example would compile a PostgreSQL client it never uses.
+#![warn(missing_docs)]
 
 pub use deadpool_postgres::{BuildError, Pool};
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
