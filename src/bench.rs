@@ -159,7 +159,7 @@ async fn marks(
                 }
             }
             for (planned, view) in ended {
-                let id = format!("checkout-{}", planned.key);
+                let id = orchestration::orchestrator::saga_id_of(&planned.key);
                 let (created, finished) = *sagas
                     .get(&id)
                     .with_context(|| format!("{id} has no end in the log"))?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use choreography::shop::{Config, Faults, Outcome, Shop};
@@ -25,8 +25,8 @@ use tracing::{info, warn};
 use crate::config::{Env, Role};
 use crate::probe::{self, Check};
 use crate::roles::intake::{
-    CheckoutRequest, CheckoutView, accepted, caller_and_key, order_of, problem,
-    shown_to, valid_key,
+    CheckoutRequest, CheckoutView, accepted, checkout_of, invalid_id, key_reused,
+    not_found, shown_to, try_again,
 };
 
 /// The choreographed shop every process of this style joins: names from the shared prefix.
@@ -104,21 +104,9 @@ async fn place(
     headers: HeaderMap,
     JsonBody(request): JsonBody<CheckoutRequest>,
 ) -> Response {
-    let (customer, key) = match caller_and_key(&headers) {
-        Ok(both) => both,
-        Err(refusal) => return *refusal,
-    };
-    let order = match order_of(key, customer, &request) {
+    let order = match checkout_of(&headers, &request) {
         Ok(order) => order,
-        Err(detail) => {
-            let status = StatusCode::UNPROCESSABLE_ENTITY;
-            return problem(
-                status,
-                "invalid-order",
-                "The order cannot be placed",
-                detail,
-            );
-        }
+        Err(refusal) => return *refusal,
     };
     let correlation = choreography::shop::correlation_id();
     match shop.place(order.clone(), &correlation).await {
@@ -128,25 +116,13 @@ async fn place(
         }
         Err(choreography::Error::Refused(why)) => {
             warn!(order = %order.order_id, "refused: {why}");
-            let detail = "this idempotency key was used for another checkout";
-            problem(
-                StatusCode::CONFLICT,
-                "key-reused",
-                "Idempotency key reused",
-                detail,
-            )
+            key_reused()
         }
         Err(error) => {
             warn!(%error, "placing the order failed");
-            let detail = format!(
+            try_again(format!(
                 "the order was not recorded ({error}); retry with the same key"
-            );
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Try again",
-                detail,
-            )
+            ))
         }
     }
 }
@@ -156,37 +132,17 @@ async fn view(
     Path(order_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !valid_key(&order_id) {
-        let detail = "an order id is 1 to 64 letters, digits, - or _";
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "invalid-id",
-            "Invalid order id",
-            detail,
-        );
+    if let Some(invalid) = invalid_id(&order_id) {
+        return invalid;
     }
     match shop.outcome(&order_id).await {
         Ok(outcome) => match describe(&order_id, &outcome) {
             Some(view) => shown_to(&headers, view),
-            None => {
-                let detail = format!("no checkout {order_id}");
-                problem(
-                    StatusCode::NOT_FOUND,
-                    "not-found",
-                    "No such checkout",
-                    detail,
-                )
-            }
+            None => not_found(&order_id),
         },
         Err(error) => {
             warn!(%error, "reading the services' records failed");
-            let detail = format!("the records did not answer ({error})");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Try again",
-                detail,
-            )
+            try_again(format!("the records did not answer ({error})"))
         }
     }
 }

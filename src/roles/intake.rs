@@ -102,11 +102,13 @@ pub fn accepted(order_id: &str) -> Response {
     (StatusCode::ACCEPTED, headers, axum::Json(body)).into_response()
 }
 
-/// The answer to a request whose caller or key is missing or malformed; `None` when both are
-/// there: the customer and the order id.
-pub fn caller_and_key(
+/// The order a request places: the verified caller pays, the idempotency key is the order id,
+/// the lines are priced from the catalog. Otherwise the answer that says what is missing or
+/// wrong (`401`, `400`, `422`).
+pub fn checkout_of(
     headers: &axum::http::HeaderMap,
-) -> Result<(&str, &str), Box<Response>> {
+    request: &CheckoutRequest,
+) -> Result<OrderPlaced, Box<Response>> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let Some(customer) = text(CALLER) else {
         let detail = "no verified caller: checkouts come through the gateway";
@@ -124,7 +126,37 @@ pub fn caller_and_key(
         let (status, title) = (StatusCode::BAD_REQUEST, "Idempotency key required");
         return Err(Box::new(problem(status, "idempotency-key", title, detail)));
     };
-    Ok((customer, key))
+    order_of(key, customer, request).map_err(|detail| {
+        let status = StatusCode::UNPROCESSABLE_ENTITY;
+        let title = "The order cannot be placed";
+        Box::new(problem(status, "invalid-order", title, detail))
+    })
+}
+
+/// `400` for an order id in a path that is not one; `None` for a valid one.
+pub fn invalid_id(order_id: &str) -> Option<Response> {
+    if valid_key(order_id) {
+        return None;
+    }
+    let detail = "an order id is 1 to 64 letters, digits, - or _";
+    Some(problem(StatusCode::BAD_REQUEST, "invalid-id", "Invalid order id", detail))
+}
+
+/// `404` for a checkout that does not exist (or is not the caller's).
+pub fn not_found(order_id: &str) -> Response {
+    let detail = format!("no checkout {order_id}");
+    problem(StatusCode::NOT_FOUND, "not-found", "No such checkout", detail)
+}
+
+/// `409`: the idempotency key was used for another checkout.
+pub fn key_reused() -> Response {
+    let detail = "this idempotency key was used for another checkout";
+    problem(StatusCode::CONFLICT, "key-reused", "Idempotency key reused", detail)
+}
+
+/// `503`: the service cannot answer now; `detail` says why and what to do.
+pub fn try_again(detail: impl Into<String>) -> Response {
+    problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Try again", detail)
 }
 
 /// The checkout as the caller may see it: only the customer who placed it; anyone else gets the
@@ -132,13 +164,7 @@ pub fn caller_and_key(
 pub fn shown_to(headers: &axum::http::HeaderMap, view: CheckoutView) -> Response {
     let caller = headers.get(CALLER).and_then(|v| v.to_str().ok());
     if caller != Some(view.customer_id.as_str()) {
-        let detail = format!("no checkout {}", view.order_id);
-        return problem(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "No such checkout",
-            detail,
-        );
+        return not_found(&view.order_id);
     }
     axum::Json(view).into_response()
 }

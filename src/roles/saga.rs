@@ -17,7 +17,9 @@ use axum::routing::{get, post};
 use http_json::problem::JsonBody;
 use orchestration::checkout::checkout;
 use orchestration::log::{PgLog, SagaLog};
-use orchestration::orchestrator::{Config, Orchestrator, Starter, saga_id};
+use orchestration::orchestrator::{
+    Config, Orchestrator, Starter, saga_id, saga_id_of,
+};
 use orchestration::saga::{Kind, Outcome, Record, State as SagaState, Terminal};
 use shop_domain::OrderPlaced;
 use tokio::sync::RwLock;
@@ -27,8 +29,8 @@ use tracing::{error, info, warn};
 use crate::config::{Env, Role};
 use crate::probe::{self, AmqpProbe, Check};
 use crate::roles::intake::{
-    CheckoutRequest, CheckoutView, accepted, caller_and_key, order_of, problem,
-    shown_to, valid_key,
+    CheckoutRequest, CheckoutView, accepted, checkout_of, invalid_id, key_reused,
+    not_found, problem, shown_to, try_again,
 };
 
 /// The orchestrator's name: its leases carry it, so a restart under the same name takes its sagas
@@ -193,54 +195,24 @@ async fn place(
     headers: HeaderMap,
     JsonBody(request): JsonBody<CheckoutRequest>,
 ) -> Response {
-    let (customer, key) = match caller_and_key(&headers) {
-        Ok(both) => both,
+    let order = match checkout_of(&headers, &request) {
+        Ok(order) => order,
         Err(refusal) => return *refusal,
     };
-    let order = match order_of(key, customer, &request) {
-        Ok(order) => order,
-        Err(detail) => {
-            let status = StatusCode::UNPROCESSABLE_ENTITY;
-            return problem(
-                status,
-                "invalid-order",
-                "The order cannot be placed",
-                detail,
-            );
-        }
-    };
     let Some(starter) = shared.starter.read().await.clone() else {
-        let detail = "the saga service is reconnecting to its broker; retry with the same key";
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Try again",
-            detail,
+        return try_again(
+            "the saga service is reconnecting to its broker; retry with the same key",
         );
     };
     if let Err(error) = starter.checkout(order.clone()).await {
         warn!(%error, order = %order.order_id, "checkout not started");
-        let detail = format!(
+        return try_again(format!(
             "the checkout was not recorded ({error}); retry with the same key"
-        );
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Try again",
-            detail,
-        );
+        ));
     }
     // The key may have been used before: for this order (a retry), or for another.
     match shared.log.load(&saga_id(&order)).await {
-        Ok(Some((stored, _))) if stored != order => {
-            let detail = "this idempotency key was used for another checkout";
-            problem(
-                StatusCode::CONFLICT,
-                "key-reused",
-                "Idempotency key reused",
-                detail,
-            )
-        }
+        Ok(Some((stored, _))) if stored != order => key_reused(),
         Ok(Some(_)) => {
             info!(order = %order.order_id, customer = %order.customer_id, "checkout accepted");
             accepted(&order.order_id)
@@ -257,15 +229,9 @@ async fn place(
         }
         Err(error) => {
             warn!(%error, "reading the saga log failed");
-            let detail = format!(
+            try_again(format!(
                 "the saga log did not answer ({error}); retry with the same key"
-            );
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Try again",
-                detail,
-            )
+            ))
         }
     }
 }
@@ -275,30 +241,15 @@ async fn view(
     Path(order_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !valid_key(&order_id) {
-        let detail = "an order id is 1 to 64 letters, digits, - or _";
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "invalid-id",
-            "Invalid order id",
-            detail,
-        );
+    if let Some(invalid) = invalid_id(&order_id) {
+        return invalid;
     }
-    match shared.log.load(&format!("checkout-{order_id}")).await {
+    match shared.log.load(&saga_id_of(&order_id)).await {
         Ok(Some((order, records))) => shown_to(&headers, describe(&order, &records)),
-        Ok(None) => {
-            let detail = format!("no checkout {order_id}");
-            problem(StatusCode::NOT_FOUND, "not-found", "No such checkout", detail)
-        }
+        Ok(None) => not_found(&order_id),
         Err(error) => {
             warn!(%error, "reading the saga log failed");
-            let detail = format!("the saga log did not answer ({error})");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Try again",
-                detail,
-            )
+            try_again(format!("the saga log did not answer ({error})"))
         }
     }
 }

@@ -95,7 +95,12 @@ pub struct Orchestrator {
 
 /// The saga that checks out `order`: one per order.
 pub fn saga_id(order: &OrderPlaced) -> String {
-    format!("checkout-{}", order.order_id)
+    saga_id_of(&order.order_id)
+}
+
+/// The saga that checks out the order `order_id`.
+pub fn saga_id_of(order_id: &str) -> String {
+    format!("checkout-{order_id}")
 }
 
 impl Orchestrator {
