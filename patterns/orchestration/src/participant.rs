@@ -127,10 +127,10 @@ impl ServiceError {
     }
 }
 
-/// Creates (or recreates) each participant's schema and the dead-letter queue, and seeds them.
-pub async fn setup(
+/// Creates (or recreates) each participant's schema and seeds it: [`setup`] without the queues,
+/// for a coordinator that carries the commands itself (a workflow engine).
+pub async fn setup_schemas(
     url: &str,
-    amqp: &str,
     names: &Names,
     seed: &Seed,
 ) -> Result<(), ServiceError> {
@@ -161,6 +161,17 @@ pub async fn setup(
     let schema = names.schema(Service::Shipping);
     put(&tx, &schema, "destinations", &seed.destinations).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Creates (or recreates) each participant's schema and the dead-letter queue, and seeds them.
+pub async fn setup(
+    url: &str,
+    amqp: &str,
+    names: &Names,
+    seed: &Seed,
+) -> Result<(), ServiceError> {
+    setup_schemas(url, names, seed).await?;
     let connection =
         Connection::connect(amqp, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
@@ -178,6 +189,26 @@ pub async fn setup(
     Ok(())
 }
 
+/// Removes the participants' schemas: [`teardown`] without the log and the queues.
+pub async fn teardown_schemas(url: &str, names: &Names) -> Result<(), ServiceError> {
+    drop_schemas(url, PARTICIPANTS.map(|p| names.schema(p))).await
+}
+
+async fn drop_schemas(
+    url: &str,
+    schemas: impl IntoIterator<Item = String>,
+) -> Result<(), ServiceError> {
+    let pool = crate::pool(url, 1)?;
+    let db = pool.get().await?;
+    for s in schemas {
+        let sql = format!(
+            "SET client_min_messages TO warning; DROP SCHEMA IF EXISTS {s} CASCADE"
+        );
+        db.batch_execute(&sql).await?;
+    }
+    Ok(())
+}
+
 /// Removes what [`setup`] and the orchestrators named in `orchestrators` created:
 /// the schemas (the log's included) and the queues. It stops at the first
 /// failure and returns it: a leftover is harmless, but the caller says so.
@@ -187,15 +218,8 @@ pub async fn teardown(
     names: &Names,
     orchestrators: &[&str],
 ) -> Result<(), ServiceError> {
-    let pool = crate::pool(url, 1)?;
-    let db = pool.get().await?;
     let schemas = PARTICIPANTS.map(|p| names.schema(p));
-    for s in schemas.into_iter().chain([names.log_schema()]) {
-        let sql = format!(
-            "SET client_min_messages TO warning; DROP SCHEMA IF EXISTS {s} CASCADE"
-        );
-        db.batch_execute(&sql).await?;
-    }
+    drop_schemas(url, schemas.into_iter().chain([names.log_schema()])).await?;
     let connection =
         Connection::connect(amqp, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;

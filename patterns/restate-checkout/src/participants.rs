@@ -17,7 +17,7 @@ use std::sync::Arc;
 use deadpool_postgres::{Pool, PoolError};
 use futures::future::BoxFuture;
 use orchestration::checkout::{ApplyError, Command, apply_once};
-use orchestration::participant::{Names, PARTICIPANTS};
+use orchestration::participant::{self, Names, PARTICIPANTS, ServiceError};
 use orchestration::saga::Reply;
 use shop_domain::{Seed, Service};
 use tracing::info;
@@ -111,79 +111,18 @@ impl<P: Participants + ?Sized> Participants for Arc<P> {
     }
 }
 
-/// Why the participants' schemas could not be created, seeded or removed.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    /// A statement failed.
-    #[error("postgres: {0}")]
-    Db(#[from] tokio_postgres::Error),
-    /// No connection could be had.
-    #[error("no PostgreSQL connection: {0}")]
-    Pool(#[from] PoolError),
-    /// The PostgreSQL URL does not parse.
-    #[error(transparent)]
-    PoolSetup(#[from] orchestration::PoolSetupError),
-    /// A seed value did not serialize.
-    #[error("seed record {0}: {1}")]
-    Encode(String, serde_json::Error),
-}
-
 /// Creates (or recreates) each participant's schema as the orchestration
 /// chapter lays it out, and seeds stock, balances and destinations. No
 /// RabbitMQ: here the engine carries the commands.
-pub async fn setup(url: &str, names: &Names, seed: &Seed) -> Result<(), SetupError> {
-    let pool = orchestration::pool(url, 1)?;
-    let mut client = pool.get().await?;
-    for participant in PARTICIPANTS {
-        let s = names.schema(participant);
-        client
-            .batch_execute(&format!(
-                "SET client_min_messages TO warning;
-                 DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s};
-                 CREATE TABLE {s}.records (key text PRIMARY KEY, value text NOT NULL);
-                 CREATE TABLE {s}.inbox (command_id text PRIMARY KEY,
-                     reply text, applied_at timestamptz);"
-            ))
-            .await?;
-    }
-    let mut rows: Vec<(Service, String, String)> = vec![];
-    let encode = |key: &str, value: Result<String, serde_json::Error>| {
-        value.map_err(|e| SetupError::Encode(key.to_owned(), e))
-    };
-    for (sku, count) in &seed.stock {
-        let key = format!("stock:{sku}");
-        let value = encode(&key, serde_json::to_string(count))?;
-        rows.push((Service::Inventory, key, value));
-    }
-    for (customer, cents) in &seed.balances {
-        let key = format!("balance:{customer}");
-        let value = encode(&key, serde_json::to_string(cents))?;
-        rows.push((Service::Payments, key, value));
-    }
-    let value = encode("destinations", serde_json::to_string(&seed.destinations))?;
-    rows.push((Service::Shipping, "destinations".into(), value));
-    let tx = client.transaction().await?;
-    for (participant, key, value) in rows {
-        let sql = format!(
-            "INSERT INTO {}.records (key, value) VALUES ($1, $2)",
-            names.schema(participant)
-        );
-        tx.execute(&sql, &[&key, &value]).await?;
-    }
-    tx.commit().await?;
-    Ok(())
+pub async fn setup(
+    url: &str,
+    names: &Names,
+    seed: &Seed,
+) -> Result<(), ServiceError> {
+    participant::setup_schemas(url, names, seed).await
 }
 
 /// Removes the participants' schemas.
-pub async fn teardown(url: &str, names: &Names) -> Result<(), SetupError> {
-    let pool = orchestration::pool(url, 1)?;
-    let db = pool.get().await?;
-    for participant in PARTICIPANTS {
-        let s = names.schema(participant);
-        let sql = format!(
-            "SET client_min_messages TO warning; DROP SCHEMA IF EXISTS {s} CASCADE"
-        );
-        db.batch_execute(&sql).await?;
-    }
-    Ok(())
+pub async fn teardown(url: &str, names: &Names) -> Result<(), ServiceError> {
+    participant::teardown_schemas(url, names).await
 }
