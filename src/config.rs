@@ -147,6 +147,21 @@ pub const JWT_KEY_VAR: &str = "SHOP_JWT_KEY";
 /// The variable with the run's name prefix (queues and schemas): `SHOP_PREFIX`, default `shop`.
 pub const PREFIX_VAR: &str = "SHOP_PREFIX";
 
+/// Where a process binds when its own `SHOP_<ROLE>_ADDR` is a name, not an IP address.
+pub const LISTEN_VAR: &str = "SHOP_LISTEN_ADDR";
+
+/// `host:port` with a port number and a host of letters, digits, `.`, `-` or an IP address.
+fn is_host_port(value: &str) -> bool {
+    if value.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = value.rsplit_once(':') else { return false };
+    let name = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
+    port.parse::<u16>().is_ok_and(|p| p > 0)
+        && !host.is_empty()
+        && host.chars().all(name)
+}
+
 /// Everything a process of the shop reads from its environment.
 #[derive(Clone, Debug)]
 pub struct Env {
@@ -160,8 +175,12 @@ pub struct Env {
     pub database_url: String,
     /// `AMQP_ADDR`: RabbitMQ.
     pub amqp: String,
-    /// Where every role listens (`SHOP_<ROLE>_ADDR`), so each can find the others.
-    pub addrs: BTreeMap<Role, SocketAddr>,
+    /// Where every role is reached (`SHOP_<ROLE>_ADDR`, `host:port`), so each can find the
+    /// others: `127.0.0.1:8090` on one machine, `saga:8090` between containers or pods.
+    pub addrs: BTreeMap<Role, String>,
+    /// `SHOP_LISTEN_ADDR`: where this process binds, when its own address is a name other
+    /// processes resolve (`saga:8090`) rather than an IP it can bind (`0.0.0.0:8090` then).
+    pub listen: Option<SocketAddr>,
 }
 
 impl Env {
@@ -184,13 +203,25 @@ impl Env {
         for role in Role::ALL {
             let var = role.addr_var();
             let addr = match read(&var) {
-                Some(value) => value.parse().map_err(|_| {
-                    invalid(&var, &value, "an address like 127.0.0.1:8080")
-                })?,
-                None => SocketAddr::from(([127, 0, 0, 1], role.default_port())),
+                Some(value) if is_host_port(&value) => value,
+                Some(value) => {
+                    let expected = "host:port, like 127.0.0.1:8090 or saga:8090";
+                    return Err(invalid(&var, &value, expected));
+                }
+                None => format!("127.0.0.1:{}", role.default_port()),
             };
             addrs.insert(role, addr);
         }
+        let listen = match read(LISTEN_VAR) {
+            None => None,
+            Some(value) => Some(value.parse().map_err(|_| {
+                invalid(
+                    LISTEN_VAR,
+                    &value,
+                    "an IP address and port, like 0.0.0.0:8090",
+                )
+            })?),
+        };
         Ok(Env {
             style,
             kafka: infra::kafka_brokers(),
@@ -198,14 +229,29 @@ impl Env {
             database_url: infra::database_url(),
             amqp: infra::amqp_addr(),
             addrs,
+            listen,
         })
     }
 
-    /// Where `role` listens.
-    pub fn addr(&self, role: Role) -> SocketAddr {
+    /// Where `role` is reached, `host:port`.
+    pub fn addr(&self, role: Role) -> String {
         // Every role is in the map: `from_env` and `Env::vars` fill all of them.
-        self.addrs.get(&role).copied().unwrap_or_else(|| {
-            SocketAddr::from(([127, 0, 0, 1], role.default_port()))
+        self.addrs
+            .get(&role)
+            .cloned()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", role.default_port()))
+    }
+
+    /// Where this process, playing `role`, binds: `SHOP_LISTEN_ADDR` if set, else its own
+    /// address, which must then be an IP address.
+    pub fn listen_addr(&self, role: Role) -> Result<SocketAddr, ConfigError> {
+        if let Some(listen) = self.listen {
+            return Ok(listen);
+        }
+        let own = self.addr(role);
+        own.parse().map_err(|_| {
+            let expected = "an IP address to listen on; or set SHOP_LISTEN_ADDR, e.g. 0.0.0.0:8090";
+            invalid(&role.addr_var(), &own, expected)
         })
     }
 
@@ -215,6 +261,7 @@ impl Env {
     }
 
     /// The variables a child process gets, so that its `from_env` reads this configuration.
+    /// `SHOP_LISTEN_ADDR` is not among them: each child binds its own address.
     pub fn vars(&self) -> Vec<(String, String)> {
         let mut vars = vec![
             (STYLE_VAR.to_owned(), self.style.name().to_owned()),
@@ -224,7 +271,7 @@ impl Env {
             ("AMQP_ADDR".to_owned(), self.amqp.clone()),
         ];
         for (role, addr) in &self.addrs {
-            vars.push((role.addr_var(), addr.to_string()));
+            vars.push((role.addr_var(), addr.clone()));
         }
         vars
     }
@@ -284,5 +331,45 @@ mod tests {
         assert_eq!(decode_hex(&encode_hex(&key)), Some(key.to_vec()));
         assert_eq!(decode_hex("abc"), None);
         assert_eq!(decode_hex("zz"), None);
+    }
+
+    #[test]
+    fn an_address_may_be_a_name_but_only_an_ip_address_is_bound() {
+        for good in [
+            "127.0.0.1:8090",
+            "saga:8090",
+            "saga.shop.svc.cluster.local:80",
+            "[::1]:8090",
+        ] {
+            assert!(is_host_port(good), "{good}");
+        }
+        for bad in [
+            "saga",
+            "saga:",
+            ":8090",
+            "saga:0",
+            "saga:http",
+            "sa ga:8090",
+            "saga:70000",
+        ] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
+        let mut env = Env {
+            style: Style::Orchestration,
+            kafka: String::new(),
+            names: Names::new("t"),
+            database_url: String::new(),
+            amqp: String::new(),
+            addrs: BTreeMap::from([(Role::Saga, "saga:8090".to_owned())]),
+            listen: None,
+        };
+        let error = env.listen_addr(Role::Saga).unwrap_err().to_string();
+        assert!(
+            error.contains("SHOP_SAGA_ADDR") && error.contains("SHOP_LISTEN_ADDR"),
+            "{error}"
+        );
+        env.listen = Some("0.0.0.0:8090".parse().unwrap());
+        assert_eq!(env.listen_addr(Role::Saga).unwrap().port(), 8090);
+        assert_eq!(env.url(Role::Saga), "http://saga:8090");
     }
 }

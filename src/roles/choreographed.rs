@@ -67,7 +67,7 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
             .with_state(Arc::clone(&shop));
         app = app.merge(intake);
     }
-    let addr = env.addr(Role::Participant(service));
+    let addr = env.listen_addr(Role::Participant(service))?;
     info!("{service} (choreography) on http://{addr}/readyz");
     probe::serve(addr, app, probe::terminated()).await?;
     match Arc::try_unwrap(shop) {

@@ -93,7 +93,7 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
     let verifier = Verifier::hs256(key.expose(), ISSUER, AUDIENCE);
     let rate = Rate::new(200, 100.0)?;
     let app = app(env.url(env.style.intake()), verifier, rate)?;
-    let addr = env.addr(Role::Gateway);
+    let addr = env.listen_addr(Role::Gateway)?;
     info!(
         "gateway on http://{addr}: POST /checkouts, GET /checkouts/{{id}} (bearer token)"
     );

@@ -40,7 +40,7 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
         })
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let addr = env.addr(Role::Participant(service));
+    let addr = env.listen_addr(Role::Participant(service))?;
     let http = tokio::spawn(probe::serve(addr, probe::routes(ready), async {
         if http_stopped.await.is_err() {
             tracing::debug!("probe server's stop handle dropped");

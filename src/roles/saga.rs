@@ -77,7 +77,7 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
         .with_state(shared.clone())
         .merge(probe::routes(ready));
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let addr = env.addr(Role::Saga);
+    let addr = env.listen_addr(Role::Saga)?;
     let http = tokio::spawn(probe::serve(addr, app, async {
         if http_stopped.await.is_err() {
             tracing::debug!("saga server's stop handle dropped");

@@ -5,7 +5,7 @@
 pub mod proxy;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::time::Duration;
 
 use orchestration::participant::Names;
@@ -23,12 +23,15 @@ pub struct Shop {
 }
 
 /// Six free ports on 127.0.0.1, held until all six are chosen so none repeats.
-fn free_addrs() -> BTreeMap<Role, SocketAddr> {
+fn free_addrs() -> BTreeMap<Role, String> {
     let listeners: Vec<(Role, TcpListener)> = Role::ALL
         .into_iter()
         .map(|role| (role, TcpListener::bind("127.0.0.1:0").unwrap()))
         .collect();
-    listeners.iter().map(|(role, l)| (*role, l.local_addr().unwrap())).collect()
+    listeners
+        .iter()
+        .map(|(role, l)| (*role, l.local_addr().unwrap().to_string()))
+        .collect()
 }
 
 /// A shop of its own, every service ready; `None` (with the reason printed) when the brokers
@@ -59,6 +62,7 @@ pub async fn start_with(
         database_url,
         amqp,
         addrs: free_addrs(),
+        listen: None,
     };
     let seed = shop::shop::seed();
     if let Err(error) = shop::cli::preflight(&env, &seed).await {
