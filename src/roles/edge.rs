@@ -5,7 +5,12 @@
 //! verified caller (the customer) in a header only it can set; it limits each client; it bounds
 //! bodies and time; it turns every failure into a problem body that says what to do. Pricing,
 //! stock and the checkout's rules stay in the services behind it.
+//!
+//! Its calls to the service behind it pass a circuit breaker (the circuit-breaker chapter's):
+//! when most recent calls failed, the gateway answers `503` at once for a while instead of making
+//! every client wait for a timeout, and exports the breaker's state on `/metrics`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,10 +20,16 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use circuit_breaker::{CircuitBreaker, Outcome, State as Breaker};
 use gateway::auth::{CALLER_HEADER, Caller, Verifier, authenticate};
 use gateway::limit::{Rate, RateLimiter, rate_limit};
 use gateway::problem::{problem_bodies, respond};
 use http_json::problem::Problem;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer,
@@ -27,6 +38,7 @@ use tower_http::timeout::TimeoutLayer;
 use tracing::{info, warn};
 
 use crate::config::{Env, Role};
+use crate::metrics::Exporter;
 use crate::probe::{self, Check};
 use crate::roles::intake::IDEMPOTENCY_KEY;
 
@@ -45,19 +57,105 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 struct Edge {
     saga: String,
     http: reqwest::Client,
+    breaker: Arc<CircuitBreaker>,
 }
 
-/// The gateway's router, ready to serve or to drive with `oneshot`.
+// ANCHOR: breaker_config
+/// The breaker in front of the service behind the gateway. That service restarts in under a
+/// second, so the breaker opens on a clear majority of a short window and tries again soon.
+pub fn breaker_config() -> anyhow::Result<circuit_breaker::Config> {
+    Ok(circuit_breaker::Config::builder()
+        .count_window(20)
+        .failure_rate_threshold(50.0)
+        .minimum_calls(10)
+        .open_wait(Duration::from_secs(2))
+        .half_open_permits(2)
+        .build()?)
+}
+// ANCHOR_END: breaker_config
+
+/// The labels of a breaker's gauge: which service it guards.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+}
+
+/// The labels of a breaker's transitions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    backend: String,
+    to: String,
+}
+
+/// The breaker's state as a number: 0 closed (or disabled: calls pass), 1 half-open, 2 open.
+fn breaker_level(state: Breaker) -> i64 {
+    match state {
+        Breaker::Closed | Breaker::Disabled => 0,
+        Breaker::HalfOpen => 1,
+        Breaker::Open | Breaker::ForcedOpen => 2,
+    }
+}
+
+fn breaker_name(state: Breaker) -> &'static str {
+    match breaker_level(state) {
+        0 => "closed",
+        1 => "half_open",
+        _ => "open",
+    }
+}
+
+/// A breaker for calls to `backend` whose state and transitions are exported through `registry`
+/// and logged.
+fn watched_breaker(
+    registry: &mut Registry,
+    backend: &str,
+) -> anyhow::Result<Arc<CircuitBreaker>> {
+    let state = Family::<BackendLabels, Gauge>::default();
+    registry.register(
+        "shop_circuit_breaker_state",
+        "The breaker in front of a backend: 0 closed, 1 half-open, 2 open",
+        state.clone(),
+    );
+    let transitions = Family::<TransitionLabels, Counter>::default();
+    registry.register(
+        "shop_circuit_breaker_transitions",
+        "State changes of the breaker in front of a backend, by the state entered",
+        transitions.clone(),
+    );
+    let labels = BackendLabels { backend: backend.to_owned() };
+    state.get_or_create(&labels).set(0);
+    let breaker = CircuitBreaker::builder(breaker_config()?)
+        .on_transition(move |change| {
+            let to = breaker_name(change.to);
+            warn!(backend = %labels.backend, to, reason = %change.reason, "circuit breaker");
+            state.get_or_create(&labels).set(breaker_level(change.to));
+            let entered = TransitionLabels { backend: labels.backend.clone(), to: to.to_owned() };
+            transitions.get_or_create(&entered).inc();
+        })
+        .build();
+    Ok(Arc::new(breaker))
+}
+
+/// The gateway's router, ready to serve or to drive with `oneshot`, and the exporter of its
+/// metrics (its `/metrics` route is already in the router).
 pub fn app(
-    saga_url: String,
+    env: &Env,
     verifier: Verifier,
     rate: Rate,
-) -> anyhow::Result<Router> {
+) -> anyhow::Result<(Router, Exporter)> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .connect_timeout(Duration::from_millis(500))
         .build()?;
-    let edge = Edge { saga: saga_url, http };
+    let backend = env.style.intake();
+    let mut breaker = None;
+    let exporter = Exporter::new(|registry| {
+        breaker = Some(watched_breaker(registry, backend.name()));
+        None
+    });
+    let breaker =
+        breaker.ok_or_else(|| anyhow::anyhow!("the breaker was not built"))??;
+    let edge = Edge { saga: env.url(backend), http, breaker };
     let always: Check = std::sync::Arc::new(|| Box::pin(async { Ok(()) }));
     let api = Router::new()
         .route("/checkouts", post(place))
@@ -65,9 +163,9 @@ pub fn app(
         .route_layer(from_fn_with_state(RateLimiter::new(rate), rate_limit))
         .route_layer(from_fn_with_state(verifier, authenticate))
         .with_state(edge);
-    Ok(api
-        .merge(probe::routes(always))
-        .fallback(|| async {
+    let app = exporter.instrument(api.merge(probe::routes(always)));
+    Ok((
+        app.fallback(|| async {
             let detail = "routes: POST /checkouts, GET /checkouts/{order_id}";
             respond(Problem::new(
                 StatusCode::NOT_FOUND,
@@ -84,7 +182,9 @@ pub fn app(
         ))
         .layer(from_fn(problem_bodies))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)),
+        exporter,
+    ))
 }
 
 /// Runs the gateway until SIGTERM.
@@ -92,7 +192,7 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
     let key = crate::config::jwt_key()?;
     let verifier = Verifier::hs256(key.expose(), ISSUER, AUDIENCE);
     let rate = Rate::new(200, 100.0)?;
-    let app = app(env.url(env.style.intake()), verifier, rate)?;
+    let (app, _metrics) = app(&env, verifier, rate)?;
     let addr = env.listen_addr(Role::Gateway)?;
     info!(
         "gateway on http://{addr}: POST /checkouts, GET /checkouts/{{id}} (bearer token)"
@@ -137,6 +237,10 @@ async fn forward(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
+    let permit = match edge.breaker.try_acquire() {
+        Ok(permit) => permit,
+        Err(rejected) => return breaker_open(rejected.state),
+    };
     let mut request =
         edge.http.request(method, url).header(CALLER_HEADER, &caller.client);
     for name in [header::CONTENT_TYPE.as_str(), IDEMPOTENCY_KEY, "x-request-id"] {
@@ -146,7 +250,10 @@ async fn forward(
     }
     let answer = match request.body(body).send().await {
         Ok(answer) => answer,
-        Err(error) => return unreachable(&error),
+        Err(error) => {
+            permit.record(Outcome::Failure);
+            return unreachable(&error);
+        }
     };
     let status = answer.status();
     let pass = [header::CONTENT_TYPE, header::LOCATION, header::RETRY_AFTER];
@@ -156,6 +263,7 @@ async fn forward(
         .collect();
     match answer.bytes().await {
         Ok(bytes) => {
+            permit.record(circuit_breaker::classify::http_status(status.as_u16()));
             let mut response = (status, bytes).into_response();
             // insert, not extend: extend would add to the body's own content type.
             for (name, value) in kept {
@@ -163,8 +271,30 @@ async fn forward(
             }
             response
         }
-        Err(error) => unreachable(&error),
+        Err(error) => {
+            permit.record(Outcome::Failure);
+            unreachable(&error)
+        }
     }
+}
+
+/// The answer while the breaker keeps the gateway from calling: at once, and when to come back.
+fn breaker_open(state: Breaker) -> Response {
+    let detail = format!(
+        "most recent calls to the checkout service failed, so the gateway is not calling it \
+         (breaker {}); retry with the same Idempotency-Key in a few seconds",
+        breaker_name(state)
+    );
+    let mut response = respond(Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream-failing",
+        "The checkout service is failing",
+        detail,
+    ));
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    response
 }
 
 fn unreachable(error: &reqwest::Error) -> Response {

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{Env, Role};
+use crate::metrics::{self, Exporter};
 use crate::probe::{self, AmqpProbe, Check};
 
 /// The first wait before reconnecting; each failure in a row doubles it, up to [`MAX_BACKOFF`].
@@ -29,6 +30,17 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let pool = orchestration::pool(&env.database_url, 1)?;
     let amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
     let queue = env.names.queue(service);
+    let exporter = Exporter::new(|registry| {
+        let help = "Commands waiting in this participant's queue";
+        let queues = vec![queue.clone()];
+        Some(metrics::queue_depths(
+            registry,
+            "shop_queue_messages",
+            help,
+            Arc::clone(&amqp),
+            queues,
+        ))
+    });
     let ready: Check = Arc::new(move || {
         let (pool, amqp, queue) = (pool.clone(), Arc::clone(&amqp), queue.clone());
         Box::pin(async move {
@@ -41,7 +53,8 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = env.listen_addr(Role::Participant(service))?;
-    let http = tokio::spawn(probe::serve(addr, probe::routes(ready), async {
+    let app = exporter.instrument(probe::routes(ready));
+    let http = tokio::spawn(probe::serve(addr, app, async {
         if http_stopped.await.is_err() {
             tracing::debug!("probe server's stop handle dropped");
         }

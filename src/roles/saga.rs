@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{Env, Role};
+use crate::metrics::{self, Exporter};
 use crate::probe::{self, AmqpProbe, Check};
 use crate::roles::intake::{
     CheckoutRequest, CheckoutView, accepted, checkout_of, invalid_id, key_reused,
@@ -52,8 +53,22 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
     let log = Arc::new(connect_log(&env).await?);
     let shared =
         Shared { log: Arc::clone(&log), starter: Arc::new(RwLock::new(None)) };
-    let pool = orchestration::pool(&env.database_url, 1)?;
+    // Two connections: a probe and a scrape may come at once.
+    let pool = orchestration::pool(&env.database_url, 2)?;
     let amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
+    let exporter = Exporter::new(|registry| {
+        let log = metrics::sagas(registry, pool.clone(), env.names.log_schema());
+        let help = "Messages waiting in the shop's dead-letter queue, each for a person to explain";
+        let dead = vec![env.names.dead_letters()];
+        let dead = metrics::queue_depths(
+            registry,
+            "shop_dead_letters",
+            help,
+            Arc::clone(&amqp),
+            dead,
+        );
+        Some(metrics::all(vec![log, dead]))
+    });
     let replies = env.names.replies(ORCHESTRATOR);
     let starter = Arc::clone(&shared.starter);
     let ready: Check = Arc::new(move || {
@@ -76,6 +91,7 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
         .route("/checkouts/{order_id}", get(view))
         .with_state(shared.clone())
         .merge(probe::routes(ready));
+    let app = exporter.instrument(app);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = env.listen_addr(Role::Saga)?;
     let http = tokio::spawn(probe::serve(addr, app, async {

@@ -1,0 +1,336 @@
+//! What every process of the shop exports on `/metrics`, for Prometheus to scrape.
+//!
+//! Two kinds of numbers. Those the process counts as work goes by (requests, their status and
+//! duration, breaker transitions) live in counters and histograms updated on the request path.
+//! Those that describe state kept elsewhere (sagas by status, rows waiting in an outbox, messages
+//! waiting in a queue, consumer lag) are read fresh from PostgreSQL and the brokers when Prometheus
+//! scrapes, by the role's [`Refresh`]: counting them as they change would mean every writer of
+//! a table or a queue had to count too, and a restarted process would start from zero.
+//!
+//! Built on `prometheus-client`, the Prometheus project's own Rust client: typed metric families
+//! with label sets as structs, no global registry (each process, and each test, owns its own), and
+//! the OpenMetrics text format Prometheus reads.
+//!
+//! Label sets are bounded on purpose: a route is its template (`/checkouts/{order_id}`), never the
+//! path a client sent, so an attacker cannot mint a new series per request.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use deadpool_postgres::Pool;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets_range};
+use prometheus_client::registry::Registry;
+use tracing::warn;
+
+use crate::probe::AmqpProbe;
+
+/// A gauge that holds a fraction: an age in seconds, say.
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Reads the state a role's gauges describe, just before a scrape is encoded. An error names
+/// what could not be read; the gauges it would have set keep their last values, and
+/// `shop_metrics_refresh_failures_total` counts the failure.
+pub type Refresh = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The labels of a counted request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's template, or `unmatched`.
+    pub route: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The status code answered.
+    pub status: u16,
+}
+
+/// The labels of a timed request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route's template, or `unmatched`.
+    pub route: String,
+    /// The HTTP method.
+    pub method: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms to 10 s: a probe answers in about a millisecond, the gateway gives up at 5 s.
+    Histogram::new(exponential_buckets_range(0.001, 10.0, 14))
+}
+
+/// The process's metrics: its registry, the HTTP metrics every role has, and its refresh.
+#[derive(Clone)]
+pub struct Exporter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    refresh_failures: Counter,
+    refresh: Option<Refresh>,
+}
+
+impl Exporter {
+    /// The HTTP metrics, and whatever `role` registers in `registry` with the refresh that fills
+    /// it (`None` when the role has no state to read).
+    pub fn new(role: impl FnOnce(&mut Registry) -> Option<Refresh>) -> Exporter {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "shop_http_requests",
+            "HTTP requests answered, by route template, method and status",
+            requests.clone(),
+        );
+        let durations = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        registry.register(
+            "shop_http_request_duration_seconds",
+            "How long HTTP requests took to answer, by route template and method",
+            durations.clone(),
+        );
+        let refresh_failures = Counter::default();
+        registry.register(
+            "shop_metrics_refresh_failures",
+            "Scrapes whose state could not be read fresh (the gauges kept their last values)",
+            refresh_failures.clone(),
+        );
+        let refresh = role(&mut registry);
+        Exporter {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                durations,
+                refresh_failures,
+                refresh,
+            }),
+        }
+    }
+
+    /// `app` with every request counted and timed, and `GET /metrics`.
+    pub fn instrument(&self, app: Router) -> Router {
+        let scrape =
+            Router::new().route("/metrics", get(scrape)).with_state(self.clone());
+        app.merge(scrape).layer(from_fn_with_state(self.clone(), count))
+    }
+
+    /// The metrics as Prometheus reads them, after a refresh.
+    pub async fn render(&self) -> Result<String, std::fmt::Error> {
+        if let Some(refresh) = &self.inner.refresh
+            && let Err(why) = refresh().await
+        {
+            warn!(%why, "metrics: the state behind the gauges could not be read");
+            self.inner.refresh_failures.inc();
+        }
+        let mut text = String::new();
+        encode(&mut text, &self.inner.registry)?;
+        Ok(text)
+    }
+}
+
+async fn scrape(State(exporter): State<Exporter>) -> Response {
+    match exporter.render().await {
+        Ok(text) => {
+            let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+            let mut response = text.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+            response
+        }
+        Err(error) => {
+            warn!(%error, "metrics: encoding failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding the metrics failed: {error}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Counts and times one request under its route template.
+async fn count(
+    State(exporter): State<Exporter>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let began = Instant::now();
+    let response = next.run(request).await;
+    let inner = &exporter.inner;
+    let timed = RouteLabels { route, method };
+    inner.durations.get_or_create(&timed).observe(began.elapsed().as_secs_f64());
+    let counted = RequestLabels {
+        route: timed.route,
+        method: timed.method,
+        status: response.status().as_u16(),
+    };
+    inner.requests.get_or_create(&counted).inc();
+    response
+}
+
+/// The labels of a count by status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+/// The labels of a queue's gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+/// Runs every refresh, side by side; the errors of those that failed, joined.
+pub fn all(refreshes: Vec<Refresh>) -> Refresh {
+    Arc::new(move || {
+        let running: Vec<_> = refreshes.iter().map(|refresh| refresh()).collect();
+        Box::pin(async move {
+            let failed: Vec<String> = futures::future::join_all(running)
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+            if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+        })
+    })
+}
+
+/// The sagas in the log at `schema`, by status, and how long the oldest running one has run.
+pub fn sagas(registry: &mut Registry, pool: Pool, schema: String) -> Refresh {
+    let by_status = Family::<StatusLabels, Gauge>::default();
+    registry.register(
+        "shop_sagas",
+        "Sagas in the orchestrator's log, by status: running, completed, compensated, stuck",
+        by_status.clone(),
+    );
+    let oldest = FloatGauge::default();
+    registry.register(
+        "shop_saga_oldest_running_age_seconds",
+        "How long the oldest saga still running has run (0 when none runs)",
+        oldest.clone(),
+    );
+    Arc::new(move || {
+        let (pool, schema) = (pool.clone(), schema.clone());
+        let (by_status, oldest) = (by_status.clone(), oldest.clone());
+        Box::pin(async move {
+            let client = pool.get().await.map_err(|e| format!("PostgreSQL: {e}"))?;
+            let counted = format!(
+                "SELECT status, count(*) FROM {schema}.sagas GROUP BY status"
+            );
+            let rows = client
+                .query(&counted, &[])
+                .await
+                .map_err(|e| format!("PostgreSQL: {e}"))?;
+            let mut counts: BTreeMap<String, i64> =
+                SAGA_STATUSES.iter().map(|s| ((*s).to_owned(), 0)).collect();
+            for row in rows {
+                counts.insert(row.get(0), row.get(1));
+            }
+            for (status, count) in counts {
+                by_status.get_or_create(&StatusLabels { status }).set(count);
+            }
+            let aged = format!(
+                "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8
+                 FROM {schema}.sagas WHERE status = 'running'"
+            );
+            let age = client
+                .query_one(&aged, &[])
+                .await
+                .map_err(|e| format!("PostgreSQL: {e}"))?;
+            oldest.set(age.get(0));
+            Ok(())
+        })
+    })
+}
+
+/// Every status a saga row can have, so each has a series even at zero.
+const SAGA_STATUSES: [&str; 4] = ["running", "completed", "compensated", "stuck"];
+
+/// Messages waiting in each of `queues`, as RabbitMQ counts them, under the metric `name`.
+pub fn queue_depths(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    amqp: Arc<AmqpProbe>,
+    queues: Vec<String>,
+) -> Refresh {
+    let depth = Family::<QueueLabels, Gauge>::default();
+    registry.register(name, help, depth.clone());
+    Arc::new(move || {
+        let (amqp, queues, depth) =
+            (Arc::clone(&amqp), queues.clone(), depth.clone());
+        Box::pin(async move {
+            for queue in queues {
+                let messages = amqp.messages(&queue).await?;
+                depth.get_or_create(&QueueLabels { queue }).set(i64::from(messages));
+            }
+            Ok(())
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    async fn fetch(app: &Router, path: &str) -> (StatusCode, String) {
+        let request = axum::http::Request::get(path).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes =
+            axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn requests_count_under_their_template_and_a_failed_refresh_is_counted() {
+        let exporter = Exporter::new(|_| {
+            let refresh: Refresh = Arc::new(|| {
+                Box::pin(async { Err("PostgreSQL: no answer".to_owned()) })
+            });
+            Some(refresh)
+        });
+        let app = exporter.instrument(
+            Router::new().route("/orders/{id}", get(|| async { "an order" })),
+        );
+        for path in ["/orders/1", "/orders/2", "/nowhere"] {
+            fetch(&app, path).await;
+        }
+        let (status, text) = fetch(&app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        let ok = r#"shop_http_requests_total{route="/orders/{id}",method="GET",status="200"} 2"#;
+        assert!(text.contains(ok), "{text}");
+        let missing = r#"shop_http_requests_total{route="unmatched",method="GET",status="404"} 1"#;
+        assert!(text.contains(missing), "{text}");
+        assert!(text.contains("shop_metrics_refresh_failures_total 1"), "{text}");
+        assert!(!text.contains("/orders/1\""), "a raw path became a label: {text}");
+    }
+}
