@@ -33,8 +33,10 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets_range};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
 use crate::probe::AmqpProbe;
@@ -71,9 +73,13 @@ pub struct RouteLabels {
     pub method: String,
 }
 
+/// Upper bounds of the duration buckets, in seconds: round numbers, so a query can name one.
+const BUCKETS: [f64; 13] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
 fn duration_histogram() -> Histogram {
     // 1 ms to 10 s: a probe answers in about a millisecond, the gateway gives up at 5 s.
-    Histogram::new(exponential_buckets_range(0.001, 10.0, 14))
+    Histogram::new(BUCKETS)
 }
 
 /// The process's metrics: its registry, the HTTP metrics every role has, and its refresh.
@@ -293,6 +299,152 @@ pub fn queue_depths(
             Ok(())
         })
     })
+}
+
+/// Rows an outbox at `schema` still owes the broker (`pending`) or gave up on (`failed`), and
+/// the age of the oldest pending one: a relay that stopped shows as an age that grows.
+pub fn outbox(registry: &mut Registry, pool: Pool, schema: String) -> Refresh {
+    let rows = Family::<StatusLabels, Gauge>::default();
+    registry.register(
+        "shop_outbox_rows",
+        "Outbox rows not yet sent, by status: pending (the relay owes them) or failed (given up)",
+        rows.clone(),
+    );
+    let oldest = FloatGauge::default();
+    registry.register(
+        "shop_outbox_oldest_pending_age_seconds",
+        "How long the oldest pending outbox row has waited for the relay (0 when none waits)",
+        oldest.clone(),
+    );
+    Arc::new(move || {
+        let (pool, schema) = (pool.clone(), schema.clone());
+        let (rows, oldest) = (rows.clone(), oldest.clone());
+        Box::pin(async move {
+            let client = pool.get().await.map_err(|e| format!("PostgreSQL: {e}"))?;
+            let sql = format!(
+                "SELECT status, count(*),
+                        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+                 FROM {schema}.outbox WHERE status <> 'sent' GROUP BY status"
+            );
+            let found = client
+                .query(&sql, &[])
+                .await
+                .map_err(|e| format!("PostgreSQL: {e}"))?;
+            let (mut pending, mut failed, mut age) = (0, 0, 0.0);
+            for row in found {
+                match row.get::<_, String>(0).as_str() {
+                    "pending" => (pending, age) = (row.get(1), row.get(2)),
+                    _ => failed = row.get(1),
+                }
+            }
+            rows.get_or_create(&StatusLabels { status: "pending".into() })
+                .set(pending);
+            rows.get_or_create(&StatusLabels { status: "failed".into() })
+                .set(failed);
+            oldest.set(age);
+            Ok(())
+        })
+    })
+}
+
+/// The labels of a partition's lag.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: i32,
+}
+
+/// How far a consumer group is behind, and what waits in a dead-letter topic.
+#[derive(Clone, Debug)]
+pub struct KafkaWatch {
+    /// The group whose lag is measured.
+    pub group: String,
+    /// The topics it may consume; partitions where it committed nothing yet are left out.
+    pub topics: Vec<String>,
+    /// The topic where the service dead-letters what it cannot read.
+    pub dead_letters: String,
+}
+
+/// Consumer lag per partition (the newest offset minus the group's committed one) and the
+/// records in the dead-letter topic, asked of the broker on each scrape through one client that
+/// never joins the group, so measuring does not rebalance it.
+pub fn kafka(
+    registry: &mut Registry,
+    brokers: &str,
+    watch: KafkaWatch,
+) -> Result<Refresh, String> {
+    let lag = Family::<PartitionLabels, Gauge>::default();
+    registry.register(
+        "shop_kafka_consumer_lag",
+        "Records on a partition that the service's consumer group has not committed yet",
+        lag.clone(),
+    );
+    let dead = Family::<QueueLabels, Gauge>::default();
+    registry.register(
+        "shop_dead_letters",
+        "Records in the service's dead-letter topic, each for a person to explain",
+        dead.clone(),
+    );
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &watch.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| format!("Kafka client: {e}"))?;
+    let client = Arc::new(client);
+    Ok(Arc::new(move || {
+        let (client, watch) = (Arc::clone(&client), watch.clone());
+        let (lag, dead) = (lag.clone(), dead.clone());
+        Box::pin(async move {
+            // librdkafka's calls block their thread until the broker answers.
+            let asked = tokio::task::spawn_blocking(move || {
+                read_kafka(&client, &watch, &lag, &dead)
+            });
+            asked.await.map_err(|e| format!("Kafka: {e}"))?
+        })
+    }))
+}
+
+fn read_kafka(
+    client: &BaseConsumer,
+    watch: &KafkaWatch,
+    lag: &Family<PartitionLabels, Gauge>,
+    dead: &Family<QueueLabels, Gauge>,
+) -> Result<(), String> {
+    let within = std::time::Duration::from_secs(2);
+    let kafka = |e: rdkafka::error::KafkaError| format!("Kafka: {e}");
+    let mut partitions = TopicPartitionList::new();
+    for topic in &watch.topics {
+        let metadata = client.fetch_metadata(Some(topic), within).map_err(kafka)?;
+        for found in metadata.topics() {
+            for partition in found.partitions() {
+                partitions.add_partition(found.name(), partition.id());
+            }
+        }
+    }
+    let committed = client.committed_offsets(partitions, within).map_err(kafka)?;
+    for element in committed.elements() {
+        let Offset::Offset(done) = element.offset() else { continue };
+        let (topic, partition) = (element.topic(), element.partition());
+        let (_, newest) =
+            client.fetch_watermarks(topic, partition, within).map_err(kafka)?;
+        let labels = PartitionLabels { topic: topic.to_owned(), partition };
+        lag.get_or_create(&labels).set((newest - done).max(0));
+    }
+    let metadata =
+        client.fetch_metadata(Some(&watch.dead_letters), within).map_err(kafka)?;
+    let mut records = 0;
+    for found in metadata.topics() {
+        for partition in found.partitions() {
+            let (oldest, newest) = client
+                .fetch_watermarks(found.name(), partition.id(), within)
+                .map_err(kafka)?;
+            records += newest - oldest;
+        }
+    }
+    dead.get_or_create(&QueueLabels { queue: watch.dead_letters.clone() })
+        .set(records);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -157,6 +157,33 @@ impl Supervisor {
         self.end_life(role, libc::SIGTERM).await
     }
 
+    /// Sends SIGSTOP to `role`'s process: it keeps its port and its connections and answers
+    /// nothing, as a process stuck in a long pause or a deadlock does. Nothing restarts it: to the
+    /// supervisor it is still alive. [`Supervisor::resume`] lets it go on.
+    pub fn pause(&self, role: Role) -> anyhow::Result<u32> {
+        let pid = self.pid(role)?;
+        signal(pid, libc::SIGSTOP)?;
+        warn!("sent SIGSTOP to {role} (pid {pid}): it hangs");
+        Ok(pid)
+    }
+
+    /// Sends SIGCONT to `role`'s process, paused by [`Supervisor::pause`].
+    pub fn resume(&self, role: Role) -> anyhow::Result<u32> {
+        let pid = self.pid(role)?;
+        signal(pid, libc::SIGCONT)?;
+        info!("sent SIGCONT to {role} (pid {pid}): it goes on");
+        Ok(pid)
+    }
+
+    fn pid(&self, role: Role) -> anyhow::Result<u32> {
+        let child = self
+            .children
+            .get(&role)
+            .ok_or_else(|| anyhow::anyhow!("no role {role}"))?;
+        let life = *child.life.borrow();
+        life.pid.ok_or_else(|| anyhow::anyhow!("{role} is not running"))
+    }
+
     async fn end_life(&self, role: Role, how: libc::c_int) -> anyhow::Result<Life> {
         let child = self
             .children

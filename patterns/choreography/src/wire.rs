@@ -42,6 +42,11 @@ impl Topics {
         format!("{}-{}", self.prefix, service.name())
     }
 
+    /// The consumer group `service`'s consumer joins.
+    pub fn group(&self, service: Service) -> String {
+        format!("{}-group", self.of(service))
+    }
+
     /// Where `service` dead-letters what it cannot read.
     pub fn dead_letters(&self, service: Service) -> String {
         format!("{}-{}-dlq", self.prefix, service.name())

@@ -94,7 +94,7 @@ async fn run_process<S: Store + 'static>(
     let mut service =
         Service::<S>::connect(&config.database_url, schema, shared.topics.clone())
             .await?;
-    let group = format!("{}-{}", shared.topics.of(me), "group");
+    let group = shared.topics.group(me);
     let consumer = consumer(&config.brokers, &group)?;
     let sources = sources::<S>(&shared.topics);
     let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
