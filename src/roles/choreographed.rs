@@ -29,6 +29,10 @@ use crate::roles::intake::{
     not_found, shown_to, try_again,
 };
 
+/// How long the Kafka broker may take to answer a readiness probe's metadata request: under
+/// the supervisor's 2-second patience with `/readyz`, as PostgreSQL's check runs alongside.
+const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The choreographed shop every process of this style joins: names from the shared prefix.
 pub fn shop_config(env: &Env) -> Config {
     Config {
@@ -49,7 +53,15 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let ready: Check = Arc::new(move || {
         let (pool, shop) = (pool.clone(), Arc::clone(&watched));
         Box::pin(async move {
-            probe::pg_answers(&pool).await?;
+            // Both asked again on every probe, side by side, so the answer follows
+            // an outage of either within a second or two.
+            let kafka = async {
+                let asked = shop.broker_answers(service, KAFKA_PROBE_TIMEOUT);
+                asked.await.map_err(|e| format!("Kafka broker: {e}"))
+            };
+            let (database, broker) = tokio::join!(probe::pg_answers(&pool), kafka);
+            database?;
+            broker?;
             let counters = shop.stats().of(service);
             // Each life of the consumer counts once when it has joined its group; a
             // crash counts once too. More joins than crashes: a life is in.

@@ -34,33 +34,49 @@ fn free_addrs() -> BTreeMap<Role, String> {
         .collect()
 }
 
+/// Where a shop's services reach their brokers.
+#[derive(Clone, Debug)]
+pub struct Brokers {
+    /// PostgreSQL (`DATABASE_URL`).
+    pub database_url: String,
+    /// RabbitMQ (`AMQP_ADDR`).
+    pub amqp: String,
+    /// The Kafka-API broker (`KAFKA_BROKERS`).
+    pub kafka: String,
+}
+
+impl Brokers {
+    /// The brokers every test shares, from the environment or the local defaults.
+    pub fn shared() -> Brokers {
+        Brokers {
+            database_url: infra::database_url(),
+            amqp: infra::amqp_addr(),
+            kafka: infra::kafka_brokers(),
+        }
+    }
+}
+
 /// A shop of its own, every service ready; `None` (with the reason printed) when the brokers
 /// are not there and not required.
 pub async fn start(test: &str) -> Option<Shop> {
-    start_with(test, Style::Orchestration, infra::database_url(), infra::amqp_addr())
-        .await
+    start_with(test, Style::Orchestration, Brokers::shared()).await
 }
 
 /// [`start`], a shop of the given style.
 pub async fn start_styled(test: &str, style: Style) -> Option<Shop> {
-    start_with(test, style, infra::database_url(), infra::amqp_addr()).await
+    start_with(test, style, Brokers::shared()).await
 }
 
-/// [`start`], with the services reaching PostgreSQL and RabbitMQ at these addresses (a proxy
-/// in front of them, say).
-pub async fn start_with(
-    test: &str,
-    style: Style,
-    database_url: String,
-    amqp: String,
-) -> Option<Shop> {
+/// [`start`], with the services reaching their brokers at these addresses (a proxy in front
+/// of one, say).
+pub async fn start_with(test: &str, style: Style, brokers: Brokers) -> Option<Shop> {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let env = Env {
         style,
-        kafka: infra::kafka_brokers(),
+        kafka: brokers.kafka,
         names: Names::new(&format!("t{}_{}", &tag[..8], test)),
-        database_url,
-        amqp,
+        database_url: brokers.database_url,
+        amqp: brokers.amqp,
         addrs: free_addrs(),
         listen: None,
     };
@@ -70,7 +86,12 @@ pub async fn start_with(
             Style::Orchestration => "PostgreSQL and RabbitMQ",
             Style::Choreography => "PostgreSQL and the Kafka-API broker",
         };
-        infra::unavailable(brokers, &env.database_url, format!("{error:#}"));
+        let addr = match style {
+            Style::Orchestration => &env.amqp,
+            Style::Choreography => &env.kafka,
+        };
+        let at = format!("{} and {addr}", env.database_url);
+        infra::unavailable(brokers, &at, format!("{error:#}"));
         return None;
     }
     let logs = std::env::temp_dir().join(&env.names.prefix);

@@ -563,6 +563,28 @@ impl Shop {
         self.messages_in_topic(self.shared.topics.dead_letters(service)).await
     }
 
+    /// Whether the Kafka broker answers now: one metadata request about
+    /// `service`'s topic, through the shop's own producer, within `within`.
+    /// librdkafka sends it only over a connection that is up, so while the
+    /// broker is away this fails, and once the producer has reconnected it
+    /// succeeds: a readiness probe's question, asked of the client the
+    /// service works with. One small request; no topic is created.
+    pub async fn broker_answers(
+        &self,
+        service: ServiceName,
+        within: Duration,
+    ) -> Result<(), Error> {
+        let producer = self.shared.producer.clone();
+        let topic = self.shared.topics.of(service);
+        // librdkafka's metadata call blocks its thread until the answer.
+        let asked = tokio::task::spawn_blocking(move || {
+            let client = rdkafka::producer::Producer::client(&producer);
+            client.fetch_metadata(Some(&topic), within).map(drop)
+        });
+        asked.await.map_err(|e| Error::Shop(e.to_string()))??;
+        Ok(())
+    }
+
     async fn messages_in_topic(&self, topic: String) -> Result<i64, Error> {
         let producer = self.shared.producer.clone();
         let count = tokio::task::spawn_blocking(move || {
