@@ -23,6 +23,7 @@ use shop_domain::orders::OrderStatus;
 use tracing::{info, warn};
 
 use crate::config::{Env, Role};
+use crate::metrics::{self, Exporter, KafkaWatch};
 use crate::probe::{self, Check};
 use crate::roles::intake::{
     CheckoutRequest, CheckoutView, accepted, checkout_of, invalid_id, key_reused,
@@ -79,6 +80,7 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
             .with_state(Arc::clone(&shop));
         app = app.merge(intake);
     }
+    let app = exporter(service, &env, &shop)?.instrument(app);
     let addr = env.listen_addr(Role::Participant(service))?;
     info!("{service} (choreography) on http://{addr}/readyz");
     probe::serve(addr, app, probe::terminated()).await?;
@@ -90,6 +92,34 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     }
     info!("{service} stopped");
     Ok(())
+}
+
+/// What the service exports besides its requests: its outbox's backlog, its consumer group's lag
+/// and its dead letters.
+fn exporter(service: Service, env: &Env, shop: &Shop) -> anyhow::Result<Exporter> {
+    let pool = orchestration::pool(&env.database_url, 1)?;
+    let schema = shop.schemas().of(service).to_owned();
+    let topics = shop.topics();
+    let watch = KafkaWatch {
+        group: topics.group(service),
+        topics: Service::ALL.into_iter().map(|s| topics.of(s)).collect(),
+        dead_letters: topics.dead_letters(service),
+    };
+    let mut refused = None;
+    let exporter = Exporter::new(|registry| {
+        let outbox = metrics::outbox(registry, pool, schema);
+        match metrics::kafka(registry, &env.kafka, watch) {
+            Ok(kafka) => Some(metrics::all(vec![outbox, kafka])),
+            Err(why) => {
+                refused = Some(why);
+                None
+            }
+        }
+    });
+    match refused {
+        Some(why) => Err(anyhow::anyhow!("metrics: {why}")),
+        None => Ok(exporter),
+    }
 }
 
 /// Starts the service, trying again while Kafka or PostgreSQL does not answer.
