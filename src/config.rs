@@ -150,6 +150,40 @@ pub const PREFIX_VAR: &str = "SHOP_PREFIX";
 /// Where a process binds when its own `SHOP_<ROLE>_ADDR` is a name, not an IP address.
 pub const LISTEN_VAR: &str = "SHOP_LISTEN_ADDR";
 
+/// The Kafka-API brokers, `host:port[,host:port...]` (the choreographed services).
+pub const KAFKA_VAR: &str = "KAFKA_BROKERS";
+
+/// The PostgreSQL URL (every role but the gateway).
+pub const DATABASE_VAR: &str = "DATABASE_URL";
+
+/// The RabbitMQ URI (the orchestrated saga and participants).
+pub const AMQP_VAR: &str = "AMQP_ADDR";
+
+/// The log filter, read by the logging setup every program of the package starts with
+/// (`infra::example::init_logging`), not by [`Env`].
+pub const LOG_VAR: &str = "RUST_LOG";
+
+/// Every variable a process of the shop reads: what [`Env::from_lookup`] and [`jwt_key_from`]
+/// ask for, and the log filter. A container's environment should set nothing else: a variable
+/// outside this list is one the code ignores, a typo or a leftover (`tests/manifests.rs` holds
+/// the deployment files to it).
+pub const VARS: [&str; 14] = [
+    STYLE_VAR,
+    PREFIX_VAR,
+    LISTEN_VAR,
+    JWT_KEY_VAR,
+    KAFKA_VAR,
+    DATABASE_VAR,
+    AMQP_VAR,
+    LOG_VAR,
+    "SHOP_GATEWAY_ADDR",
+    "SHOP_SAGA_ADDR",
+    "SHOP_INVENTORY_ADDR",
+    "SHOP_PAYMENTS_ADDR",
+    "SHOP_SHIPPING_ADDR",
+    "SHOP_ORDERS_ADDR",
+];
+
 /// `host:port` with a port number and a host of letters, digits, `.`, `-` or an IP address.
 fn is_host_port(value: &str) -> bool {
     if value.parse::<SocketAddr>().is_ok() {
@@ -184,9 +218,24 @@ pub struct Env {
 }
 
 impl Env {
-    /// Reads the environment; an unset address is the role's documented port on 127.0.0.1.
+    /// Reads this process's environment; an unset address is the role's documented port on
+    /// 127.0.0.1.
     pub fn from_env() -> Result<Env, ConfigError> {
-        let read = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+        Env::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// Reads the configuration from `lookup`, which answers a variable's value or `None` when it
+    /// is unset: [`Env::from_env`] passes the process environment, a test the environment a
+    /// manifest gives a container. Every variable it asks for is in [`VARS`]. An empty value
+    /// counts as unset (a blank broker address too). A broker address `lookup` leaves unset falls back to `infra`'s default
+    /// for it (which `infra` reads from the process environment, where it is unset too when
+    /// `lookup` is the process environment).
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Env, ConfigError> {
+        let read = |var: &str| lookup(var).filter(|v| !v.is_empty());
+        // As `infra` reads them: blank is unset.
+        let broker = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
         let prefix = read(PREFIX_VAR).unwrap_or_else(|| "shop".to_owned());
         let valid = |c: char| c.is_ascii_alphanumeric() || c == '_';
         if !prefix.chars().all(valid) || prefix.is_empty() || prefix.len() > 40 {
@@ -224,10 +273,10 @@ impl Env {
         };
         Ok(Env {
             style,
-            kafka: infra::kafka_brokers(),
+            kafka: broker(KAFKA_VAR).unwrap_or_else(infra::kafka_brokers),
             names: Names::new(&prefix),
-            database_url: infra::database_url(),
-            amqp: infra::amqp_addr(),
+            database_url: broker(DATABASE_VAR).unwrap_or_else(infra::database_url),
+            amqp: broker(AMQP_VAR).unwrap_or_else(infra::amqp_addr),
             addrs,
             listen,
         })
@@ -265,10 +314,10 @@ impl Env {
     pub fn vars(&self) -> Vec<(String, String)> {
         let mut vars = vec![
             (STYLE_VAR.to_owned(), self.style.name().to_owned()),
-            ("KAFKA_BROKERS".to_owned(), self.kafka.clone()),
+            (KAFKA_VAR.to_owned(), self.kafka.clone()),
             (PREFIX_VAR.to_owned(), self.names.prefix.clone()),
-            ("DATABASE_URL".to_owned(), self.database_url.clone()),
-            ("AMQP_ADDR".to_owned(), self.amqp.clone()),
+            (DATABASE_VAR.to_owned(), self.database_url.clone()),
+            (AMQP_VAR.to_owned(), self.amqp.clone()),
         ];
         for (role, addr) in &self.addrs {
             vars.push((role.addr_var(), addr.clone()));
@@ -281,9 +330,18 @@ fn invalid(var: &str, value: &str, expected: &'static str) -> ConfigError {
     ConfigError::Invalid { var: var.to_owned(), value: value.to_owned(), expected }
 }
 
-/// The gateway's token key from [`JWT_KEY_VAR`]: required, hex, at least 32 bytes.
+/// The gateway's token key from [`JWT_KEY_VAR`] in this process's environment: required, hex,
+/// at least 32 bytes.
 pub fn jwt_key() -> Result<Secret, ConfigError> {
-    let Some(hex) = std::env::var(JWT_KEY_VAR).ok().filter(|v| !v.is_empty()) else {
+    jwt_key_from(|var| std::env::var(var).ok())
+}
+
+/// The gateway's token key from [`JWT_KEY_VAR`] as `lookup` answers it (see
+/// [`Env::from_lookup`]).
+pub fn jwt_key_from(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Secret, ConfigError> {
+    let Some(hex) = lookup(JWT_KEY_VAR).filter(|v| !v.is_empty()) else {
         let why = "64 or more hex digits (generate one: `openssl rand -hex 32`)";
         return Err(ConfigError::Missing(JWT_KEY_VAR, why));
     };
@@ -371,5 +429,37 @@ mod tests {
         env.listen = Some("0.0.0.0:8090".parse().unwrap());
         assert_eq!(env.listen_addr(Role::Saga).unwrap().port(), 8090);
         assert_eq!(env.url(Role::Saga), "http://saga:8090");
+    }
+
+    #[test]
+    fn vars_lists_exactly_what_the_configuration_asks_for() {
+        let asked = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let lookup = |var: &str| {
+            asked.borrow_mut().insert(var.to_owned());
+            match var {
+                "SHOP_SAGA_ADDR" => Some("saga:8090".to_owned()),
+                "SHOP_LISTEN_ADDR" => Some("0.0.0.0:8090".to_owned()),
+                "DATABASE_URL" => Some("postgres://db/shop".to_owned()),
+                JWT_KEY_VAR => Some(encode_hex(&[7; 32])),
+                _ => None,
+            }
+        };
+        let env = Env::from_lookup(lookup).unwrap();
+        assert_eq!(env.addr(Role::Saga), "saga:8090");
+        assert_eq!(env.listen_addr(Role::Saga).unwrap().port(), 8090);
+        assert_eq!(env.database_url, "postgres://db/shop");
+        assert_eq!(env.addr(Role::Gateway), "127.0.0.1:8080");
+        assert!(jwt_key_from(lookup).is_ok());
+        let mut expected: std::collections::BTreeSet<String> =
+            VARS.iter().map(|v| v.to_string()).collect();
+        expected.remove(LOG_VAR);
+        assert_eq!(*asked.borrow(), expected);
+
+        let bad = |var: &str| (var == "SHOP_SAGA_ADDR").then(|| "saga".to_owned());
+        let error = Env::from_lookup(bad).unwrap_err().to_string();
+        assert!(error.contains("SHOP_SAGA_ADDR"), "{error}");
+        assert!(jwt_key_from(|_| None).is_err());
+        let short = |_: &str| Some(encode_hex(&[7; 16]));
+        assert!(jwt_key_from(short).is_err());
     }
 }
