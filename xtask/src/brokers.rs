@@ -6,6 +6,8 @@
 //! for the Kafka API. The Restate server (the durable-execution engine of the "Orchestration on an
 //! engine" chapter) always runs natively, from its pinned npm package (see `restate.rs`). It returns only when each broker completes a real handshake (see `probe.rs`), and records what it
 //! started in `target/brokers/started`, so that `down` stops exactly that and nothing else.
+//! It also installs Debian's `prometheus` package when `prometheus` or `promtool` is missing,
+//! for the alert rules' checks and the monitoring tests; it starts no Prometheus.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -167,7 +169,10 @@ fn print_row(broker: Broker, state: &str) {
 }
 
 /// Starts whatever does not answer yet and waits until every broker completes a handshake.
+/// Installs Prometheus and promtool first if they are missing (not a broker, but what the
+/// shop's monitoring tests and the alert-rule checks need; nothing of it is started).
 pub fn up() -> Result<(), Fail> {
+    ensure_prometheus()?;
     println!("brokers: checking what already answers");
     let mut missing = Vec::new();
     for broker in ALL {
@@ -347,11 +352,19 @@ pub(crate) fn is_root() -> bool {
 
 /// Installs Debian packages when we may (root with apt-get), else says exactly what to run.
 pub(crate) fn apt_install(packages: &[&str]) -> Result<(), Fail> {
+    apt_install_or(packages, "or run the brokers with `docker compose up -d --wait`")
+}
+
+/// [`apt_install`], with `otherwise` (what else the reader can do) in the message when it may not.
+pub(crate) fn apt_install_or(
+    packages: &[&str],
+    otherwise: &str,
+) -> Result<(), Fail> {
     let line = packages.join(" ");
     if !(is_root() && command_exists("apt-get")) {
         return Err(Fail::msg(format!(
             "{line} is not installed. Install it (Debian/Ubuntu: `sudo apt-get install -y {line}`), \
-             or run the brokers with `docker compose up -d --wait`"
+             {otherwise}"
         )));
     }
     println!("  installing {line} from the distribution's packages");
@@ -362,6 +375,56 @@ pub(crate) fn apt_install(packages: &[&str]) -> Result<(), Fail> {
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     println!("  installed {line} in {:.0}s", began.elapsed().as_secs_f64());
+    Ok(())
+}
+
+// --- Prometheus and promtool ------------------------------------------------------------------
+
+/// Installs Debian's `prometheus` package (Prometheus and `promtool`) unless both are on PATH:
+/// `cargo xtask lint` checks and unit-tests the alert rules with promtool, and the shop's tests
+/// start a Prometheus of their own. Neither wants the package's daemon, so it is stopped (and,
+/// under systemd, disabled) right after the install.
+pub(crate) fn ensure_prometheus() -> Result<(), Fail> {
+    if command_exists("prometheus") && command_exists("promtool") {
+        return Ok(());
+    }
+    apt_install_or(
+        &["prometheus"],
+        "then run this command again (the alert rules are checked with its promtool)",
+    )?;
+    stop_packaged_prometheus()
+}
+
+/// Stops the daemon Debian's package starts when the init system lets it (in a container,
+/// policy-rc.d usually forbids it, and this finds nothing to stop). The init script matches the
+/// package's own pid file, so a Prometheus a test started is left alone.
+fn stop_packaged_prometheus() -> Result<(), Fail> {
+    let limit = Duration::from_secs(60);
+    if Path::new("/run/systemd/system").is_dir() && command_exists("systemctl") {
+        run_quiet(
+            Command::new("systemctl").args([
+                "disable",
+                "--now",
+                "prometheus.service",
+            ]),
+            limit,
+        )?;
+    } else if Path::new("/etc/init.d/prometheus").exists() {
+        run_quiet(Command::new("/etc/init.d/prometheus").arg("stop"), limit)?;
+        // `status` exits 0 only while the daemon runs.
+        let status = Command::new("/etc/init.d/prometheus")
+            .arg("status")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| Fail::msg(format!("/etc/init.d/prometheus status: {e}")))?;
+        if status.success() {
+            return Err(Fail::msg(
+                "the prometheus package's daemon still runs after `/etc/init.d/prometheus stop`",
+            ));
+        }
+    }
+    println!("  the package's own Prometheus daemon is not left running");
     Ok(())
 }
 
