@@ -30,10 +30,11 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
-# The dependency layer: rebuilt only when a manifest or Cargo.lock changes.
-RUN cargo chef cook --release --locked --bin shop --recipe-path recipe.json
+# The dependency layer: rebuilt only when a manifest or Cargo.lock changes. Both builds select
+# the same package, so features unify the same way and the second reuses every dependency.
+RUN cargo chef cook --release --locked -p shop --recipe-path recipe.json
 COPY . .
-RUN cargo build --release --locked --bin shop
+RUN cargo build --release --locked -p shop --bin shop
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # The binary links only libc, libm, libgcc_s and zlib, all in the slim image already.

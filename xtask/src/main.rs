@@ -6,7 +6,7 @@
 //! cargo xtask book [--serve]           build (or serve) the book with pinned mdBook tools
 //! cargo xtask examples                 run the README's examples, keeping their output
 //! cargo xtask excerpts                 check the book's output excerpts against those runs
-//! cargo xtask lint                     the CI workflow (actionlint) and docker-compose.yml (schema)
+//! cargo xtask lint                     CI workflow, compose file, Dockerfile, k8s manifests, alert rules
 //! cargo xtask browser                  headless Chromium: the live orders page, the built book
 //! cargo xtask doctor                   what is installed and what answers
 //! cargo quiz <chapter>                 take a chapter's quiz in the terminal
