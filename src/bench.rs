@@ -47,11 +47,10 @@ impl Phase {
 /// unless a fault turns one back.
 pub fn checkouts(phase: &str, n: usize) -> Vec<Planned> {
     (0..n)
-        .map(|i| Planned {
-            key: format!("{phase}-{i}"),
-            customer: if i % 2 == 0 { "c-ada" } else { "c-cyd" }.into(),
-            lines: vec![Line { sku: "kettle".into(), quantity: 1 }],
-            ship_to: "NL".into(),
+        .map(|i| {
+            let customer = if i % 2 == 0 { "c-ada" } else { "c-cyd" };
+            let kettle = vec![Line { sku: "kettle".into(), quantity: 1 }];
+            Planned::new(format!("{phase}-{i}"), customer, kettle)
         })
         .collect()
 }
@@ -74,9 +73,7 @@ pub async fn phase(
             .map(|p| async move {
                 let at = SystemTime::now();
                 client.place(p, Duration::from_secs(60)).await?;
-                let view = client
-                    .follow(&p.customer, &p.key, Duration::from_secs(120))
-                    .await?;
+                let view = client.follow(p, Duration::from_secs(120)).await?;
                 anyhow::Ok((at, p.clone(), view))
             })
             .buffer_unordered(concurrency);

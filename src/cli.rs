@@ -251,10 +251,7 @@ async fn run_batch(
             placed?;
         }
         let following = planned.iter().map(|p| async move {
-            client
-                .follow(&p.customer, &p.key, Duration::from_secs(120))
-                .await
-                .map(|v| (p.clone(), v))
+            client.follow(p, Duration::from_secs(120)).await.map(|v| (p.clone(), v))
         });
         futures::future::try_join_all(following).await
     };
@@ -287,6 +284,7 @@ async fn run_batch(
             view.order_id, planned.customer, view.status
         );
         println!("{:>14} {}", "", view.steps.join(" -> "));
+        println!("{:>14} trace {}", "", planned.trace_id);
     }
     let findings = scenario::check(env, &crate::shop::seed(), &placed).await?;
     let what = match env.style {

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use gateway::Secret;
+
+use crate::telemetry::{LOG_FORMAT_VAR, LogFormat};
 use orchestration::participant::Names;
 use shop_domain::Service;
 
@@ -160,14 +162,19 @@ pub const DATABASE_VAR: &str = "DATABASE_URL";
 pub const AMQP_VAR: &str = "AMQP_ADDR";
 
 /// The log filter, read by the logging setup every program of the package starts with
-/// (`infra::example::init_logging`), not by [`Env`].
+/// ([`crate::telemetry::init`]), not by [`Env`].
 pub const LOG_VAR: &str = "RUST_LOG";
 
+/// Where spans are exported (OTLP), read by the same setup, not by [`Env`].
+pub const OTLP_VAR: &str = trace_context::setup::OTLP_ENDPOINT;
+
 /// Every variable a process of the shop reads: what [`Env::from_lookup`] and [`jwt_key_from`]
-/// ask for, and the log filter. A container's environment should set nothing else: a variable
+/// ask for, and the logging setup's two. A container's environment should set nothing else: a variable
 /// outside this list is one the code ignores, a typo or a leftover (`tests/manifests.rs` holds
 /// the deployment files to it).
-pub const VARS: [&str; 14] = [
+pub const VARS: [&str; 16] = [
+    OTLP_VAR,
+    LOG_FORMAT_VAR,
     STYLE_VAR,
     PREFIX_VAR,
     LISTEN_VAR,
@@ -215,6 +222,8 @@ pub struct Env {
     /// `SHOP_LISTEN_ADDR`: where this process binds, when its own address is a name other
     /// processes resolve (`saga:8090`) rather than an IP it can bind (`0.0.0.0:8090` then).
     pub listen: Option<SocketAddr>,
+    /// `LOG_FORMAT`: log lines for people (the default) or JSON with trace ids.
+    pub log_format: LogFormat,
 }
 
 impl Env {
@@ -261,6 +270,11 @@ impl Env {
             };
             addrs.insert(role, addr);
         }
+        let log_format = LogFormat::parse(read(LOG_FORMAT_VAR).as_deref())
+            .ok_or_else(|| {
+                let value = read(LOG_FORMAT_VAR).unwrap_or_default();
+                invalid(LOG_FORMAT_VAR, &value, "json or human")
+            })?;
         let listen = match read(LISTEN_VAR) {
             None => None,
             Some(value) => Some(value.parse().map_err(|_| {
@@ -279,6 +293,7 @@ impl Env {
             amqp: broker(AMQP_VAR).unwrap_or_else(infra::amqp_addr),
             addrs,
             listen,
+            log_format,
         })
     }
 
@@ -318,6 +333,7 @@ impl Env {
             (PREFIX_VAR.to_owned(), self.names.prefix.clone()),
             (DATABASE_VAR.to_owned(), self.database_url.clone()),
             (AMQP_VAR.to_owned(), self.amqp.clone()),
+            (LOG_FORMAT_VAR.to_owned(), self.log_format.name().to_owned()),
         ];
         for (role, addr) in &self.addrs {
             vars.push((role.addr_var(), addr.clone()));
@@ -420,6 +436,7 @@ mod tests {
             amqp: String::new(),
             addrs: BTreeMap::from([(Role::Saga, "saga:8090".to_owned())]),
             listen: None,
+            log_format: LogFormat::Human,
         };
         let error = env.listen_addr(Role::Saga).unwrap_err().to_string();
         assert!(
@@ -453,6 +470,7 @@ mod tests {
         let mut expected: std::collections::BTreeSet<String> =
             VARS.iter().map(|v| v.to_string()).collect();
         expected.remove(LOG_VAR);
+        expected.remove(OTLP_VAR);
         assert_eq!(*asked.borrow(), expected);
 
         let bad = |var: &str| (var == "SHOP_SAGA_ADDR").then(|| "saga".to_owned());

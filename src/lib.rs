@@ -13,6 +13,8 @@
 //! - [`supervisor`]: the child processes.
 //! - [`scenario`]: the batch of checkouts, the client that places them, the promises checked from
 //!   each service's own records.
+//! - [`metrics`]: what each process exports on `/metrics`.
+//! - [`telemetry`]: logs (for people, or JSON with trace ids) and traces across the processes.
 //! - [`cli`]: `cargo run --example shop` and its flags.
 #![warn(missing_docs)]
 
@@ -25,6 +27,7 @@ pub mod roles;
 pub mod scenario;
 pub mod shop;
 pub mod supervisor;
+pub mod telemetry;
 
 /// Runs the `shop` command with this process's arguments: what `main` of the binary and of the
 /// example both call. Logs go to stdout, one line per event.
@@ -46,7 +49,6 @@ type Program = fn(
 /// Every program of the package is also every role: the supervisor starts its roles from its
 /// own executable, as `<program> role <name>`.
 fn run(program: Program) -> std::process::ExitCode {
-    infra::example::init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -56,6 +58,19 @@ fn run(program: Program) -> std::process::ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
+        let service = match args.as_slice() {
+            [role, name] if role == "role" => format!("shop-{name}"),
+            _ => "shop".to_owned(),
+        };
+        // Dropped at the end of this block, inside the runtime: the last spans are flushed.
+        let _telemetry = match telemetry::init(&service) {
+            Ok(telemetry) => telemetry,
+            Err(why) => {
+                // No logging yet to say it with.
+                eprintln!("{why}");
+                return Err(anyhow::anyhow!("cannot set up logging: {why}"));
+            }
+        };
         match args.as_slice() {
             [role, name] if role == "role" => match config::Role::parse(name) {
                 Some(role) => roles::run(role).await,

@@ -134,7 +134,7 @@ impl Exporter {
     }
 
     /// `app` with every request counted and timed, and `GET /metrics`.
-    pub fn instrument(&self, app: Router) -> Router {
+    pub fn measured(&self, app: Router) -> Router {
         let scrape =
             Router::new().route("/metrics", get(scrape)).with_state(self.clone());
         app.merge(scrape).layer(from_fn_with_state(self.clone(), count))
@@ -470,7 +470,7 @@ mod tests {
             });
             Some(refresh)
         });
-        let app = exporter.instrument(
+        let app = exporter.measured(
             Router::new().route("/orders/{id}", get(|| async { "an order" })),
         );
         for path in ["/orders/1", "/orders/2", "/nowhere"] {

@@ -31,6 +31,30 @@ pub struct Planned {
     pub lines: Vec<Line>,
     /// Where to.
     pub ship_to: String,
+    /// The W3C trace id of this checkout (32 hex digits): every request the client sends for it
+    /// carries it in `traceparent`, so the services' spans and log lines for it share it.
+    pub trace_id: String,
+}
+
+impl Planned {
+    /// A checkout shipped to NL, with a trace of its own.
+    pub fn new(key: String, customer: &str, lines: Vec<Line>) -> Planned {
+        let trace_id = uuid::Uuid::new_v4().simple().to_string();
+        Planned {
+            key,
+            customer: customer.into(),
+            lines,
+            ship_to: "NL".into(),
+            trace_id,
+        }
+    }
+
+    /// A `traceparent` header for one more request of this checkout: its trace, a fresh span id,
+    /// sampled.
+    pub fn traceparent(&self) -> String {
+        let span = fastrand::u64(1..);
+        format!("00-{}-{span:016x}-01", self.trace_id)
+    }
 }
 
 /// The batch every run places: most succeed, Bob's card is declined, and three customers' worth of
@@ -40,12 +64,7 @@ pub fn batch(run: &str) -> Vec<Planned> {
     let mut planned = vec![];
     let mut add = |customer: &str, lines: Vec<Line>| {
         let key = format!("{run}-{}", planned.len() + 1);
-        planned.push(Planned {
-            key,
-            customer: customer.into(),
-            lines,
-            ship_to: "NL".into(),
-        });
+        planned.push(Planned::new(key, customer, lines));
     };
     for _ in 0..3 {
         add("c-ada", vec![line("kettle", 1), line("teapot", 1)]);
@@ -96,6 +115,7 @@ impl Client {
                 .post(format!("{}/checkouts", self.base))
                 .bearer_auth(&token)
                 .header("idempotency-key", &planned.key)
+                .header("traceparent", planned.traceparent())
                 .json(&body)
                 .send()
                 .await;
@@ -128,18 +148,29 @@ impl Client {
         }
     }
 
-    /// Asks where a checkout stands.
+    /// Asks where a checkout stands, in a trace of its own.
     pub async fn view(
         &self,
         customer: &str,
         order_id: &str,
     ) -> anyhow::Result<CheckoutView> {
-        let answer = self
+        self.ask(customer, order_id, None).await
+    }
+
+    async fn ask(
+        &self,
+        customer: &str,
+        order_id: &str,
+        traceparent: Option<String>,
+    ) -> anyhow::Result<CheckoutView> {
+        let mut request = self
             .http
             .get(format!("{}/checkouts/{order_id}", self.base))
-            .bearer_auth(self.token(customer)?)
-            .send()
-            .await?;
+            .bearer_auth(self.token(customer)?);
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let answer = request.send().await?;
         let status = answer.status();
         if !status.is_success() {
             bail!("{order_id}: {status}: {}", answer.text().await?);
@@ -147,17 +178,18 @@ impl Client {
         Ok(answer.json().await?)
     }
 
-    /// Asks until the checkout has ended, for up to `patience`; a shop that is restarting is asked
-    /// again.
+    /// Asks until the checkout has ended, for up to `patience`, each time in the checkout's
+    /// trace; a shop that is restarting is asked again.
     pub async fn follow(
         &self,
-        customer: &str,
-        order_id: &str,
+        planned: &Planned,
         patience: Duration,
     ) -> anyhow::Result<CheckoutView> {
+        let (customer, order_id) = (&planned.customer, &planned.key);
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            let last = match self.view(customer, order_id).await {
+            let asked = self.ask(customer, order_id, Some(planned.traceparent()));
+            let last = match asked.await {
                 Ok(view) if view.is_final() => return Ok(view),
                 Ok(view) => format!("{} so far", view.status),
                 Err(error) => error.to_string(),

@@ -247,7 +247,27 @@ async fn prometheus_reads_the_shop_and_the_breaker_alert_fires_on_a_hung_saga_an
         })
         .await;
     let accepted = r#"sum(shop_http_requests_total{service="gateway",route="/checkouts",method="POST",status="202"})"#;
-    assert_eq!(prometheus.value(accepted).await, Some(batch.len() as f64));
+    // Each target is scraped on its own clock: wait for the gateway's next scrape.
+    let placed = batch.len() as f64;
+    prometheus
+        .until("every 202 counted", Duration::from_secs(10), || async {
+            prometheus.value(accepted).await == Some(placed)
+        })
+        .await;
+    // A path no route serves is counted under one label, whatever the path was.
+    let nowhere = format!(
+        "{}/nowhere/{}",
+        shop.env().url(Role::Gateway),
+        uuid::Uuid::new_v4()
+    );
+    let answer = reqwest::get(&nowhere).await.unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
+    let unmatched = r#"sum(shop_http_requests_total{service="gateway",route="unmatched",status="404"})"#;
+    prometheus
+        .until("the 404 counted", Duration::from_secs(10), || async {
+            prometheus.value(unmatched).await == Some(1.0)
+        })
+        .await;
     let running = "shop_saga_oldest_running_age_seconds";
     assert_eq!(prometheus.value(running).await, Some(0.0));
     assert_eq!(prometheus.value("shop_circuit_breaker_state").await, Some(0.0));

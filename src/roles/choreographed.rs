@@ -29,6 +29,7 @@ use crate::roles::intake::{
     CheckoutRequest, CheckoutView, accepted, checkout_of, invalid_id, key_reused,
     not_found, shown_to, try_again,
 };
+use crate::telemetry;
 
 /// How long the Kafka broker may take to answer a readiness probe's metadata request: under
 /// the supervisor's 2-second patience with `/readyz`, as PostgreSQL's check runs alongside.
@@ -80,7 +81,10 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
             .with_state(Arc::clone(&shop));
         app = app.merge(intake);
     }
-    let app = exporter(service, &env, &shop)?.instrument(app);
+    let app = telemetry::traced(
+        exporter(service, &env, &shop)?.measured(app),
+        service.name(),
+    );
     let addr = env.listen_addr(Role::Participant(service))?;
     info!("{service} (choreography) on http://{addr}/readyz");
     probe::serve(addr, app, probe::terminated()).await?;

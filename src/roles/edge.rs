@@ -35,12 +35,14 @@ use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer,
 };
 use tower_http::timeout::TimeoutLayer;
-use tracing::{info, warn};
+use trace_context::hops;
+use tracing::{Instrument, info, warn};
 
 use crate::config::{Env, Role};
 use crate::metrics::Exporter;
 use crate::probe::{self, Check};
 use crate::roles::intake::IDEMPOTENCY_KEY;
+use crate::telemetry;
 
 /// The issuer a token must name: the identity provider the shop trusts.
 pub const ISSUER: &str = "https://id.shop.example";
@@ -61,8 +63,9 @@ struct Edge {
 }
 
 // ANCHOR: breaker_config
-/// The breaker in front of the service behind the gateway. That service restarts in under a
-/// second, so the breaker opens on a clear majority of a short window and tries again soon.
+/// The breaker in front of the service behind the gateway. That
+/// service restarts in under a second, so the breaker opens on a clear
+/// majority of a short window and tries again soon.
 pub fn breaker_config() -> anyhow::Result<circuit_breaker::Config> {
     Ok(circuit_breaker::Config::builder()
         .count_window(20)
@@ -163,9 +166,9 @@ pub fn app(
         .route_layer(from_fn_with_state(RateLimiter::new(rate), rate_limit))
         .route_layer(from_fn_with_state(verifier, authenticate))
         .with_state(edge);
-    let app = exporter.instrument(api.merge(probe::routes(always)));
-    Ok((
-        app.fallback(|| async {
+    let app = api
+        .merge(probe::routes(always))
+        .fallback(|| async {
             let detail = "routes: POST /checkouts, GET /checkouts/{order_id}";
             respond(Problem::new(
                 StatusCode::NOT_FOUND,
@@ -182,9 +185,10 @@ pub fn app(
         ))
         .layer(from_fn(problem_bodies))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)),
-        exporter,
-    ))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    // Outermost, so the counts are what clients got: a timeout's 504 and a 404 included.
+    let app = telemetry::traced(exporter.measured(app), "gateway");
+    Ok((app, exporter))
 }
 
 /// Runs the gateway until SIGTERM.
@@ -212,7 +216,8 @@ async fn place(
         return forbidden.into_response();
     }
     let url = format!("{}/checkouts", edge.saga);
-    forward(&edge, Method::POST, &url, &caller, &headers, body).await
+    let route = Route { method: Method::POST, template: "/checkouts", url };
+    forward(&edge, route, &caller, &headers, body).await
 }
 
 async fn view(
@@ -225,14 +230,24 @@ async fn view(
         return forbidden.into_response();
     }
     let url = format!("{}/checkouts/{order_id}", edge.saga);
-    forward(&edge, Method::GET, &url, &caller, &headers, Bytes::new()).await
+    let route =
+        Route { method: Method::GET, template: "/checkouts/{order_id}", url };
+    forward(&edge, route, &caller, &headers, Bytes::new()).await
 }
 
-/// Sends the request on with the verified caller, and the answer back as it came.
+/// A call to the service behind the gateway: its method, its route's template (which names the
+/// call's span) and its URL.
+struct Route {
+    method: Method,
+    template: &'static str,
+    url: String,
+}
+
+/// Sends the request on with the verified caller and the trace context, and the answer back as it
+/// came.
 async fn forward(
     edge: &Edge,
-    method: Method,
-    url: &str,
+    route: Route,
     caller: &Caller,
     headers: &HeaderMap,
     body: Bytes,
@@ -241,14 +256,22 @@ async fn forward(
         Ok(permit) => permit,
         Err(rejected) => return breaker_open(rejected.state),
     };
-    let mut request =
-        edge.http.request(method, url).header(CALLER_HEADER, &caller.client);
+    let mut request = edge
+        .http
+        .request(route.method.clone(), &route.url)
+        .header(CALLER_HEADER, &caller.client);
     for name in [header::CONTENT_TYPE.as_str(), IDEMPOTENCY_KEY, "x-request-id"] {
         if let Some(value) = headers.get(name) {
             request = request.header(name, value);
         }
     }
-    let answer = match request.body(body).send().await {
+    let (request, span) = hops::http_client(
+        "gateway",
+        route.method.as_str(),
+        route.template,
+        request.body(body),
+    );
+    let answer = match request.send().instrument(span).await {
         Ok(answer) => answer,
         Err(error) => {
             permit.record(Outcome::Failure);

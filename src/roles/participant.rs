@@ -53,7 +53,7 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = env.listen_addr(Role::Participant(service))?;
-    let app = exporter.instrument(probe::routes(ready));
+    let app = exporter.measured(probe::routes(ready));
     let http = tokio::spawn(probe::serve(addr, app, async {
         if http_stopped.await.is_err() {
             tracing::debug!("probe server's stop handle dropped");

@@ -33,6 +33,7 @@ use crate::roles::intake::{
     CheckoutRequest, CheckoutView, accepted, checkout_of, invalid_id, key_reused,
     not_found, problem, shown_to, try_again,
 };
+use crate::telemetry;
 
 /// The orchestrator's name: its leases carry it, so a restart under the same name takes its sagas
 /// back at once.
@@ -91,7 +92,7 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
         .route("/checkouts/{order_id}", get(view))
         .with_state(shared.clone())
         .merge(probe::routes(ready));
-    let app = exporter.instrument(app);
+    let app = telemetry::traced(exporter.measured(app), "saga");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = env.listen_addr(Role::Saga)?;
     let http = tokio::spawn(probe::serve(addr, app, async {

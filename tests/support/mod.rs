@@ -13,6 +13,7 @@ use shop::config::{Env, Role, Style, encode_hex};
 use shop::roles::intake::CheckoutView;
 use shop::scenario::{self, Client, Planned};
 use shop::supervisor::{Output, Supervisor};
+use shop::telemetry::LogFormat;
 
 /// A shop of real processes for one test.
 pub struct Shop {
@@ -70,6 +71,21 @@ pub async fn start_styled(test: &str, style: Style) -> Option<Shop> {
 /// [`start`], with the services reaching their brokers at these addresses (a proxy in front
 /// of one, say).
 pub async fn start_with(test: &str, style: Style, brokers: Brokers) -> Option<Shop> {
+    start_logging(test, style, brokers, LogFormat::Human).await
+}
+
+/// [`start`], every service logging one JSON object per line.
+pub async fn start_json(test: &str) -> Option<Shop> {
+    start_logging(test, Style::Orchestration, Brokers::shared(), LogFormat::Json)
+        .await
+}
+
+async fn start_logging(
+    test: &str,
+    style: Style,
+    brokers: Brokers,
+    log_format: LogFormat,
+) -> Option<Shop> {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let env = Env {
         style,
@@ -79,6 +95,7 @@ pub async fn start_with(test: &str, style: Style, brokers: Brokers) -> Option<Sh
         amqp: brokers.amqp,
         addrs: free_addrs(),
         listen: None,
+        log_format,
     };
     let seed = shop::shop::seed();
     if let Err(error) = shop::cli::preflight(&env, &seed).await {
@@ -127,9 +144,7 @@ impl Shop {
                 placed?;
             }
             let following = batch.iter().map(|p| async move {
-                let view = client
-                    .follow(&p.customer, &p.key, Duration::from_secs(120))
-                    .await?;
+                let view = client.follow(p, Duration::from_secs(120)).await?;
                 anyhow::Ok((p.clone(), view))
             });
             futures::future::try_join_all(following).await
