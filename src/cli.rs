@@ -30,7 +30,7 @@ pub struct Options {
 pub const ROLES: &str =
     "roles: inventory, payments, shipping, orders, saga, gateway";
 const USAGE: &str = "usage: shop [--style orchestration|choreography] \
-                     [--serve | --kill ROLE | --chaos [SEED]] | shop role ROLE";
+                     [--serve | --kill ROLE | --chaos [SEED]] | shop role ROLE | shop setup";
 
 /// Reads the options after the program name.
 pub fn options(args: &[String]) -> anyhow::Result<Options> {
@@ -186,6 +186,31 @@ pub async fn preflight(env: &Env, seed: &shop_domain::Seed) -> anyhow::Result<()
         Ok(done) => done,
         Err(_) => bail!("no answer in 20 s"),
     }
+}
+
+/// `shop setup`: creates what the shop configured by this process's environment needs and does
+/// not have yet (queues or topics, schemas, the seed), and keeps everything it has: what a
+/// deployment runs once before it starts the services (compose's `setup`, the Kubernetes Job).
+/// Unlike [`preflight`], which gives a run of the example a fresh shop, it never drops data.
+pub async fn setup() -> anyhow::Result<()> {
+    let env = Env::from_env()?;
+    let seed = crate::shop::seed();
+    let (style, prefix) = (env.style.name(), &env.names.prefix);
+    info!(
+        "setting up the {style} shop {prefix:?}: creating what is missing, keeping the rest"
+    );
+    match env.style {
+        Style::Orchestration => {
+            participant::ensure(&env.database_url, &env.amqp, &env.names, &seed)
+                .await?;
+        }
+        Style::Choreography => {
+            let config = crate::roles::choreographed::shop_config(&env);
+            choreography::shop::Shop::set_up(&config).await?;
+        }
+    }
+    info!("the {style} shop {prefix:?} is set up");
+    Ok(())
 }
 
 /// Removes what `preflight` created (queues and schemas; Kafka topics stay).

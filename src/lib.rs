@@ -76,6 +76,7 @@ fn run(program: Program) -> std::process::ExitCode {
                 Some(role) => roles::run(role).await,
                 None => Err(anyhow::anyhow!("no role {name:?}; {}", cli::ROLES)),
             },
+            [setup] if setup == "setup" => cli::setup().await,
             _ => program(args).await,
         }
     });

@@ -61,6 +61,18 @@ async fn batch_ends_as_the_seed_says(style: Style) {
         assert!(reason.as_deref().unwrap().contains("mug: 2 wanted"), "{reason:?}");
     }
     shop.assert_promises_kept().await;
+    // `shop setup` on a shop that has worked, as a deployment runs it before every rollout: it
+    // must keep the data, so the stock and balances still add up to the same orders.
+    let setup = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop"))
+        .arg("setup")
+        .envs(shop.env().vars())
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&setup.stdout);
+    assert!(setup.status.success(), "shop setup failed: {said}");
+    assert!(said.contains("is set up"), "{said}");
+    shop.assert_promises_kept().await;
     shop.stop().await;
 }
 

@@ -230,7 +230,9 @@ impl Shop {
 
     /// Creates the topics and the four schemas and seeds them: what
     /// [`Shop::start`] does first. When the services run as separate processes,
-    /// this runs once, and each process then calls [`Shop::start_only`].
+    /// this runs once, and each process then calls [`Shop::start_only`]. It
+    /// creates only what is missing: run again on a shop that has worked, it
+    /// keeps its data (a seeded row already there is not reset).
     pub async fn set_up(config: &Config) -> Result<(), Error> {
         let topics = Topics::new(&config.prefix.replace('_', "-"));
         let schemas = Schemas::new(&config.prefix);

@@ -272,7 +272,7 @@ impl Store for Shipping {
     }
 }
 
-/// Writes the seed into each service's own tables.
+/// Writes the seed into each service's own tables; a row already there stays as it is.
 pub async fn seed(
     inventory: &Client,
     payments: &Client,
@@ -281,20 +281,26 @@ pub async fn seed(
     seed: &Seed,
 ) -> Result<(), Error> {
     let s = &schemas.inventory;
-    let sql = format!("INSERT INTO {s}.stock (sku, available) VALUES ($1, $2)");
+    // A row already there is kept: seeding a shop that runs must not reset its stock.
+    let sql = format!(
+        "INSERT INTO {s}.stock (sku, available) VALUES ($1, $2) ON CONFLICT (sku) DO NOTHING"
+    );
     for (sku, n) in &seed.stock {
         let n = i32::try_from(*n).map_err(|_| Error::OutOfRange(n.to_string()))?;
         inventory.execute(&sql, &[sku, &n]).await?;
     }
     let s = &schemas.payments;
     let sql = format!(
-        "INSERT INTO {s}.balances (customer_id, balance_cents) VALUES ($1, $2)"
+        "INSERT INTO {s}.balances (customer_id, balance_cents) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO NOTHING"
     );
     for (customer, cents) in &seed.balances {
         payments.execute(&sql, &[customer, &to_i64(*cents)?]).await?;
     }
     let s = &schemas.shipping;
-    let sql = format!("INSERT INTO {s}.destinations (country) VALUES ($1)");
+    let sql = format!(
+        "INSERT INTO {s}.destinations (country) VALUES ($1) ON CONFLICT (country) DO NOTHING"
+    );
     for country in &seed.destinations {
         shipping.execute(&sql, &[country]).await?;
     }

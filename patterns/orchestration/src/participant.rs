@@ -136,9 +136,19 @@ pub async fn setup_schemas(
 ) -> Result<(), ServiceError> {
     // One connection, closed when the pool goes at the end of the setup.
     let pool = crate::pool(url, 1)?;
+    create_schemas(&pool, names, seed, &PARTICIPANTS).await
+}
+
+/// (Re)creates the schemas of `participants` and seeds each with its part of `seed`.
+async fn create_schemas(
+    pool: &Pool,
+    names: &Names,
+    seed: &Seed,
+    participants: &[Service],
+) -> Result<(), ServiceError> {
     let mut client = pool.get().await?;
-    for participant in PARTICIPANTS {
-        let s = names.schema(participant);
+    for participant in participants {
+        let s = names.schema(*participant);
         client
             .batch_execute(&format!(
                 "SET client_min_messages TO warning;
@@ -150,18 +160,54 @@ pub async fn setup_schemas(
             .await?;
     }
     let tx = client.transaction().await?;
-    for (sku, count) in &seed.stock {
-        let schema = names.schema(Service::Inventory);
-        put(&tx, &schema, &format!("stock:{sku}"), count).await?;
+    for participant in participants {
+        let schema = names.schema(*participant);
+        match participant {
+            Service::Inventory => {
+                for (sku, count) in &seed.stock {
+                    put(&tx, &schema, &format!("stock:{sku}"), count).await?;
+                }
+            }
+            Service::Payments => {
+                for (customer, cents) in &seed.balances {
+                    put(&tx, &schema, &format!("balance:{customer}"), cents).await?;
+                }
+            }
+            Service::Shipping => {
+                put(&tx, &schema, "destinations", &seed.destinations).await?
+            }
+            Service::Orders => {}
+        }
     }
-    for (customer, cents) in &seed.balances {
-        let schema = names.schema(Service::Payments);
-        put(&tx, &schema, &format!("balance:{customer}"), cents).await?;
-    }
-    let schema = names.schema(Service::Shipping);
-    put(&tx, &schema, "destinations", &seed.destinations).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Creates what a shop deployed for good needs and does not have yet, and keeps what it has: a
+/// participant's schema that exists is left as it is, data included; a missing one is created
+/// and seeded; the queues are declared (which creates only missing ones). What a deployment runs
+/// once before its services (the `shop setup` command), where [`setup`] would wipe the data.
+pub async fn ensure(
+    url: &str,
+    amqp: &str,
+    names: &Names,
+    seed: &Seed,
+) -> Result<(), ServiceError> {
+    let pool = crate::pool(url, 1)?;
+    let client = pool.get().await?;
+    let mut missing = vec![];
+    for participant in PARTICIPANTS {
+        let schema = names.schema(participant);
+        let sql = "SELECT 1 FROM information_schema.schemata WHERE schema_name = $1";
+        if client.query_opt(sql, &[&schema]).await?.is_none() {
+            missing.push(participant);
+        }
+    }
+    drop(client);
+    if !missing.is_empty() {
+        create_schemas(&pool, names, seed, &missing).await?;
+    }
+    queues(amqp, names).await
 }
 
 /// Creates (or recreates) each participant's schema and the dead-letter queue, and seeds them.
@@ -172,6 +218,12 @@ pub async fn setup(
     seed: &Seed,
 ) -> Result<(), ServiceError> {
     setup_schemas(url, names, seed).await?;
+    queues(amqp, names).await
+}
+
+/// Declares the dead-letter queue and each participant's work queue (a declare creates only
+/// what is missing).
+async fn queues(amqp: &str, names: &Names) -> Result<(), ServiceError> {
     let connection =
         Connection::connect(amqp, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
