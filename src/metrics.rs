@@ -53,6 +53,11 @@ pub type Refresh = Arc<
         + Sync,
 >;
 
+/// How long a scrape waits for the state behind the gauges: a broker that does not answer must
+/// not make the scrape itself time out (Prometheus gives up after 10 s by default), which would
+/// hide every other number of the process, and its `up` with them.
+const REFRESH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The labels of a counted request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -142,9 +147,17 @@ impl Exporter {
 
     /// The metrics as Prometheus reads them, after a refresh.
     pub async fn render(&self) -> Result<String, std::fmt::Error> {
-        if let Some(refresh) = &self.inner.refresh
-            && let Err(why) = refresh().await
-        {
+        let read = async {
+            match &self.inner.refresh {
+                Some(refresh) => tokio::time::timeout(REFRESH_PATIENCE, refresh())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("no answer in {REFRESH_PATIENCE:?}"))
+                    }),
+                None => Ok(()),
+            }
+        };
+        if let Err(why) = read.await {
             warn!(%why, "metrics: the state behind the gauges could not be read");
             self.inner.refresh_failures.inc();
         }
@@ -460,6 +473,18 @@ mod tests {
         let bytes =
             axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scrape_answers_when_the_state_behind_it_does_not() {
+        let exporter = Exporter::new(|_| {
+            let refresh: Refresh = Arc::new(|| Box::pin(std::future::pending()));
+            Some(refresh)
+        });
+        let began = tokio::time::Instant::now();
+        let text = exporter.render().await.unwrap();
+        assert_eq!(began.elapsed(), REFRESH_PATIENCE);
+        assert!(text.contains("shop_metrics_refresh_failures_total 1"), "{text}");
     }
 
     #[tokio::test]

@@ -19,7 +19,8 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 use shop::config::{Role, Style};
-use shop::scenario;
+use shop::scenario::{self, Planned};
+use shop_domain::Line;
 use shop_domain::Service;
 use support::proxy::{Proxy, through, upstream};
 use support::{Brokers, start_with};
@@ -77,12 +78,17 @@ async fn cut_mid_batch(mut shop: support::Shop, proxy: &Proxy, watched: Role) {
     let from = shop.applied().await;
     let env = shop.env().clone();
     let supervisor = &shop.supervisor;
+    let placed_away = std::sync::Mutex::new(None);
     let fault = async {
         scenario::when_applied(&env, from + 5).await?;
         proxy.cut();
         let cut = std::time::Instant::now();
         let said = until_unready(&shop, watched).await;
         eprintln!("{watched} unready {:?} into the outage: {said}", cut.elapsed());
+        if env.style == Style::Choreography {
+            let away = placed_while_kafka_is_away(&shop).await;
+            *placed_away.lock().unwrap() = Some(away);
+        }
         // The outage itself lasts a fixed time: it is the fault, not a wait for something.
         tokio::time::sleep(OUTAGE).await;
         proxy.restore();
@@ -95,6 +101,13 @@ async fn cut_mid_batch(mut shop: support::Shop, proxy: &Proxy, watched: Role) {
     };
     let placed = shop.run_batch(scenario::batch("o"), fault).await;
     shop.placed.extend(placed);
+    if let Some(away) = placed_away.into_inner().unwrap() {
+        let view =
+            shop.client.follow(&away, Duration::from_secs(120)).await.unwrap();
+        shop.placed.push((away, view));
+        let pending = outbox_pending(&shop).await;
+        assert_eq!(pending, 0.0, "the orders outbox still owes {pending} events");
+    }
     for role in env.style.roles() {
         assert_eq!(
             shop.supervisor.life(role).generation,
@@ -104,6 +117,45 @@ async fn cut_mid_batch(mut shop: support::Shop, proxy: &Proxy, watched: Role) {
     }
     shop.assert_promises_kept().await;
     shop.stop().await;
+}
+
+/// A checkout placed while Kafka is away: the orders service takes it (PostgreSQL answers) and
+/// its outbox keeps the event it owes, which its `/metrics` shows as a pending row growing older.
+async fn placed_while_kafka_is_away(shop: &support::Shop) -> Planned {
+    let teapot = vec![Line { sku: "teapot".into(), quantity: 1 }];
+    let away = Planned::new("o-away".into(), "c-cyd", teapot);
+    shop.client.place(&away, Duration::from_secs(10)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while outbox_pending(shop).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox shows nothing owed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let age = metric(shop, "shop_outbox_oldest_pending_age_seconds").await;
+    eprintln!(
+        "while Kafka is away the orders outbox holds the new checkout's event ({age:.2} s old)"
+    );
+    assert!(age > 0.0, "a pending row of age {age}");
+    away
+}
+
+/// The orders service's pending outbox rows, from its `/metrics`.
+async fn outbox_pending(shop: &support::Shop) -> f64 {
+    metric(shop, r#"shop_outbox_rows{status="pending"}"#).await
+}
+
+/// One sample of the orders service's `/metrics`, by its name and labels as written.
+async fn metric(shop: &support::Shop, series: &str) -> f64 {
+    let url =
+        format!("{}/metrics", shop.env().url(Role::Participant(Service::Orders)));
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+        .unwrap_or_else(|| panic!("no {series} in {text}"));
+    line[series.len()..].trim().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
