@@ -153,9 +153,10 @@ pub fn init(service: &str) -> Result<Telemetry, String> {
 }
 
 // ANCHOR: JsonLines
-/// One JSON object per event: `timestamp`, `level`, `message` and the event's fields, the spans
-/// it happened in (name and fields, outermost first), and the `trace_id` and `span_id` of the
-/// innermost span that has them.
+/// One JSON object per event: `timestamp`, `level`, `message` and the
+/// event's fields, the spans it happened in (name and fields, outermost
+/// first), and the `trace_id` and `span_id` of the innermost span that has
+/// them.
 pub struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
