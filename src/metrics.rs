@@ -245,13 +245,14 @@ pub fn sagas(registry: &mut Registry, pool: Pool, schema: String) -> Refresh {
     let by_status = Family::<StatusLabels, Gauge>::default();
     registry.register(
         "shop_sagas",
-        "Sagas in the orchestrator's log, by status: running, completed, compensated, stuck",
+        "Sagas in the orchestrator's log, by status: running, compensating, completed, \
+         compensated, stuck",
         by_status.clone(),
     );
     let oldest = FloatGauge::default();
     registry.register(
         "shop_saga_oldest_running_age_seconds",
-        "How long the oldest saga still running has run (0 when none runs)",
+        "How long the oldest unfinished saga (running or compensating) has run (0 when none)",
         oldest.clone(),
     );
     Arc::new(move || {
@@ -259,8 +260,14 @@ pub fn sagas(registry: &mut Registry, pool: Pool, schema: String) -> Refresh {
         let (by_status, oldest) = (by_status.clone(), oldest.clone());
         Box::pin(async move {
             let client = pool.get().await.map_err(|e| format!("PostgreSQL: {e}"))?;
+            // A running saga that has sent a compensation is compensating: turning back.
             let counted = format!(
-                "SELECT status, count(*) FROM {schema}.sagas GROUP BY status"
+                "SELECT CASE WHEN s.status = 'running' AND EXISTS (
+                            SELECT 1 FROM {schema}.saga_log l WHERE l.saga_id = s.id
+                            AND l.record::jsonb -> 'Intent' ->> 'kind' = 'Compensation')
+                        THEN 'compensating' ELSE s.status END,
+                        count(*)
+                 FROM {schema}.sagas s GROUP BY 1"
             );
             let rows = client
                 .query(&counted, &[])
@@ -289,7 +296,8 @@ pub fn sagas(registry: &mut Registry, pool: Pool, schema: String) -> Refresh {
 }
 
 /// Every status a saga row can have, so each has a series even at zero.
-const SAGA_STATUSES: [&str; 4] = ["running", "completed", "compensated", "stuck"];
+const SAGA_STATUSES: [&str; 5] =
+    ["running", "compensating", "completed", "compensated", "stuck"];
 
 /// Messages waiting in each of `queues`, as RabbitMQ counts them, under the metric `name`.
 pub fn queue_depths(
@@ -473,6 +481,15 @@ mod tests {
         let bytes =
             axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn the_compensating_query_reads_intents_as_the_log_writes_them() {
+        use orchestration::saga::{Kind, Record};
+        let undo = Record::Intent { step: 1, kind: Kind::Compensation, attempt: 1 };
+        let written = serde_json::to_value(&undo).unwrap();
+        // `record::jsonb -> 'Intent' ->> 'kind' = 'Compensation'` in `sagas`.
+        assert_eq!(written["Intent"]["kind"], "Compensation", "{written}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -268,6 +268,11 @@ async fn prometheus_reads_the_shop_and_the_breaker_alert_fires_on_a_hung_saga_an
             prometheus.value(unmatched).await == Some(1.0)
         })
         .await;
+    // Every read behind the gauges worked (the saga log's SQL, the queues).
+    let failed = "sum(shop_metrics_refresh_failures_total)";
+    assert_eq!(prometheus.value(failed).await, Some(0.0));
+    let unfinished = r#"sum(shop_sagas{status=~"running|compensating"})"#;
+    assert_eq!(prometheus.value(unfinished).await, Some(0.0));
     let running = "shop_saga_oldest_running_age_seconds";
     assert_eq!(prometheus.value(running).await, Some(0.0));
     assert_eq!(prometheus.value("shop_circuit_breaker_state").await, Some(0.0));
@@ -368,6 +373,16 @@ async fn the_choreographed_shop_shows_its_lag_and_outboxes_drain_and_a_poison_ev
         .until("outboxes drained and lag at zero", Duration::from_secs(60), settled)
         .await;
     assert_eq!(prometheus.alert("ShopDeadLetters").await, None);
+    let applied = r#"sum(shop_events_total{outcome="applied"})"#;
+    assert!(
+        prometheus.value(applied).await.unwrap_or(0.0) > 0.0,
+        "no event counted as applied"
+    );
+    let published = "sum(shop_outbox_published_total)";
+    assert!(
+        prometheus.value(published).await.unwrap_or(0.0) > 0.0,
+        "no outbox row published"
+    );
 
     // A record nobody can read, on the orders service's topic: its readers dead-letter it.
     // Topic names take the shop's prefix with `-` for `_`, as the choreographed shop names them.
@@ -395,6 +410,19 @@ async fn the_choreographed_shop_shows_its_lag_and_outboxes_drain_and_a_poison_ev
         poisoned.elapsed().as_secs_f64()
     );
     assert!(prometheus.value("sum(shop_dead_letters)").await.unwrap_or(0.0) >= 1.0);
+    // Each consumer that dead-lettered it (every reader of the topic) counted it too: as many
+    // as the dead-letter topics hold.
+    let counted = r#"sum(shop_events_total{outcome="dead_lettered"})"#;
+    prometheus
+        .until("the dead letters counted", Duration::from_secs(10), || async {
+            let (counted, held) = (
+                prometheus.value(counted).await,
+                prometheus.value("sum(shop_dead_letters)").await,
+            );
+            eprintln!("dead letters counted {counted:?}, held {held:?}");
+            counted.is_some() && counted == held
+        })
+        .await;
     drop(prometheus);
     shop.stop().await;
 }

@@ -7,8 +7,9 @@
 //! fail (its broker went away, say), after a pause: this process only adds the probes, the intake,
 //! and a clean stop on SIGTERM.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::Router;
@@ -23,13 +24,17 @@ use shop_domain::orders::OrderStatus;
 use tracing::{info, warn};
 
 use crate::config::{Env, Role};
-use crate::metrics::{self, Exporter, KafkaWatch};
+use crate::metrics::{self, Exporter, KafkaWatch, Refresh};
 use crate::probe::{self, Check};
 use crate::roles::intake::{
     CheckoutRequest, CheckoutView, accepted, checkout_of, invalid_id, key_reused,
     not_found, shown_to, try_again,
 };
 use crate::telemetry;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 /// How long the Kafka broker may take to answer a readiness probe's metadata request: under
 /// the supervisor's 2-second patience with `/readyz`, as PostgreSQL's check runs alongside.
@@ -100,7 +105,11 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
 
 /// What the service exports besides its requests: its outbox's backlog, its consumer group's lag
 /// and its dead letters.
-fn exporter(service: Service, env: &Env, shop: &Shop) -> anyhow::Result<Exporter> {
+fn exporter(
+    service: Service,
+    env: &Env,
+    shop: &Arc<Shop>,
+) -> anyhow::Result<Exporter> {
     let pool = orchestration::pool(&env.database_url, 1)?;
     let schema = shop.schemas().of(service).to_owned();
     let topics = shop.topics();
@@ -112,8 +121,9 @@ fn exporter(service: Service, env: &Env, shop: &Shop) -> anyhow::Result<Exporter
     let mut refused = None;
     let exporter = Exporter::new(|registry| {
         let outbox = metrics::outbox(registry, pool, schema);
+        let work = work_done(registry, service, Arc::downgrade(shop));
         match metrics::kafka(registry, &env.kafka, watch) {
-            Ok(kafka) => Some(metrics::all(vec![outbox, kafka])),
+            Ok(kafka) => Some(metrics::all(vec![outbox, kafka, work])),
             Err(why) => {
                 refused = Some(why);
                 None
@@ -124,6 +134,65 @@ fn exporter(service: Service, env: &Env, shop: &Shop) -> anyhow::Result<Exporter
         Some(why) => Err(anyhow::anyhow!("metrics: {why}")),
         None => Ok(exporter),
     }
+}
+
+/// The labels of a count of consumed events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// What the service's consumer and relay did since the process started, from the counters the
+/// choreography crate keeps: events applied, absorbed as duplicates by the inbox, dead-lettered;
+/// outbox rows published; consumer lives restarted inside the process.
+fn work_done(
+    registry: &mut Registry,
+    service: Service,
+    shop: Weak<Shop>,
+) -> Refresh {
+    let events = Family::<OutcomeLabels, Counter>::default();
+    registry.register(
+        "shop_events",
+        "Events the consumer handled, by outcome: applied, duplicate (absorbed by the inbox), \
+         dead_lettered",
+        events.clone(),
+    );
+    let published = Counter::default();
+    registry.register(
+        "shop_outbox_published",
+        "Outbox rows the relay published to the broker",
+        published.clone(),
+    );
+    let restarts = Counter::default();
+    registry.register(
+        "shop_consumer_restarts",
+        "Times the consumer and relay were started again inside this process",
+        restarts.clone(),
+    );
+    Arc::new(move || {
+        // Counters only go up: each scrape adds what is new since the last one.
+        let catch_up = |counter: &Counter, now: &AtomicU64| {
+            let now = now.load(Relaxed);
+            counter.inc_by(now.saturating_sub(counter.get()));
+        };
+        let read = match shop.upgrade() {
+            Some(shop) => {
+                let c = shop.stats().of(service);
+                for (outcome, now) in [
+                    ("applied", &c.applied),
+                    ("duplicate", &c.duplicates),
+                    ("dead_lettered", &c.dead_lettered),
+                ] {
+                    catch_up(&events.get_or_create(&OutcomeLabels { outcome }), now);
+                }
+                catch_up(&published, &c.published);
+                catch_up(&restarts, &c.crashes);
+                Ok(())
+            }
+            None => Err("the service is stopping".to_owned()),
+        };
+        Box::pin(async move { read })
+    })
 }
 
 /// Starts the service, trying again while Kafka or PostgreSQL does not answer.
