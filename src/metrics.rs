@@ -213,6 +213,19 @@ async fn count(
     response
 }
 
+/// Brings `counter` up to `now`, a count kept elsewhere that only goes up: each scrape adds
+/// what is new since the last one.
+pub fn catch_up(counter: &Counter, now: u64) {
+    counter.inc_by(now.saturating_sub(counter.get()));
+}
+
+/// The labels of a count by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What came of it.
+    pub outcome: &'static str,
+}
+
 /// The labels of a count by status.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {

@@ -268,6 +268,20 @@ async fn prometheus_reads_the_shop_and_the_breaker_alert_fires_on_a_hung_saga_an
             prometheus.value(unmatched).await == Some(1.0)
         })
         .await;
+    // Each participant counted, as it went, exactly the commands its own records say it applied.
+    let applied = shop.applied().await as f64;
+    let counted = r#"sum(shop_commands_total{outcome="applied"})"#;
+    prometheus
+        .until("every applied command counted", Duration::from_secs(10), || async {
+            prometheus.value(counted).await == Some(applied)
+        })
+        .await;
+    let delivered =
+        prometheus.value("sum(shop_amqp_deliveries_total)").await.unwrap_or(0.0);
+    assert!(
+        delivered >= applied,
+        "{delivered} deliveries for {applied} commands applied"
+    );
     // Every read behind the gauges worked (the saga log's SQL, the queues).
     let failed = "sum(shop_metrics_refresh_failures_total)";
     assert_eq!(prometheus.value(failed).await, Some(0.0));

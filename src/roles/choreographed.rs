@@ -24,14 +24,13 @@ use shop_domain::orders::OrderStatus;
 use tracing::{info, warn};
 
 use crate::config::{Env, Role};
-use crate::metrics::{self, Exporter, KafkaWatch, Refresh};
+use crate::metrics::{self, Exporter, KafkaWatch, OutcomeLabels, Refresh, catch_up};
 use crate::probe::{self, Check};
 use crate::roles::intake::{
     CheckoutRequest, CheckoutView, accepted, checkout_of, invalid_id, key_reused,
     not_found, shown_to, try_again,
 };
 use crate::telemetry;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -136,12 +135,6 @@ fn exporter(
     }
 }
 
-/// The labels of a count of consumed events.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
-}
-
 /// What the service's consumer and relay did since the process started, from the counters the
 /// choreography crate keeps: events applied, absorbed as duplicates by the inbox, dead-lettered;
 /// outbox rows published; consumer lives restarted inside the process.
@@ -170,10 +163,8 @@ fn work_done(
         restarts.clone(),
     );
     Arc::new(move || {
-        // Counters only go up: each scrape adds what is new since the last one.
         let catch_up = |counter: &Counter, now: &AtomicU64| {
-            let now = now.load(Relaxed);
-            counter.inc_by(now.saturating_sub(counter.get()));
+            catch_up(counter, now.load(Relaxed))
         };
         let read = match shop.upgrade() {
             Some(shop) => {

@@ -6,16 +6,21 @@
 //! it takes. Nothing is lost meanwhile: a command it had not acknowledged goes back to its queue, and
 //! its inbox turns the second delivery into the stored reply.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use orchestration::participant::{self, Quirks};
+use orchestration::participant::{self, Deliveries, Quirks};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use shop_domain::Service;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{Env, Role};
-use crate::metrics::{self, Exporter};
+use crate::metrics::{self, Exporter, OutcomeLabels, Refresh, catch_up};
 use crate::probe::{self, AmqpProbe, Check};
 
 /// The first wait before reconnecting; each failure in a row doubles it, up to [`MAX_BACKOFF`].
@@ -30,16 +35,19 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let pool = orchestration::pool(&env.database_url, 1)?;
     let amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
     let queue = env.names.queue(service);
+    let lives = Lives::default();
     let exporter = Exporter::new(|registry| {
         let help = "Commands waiting in this participant's queue";
         let queues = vec![queue.clone()];
-        Some(metrics::queue_depths(
+        let amqp = Arc::clone(&amqp);
+        let depth = metrics::queue_depths(
             registry,
             "shop_queue_messages",
             help,
-            Arc::clone(&amqp),
+            amqp,
             queues,
-        ))
+        );
+        Some(metrics::all(vec![depth, commands_done(registry, lives.clone())]))
     });
     let ready: Check = Arc::new(move || {
         let (pool, amqp, queue) = (pool.clone(), Arc::clone(&amqp), queue.clone());
@@ -63,7 +71,7 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
         "{service} probes on http://{addr}/readyz; consuming {}",
         env.names.queue(service)
     );
-    consume_until_terminated(service, &env).await;
+    consume_until_terminated(service, &env, &lives).await;
     if stop_http.send(()).is_err() {
         warn!("the probe server had already stopped");
     }
@@ -72,9 +80,67 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The delivery counts of every consume loop this process has run: a loop that reconnects
+/// starts counting from zero, and the process's totals are the sum.
+#[derive(Clone, Default)]
+struct Lives(Arc<Mutex<Vec<Arc<Deliveries>>>>);
+
+impl Lives {
+    fn add(&self, deliveries: Arc<Deliveries>) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(deliveries);
+    }
+
+    /// The sum over every loop of one count.
+    fn total(&self, count: impl Fn(&Deliveries) -> &AtomicU64) -> u64 {
+        let lives = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        lives.iter().map(|d| count(d).load(Relaxed)).sum()
+    }
+}
+
+/// What the participant did with the commands RabbitMQ delivered, over all its loops.
+fn commands_done(registry: &mut Registry, lives: Lives) -> Refresh {
+    let commands = Family::<OutcomeLabels, Counter>::default();
+    registry.register(
+        "shop_commands",
+        "Commands handled, by outcome: applied, duplicate (answered from the inbox), \
+         dead_lettered (unreadable), requeued (could not be applied now)",
+        commands.clone(),
+    );
+    let deliveries = Counter::default();
+    registry.register(
+        "shop_amqp_deliveries",
+        "Commands RabbitMQ delivered",
+        deliveries.clone(),
+    );
+    let redeliveries = Counter::default();
+    registry.register(
+        "shop_amqp_redeliveries",
+        "Deliveries RabbitMQ marked redelivered: sent before to a consumer that did not \
+         acknowledge them",
+        redeliveries.clone(),
+    );
+    Arc::new(move || {
+        let outcomes: [(&'static str, fn(&Deliveries) -> &AtomicU64); 4] = [
+            ("applied", |d| &d.applied),
+            ("duplicate", |d| &d.duplicates),
+            ("dead_lettered", |d| &d.dead_lettered),
+            ("requeued", |d| &d.requeued),
+        ];
+        for (outcome, count) in outcomes {
+            catch_up(
+                &commands.get_or_create(&OutcomeLabels { outcome }),
+                lives.total(count),
+            );
+        }
+        catch_up(&deliveries, lives.total(|d| &d.received));
+        catch_up(&redeliveries, lives.total(|d| &d.redelivered));
+        Box::pin(async { Ok(()) })
+    })
+}
+
 // ANCHOR: consume_until_terminated
 /// Runs the consume loop, and a new one whenever it ends, until SIGTERM.
-async fn consume_until_terminated(service: Service, env: &Env) {
+async fn consume_until_terminated(service: Service, env: &Env, lives: &Lives) {
     let mut terminated = std::pin::pin!(probe::terminated());
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -83,6 +149,7 @@ async fn consume_until_terminated(service: Service, env: &Env) {
             (env.database_url.clone(), env.amqp.clone(), env.names.clone());
         let mut running =
             participant::serve(service, url, amqp, names, Quirks::default());
+        lives.add(Arc::clone(&running.deliveries));
         let ended = tokio::select! {
             ended = &mut running.task => ended,
             () = &mut terminated => {

@@ -7,6 +7,8 @@
 //! delivery into the stored reply. A command it cannot read is dead-lettered, not retried forever.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, PoolError};
@@ -302,7 +304,27 @@ pub struct Quirks {
 pub struct Participant {
     /// The consume loop: ends with an error, or with `Ok` after a stop.
     pub task: JoinHandle<Result<(), ServiceError>>,
+    /// What this loop did with the commands it received, counted as it goes.
+    pub deliveries: Arc<Deliveries>,
     stop: Arc<Notify>,
+}
+
+/// What a participant's loop did with the commands RabbitMQ delivered.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    /// Commands delivered.
+    pub received: AtomicU64,
+    /// Of those, deliveries RabbitMQ marked as redelivered: sent before to a consumer that did
+    /// not acknowledge them (it crashed, lost its connection, or gave them back).
+    pub redelivered: AtomicU64,
+    /// Commands applied for the first time.
+    pub applied: AtomicU64,
+    /// Commands the inbox had seen: answered with the stored reply, no effect.
+    pub duplicates: AtomicU64,
+    /// Commands that could not be read, rejected to the dead-letter queue.
+    pub dead_lettered: AtomicU64,
+    /// Commands given back to the queue because they could not be applied now.
+    pub requeued: AtomicU64,
 }
 
 impl Participant {
@@ -331,6 +353,8 @@ pub fn serve(
     let span = info_span!("participant", service = participant.name());
     let stop = Arc::new(Notify::new());
     let stopped = Arc::clone(&stop);
+    let deliveries = Arc::new(Deliveries::default());
+    let counted = Arc::clone(&deliveries);
     let task = tokio::spawn(
         async move {
             let pool = crate::pool(&url, 1)?;
@@ -356,9 +380,14 @@ pub fn serve(
                     },
                     _ = stopped.notified() => break,
                 };
+                counted.received.fetch_add(1, Relaxed);
+                if delivery.redelivered {
+                    counted.redelivered.fetch_add(1, Relaxed);
+                }
                 let command = match serde_json::from_slice::<Command>(&delivery.data) {
                     Ok(command) => command,
                     Err(error) => {
+                        counted.dead_lettered.fetch_add(1, Relaxed);
                         warn!(%error, "unreadable command: dead-lettered");
                         delivery.reject(BasicRejectOptions { requeue: false }).await?;
                         continue;
@@ -369,6 +398,7 @@ pub fn serve(
                         Ok(answer) => answer,
                         Err(error) => {
                             // No reply: the orchestrator's timeout decides.
+                            counted.requeued.fetch_add(1, Relaxed);
                             warn!(%error, "could not apply {}", command.command_id);
                             let requeue = BasicNackOptions { requeue: true, ..Default::default() };
                             delivery.nack(requeue).await?;
@@ -382,8 +412,10 @@ pub fn serve(
                         }
                     };
                 if applied {
+                    counted.applied.fetch_add(1, Relaxed);
                     info!(command = %command.command_id, ?reply, "applied");
                 } else {
+                    counted.duplicates.fetch_add(1, Relaxed);
                     info!(command = %command.command_id, "seen before: stored reply, no effect");
                 }
                 if let (true, Some(delay)) = (applied, slow.take()) {
@@ -405,7 +437,7 @@ pub fn serve(
         }
         .instrument(span),
     );
-    Participant { task, stop }
+    Participant { task, deliveries, stop }
 }
 
 /// Applies `command` on a connection from `pool`.
