@@ -97,6 +97,9 @@ impl Lives {
     }
 }
 
+/// One of the counts a loop keeps.
+type Count = fn(&Deliveries) -> &AtomicU64;
+
 /// What the participant did with the commands RabbitMQ delivered, over all its loops.
 fn commands_done(registry: &mut Registry, lives: Lives) -> Refresh {
     let commands = Family::<OutcomeLabels, Counter>::default();
@@ -120,7 +123,7 @@ fn commands_done(registry: &mut Registry, lives: Lives) -> Refresh {
         redeliveries.clone(),
     );
     Arc::new(move || {
-        let outcomes: [(&'static str, fn(&Deliveries) -> &AtomicU64); 4] = [
+        let outcomes: [(&'static str, Count); 4] = [
             ("applied", |d| &d.applied),
             ("duplicate", |d| &d.duplicates),
             ("dead_lettered", |d| &d.dead_lettered),
