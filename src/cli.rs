@@ -24,13 +24,16 @@ pub struct Options {
     pub chaos: Option<u64>,
     /// How the checkout is coordinated; `None`: as `SHOP_STYLE` says (orchestration).
     pub style: Option<Style>,
+    /// After the batch, print this role's `/metrics` as Prometheus would read it.
+    pub metrics: Option<Role>,
 }
 
 /// The roles, as `shop role ROLE` and `--kill ROLE` take them.
 pub const ROLES: &str =
     "roles: inventory, payments, shipping, orders, saga, gateway";
 const USAGE: &str = "usage: shop [--style orchestration|choreography] \
-                     [--serve | --kill ROLE | --chaos [SEED]] | shop role ROLE | shop setup";
+                     [--serve | --kill ROLE | --chaos [SEED]] [--metrics ROLE] | shop role ROLE | \
+                     shop setup";
 
 /// Reads the options after the program name.
 pub fn options(args: &[String]) -> anyhow::Result<Options> {
@@ -53,6 +56,13 @@ pub fn options(args: &[String]) -> anyhow::Result<Options> {
                 })?;
                 options.kill = Some(role);
             }
+            "--metrics" => {
+                let name = args.next().context(USAGE)?;
+                let role = Role::parse(name).with_context(|| {
+                    format!("no role {name:?}; {ROLES}\n{USAGE}")
+                })?;
+                options.metrics = Some(role);
+            }
             "--chaos" => {
                 let seed = match args.peek().map(|a| a.parse::<u64>()) {
                     Some(Ok(seed)) => {
@@ -68,6 +78,11 @@ pub fn options(args: &[String]) -> anyhow::Result<Options> {
     }
     let faults =
         usize::from(options.kill.is_some()) + usize::from(options.chaos.is_some());
+    if options.serve && options.metrics.is_some() {
+        bail!(
+            "--metrics prints after a batch; with --serve, curl any role's /metrics\n{USAGE}"
+        );
+    }
     if faults > 1 || (options.serve && faults > 0) {
         bail!("--serve, --kill and --chaos go one at a time\n{USAGE}");
     }
@@ -339,6 +354,12 @@ async fn run_batch(
          add up in each service's own records; nothing dead-lettered",
         placed.len() - confirmed
     );
+    if let Some(role) = options.metrics {
+        let url = format!("{}/metrics", env.url(role));
+        let scrape = reqwest::get(&url).await?.error_for_status()?.text().await?;
+        println!("{role}'s /metrics, as Prometheus reads it:");
+        print!("{scrape}");
+    }
     Ok(())
 }
 

@@ -188,6 +188,23 @@ async fn scrape(State(exporter): State<Exporter>) -> Response {
     }
 }
 
+/// A method as a label: the standard ones by name, any other as `other`. hyper accepts any
+/// token as a method, and a label taken from the request as it came would let a client mint
+/// series.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Counts and times one request under its route template.
 async fn count(
     State(exporter): State<Exporter>,
@@ -198,7 +215,7 @@ async fn count(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let began = Instant::now();
     let response = next.run(request).await;
     let inner = &exporter.inner;
@@ -531,6 +548,14 @@ mod tests {
         for path in ["/orders/1", "/orders/2", "/nowhere"] {
             fetch(&app, path).await;
         }
+        for made_up in ["BREW", "STEEP"] {
+            let request = axum::http::Request::builder()
+                .method(made_up)
+                .uri("/orders/3")
+                .body(Body::empty())
+                .unwrap();
+            app.clone().oneshot(request).await.unwrap();
+        }
         let (status, text) = fetch(&app, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         let ok = r#"shop_http_requests_total{route="/orders/{id}",method="GET",status="200"} 2"#;
@@ -539,5 +564,8 @@ mod tests {
         assert!(text.contains(missing), "{text}");
         assert!(text.contains("shop_metrics_refresh_failures_total 1"), "{text}");
         assert!(!text.contains("/orders/1\""), "a raw path became a label: {text}");
+        let other = r#"shop_http_requests_total{route="/orders/{id}",method="other",status="405"} 2"#;
+        assert!(text.contains(other), "{text}");
+        assert!(!text.contains("BREW"), "a made-up method became a label: {text}");
     }
 }

@@ -52,8 +52,11 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let ready: Check = Arc::new(move || {
         let (pool, amqp, queue) = (pool.clone(), Arc::clone(&amqp), queue.clone());
         Box::pin(async move {
-            probe::pg_answers(&pool).await?;
-            match amqp.consumers(&queue).await? {
+            // Side by side: a probe waits for the slower of the two, 2 s at most.
+            let (database, consumers) =
+                tokio::join!(probe::pg_answers(&pool), amqp.consumers(&queue));
+            database?;
+            match consumers? {
                 0 => Err(format!("no consumer on {queue} yet")),
                 _ => Ok(()),
             }

@@ -77,11 +77,14 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
             (pool.clone(), Arc::clone(&amqp), replies.clone());
         let starter = Arc::clone(&starter);
         Box::pin(async move {
-            probe::pg_answers(&pool).await?;
+            // Side by side: a probe waits for the slower of the two, 2 s at most.
+            let (database, consumers) =
+                tokio::join!(probe::pg_answers(&pool), amqp.consumers(&replies));
+            database?;
             if starter.read().await.is_none() {
                 return Err("the orchestrator is reconnecting".to_owned());
             }
-            match amqp.consumers(&replies).await? {
+            match consumers? {
                 0 => Err(format!("no consumer on {replies} yet")),
                 _ => Ok(()),
             }
