@@ -349,21 +349,31 @@ pub(crate) fn ensure_npm_tools(name: &str) -> Result<PathBuf, Fail> {
         );
         return Err(Fail::msg(format!("{name}: installing the tools failed: {e}")));
     }
-    if let Err(e) = fs::rename(&scratch, &dir) {
-        // Another process finished the same install first: use its copy.
-        crate::report_failed(
-            "removing the second copy",
-            fs::remove_dir_all(&scratch),
-        );
-        if !dir.is_dir() {
-            return Err(io("moving the installed tools into place", e));
-        }
-    }
+    move_into_place(&scratch, &dir, io)?;
     println!(
         "  installed the {name} tools in {:.1}s",
         began.elapsed().as_secs_f64()
     );
     Ok(dir)
+}
+
+/// Renames a finished install from `scratch` to `dir`, so `dir` never holds half an install. If
+/// another process finished the same install first, its copy is used and this one removed.
+fn move_into_place(
+    scratch: &Path,
+    dir: &Path,
+    io: impl Fn(&str, std::io::Error) -> Fail,
+) -> Result<(), Fail> {
+    if let Err(e) = fs::rename(scratch, dir) {
+        crate::report_failed(
+            "removing the second copy",
+            fs::remove_dir_all(scratch),
+        );
+        if !dir.is_dir() {
+            return Err(io("moving the installed tools into place", e));
+        }
+    }
+    Ok(())
 }
 
 /// Runs one check on `files`: `Ok(Ok(summary))` when clean, `Ok(Err(report))` when the tool found
@@ -497,16 +507,7 @@ fn ensure_python_tools() -> Result<PathBuf, Fail> {
             "lint: installing the Python tools failed: {e}"
         )));
     }
-    if let Err(e) = fs::rename(&scratch, &dir) {
-        // Another process finished the same install first: use its copy.
-        crate::report_failed(
-            "removing the second copy",
-            fs::remove_dir_all(&scratch),
-        );
-        if !dir.is_dir() {
-            return Err(io("moving the installed tools into place", e));
-        }
-    }
+    move_into_place(&scratch, &dir, io)?;
     println!(
         "  installed the Python tools in {:.1}s",
         began.elapsed().as_secs_f64()
