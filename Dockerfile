@@ -11,9 +11,10 @@
 # kept honest by hadolint in `cargo xtask lint`, and the environment the manifests give each role
 # is checked against the code by tests/manifests.rs.
 #
-# Three stages: `cargo chef` turns the manifests and Cargo.lock into a recipe, the dependencies
-# are compiled from the recipe alone (a layer that stays cached while only sources change), then
-# the shop is compiled and copied into a slim runtime that runs as a user without privileges.
+# Four stages: `chef` is the Rust image with cargo-chef installed; `planner` turns the manifests
+# and Cargo.lock into a recipe; `builder` compiles the dependencies from the recipe alone (a layer
+# that stays cached while only sources change), then the shop; `runtime` is a slim image with the
+# binary alone, run as a user without privileges.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
