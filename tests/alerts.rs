@@ -123,19 +123,18 @@ impl Prometheus {
         Some(prometheus)
     }
 
+    /// GETs `path` of Prometheus's HTTP API with `query` and returns the JSON answer.
+    async fn api(&self, path: &str, query: &[(&str, &str)]) -> Value {
+        let url = format!("{}/api/v1/{path}", self.url);
+        let answer = self.http.get(url).query(query).send().await.unwrap();
+        let answer: Value = answer.json().await.unwrap();
+        assert_eq!(answer["status"], "success", "{path} {query:?}: {answer}");
+        answer
+    }
+
     /// Asks `query` and returns its one value; `None` when the result is empty.
     async fn value(&self, query: &str) -> Option<f64> {
-        let answer: Value = self
-            .http
-            .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", query)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(answer["status"], "success", "{query}: {answer}");
+        let answer = self.api("query", &[("query", query)]).await;
         let result = answer["data"]["result"].as_array().unwrap();
         assert!(result.len() <= 1, "{query} has {} series: {answer}", result.len());
         result
@@ -143,53 +142,29 @@ impl Prometheus {
             .map(|series| series["value"][1].as_str().unwrap().parse().unwrap())
     }
 
-    /// The state (`pending` or `firing`) of the alert `name`, if it is active.
-    async fn alert(&self, name: &str) -> Option<String> {
-        let answer: Value = self
-            .http
-            .get(format!("{}/api/v1/alerts", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    /// Every active alert, pending or firing, as its name and state.
+    async fn alerts(&self) -> Vec<(String, String)> {
+        let answer = self.api("alerts", &[]).await;
         let alerts = answer["data"]["alerts"].as_array().unwrap();
+        let text = |v: &Value| v.as_str().unwrap().to_owned();
         alerts
             .iter()
-            .find(|a| a["labels"]["alertname"] == name)
-            .map(|a| a["state"].as_str().unwrap().to_owned())
+            .map(|a| (text(&a["labels"]["alertname"]), text(&a["state"])))
+            .collect()
     }
 
-    /// The names of every active alert, pending or firing.
-    async fn active_alerts(&self) -> Vec<String> {
-        let answer: Value = self
-            .http
-            .get(format!("{}/api/v1/alerts", self.url))
-            .send()
+    /// The state (`pending` or `firing`) of the alert `name`, if it is active.
+    async fn alert(&self, name: &str) -> Option<String> {
+        self.alerts()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let alerts = answer["data"]["alerts"].as_array().unwrap();
-        alerts
-            .iter()
-            .map(|a| a["labels"]["alertname"].as_str().unwrap().to_owned())
-            .collect()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, state)| state)
     }
 
     /// Every target's health and last scrape error, by its `service` label.
     async fn targets(&self) -> Vec<(String, String, String)> {
-        let answer: Value = self
-            .http
-            .get(format!("{}/api/v1/targets", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = self.api("targets", &[]).await;
         let active = answer["data"]["activeTargets"].as_array().unwrap();
         active
             .iter()
@@ -309,7 +284,7 @@ async fn prometheus_reads_the_shop_and_the_breaker_alert_fires_on_a_hung_saga_an
     assert_eq!(prometheus.value(running).await, Some(0.0));
     assert_eq!(prometheus.value("shop_circuit_breaker_state").await, Some(0.0));
     assert_eq!(prometheus.value("shop_dead_letters").await, Some(0.0));
-    let active = prometheus.active_alerts().await;
+    let active = prometheus.alerts().await;
     assert!(active.is_empty(), "a healthy shop has active alerts: {active:?}");
 
     // Break: the saga hangs. Clients keep asking; the gateway's calls time out, and its breaker
