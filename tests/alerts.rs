@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shop::config::{Env, Role};
+use shop::roles::edge::IN_FLIGHT;
 use shop::scenario;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -295,8 +296,9 @@ async fn prometheus_reads_the_shop_and_the_breaker_alert_fires_on_a_hung_saga_an
     let asking = std::sync::atomic::AtomicBool::new(true);
     let client = &shop.client;
     let traffic = async {
-        // A first wave large enough to fill the breaker's minimum of calls at once.
-        let wave = (0..12).map(|_| client.view(&customer, &order));
+        // A first wave at once: enough to fill the breaker's minimum of calls, and eight more
+        // than the gateway's bulkhead holds while the first ones hang.
+        let wave = (0..IN_FLIGHT + 8).map(|_| client.view(&customer, &order));
         futures::future::join_all(wave).await;
         while asking.load(std::sync::atomic::Ordering::Relaxed) {
             // Answers do not matter here: the breaker and the alert are under test.
@@ -322,6 +324,9 @@ async fn prometheus_reads_the_shop_and_the_breaker_alert_fires_on_a_hung_saga_an
             prometheus.value(errors).await.unwrap_or(0.0) >= 12.0,
             "the failed calls were not counted"
         );
+        // The calls past the bulkhead's places were turned away at once, not held.
+        let turned_away = "sum(shop_bulkhead_rejections_total)";
+        assert_eq!(prometheus.value(turned_away).await, Some(8.0));
 
         // Repair: the saga goes on; the breaker's next probe succeeds and it closes.
         let repaired = Instant::now();

@@ -30,6 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use resilience::bulkhead::Bulkhead;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer,
@@ -39,7 +40,7 @@ use trace_context::hops;
 use tracing::{Instrument, info, warn};
 
 use crate::config::{Env, Role};
-use crate::metrics::Exporter;
+use crate::metrics::{Exporter, Refresh};
 use crate::probe::{self, Check};
 use crate::roles::intake::IDEMPOTENCY_KEY;
 use crate::telemetry;
@@ -60,7 +61,15 @@ struct Edge {
     saga: String,
     http: reqwest::Client,
     breaker: Arc<CircuitBreaker>,
+    bulkhead: Bulkhead,
+    /// Calls the bulkhead turned away, by backend.
+    rejected: Counter,
 }
+
+/// Calls to the service behind the gateway that may be in flight at once. A checkout's calls
+/// take milliseconds; a backend that hangs holds each place for the 3-second call timeout, and
+/// past this many the gateway answers `503` at once instead of holding more connections.
+pub const IN_FLIGHT: usize = 64;
 
 // ANCHOR: breaker_config
 /// The breaker in front of the service behind the gateway. That
@@ -139,6 +148,35 @@ fn watched_breaker(
     Ok(Arc::new(breaker))
 }
 
+/// The bulkhead's rejections (counted as they happen) and its places in use (read at each
+/// scrape), exported through `registry`.
+fn watched_bulkhead(
+    registry: &mut Registry,
+    backend: &str,
+    bulkhead: Bulkhead,
+) -> (Counter, Refresh) {
+    let labels = BackendLabels { backend: backend.to_owned() };
+    let rejected = Family::<BackendLabels, Counter>::default();
+    registry.register(
+        "shop_bulkhead_rejections",
+        "Calls to a backend turned away at once because the bulkhead was full",
+        rejected.clone(),
+    );
+    let in_flight = Family::<BackendLabels, Gauge>::default();
+    registry.register(
+        "shop_bulkhead_in_flight",
+        "Calls to a backend in flight now, out of the bulkhead's places",
+        in_flight.clone(),
+    );
+    let counter = rejected.get_or_create(&labels).clone();
+    let refresh: Refresh = Arc::new(move || {
+        let now = i64::try_from(bulkhead.in_flight()).unwrap_or(i64::MAX);
+        in_flight.get_or_create(&labels).set(now);
+        Box::pin(async { Ok(()) })
+    });
+    (counter, refresh)
+}
+
 /// The gateway's router, ready to serve or to drive with `oneshot`, and the exporter of its
 /// metrics (its `/metrics` route is already in the router).
 pub fn app(
@@ -152,13 +190,20 @@ pub fn app(
         .build()?;
     let backend = env.style.intake();
     let mut breaker = None;
+    let bulkhead = Bulkhead::new(backend.name(), IN_FLIGHT);
+    let mut rejected = None;
     let exporter = Exporter::new(|registry| {
         breaker = Some(watched_breaker(registry, backend.name()));
-        None
+        let (counter, refresh) =
+            watched_bulkhead(registry, backend.name(), bulkhead.clone());
+        rejected = Some(counter);
+        Some(refresh)
     });
     let breaker =
         breaker.ok_or_else(|| anyhow::anyhow!("the breaker was not built"))??;
-    let edge = Edge { saga: env.url(backend), http, breaker };
+    let rejected = rejected
+        .ok_or_else(|| anyhow::anyhow!("the bulkhead's counter was not built"))?;
+    let edge = Edge { saga: env.url(backend), http, breaker, bulkhead, rejected };
     let always: Check = std::sync::Arc::new(|| Box::pin(async { Ok(()) }));
     let api = Router::new()
         .route("/checkouts", post(place))
@@ -243,9 +288,42 @@ struct Route {
     url: String,
 }
 
-/// Sends the request on with the verified caller and the trace context, and the answer back as it
-/// came.
+/// Sends the request on, if the bulkhead has room for it.
 async fn forward(
+    edge: &Edge,
+    route: Route,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    match edge.bulkhead.call(call_backend(edge, route, caller, headers, body)).await
+    {
+        Ok(response) => response,
+        Err(full) => {
+            edge.rejected.inc();
+            warn!(%full, "turned a call away");
+            let detail = format!(
+                "{} calls to the checkout service are in flight already; retry with the same \
+                 Idempotency-Key in a second",
+                full.max_in_flight
+            );
+            let mut response = respond(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "The gateway is at its limit for the checkout service",
+                detail,
+            ));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+    }
+}
+
+/// Sends the request on with the verified caller and the trace context, through the breaker, and
+/// the answer back as it came.
+async fn call_backend(
     edge: &Edge,
     route: Route,
     caller: &Caller,
