@@ -356,7 +356,9 @@ async fn run_batch(
     );
     if let Some(role) = options.metrics {
         let url = format!("{}/metrics", env.url(role));
-        let scrape = reqwest::get(&url).await?.error_for_status()?.text().await?;
+        let http =
+            reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let scrape = http.get(&url).send().await?.error_for_status()?.text().await?;
         println!("{role}'s /metrics, as Prometheus reads it:");
         print!("{scrape}");
     }

@@ -168,10 +168,10 @@ pub const LOG_VAR: &str = "RUST_LOG";
 /// Where spans are exported (OTLP), read by the same setup, not by [`Env`].
 pub const OTLP_VAR: &str = trace_context::setup::OTLP_ENDPOINT;
 
-/// Every variable a process of the shop reads: what [`Env::from_lookup`] and [`jwt_key_from`]
-/// ask for, and the logging setup's two. A container's environment should set nothing else: a variable
-/// outside this list is one the code ignores, a typo or a leftover (`tests/manifests.rs` holds
-/// the deployment files to it).
+/// Every variable the shop's own code reads: what [`Env::from_lookup`] and [`jwt_key_from`] ask
+/// for, and the logging setup's. The deployment files set nothing else (`tests/manifests.rs`
+/// holds them to it), so a typo or a leftover cannot hide there. The OpenTelemetry SDK reads more
+/// of its own `OTEL_*` variables (service name, headers, sampling); they are not listed here.
 pub const VARS: [&str; 16] = [
     OTLP_VAR,
     LOG_FORMAT_VAR,

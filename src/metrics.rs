@@ -306,7 +306,11 @@ pub fn sagas(registry: &mut Registry, pool: Pool, schema: String) -> Refresh {
             let mut counts: BTreeMap<String, i64> =
                 SAGA_STATUSES.iter().map(|s| ((*s).to_owned(), 0)).collect();
             for row in rows {
-                counts.insert(row.get(0), row.get(1));
+                let status =
+                    row.try_get(0).map_err(|e| format!("PostgreSQL: {e}"))?;
+                let count =
+                    row.try_get(1).map_err(|e| format!("PostgreSQL: {e}"))?;
+                counts.insert(status, count);
             }
             for (status, count) in counts {
                 by_status.get_or_create(&StatusLabels { status }).set(count);
@@ -319,7 +323,7 @@ pub fn sagas(registry: &mut Registry, pool: Pool, schema: String) -> Refresh {
                 .query_one(&aged, &[])
                 .await
                 .map_err(|e| format!("PostgreSQL: {e}"))?;
-            oldest.set(age.get(0));
+            oldest.set(age.try_get(0).map_err(|e| format!("PostgreSQL: {e}"))?);
             Ok(())
         })
     })
@@ -383,9 +387,19 @@ pub fn outbox(registry: &mut Registry, pool: Pool, schema: String) -> Refresh {
                 .map_err(|e| format!("PostgreSQL: {e}"))?;
             let (mut pending, mut failed, mut age) = (0, 0, 0.0);
             for row in found {
-                match row.get::<_, String>(0).as_str() {
-                    "pending" => (pending, age) = (row.get(1), row.get(2)),
-                    _ => failed = row.get(1),
+                let read = |i| {
+                    row.try_get::<_, i64>(i).map_err(|e| format!("PostgreSQL: {e}"))
+                };
+                let status: String =
+                    row.try_get(0).map_err(|e| format!("PostgreSQL: {e}"))?;
+                match status.as_str() {
+                    "pending" => {
+                        pending = read(1)?;
+                        age = row
+                            .try_get(2)
+                            .map_err(|e| format!("PostgreSQL: {e}"))?;
+                    }
+                    _ => failed = read(1)?,
                 }
             }
             rows.get_or_create(&StatusLabels { status: "pending".into() })
@@ -443,13 +457,21 @@ pub fn kafka(
         .create()
         .map_err(|e| format!("Kafka client: {e}"))?;
     let client = Arc::new(client);
+    // One read at a time: a scrape that gives up (the broker is slow) leaves its read running on
+    // a blocking thread, and the next scrapes must not pile more of them up.
+    let reading = Arc::new(std::sync::atomic::AtomicBool::new(false));
     Ok(Arc::new(move || {
         let (client, watch) = (Arc::clone(&client), watch.clone());
-        let (lag, dead) = (lag.clone(), dead.clone());
+        let (lag, dead, reading) = (lag.clone(), dead.clone(), Arc::clone(&reading));
         Box::pin(async move {
+            if reading.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                return Err("Kafka: the previous read has not finished".to_owned());
+            }
             // librdkafka's calls block their thread until the broker answers.
             let asked = tokio::task::spawn_blocking(move || {
-                read_kafka(&client, &watch, &lag, &dead)
+                let read = read_kafka(&client, &watch, &lag, &dead);
+                reading.store(false, std::sync::atomic::Ordering::Release);
+                read
             });
             asked.await.map_err(|e| format!("Kafka: {e}"))?
         })
@@ -462,33 +484,43 @@ fn read_kafka(
     lag: &Family<PartitionLabels, Gauge>,
     dead: &Family<QueueLabels, Gauge>,
 ) -> Result<(), String> {
-    let within = std::time::Duration::from_secs(2);
+    // The client never joins its group, so nothing else polls it: take the events (errors while
+    // the broker is away) it queued since the last read, or they pile up.
+    while let Some(event) = client.poll(std::time::Duration::ZERO) {
+        if let Err(error) = event {
+            tracing::debug!(%error, "metrics: the Kafka client reported");
+        }
+    }
+    // One deadline for the whole read, however many calls it takes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let within = || deadline.saturating_duration_since(std::time::Instant::now());
     let kafka = |e: rdkafka::error::KafkaError| format!("Kafka: {e}");
     let mut partitions = TopicPartitionList::new();
     for topic in &watch.topics {
-        let metadata = client.fetch_metadata(Some(topic), within).map_err(kafka)?;
+        let metadata =
+            client.fetch_metadata(Some(topic), within()).map_err(kafka)?;
         for found in metadata.topics() {
             for partition in found.partitions() {
                 partitions.add_partition(found.name(), partition.id());
             }
         }
     }
-    let committed = client.committed_offsets(partitions, within).map_err(kafka)?;
+    let committed = client.committed_offsets(partitions, within()).map_err(kafka)?;
     for element in committed.elements() {
         let Offset::Offset(done) = element.offset() else { continue };
         let (topic, partition) = (element.topic(), element.partition());
         let (_, newest) =
-            client.fetch_watermarks(topic, partition, within).map_err(kafka)?;
+            client.fetch_watermarks(topic, partition, within()).map_err(kafka)?;
         let labels = PartitionLabels { topic: topic.to_owned(), partition };
         lag.get_or_create(&labels).set((newest - done).max(0));
     }
     let metadata =
-        client.fetch_metadata(Some(&watch.dead_letters), within).map_err(kafka)?;
+        client.fetch_metadata(Some(&watch.dead_letters), within()).map_err(kafka)?;
     let mut records = 0;
     for found in metadata.topics() {
         for partition in found.partitions() {
             let (oldest, newest) = client
-                .fetch_watermarks(found.name(), partition.id(), within)
+                .fetch_watermarks(found.name(), partition.id(), within())
                 .map_err(kafka)?;
             records += newest - oldest;
         }

@@ -263,6 +263,9 @@ impl Spec {
         let mut command = Command::new(&self.exe);
         command
             .args(["role", self.role.name()])
+            // Each child binds its own address: a SHOP_LISTEN_ADDR this process inherited
+            // would make all of them bind the same one.
+            .env_remove(crate::config::LISTEN_VAR)
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -301,7 +301,7 @@ mod tests {
             let context = span.context();
             let _entered = span.enter();
             tracing::warn!(attempt = 2, "payment declined");
-            tracing::info!(outside = true, "not in the span");
+            tracing::info!(second = true, "still in the span");
             context
         });
         let expected = opentelemetry::trace::TraceContextExt::span(&expected)

@@ -150,7 +150,9 @@ async fn outbox_pending(shop: &support::Shop) -> f64 {
 async fn metric(shop: &support::Shop, series: &str) -> f64 {
     let url =
         format!("{}/metrics", shop.env().url(Role::Participant(Service::Orders)));
-    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let text = http.get(&url).send().await.unwrap().text().await.unwrap();
     let line = text
         .lines()
         .find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))

@@ -66,8 +66,11 @@ async fn batch_ends_as_the_seed_says(style: Style) {
     let setup = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop"))
         .arg("setup")
         .envs(shop.env().vars())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let setup = tokio::time::timeout(Duration::from_secs(60), setup)
         .await
+        .expect("shop setup did not end in 60 s")
         .unwrap();
     let said = String::from_utf8_lossy(&setup.stdout);
     assert!(setup.status.success(), "shop setup failed: {said}");
@@ -265,4 +268,55 @@ async fn bad_input_at_the_gateway_gets_a_problem_body_and_the_shop_keeps_serving
     assert!(bob.contains("404"), "{bob}");
     shop.assert_promises_kept().await;
     shop.stop().await;
+}
+
+/// `shop setup` on a database that has never seen this shop, as a deployment's first run does:
+/// it creates and seeds what is missing; run again, it changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shop_setup_creates_a_fresh_shop_and_a_second_run_changes_nothing() {
+    let prefix =
+        format!("t{}_setup", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let vars = BTreeMap::from([
+        ("SHOP_STYLE".to_owned(), "orchestration".to_owned()),
+        ("SHOP_PREFIX".to_owned(), prefix),
+        ("DATABASE_URL".to_owned(), infra::database_url()),
+        ("AMQP_ADDR".to_owned(), infra::amqp_addr()),
+    ]);
+    let env = shop::config::Env::from_lookup(|var| vars.get(var).cloned()).unwrap();
+    let pool = orchestration::pool(&env.database_url, 1).unwrap();
+    let client = match pool.get().await {
+        Ok(client) => client,
+        Err(error) => {
+            return infra::unavailable("PostgreSQL", &env.database_url, error);
+        }
+    };
+    let schema = env.names.schema(shop_domain::Service::Inventory);
+    let stock = format!("SELECT key, value FROM {schema}.records ORDER BY key");
+    let mut seen = vec![];
+    for run in 1..=2 {
+        let setup = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop"))
+            .arg("setup")
+            .envs(&vars)
+            .kill_on_drop(true)
+            .output();
+        let setup = tokio::time::timeout(Duration::from_secs(60), setup)
+            .await
+            .expect("shop setup did not end in 60 s")
+            .unwrap();
+        let said = String::from_utf8_lossy(&setup.stdout);
+        assert!(setup.status.success(), "run {run} of shop setup failed: {said}");
+        let rows: Vec<(String, String)> = client
+            .query(&stock, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        seen.push(rows);
+    }
+    let seeded = shop::shop::seed().stock.len();
+    assert_eq!(seen[0].len(), seeded, "the first run seeded {:?}", seen[0]);
+    assert_eq!(seen[0], seen[1], "the second run changed the stock");
+    drop(client);
+    shop::cli::teardown(&env).await.unwrap();
 }

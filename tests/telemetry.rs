@@ -1,6 +1,7 @@
 //! Logs joined to traces across processes: with `LOG_FORMAT=json` every line a service writes is
-//! one JSON object, and a checkout's lines carry the trace id its client chose, in the gateway's
-//! process and in the saga's, because the gateway passes the W3C trace context on.
+//! one JSON object, and each checkout's `checkout accepted` line in the saga's log carries the
+//! trace id its client chose. The client talks to the gateway, not to the saga: the id reaches
+//! the saga only because the gateway passes the W3C trace context on.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;

@@ -62,7 +62,9 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
             if service == Service::Orders {
                 // The intake: it takes checkouts as long as its database answers, since its
                 // outbox keeps what it owes Kafka. Asking Kafka here would take it out of
-                // traffic on a broker blip although it can work.
+                // traffic on a broker blip although it can work. Its consumer is left out on
+                // purpose too (it stops with Kafka): a consumer that fails shows in its lag and
+                // in shop_consumer_restarts_total, which alerts watch, not in its readiness.
                 return probe::pg_answers(&pool).await;
             }
             // Both asked again on every probe, side by side, so the answer follows
@@ -168,7 +170,11 @@ fn work_done(
         "Times the consumer and relay were started again inside this process",
         restarts.clone(),
     );
+    // Two scrapes at once must not both add the same increase: one catches up at a time.
+    let one_at_a_time = std::sync::Mutex::new(());
     Arc::new(move || {
+        let _turn =
+            one_at_a_time.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let catch_up = |counter: &Counter, now: &AtomicU64| {
             catch_up(counter, now.load(Relaxed))
         };

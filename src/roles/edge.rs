@@ -116,12 +116,13 @@ fn breaker_name(state: Breaker) -> &'static str {
     }
 }
 
-/// A breaker for calls to `backend` whose state and transitions are exported through `registry`
-/// and logged.
+/// A breaker for calls to `backend` whose transitions are counted and logged as they happen, and
+/// the refresh that reads its state at each scrape: listeners run outside the breaker's lock, so
+/// two transitions close together could reach a gauge set by the listener in the wrong order.
 fn watched_breaker(
     registry: &mut Registry,
     backend: &str,
-) -> anyhow::Result<Arc<CircuitBreaker>> {
+) -> anyhow::Result<(Arc<CircuitBreaker>, Refresh)> {
     let state = Family::<BackendLabels, Gauge>::default();
     registry.register(
         "shop_circuit_breaker_state",
@@ -135,17 +136,22 @@ fn watched_breaker(
         transitions.clone(),
     );
     let labels = BackendLabels { backend: backend.to_owned() };
-    state.get_or_create(&labels).set(0);
+    let named = labels.clone();
     let breaker = CircuitBreaker::builder(breaker_config()?)
         .on_transition(move |change| {
             let to = breaker_name(change.to);
-            warn!(backend = %labels.backend, to, reason = %change.reason, "circuit breaker");
-            state.get_or_create(&labels).set(breaker_level(change.to));
-            let entered = TransitionLabels { backend: labels.backend.clone(), to: to.to_owned() };
+            warn!(backend = %named.backend, to, reason = %change.reason, "circuit breaker");
+            let entered = TransitionLabels { backend: named.backend.clone(), to: to.to_owned() };
             transitions.get_or_create(&entered).inc();
         })
         .build();
-    Ok(Arc::new(breaker))
+    let breaker = Arc::new(breaker);
+    let watched = Arc::clone(&breaker);
+    let refresh: Refresh = Arc::new(move || {
+        state.get_or_create(&labels).set(breaker_level(watched.state()));
+        Box::pin(async { Ok(()) })
+    });
+    Ok((breaker, refresh))
 }
 
 /// The bulkhead's rejections (counted as they happen) and its places in use (read at each
@@ -193,11 +199,20 @@ pub fn app(
     let bulkhead = Bulkhead::new(backend.name(), IN_FLIGHT);
     let mut rejected = None;
     let exporter = Exporter::new(|registry| {
-        breaker = Some(watched_breaker(registry, backend.name()));
-        let (counter, refresh) =
+        let watched = watched_breaker(registry, backend.name());
+        let (counter, in_flight) =
             watched_bulkhead(registry, backend.name(), bulkhead.clone());
         rejected = Some(counter);
-        Some(refresh)
+        match watched {
+            Ok((built, state)) => {
+                breaker = Some(Ok(built));
+                Some(crate::metrics::all(vec![state, in_flight]))
+            }
+            Err(error) => {
+                breaker = Some(Err(error));
+                Some(in_flight)
+            }
+        }
     });
     let breaker =
         breaker.ok_or_else(|| anyhow::anyhow!("the breaker was not built"))??;

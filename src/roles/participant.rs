@@ -39,7 +39,8 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let exporter = Exporter::new(|registry| {
         let help = "Commands waiting in this participant's queue";
         let queues = vec![queue.clone()];
-        let amqp = Arc::clone(&amqp);
+        // A connection of its own: a scrape must not make a readiness probe wait.
+        let amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
         let depth = metrics::queue_depths(
             registry,
             "shop_queue_messages",
@@ -84,24 +85,50 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
 }
 
 /// The delivery counts of every consume loop this process has run: a loop that reconnects
-/// starts counting from zero, and the process's totals are the sum.
+/// starts counting from zero, and the process's totals are the loops that ended, folded into one,
+/// plus the one running.
 #[derive(Clone, Default)]
-struct Lives(Arc<Mutex<Vec<Arc<Deliveries>>>>);
+struct Lives(Arc<Mutex<Totals>>);
 
-impl Lives {
-    fn add(&self, deliveries: Arc<Deliveries>) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(deliveries);
-    }
-
-    /// The sum over every loop of one count.
-    fn total(&self, count: impl Fn(&Deliveries) -> &AtomicU64) -> u64 {
-        let lives = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        lives.iter().map(|d| count(d).load(Relaxed)).sum()
-    }
+#[derive(Default)]
+struct Totals {
+    ended: Deliveries,
+    current: Option<Arc<Deliveries>>,
 }
 
 /// One of the counts a loop keeps.
 type Count = fn(&Deliveries) -> &AtomicU64;
+
+const RECEIVED: Count = |d| &d.received;
+const REDELIVERED: Count = |d| &d.redelivered;
+/// The outcomes of a command, as labelled in `shop_commands_total`.
+const OUTCOMES: [(&str, Count); 4] = [
+    ("applied", |d| &d.applied),
+    ("duplicate", |d| &d.duplicates),
+    ("dead_lettered", |d| &d.dead_lettered),
+    ("requeued", |d| &d.requeued),
+];
+
+impl Lives {
+    /// A new loop's counts; the previous loop's are folded into the totals.
+    fn add(&self, deliveries: Arc<Deliveries>) {
+        let mut totals = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = totals.current.replace(deliveries) {
+            let counts = OUTCOMES.map(|(_, count)| count).into_iter();
+            for count in counts.chain([RECEIVED, REDELIVERED]) {
+                count(&totals.ended).fetch_add(count(&old).load(Relaxed), Relaxed);
+            }
+        }
+    }
+}
+
+impl Totals {
+    /// One count over every loop.
+    fn of(&self, count: Count) -> u64 {
+        let running = self.current.as_deref().map_or(0, |d| count(d).load(Relaxed));
+        count(&self.ended).load(Relaxed) + running
+    }
+}
 
 /// What the participant did with the commands RabbitMQ delivered, over all its loops.
 fn commands_done(registry: &mut Registry, lives: Lives) -> Refresh {
@@ -126,20 +153,14 @@ fn commands_done(registry: &mut Registry, lives: Lives) -> Refresh {
         redeliveries.clone(),
     );
     Arc::new(move || {
-        let outcomes: [(&'static str, Count); 4] = [
-            ("applied", |d| &d.applied),
-            ("duplicate", |d| &d.duplicates),
-            ("dead_lettered", |d| &d.dead_lettered),
-            ("requeued", |d| &d.requeued),
-        ];
-        for (outcome, count) in outcomes {
-            catch_up(
-                &commands.get_or_create(&OutcomeLabels { outcome }),
-                lives.total(count),
-            );
+        // Under the lock, so two scrapes at once cannot both add the same increase.
+        let totals = lives.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for (outcome, count) in OUTCOMES {
+            let counter = commands.get_or_create(&OutcomeLabels { outcome });
+            catch_up(&counter, totals.of(count));
         }
-        catch_up(&deliveries, lives.total(|d| &d.received));
-        catch_up(&redeliveries, lives.total(|d| &d.redelivered));
+        catch_up(&deliveries, totals.of(RECEIVED));
+        catch_up(&redeliveries, totals.of(REDELIVERED));
         Box::pin(async { Ok(()) })
     })
 }

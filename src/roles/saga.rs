@@ -54,18 +54,20 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
     let log = Arc::new(connect_log(&env).await?);
     let shared =
         Shared { log: Arc::clone(&log), starter: Arc::new(RwLock::new(None)) };
-    // Two connections: a probe and a scrape may come at once.
-    let pool = orchestration::pool(&env.database_url, 2)?;
+    let pool = orchestration::pool(&env.database_url, 1)?;
     let amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
+    // The scrape's own pool and broker connection: a scrape must not make a probe wait.
+    let scrape_pool = orchestration::pool(&env.database_url, 1)?;
+    let scrape_amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
     let exporter = Exporter::new(|registry| {
-        let log = metrics::sagas(registry, pool.clone(), env.names.log_schema());
+        let log = metrics::sagas(registry, scrape_pool, env.names.log_schema());
         let help = "Messages waiting in the shop's dead-letter queue, each for a person to explain";
         let dead = vec![env.names.dead_letters()];
         let dead = metrics::queue_depths(
             registry,
             "shop_dead_letters",
             help,
-            Arc::clone(&amqp),
+            scrape_amqp,
             dead,
         );
         Some(metrics::all(vec![log, dead]))

@@ -186,9 +186,12 @@ async fn create_schemas(
 }
 
 /// Creates what a shop deployed for good needs and does not have yet, and keeps what it has: a
-/// participant's schema that exists is left as it is, data included; a missing one is created
-/// and seeded; the queues are declared (which creates only missing ones). What a deployment runs
-/// once before its services (the `shop setup` command), where [`setup`] would wipe the data.
+/// participant's tables that exist are left as they are, data included; a seeded record already
+/// there is not reset; the queues are declared (which creates only missing ones). What a
+/// deployment runs before its services (the `shop setup` command), where [`setup`] would wipe
+/// the data. Each participant's schema, tables and seed commit together, so a setup killed
+/// halfway leaves either nothing of a participant or all of it, and a second run completes it;
+/// two setups at once take turns on an advisory lock.
 pub async fn ensure(
     url: &str,
     amqp: &str,
@@ -196,20 +199,64 @@ pub async fn ensure(
     seed: &Seed,
 ) -> Result<(), ServiceError> {
     let pool = crate::pool(url, 1)?;
-    let client = pool.get().await?;
-    let mut missing = vec![];
+    let mut client = pool.get().await?;
     for participant in PARTICIPANTS {
-        let schema = names.schema(participant);
-        let sql = "SELECT 1 FROM information_schema.schemata WHERE schema_name = $1";
-        if client.query_opt(sql, &[&schema]).await?.is_none() {
-            missing.push(participant);
+        let s = names.schema(participant);
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL client_min_messages TO warning;
+             SELECT pg_advisory_xact_lock(hashtextextended('orchestration.ensure', 0));
+             CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.records (key text PRIMARY KEY, value text NOT NULL);
+             CREATE TABLE IF NOT EXISTS {s}.inbox (command_id text PRIMARY KEY,
+                 reply text, applied_at timestamptz);"
+        ))
+        .await?;
+        for (key, value) in seed_records(participant, seed)? {
+            let sql = format!(
+                "INSERT INTO {s}.records (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING"
+            );
+            tx.execute(&sql, &[&key, &value]).await?;
         }
+        tx.commit().await?;
     }
     drop(client);
-    if !missing.is_empty() {
-        create_schemas(&pool, names, seed, &missing).await?;
-    }
     queues(amqp, names).await
+}
+
+/// The records `participant` starts with, as (key, JSON value).
+fn seed_records(
+    participant: Service,
+    seed: &Seed,
+) -> Result<Vec<(String, String)>, ServiceError> {
+    match participant {
+        Service::Inventory => seed
+            .stock
+            .iter()
+            .map(|(sku, count)| seed_record(format!("stock:{sku}"), count))
+            .collect(),
+        Service::Payments => seed
+            .balances
+            .iter()
+            .map(|(customer, cents)| {
+                seed_record(format!("balance:{customer}"), cents)
+            })
+            .collect(),
+        Service::Shipping => {
+            Ok(vec![seed_record("destinations".to_owned(), &seed.destinations)?])
+        }
+        Service::Orders => Ok(vec![]),
+    }
+}
+
+/// A record's key and its value as the records table keeps it (JSON text).
+fn seed_record<T: serde::Serialize>(
+    key: String,
+    value: &T,
+) -> Result<(String, String), ServiceError> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| ServiceError::Encode(key.clone(), e))?;
+    Ok((key, text))
 }
 
 /// Creates (or recreates) each participant's schema and the dead-letter queue, and seeds them.
