@@ -424,7 +424,8 @@ struct PartitionLabels {
 pub struct KafkaWatch {
     /// The group whose lag is measured.
     pub group: String,
-    /// The topics it may consume; partitions where it committed nothing yet are left out.
+    /// The topics it consumes. On a partition where it has committed nothing yet, every record
+    /// the partition holds counts as lag: the group reads from the earliest.
     pub topics: Vec<String>,
     /// The topic where the service dead-letters what it cannot read.
     pub dead_letters: String,
@@ -507,10 +508,15 @@ fn read_kafka(
     }
     let committed = client.committed_offsets(partitions, within()).map_err(kafka)?;
     for element in committed.elements() {
-        let Offset::Offset(done) = element.offset() else { continue };
         let (topic, partition) = (element.topic(), element.partition());
-        let (_, newest) =
+        let (oldest, newest) =
             client.fetch_watermarks(topic, partition, within()).map_err(kafka)?;
+        // Nothing committed: the group has not finished a record of this partition yet, and
+        // reads from the earliest one it holds.
+        let done = match element.offset() {
+            Offset::Offset(done) => done,
+            _ => oldest,
+        };
         let labels = PartitionLabels { topic: topic.to_owned(), partition };
         lag.get_or_create(&labels).set((newest - done).max(0));
     }

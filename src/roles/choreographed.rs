@@ -122,7 +122,7 @@ fn exporter(
     let topics = shop.topics();
     let watch = KafkaWatch {
         group: topics.group(service),
-        topics: Service::ALL.into_iter().map(|s| topics.of(s)).collect(),
+        topics: shop.sources_of(service),
         dead_letters: topics.dead_letters(service),
     };
     let mut refused = None;

@@ -345,6 +345,18 @@ impl Shop {
         &self.shared.topics
     }
 
+    /// The topics `service`'s consumer group reads: those of the services whose events it
+    /// reacts to (to measure its lag, say).
+    pub fn sources_of(&self, service: ServiceName) -> Vec<String> {
+        let topics = &self.shared.topics;
+        match service {
+            ServiceName::Orders => process::sources::<Orders>(topics),
+            ServiceName::Inventory => process::sources::<Inventory>(topics),
+            ServiceName::Payments => process::sources::<Payments>(topics),
+            ServiceName::Shipping => process::sources::<Shipping>(topics),
+        }
+    }
+
     /// The shop's schema names, e.g. to query a service's tables.
     pub fn schemas(&self) -> &Schemas {
         &self.shared.schemas

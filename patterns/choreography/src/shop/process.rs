@@ -59,7 +59,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// The topics of the services whose events `S` reacts to.
-fn sources<S: Reaction>(topics: &Topics) -> Vec<String> {
+pub(super) fn sources<S: Reaction>(topics: &Topics) -> Vec<String> {
     let services: BTreeSet<ServiceName> = Kind::ALL
         .into_iter()
         .filter(|k| S::listens_to(*k))
