@@ -63,17 +63,7 @@ async fn batch_ends_as_the_seed_says(style: Style) {
     shop.assert_promises_kept().await;
     // `shop setup` on a shop that has worked, as a deployment runs it before every rollout: it
     // must keep the data, so the stock and balances still add up to the same orders.
-    let setup = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop"))
-        .arg("setup")
-        .envs(shop.env().vars())
-        .kill_on_drop(true)
-        .output();
-    let setup = tokio::time::timeout(Duration::from_secs(60), setup)
-        .await
-        .expect("shop setup did not end in 60 s")
-        .unwrap();
-    let said = String::from_utf8_lossy(&setup.stdout);
-    assert!(setup.status.success(), "shop setup failed: {said}");
+    let said = shop_setup(shop.env().vars()).await;
     assert!(said.contains("is set up"), "{said}");
     shop.assert_promises_kept().await;
     shop.stop().await;
@@ -293,18 +283,8 @@ async fn shop_setup_creates_a_fresh_shop_and_a_second_run_changes_nothing() {
     let schema = env.names.schema(shop_domain::Service::Inventory);
     let stock = format!("SELECT key, value FROM {schema}.records ORDER BY key");
     let mut seen = vec![];
-    for run in 1..=2 {
-        let setup = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop"))
-            .arg("setup")
-            .envs(&vars)
-            .kill_on_drop(true)
-            .output();
-        let setup = tokio::time::timeout(Duration::from_secs(60), setup)
-            .await
-            .expect("shop setup did not end in 60 s")
-            .unwrap();
-        let said = String::from_utf8_lossy(&setup.stdout);
-        assert!(setup.status.success(), "run {run} of shop setup failed: {said}");
+    for _ in 0..2 {
+        shop_setup(vars.clone()).await;
         let rows: Vec<(String, String)> = client
             .query(&stock, &[])
             .await
@@ -319,4 +299,21 @@ async fn shop_setup_creates_a_fresh_shop_and_a_second_run_changes_nothing() {
     assert_eq!(seen[0], seen[1], "the second run changed the stock");
     drop(client);
     shop::cli::teardown(&env).await.unwrap();
+}
+
+/// Runs `shop setup` with `vars` as its environment, for 60 s at most; fails the test unless it
+/// succeeds, and returns what it printed.
+async fn shop_setup(vars: impl IntoIterator<Item = (String, String)>) -> String {
+    let setup = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop"))
+        .arg("setup")
+        .envs(vars)
+        .kill_on_drop(true)
+        .output();
+    let setup = tokio::time::timeout(Duration::from_secs(60), setup)
+        .await
+        .expect("shop setup did not end in 60 s")
+        .unwrap();
+    let said = String::from_utf8_lossy(&setup.stdout).into_owned();
+    assert!(setup.status.success(), "shop setup failed: {said}");
+    said
 }
