@@ -49,20 +49,8 @@ pub fn options(args: &[String]) -> anyhow::Result<Options> {
                 })?;
                 options.style = Some(style);
             }
-            "--kill" => {
-                let name = args.next().context(USAGE)?;
-                let role = Role::parse(name).with_context(|| {
-                    format!("no role {name:?}; {ROLES}\n{USAGE}")
-                })?;
-                options.kill = Some(role);
-            }
-            "--metrics" => {
-                let name = args.next().context(USAGE)?;
-                let role = Role::parse(name).with_context(|| {
-                    format!("no role {name:?}; {ROLES}\n{USAGE}")
-                })?;
-                options.metrics = Some(role);
-            }
+            "--kill" => options.kill = Some(role_arg(args.next())?),
+            "--metrics" => options.metrics = Some(role_arg(args.next())?),
             "--chaos" => {
                 let seed = match args.peek().map(|a| a.parse::<u64>()) {
                     Some(Ok(seed)) => {
@@ -87,6 +75,12 @@ pub fn options(args: &[String]) -> anyhow::Result<Options> {
         bail!("--serve, --kill and --chaos go one at a time\n{USAGE}");
     }
     Ok(options)
+}
+
+/// The role a flag names, or what the roles are.
+fn role_arg(name: Option<&String>) -> anyhow::Result<Role> {
+    let name = name.context(USAGE)?;
+    Role::parse(name).with_context(|| format!("no role {name:?}; {ROLES}\n{USAGE}"))
 }
 
 /// The supervisor and its run (`shop` without `role`).
