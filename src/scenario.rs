@@ -78,6 +78,11 @@ pub fn batch(run: &str) -> Vec<Planned> {
     planned
 }
 
+/// What the gateway answers to `GET /orders/{id}`: the order, its payment, and the parts it
+/// could not fetch.
+pub type OrderAnswer =
+    gateway::compose::CheckoutView<crate::roles::reads::OrderView>;
+
 /// A client of the gateway, as a customer's app would be: a token per customer, and retries with
 /// the same idempotency key when the answer is lost or the shop is restarting.
 pub struct Client {
@@ -171,6 +176,26 @@ impl Client {
             request = request.header("traceparent", traceparent);
         }
         let answer = request.send().await?;
+        let status = answer.status();
+        if !status.is_success() {
+            bail!("{order_id}: {status}: {}", answer.text().await?);
+        }
+        Ok(answer.json().await?)
+    }
+
+    /// The order as the orders service records it and its payment as the payments service does,
+    /// put together by the gateway (`GET /orders/{id}`).
+    pub async fn order(
+        &self,
+        customer: &str,
+        order_id: &str,
+    ) -> anyhow::Result<OrderAnswer> {
+        let answer = self
+            .http
+            .get(format!("{}/orders/{order_id}", self.base))
+            .bearer_auth(self.token(customer)?)
+            .send()
+            .await?;
         let status = answer.status();
         if !status.is_success() {
             bail!("{order_id}: {status}: {}", answer.text().await?);

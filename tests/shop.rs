@@ -61,12 +61,85 @@ async fn batch_ends_as_the_seed_says(style: Style) {
         assert!(reason.as_deref().unwrap().contains("mug: 2 wanted"), "{reason:?}");
     }
     shop.assert_promises_kept().await;
+    orders_and_payments_answer_for_their_records(&shop).await;
     // `shop setup` on a shop that has worked, as a deployment runs it before every rollout: it
     // must keep the data, so the stock and balances still add up to the same orders.
     let said = shop_setup(shop.env().vars()).await;
     assert!(said.contains("is set up"), "{said}");
     shop.assert_promises_kept().await;
     shop.stop().await;
+}
+
+/// The gateway's `GET /orders/{id}`: the order from the orders service (HTTP/JSON) and its payment
+/// from the payments service (gRPC), each as that service records it; a payments service that
+/// does not answer leaves the payment missing, named, and the order still there.
+async fn orders_and_payments_answer_for_their_records(shop: &support::Shop) {
+    let client = &shop.client;
+    let confirmed = client.order("c-ada", "b-1").await.unwrap();
+    let order = confirmed.order.as_ref().unwrap();
+    let payment = confirmed.payment.as_ref().unwrap();
+    assert!(confirmed.missing.is_empty(), "{confirmed:?}");
+    assert_eq!(
+        (order.status.as_str(), order.customer_id.as_str()),
+        ("confirmed", "c-ada")
+    );
+    assert!(order.tracking.is_some(), "{order:?}");
+    assert_eq!(payment.status, "authorized");
+    assert_eq!(payment.amount_cents, order.total_cents);
+    // A declined checkout. Orchestrated, the saga's log holds the checkout and orders hears of it
+    // only at the last step, to confirm it: a checkout cancelled before that never became an
+    // order. Choreographed, orders took the checkout and settled it as cancelled.
+    let declined = client.order("c-bob", "b-7").await;
+    match shop.env().style {
+        Style::Orchestration => {
+            let refused = declined.unwrap_err().to_string();
+            assert!(refused.contains("404"), "{refused}");
+        }
+        Style::Choreography => {
+            let declined = declined.unwrap();
+            let (order, payment) =
+                (declined.order.unwrap(), declined.payment.unwrap());
+            assert_eq!(order.status, "cancelled");
+            assert!(order.reason.unwrap().contains("insufficient funds"));
+            assert_eq!(payment.status, "declined");
+        }
+    }
+    // Another customer's order is not found, not shown.
+    let other = client.order("c-bob", "b-1").await.unwrap_err().to_string();
+    assert!(other.contains("404"), "{other}");
+    // Payments' gRPC health follows its readiness, through the standard service.
+    let payments = shop.env().url(Role::Participant(shop_domain::Service::Payments));
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(payments).unwrap().connect_lazy(),
+    );
+    let asked = tonic_health::pb::HealthCheckRequest {
+        service: shop::roles::reads::PAYMENT_QUERIES.into(),
+    };
+    // It follows within a second or so: asked until it says so, for 10 s at most.
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status =
+            health.check(asked.clone()).await.unwrap().into_inner().status();
+        if status == serving {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gRPC health says {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Payments frozen (SIGSTOP): the view comes back by its deadline without the payment.
+    let role = Role::Participant(shop_domain::Service::Payments);
+    shop.supervisor.pause(role).unwrap();
+    let partial = client.order("c-ada", "b-1").await;
+    shop.supervisor.resume(role).unwrap();
+    let partial = partial.unwrap();
+    assert_eq!(partial.order.unwrap().status, "confirmed");
+    assert!(partial.payment.is_none());
+    let parts: Vec<&str> = partial.missing.iter().map(|m| m.part.as_str()).collect();
+    assert_eq!(parts, ["payment"], "{:?}", partial.missing);
 }
 
 /// Each service SIGKILLed at two points of the checkout: early (after the first command of a

@@ -30,6 +30,7 @@ use crate::roles::intake::{
     CheckoutRequest, CheckoutView, accepted, checkout_of, invalid_id, key_reused,
     not_found, shown_to, try_again,
 };
+use crate::roles::reads::{self, Reads};
 use crate::telemetry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -55,6 +56,8 @@ pub fn shop_config(env: &Env) -> Config {
 pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let shop = Arc::new(start(service, &env).await?);
     let pool = orchestration::pool(&env.database_url, 1)?;
+    // Reads get a pool of their own: a slow read must not make a readiness probe wait.
+    let pool_for_reads = orchestration::pool(&env.database_url, 2)?;
     let watched = Arc::clone(&shop);
     let ready: Check = Arc::new(move || {
         let (pool, shop) = (pool.clone(), Arc::clone(&watched));
@@ -85,7 +88,10 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
             }
         })
     });
-    let mut app = probe::routes(ready);
+    let schema = shop.schemas().of(service).to_owned();
+    let reads = Reads::choreographed(pool_for_reads, schema);
+    let (reads_app, health) = reads::routes(service, reads, Arc::clone(&ready))?;
+    let mut app = probe::routes(ready).merge(reads_app);
     if service == Service::Orders {
         let intake = Router::new()
             .route("/checkouts", post(place))
@@ -99,7 +105,11 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     );
     let addr = env.listen_addr(Role::Participant(service))?;
     info!("{service} (choreography) on http://{addr}/readyz");
-    probe::serve(addr, app, probe::terminated()).await?;
+    let served = probe::serve(addr, app, probe::terminated()).await;
+    if let Some(health) = health {
+        health.abort();
+    }
+    served?;
     match Arc::try_unwrap(shop) {
         Ok(shop) => shop.stop().await,
         Err(_) => {

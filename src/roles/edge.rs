@@ -18,10 +18,12 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use circuit_breaker::{CircuitBreaker, Outcome, State as Breaker};
 use gateway::auth::{CALLER_HEADER, Caller, Verifier, authenticate};
+use gateway::backends::{OrdersBackend, PaymentsBackend};
+use gateway::compose;
 use gateway::limit::{Rate, RateLimiter, rate_limit};
 use gateway::problem::{problem_bodies, respond};
 use http_json::problem::Problem;
@@ -31,6 +33,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use resilience::bulkhead::Bulkhead;
+use shop_domain::Service;
+use tokio::time::Instant;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer,
@@ -42,7 +46,8 @@ use tracing::{Instrument, info, warn};
 use crate::config::{Env, Role};
 use crate::metrics::{Exporter, Refresh};
 use crate::probe::{self, Check};
-use crate::roles::intake::IDEMPOTENCY_KEY;
+use crate::roles::intake::{IDEMPOTENCY_KEY, invalid_id};
+use crate::roles::reads::OrderView;
 use crate::telemetry;
 
 /// The issuer a token must name: the identity provider the shop trusts.
@@ -58,9 +63,15 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 
 #[derive(Clone)]
 struct Edge {
-    saga: String,
+    /// The intake: the saga service, or orders when choreographed.
+    saga_url: String,
     http: reqwest::Client,
-    breaker: Arc<CircuitBreaker>,
+    /// The breaker in front of the intake.
+    saga: Arc<CircuitBreaker>,
+    /// Orders' HTTP reads, behind a breaker of their own.
+    orders: Arc<OrdersBackend>,
+    /// Payments' gRPC reads, behind a breaker of their own.
+    payments: Arc<PaymentsBackend>,
     bulkhead: Bulkhead,
     /// Calls the bulkhead turned away, by backend.
     rejected: Counter,
@@ -116,13 +127,14 @@ fn breaker_name(state: Breaker) -> &'static str {
     }
 }
 
-/// A breaker for calls to `backend` whose transitions are counted and logged as they happen, and
-/// the refresh that reads its state at each scrape: listeners run outside the breaker's lock, so
-/// two transitions close together could reach a gauge set by the listener in the wrong order.
-fn watched_breaker(
-    registry: &mut Registry,
-    backend: &str,
-) -> anyhow::Result<(Arc<CircuitBreaker>, Refresh)> {
+/// The breakers' metric families, registered once for every backend.
+#[derive(Clone)]
+struct BreakerMetrics {
+    state: Family<BackendLabels, Gauge>,
+    transitions: Family<TransitionLabels, Counter>,
+}
+
+fn breaker_metrics(registry: &mut Registry) -> BreakerMetrics {
     let state = Family::<BackendLabels, Gauge>::default();
     registry.register(
         "shop_circuit_breaker_state",
@@ -135,24 +147,40 @@ fn watched_breaker(
         "State changes of the breaker in front of a backend, by the state entered",
         transitions.clone(),
     );
-    let labels = BackendLabels { backend: backend.to_owned() };
-    let named = labels.clone();
-    let breaker = CircuitBreaker::builder(breaker_config()?)
-        .on_transition(move |change| {
-            let to = breaker_name(change.to);
-            warn!(backend = %named.backend, to, reason = %change.reason, "circuit breaker");
-            let entered = TransitionLabels { backend: named.backend.clone(), to: to.to_owned() };
-            transitions.get_or_create(&entered).inc();
-        })
-        .build();
-    let breaker = Arc::new(breaker);
-    let watched = Arc::clone(&breaker);
-    let refresh: Refresh = Arc::new(move || {
-        state.get_or_create(&labels).set(breaker_level(watched.state()));
-        Box::pin(async { Ok(()) })
-    });
-    Ok((breaker, refresh))
+    BreakerMetrics { state, transitions }
 }
+
+impl BreakerMetrics {
+    /// A breaker for calls to `backend` whose transitions are counted and logged as they happen.
+    fn breaker(&self, backend: &str) -> anyhow::Result<CircuitBreaker> {
+        let (named, transitions) = (backend.to_owned(), self.transitions.clone());
+        Ok(CircuitBreaker::builder(breaker_config()?)
+            .on_transition(move |change| {
+                let to = breaker_name(change.to);
+                warn!(backend = %named, to, reason = %change.reason, "circuit breaker");
+                let entered = TransitionLabels { backend: named.clone(), to: to.to_owned() };
+                transitions.get_or_create(&entered).inc();
+            })
+            .build())
+    }
+
+    /// Reads each breaker's state at each scrape: listeners run outside the breaker's lock, so
+    /// two transitions close together could reach a gauge set by the listener in the wrong
+    /// order.
+    fn refresh(&self, breakers: Vec<(&'static str, StateOf)>) -> Refresh {
+        let state = self.state.clone();
+        Arc::new(move || {
+            for (backend, state_of) in &breakers {
+                let labels = BackendLabels { backend: (*backend).to_owned() };
+                state.get_or_create(&labels).set(breaker_level(state_of()));
+            }
+            Box::pin(async { Ok(()) })
+        })
+    }
+}
+
+/// Reads one breaker's state.
+type StateOf = Box<dyn Fn() -> Breaker + Send + Sync>;
 
 /// The bulkhead's rejections (counted as they happen) and its places in use (read at each
 /// scrape), exported through `registry`.
@@ -195,41 +223,60 @@ pub fn app(
         .connect_timeout(Duration::from_millis(500))
         .build()?;
     let backend = env.style.intake();
-    let mut breaker = None;
     let bulkhead = Bulkhead::new(backend.name(), IN_FLIGHT);
-    let mut rejected = None;
+    let mut built = None;
     let exporter = Exporter::new(|registry| {
-        let watched = watched_breaker(registry, backend.name());
-        let (counter, in_flight) =
+        let breakers = breaker_metrics(registry);
+        let (rejected, in_flight) =
             watched_bulkhead(registry, backend.name(), bulkhead.clone());
-        rejected = Some(counter);
-        match watched {
-            Ok((built, state)) => {
-                breaker = Some(Ok(built));
+        let parts = backends(env, &breakers).map(|(saga, orders, payments)| {
+            let (s, o, p) =
+                (Arc::clone(&saga), Arc::clone(&orders), Arc::clone(&payments));
+            let states: Vec<(&'static str, StateOf)> = vec![
+                (backend.name(), Box::new(move || s.state())),
+                ("orders", Box::new(move || o.backend.breaker.state())),
+                ("payments", Box::new(move || p.backend.breaker.state())),
+            ];
+            let refresh = breakers.refresh(states);
+            (
+                Edge {
+                    saga_url: env.url(backend),
+                    http,
+                    saga,
+                    orders,
+                    payments,
+                    bulkhead,
+                    rejected,
+                },
+                refresh,
+            )
+        });
+        match parts {
+            Ok((edge, state)) => {
+                built = Some(Ok(edge));
                 Some(crate::metrics::all(vec![state, in_flight]))
             }
             Err(error) => {
-                breaker = Some(Err(error));
+                built = Some(Err(error));
                 Some(in_flight)
             }
         }
     });
-    let breaker =
-        breaker.ok_or_else(|| anyhow::anyhow!("the breaker was not built"))??;
-    let rejected = rejected
-        .ok_or_else(|| anyhow::anyhow!("the bulkhead's counter was not built"))?;
-    let edge = Edge { saga: env.url(backend), http, breaker, bulkhead, rejected };
+    let edge =
+        built.ok_or_else(|| anyhow::anyhow!("the backends were not built"))??;
     let always: Check = std::sync::Arc::new(|| Box::pin(async { Ok(()) }));
     let api = Router::new()
         .route("/checkouts", post(place))
         .route("/checkouts/{order_id}", get(view))
+        .route("/orders/{order_id}", get(order))
         .route_layer(from_fn_with_state(RateLimiter::new(rate), rate_limit))
         .route_layer(from_fn_with_state(verifier, authenticate))
         .with_state(edge);
     let app = api
         .merge(probe::routes(always))
         .fallback(|| async {
-            let detail = "routes: POST /checkouts, GET /checkouts/{order_id}";
+            let detail =
+                "routes: POST /checkouts, GET /checkouts/{order_id}, GET /orders/{order_id}";
             respond(Problem::new(
                 StatusCode::NOT_FOUND,
                 "not-found",
@@ -250,6 +297,54 @@ pub fn app(
     let app = telemetry::traced(exporter.measured(app), "gateway");
     Ok((app, exporter))
 }
+
+/// How long `GET /orders/{id}` may take, both of its calls together.
+pub const COMPOSE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The breaker in front of the intake, and the clients of the orders and payments services.
+type Backends = (Arc<CircuitBreaker>, Arc<OrdersBackend>, Arc<PaymentsBackend>);
+
+/// Each backend behind a breaker of its own: a payments service that fails does not stop
+/// checkouts, nor the orders part of a view.
+fn backends(env: &Env, breakers: &BreakerMetrics) -> anyhow::Result<Backends> {
+    let saga = Arc::new(breakers.breaker(env.style.intake().name())?);
+    let orders_url = env.url(Role::Participant(Service::Orders));
+    let orders = OrdersBackend::new(orders_url, breakers.breaker("orders")?)?;
+    let payments_url = env.url(Role::Participant(Service::Payments));
+    let payments =
+        PaymentsBackend::new(payments_url, breakers.breaker("payments")?)?;
+    Ok((saga, Arc::new(orders), Arc::new(payments)))
+}
+
+// ANCHOR: order_view
+/// `GET /orders/{order_id}`: the order as the orders service records it
+/// (HTTP/JSON) and its payment as the payments service does (gRPC), asked
+/// at once and cut off together. A backend that fails leaves its part
+/// missing, named; only "no such order" fails the whole answer.
+async fn order(
+    State(edge): State<Edge>,
+    Extension(caller): Extension<Caller>,
+    Path(order_id): Path<String>,
+) -> Response {
+    if let Err(forbidden) = caller.require(READ) {
+        return forbidden.into_response();
+    }
+    if let Some(refusal) = invalid_id(&order_id) {
+        return refusal;
+    }
+    let deadline = Instant::now() + COMPOSE_DEADLINE;
+    let (who, path) = (&caller.client, format!("/orders/{order_id}"));
+    let ids = vec![order_id.clone()];
+    let (order, payments) = tokio::join!(
+        edge.orders.get_json::<OrderView>(&path, who, deadline),
+        edge.payments.for_orders(ids, who, deadline),
+    );
+    match compose::assemble(&order_id, order, payments) {
+        Ok(view) => Json(view).into_response(),
+        Err(error) => respond(error.problem()),
+    }
+}
+// ANCHOR_END: order_view
 
 /// Runs the gateway until SIGTERM.
 pub async fn run(env: Env) -> anyhow::Result<()> {
@@ -275,7 +370,7 @@ async fn place(
     if let Err(forbidden) = caller.require(WRITE) {
         return forbidden.into_response();
     }
-    let url = format!("{}/checkouts", edge.saga);
+    let url = format!("{}/checkouts", edge.saga_url);
     let route = Route { method: Method::POST, template: "/checkouts", url };
     forward(&edge, route, &caller, &headers, body).await
 }
@@ -289,7 +384,7 @@ async fn view(
     if let Err(forbidden) = caller.require(READ) {
         return forbidden.into_response();
     }
-    let url = format!("{}/checkouts/{order_id}", edge.saga);
+    let url = format!("{}/checkouts/{order_id}", edge.saga_url);
     let route =
         Route { method: Method::GET, template: "/checkouts/{order_id}", url };
     forward(&edge, route, &caller, &headers, Bytes::new()).await
@@ -345,7 +440,7 @@ async fn call_backend(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    let permit = match edge.breaker.try_acquire() {
+    let permit = match edge.saga.try_acquire() {
         Ok(permit) => permit,
         Err(rejected) => return breaker_open(rejected.state),
     };

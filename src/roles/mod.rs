@@ -4,6 +4,7 @@ pub mod choreographed;
 pub mod edge;
 pub mod intake;
 pub mod participant;
+pub mod reads;
 pub mod saga;
 
 use crate::config::{Env, Role, Style};

@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::config::{Env, Role};
 use crate::metrics::{self, Exporter, OutcomeLabels, Refresh, catch_up};
 use crate::probe::{self, AmqpProbe, Check};
+use crate::roles::reads::{self, Reads};
 
 /// The first wait before reconnecting; each failure in a row doubles it, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -50,6 +51,9 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
         );
         Some(metrics::all(vec![depth, commands_done(registry, lives.clone())]))
     });
+    // Reads get a pool of their own: a slow read must not make a readiness probe wait.
+    let reads_pool = orchestration::pool(&env.database_url, 2)?;
+    let reads = Reads::orchestrated(reads_pool, env.names.schema(service));
     let ready: Check = Arc::new(move || {
         let (pool, amqp, queue) = (pool.clone(), Arc::clone(&amqp), queue.clone());
         Box::pin(async move {
@@ -65,7 +69,8 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = env.listen_addr(Role::Participant(service))?;
-    let app = exporter.measured(probe::routes(ready));
+    let (reads_app, health) = reads::routes(service, reads, Arc::clone(&ready))?;
+    let app = exporter.measured(probe::routes(ready).merge(reads_app));
     let http = tokio::spawn(probe::serve(addr, app, async {
         if http_stopped.await.is_err() {
             tracing::debug!("probe server's stop handle dropped");
@@ -79,7 +84,11 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     if stop_http.send(()).is_err() {
         warn!("the probe server had already stopped");
     }
-    http.await??;
+    let served = http.await;
+    if let Some(health) = health {
+        health.abort();
+    }
+    served??;
     info!("{service} stopped");
     Ok(())
 }

@@ -279,7 +279,9 @@ impl OrdersBackend {
         self.get_json(&path, caller, deadline).await
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(
+    /// `GET path` (`/v2/orders/...`), decoded as `T`: what [`OrdersBackend::get`]
+    /// and [`OrdersBackend::list`] use, and any other read of the service.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         caller: &str,

@@ -24,13 +24,14 @@ pub struct Missing {
     pub reason: String,
 }
 
-/// The composed checkout view.
+/// The composed checkout view, of an order of type `O` (the orders service's v2 order here; the
+/// whole shop's services answer with their own).
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct CheckoutView {
+pub struct CheckoutView<O = OrderV2> {
     /// The order asked for, present even when the order itself could not be fetched.
     pub order_id: String,
     /// The order; `None` only when it is named in `missing`.
-    pub order: Option<OrderV2>,
+    pub order: Option<O>,
     /// The order's payment; `None` with nothing missing: the order has none.
     pub payment: Option<PaymentView>,
     /// Empty when the view is complete.
@@ -51,6 +52,15 @@ pub async fn checkout(
         gateway.orders.get(order_id, caller, deadline),
         gateway.payments.for_orders(ids, caller, deadline),
     );
+    assemble(order_id, order, payments)
+}
+
+/// Puts the view together from the two answers, whatever the order's type.
+pub fn assemble<O>(
+    order_id: &str,
+    order: Result<O, BackendError>,
+    payments: Result<Vec<PaymentView>, BackendError>,
+) -> Result<CheckoutView<O>, BackendError> {
     let mut missing = Vec::new();
     let order = match order {
         Ok(order) => Some(order),

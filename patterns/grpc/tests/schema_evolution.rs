@@ -65,6 +65,21 @@ fn a_v1_middleman_that_decodes_and_reencodes_drops_the_new_field() {
         "lost in transit through the v1 middleman"
     );
 }
+
+#[test]
+fn a_v1_reader_keeps_a_new_enum_value_as_a_number_it_cannot_name() {
+    let new = v2::Payment {
+        status: v2::PaymentStatus::Refunded as i32,
+        ..Default::default()
+    };
+    let old = v1::Payment::decode(new.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(old.status, 6, "the number arrives");
+    assert_eq!(
+        old.status(),
+        v1::PaymentStatus::Unspecified,
+        "the getter falls back to the default: a refund reads as 'unspecified'"
+    );
+}
 // ANCHOR_END: evolution_tests
 
 #[tokio::test]
