@@ -12,7 +12,9 @@
 //! the OpenMetrics text format Prometheus reads.
 //!
 //! Label sets are bounded on purpose: a route is its template (`/checkouts/{order_id}`), never the
-//! path a client sent, so an attacker cannot mint a new series per request.
+//! path a client sent, so an attacker cannot mint a new series per request. gRPC calls (payments
+//! serves them on the same port) are counted apart, by method and gRPC status code, and a method
+//! the service does not have is counted as `unknown`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,6 +30,7 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use deadpool_postgres::Pool;
+use http_body_util::BodyExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -78,6 +81,22 @@ pub struct RouteLabels {
     pub method: String,
 }
 
+/// The labels of a counted gRPC call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    /// The method's path (`/shop.payments.PaymentQueries/PaymentsForOrders`), or `unknown`.
+    pub method: String,
+    /// The status code, as gRPC names it (`OK`, `UNAVAILABLE`).
+    pub code: String,
+}
+
+/// The labels of a timed gRPC call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcMethodLabels {
+    /// The method's path, or `unknown`.
+    pub method: String,
+}
+
 /// Upper bounds of the duration buckets, in seconds: round numbers, so a query can name one.
 const BUCKETS: [f64; 13] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -97,6 +116,8 @@ struct Inner {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    calls: Family<GrpcLabels, Counter>,
+    call_durations: Family<GrpcMethodLabels, Histogram, fn() -> Histogram>,
     refresh_failures: Counter,
     refresh: Option<Refresh>,
 }
@@ -120,6 +141,21 @@ impl Exporter {
             "How long HTTP requests took to answer, by route template and method",
             durations.clone(),
         );
+        let calls = Family::<GrpcLabels, Counter>::default();
+        registry.register(
+            "shop_grpc_requests",
+            "gRPC calls answered, by method and status code",
+            calls.clone(),
+        );
+        let call_durations =
+            Family::<GrpcMethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "shop_grpc_request_duration_seconds",
+            "How long gRPC calls took, to the end of the answer, by method",
+            call_durations.clone(),
+        );
         let refresh_failures = Counter::default();
         registry.register(
             "shop_metrics_refresh_failures",
@@ -132,6 +168,8 @@ impl Exporter {
                 registry,
                 requests,
                 durations,
+                calls,
+                call_durations,
                 refresh_failures,
                 refresh,
             }),
@@ -205,12 +243,21 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// Counts and times one request under its route template.
+/// Counts and times one request under its route template, or as a gRPC call.
 async fn count(
     State(exporter): State<Exporter>,
     request: Request,
     next: Next,
 ) -> Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|kind| kind.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let path = request.uri().path().to_owned();
+        let call = GrpcCall { exporter, path, began: Instant::now(), done: false };
+        return call.watch(next.run(request).await);
+    }
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -229,6 +276,65 @@ async fn count(
     inner.requests.get_or_create(&counted).inc();
     response
 }
+
+// ANCHOR: GrpcCall
+/// One gRPC call, counted once its status is known. HTTP's status says little here (gRPC
+/// answers 200 to almost everything): the code is in `grpc-status`, sent in the headers when the
+/// call failed before any message, else in the trailers after the last one. An answer whose
+/// body is dropped before its trailers (the client went away) counts as `CANCELLED`.
+struct GrpcCall {
+    exporter: Exporter,
+    path: String,
+    began: Instant,
+    done: bool,
+}
+
+impl GrpcCall {
+    fn watch(mut self, response: Response) -> Response {
+        if let Some(code) = response.headers().get("grpc-status") {
+            self.finish(code.as_bytes());
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        let body = body.map_frame(move |frame| {
+            if let Some(code) =
+                frame.trailers_ref().and_then(|t| t.get("grpc-status"))
+            {
+                self.finish(code.as_bytes());
+            }
+            frame
+        });
+        Response::from_parts(parts, axum::body::Body::new(body))
+    }
+
+    fn finish(&mut self, code: &[u8]) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let code = tonic::Code::from_bytes(code);
+        // A method the service does not have is answered UNIMPLEMENTED: its path is whatever a
+        // client sent, so it is not a label. Every other answer names a real method.
+        let method = match code {
+            tonic::Code::Unimplemented => "unknown".to_owned(),
+            _ => std::mem::take(&mut self.path),
+        };
+        let inner = &self.exporter.inner;
+        let timed = GrpcMethodLabels { method };
+        inner
+            .call_durations
+            .get_or_create(&timed)
+            .observe(self.began.elapsed().as_secs_f64());
+        let code = grpc::ledger::code_name(code).to_owned();
+        inner.calls.get_or_create(&GrpcLabels { method: timed.method, code }).inc();
+    }
+}
+
+impl Drop for GrpcCall {
+    fn drop(&mut self) {
+        self.finish(b"1");
+    }
+}
+// ANCHOR_END: GrpcCall
 
 /// Brings `counter` up to `now`, a count kept elsewhere that only goes up: each scrape adds
 /// what is new since the last one.
@@ -558,6 +664,49 @@ mod tests {
         let written = serde_json::to_value(&undo).unwrap();
         // `record::jsonb -> 'Intent' ->> 'kind' = 'Compensation'` in `sagas`.
         assert_eq!(written["Intent"]["kind"], "Compensation", "{written}");
+    }
+
+    /// One gRPC call to the standard health service, as the wire carries it: a 5-byte frame
+    /// header and an empty message.
+    async fn grpc_call(app: &Router, path: &str) -> String {
+        let request = axum::http::Request::post(path)
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .body(Body::from(vec![0u8; 5]))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "gRPC answers 200 either way");
+        // Read to the end: a successful call's code is in the trailers.
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        format!("{:?}", trailers.get("grpc-status"))
+    }
+
+    #[tokio::test]
+    async fn grpc_calls_are_counted_by_method_and_code_and_unknown_methods_mint_no_series()
+     {
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let exporter = Exporter::new(|_| None);
+        let grpc = tonic::service::Routes::new(health).into_axum_router();
+        let app = exporter.measured(grpc);
+        let ok = grpc_call(&app, "/grpc.health.v1.Health/Check").await;
+        assert_eq!(ok, "Some(\"0\")", "OK, in the trailers");
+        for made_up in
+            ["/grpc.health.v1.Health/Nope1", "/grpc.health.v1.Health/Nope2"]
+        {
+            grpc_call(&app, made_up).await;
+        }
+        let (_, text) = fetch(&app, "/metrics").await;
+        let check = r#"shop_grpc_requests_total{method="/grpc.health.v1.Health/Check",code="OK"} 1"#;
+        assert!(text.contains(check), "{text}");
+        let unknown =
+            r#"shop_grpc_requests_total{method="unknown",code="UNIMPLEMENTED"} 2"#;
+        assert!(text.contains(unknown), "{text}");
+        assert!(!text.contains("Nope"), "{text}");
+        assert!(
+            !text.contains(r#"route="/grpc.health.v1.Health"#),
+            "not as HTTP: {text}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
