@@ -6,11 +6,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use gateway::Secret;
 use orchestration::participant;
+use shop_domain::Service;
 use tracing::{error, info, warn};
 
 use crate::config::{Env, PREFIX_VAR, Role, Style, encode_hex};
 use crate::probe;
-use crate::scenario::{self, Client, Planned};
+use crate::roles::intake::CALLER;
+use crate::roles::reads::PAYMENT_QUERIES;
+use crate::scenario::{self, Client, OrderAnswer, Planned};
 use crate::supervisor::{Output, Supervisor};
 
 /// What the reader asked for.
@@ -243,6 +246,24 @@ pub async fn teardown(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What orders (over HTTP) and payments (over gRPC) hold for a checkout, as the gateway's
+/// `GET /orders/{id}` puts them together.
+fn as_recorded(answer: Option<&OrderAnswer>) -> String {
+    let Some(answer) = answer else {
+        return "orders: no order (it never reached orders)".to_owned();
+    };
+    let order = answer.order.as_ref().map_or("?", |o| o.status.as_str());
+    let payment = match &answer.payment {
+        Some(p) => format!("{} {}", p.status, shop_domain::euros(p.amount_cents)),
+        None => "none".to_owned(),
+    };
+    let mut said = format!("orders: {order}, payments: {payment}");
+    for gap in &answer.missing {
+        said.push_str(&format!(" ({} missing: {})", gap.part, gap.reason));
+    }
+    said
+}
+
 async fn serve_until_stopped(env: &Env, client: &Client) -> anyhow::Result<()> {
     let gateway = env.url(Role::Gateway);
     let token = client.token("c-ada")?;
@@ -257,8 +278,23 @@ async fn serve_until_stopped(env: &Env, client: &Client) -> anyhow::Result<()> {
     println!(
         "  curl -s {gateway}/checkouts/my-first -H \"authorization: Bearer $TOKEN\""
     );
+    println!(
+        "  curl -s {gateway}/orders/my-first -H \"authorization: Bearer $TOKEN\"   \
+         # orders (HTTP/JSON) and payments (gRPC), composed"
+    );
+    let payments = env.addr(Role::Participant(Service::Payments));
+    println!(
+        "  grpcurl -plaintext -H '{CALLER}: c-ada' -d '{{\"order_ids\":[\"my-first\"]}}' \
+         {payments} {PAYMENT_QUERIES}/PaymentsForOrders"
+    );
+    println!("  grpcurl -plaintext {payments} grpc.health.v1.Health/Check");
     for role in env.style.roles() {
         println!("  curl -s {}/readyz     # {role}", env.url(role));
+    }
+    if let Ok(endpoint) = std::env::var(crate::config::OTLP_VAR) {
+        println!(
+            "Traces go to {endpoint}: with the compose file's Jaeger, open http://localhost:16686"
+        );
     }
     println!(
         "Kill one for real (the supervisor starts it again): kill -9 <pid in its log>"
@@ -318,6 +354,8 @@ async fn run_batch(
             view.order_id, planned.customer, view.status
         );
         println!("{:>14} {}", "", view.steps.join(" -> "));
+        let records = client.order(&planned.customer, &view.order_id).await?;
+        println!("{:>14} {}", "", as_recorded(records.as_ref()));
         println!("{:>14} trace {}", "", planned.trace_id);
     }
     let findings = scenario::check(env, &crate::shop::seed(), &placed).await?;

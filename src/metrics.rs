@@ -254,7 +254,16 @@ async fn count(
         .get(header::CONTENT_TYPE)
         .is_some_and(|kind| kind.as_bytes().starts_with(b"application/grpc"));
     if grpc {
-        let path = request.uri().path().to_owned();
+        // A gRPC service's route is `/{package.Service}/{*rest}`: only there is the path a
+        // method's name. A gRPC content type sent to an HTTP route, or to no route, names none.
+        let to_a_service = request
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|route| route.as_str().ends_with("/{*rest}"));
+        let path = match to_a_service {
+            true => Some(request.uri().path().to_owned()),
+            false => None,
+        };
         let call = GrpcCall { exporter, path, began: Instant::now(), done: false };
         return call.watch(next.run(request).await);
     }
@@ -284,7 +293,8 @@ async fn count(
 /// body is dropped before its trailers (the client went away) counts as `CANCELLED`.
 struct GrpcCall {
     exporter: Exporter,
-    path: String,
+    /// The method called, when the request reached a gRPC service.
+    path: Option<String>,
     began: Instant,
     done: bool,
 }
@@ -313,10 +323,10 @@ impl GrpcCall {
         }
         let code = tonic::Code::from_bytes(code);
         // A method the service does not have is answered UNIMPLEMENTED: its path is whatever a
-        // client sent, so it is not a label. Every other answer names a real method.
-        let method = match code {
-            tonic::Code::Unimplemented => "unknown".to_owned(),
-            _ => std::mem::take(&mut self.path),
+        // client sent, so it is not a label. Every other answer of a service names a real method.
+        let method = match (code, self.path.take()) {
+            (tonic::Code::Unimplemented, _) | (_, None) => "unknown".to_owned(),
+            (_, Some(path)) => path,
         };
         let inner = &self.exporter.inner;
         let timed = GrpcMethodLabels { method };
@@ -691,16 +701,19 @@ mod tests {
         let app = exporter.measured(grpc);
         let ok = grpc_call(&app, "/grpc.health.v1.Health/Check").await;
         assert_eq!(ok, "Some(\"0\")", "OK, in the trailers");
-        for made_up in
-            ["/grpc.health.v1.Health/Nope1", "/grpc.health.v1.Health/Nope2"]
-        {
+        for made_up in [
+            "/grpc.health.v1.Health/Nope1",
+            "/grpc.health.v1.Health/Nope2",
+            "/no.Such/Service",
+            "/metrics/Nope3",
+        ] {
             grpc_call(&app, made_up).await;
         }
         let (_, text) = fetch(&app, "/metrics").await;
         let check = r#"shop_grpc_requests_total{method="/grpc.health.v1.Health/Check",code="OK"} 1"#;
         assert!(text.contains(check), "{text}");
         let unknown =
-            r#"shop_grpc_requests_total{method="unknown",code="UNIMPLEMENTED"} 2"#;
+            r#"shop_grpc_requests_total{method="unknown",code="UNIMPLEMENTED"} 4"#;
         assert!(text.contains(unknown), "{text}");
         assert!(!text.contains("Nope"), "{text}");
         assert!(

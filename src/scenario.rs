@@ -184,12 +184,13 @@ impl Client {
     }
 
     /// The order as the orders service records it and its payment as the payments service does,
-    /// put together by the gateway (`GET /orders/{id}`).
+    /// put together by the gateway (`GET /orders/{id}`); `None` when the gateway answers `404`:
+    /// orders has no such order of this customer's.
     pub async fn order(
         &self,
         customer: &str,
         order_id: &str,
-    ) -> anyhow::Result<OrderAnswer> {
+    ) -> anyhow::Result<Option<OrderAnswer>> {
         let answer = self
             .http
             .get(format!("{}/orders/{order_id}", self.base))
@@ -197,10 +198,13 @@ impl Client {
             .send()
             .await?;
         let status = answer.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         if !status.is_success() {
             bail!("{order_id}: {status}: {}", answer.text().await?);
         }
-        Ok(answer.json().await?)
+        Ok(Some(answer.json().await?))
     }
 
     /// Asks until the checkout has ended, for up to `patience`, each time in the checkout's

@@ -40,6 +40,9 @@ use prometheus_client::registry::Registry;
 /// the supervisor's 2-second patience with `/readyz`, as PostgreSQL's check runs alongside.
 const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What a request or a probe hears once the service has begun to stop.
+const STOPPING: &str = "the service is stopping; retry in a moment";
+
 /// The choreographed shop every process of this style joins: names from the shared prefix.
 pub fn shop_config(env: &Env) -> Config {
     Config {
@@ -58,10 +61,14 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let pool = orchestration::pool(&env.database_url, 1)?;
     // Reads get a pool of their own: a slow read must not make a readiness probe wait.
     let pool_for_reads = orchestration::pool(&env.database_url, 2)?;
-    let watched = Arc::clone(&shop);
+    // The probes and the intake hold the service weakly: a connection task can outlive the
+    // server's graceful stop by a moment, and a strong hold there would keep SIGTERM from
+    // stopping the service's consumer and relay cleanly.
+    let watched = Arc::downgrade(&shop);
     let ready: Check = Arc::new(move || {
-        let (pool, shop) = (pool.clone(), Arc::clone(&watched));
+        let (pool, shop) = (pool.clone(), watched.upgrade());
         Box::pin(async move {
+            let Some(shop) = shop else { return Err(STOPPING.to_owned()) };
             if service == Service::Orders {
                 // The intake: it takes checkouts as long as its database answers, since its
                 // outbox keeps what it owes Kafka. Asking Kafka here would take it out of
@@ -96,7 +103,7 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
         let intake = Router::new()
             .route("/checkouts", post(place))
             .route("/checkouts/{order_id}", get(view))
-            .with_state(Arc::clone(&shop));
+            .with_state(Arc::downgrade(&shop));
         app = app.merge(intake);
     }
     let app = telemetry::traced(
@@ -106,9 +113,7 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let addr = env.listen_addr(Role::Participant(service))?;
     info!("{service} (choreography) on http://{addr}/readyz");
     let served = probe::serve(addr, app, probe::terminated()).await;
-    if let Some(health) = health {
-        health.abort();
-    }
+    reads::stop_health(health).await;
     served?;
     match Arc::try_unwrap(shop) {
         Ok(shop) => shop.stop().await,
@@ -228,10 +233,11 @@ async fn start(service: Service, env: &Env) -> anyhow::Result<Shop> {
 }
 
 async fn place(
-    State(shop): State<Arc<Shop>>,
+    State(shop): State<Weak<Shop>>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<CheckoutRequest>,
 ) -> Response {
+    let Some(shop) = shop.upgrade() else { return try_again(STOPPING) };
     let order = match checkout_of(&headers, &request) {
         Ok(order) => order,
         Err(refusal) => return *refusal,
@@ -256,10 +262,11 @@ async fn place(
 }
 
 async fn view(
-    State(shop): State<Arc<Shop>>,
+    State(shop): State<Weak<Shop>>,
     Path(order_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    let Some(shop) = shop.upgrade() else { return try_again(STOPPING) };
     if let Some(invalid) = invalid_id(&order_id) {
         return invalid;
     }

@@ -234,8 +234,8 @@ pub fn app(
                 (Arc::clone(&saga), Arc::clone(&orders), Arc::clone(&payments));
             let states: Vec<(&'static str, StateOf)> = vec![
                 (backend.name(), Box::new(move || s.state())),
-                ("orders", Box::new(move || o.backend.breaker.state())),
-                ("payments", Box::new(move || p.backend.breaker.state())),
+                (ORDERS_READS, Box::new(move || o.backend.breaker.state())),
+                (PAYMENTS_READS, Box::new(move || p.backend.breaker.state())),
             ];
             let refresh = breakers.refresh(states);
             (
@@ -298,6 +298,12 @@ pub fn app(
     Ok((app, exporter))
 }
 
+/// The breaker before orders' reads, as its metrics name it: apart from the intake's, which is
+/// also orders when choreographed.
+pub const ORDERS_READS: &str = "orders-reads";
+/// The breaker before payments' reads, as its metrics name it.
+pub const PAYMENTS_READS: &str = "payments-reads";
+
 /// How long `GET /orders/{id}` may take, both of its calls together.
 pub const COMPOSE_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -309,10 +315,10 @@ type Backends = (Arc<CircuitBreaker>, Arc<OrdersBackend>, Arc<PaymentsBackend>);
 fn backends(env: &Env, breakers: &BreakerMetrics) -> anyhow::Result<Backends> {
     let saga = Arc::new(breakers.breaker(env.style.intake().name())?);
     let orders_url = env.url(Role::Participant(Service::Orders));
-    let orders = OrdersBackend::new(orders_url, breakers.breaker("orders")?)?;
+    let orders = OrdersBackend::new(orders_url, breakers.breaker(ORDERS_READS)?)?;
     let payments_url = env.url(Role::Participant(Service::Payments));
     let payments =
-        PaymentsBackend::new(payments_url, breakers.breaker("payments")?)?;
+        PaymentsBackend::new(payments_url, breakers.breaker(PAYMENTS_READS)?)?;
     Ok((saga, Arc::new(orders), Arc::new(payments)))
 }
 

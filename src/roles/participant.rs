@@ -85,9 +85,7 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
         warn!("the probe server had already stopped");
     }
     let served = http.await;
-    if let Some(health) = health {
-        health.abort();
-    }
+    reads::stop_health(health).await;
     served??;
     info!("{service} stopped");
     Ok(())

@@ -190,9 +190,7 @@ async fn order(
         Ok(mut found) => found.pop().map(|(_, order)| OrderView::from(order)),
         Err(error) => {
             warn!(%error, order_id, "reading an order failed");
-            return try_again(format!(
-                "orders cannot read its records now ({error})"
-            ));
+            return try_again("orders cannot read its records now; retry");
         }
     };
     let caller = headers.get(CALLER).and_then(|v| v.to_str().ok());
@@ -265,15 +263,15 @@ impl PaymentQueries for PaymentsApi {
                 format!("order_ids: at most {MAX_ORDERS_PER_CALL} per call");
             return Err(Status::invalid_argument(message));
         }
-        let found =
-            self.reads.of::<Payment>(Kind::Payment, &order_ids).await.map_err(
-                |e| {
-                    warn!(error = %e, "reading payments failed");
-                    Status::unavailable(format!(
-                        "payments cannot read its records now: {e}"
-                    ))
-                },
-            )?;
+        let found = self
+            .reads
+            .of::<Payment>(Kind::Payment, &order_ids)
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "reading payments failed");
+                // The cause stays in this log: a database's words are not the caller's.
+                Status::unavailable("payments cannot read its records now; retry")
+            })?;
         let payments: Vec<PaymentMessage> = found
             .iter()
             .filter(|(_, p)| p.due.as_ref().is_some_and(|d| d.customer_id == caller))
@@ -305,22 +303,6 @@ pub fn payment_routes(
             )
     };
     let (health, health_service) = tonic_health::server::health_reporter();
-    let follow = tokio::spawn(async move {
-        let mut last = None;
-        loop {
-            let now = match ready().await {
-                Ok(()) => ServingStatus::Serving,
-                Err(_) => ServingStatus::NotServing,
-            };
-            if last != Some(now) {
-                info!("gRPC health: {now:?}");
-                health.set_service_status("", now).await;
-                health.set_service_status(PAYMENT_QUERIES, now).await;
-                last = Some(now);
-            }
-            tokio::time::sleep(HEALTH_EVERY).await;
-        }
-    });
     let routes =
         tonic::service::Routes::new(PaymentQueriesServer::new(PaymentsApi {
             reads,
@@ -328,7 +310,34 @@ pub fn payment_routes(
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
-    Ok((routes.into_axum_router(), follow))
+    let follow = tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let (now, why) = match ready().await {
+                Ok(()) => (ServingStatus::Serving, String::new()),
+                Err(why) => (ServingStatus::NotServing, why),
+            };
+            if last != Some(now) {
+                info!("gRPC health: {now:?} {why}");
+                health.set_service_status("", now).await;
+                health.set_service_status(PAYMENT_QUERIES, now).await;
+                last = Some(now);
+            }
+            tokio::time::sleep(HEALTH_EVERY).await;
+        }
+    });
+    // tonic's router answers any path it does not know as an unimplemented gRPC call, with
+    // 200; a mistyped probe or URL should get 404, which gRPC clients read as UNIMPLEMENTED.
+    let router = routes.into_axum_router().fallback(|| async {
+        let detail = "routes: /healthz, /readyz, /metrics and gRPC";
+        problem(
+            axum::http::StatusCode::NOT_FOUND,
+            "not-found",
+            "No such route",
+            detail,
+        )
+    });
+    Ok((router, follow))
 }
 
 /// What `service` answers for about its records, in either style: orders its orders over HTTP,
@@ -347,4 +356,17 @@ pub fn routes(
         }
         Service::Inventory | Service::Shipping => (Router::new(), None),
     })
+}
+
+/// Stops the task that keeps gRPC health following readiness, and waits until it has let go of
+/// what it held (the readiness check, and through it the service).
+pub async fn stop_health(health: Option<JoinHandle<()>>) {
+    let Some(health) = health else { return };
+    health.abort();
+    match health.await {
+        Err(error) if !error.is_cancelled() => {
+            warn!(%error, "the gRPC health task failed");
+        }
+        _ => {}
+    }
 }

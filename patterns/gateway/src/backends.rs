@@ -334,7 +334,8 @@ pub struct PaymentView {
     pub payment_id: String,
     /// The order the payment is for: what composition joins on.
     pub order_id: String,
-    /// `authorized`, `captured` or `settled`.
+    /// `authorized`, `captured` or `settled` (the chapter's service); the whole shop's payments
+    /// also answer `pending`, `declined`, `refunded` and `voided`.
     pub status: String,
     /// The amount authorized, in cents.
     pub amount_cents: u64,
