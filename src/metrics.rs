@@ -287,10 +287,11 @@ async fn count(
 }
 
 // ANCHOR: GrpcCall
-/// One gRPC call, counted once its status is known. HTTP's status says little here (gRPC
-/// answers 200 to almost everything): the code is in `grpc-status`, sent in the headers when the
-/// call failed before any message, else in the trailers after the last one. An answer whose
-/// body is dropped before its trailers (the client went away) counts as `CANCELLED`.
+/// One gRPC call, counted once its status is known. HTTP's status says
+/// little here (gRPC answers 200 to almost everything): the code is in
+/// `grpc-status`, sent in the headers when the call failed before any
+/// message, else in the trailers after the last one. An answer whose body is
+/// dropped before its trailers (the client went away) counts as `CANCELLED`.
 struct GrpcCall {
     exporter: Exporter,
     /// The method called, when the request reached a gRPC service.
@@ -322,8 +323,9 @@ impl GrpcCall {
             return;
         }
         let code = tonic::Code::from_bytes(code);
-        // A method the service does not have is answered UNIMPLEMENTED: its path is whatever a
-        // client sent, so it is not a label. Every other answer of a service names a real method.
+        // A method the service lacks is answered UNIMPLEMENTED: its path is
+        // whatever a client sent, so it is no label. Every other answer of a
+        // service names a real method.
         let method = match (code, self.path.take()) {
             (tonic::Code::Unimplemented, _) | (_, None) => "unknown".to_owned(),
             (_, Some(path)) => path,

@@ -129,7 +129,6 @@ impl Reads {
     }
 }
 
-// ANCHOR: OrderView
 /// An order as the orders service answers `GET /orders/{order_id}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderView {
@@ -148,7 +147,6 @@ pub struct OrderView {
     /// Why it was cancelled.
     pub reason: Option<String>,
 }
-// ANCHOR_END: OrderView
 
 impl From<Order> for OrderView {
     fn from(order: Order) -> OrderView {
