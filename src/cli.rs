@@ -282,6 +282,11 @@ async fn serve_until_stopped(env: &Env, client: &Client) -> anyhow::Result<()> {
         "  curl -s {gateway}/orders/my-first -H \"authorization: Bearer $TOKEN\"   \
          # orders (HTTP/JSON) and payments (gRPC), composed"
     );
+    println!(
+        "  curl -s {gateway}/graphql -H \"authorization: Bearer $TOKEN\" \
+         -H 'content-type: application/json' \
+         -d '{{\"query\":\"{{ order(id: \\\"my-first\\\") {{ status payment {{ status }} }} }}\"}}'"
+    );
     let payments = env.addr(Role::Participant(Service::Payments));
     println!(
         "  grpcurl -plaintext -H '{CALLER}: c-ada' -d '{{\"order_ids\":[\"my-first\"]}}' \

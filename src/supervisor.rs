@@ -270,6 +270,11 @@ impl Spec {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // A group of its own: Ctrl-C in a terminal signals the whole foreground group,
+            // and the children would each stop at once, in no order, while the supervisor
+            // took their exits for crashes. This way only the supervisor hears it, and it
+            // stops them with SIGTERM, the edge first.
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = command.spawn()?;
         if let Some(stdout) = child.stdout.take() {

@@ -330,8 +330,92 @@ async fn bad_input_at_the_gateway_gets_a_problem_body_and_the_shop_keeps_serving
     assert_eq!(ada.customer_id, "c-ada");
     let bob = shop.client.view("c-bob", "after-1").await.unwrap_err().to_string();
     assert!(bob.contains("404"), "{bob}");
+    let payments = shop.env().url(Role::Participant(shop_domain::Service::Payments));
+    graphql_asks_only_what_a_query_names_and_refuses_costly_queries(
+        &base, &good, &payments,
+    )
+    .await;
     shop.assert_promises_kept().await;
     shop.stop().await;
+}
+
+/// The gateway's GraphQL endpoint: a field is fetched only when asked for, and a query too deep,
+/// too costly or not GraphQL at all is refused as a whole with a `400` problem body.
+async fn graphql_asks_only_what_a_query_names_and_refuses_costly_queries(
+    base: &str,
+    token: &str,
+    payments: &str,
+) {
+    // Payments' own count of the gRPC calls it answered, from its /metrics.
+    let answered = || async {
+        let text = reqwest::get(format!("{payments}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let method = "/shop.payments.PaymentQueries/PaymentsForOrders";
+        let series =
+            format!(r#"shop_grpc_requests_total{{method="{method}",code="OK"}} "#);
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let http = reqwest::Client::new();
+    let ask = |query: String| {
+        http.post(format!("{base}/graphql"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "query": query }))
+            .send()
+    };
+    let before = answered().await;
+    let without: serde_json::Value =
+        ask(r#"{ order(id: "after-1") { status } }"#.into())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(without["data"]["order"]["status"], "confirmed", "{without}");
+    assert_eq!(answered().await, before, "no payment asked for, none fetched");
+    let answer =
+        ask(r#"{ order(id: "after-1") { status totalCents payment { status } } }"#
+            .into())
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["data"]["order"]["status"], "confirmed", "{body}");
+    assert_eq!(body["data"]["order"]["payment"]["status"], "authorized", "{body}");
+    assert_eq!(answered().await, before + 1, "one gRPC call for the payment");
+    let none: serde_json::Value =
+        ask(r#"{ order(id: "no-such") { status } }"#.into())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(none["data"]["order"], serde_json::Value::Null, "{none}");
+    // Introspection nests as deep as a client likes: the classic way to make a server work.
+    let deep =
+        "{ __schema { types { fields { type { ofType { ofType { name } } } } } } }";
+    let aliases: Vec<String> = (0..25)
+        .map(|n| format!(r#"o{n}: order(id: "after-1") {{ status totalCents }}"#))
+        .collect();
+    let costly = format!("{{ {} }}", aliases.join(" "));
+    for (what, query, said) in [
+        ("too deep", deep.to_owned(), "nested too deep"),
+        ("too costly", costly, "too complex"),
+        ("not GraphQL", "{ order(id: ".to_owned(), "expected"),
+    ] {
+        let answer = ask(query).await.unwrap();
+        assert_eq!(answer.status(), 400, "{what}");
+        let kind = answer.headers()["content-type"].to_str().unwrap().to_owned();
+        assert_eq!(kind, "application/problem+json", "{what}");
+        let problem: serde_json::Value = answer.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap().to_lowercase();
+        assert!(detail.contains(said), "{what}: {problem}");
+    }
 }
 
 /// `shop setup` on a database that has never seen this shop, as a deployment's first run does:

@@ -46,6 +46,7 @@ use tracing::{Instrument, info, warn};
 use crate::config::{Env, Role};
 use crate::metrics::{Exporter, Refresh};
 use crate::probe::{self, Check};
+use crate::roles::graph;
 use crate::roles::intake::{IDEMPOTENCY_KEY, invalid_id};
 use crate::roles::reads::OrderView;
 use crate::telemetry;
@@ -265,18 +266,27 @@ pub fn app(
     let edge =
         built.ok_or_else(|| anyhow::anyhow!("the backends were not built"))??;
     let always: Check = std::sync::Arc::new(|| Box::pin(async { Ok(()) }));
+    let backends = graph::Backends {
+        orders: Arc::clone(&edge.orders),
+        payments: Arc::clone(&edge.payments),
+    };
+    let graphql = Router::new()
+        .route("/graphql", post(graph::endpoint))
+        .with_state((graph::schema(), backends));
     let api = Router::new()
         .route("/checkouts", post(place))
         .route("/checkouts/{order_id}", get(view))
         .route("/orders/{order_id}", get(order))
+        .with_state(edge)
+        .merge(graphql)
         .route_layer(from_fn_with_state(RateLimiter::new(rate), rate_limit))
-        .route_layer(from_fn_with_state(verifier, authenticate))
-        .with_state(edge);
+        .route_layer(from_fn_with_state(verifier, authenticate));
     let app = api
         .merge(probe::routes(always))
         .fallback(|| async {
             let detail =
-                "routes: POST /checkouts, GET /checkouts/{order_id}, GET /orders/{order_id}";
+                "routes: POST /checkouts, GET /checkouts/{order_id}, GET /orders/{order_id}, \
+                 POST /graphql";
             respond(Problem::new(
                 StatusCode::NOT_FOUND,
                 "not-found",

@@ -2,6 +2,7 @@
 
 pub mod choreographed;
 pub mod edge;
+pub mod graph;
 pub mod intake;
 pub mod participant;
 pub mod reads;
