@@ -283,7 +283,10 @@ async fn prometheus_reads_the_shop_and_the_breaker_alert_fires_on_a_hung_saga_an
     assert_eq!(prometheus.value(unfinished).await, Some(0.0));
     let running = "shop_saga_oldest_running_age_seconds";
     assert_eq!(prometheus.value(running).await, Some(0.0));
-    assert_eq!(prometheus.value("shop_circuit_breaker_state").await, Some(0.0));
+    assert_eq!(
+        prometheus.value(r#"shop_circuit_breaker_state{backend="saga"}"#).await,
+        Some(0.0)
+    );
     assert_eq!(prometheus.value("shop_dead_letters").await, Some(0.0));
     let active = prometheus.alerts().await;
     assert!(active.is_empty(), "a healthy shop has active alerts: {active:?}");
@@ -316,7 +319,7 @@ async fn prometheus_reads_the_shop_and_the_breaker_alert_fires_on_a_hung_saga_an
             "alerts: {BREAKER_ALERT} fired {:.1} s after the saga hung",
             broken.elapsed().as_secs_f64()
         );
-        let opened = r#"sum(shop_circuit_breaker_transitions_total{to="open"})"#;
+        let opened = r#"sum(shop_circuit_breaker_transitions_total{backend="saga",to="open"})"#;
         assert!(prometheus.value(opened).await.unwrap_or(0.0) >= 1.0);
         let errors =
             r#"sum(shop_http_requests_total{service="gateway",status=~"5.."})"#;
@@ -340,7 +343,10 @@ async fn prometheus_reads_the_shop_and_the_breaker_alert_fires_on_a_hung_saga_an
             "alerts: {BREAKER_ALERT} resolved {:.1} s after the saga went on",
             repaired.elapsed().as_secs_f64()
         );
-        assert_eq!(prometheus.value("shop_circuit_breaker_state").await, Some(0.0));
+        assert_eq!(
+            prometheus.value(r#"shop_circuit_breaker_state{backend="saga"}"#).await,
+            Some(0.0)
+        );
         asking.store(false, std::sync::atomic::Ordering::Relaxed);
     };
     tokio::join!(traffic, checks);
