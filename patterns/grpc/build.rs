@@ -5,8 +5,9 @@
 //! compiler. Both schemas share one package name, as a real evolving schema does, so each is
 //! generated into its own directory under OUT_DIR.
 //!
-//! For v2 it also writes the encoded `FileDescriptorSet` (`payments_descriptor.bin`): gRPC server
-//! reflection answers `grpcurl list` and `describe` from it, so a reader needs no .proto file.
+//! For each it also writes the encoded `FileDescriptorSet` (`payments_descriptor.bin`): gRPC server
+//! reflection answers `grpcurl list` and `describe` from v2's, so a reader needs no .proto file,
+//! and the contract test compares the two to catch a change that would break old clients.
 
 use std::path::PathBuf;
 
@@ -18,11 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut config = tonic_prost_build::Config::new();
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
         let mut protos = vec![format!("proto/{version}/payments.proto")];
-        let mut builder = tonic_prost_build::configure().build_server(with_server);
+        let builder = tonic_prost_build::configure()
+            .build_server(with_server)
+            .file_descriptor_set_path(dir.join("payments_descriptor.bin"));
         if with_server {
             protos.push(format!("proto/{version}/queries.proto"));
-            builder = builder
-                .file_descriptor_set_path(dir.join("payments_descriptor.bin"));
         }
         builder.out_dir(&dir).compile_with_config(
             config,

@@ -51,5 +51,10 @@ pub mod proto {
     /// The first release of the schema: a client only, as old callers still have it.
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/v1/shop.payments.rs"));
+
+        /// The encoded descriptors of the first release: the baseline a change is checked
+        /// against.
+        pub const FILE_DESCRIPTOR_SET: &[u8] =
+            include_bytes!(concat!(env!("OUT_DIR"), "/v1/payments_descriptor.bin"));
     }
 }
