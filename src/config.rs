@@ -172,8 +172,9 @@ pub const OTLP_VAR: &str = trace_context::setup::OTLP_ENDPOINT;
 /// for, and the logging setup's. The deployment files set nothing else (`tests/manifests.rs`
 /// holds them to it), so a typo or a leftover cannot hide there. The OpenTelemetry SDK reads more
 /// of its own `OTEL_*` variables (service name, headers, sampling); they are not listed here.
-pub const VARS: [&str; 16] = [
+pub const VARS: [&str; 17] = [
     OTLP_VAR,
+    crate::probe::SUPERVISED_VAR,
     LOG_FORMAT_VAR,
     STYLE_VAR,
     PREFIX_VAR,
@@ -471,6 +472,7 @@ mod tests {
             VARS.iter().map(|v| v.to_string()).collect();
         expected.remove(LOG_VAR);
         expected.remove(OTLP_VAR);
+        expected.remove(crate::probe::SUPERVISED_VAR);
         assert_eq!(*asked.borrow(), expected);
 
         let bad = |var: &str| (var == "SHOP_SAGA_ADDR").then(|| "saga".to_owned());

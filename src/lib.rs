@@ -73,7 +73,10 @@ fn run(program: Program) -> std::process::ExitCode {
         };
         match args.as_slice() {
             [role, name] if role == "role" => match config::Role::parse(name) {
-                Some(role) => roles::run(role).await,
+                Some(role) => {
+                    probe::stop_with_supervisor()?;
+                    roles::run(role).await
+                }
                 None => Err(anyhow::anyhow!("no role {name:?}; {}", cli::ROLES)),
             },
             [setup] if setup == "setup" => cli::setup().await,

@@ -249,21 +249,20 @@ async fn count(
     request: Request,
     next: Next,
 ) -> Response {
+    // A gRPC call: a gRPC content type, to a gRPC service's route
+    // (`/{package.Service}/{*rest}`), where the path is a method's name. The
+    // same content type sent to an HTTP route, or to none, is counted as HTTP,
+    // so no client can hide a request from the HTTP counts by its header.
     let grpc = request
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|kind| kind.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
-        // A gRPC service's route is `/{package.Service}/{*rest}`: only there is the path a
-        // method's name. A gRPC content type sent to an HTTP route, or to no route, names none.
-        let to_a_service = request
+        .is_some_and(|kind| kind.as_bytes().starts_with(b"application/grpc"))
+        && request
             .extensions()
             .get::<MatchedPath>()
             .is_some_and(|route| route.as_str().ends_with("/{*rest}"));
-        let path = match to_a_service {
-            true => Some(request.uri().path().to_owned()),
-            false => None,
-        };
+    if grpc {
+        let path = request.uri().path().to_owned();
         let call = GrpcCall { exporter, path, began: Instant::now(), done: false };
         return call.watch(next.run(request).await);
     }
@@ -294,8 +293,8 @@ async fn count(
 /// dropped before its trailers (the client went away) counts as `CANCELLED`.
 struct GrpcCall {
     exporter: Exporter,
-    /// The method called, when the request reached a gRPC service.
-    path: Option<String>,
+    /// The method called.
+    path: String,
     began: Instant,
     done: bool,
 }
@@ -326,9 +325,9 @@ impl GrpcCall {
         // A method the service lacks is answered UNIMPLEMENTED: its path is
         // whatever a client sent, so it is no label. Every other answer of a
         // service names a real method.
-        let method = match (code, self.path.take()) {
-            (tonic::Code::Unimplemented, _) | (_, None) => "unknown".to_owned(),
-            (_, Some(path)) => path,
+        let method = match code {
+            tonic::Code::Unimplemented => "unknown".to_owned(),
+            _ => std::mem::take(&mut self.path),
         };
         let inner = &self.exporter.inner;
         let timed = GrpcMethodLabels { method };
@@ -715,8 +714,11 @@ mod tests {
         let check = r#"shop_grpc_requests_total{method="/grpc.health.v1.Health/Check",code="OK"} 1"#;
         assert!(text.contains(check), "{text}");
         let unknown =
-            r#"shop_grpc_requests_total{method="unknown",code="UNIMPLEMENTED"} 4"#;
+            r#"shop_grpc_requests_total{method="unknown",code="UNIMPLEMENTED"} 2"#;
         assert!(text.contains(unknown), "{text}");
+        // No service's route took these two: HTTP requests, whatever their header said.
+        let stray = r#"shop_http_requests_total{route="unmatched",method="POST",status="200"} 2"#;
+        assert!(text.contains(stray), "{text}");
         assert!(!text.contains("Nope"), "{text}");
         assert!(
             !text.contains(r#"route="/grpc.health.v1.Health"#),

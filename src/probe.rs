@@ -64,8 +64,63 @@ pub async fn serve(
     Ok(())
 }
 
-/// Resolves on SIGTERM (how a supervisor, `kill` or Kubernetes stops a process) or Ctrl-C.
+/// Set by the supervisor for the roles it starts: such a role also stops when the supervisor's
+/// pipe on its standard input closes. The pipe closes however the supervisor ends, SIGKILL and
+/// a Ctrl-C it did not handle included, so no role outlives it; a role started by hand or by a
+/// container runtime does not watch its input.
+pub const SUPERVISED_VAR: &str = "SHOP_SUPERVISED";
+
+/// Turns true when the supervisor is gone.
+static SUPERVISOR_GONE: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(false).0);
+
+/// When [`SUPERVISED_VAR`] says so, watches standard input for its end, on a thread of its own
+/// (a blocking read cannot be cancelled, and a runtime's blocking pool would wait for it on the
+/// way out); [`terminated`] then resolves as on SIGTERM.
+pub fn stop_with_supervisor() -> std::io::Result<()> {
+    if std::env::var(SUPERVISED_VAR).as_deref() != Ok("1") {
+        return Ok(());
+    }
+    std::thread::Builder::new().name("supervisor-pipe".into()).spawn(|| {
+        use std::io::Read as _;
+        let mut input = std::io::stdin();
+        let mut buffer = [0u8; 64];
+        loop {
+            match input.read(&mut buffer) {
+                Ok(0) => {
+                    tracing::warn!("the supervisor is gone (its pipe closed): stopping");
+                    break;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the supervisor's pipe: stopping");
+                    break;
+                }
+            }
+        }
+        SUPERVISOR_GONE.send_replace(true);
+    })?;
+    Ok(())
+}
+
+async fn supervisor_gone() {
+    let mut gone = SUPERVISOR_GONE.subscribe();
+    // The sender is a static: it is never dropped, so this only ends when it turns true.
+    if gone.wait_for(|gone| *gone).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves on SIGTERM (how a supervisor, `kill` or Kubernetes stops a process), Ctrl-C, or the
+/// end of the supervisor's pipe ([`stop_with_supervisor`]).
 pub async fn terminated() {
+    tokio::select! {
+        () = signalled() => {}
+        () = supervisor_gone() => {}
+    }
+}
+
+async fn signalled() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

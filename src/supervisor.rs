@@ -267,13 +267,17 @@ impl Spec {
             // would make all of them bind the same one.
             .env_remove(crate::config::LISTEN_VAR)
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            // Its end of this pipe closes when the supervisor ends, however it ends: the
+            // child stops then (`probe::stop_with_supervisor`).
+            .env(crate::probe::SUPERVISED_VAR, "1")
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // A group of its own: Ctrl-C in a terminal signals the whole foreground group,
             // and the children would each stop at once, in no order, while the supervisor
             // took their exits for crashes. This way only the supervisor hears it, and it
-            // stops them with SIGTERM, the edge first.
+            // stops them with SIGTERM, the edge first (or, if Ctrl-C ends the supervisor
+            // instead, its pipe closes and they stop by themselves).
             .process_group(0)
             .kill_on_drop(true);
         let mut child = command.spawn()?;
@@ -299,6 +303,9 @@ async fn keep_running(
     let mut generation = 0;
     loop {
         let mut child = spec.spawn()?;
+        // Held for as long as the child runs: tokio's `wait` closes a stdin it still
+        // holds, which the child would take for the supervisor's end.
+        let _pipe = child.stdin.take();
         generation += 1;
         if let Some(pid) = child.id() {
             info!("started {role} (pid {pid})");

@@ -262,6 +262,35 @@ async fn server_span(
     trace_context::hops::http_server_span(State(service), request, next).await
 }
 
+// ANCHOR: amqp_trace
+/// The trace context of the span this runs in, as AMQP headers: what the
+/// saga service sends with each command of a checkout, so the participants'
+/// work joins the checkout's trace.
+pub fn amqp_headers() -> lapin::types::FieldTable {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let mut headers = lapin::types::FieldTable::default();
+    let context = tracing::Span::current().context();
+    trace_context::carrier::inject_amqp(&context, &mut headers);
+    headers
+}
+
+/// The span a participant handles one command in, continuing the trace
+/// whose context the command's headers carry (a trace of its own when they
+/// carry none).
+pub fn command_span(properties: &lapin::BasicProperties) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::info_span!("command", otel.kind = "consumer");
+    if let Some(headers) = properties.headers() {
+        let carrier = trace_context::carrier::AmqpExtractor(headers);
+        let context = trace_context::carrier::extract(&carrier);
+        if let Err(error) = span.set_parent(context) {
+            tracing::warn!(%error, "the command's trace context was not joined");
+        }
+    }
+    span
+}
+// ANCHOR_END: amqp_trace
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -335,6 +335,26 @@ async fn bad_input_at_the_gateway_gets_a_problem_body_and_the_shop_keeps_serving
         &base, &good, &payments,
     )
     .await;
+    // Payments frozen: the order comes back, its payment `null` with the reason beside it.
+    let role = Role::Participant(shop_domain::Service::Payments);
+    shop.supervisor.pause(role).unwrap();
+    let query = r#"{ order(id: "after-1") { status payment { status } } }"#;
+    let asked = http
+        .post(format!("{base}/graphql"))
+        .bearer_auth(&good)
+        .json(&serde_json::json!({ "query": query }))
+        .send()
+        .await;
+    shop.supervisor.resume(role).unwrap();
+    let answer: serde_json::Value = asked.unwrap().json().await.unwrap();
+    assert_eq!(answer["data"]["order"]["status"], "confirmed", "{answer}");
+    assert_eq!(
+        answer["data"]["order"]["payment"],
+        serde_json::Value::Null,
+        "{answer}"
+    );
+    assert_eq!(answer["errors"][0]["path"], serde_json::json!(["order", "payment"]));
+    assert_eq!(answer["errors"][0]["extensions"]["status"], 504, "{answer}");
     shop.assert_promises_kept().await;
     shop.stop().await;
 }
@@ -474,4 +494,38 @@ async fn shop_setup(vars: impl IntoIterator<Item = (String, String)>) -> String 
     let said = String::from_utf8_lossy(&setup.stdout).into_owned();
     assert!(setup.status.success(), "shop setup failed: {said}");
     said
+}
+
+/// A role the supervisor started stops by itself when the supervisor is gone, however it went:
+/// its end of the pipe on the role's standard input closes. The gateway needs no broker, so it
+/// stands in for every role here.
+#[tokio::test]
+async fn a_supervised_role_stops_when_its_supervisor_is_gone() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop"))
+        .args(["role", "gateway"])
+        .env(shop::probe::SUPERVISED_VAR, "1")
+        .env("SHOP_GATEWAY_ADDR", &addr)
+        .env(shop::config::JWT_KEY_VAR, shop::config::encode_hex(&[7; 32]))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let health = format!("http://{addr}/healthz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !reqwest::get(&health).await.is_ok_and(|a| a.status().is_success()) {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still serving while the pipe is open: it is the pipe's end that stops it.
+    assert!(child.try_wait().unwrap().is_none());
+    drop(child.stdin.take());
+    let ended = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let status = ended.expect("the gateway outlived its supervisor").unwrap();
+    assert!(status.success(), "{status}");
 }

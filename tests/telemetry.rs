@@ -1,7 +1,8 @@
 //! Logs joined to traces across processes: with `LOG_FORMAT=json` every line a service writes is
 //! one JSON object, and each checkout's `checkout accepted` line in the saga's log carries the
 //! trace id its client chose. The client talks to the gateway, not to the saga: the id reaches
-//! the saga only because the gateway passes the W3C trace context on.
+//! the saga only because the gateway passes the W3C trace context on, and the participants'
+//! lines for its commands carry it too, because the saga sends it with each command.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
@@ -12,7 +13,7 @@ use serde_json::Value;
 use shop::scenario;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_carry_each_checkouts_trace_id_from_the_client_through_the_gateway_to_the_saga()
+async fn json_logs_carry_each_checkouts_trace_id_from_the_client_to_the_saga_and_its_participants()
  {
     let Some(mut shop) = support::start_json("json_logs").await else { return };
     let batch = scenario::batch("json");
@@ -64,6 +65,19 @@ async fn json_logs_carry_each_checkouts_trace_id_from_the_client_through_the_gat
             accepted.is_some(),
             "the saga's 'checkout accepted' for {} is not in the client's trace {}: {found:#?}",
             planned.key,
+            planned.trace_id
+        );
+        // Past the saga, over RabbitMQ: the command carried the trace context, so the
+        // participant that applied the checkout's first step logged it in the same trace.
+        let first_step = format!("checkout-{}/0/do", planned.key);
+        let applied = found.iter().find(|l| {
+            l["service"] == "inventory"
+                && l["message"] == "applied"
+                && l["command"] == first_step.as_str()
+        });
+        assert!(
+            applied.is_some(),
+            "inventory's 'applied {first_step}' is not in the client's trace {}: {found:#?}",
             planned.trace_id
         );
     }

@@ -5,7 +5,8 @@
 //! `payment { status }` adds the gRPC call to payments. A client writes the query, so the gateway
 //! bounds what one query may cost before running it (depth and complexity), and a query refused
 //! as a whole (too deep, too complex, not GraphQL) gets a `400` problem body like any other bad
-//! request. A field whose backend fails is `null` with an error beside it, as GraphQL does it.
+//! request. A field whose backend fails is `null` with an error beside it that names the field and
+//! the backend's failure: the rest of the answer stands.
 
 use std::sync::Arc;
 
@@ -77,27 +78,44 @@ pub async fn endpoint(
         deadline: Instant::now() + COMPOSE_DEADLINE,
     };
     let response = schema.execute(request.data(call)).await;
-    // Refused as a whole (no data at all): the query is at fault, not a backend.
-    if response.data == async_graphql::Value::Null && !response.errors.is_empty() {
-        let why: Vec<String> =
-            response.errors.iter().map(|e| e.message.clone()).collect();
+    // Refused before any resolver ran: no data, and errors that belong to no
+    // field (a resolver's error carries its field's path). The query is at fault.
+    let refused = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty());
+    if refused {
+        // One line each: a syntax error's message draws the query with a caret.
+        let why: Vec<String> = response
+            .errors
+            .iter()
+            .map(|e| e.message.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        let mut detail = why.join("; ");
+        if detail.contains("too deep") || detail.contains("too complex") {
+            let limits = format!(
+                "; a query may nest {MAX_DEPTH} deep and ask for {MAX_COMPLEXITY} fields"
+            );
+            detail.push_str(&limits);
+        }
         return respond(Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid-query",
             "The query was refused",
-            format!(
-                "{}; queries may nest {MAX_DEPTH} deep and ask for {MAX_COMPLEXITY} fields",
-                why.join("; ")
-            ),
+            detail,
         ));
     }
     Json(response).into_response()
 }
 
-fn to_graphql(error: BackendError) -> async_graphql::Error {
+/// A backend's failure as an error beside the field, which is then `null`. Returned as the
+/// field's `Err`, async-graphql would drop the field from the answer instead, and an `order`
+/// without its `payment` would read like an order that does not exist.
+fn failed<T>(ctx: &Context<'_>, error: BackendError) -> Option<T> {
     let status = error.problem().status;
-    async_graphql::Error::new(error.to_string())
-        .extend_with(|_, e| e.set("status", status))
+    let error = async_graphql::Error::new(error.to_string())
+        .extend_with(|_, e| e.set("status", status));
+    ctx.add_error(ctx.set_error_path(error.into_server_error(ctx.item.pos)));
+    None
 }
 
 /// The root of every query.
@@ -122,7 +140,7 @@ impl Query {
         {
             Ok(order) => Ok(Some(Order(order))),
             Err(error) if error.is_not_found() => Ok(None),
-            Err(error) => Err(to_graphql(error)),
+            Err(error) => Ok(failed(ctx, error)),
         }
     }
 }
@@ -173,7 +191,10 @@ impl Order {
         let ids = vec![self.0.order_id.clone()];
         let payments = &call.backends.payments;
         let found = payments.for_orders(ids, &call.caller, call.deadline).await;
-        Ok(found.map_err(to_graphql)?.into_iter().next().map(Payment))
+        match found {
+            Ok(found) => Ok(found.into_iter().next().map(Payment)),
+            Err(error) => Ok(failed(ctx, error)),
+        }
     }
 }
 

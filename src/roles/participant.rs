@@ -181,8 +181,16 @@ async fn consume_until_terminated(service: Service, env: &Env, lives: &Lives) {
         let started = Instant::now();
         let (url, amqp, names) =
             (env.database_url.clone(), env.amqp.clone(), env.names.clone());
-        let mut running =
-            participant::serve(service, url, amqp, names, Quirks::default());
+        let span: participant::CommandSpan =
+            Arc::new(crate::telemetry::command_span);
+        let mut running = participant::serve_with(
+            service,
+            url,
+            amqp,
+            names,
+            Quirks::default(),
+            Some(span),
+        );
         lives.add(Arc::clone(&running.deliveries));
         let ended = tokio::select! {
             ended = &mut running.task => ended,

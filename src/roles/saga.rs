@@ -226,7 +226,9 @@ async fn place(
             "the saga service is reconnecting to its broker; retry with the same key",
         );
     };
-    if let Err(error) = starter.checkout(order.clone()).await {
+    // The checkout's trace goes on in the participants: each command carries its context.
+    let trace = telemetry::amqp_headers();
+    if let Err(error) = starter.checkout_with(order.clone(), trace).await {
         warn!(%error, order = %order.order_id, "checkout not started");
         return try_again(format!(
             "the checkout was not recorded ({error}); retry with the same key"

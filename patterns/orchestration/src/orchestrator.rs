@@ -8,7 +8,7 @@
 //! acknowledge the reply, then send the new commands. A crash between any two of these is repaired
 //! by replaying the log: a pending intent is sent again, with the same command id.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,7 +81,7 @@ pub enum RunError {
 }
 
 /// A checkout to start, and where to say that its saga is in the log.
-type Start = (OrderPlaced, oneshot::Sender<()>);
+type Start = (OrderPlaced, FieldTable, oneshot::Sender<()>);
 
 /// A running orchestrator.
 pub struct Orchestrator {
@@ -143,6 +143,7 @@ impl Orchestrator {
             timers,
             finished: finished_tx,
             driving: HashSet::new(),
+            headers: HashMap::new(),
         };
         let task = tokio::spawn(
             async move {
@@ -203,10 +204,22 @@ impl Starter {
     /// in the log, created now or found there (a retry of the same order): from
     /// then on, a crash of the orchestrator loses nothing.
     pub async fn checkout(&self, order: OrderPlaced) -> Result<String, RunError> {
+        self.checkout_with(order, FieldTable::default()).await
+    }
+
+    /// [`Starter::checkout`], with `headers` on every command of the saga this orchestrator
+    /// sends in this life (a trace context, say). They are not in the log: a saga resumed
+    /// after a restart goes on without them.
+    pub async fn checkout_with(
+        &self,
+        order: OrderPlaced,
+        headers: FieldTable,
+    ) -> Result<String, RunError> {
         let id = saga_id(&order);
         let (logged, is_logged) = oneshot::channel();
         // Either fails only when the loop has ended; its task holds why.
-        self.starts.send((order, logged)).await.map_err(|_| RunError::Stopped)?;
+        let start = (order, headers, logged);
+        self.starts.send(start).await.map_err(|_| RunError::Stopped)?;
         is_logged.await.map_err(|_| RunError::Stopped)?;
         Ok(id)
     }
@@ -222,6 +235,8 @@ struct Driver<L> {
     finished: mpsc::UnboundedSender<(String, Terminal)>,
     /// Sagas this orchestrator has resumed or started in this life.
     driving: HashSet<String>,
+    /// The headers each saga started in this life sends with its commands.
+    headers: HashMap<String, FieldTable>,
 }
 
 impl<L: SagaLog> Driver<L> {
@@ -242,7 +257,9 @@ impl<L: SagaLog> Driver<L> {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
                 start = starts.recv() => match start {
-                    Some((order, logged)) => self.begin(order, logged).await?,
+                    Some((order, headers, logged)) => {
+                        self.begin(order, headers, logged).await?
+                    }
                     // Only the Orchestrator holds no sender once it is dropped.
                     None => return Ok(()),
                 },
@@ -261,6 +278,7 @@ impl<L: SagaLog> Driver<L> {
     async fn begin(
         &mut self,
         order: OrderPlaced,
+        headers: FieldTable,
         logged: oneshot::Sender<()>,
     ) -> Result<(), RunError> {
         let id = saga_id(&order);
@@ -274,6 +292,9 @@ impl<L: SagaLog> Driver<L> {
         }
         info!(saga = %id, "saga started for order {}", order.order_id);
         self.driving.insert(id.clone());
+        if !headers.inner().is_empty() {
+            self.headers.insert(id.clone(), headers);
+        }
         self.drive(&id, Input::Start).await
     }
 
@@ -313,6 +334,7 @@ impl<L: SagaLog> Driver<L> {
             Err(LogError::NotOwner { owner, .. }) => {
                 warn!(saga = %id, "now driven by {owner}: let go");
                 self.driving.remove(id);
+                self.headers.remove(id);
                 Ok(())
             }
             Err(error) => Err(error.into()),
@@ -377,6 +399,7 @@ impl<L: SagaLog> Driver<L> {
                 }
                 Record::Finished(ref terminal) => {
                     self.driving.remove(id);
+                    self.headers.remove(id);
                     let end = (id.to_owned(), terminal.clone());
                     if self.finished.send(end).is_err() {
                         // Nobody holds the receiver: the log has it anyway.
@@ -411,7 +434,10 @@ impl<L: SagaLog> Driver<L> {
         let body = serde_json::to_vec(&command)
             .map_err(|e| RunError::Encode(command_id.clone(), e))?;
         let queue = self.config.names.queue(self.saga.steps[step].participant);
-        let properties = command_properties(&command_id, &self.replies);
+        let mut properties = command_properties(&command_id, &self.replies);
+        if let Some(headers) = self.headers.get(id) {
+            properties = properties.with_headers(headers.clone());
+        }
         publish_confirmed(&self.channel, "", &queue, &body, properties).await?;
         let wait = self.config.timeout * 2u32.pow((attempt - 1).min(4));
         let (timers, id) = (self.timers.clone(), id.to_owned());

@@ -347,6 +347,12 @@ pub struct Quirks {
     pub slow_first_reply: Option<Duration>,
 }
 
+/// Makes the span one command is handled in, from its delivery's properties: a seam for tracing
+/// across processes, which this crate need not know how to do (the shop continues the saga's
+/// trace from the `traceparent` header the orchestrator sent). Without it, a command is handled
+/// in the participant's own span.
+pub type CommandSpan = Arc<dyn Fn(&BasicProperties) -> tracing::Span + Send + Sync>;
+
 /// A running participant.
 pub struct Participant {
     /// The consume loop: ends with an error, or with `Ok` after a stop.
@@ -397,6 +403,18 @@ pub fn serve(
     names: Names,
     quirks: Quirks,
 ) -> Participant {
+    serve_with(participant, url, amqp, names, quirks, None)
+}
+
+/// [`serve`], each command handled in the span `command_span` makes for it.
+pub fn serve_with(
+    participant: Service,
+    url: String,
+    amqp: String,
+    names: Names,
+    quirks: Quirks,
+    command_span: Option<CommandSpan>,
+) -> Participant {
     let span = info_span!("participant", service = participant.name());
     let stop = Arc::new(Notify::new());
     let stopped = Arc::clone(&stop);
@@ -440,13 +458,18 @@ pub fn serve(
                         continue;
                     }
                 };
+                let span = match &command_span {
+                    Some(make) => make(&delivery.properties),
+                    None => tracing::Span::current(),
+                };
+                let applying = apply(&pool, &schema, participant, &command);
                 let (reply, applied) =
-                    match apply(&pool, &schema, participant, &command).await {
+                    match applying.instrument(span.clone()).await {
                         Ok(answer) => answer,
                         Err(error) => {
                             // No reply: the orchestrator's timeout decides.
                             counted.requeued.fetch_add(1, Relaxed);
-                            warn!(%error, "could not apply {}", command.command_id);
+                            warn!(parent: &span, %error, "could not apply {}", command.command_id);
                             let requeue = BasicNackOptions { requeue: true, ..Default::default() };
                             delivery.nack(requeue).await?;
                             if error.is_unreachable() {
@@ -460,10 +483,14 @@ pub fn serve(
                     };
                 if applied {
                     counted.applied.fetch_add(1, Relaxed);
-                    info!(command = %command.command_id, ?reply, "applied");
+                    info!(parent: &span, command = %command.command_id, ?reply, "applied");
                 } else {
                     counted.duplicates.fetch_add(1, Relaxed);
-                    info!(command = %command.command_id, "seen before: stored reply, no effect");
+                    info!(
+                        parent: &span,
+                        command = %command.command_id,
+                        "seen before: stored reply, no effect"
+                    );
                 }
                 if let (true, Some(delay)) = (applied, slow.take()) {
                     warn!("slow: the reply leaves in {} ms", delay.as_millis());
@@ -475,6 +502,7 @@ pub fn serve(
                     let properties = persistent()
                         .with_correlation_id(command.command_id.as_str().into());
                     publish_confirmed(&channel, "", reply_to.as_str(), &body, properties)
+                        .instrument(span.clone())
                         .await?;
                 }
                 delivery.ack(BasicAckOptions::default()).await?;
