@@ -4,9 +4,12 @@
 //!
 //! The comparison works on the encoded `FileDescriptorSet`s that `build.rs` has `protoc` write,
 //! decoded with `prost-types`: no schema registry and no tool beyond the build this crate has.
-//! It checks the binary wire contract, which is what gRPC clients depend on. A field renamed
-//! under the same number is compatible there (names never travel) and is not reported; a
-//! schema also served as JSON (the gateway's problem bodies are not) would add that rule.
+//! It errs on the strict side. Fields are matched by number, so a field renamed under the same
+//! number (names never travel) is not reported; but messages, enums and methods are matched by
+//! name, so renaming one reads as removing it, and a few changes the protobuf specification calls
+//! wire-compatible are reported anyway (an enum for an `int32`, a message for `bytes`, a string
+//! made repeated): each is a trap for code built on the old schema even where the bytes parse.
+//! It does not look at oneofs: moving existing fields into one would pass unnoticed.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::collections::BTreeMap;
