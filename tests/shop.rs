@@ -103,6 +103,25 @@ async fn orders_and_payments_answer_for_their_records(shop: &support::Shop) {
     }
     // Another customer's order is not found, not shown.
     assert!(client.order("c-bob", "b-1").await.unwrap().is_none());
+    // Every reply payments sent was confirmed by the broker: one per command it answered.
+    if shop.env().style == Style::Orchestration {
+        let payments =
+            shop.env().url(Role::Participant(shop_domain::Service::Payments));
+        let text = reqwest::get(format!("{payments}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let answered = sample(&text, r#"shop_commands_total{outcome="applied"}"#)
+            + sample(&text, r#"shop_commands_total{outcome="duplicate"}"#);
+        assert!(answered >= 9, "{text}");
+        let confirmed =
+            sample(&text, r#"shop_amqp_confirms_total{outcome="confirmed"}"#);
+        assert_eq!(confirmed, answered, "{text}");
+        let unconfirmed = r#"shop_amqp_confirms_total{outcome="unconfirmed"}"#;
+        assert_eq!(sample(&text, unconfirmed), 0, "{text}");
+    }
     // Payments' gRPC health follows its readiness, through the standard service.
     let payments = shop.env().url(Role::Participant(shop_domain::Service::Payments));
     let mut health = tonic_health::pb::health_client::HealthClient::new(
@@ -141,6 +160,13 @@ async fn orders_and_payments_answer_for_their_records(shop: &support::Shop) {
     assert!(partial.payment.is_none());
     let parts: Vec<&str> = partial.missing.iter().map(|m| m.part.as_str()).collect();
     assert_eq!(parts, ["payment"], "{:?}", partial.missing);
+}
+
+/// The value of `series` (name and labels, as the scrape spells them) in a scrape; 0 when absent.
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |n| n.parse().unwrap())
 }
 
 /// Each service SIGKILLed at two points of the checkout: early (after the first command of a
@@ -376,10 +402,8 @@ async fn graphql_asks_only_what_a_query_names_and_refuses_costly_queries(
             .unwrap();
         let method = "/shop.payments.PaymentQueries/PaymentsForOrders";
         let series =
-            format!(r#"shop_grpc_requests_total{{method="{method}",code="OK"}} "#);
-        text.lines()
-            .find_map(|line| line.strip_prefix(series.as_str()))
-            .map_or(0, |n| n.parse::<u64>().unwrap())
+            format!(r#"shop_grpc_requests_total{{method="{method}",code="OK"}}"#);
+        sample(&text, &series)
     };
     let http = reqwest::Client::new();
     let ask = |query: String| {

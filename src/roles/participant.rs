@@ -108,6 +108,11 @@ type Count = fn(&Deliveries) -> &AtomicU64;
 
 const RECEIVED: Count = |d| &d.received;
 const REDELIVERED: Count = |d| &d.redelivered;
+/// The broker's answers to the replies, as labelled in `shop_amqp_confirms_total`.
+const CONFIRMS: [(&str, Count); 2] = [
+    ("confirmed", |d| &d.replies_confirmed),
+    ("unconfirmed", |d| &d.replies_unconfirmed),
+];
 /// The outcomes of a command, as labelled in `shop_commands_total`.
 const OUTCOMES: [(&str, Count); 4] = [
     ("applied", |d| &d.applied),
@@ -121,7 +126,7 @@ impl Lives {
     fn add(&self, deliveries: Arc<Deliveries>) {
         let mut totals = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = totals.current.replace(deliveries) {
-            let counts = OUTCOMES.map(|(_, count)| count).into_iter();
+            let counts = OUTCOMES.iter().chain(&CONFIRMS).map(|(_, count)| *count);
             for count in counts.chain([RECEIVED, REDELIVERED]) {
                 count(&totals.ended).fetch_add(count(&old).load(Relaxed), Relaxed);
             }
@@ -159,11 +164,22 @@ fn commands_done(registry: &mut Registry, lives: Lives) -> Refresh {
          acknowledge them",
         redeliveries.clone(),
     );
+    let confirms = Family::<OutcomeLabels, Counter>::default();
+    registry.register(
+        "shop_amqp_confirms",
+        "Replies published with publisher confirms, by the broker's answer: confirmed, or \
+         unconfirmed (refused, returned, or no answer before the connection went)",
+        confirms.clone(),
+    );
     Arc::new(move || {
         // Under the lock, so two scrapes at once cannot both add the same increase.
         let totals = lives.0.lock().unwrap_or_else(PoisonError::into_inner);
         for (outcome, count) in OUTCOMES {
             let counter = commands.get_or_create(&OutcomeLabels { outcome });
+            catch_up(&counter, totals.of(count));
+        }
+        for (outcome, count) in CONFIRMS {
+            let counter = confirms.get_or_create(&OutcomeLabels { outcome });
             catch_up(&counter, totals.of(count));
         }
         catch_up(&deliveries, totals.of(RECEIVED));

@@ -378,6 +378,12 @@ pub struct Deliveries {
     pub dead_lettered: AtomicU64,
     /// Commands given back to the queue because they could not be applied now.
     pub requeued: AtomicU64,
+    /// Replies the broker confirmed (publisher confirms): it took responsibility for them.
+    pub replies_confirmed: AtomicU64,
+    /// Replies it did not confirm (refused, returned, or the connection went before the
+    /// confirm came): the command stays unacknowledged, the loop ends, and the command is
+    /// delivered again.
+    pub replies_unconfirmed: AtomicU64,
 }
 
 impl Participant {
@@ -501,9 +507,17 @@ pub fn serve_with(
                         .map_err(|e| ServiceError::Encode(command.command_id.clone(), e))?;
                     let properties = persistent()
                         .with_correlation_id(command.command_id.as_str().into());
-                    publish_confirmed(&channel, "", reply_to.as_str(), &body, properties)
-                        .instrument(span.clone())
-                        .await?;
+                    let published =
+                        publish_confirmed(&channel, "", reply_to.as_str(), &body, properties)
+                            .instrument(span.clone())
+                            .await;
+                    match published {
+                        Ok(()) => counted.replies_confirmed.fetch_add(1, Relaxed),
+                        Err(error) => {
+                            counted.replies_unconfirmed.fetch_add(1, Relaxed);
+                            return Err(error.into());
+                        }
+                    };
                 }
                 delivery.ack(BasicAckOptions::default()).await?;
             }
