@@ -107,12 +107,7 @@ async fn orders_and_payments_answer_for_their_records(shop: &support::Shop) {
     if shop.env().style == Style::Orchestration {
         let payments =
             shop.env().url(Role::Participant(shop_domain::Service::Payments));
-        let text = reqwest::get(format!("{payments}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = scrape(&payments).await;
         let answered = sample(&text, r#"shop_commands_total{outcome="applied"}"#)
             + sample(&text, r#"shop_commands_total{outcome="duplicate"}"#);
         assert!(answered >= 9, "{text}");
@@ -160,6 +155,13 @@ async fn orders_and_payments_answer_for_their_records(shop: &support::Shop) {
     assert!(partial.payment.is_none());
     let parts: Vec<&str> = partial.missing.iter().map(|m| m.part.as_str()).collect();
     assert_eq!(parts, ["payment"], "{:?}", partial.missing);
+}
+
+/// A service's `/metrics`, as Prometheus would read it.
+async fn scrape(base: &str) -> String {
+    let answer = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert!(answer.status().is_success(), "{base}/metrics: {}", answer.status());
+    answer.text().await.unwrap()
 }
 
 /// The value of `series` (name and labels, as the scrape spells them) in a scrape; 0 when absent.
@@ -394,12 +396,7 @@ async fn graphql_asks_only_what_a_query_names_and_refuses_costly_queries(
 ) {
     // Payments' own count of the gRPC calls it answered, from its /metrics.
     let answered = || async {
-        let text = reqwest::get(format!("{payments}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = scrape(payments).await;
         let method = "/shop.payments.PaymentQueries/PaymentsForOrders";
         let series =
             format!(r#"shop_grpc_requests_total{{method="{method}",code="OK"}}"#);
