@@ -572,6 +572,8 @@ pub fn kafka(
         .set("bootstrap.servers", brokers)
         .set("group.id", &watch.group)
         .set("enable.auto.commit", "false")
+        // As the services' clients: back within a second of the broker, not ten.
+        .set("reconnect.backoff.max.ms", "1000")
         .create()
         .map_err(|e| format!("Kafka client: {e}"))?;
     let client = Arc::new(client);

@@ -92,6 +92,7 @@ pub fn stop_with_supervisor() -> std::io::Result<()> {
                     break;
                 }
                 Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the supervisor's pipe: stopping");
                     break;

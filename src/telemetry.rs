@@ -279,7 +279,9 @@ pub fn amqp_headers() -> lapin::types::FieldTable {
 /// carry none).
 pub fn command_span(properties: &lapin::BasicProperties) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let span = tracing::info_span!("command", otel.kind = "consumer");
+    // The command's id travels as the message's correlation id.
+    let id = properties.correlation_id().as_ref().map(|id| id.as_str());
+    let span = tracing::info_span!("command", otel.kind = "consumer", id);
     if let Some(headers) = properties.headers() {
         let carrier = trace_context::carrier::AmqpExtractor(headers);
         let context = trace_context::carrier::extract(&carrier);

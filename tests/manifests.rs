@@ -328,6 +328,12 @@ fn accepted_by_the_code(deployment: &Deployment) -> BTreeSet<Role> {
                 known.contains(var.as_str()),
                 "{origin}: sets {var}, which the code never reads (see config::VARS)"
             );
+            // A container's stdin is empty: a role told to stop at its end would stop at once.
+            assert_ne!(
+                var.as_str(),
+                shop::probe::SUPERVISED_VAR,
+                "{origin}: only the supervisor sets {var}"
+            );
         }
         let env = Env::from_lookup(container.lookup()).unwrap_or_else(|e| {
             panic!("{origin}: the configuration is refused: {e}")

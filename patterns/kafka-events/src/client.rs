@@ -16,8 +16,8 @@ fn base(brokers: &str) -> ClientConfig {
         .set("socket.timeout.ms", "10000")
         // librdkafka doubles its wait between attempts to reach a broker that went away,
         // up to 10 s by default: a broker back after an outage could wait that long for
-        // the next attempt. 1 s bounds the wait, for one attempt a second per broker
-        // while it is away.
+        // the next attempt. 1 s bounds the wait, for about one attempt a second per
+        // broker while it is away.
         .set("reconnect.backoff.max.ms", "1000");
     config
 }

@@ -499,7 +499,7 @@ pub fn serve_with(
                     );
                 }
                 if let (true, Some(delay)) = (applied, slow.take()) {
-                    warn!("slow: the reply leaves in {} ms", delay.as_millis());
+                    warn!(parent: &span, "slow: the reply leaves in {} ms", delay.as_millis());
                     tokio::time::sleep(delay).await;
                 }
                 if let Some(reply_to) = delivery.properties.reply_to().clone() {
