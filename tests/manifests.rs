@@ -630,3 +630,148 @@ fn every_dashboard_query_parses() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// --- who may connect to whom -----------------------------------------------------------------
+
+/// A label selector as the shop's policies write them: `matchLabels`, and `matchExpressions` with
+/// `In`.
+fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+    let wanted = selector["matchLabels"].as_mapping().into_iter().flatten();
+    let labelled = wanted.into_iter().all(|(key, value)| {
+        labels.get(text(key, "label")).map(String::as_str) == value.as_str()
+    });
+    let expressions =
+        selector["matchExpressions"].as_sequence().into_iter().flatten();
+    labelled
+        && expressions.into_iter().all(|expression| {
+            assert_eq!(text(&expression["operator"], "operator"), "In");
+            let key = text(&expression["key"], "key");
+            let values = strings(&expression["values"], "values");
+            labels.get(key).is_some_and(|label| values.contains(label))
+        })
+}
+
+/// A pod that opens a connection: its namespace's labels, and its own if it is in `shop`.
+struct Caller {
+    namespace: BTreeMap<String, String>,
+    pod: Option<BTreeMap<String, String>>,
+}
+
+/// Whether `policies` let `caller` connect to a pod labelled `callee` on `port`: a pod no
+/// policy selects takes anything; a selected one, only what one of its rules allows.
+fn may_connect(
+    policies: &[Value],
+    caller: &Caller,
+    callee: &BTreeMap<String, String>,
+    port: u16,
+) -> bool {
+    let selecting: Vec<&Value> = policies
+        .iter()
+        .filter(|p| selects(&p["spec"]["podSelector"], callee))
+        .collect();
+    if selecting.is_empty() {
+        return true;
+    }
+    let rules = selecting
+        .iter()
+        .flat_map(|p| p["spec"]["ingress"].as_sequence().into_iter().flatten());
+    rules.into_iter().any(|rule| {
+        let on_port = rule["ports"].as_sequence().is_none_or(|ports| {
+            ports.iter().any(|p| p["port"].as_u64() == Some(u64::from(port)))
+        });
+        let from = rule["from"].as_sequence().is_none_or(|peers| {
+            peers.iter().any(|peer| {
+                match (peer.get("podSelector"), peer.get("namespaceSelector")) {
+                    (Some(pods), None) => {
+                        caller.pod.as_ref().is_some_and(|pod| selects(pods, pod))
+                    }
+                    (None, Some(namespaces)) => {
+                        selects(namespaces, &caller.namespace)
+                    }
+                    other => {
+                        panic!("a peer the shop's policies do not use: {other:?}")
+                    }
+                }
+            })
+        });
+        on_port && from
+    })
+}
+
+#[test]
+fn network_policies_let_through_the_calls_the_code_makes_and_nothing_else() {
+    let dir = root().join("deploy/k8s");
+    let (mut policies, mut pods) = (vec![], BTreeMap::new());
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let file = path.display().to_string();
+        for object in documents(&read(&path), &file) {
+            match object["kind"].as_str() {
+                Some("NetworkPolicy") => policies.push(object),
+                Some("Deployment") => {
+                    let labels = &object["spec"]["template"]["metadata"]["labels"];
+                    let labels: BTreeMap<String, String> =
+                        serde_yaml_ng::from_value(labels.clone()).unwrap();
+                    pods.insert(
+                        labels["app.kubernetes.io/component"].clone(),
+                        labels,
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(!policies.is_empty(), "no NetworkPolicy in deploy/k8s");
+    let namespace = |name: &str| {
+        BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), name.to_owned())])
+    };
+    let in_shop = |component: &str| Caller {
+        namespace: namespace("shop"),
+        pod: Some(pods[component].clone()),
+    };
+    let outside = Caller { namespace: namespace("elsewhere"), pod: None };
+    let prometheus = Caller { namespace: namespace("monitoring"), pod: None };
+    let role = |component: &str| {
+        let role = Role::parse(component).unwrap();
+        (pods[component].clone(), role.default_port())
+    };
+    // What the code calls, in either style: the intake, and orders' and payments' reads.
+    let called = [Style::Orchestration, Style::Choreography]
+        .map(|style| style.intake().name().to_owned())
+        .into_iter()
+        .chain(["orders".to_owned(), "payments".to_owned()])
+        .collect::<BTreeSet<_>>();
+    let (gateway, gateway_port) = role("gateway");
+    assert!(
+        may_connect(&policies, &outside, &gateway, gateway_port),
+        "clients reach the gateway"
+    );
+    for component in pods.keys() {
+        let (pod, port) = role(component);
+        assert!(
+            may_connect(&policies, &prometheus, &pod, port),
+            "Prometheus scrapes {component}"
+        );
+        if component == "gateway" {
+            continue;
+        }
+        assert_eq!(
+            may_connect(&policies, &in_shop("gateway"), &pod, port),
+            called.contains(component),
+            "the gateway and {component}"
+        );
+        assert!(
+            !may_connect(&policies, &outside, &pod, port),
+            "outside to {component}"
+        );
+        for other in pods.keys().filter(|other| *other != "gateway") {
+            assert!(
+                !may_connect(&policies, &in_shop(other), &pod, port),
+                "{other} to {component}: no such call"
+            );
+        }
+    }
+}
