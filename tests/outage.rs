@@ -148,16 +148,9 @@ async fn outbox_pending(shop: &support::Shop) -> f64 {
 
 /// One sample of the orders service's `/metrics`, by its name and labels as written.
 async fn metric(shop: &support::Shop, series: &str) -> f64 {
-    let url =
-        format!("{}/metrics", shop.env().url(Role::Participant(Service::Orders)));
-    let http =
-        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let text = http.get(&url).send().await.unwrap().text().await.unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
-        .unwrap_or_else(|| panic!("no {series} in {text}"));
-    line[series.len()..].trim().parse().unwrap()
+    let text =
+        support::scrape(&shop.env().url(Role::Participant(Service::Orders))).await;
+    support::sample(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,15 +107,15 @@ async fn orders_and_payments_answer_for_their_records(shop: &support::Shop) {
     if shop.env().style == Style::Orchestration {
         let payments =
             shop.env().url(Role::Participant(shop_domain::Service::Payments));
-        let text = scrape(&payments).await;
-        let answered = sample(&text, r#"shop_commands_total{outcome="applied"}"#)
-            + sample(&text, r#"shop_commands_total{outcome="duplicate"}"#);
+        let text = support::scrape(&payments).await;
+        let answered = count(&text, r#"shop_commands_total{outcome="applied"}"#)
+            + count(&text, r#"shop_commands_total{outcome="duplicate"}"#);
         assert!(answered >= 9, "{text}");
         let confirmed =
-            sample(&text, r#"shop_amqp_confirms_total{outcome="confirmed"}"#);
+            count(&text, r#"shop_amqp_confirms_total{outcome="confirmed"}"#);
         assert_eq!(confirmed, answered, "{text}");
         let unconfirmed = r#"shop_amqp_confirms_total{outcome="unconfirmed"}"#;
-        assert_eq!(sample(&text, unconfirmed), 0, "{text}");
+        assert_eq!(count(&text, unconfirmed), 0, "{text}");
     }
     // Payments' gRPC health follows its readiness, through the standard service.
     let payments = shop.env().url(Role::Participant(shop_domain::Service::Payments));
@@ -157,18 +157,9 @@ async fn orders_and_payments_answer_for_their_records(shop: &support::Shop) {
     assert_eq!(parts, ["payment"], "{:?}", partial.missing);
 }
 
-/// A service's `/metrics`, as Prometheus would read it.
-async fn scrape(base: &str) -> String {
-    let answer = reqwest::get(format!("{base}/metrics")).await.unwrap();
-    assert!(answer.status().is_success(), "{base}/metrics: {}", answer.status());
-    answer.text().await.unwrap()
-}
-
-/// The value of `series` (name and labels, as the scrape spells them) in a scrape; 0 when absent.
-fn sample(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |n| n.parse().unwrap())
+/// A counter's value in a scrape: 0 before its first increment, when it has no series yet.
+fn count(text: &str, series: &str) -> u64 {
+    support::sample(text, series).unwrap_or(0)
 }
 
 /// Each service SIGKILLed at two points of the checkout: early (after the first command of a
@@ -396,11 +387,11 @@ async fn graphql_asks_only_what_a_query_names_and_refuses_costly_queries(
 ) {
     // Payments' own count of the gRPC calls it answered, from its /metrics.
     let answered = || async {
-        let text = scrape(payments).await;
+        let text = support::scrape(payments).await;
         let method = "/shop.payments.PaymentQueries/PaymentsForOrders";
         let series =
             format!(r#"shop_grpc_requests_total{{method="{method}",code="OK"}}"#);
-        sample(&text, &series)
+        count(&text, &series)
     };
     let http = reqwest::Client::new();
     let ask = |query: String| {

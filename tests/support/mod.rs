@@ -15,6 +15,26 @@ use shop::scenario::{self, Client, Planned};
 use shop::supervisor::{Output, Supervisor};
 use shop::telemetry::LogFormat;
 
+/// A service's `/metrics` at `base`, as Prometheus would read it, within 10 s.
+pub async fn scrape(base: &str) -> String {
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let answer = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert!(answer.status().is_success(), "{base}/metrics: {}", answer.status());
+    answer.text().await.unwrap()
+}
+
+/// The value of `series` (name and labels, as the scrape spells them) in a scrape, if it has it.
+pub fn sample<T: std::str::FromStr>(text: &str, series: &str) -> Option<T>
+where
+    T::Err: std::fmt::Debug,
+{
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))?;
+    Some(value.trim().parse().unwrap())
+}
+
 /// A shop of real processes for one test.
 pub struct Shop {
     pub supervisor: Supervisor,
