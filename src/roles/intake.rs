@@ -159,11 +159,16 @@ pub fn try_again(detail: impl Into<String>) -> Response {
     problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Try again", detail)
 }
 
+/// Whether the caller the gateway verified is `customer`. A record of anyone else's is answered
+/// like one that does not exist, so ids cannot be probed.
+pub fn called_by(headers: &axum::http::HeaderMap, customer: &str) -> bool {
+    headers.get(CALLER).and_then(|v| v.to_str().ok()) == Some(customer)
+}
+
 /// The checkout as the caller may see it: only the customer who placed it; anyone else gets the
-/// same `404` as for a checkout that does not exist, so ids cannot be probed.
+/// same `404` as for a checkout that does not exist.
 pub fn shown_to(headers: &axum::http::HeaderMap, view: CheckoutView) -> Response {
-    let caller = headers.get(CALLER).and_then(|v| v.to_str().ok());
-    if caller != Some(view.customer_id.as_str()) {
+    if !called_by(headers, &view.customer_id) {
         return not_found(&view.order_id);
     }
     axum::Json(view).into_response()

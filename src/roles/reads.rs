@@ -37,7 +37,7 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::probe::Check;
-use crate::roles::intake::{CALLER, invalid_id, problem, try_again};
+use crate::roles::intake::{CALLER, called_by, invalid_id, problem, try_again};
 
 /// The gRPC service a payments process offers, as gRPC health names it.
 pub const PAYMENT_QUERIES: &str = "shop.payments.PaymentQueries";
@@ -191,10 +191,8 @@ async fn order(
             return try_again("orders cannot read its records now; retry");
         }
     };
-    let caller = headers.get(CALLER).and_then(|v| v.to_str().ok());
     match order {
-        // Another customer's order is answered like a missing one: its id reveals nothing.
-        Some(order) if caller == Some(order.customer_id.as_str()) => {
+        Some(order) if called_by(&headers, &order.customer_id) => {
             axum::Json(order).into_response()
         }
         _ => {
