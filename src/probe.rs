@@ -51,15 +51,21 @@ pub fn routes(ready: Check) -> Router {
     )
 }
 
-/// Binds `addr` and serves `app` until `stop` resolves; requests in flight then finish.
+/// Binds `addr`, before the service does anything else: a port that is taken ends the process
+/// at its start. A service that went on without its port would look ready to a probe that
+/// reaches whatever else listens there.
+pub async fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr} ({e}): is another shop running? set another port")
+    })
+}
+
+/// Serves `app` on `listener` until `stop` resolves; requests in flight then finish.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     app: Router,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {addr} ({e}): is another shop running? set another port")
-    })?;
     axum::serve(listener, app).with_graceful_shutdown(stop).await?;
     Ok(())
 }

@@ -12,7 +12,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -78,8 +77,7 @@ impl Prometheus {
         let data = TempDir(dir.clone());
         let file = dir.join("prometheus.yml");
         std::fs::write(&file, config(env)).unwrap();
-        let port =
-            TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = support::free_port();
         let listen = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let spawned = Command::new("prometheus")

@@ -202,9 +202,9 @@ fn nisshi_binary() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A free port on loopback, as the OS hands one out (released again for the broker to bind).
+/// A free port on loopback for the broker to bind (see `support::free_port`).
 fn free_loopback_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], support::free_port()))
 }
 
 /// A Nisshi process of one test's own, with its topics in memory: killed (by its pid) when this

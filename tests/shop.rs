@@ -513,11 +513,7 @@ async fn shop_setup(vars: impl IntoIterator<Item = (String, String)>) -> String 
 /// stands in for every role here.
 #[tokio::test]
 async fn a_supervised_role_stops_when_its_supervisor_is_gone() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = format!("127.0.0.1:{}", support::free_port());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop"))
         .args(["role", "gateway"])
         .env(shop::probe::SUPERVISED_VAR, "1")
@@ -540,4 +536,40 @@ async fn a_supervised_role_stops_when_its_supervisor_is_gone() {
     let ended = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     let status = ended.expect("the gateway outlived its supervisor").unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// A service whose port is taken stops at its start and says which port, in either style, before
+/// it reaches a broker: one that went on without its port would look ready to a probe answered
+/// by whatever holds the port.
+#[tokio::test]
+async fn a_service_whose_port_is_taken_stops_at_its_start_and_names_the_port() {
+    let held =
+        std::net::TcpListener::bind(("127.0.0.1", support::free_port())).unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let roles = [
+        ("orchestration", Role::Saga),
+        ("orchestration", Role::Participant(shop_domain::Service::Payments)),
+        ("choreography", Role::Participant(shop_domain::Service::Orders)),
+        ("orchestration", Role::Gateway),
+    ];
+    for (style, role) in roles {
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop"))
+            .args(["role", role.name()])
+            .env("SHOP_STYLE", style)
+            .env(role.addr_var(), &addr)
+            .env(shop::config::JWT_KEY_VAR, shop::config::encode_hex(&[7; 32]))
+            .kill_on_drop(true)
+            .output();
+        let ended = tokio::time::timeout(Duration::from_secs(20), run).await;
+        let output =
+            ended.unwrap_or_else(|_| panic!("{role} went on without its port"));
+        let output = output.unwrap();
+        let said = String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "{role}: {said}");
+        assert!(
+            said.contains(&format!("cannot listen on {addr}")),
+            "{role}: {said}"
+        );
+    }
 }

@@ -57,6 +57,8 @@ pub fn shop_config(env: &Env) -> Config {
 
 /// Runs `service` until SIGTERM.
 pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
+    let listener =
+        probe::listen(env.listen_addr(Role::Participant(service))?).await?;
     let shop = Arc::new(start(service, &env).await?);
     let pool = orchestration::pool(&env.database_url, 1)?;
     // Reads get a pool of their own: a slow read must not make a readiness probe wait.
@@ -110,9 +112,9 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
         exporter(service, &env, &shop)?.measured(app),
         service.name(),
     );
-    let addr = env.listen_addr(Role::Participant(service))?;
+    let addr = listener.local_addr()?;
     info!("{service} (choreography) on http://{addr}/readyz");
-    let served = probe::serve(addr, app, probe::terminated()).await;
+    let served = probe::serve(listener, app, probe::terminated()).await;
     reads::stop_health(health).await;
     served?;
     match Arc::try_unwrap(shop) {

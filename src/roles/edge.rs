@@ -364,15 +364,16 @@ async fn order(
 
 /// Runs the gateway until SIGTERM.
 pub async fn run(env: Env) -> anyhow::Result<()> {
+    let listener = probe::listen(env.listen_addr(Role::Gateway)?).await?;
     let key = crate::config::jwt_key()?;
     let verifier = Verifier::hs256(key.expose(), ISSUER, AUDIENCE);
     let rate = Rate::new(200, 100.0)?;
     let (app, _metrics) = app(&env, verifier, rate)?;
-    let addr = env.listen_addr(Role::Gateway)?;
+    let addr = listener.local_addr()?;
     info!(
         "gateway on http://{addr}: POST /checkouts, GET /checkouts/{{id}} (bearer token)"
     );
-    probe::serve(addr, app, probe::terminated()).await?;
+    probe::serve(listener, app, probe::terminated()).await?;
     info!("gateway stopped");
     Ok(())
 }

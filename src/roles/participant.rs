@@ -33,6 +33,8 @@ const HEALTHY: Duration = Duration::from_secs(10);
 
 /// Runs `service` until SIGTERM.
 pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
+    let listener =
+        probe::listen(env.listen_addr(Role::Participant(service))?).await?;
     let pool = orchestration::pool(&env.database_url, 1)?;
     let amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
     let queue = env.names.queue(service);
@@ -68,10 +70,10 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
         })
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let addr = env.listen_addr(Role::Participant(service))?;
+    let addr = listener.local_addr()?;
     let (reads_app, health) = reads::routes(service, reads, Arc::clone(&ready))?;
     let app = exporter.measured(probe::routes(ready).merge(reads_app));
-    let http = tokio::spawn(probe::serve(addr, app, async {
+    let http = tokio::spawn(probe::serve(listener, app, async {
         if http_stopped.await.is_err() {
             tracing::debug!("probe server's stop handle dropped");
         }

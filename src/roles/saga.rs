@@ -51,6 +51,7 @@ struct Shared {
 
 /// Runs the saga service until SIGTERM.
 pub async fn run(env: Env) -> anyhow::Result<()> {
+    let listener = probe::listen(env.listen_addr(Role::Saga)?).await?;
     let log = Arc::new(connect_log(&env).await?);
     let shared =
         Shared { log: Arc::clone(&log), starter: Arc::new(RwLock::new(None)) };
@@ -99,8 +100,8 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
         .merge(probe::routes(ready));
     let app = telemetry::traced(exporter.measured(app), "saga");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let addr = env.listen_addr(Role::Saga)?;
-    let http = tokio::spawn(probe::serve(addr, app, async {
+    let addr = listener.local_addr()?;
+    let http = tokio::spawn(probe::serve(listener, app, async {
         if http_stopped.await.is_err() {
             tracing::debug!("saga server's stop handle dropped");
         }

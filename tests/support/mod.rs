@@ -6,6 +6,7 @@ pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use orchestration::participant::Names;
@@ -43,15 +44,39 @@ pub struct Shop {
     pub placed: Vec<(Planned, CheckoutView)>,
 }
 
-/// Six free ports on 127.0.0.1, held until all six are chosen so none repeats.
+/// A port on 127.0.0.1 for a process a test starts: free when chosen, never given twice by one
+/// test binary, and below the kernel's ephemeral range, so that neither another test's `bind` to
+/// port 0 nor an outgoing connection takes it between now and the child's `bind`. (A port chosen
+/// by binding port 0 and letting go could be handed to another test's child in that gap, and a
+/// probe would then be answered by the wrong shop.)
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let ephemeral =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+    let (low, span) = (
+        ephemeral.saturating_sub(12_000).max(1024),
+        12_000u16.min(ephemeral - 1024),
+    );
+    // Binaries that run side by side start at different places.
+    let start = (std::process::id() % 40) as u16 * (span / 40);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + (start + n % span) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {low} and {}", low + span)
+}
+
+/// A free port for each role; see [`free_port`].
 fn free_addrs() -> BTreeMap<Role, String> {
-    let listeners: Vec<(Role, TcpListener)> = Role::ALL
+    Role::ALL
         .into_iter()
-        .map(|role| (role, TcpListener::bind("127.0.0.1:0").unwrap()))
-        .collect();
-    listeners
-        .iter()
-        .map(|(role, l)| (*role, l.local_addr().unwrap().to_string()))
+        .map(|role| (role, format!("127.0.0.1:{}", free_port())))
         .collect()
 }
 
