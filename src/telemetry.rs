@@ -293,6 +293,32 @@ pub fn command_span(properties: &lapin::BasicProperties) -> tracing::Span {
 }
 // ANCHOR_END: amqp_trace
 
+// ANCHOR: kafka_trace
+/// How a choreographed checkout's trace crosses Kafka: an event leaves with
+/// the context of the span it was emitted in, in its outbox row's headers (so
+/// the context survives a crash before the relay runs), and the service that
+/// consumes it works in a span that continues that trace.
+pub const KAFKA_TRACING: choreography::service::Tracing =
+    choreography::service::Tracing { inject: kafka_inject, join: kafka_join };
+
+fn kafka_inject(span: &tracing::Span) -> Vec<(String, String)> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let mut headers = std::collections::HashMap::new();
+    trace_context::carrier::inject(&span.context(), &mut headers);
+    headers.into_iter().collect()
+}
+
+fn kafka_join(span: &tracing::Span, headers: &[(String, String)]) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let headers: std::collections::HashMap<String, String> =
+        headers.iter().cloned().collect();
+    let context = trace_context::carrier::extract(&headers);
+    if let Err(error) = span.set_parent(context) {
+        tracing::warn!(%error, "the event's trace context was not joined");
+    }
+}
+// ANCHOR_END: kafka_trace
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,57 +1,36 @@
 //! Logs joined to traces across processes: with `LOG_FORMAT=json` every line a service writes is
-//! one JSON object, and each checkout's `checkout accepted` line in the saga's log carries the
-//! trace id its client chose. The client talks to the gateway, not to the saga: the id reaches
-//! the saga only because the gateway passes the W3C trace context on, and the participants'
-//! lines for its commands carry it too, because the saga sends it with each command.
+//! one JSON object, and each checkout's lines carry the trace id its client chose. The client
+//! talks to the gateway only: the id reaches the services behind it because the gateway passes
+//! the W3C trace context on, and each service passes it on with what it sends: the saga with each
+//! command over RabbitMQ, a choreographed service with each event over Kafka.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde_json::Value;
+use shop::config::Style;
 use shop::scenario;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_each_checkouts_trace_id_from_the_client_to_the_saga_and_its_participants()
  {
-    let Some(mut shop) = support::start_json("json_logs").await else { return };
+    let Some(mut shop) =
+        support::start_json("json_logs", Style::Orchestration).await
+    else {
+        return;
+    };
     let batch = scenario::batch("json");
     let placed = shop.run_batch(batch.clone(), async { Ok(()) }).await;
     shop.placed.extend(placed);
     let logs = std::env::temp_dir().join(&shop.env().names.prefix);
     shop.stop().await;
 
-    let mut lines_of_trace: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    let mut lines = 0;
-    for service in ["gateway", "saga", "inventory", "payments", "shipping", "orders"]
-    {
-        let text =
-            std::fs::read_to_string(logs.join(format!("{service}.log"))).unwrap();
-        for line in text.lines() {
-            let parsed: Value = serde_json::from_str(line).unwrap_or_else(|e| {
-                panic!("{service}: not one JSON object ({e}): {line}")
-            });
-            for field in ["timestamp", "level", "message"] {
-                assert!(
-                    parsed.get(field).is_some(),
-                    "{service}: no {field}: {line}"
-                );
-            }
-            lines += 1;
-            if let Some(trace) = parsed["trace_id"].as_str() {
-                assert_eq!(
-                    parsed["span_id"].as_str().map(str::len),
-                    Some(16),
-                    "{line}"
-                );
-                let mut parsed = parsed.clone();
-                parsed["service"] = service.into();
-                lines_of_trace.entry(trace.to_owned()).or_default().push(parsed);
-            }
-        }
-    }
-    assert!(lines > 50, "only {lines} log lines");
+    let services =
+        ["gateway", "saga", "inventory", "payments", "shipping", "orders"];
+    let lines_of_trace = lines_by_trace(&logs, &services);
     for planned in &batch {
         let found = lines_of_trace.get(&planned.trace_id).unwrap_or_else(|| {
             panic!("no line has {}'s trace id {}", planned.key, planned.trace_id)
@@ -81,4 +60,93 @@ async fn json_logs_carry_each_checkouts_trace_id_from_the_client_to_the_saga_and
             planned.trace_id
         );
     }
+}
+
+/// Choreographed, the trace goes from the client through the gateway to orders, and then only
+/// through Kafka: each event's outbox row keeps the context it was emitted in, the relay sends it
+/// as headers, and the consumer continues it. Inventory and shipping take no request from anyone,
+/// so a line of theirs in the client's trace got there through the events alone; shipping's line
+/// about the payment, through three of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_choreographed_checkouts_trace_crosses_kafka_from_the_client_to_shipping()
+{
+    let Some(mut shop) =
+        support::start_json("json_choreo", Style::Choreography).await
+    else {
+        return;
+    };
+    let batch = scenario::batch("jsonc");
+    let placed = shop.run_batch(batch, async { Ok(()) }).await;
+    shop.placed.extend(placed.clone());
+    let logs = std::env::temp_dir().join(&shop.env().names.prefix);
+    shop.stop().await;
+
+    let services = ["gateway", "orders", "inventory", "payments", "shipping"];
+    let lines_of_trace = lines_by_trace(&logs, &services);
+    let mut shipped = 0;
+    for (planned, view) in &placed {
+        let found = lines_of_trace.get(&planned.trace_id).unwrap_or_else(|| {
+            panic!("no line has {}'s trace id {}", planned.key, planned.trace_id)
+        });
+        // A line of `service`'s about an event of `kind` it consumed.
+        let from = |service: &str, kind: &str| {
+            found.iter().any(|l| {
+                l["service"] == service
+                    && l["message"].as_str().is_some_and(|m| m.starts_with(kind))
+            })
+        };
+        // One hop: orders' OrderPlaced, at inventory.
+        assert!(
+            from("inventory", "OrderPlaced:"),
+            "inventory's OrderPlaced is not in {}'s trace {}: {found:#?}",
+            planned.key,
+            planned.trace_id
+        );
+        // Three hops: OrderPlaced to inventory, StockReserved to payments, PaymentAuthorized
+        // to shipping.
+        if view.status == "confirmed" {
+            shipped += 1;
+            assert!(
+                from("shipping", "PaymentAuthorized:"),
+                "shipping's PaymentAuthorized is not in {}'s trace {}: {found:#?}",
+                planned.key,
+                planned.trace_id
+            );
+        }
+    }
+    assert!(shipped > 0, "no checkout of the batch was confirmed: {placed:#?}");
+}
+
+/// Every service's log lines that name a trace, by trace id, each with a `service` field added;
+/// every line must be one JSON object with a timestamp, a level and a message.
+fn lines_by_trace(logs: &Path, services: &[&str]) -> BTreeMap<String, Vec<Value>> {
+    let mut lines_of_trace: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut lines = 0;
+    for service in services {
+        let text =
+            std::fs::read_to_string(logs.join(format!("{service}.log"))).unwrap();
+        for line in text.lines() {
+            let mut parsed: Value = serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!("{service}: not one JSON object ({e}): {line}")
+            });
+            for field in ["timestamp", "level", "message"] {
+                assert!(
+                    parsed.get(field).is_some(),
+                    "{service}: no {field}: {line}"
+                );
+            }
+            lines += 1;
+            if let Some(trace) = parsed["trace_id"].as_str().map(str::to_owned) {
+                assert_eq!(
+                    parsed["span_id"].as_str().map(str::len),
+                    Some(16),
+                    "{line}"
+                );
+                parsed["service"] = (*service).into();
+                lines_of_trace.entry(trace).or_default().push(parsed);
+            }
+        }
+    }
+    assert!(lines > 50, "only {lines} log lines");
+    lines_of_trace
 }

@@ -52,6 +52,7 @@ pub fn shop_config(env: &Env) -> Config {
         seed: crate::shop::seed(),
         faults: Faults::default(),
         relay_poll: Duration::from_millis(200),
+        tracing: Some(crate::telemetry::KAFKA_TRACING),
     }
 }
 

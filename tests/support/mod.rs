@@ -120,9 +120,8 @@ pub async fn start_with(test: &str, style: Style, brokers: Brokers) -> Option<Sh
 }
 
 /// [`start`], every service logging one JSON object per line.
-pub async fn start_json(test: &str) -> Option<Shop> {
-    start_logging(test, Style::Orchestration, Brokers::shared(), LogFormat::Json)
-        .await
+pub async fn start_json(test: &str, style: Style) -> Option<Shop> {
+    start_logging(test, style, Brokers::shared(), LogFormat::Json).await
 }
 
 async fn start_logging(

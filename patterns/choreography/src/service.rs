@@ -25,8 +25,24 @@ pub struct Service<S> {
     pool: Pool,
     schema: String,
     topics: Topics,
+    tracing: Option<Tracing>,
     rules: PhantomData<fn() -> S>,
 }
+
+// ANCHOR: tracing
+/// How a checkout's trace crosses Kafka, for a process that exports traces
+/// (the capstone does): each emitted event carries the context of the span it
+/// was emitted in, and the service that consumes it works in a span that
+/// continues that trace. This crate carries the headers; the process's tracing
+/// setup writes and reads them, so the chapter's examples compile no tracer.
+#[derive(Clone, Copy, Debug)]
+pub struct Tracing {
+    /// The trace context of `span`, as headers ([`wire::TRACE_HEADERS`]).
+    pub inject: fn(span: &Span) -> Vec<(String, String)>,
+    /// Makes `span` continue the trace an incoming event's headers carry.
+    pub join: fn(span: &Span, headers: &[(String, String)]),
+}
+// ANCHOR_END: tracing
 
 /// What applying a message did.
 #[derive(Debug)]
@@ -72,7 +88,34 @@ impl<S: Store> Service<S> {
         let pool = outbox::pool(url, 1)?;
         drop(pool.get().await?);
         let rules = PhantomData;
-        Ok(Service { pool, schema: schema.to_owned(), topics, rules })
+        let schema = schema.to_owned();
+        Ok(Service { pool, schema, topics, tracing: None, rules })
+    }
+
+    /// The service with its events' trace context handled by `tracing`.
+    pub fn with_tracing(mut self, tracing: Option<Tracing>) -> Self {
+        self.tracing = tracing;
+        self
+    }
+
+    /// `row` with the trace context of `span` in its headers, when this
+    /// process traces.
+    fn traced(&self, mut row: OutboxEvent, span: &Span) -> OutboxEvent {
+        for (name, value) in
+            self.tracing.map(|t| (t.inject)(span)).unwrap_or_default()
+        {
+            row = row.header(name, value);
+        }
+        row
+    }
+
+    /// The span of the work `incoming` causes, continuing its trace.
+    fn span_of(&self, incoming: &Incoming) -> Span {
+        let span = incoming_span(S::SERVICE, incoming);
+        if let Some(tracing) = self.tracing.filter(|_| !incoming.trace.is_empty()) {
+            (tracing.join)(&span, &incoming.trace);
+        }
+        span
     }
 
     /// Creates the schema, the outbox and inbox, and the service's tables.
@@ -115,6 +158,7 @@ impl<S: Store> Service<S> {
         let mut emitted = Vec::new();
         for event in &events {
             let row = outbox_event(event, topics, correlation, Some(cause))?;
+            let row = self.traced(row, &Span::current());
             outbox::enqueue(&tx, schema, &row).await?;
             emitted.push(row);
         }
@@ -150,12 +194,8 @@ impl<S: Store> Service<S> {
         let (correlation, cause) = (&incoming.correlation_id, incoming.event_id);
         let mut emitted = Vec::new();
         for event in &events {
-            emitted.push(outbox_event(
-                event,
-                &self.topics,
-                correlation,
-                Some(cause),
-            )?);
+            let row = outbox_event(event, &self.topics, correlation, Some(cause))?;
+            emitted.push(self.traced(row, &Span::current()));
         }
         for row in &emitted {
             producer.publish_now(row).await?;
@@ -173,7 +213,7 @@ impl<S: Store> Service<S> {
         if !S::listens_to(incoming.event.kind()) {
             return Ok(Delivery::Ignored);
         }
-        let span = incoming_span(S::SERVICE, &incoming);
+        let span = self.span_of(&incoming);
         let delivery = self.apply(&incoming).instrument(span.clone()).await?;
         narrate(&span, &delivery);
         Ok(delivery)
@@ -190,7 +230,7 @@ impl<S: Store> Service<S> {
         if !S::listens_to(incoming.event.kind()) {
             return Ok(Delivery::Ignored);
         }
-        let span = incoming_span(S::SERVICE, &incoming);
+        let span = self.span_of(&incoming);
         let apply = self.apply_then_publish(&incoming, producer);
         let delivery = apply.instrument(span.clone()).await?;
         narrate(&span, &delivery);
@@ -236,6 +276,7 @@ impl Service<Orders> {
         for event in &events {
             let row =
                 outbox_event(event, &self.topics, correlation_id, Some(request_id))?;
+            let row = self.traced(row, &span);
             outbox::enqueue(&tx, &self.schema, &row).await?;
             emitted.push(row);
         }

@@ -44,7 +44,7 @@ use tracing::{Instrument, Span, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::faults::DiesBeforePublishing;
-use crate::service::{Delivery, Service, incoming_span, span};
+use crate::service::{Delivery, Service, Tracing, incoming_span, span};
 use crate::store::{Store, seed};
 use crate::wire::{Topics, short};
 use crate::{Error, Schemas, wire};
@@ -97,6 +97,8 @@ pub struct Config {
     /// wakes its own relay after each commit; this only bounds the wait for rows
     /// left behind by an earlier life.
     pub relay_poll: Duration,
+    /// How the services' events carry a checkout's trace; none by default.
+    pub tracing: Option<Tracing>,
 }
 
 impl Config {
@@ -111,6 +113,7 @@ impl Config {
             seed,
             faults: Faults::default(),
             relay_poll: Duration::from_millis(200),
+            tracing: None,
         }
     }
 }
@@ -283,7 +286,9 @@ impl Shop {
         let schemas = Schemas::new(&config.prefix);
         let url = &config.database_url;
         let orders =
-            Service::<Orders>::connect(url, &schemas.orders, topics.clone()).await?;
+            Service::<Orders>::connect(url, &schemas.orders, topics.clone())
+                .await?
+                .with_tracing(config.tracing);
         let reader = connect(url).await?;
 
         let (stop, stop_rx) = watch::channel(false);

@@ -72,7 +72,14 @@ pub struct Incoming {
     pub causation_id: Option<Uuid>,
     /// The event itself.
     pub event: Event,
+    /// The W3C trace context headers it arrived with ([`TRACE_HEADERS`]), as
+    /// they came; empty when its producer sent none.
+    pub trace: Vec<(String, String)>,
 }
+
+/// The headers of the W3C trace context: a process that traces puts the context
+/// of the work that emitted an event in them ([`crate::service::Tracing`]).
+pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
 /// Why a message cannot be read: it is dead-lettered with this reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -140,7 +147,13 @@ pub fn decode<M: Message>(message: &M) -> Result<Incoming, DecodeError> {
     let correlation_id = required(header::CORRELATION_ID)?.to_owned();
     let causation_id = uuid_header(message, CAUSATION_ID)?;
     let event = event_from(kind, message.payload().unwrap_or_default())?;
-    Ok(Incoming { event_id, correlation_id, causation_id, event })
+    let trace = TRACE_HEADERS
+        .into_iter()
+        .filter_map(|name| {
+            Some((name.to_owned(), header_str(message, name)?.to_owned()))
+        })
+        .collect();
+    Ok(Incoming { event_id, correlation_id, causation_id, event, trace })
 }
 
 /// The event of type `kind` whose data is `payload`.

@@ -93,7 +93,8 @@ async fn run_process<S: Store + 'static>(
     let (config, schema) = (&shared.config, shared.schemas.of(me));
     let mut service =
         Service::<S>::connect(&config.database_url, schema, shared.topics.clone())
-            .await?;
+            .await?
+            .with_tracing(config.tracing);
     let group = shared.topics.group(me);
     let consumer = consumer(&config.brokers, &group)?;
     let sources = sources::<S>(&shared.topics);
