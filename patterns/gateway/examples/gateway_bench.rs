@@ -8,6 +8,13 @@
 //! log subscriber is installed, so the services' per-request logs cost nothing here.
 //! Figures are for this machine and this run only; compare them with each other, not with
 //! numbers from elsewhere.
+//!
+//! The client, the gateway and the services share one thread. In production each is a process
+//! of its own; here, on a multi-threaded runtime, a request would wait for wakeups between the
+//! runtime's worker threads that come from putting three programs in one process, and on a
+//! 2-core machine those waits were most of what the gateway seemed to add. A proxy that does
+//! nothing but pass the request on is measured beside the gateway: the difference between the
+//! two is what the gateway's own work (token, limit, routing) costs.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +27,7 @@ use serde_json::{Value, json};
 
 const ROUNDS: usize = 2_000;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let orders = http_json::server::spawn(Default::default()).await?;
     let payments = grpc::server::spawn(Default::default()).await?;
@@ -61,11 +68,26 @@ async fn main() -> anyhow::Result<()> {
     ensure!(paid.await?.status() == 201);
 
     let direct = format!("{}/v2/orders/{id}", orders.base_url());
+    let passed =
+        format!("{}/v2/orders/{id}", pass_through(orders.base_url()).await?);
     let routed = format!("{gw}/orders/{id}");
-    let direct = measure(|| http.get(&direct).send()).await?;
-    let routed = measure(|| http.get(&routed).bearer_auth(&token).send()).await?;
+    // Taken in turns, one request of each per round, so that whatever else the machine does
+    // at a moment falls on the three alike.
+    let [direct, passed, routed] = measure_in_turns([
+        Box::pin(|| http.get(&direct)) as Send<'_>,
+        Box::pin(|| http.get(&passed)),
+        Box::pin(|| http.get(&routed).bearer_auth(&token)),
+    ])
+    .await?;
     report("GET order, direct to orders", &direct);
+    report("GET order, through a proxy that does nothing", &passed);
     report("GET order, through the gateway", &routed);
+    let p50 = |s: &Sample| s.percentile(50.0).as_micros() as i128;
+    println!(
+        "added at p50: {} us by the hop, {} us by the gateway's own work",
+        p50(&passed) - p50(&direct),
+        p50(&routed) - p50(&passed)
+    );
 
     let calls = || {
         let g = &running.gateway;
@@ -90,9 +112,91 @@ async fn main() -> anyhow::Result<()> {
         &graphql,
     );
 
+    // The gateway's own work, each part alone, many times over: what one request pays for it.
+    let verifier = running.gateway.verifier();
+    let limiter = &running.gateway.limiter;
+    let verify =
+        per_call(|| verifier.verify(&token).map_err(|r| anyhow::anyhow!("{r:?}")))?;
+    let limit =
+        per_call(|| limiter.check("bench").map_err(|w| anyhow::anyhow!("{w:?}")))?;
+    let request_id = per_call(|| anyhow::Ok(uuid::Uuid::new_v4()))?;
+    println!(
+        "each part alone: token {verify} ns, rate limit {limit} ns, request id {request_id} ns"
+    );
     running.shutdown().await?;
     println!("done: {ROUNDS} measured requests per line, after as many to warm up");
     Ok(())
+}
+
+/// How long one call of `work` takes, averaged over many.
+fn per_call<T>(mut work: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<u128> {
+    const CALLS: u32 = 20_000;
+    let began = Instant::now();
+    for _ in 0..CALLS {
+        std::hint::black_box(work()?);
+    }
+    Ok(began.elapsed().as_nanos() / u128::from(CALLS))
+}
+
+/// A proxy that does nothing but pass each request to `backend` and its answer back (method,
+/// path and body; status and body): the floor under any gateway's added time.
+async fn pass_through(backend: String) -> anyhow::Result<String> {
+    let http = reqwest::Client::new();
+    let pass = move |request: axum::extract::Request| {
+        let (http, backend) = (http.clone(), backend.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await?;
+            let url = format!("{backend}{}", parts.uri);
+            let answer = http.request(parts.method, url).body(body).send().await?;
+            let status = answer.status();
+            anyhow::Ok((status, answer.bytes().await?))
+        }
+    };
+    let app = axum::Router::new().fallback(move |request| {
+        let pass = pass.clone();
+        async move {
+            pass(request).await.map_err(|e| {
+                (axum::http::StatusCode::BAD_GATEWAY, format!("pass-through: {e:#}"))
+            })
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            eprintln!("the pass-through proxy stopped: {error}");
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+/// Sends one request, boxed so that several kinds fit in one list.
+type Send<'a> = std::pin::Pin<Box<dyn Fn() -> reqwest::RequestBuilder + 'a>>;
+
+/// [`measure`] for several kinds of request at once, taken in turns.
+async fn measure_in_turns<const N: usize>(
+    sends: [Send<'_>; N],
+) -> anyhow::Result<[Sample; N]> {
+    let mut took: [Vec<Duration>; N] =
+        std::array::from_fn(|_| Vec::with_capacity(ROUNDS));
+    for round in 0..ROUNDS * 2 {
+        for (send, took) in sends.iter().zip(&mut took) {
+            let began = Instant::now();
+            let response = send().send().await?;
+            let status = response.status();
+            response.bytes().await?;
+            ensure!(status == 200, "answered {status}");
+            if round >= ROUNDS {
+                took.push(began.elapsed());
+            }
+        }
+    }
+    let samples: Vec<Sample> = took
+        .into_iter()
+        .map(|t| Sample::new(t).context("no measurements"))
+        .collect::<anyhow::Result<_>>()?;
+    samples.try_into().map_err(|_| anyhow::anyhow!("a sample went missing"))
 }
 
 /// Runs `send` ROUNDS times to warm up, then ROUNDS times measured; every
