@@ -309,13 +309,9 @@ fn kafka_inject(span: &tracing::Span) -> Vec<(String, String)> {
 }
 
 fn kafka_join(span: &tracing::Span, headers: &[(String, String)]) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let headers: std::collections::HashMap<String, String> =
         headers.iter().cloned().collect();
-    let context = trace_context::carrier::extract(&headers);
-    if let Err(error) = span.set_parent(context) {
-        tracing::warn!(%error, "the event's trace context was not joined");
-    }
+    trace_context::hops::adopt(span, trace_context::carrier::extract(&headers));
 }
 // ANCHOR_END: kafka_trace
 

@@ -56,10 +56,9 @@ pub fn free_port() -> u16 {
             .ok()
             .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
             .unwrap_or(32768);
-    let (low, span) = (
-        ephemeral.saturating_sub(12_000).max(1024),
-        12_000u16.min(ephemeral - 1024),
-    );
+    // Up to 12,000 ports just under the range, none under 1024.
+    let low = ephemeral.saturating_sub(12_000).max(1024);
+    let span = ephemeral.saturating_sub(low).max(1);
     // Binaries that run side by side start at different places.
     let start = (std::process::id() % 40) as u16 * (span / 40);
     for _ in 0..span {
