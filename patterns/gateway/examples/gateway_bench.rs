@@ -71,12 +71,10 @@ async fn main() -> anyhow::Result<()> {
     let passed =
         format!("{}/v2/orders/{id}", pass_through(orders.base_url()).await?);
     let routed = format!("{gw}/orders/{id}");
-    // Taken in turns, one request of each per round, so that whatever else the machine does
-    // at a moment falls on the three alike.
-    let [direct, passed, routed] = measure_in_turns([
-        Box::pin(|| http.get(&direct)) as Send<'_>,
-        Box::pin(|| http.get(&passed)),
-        Box::pin(|| http.get(&routed).bearer_auth(&token)),
+    let [direct, passed, routed] = measure([
+        Box::new(|| http.get(&direct)) as Request<'_>,
+        Box::new(|| http.get(&passed)),
+        Box::new(|| http.get(&routed).bearer_auth(&token)),
     ])
     .await?;
     report("GET order, direct to orders", &direct);
@@ -94,17 +92,18 @@ async fn main() -> anyhow::Result<()> {
         g.orders.backend.calls() + g.payments.backend.calls()
     };
     let before = calls();
-    let rest = format!("{gw}/checkout/{id}");
-    let rest = measure(|| http.get(&rest).bearer_auth(&token).send()).await?;
+    let view = format!("{gw}/checkout/{id}");
+    let rest = Box::new(|| http.get(&view).bearer_auth(&token)) as Request<'_>;
+    let [rest] = measure([rest]).await?;
     let rest_calls = (calls() - before) as f64 / (ROUNDS * 2) as f64;
     let query = json!({ "query": format!(
         r#"{{ checkout(orderId: "{id}") {{ order {{ total {{ amount }} }} payment {{ status }} missing }} }}"#
     )});
     let before = calls();
     let graphql = format!("{gw}/graphql");
-    let graphql =
-        measure(|| http.post(&graphql).bearer_auth(&token).json(&query).send())
-            .await?;
+    let graphql = Box::new(|| http.post(&graphql).bearer_auth(&token).json(&query))
+        as Request<'_>;
+    let [graphql] = measure([graphql]).await?;
     let graphql_calls = (calls() - before) as f64 / (ROUNDS * 2) as f64;
     report(&format!("checkout view, REST ({rest_calls} backend calls)"), &rest);
     report(
@@ -171,19 +170,21 @@ async fn pass_through(backend: String) -> anyhow::Result<String> {
     Ok(format!("http://{addr}"))
 }
 
-/// Sends one request, boxed so that several kinds fit in one list.
-type Send<'a> = std::pin::Pin<Box<dyn Fn() -> reqwest::RequestBuilder + 'a>>;
+/// Builds one request, boxed so that several kinds fit in one list.
+type Request<'a> = Box<dyn Fn() -> reqwest::RequestBuilder + 'a>;
 
-/// [`measure`] for several kinds of request at once, taken in turns.
-async fn measure_in_turns<const N: usize>(
-    sends: [Send<'_>; N],
+/// Sends each kind of request ROUNDS times to warm up, then ROUNDS times
+/// measured, one of each kind per round, so that whatever else the machine
+/// does at a moment falls on every kind alike; every answer must be 200.
+async fn measure<const N: usize>(
+    requests: [Request<'_>; N],
 ) -> anyhow::Result<[Sample; N]> {
     let mut took: [Vec<Duration>; N] =
         std::array::from_fn(|_| Vec::with_capacity(ROUNDS));
     for round in 0..ROUNDS * 2 {
-        for (send, took) in sends.iter().zip(&mut took) {
+        for (request, took) in requests.iter().zip(&mut took) {
             let began = Instant::now();
-            let response = send().send().await?;
+            let response = request().send().await?;
             let status = response.status();
             response.bytes().await?;
             ensure!(status == 200, "answered {status}");
@@ -197,27 +198,6 @@ async fn measure_in_turns<const N: usize>(
         .map(|t| Sample::new(t).context("no measurements"))
         .collect::<anyhow::Result<_>>()?;
     samples.try_into().map_err(|_| anyhow::anyhow!("a sample went missing"))
-}
-
-/// Runs `send` ROUNDS times to warm up, then ROUNDS times measured; every
-/// answer must be 200.
-async fn measure<F, R>(send: F) -> anyhow::Result<Sample>
-where
-    F: Fn() -> R,
-    R: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
-{
-    let mut took = Vec::with_capacity(ROUNDS);
-    for round in 0..ROUNDS * 2 {
-        let began = Instant::now();
-        let response = send().await?;
-        let status = response.status();
-        response.bytes().await?;
-        ensure!(status == 200, "answered {status}");
-        if round >= ROUNDS {
-            took.push(began.elapsed());
-        }
-    }
-    Sample::new(took).context("no measurements")
 }
 
 fn report(what: &str, sample: &Sample) {
