@@ -58,7 +58,11 @@ pub fn free_port() -> u16 {
             .unwrap_or(32768);
     // Up to 12,000 ports just under the range, none under 1024.
     let low = ephemeral.saturating_sub(12_000).max(1024);
-    let span = ephemeral.saturating_sub(low).max(1);
+    let span = ephemeral.saturating_sub(low);
+    assert!(
+        span >= 1000,
+        "the ephemeral port range starts at {ephemeral}: too little room below it for test ports"
+    );
     // Binaries that run side by side start at different places.
     let start = (std::process::id() % 40) as u16 * (span / 40);
     for _ in 0..span {

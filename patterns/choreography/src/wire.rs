@@ -249,6 +249,28 @@ mod tests {
     }
 
     #[test]
+    fn the_trace_context_an_event_was_emitted_in_arrives_with_it_and_nothing_else_does()
+     {
+        let topics = Topics::new("shop");
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let row = outbox_event(&placed(), &topics, "chk-1", None)
+            .unwrap()
+            .header("traceparent", parent)
+            .header("tracestate", "shop=1")
+            .header("baggage", "tenant=7");
+        let incoming = decode(&published(&row)).unwrap();
+        let expected = [("traceparent", parent), ("tracestate", "shop=1")];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(incoming.trace, expected);
+        // An event from a producer that does not trace carries none.
+        let untraced = outbox_event(&placed(), &topics, "chk-1", None).unwrap();
+        assert!(decode(&published(&untraced)).unwrap().trace.is_empty());
+    }
+
+    #[test]
     fn unknown_types_bad_payloads_and_missing_ids_are_refused_with_a_reason() {
         let id = Uuid::new_v4().to_string();
         let base = [
