@@ -32,8 +32,8 @@ pub struct Options {
 }
 
 /// The roles, as `shop role ROLE` and `--kill ROLE` take them.
-pub const ROLES: &str =
-    "roles: inventory, payments, shipping, orders, saga, gateway";
+pub const ROLES: &str = "roles: inventory, payments, shipping, orders, saga (orchestration), \
+                         notifications (choreography), gateway";
 const USAGE: &str = "usage: shop [--style orchestration|choreography] \
                      [--serve | --kill ROLE | --chaos [SEED]] [--metrics ROLE] | shop role ROLE | \
                      shop setup";
@@ -241,6 +241,9 @@ pub async fn teardown(env: &Env) -> anyhow::Result<()> {
         Style::Choreography => {
             let config = crate::roles::choreographed::shop_config(env);
             choreography::shop::Shop::tear_down(&config).await?;
+            let pool = orchestration::pool(&env.database_url, 1)?;
+            crate::roles::notifications::drop_schema(&*pool.get().await?, env)
+                .await?;
         }
     }
     Ok(())
@@ -295,6 +298,12 @@ async fn serve_until_stopped(env: &Env, client: &Client) -> anyhow::Result<()> {
     println!("  grpcurl -plaintext {payments} grpc.health.v1.Health/Check");
     for role in env.style.roles() {
         println!("  curl -s {}/readyz     # {role}", env.url(role));
+    }
+    if env.style.roles().contains(&Role::Notifications) {
+        println!(
+            "Watch every order move, live (WebSocket): open {}/ in a browser",
+            env.url(Role::Notifications)
+        );
     }
     if let Ok(endpoint) = std::env::var(crate::config::OTLP_VAR) {
         println!(
@@ -360,7 +369,7 @@ async fn run_batch(
         );
         println!("{:>14} {}", "", view.steps.join(" -> "));
         // Shown, not checked: a service still restarting after a kill is said, not fatal.
-        let records = match client.order(&planned.customer, &view.order_id).await {
+        let records = match client.order_in(planned).await {
             Ok(records) => as_recorded(records.as_ref()),
             Err(error) => format!("orders and payments could not be asked: {error}"),
         };
@@ -390,9 +399,13 @@ async fn run_batch(
         bail!("{} promise(s) broken", findings.broken.len());
     }
     let confirmed = placed.iter().filter(|(_, v)| v.status == "confirmed").count();
+    let told = match env.style {
+        Style::Orchestration => "",
+        Style::Choreography => "; the notifications service told each customer once",
+    };
     println!(
         "every checkout ended ({confirmed} confirmed, {} cancelled with a reason); stock and money \
-         add up in each service's own records; nothing dead-lettered",
+         add up in each service's own records; nothing dead-lettered{told}",
         placed.len() - confirmed
     );
     if let Some(role) = options.metrics {

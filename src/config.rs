@@ -21,17 +21,22 @@ pub enum Role {
     Saga,
     /// The public edge: verifies tokens, limits each client, forwards to the saga.
     Gateway,
+    /// Reads every event of the choreographed shop, tells each customer how their checkout
+    /// ended, and serves the live page (WebSocket).
+    Notifications,
 }
 
 impl Role {
     /// Every role, in the order the supervisor starts them: the participants first (so a command
-    /// finds its consumer), then the saga, then the edge that lets traffic in.
-    pub const ALL: [Role; 6] = [
+    /// finds its consumer), then the saga and the notifications, then the edge that lets traffic
+    /// in.
+    pub const ALL: [Role; 7] = [
         Role::Participant(Service::Inventory),
         Role::Participant(Service::Payments),
         Role::Participant(Service::Shipping),
         Role::Participant(Service::Orders),
         Role::Saga,
+        Role::Notifications,
         Role::Gateway,
     ];
 
@@ -41,6 +46,7 @@ impl Role {
             Role::Participant(service) => service.name(),
             Role::Saga => "saga",
             Role::Gateway => "gateway",
+            Role::Notifications => "notifications",
         }
     }
 
@@ -50,7 +56,8 @@ impl Role {
     }
 
     /// The documented port: the gateway on 8080, the saga on 8090, the participants on 8091 to
-    /// 8094. Each serves `/healthz` and `/readyz` there; the saga and the gateway their API too.
+    /// 8094, the notifications on 8095. Each serves `/healthz` and `/readyz` there; the saga and
+    /// the gateway their API too, the notifications the live page.
     pub fn default_port(self) -> u16 {
         match self {
             Role::Gateway => 8080,
@@ -59,6 +66,7 @@ impl Role {
             Role::Participant(Service::Payments) => 8092,
             Role::Participant(Service::Shipping) => 8093,
             Role::Participant(Service::Orders) => 8094,
+            Role::Notifications => 8095,
         }
     }
 
@@ -101,14 +109,14 @@ impl Style {
             .find(|s| s.name() == name)
     }
 
-    /// The roles a shop of this style runs, in the order they start.
+    /// The roles a shop of this style runs, in the order they start: the saga only where it
+    /// orchestrates, the notifications only where every step is an event on Kafka for it to read.
     pub fn roles(self) -> Vec<Role> {
-        match self {
-            Style::Orchestration => Role::ALL.to_vec(),
-            Style::Choreography => {
-                Role::ALL.into_iter().filter(|r| *r != Role::Saga).collect()
-            }
-        }
+        let left_out = match self {
+            Style::Orchestration => Role::Notifications,
+            Style::Choreography => Role::Saga,
+        };
+        Role::ALL.into_iter().filter(|r| *r != left_out).collect()
     }
 
     /// The role that takes checkouts behind the gateway: the saga service, or the orders
@@ -172,7 +180,7 @@ pub const OTLP_VAR: &str = trace_context::setup::OTLP_ENDPOINT;
 /// for, and the logging setup's. The deployment files set nothing else (`tests/manifests.rs`
 /// holds them to it), so a typo or a leftover cannot hide there. The OpenTelemetry SDK reads more
 /// of its own `OTEL_*` variables (service name, headers, sampling); they are not listed here.
-pub const VARS: [&str; 17] = [
+pub const VARS: [&str; 18] = [
     OTLP_VAR,
     crate::probe::SUPERVISED_VAR,
     LOG_FORMAT_VAR,
@@ -190,6 +198,7 @@ pub const VARS: [&str; 17] = [
     "SHOP_PAYMENTS_ADDR",
     "SHOP_SHIPPING_ADDR",
     "SHOP_ORDERS_ADDR",
+    "SHOP_NOTIFICATIONS_ADDR",
 ];
 
 /// `host:port` with a port number and a host of letters, digits, `.`, `-` or an IP address.

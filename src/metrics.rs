@@ -353,6 +353,70 @@ pub fn catch_up(counter: &Counter, now: u64) {
     counter.inc_by(now.saturating_sub(counter.get()));
 }
 
+/// A process's side of RabbitMQ: what was delivered to it, how much of that was redelivered, and
+/// the broker's answers to what it published with publisher confirms. The participants count
+/// commands in and replies out, the saga replies in and commands out: `delivered` and
+/// `published` name which, for the help texts.
+pub struct AmqpCounts {
+    deliveries: Counter,
+    redeliveries: Counter,
+    confirms: Family<OutcomeLabels, Counter>,
+}
+
+impl AmqpCounts {
+    /// Registers `shop_amqp_deliveries`, `shop_amqp_redeliveries` and `shop_amqp_confirms`.
+    pub fn register(
+        registry: &mut Registry,
+        delivered: &str,
+        published: &str,
+    ) -> Self {
+        let deliveries = Counter::default();
+        registry.register(
+            "shop_amqp_deliveries",
+            format!("{delivered} RabbitMQ delivered"),
+            deliveries.clone(),
+        );
+        let redeliveries = Counter::default();
+        registry.register(
+            "shop_amqp_redeliveries",
+            format!(
+                "{delivered} RabbitMQ marked redelivered: sent before to a consumer that did \
+                 not acknowledge them"
+            ),
+            redeliveries.clone(),
+        );
+        let confirms = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "shop_amqp_confirms",
+            format!(
+                "{published} published with publisher confirms, by the broker's answer: \
+                 confirmed, or unconfirmed (refused, returned, or no answer before the \
+                 connection went)"
+            ),
+            confirms.clone(),
+        );
+        AmqpCounts { deliveries, redeliveries, confirms }
+    }
+
+    /// Brings each count up to the totals kept elsewhere (see [`catch_up`]); the caller makes
+    /// sure two scrapes do not run this at once.
+    pub fn catch_up(
+        &self,
+        delivered: u64,
+        redelivered: u64,
+        confirmed: u64,
+        unconfirmed: u64,
+    ) {
+        catch_up(&self.deliveries, delivered);
+        catch_up(&self.redeliveries, redelivered);
+        for (outcome, now) in
+            [("confirmed", confirmed), ("unconfirmed", unconfirmed)]
+        {
+            catch_up(&self.confirms.get_or_create(&OutcomeLabels { outcome }), now);
+        }
+    }
+}
+
 /// The labels of a count by outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {

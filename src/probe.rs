@@ -70,6 +70,108 @@ pub async fn serve(
     Ok(())
 }
 
+/// Tries `attempt` until it succeeds, waiting between tries from 100 ms, doubling up to 5 s, and
+/// logging each failure as a failure to reach `what`. `None` when the process is told to stop
+/// first, in the middle of an attempt too (an attempt may wait long for a broker that does not
+/// answer): a role stopped while it waits for its brokers stops at once, and exits 0.
+pub async fn until_connected<T, F, Fut>(what: &str, mut attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    let mut terminated = std::pin::pin!(terminated());
+    loop {
+        let tried = tokio::select! {
+            tried = attempt() => tried,
+            () = &mut terminated => return None,
+        };
+        match tried {
+            Ok(connected) => return Some(connected),
+            Err(error) => {
+                tracing::warn!(
+                    "cannot reach {what} ({error:#}); again in {backoff:?}"
+                )
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = &mut terminated => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The port of a role that is still connecting to what it needs (its database, its broker):
+/// `/healthz` answers alive and `/readyz` answers `503 not ready: starting: ...`, so a probe in
+/// that window is told why instead of waiting for its timeout on a port that accepts and never
+/// answers; every other request gets a `503` problem with `Retry-After: 1`, which a client
+/// retries. [`Starting::done`] stops this stand-in and hands the port back for the role's
+/// server.
+pub struct Starting {
+    kept: std::net::TcpListener,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Starting {
+    /// Answers the probes on `listener` until [`Starting::done`]; `what` says what the role is
+    /// waiting for.
+    pub fn serve(
+        listener: TcpListener,
+        what: &'static str,
+    ) -> anyhow::Result<Starting> {
+        // Two handles on one socket: the stand-in accepts on one, the role's server later on
+        // the other. A connection that arrives in between waits in the socket's backlog.
+        let shared = listener.into_std()?;
+        let kept = shared.try_clone()?;
+        let ready: Check = Arc::new(move || {
+            Box::pin(async move { Err(format!("starting: {what}")) })
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopping = async {
+            if stopped.await.is_err() {
+                tracing::debug!("the stand-in's stop handle was dropped");
+            }
+        };
+        let stand_in = TcpListener::from_std(shared)?;
+        // Any other request (a checkout the gateway forwards, a read) is told to come back, as
+        // a `503` problem with `Retry-After`: a `404` would tell a client the route is wrong and
+        // not to retry.
+        let app = routes(ready).fallback(move || async move {
+            let mut answer = crate::roles::intake::try_again(format!(
+                "the service is starting ({what}); retry in a moment"
+            ));
+            answer.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            answer
+        });
+        let served = tokio::spawn(serve(stand_in, app, stopping));
+        Ok(Starting { kept, stop, served })
+    }
+
+    /// Stops answering for the role (requests in flight finish, for up to a second: a client
+    /// that sent half a request does not hold the role's start) and returns its port.
+    pub async fn done(mut self) -> anyhow::Result<TcpListener> {
+        if self.stop.send(()).is_err() {
+            tracing::warn!("the stand-in server had stopped already");
+        }
+        match tokio::time::timeout(Duration::from_secs(1), &mut self.served).await {
+            Ok(served) => served??,
+            Err(_) => {
+                tracing::warn!(
+                    "a request to the stand-in did not finish in 1 s: dropped"
+                );
+                self.served.abort();
+            }
+        }
+        self.kept.set_nonblocking(true)?;
+        Ok(TcpListener::from_std(self.kept)?)
+    }
+}
+
 /// Set by the supervisor for the roles it starts: such a role also stops when the supervisor's
 /// pipe on its standard input closes. The pipe closes however the supervisor ends, SIGKILL and
 /// a Ctrl-C it did not handle included, so no role outlives it; a role started by hand or by a

@@ -239,8 +239,8 @@ impl Drop for Supervisor {
     }
 }
 
-/// Sends `signal` to the process `pid`.
-fn signal(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
+/// Sends `signal` to the process `pid`, one of this process's own children.
+pub fn signal(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
     let pid = libc::pid_t::try_from(pid)?;
     // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is one of our
     // own children, which stays a zombie (not reused) until its keeper has waited for it.

@@ -262,6 +262,16 @@ async fn server_span(
     trace_context::hops::http_server_span(State(service), request, next).await
 }
 
+/// Writes the trace context of the span this runs in into `headers`: what the gateway's composed
+/// reads carry to orders (HTTP) and payments (gRPC metadata), so they join the caller's trace.
+pub fn propagate(headers: &mut axum::http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    trace_context::carrier::http_headers::inject(
+        &tracing::Span::current().context(),
+        headers,
+    );
+}
+
 // ANCHOR: amqp_trace
 /// The trace context of the span this runs in, as AMQP headers: what the
 /// saga service sends with each command of a checkout, so the participants'

@@ -268,12 +268,37 @@ async fn prometheus_reads_the_shop_and_the_breaker_alert_fires_on_a_hung_saga_an
             prometheus.value(counted).await == Some(applied)
         })
         .await;
-    let delivered =
-        prometheus.value("sum(shop_amqp_deliveries_total)").await.unwrap_or(0.0);
+    let commands = r#"sum(shop_amqp_deliveries_total{service!="saga"})"#;
+    let delivered = prometheus.value(commands).await.unwrap_or(0.0);
     assert!(
         delivered >= applied,
         "{delivered} deliveries for {applied} commands applied"
     );
+    // Both ends of RabbitMQ agree, with nothing killed: every command the broker confirmed to
+    // the saga was delivered to a participant once, and every reply it confirmed to a
+    // participant was delivered to the saga once.
+    let sent =
+        r#"sum(shop_amqp_confirms_total{service="saga",outcome="confirmed"})"#;
+    let replied =
+        r#"sum(shop_amqp_confirms_total{service!="saga",outcome="confirmed"})"#;
+    let to_saga = r#"sum(shop_amqp_deliveries_total{service="saga"})"#;
+    prometheus
+        .until(
+            "the saga's commands and replies counted",
+            Duration::from_secs(10),
+            || async {
+                let (sent, delivered) =
+                    (prometheus.value(sent).await, prometheus.value(commands).await);
+                let (replied, to_saga) = (
+                    prometheus.value(replied).await,
+                    prometheus.value(to_saga).await,
+                );
+                sent.is_some_and(|n| n > 0.0)
+                    && sent == delivered
+                    && replied == to_saga
+            },
+        )
+        .await;
     // Every read behind the gauges worked (the saga log's SQL, the queues).
     let failed = "sum(shop_metrics_refresh_failures_total)";
     assert_eq!(prometheus.value(failed).await, Some(0.0));

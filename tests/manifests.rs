@@ -381,7 +381,7 @@ fn accepted_by_the_code(deployment: &Deployment) -> BTreeSet<Role> {
             .listen_addr(role)
             .unwrap_or_else(|e| panic!("{origin}: no address to listen on: {e}"));
         assert_eq!(listen, SocketAddr::from(([0, 0, 0, 0], port)), "{origin}");
-        for other in Role::ALL {
+        for other in env.style.roles() {
             let var = other.addr_var();
             assert!(container.env.contains_key(&var), "{origin}: {var} is not set");
             assert_eq!(
@@ -398,6 +398,11 @@ fn accepted_by_the_code(deployment: &Deployment) -> BTreeSet<Role> {
         }
     }
     roles
+}
+
+/// The roles the deployment files run: the orchestrated shop's (the style they set).
+fn deployed() -> BTreeSet<Role> {
+    Style::Orchestration.roles().into_iter().collect()
 }
 
 /// `value`'s host (a URL's or a `host:port`'s) is a name the deployment serves, on that port.
@@ -444,8 +449,8 @@ fn the_kubernetes_manifests_give_each_role_an_environment_the_code_accepts() {
     gateway.env.insert(JWT_KEY_VAR.to_owned(), fresh_key());
 
     let roles = accepted_by_the_code(&deployment);
-    assert_eq!(roles, Role::ALL.into_iter().collect(), "a Deployment per role");
-    for role in Role::ALL {
+    assert_eq!(roles, deployed(), "a Deployment per role");
+    for role in deployed() {
         assert!(
             deployment.reachable[role.name()].contains(&role.default_port()),
             "the Service {role} does not serve {}",
@@ -463,7 +468,7 @@ fn the_compose_profile_gives_each_role_an_environment_the_code_accepts() {
     let shell = BTreeMap::from([(JWT_KEY_VAR, fresh_key())]);
     let deployment = compose(&shell);
     let roles = accepted_by_the_code(&deployment);
-    assert_eq!(roles, Role::ALL.into_iter().collect(), "a service per role");
+    assert_eq!(roles, deployed(), "a service per role");
 
     // From a shell without the key, the gateway gets none and refuses to start, saying why.
     let bare = compose(&BTreeMap::new());
@@ -495,7 +500,7 @@ fn prometheus_scrapes_every_role_where_compose_runs_it() {
             scraped.insert(service.clone(), target);
         }
     }
-    let expected: BTreeMap<String, String> = Role::ALL
+    let expected: BTreeMap<String, String> = deployed()
         .into_iter()
         .map(|r| (r.name().to_owned(), format!("{r}:{}", r.default_port())))
         .collect();

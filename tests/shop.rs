@@ -167,7 +167,7 @@ fn count(text: &str, series: &str) -> u64 {
 /// batch per kill point: the promises hold over both batches together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_killed_mid_checkout_at_two_points_and_the_shop_converges() {
-    for role in Role::ALL {
+    for role in Style::Orchestration.roles() {
         let Some(mut shop) = start(role.name()).await else { return };
         for (round, after) in [1, 16].into_iter().enumerate() {
             let from = shop.applied().await;
@@ -191,7 +191,7 @@ async fn every_service_killed_mid_checkout_at_two_points_and_the_shop_converges(
     }
 }
 
-/// The choreographed shop: each of its five services SIGKILLed once mid-batch, at an early point
+/// The choreographed shop: each of its six services SIGKILLed once mid-batch, at an early point
 /// (after the first event of the batch) or a late one (after 20), alternating in a seeded order so
 /// both points are covered. A sample of the matrix, not all of it: a killed Kafka consumer's
 /// partitions wait for its group to expire the dead member, so each kill costs seconds.
@@ -571,5 +571,259 @@ async fn a_service_whose_port_is_taken_stops_at_its_start_and_names_the_port() {
             said.contains(&format!("cannot listen on {addr}")),
             "{role}: {said}"
         );
+    }
+}
+
+/// A live page's WebSocket, read all the time by a task of its own, so that the heartbeat's pings
+/// are answered while the test does other things; dropping it drops the connection without a
+/// close frame.
+struct Page {
+    received: tokio::sync::mpsc::UnboundedReceiver<WsMessage>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+impl Page {
+    async fn open(url: &str) -> Page {
+        use futures::StreamExt;
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let (sent, received) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(message)) = ws.next().await {
+                if sent.send(message).is_err() {
+                    break;
+                }
+            }
+        });
+        Page { received, reader }
+    }
+
+    /// The next message that is not a ping or a pong; panics after 60 s.
+    async fn next_message(&mut self) -> Option<WsMessage> {
+        let read = async {
+            loop {
+                match self.received.recv().await {
+                    Some(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
+                    other => return other,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .expect("a message from the live page's channel within 60 s")
+    }
+
+    /// The next push: a snapshot, a resync or an event.
+    async fn next_push(&mut self) -> realtime::Push<String, String> {
+        match self.next_message().await {
+            Some(WsMessage::Text(text)) => serde_json::from_str(&text).unwrap(),
+            other => panic!("the live page's channel sent {other:?}"),
+        }
+    }
+
+    /// Reads pushes into `last` (each order's latest status) until every order of `expected`
+    /// has its expected status; every event must be numbered one past the one before. Returns
+    /// the last number seen.
+    async fn read_until(
+        &mut self,
+        last: &mut BTreeMap<String, String>,
+        mut seq: u64,
+        expected: &BTreeMap<String, String>,
+    ) -> u64 {
+        while expected.iter().any(|(id, status)| last.get(id) != Some(status)) {
+            let push =
+                tokio::time::timeout(Duration::from_secs(30), self.next_push());
+            let Ok(push) = push.await else {
+                panic!("no push in 30 s; seen {last:#?}, expected {expected:#?}")
+            };
+            match push {
+                realtime::Push::Event(event) => {
+                    assert_eq!(
+                        event.seq,
+                        seq + 1,
+                        "an event was skipped or repeated"
+                    );
+                    seq = event.seq;
+                    last.insert(event.order, event.status);
+                }
+                other => panic!("a second start in one connection: {other:?}"),
+            }
+        }
+        seq
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The scrape of `base` once `series` reads `value`; fails after 10 s with the last scrape.
+async fn scraped_until(base: &str, series: &str, value: u64) -> String {
+    let mut scrape = support::scrape(base).await;
+    for _ in 0..100 {
+        if support::sample::<u64>(&scrape, series) == Some(value) {
+            return scrape;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        scrape = support::scrape(base).await;
+    }
+    panic!("{series} is not {value} after 10 s:\n{scrape}")
+}
+
+/// The live page of the choreographed shop, served by the notifications service: each
+/// checkout's end reaches a connected browser over the WebSocket; a killed notifications service
+/// comes back with every order's status rebuilt from the topics, resyncs a page of its last
+/// life, and tells no customer twice; closes are counted by who ended them; and SIGTERM tells a
+/// connected page "going away" before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_shows_every_end_and_is_rebuilt_from_the_topics_after_a_kill()
+{
+    use realtime::Push;
+    let Some(mut shop) = start_styled("live", Style::Choreography).await else {
+        return;
+    };
+    let notifications = shop.env().addr(Role::Notifications);
+    let page = reqwest::get(format!("http://{notifications}/")).await.unwrap();
+    let page = page.error_for_status().unwrap().text().await.unwrap();
+    assert!(page.contains("new WebSocket"), "not the live page: {page}");
+    assert!(!page.contains("Place an order"), "the shop's page takes no orders");
+    let url = format!("ws://{notifications}/ws");
+    let mut live = Page::open(&url).await;
+    let Push::Snapshot(start) = live.next_push().await else {
+        panic!("a new client starts with a snapshot")
+    };
+
+    let placed = shop.run_batch(scenario::batch("w"), async { Ok(()) }).await;
+    let expected: BTreeMap<String, String> = placed
+        .iter()
+        .map(|(_, view)| {
+            let status = match (view.status.as_str(), &view.reason) {
+                ("cancelled", Some(reason)) => format!("cancelled: {reason}"),
+                (status, _) => status.to_owned(),
+            };
+            (view.order_id.clone(), status)
+        })
+        .collect();
+    let mut last = BTreeMap::new();
+    let seen = live.read_until(&mut last, start.seq, &expected).await;
+    drop(live);
+    shop.placed.extend(placed);
+
+    // Killed for real: the new life has an empty hub and reads the topics from their start.
+    shop.supervisor.kill(Role::Notifications).await.unwrap();
+    let ready = Duration::from_secs(60);
+    shop.supervisor.wait_ready(Role::Notifications, ready).await.unwrap();
+    // A page of the old life comes back with its last number: it is not resumed into the new
+    // life's events that happen to carry the same numbers.
+    let mut live = Page::open(&format!("{url}?after={seen}")).await;
+    let Push::Resync(rebuilt) = live.next_push().await else {
+        panic!("a client of the last life starts again with a resync")
+    };
+    let mut last: BTreeMap<String, String> =
+        rebuilt.orders.into_iter().map(|o| (o.order, o.status)).collect();
+    live.read_until(&mut last, rebuilt.seq, &expected).await;
+    // Every ending was read again, and none was told again.
+    let base = shop.env().url(Role::Notifications);
+    let replayed = "shop_notices_total{outcome=\"already_told\"}";
+    let scrape = scraped_until(&base, replayed, expected.len() as u64).await;
+    let told = "shop_notices_total{outcome=\"told\"}";
+    assert_eq!(support::sample::<u64>(&scrape, told), Some(0), "{scrape}");
+    assert_eq!(
+        support::sample::<i64>(&scrape, "shop_ws_clients"),
+        Some(1),
+        "{scrape}"
+    );
+    // A page that leaves without a goodbye is counted as the client's, under 1006.
+    drop(Page::open(&url).await);
+    let vanished = "shop_ws_closes_total{by=\"client\",code=\"1006\"}";
+    scraped_until(&base, vanished, 1).await;
+
+    // SIGTERM with the page connected: it is told the server is going away, and the process
+    // exits cleanly.
+    let life = shop.supervisor.terminate(Role::Notifications).await.unwrap();
+    assert!(
+        life.last_exit.unwrap().success(),
+        "notifications exited badly on SIGTERM"
+    );
+    let frame = loop {
+        match live.next_message().await {
+            Some(WsMessage::Close(frame)) => break frame.expect("a close code"),
+            Some(WsMessage::Text(_)) => continue,
+            other => panic!("no close frame before the end: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(frame.code), realtime::close::GOING_AWAY);
+    shop.supervisor.wait_ready(Role::Notifications, ready).await.unwrap();
+    shop.assert_promises_kept().await;
+    shop.stop().await;
+}
+
+/// A service still waiting for its database or broker answers its probes at once: alive, and not
+/// ready because it is starting, not a port that accepts and never answers. SIGTERM then stops it.
+#[tokio::test]
+async fn a_service_waiting_for_its_brokers_says_it_is_starting() {
+    // Addresses where nothing listens: the service waits for them, with its backoff.
+    let nowhere = format!("127.0.0.1:{}", support::free_port());
+    let roles = [
+        ("orchestration", Role::Saga),
+        ("choreography", Role::Participant(shop_domain::Service::Inventory)),
+        ("choreography", Role::Notifications),
+    ];
+    for (style, role) in roles {
+        let addr = format!("127.0.0.1:{}", support::free_port());
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop"))
+            .args(["role", role.name()])
+            .env("SHOP_STYLE", style)
+            .env(role.addr_var(), &addr)
+            .env(
+                "DATABASE_URL",
+                format!("postgres://postgres:postgres@{nowhere}/shop"),
+            )
+            .env("KAFKA_BROKERS", &nowhere)
+            .env("AMQP_ADDR", format!("amqp://guest:guest@{nowhere}/%2f"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let said = loop {
+            if let Ok(answer) =
+                http.get(format!("http://{addr}/readyz")).send().await
+            {
+                break (answer.status().as_u16(), answer.text().await.unwrap());
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{role} never answered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(said.0, 503, "{role}: {said:?}");
+        assert!(
+            said.1.starts_with("not ready: starting: waiting for"),
+            "{role}: {said:?}"
+        );
+        let alive = http.get(format!("http://{addr}/healthz")).send().await.unwrap();
+        assert_eq!(alive.status(), 200, "{role}");
+        // Anything else is "come back", never "no such route": a client retries a 503.
+        let early =
+            http.post(format!("http://{addr}/checkouts")).send().await.unwrap();
+        assert_eq!(early.status(), 503, "{role}");
+        assert_eq!(early.headers()["retry-after"], "1", "{role}");
+        let said = early.text().await.unwrap();
+        assert!(said.contains("the service is starting"), "{role}: {said}");
+        let pid = child.id().unwrap();
+        shop::supervisor::signal(pid, libc::SIGTERM).unwrap();
+        let ended =
+            tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        let status = ended
+            .unwrap_or_else(|_| panic!("{role} did not stop on SIGTERM"))
+            .unwrap();
+        assert!(status.success(), "{role} stopped while starting: {status}");
     }
 }

@@ -25,6 +25,14 @@ async fn json_logs_carry_each_checkouts_trace_id_from_the_client_to_the_saga_and
     let batch = scenario::batch("json");
     let placed = shop.run_batch(batch.clone(), async { Ok(()) }).await;
     shop.placed.extend(placed);
+    // A composed read in a confirmed checkout's trace: the gateway asks orders (HTTP) and
+    // payments (gRPC) and carries the trace on to both.
+    let read = batch.iter().find(|p| p.key == "json-1").unwrap();
+    let answer = shop.client.order_in(read).await.unwrap();
+    assert!(
+        answer.is_some_and(|a| a.payment.is_some()),
+        "json-1 has an order and a payment"
+    );
     let logs = std::env::temp_dir().join(&shop.env().names.prefix);
     shop.stop().await;
 
@@ -60,6 +68,21 @@ async fn json_logs_carry_each_checkouts_trace_id_from_the_client_to_the_saga_and
             planned.trace_id
         );
     }
+    let found = &lines_of_trace[&read.trace_id];
+    let said = |service: &str, message: &str| {
+        found.iter().any(|l| {
+            l["service"] == service
+                && l["message"].as_str().is_some_and(|m| m.starts_with(message))
+        })
+    };
+    assert!(
+        said("orders", "order read"),
+        "orders' read is not in the trace: {found:#?}"
+    );
+    assert!(
+        said("payments", "PaymentsForOrders"),
+        "payments' gRPC read is not in the trace: {found:#?}"
+    );
 }
 
 /// Choreographed, the trace goes from the client through the gateway to orders, and then only

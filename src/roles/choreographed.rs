@@ -60,7 +60,18 @@ pub fn shop_config(env: &Env) -> Config {
 pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let listener =
         probe::listen(env.listen_addr(Role::Participant(service))?).await?;
-    let shop = Arc::new(start(service, &env).await?);
+    let starting =
+        probe::Starting::serve(listener, "waiting for Kafka and PostgreSQL")?;
+    let what = format!("Kafka and PostgreSQL for {service}");
+    let services = [service];
+    let start =
+        || async { Ok(Shop::start_only(shop_config(&env), &services).await?) };
+    let Some(shop) = probe::until_connected(&what, start).await else {
+        info!("{service} stopped before it could start");
+        return Ok(());
+    };
+    let shop = Arc::new(shop);
+    let listener = starting.done().await?;
     let pool = orchestration::pool(&env.database_url, 1)?;
     // Reads get a pool of their own: a slow read must not make a readiness probe wait.
     let pool_for_reads = orchestration::pool(&env.database_url, 2)?;
@@ -173,7 +184,7 @@ fn work_done(
     registry.register(
         "shop_events",
         "Events the consumer handled, by outcome: applied, duplicate (absorbed by the inbox), \
-         dead_lettered",
+         dead_lettered, rewound (a step that failed: the event comes again)",
         events.clone(),
     );
     let published = Counter::default();
@@ -203,6 +214,7 @@ fn work_done(
                     ("applied", &c.applied),
                     ("duplicate", &c.duplicates),
                     ("dead_lettered", &c.dead_lettered),
+                    ("rewound", &c.rewound),
                 ] {
                     catch_up(&events.get_or_create(&OutcomeLabels { outcome }), now);
                 }
@@ -214,25 +226,6 @@ fn work_done(
         };
         Box::pin(async move { read })
     })
-}
-
-/// Starts the service, trying again while Kafka or PostgreSQL does not answer.
-async fn start(service: Service, env: &Env) -> anyhow::Result<Shop> {
-    let mut backoff = Duration::from_millis(100);
-    let mut terminated = std::pin::pin!(probe::terminated());
-    loop {
-        match Shop::start_only(shop_config(env), &[service]).await {
-            Ok(shop) => return Ok(shop),
-            Err(error) => {
-                warn!(%error, "cannot start {service}; again in {backoff:?}")
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = &mut terminated => anyhow::bail!("stopped before {service} could start"),
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
 }
 
 async fn place(

@@ -49,6 +49,7 @@ use crate::probe::{self, Check};
 use crate::roles::graph;
 use crate::roles::intake::{IDEMPOTENCY_KEY, invalid_id};
 use crate::roles::reads::OrderView;
+use crate::roles::retries::ReadRetries;
 use crate::telemetry;
 
 /// The issuer a token must name: the identity provider the shop trusts.
@@ -73,6 +74,8 @@ struct Edge {
     orders: Arc<OrdersBackend>,
     /// Payments' gRPC reads, behind a breaker of their own.
     payments: Arc<PaymentsBackend>,
+    /// A second attempt at a read of either that failed, within each one's budget.
+    retries: Arc<ReadRetries>,
     bulkhead: Bulkhead,
     /// Calls the bulkhead turned away, by backend.
     rejected: Counter,
@@ -230,6 +233,8 @@ pub fn app(
         let breakers = breaker_metrics(registry);
         let (rejected, in_flight) =
             watched_bulkhead(registry, backend.name(), bulkhead.clone());
+        let (retries, budgets) =
+            ReadRetries::registered(registry, ORDERS_READS, PAYMENTS_READS);
         let parts = backends(env, &breakers).map(|(saga, orders, payments)| {
             let (s, o, p) =
                 (Arc::clone(&saga), Arc::clone(&orders), Arc::clone(&payments));
@@ -246,6 +251,7 @@ pub fn app(
                     saga,
                     orders,
                     payments,
+                    retries,
                     bulkhead,
                     rejected,
                 },
@@ -255,11 +261,11 @@ pub fn app(
         match parts {
             Ok((edge, state)) => {
                 built = Some(Ok(edge));
-                Some(crate::metrics::all(vec![state, in_flight]))
+                Some(crate::metrics::all(vec![state, in_flight, budgets]))
             }
             Err(error) => {
                 built = Some(Err(error));
-                Some(in_flight)
+                Some(crate::metrics::all(vec![in_flight, budgets]))
             }
         }
     });
@@ -269,6 +275,7 @@ pub fn app(
     let backends = graph::Backends {
         orders: Arc::clone(&edge.orders),
         payments: Arc::clone(&edge.payments),
+        retries: Arc::clone(&edge.retries),
     };
     let graphql = Router::new()
         .route("/graphql", post(graph::endpoint))
@@ -308,6 +315,11 @@ pub fn app(
     Ok((app, exporter))
 }
 
+/// Whether `backend`'s breaker is closed now: a retry is worth making only then.
+pub fn closed(backend: &gateway::backends::Backend) -> bool {
+    backend.breaker.state() == Breaker::Closed
+}
+
 /// The breaker before orders' reads, as its metrics name it: apart from the intake's, which is
 /// also orders when choreographed.
 pub const ORDERS_READS: &str = "orders-reads";
@@ -325,10 +337,13 @@ type Backends = (Arc<CircuitBreaker>, Arc<OrdersBackend>, Arc<PaymentsBackend>);
 fn backends(env: &Env, breakers: &BreakerMetrics) -> anyhow::Result<Backends> {
     let saga = Arc::new(breakers.breaker(env.style.intake().name())?);
     let orders_url = env.url(Role::Participant(Service::Orders));
-    let orders = OrdersBackend::new(orders_url, breakers.breaker(ORDERS_READS)?)?;
+    // The composed reads carry the caller's trace on, as the calls to the intake do.
+    let orders = OrdersBackend::new(orders_url, breakers.breaker(ORDERS_READS)?)?
+        .with_propagation(telemetry::propagate);
     let payments_url = env.url(Role::Participant(Service::Payments));
     let payments =
-        PaymentsBackend::new(payments_url, breakers.breaker(PAYMENTS_READS)?)?;
+        PaymentsBackend::new(payments_url, breakers.breaker(PAYMENTS_READS)?)?
+            .with_propagation(telemetry::propagate);
     Ok((saga, Arc::new(orders), Arc::new(payments)))
 }
 
@@ -351,9 +366,19 @@ async fn order(
     let deadline = Instant::now() + COMPOSE_DEADLINE;
     let (who, path) = (&caller.client, format!("/orders/{order_id}"));
     let ids = vec![order_id.clone()];
+    // Each read tried once more if it failed and its budget allows
+    // (`roles/retries.rs`).
     let (order, payments) = tokio::join!(
-        edge.orders.get_json::<OrderView>(&path, who, deadline),
-        edge.payments.for_orders(ids, who, deadline),
+        edge.retries.orders.call(
+            deadline,
+            || closed(&edge.orders.backend),
+            || edge.orders.get_json::<OrderView>(&path, who, deadline)
+        ),
+        edge.retries.payments.call(
+            deadline,
+            || closed(&edge.payments.backend),
+            || edge.payments.for_orders(ids.clone(), who, deadline)
+        ),
     );
     match compose::assemble(&order_id, order, payments) {
         Ok(view) => Json(view).into_response(),

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use crate::roles::edge::{COMPOSE_DEADLINE, READ};
 use crate::roles::intake::valid_key;
 use crate::roles::reads::OrderView;
+use crate::roles::retries::ReadRetries;
 
 /// How deep a query may nest: `order { payment { status } }` is 3.
 pub const MAX_DEPTH: usize = 5;
@@ -42,6 +43,8 @@ pub struct Backends {
     pub orders: Arc<OrdersBackend>,
     /// Payments' gRPC reads.
     pub payments: Arc<PaymentsBackend>,
+    /// A second attempt at a read that failed, within each backend's budget.
+    pub retries: Arc<ReadRetries>,
 }
 
 /// What every resolver of one request shares: the backends, the verified caller, and the
@@ -135,9 +138,11 @@ impl Query {
         }
         let call = ctx.data::<Call>()?;
         let path = format!("/orders/{id}");
-        let orders = &call.backends.orders;
-        match orders.get_json::<OrderView>(&path, &call.caller, call.deadline).await
-        {
+        let (orders, retries) = (&call.backends.orders, &call.backends.retries);
+        let read =
+            || orders.get_json::<OrderView>(&path, &call.caller, call.deadline);
+        let closed = || crate::roles::edge::closed(&orders.backend);
+        match retries.orders.call(call.deadline, closed, read).await {
             Ok(order) => Ok(Some(Order(order))),
             Err(error) if error.is_not_found() => Ok(None),
             Err(error) => Ok(failed(ctx, error)),
@@ -189,8 +194,10 @@ impl Order {
     ) -> async_graphql::Result<Option<Payment>> {
         let call = ctx.data::<Call>()?;
         let ids = vec![self.0.order_id.clone()];
-        let payments = &call.backends.payments;
-        let found = payments.for_orders(ids, &call.caller, call.deadline).await;
+        let (payments, retries) = (&call.backends.payments, &call.backends.retries);
+        let read = || payments.for_orders(ids.clone(), &call.caller, call.deadline);
+        let closed = || crate::roles::edge::closed(&payments.backend);
+        let found = retries.payments.call(call.deadline, closed, read).await;
         match found {
             Ok(found) => Ok(found.into_iter().next().map(Payment)),
             Err(error) => Ok(failed(ctx, error)),

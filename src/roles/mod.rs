@@ -4,8 +4,10 @@ pub mod choreographed;
 pub mod edge;
 pub mod graph;
 pub mod intake;
+pub mod notifications;
 pub mod participant;
 pub mod reads;
+pub mod retries;
 pub mod saga;
 
 use crate::config::{Env, Role, Style};
@@ -21,6 +23,13 @@ pub async fn run(role: Role) -> anyhow::Result<()> {
         (Role::Saga, Style::Orchestration) => saga::run(env).await,
         (Role::Participant(service), Style::Choreography) => {
             choreographed::run(service, env).await
+        }
+        (Role::Notifications, Style::Choreography) => notifications::run(env).await,
+        (Role::Notifications, Style::Orchestration) => {
+            anyhow::bail!(
+                "an orchestrated shop has no notifications service: its steps are commands \
+                 between the saga and each participant, not events anyone can read"
+            )
         }
         (Role::Saga, Style::Choreography) => {
             anyhow::bail!(

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{Env, Role};
-use crate::metrics::{self, Exporter, OutcomeLabels, Refresh, catch_up};
+use crate::metrics::{self, AmqpCounts, Exporter, OutcomeLabels, Refresh, catch_up};
 use crate::probe::{self, AmqpProbe, Check};
 use crate::roles::reads::{self, Reads};
 
@@ -72,7 +72,12 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = listener.local_addr()?;
     let (reads_app, health) = reads::routes(service, reads, Arc::clone(&ready))?;
-    let app = exporter.measured(probe::routes(ready).merge(reads_app));
+    // Its reads in a server span that continues the caller's trace (the gateway's composed
+    // `GET /orders/{id}`); the probes and the scrape in none.
+    let app = crate::telemetry::traced(
+        exporter.measured(probe::routes(ready).merge(reads_app)),
+        service.name(),
+    );
     let http = tokio::spawn(probe::serve(listener, app, async {
         if http_stopped.await.is_err() {
             tracing::debug!("probe server's stop handle dropped");
@@ -110,11 +115,8 @@ type Count = fn(&Deliveries) -> &AtomicU64;
 
 const RECEIVED: Count = |d| &d.received;
 const REDELIVERED: Count = |d| &d.redelivered;
-/// The broker's answers to the replies, as labelled in `shop_amqp_confirms_total`.
-const CONFIRMS: [(&str, Count); 2] = [
-    ("confirmed", |d| &d.replies_confirmed),
-    ("unconfirmed", |d| &d.replies_unconfirmed),
-];
+/// The broker's answers to the replies: confirmed, unconfirmed.
+const CONFIRMS: [Count; 2] = [|d| &d.replies_confirmed, |d| &d.replies_unconfirmed];
 /// The outcomes of a command, as labelled in `shop_commands_total`.
 const OUTCOMES: [(&str, Count); 4] = [
     ("applied", |d| &d.applied),
@@ -128,7 +130,7 @@ impl Lives {
     fn add(&self, deliveries: Arc<Deliveries>) {
         let mut totals = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = totals.current.replace(deliveries) {
-            let counts = OUTCOMES.iter().chain(&CONFIRMS).map(|(_, count)| *count);
+            let counts = OUTCOMES.iter().map(|(_, count)| *count).chain(CONFIRMS);
             for count in counts.chain([RECEIVED, REDELIVERED]) {
                 count(&totals.ended).fetch_add(count(&old).load(Relaxed), Relaxed);
             }
@@ -153,26 +155,7 @@ fn commands_done(registry: &mut Registry, lives: Lives) -> Refresh {
          dead_lettered (unreadable), requeued (could not be applied now)",
         commands.clone(),
     );
-    let deliveries = Counter::default();
-    registry.register(
-        "shop_amqp_deliveries",
-        "Commands RabbitMQ delivered",
-        deliveries.clone(),
-    );
-    let redeliveries = Counter::default();
-    registry.register(
-        "shop_amqp_redeliveries",
-        "Deliveries RabbitMQ marked redelivered: sent before to a consumer that did not \
-         acknowledge them",
-        redeliveries.clone(),
-    );
-    let confirms = Family::<OutcomeLabels, Counter>::default();
-    registry.register(
-        "shop_amqp_confirms",
-        "Replies published with publisher confirms, by the broker's answer: confirmed, or \
-         unconfirmed (refused, returned, or no answer before the connection went)",
-        confirms.clone(),
-    );
+    let amqp = AmqpCounts::register(registry, "Commands", "Replies");
     Arc::new(move || {
         // Under the lock, so two scrapes at once cannot both add the same increase.
         let totals = lives.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -180,12 +163,9 @@ fn commands_done(registry: &mut Registry, lives: Lives) -> Refresh {
             let counter = commands.get_or_create(&OutcomeLabels { outcome });
             catch_up(&counter, totals.of(count));
         }
-        for (outcome, count) in CONFIRMS {
-            let counter = confirms.get_or_create(&OutcomeLabels { outcome });
-            catch_up(&counter, totals.of(count));
-        }
-        catch_up(&deliveries, totals.of(RECEIVED));
-        catch_up(&redeliveries, totals.of(REDELIVERED));
+        let [confirmed, unconfirmed] = CONFIRMS.map(|count| totals.of(count));
+        let delivered = (totals.of(RECEIVED), totals.of(REDELIVERED));
+        amqp.catch_up(delivered.0, delivered.1, confirmed, unconfirmed);
         Box::pin(async { Ok(()) })
     })
 }

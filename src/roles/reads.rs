@@ -193,6 +193,7 @@ async fn order(
     };
     match order {
         Some(order) if called_by(&headers, &order.customer_id) => {
+            info!(order = %order_id, status = %order.status, "order read");
             axum::Json(order).into_response()
         }
         _ => {

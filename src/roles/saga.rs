@@ -7,6 +7,8 @@
 //! its checkout instead of starting a second one. `GET /checkouts/{id}` reads the log.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,16 +20,17 @@ use http_json::problem::JsonBody;
 use orchestration::checkout::checkout;
 use orchestration::log::{PgLog, SagaLog};
 use orchestration::orchestrator::{
-    Config, Orchestrator, Starter, saga_id, saga_id_of,
+    Config, Orchestrator, Starter, Traffic, saga_id, saga_id_of,
 };
 use orchestration::saga::{Kind, Outcome, Record, State as SagaState, Terminal};
+use prometheus_client::registry::Registry;
 use shop_domain::OrderPlaced;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{Env, Role};
-use crate::metrics::{self, Exporter};
+use crate::metrics::{self, AmqpCounts, Exporter, Refresh};
 use crate::probe::{self, AmqpProbe, Check};
 use crate::roles::intake::{
     CheckoutRequest, CheckoutView, accepted, checkout_of, invalid_id, key_reused,
@@ -52,7 +55,20 @@ struct Shared {
 /// Runs the saga service until SIGTERM.
 pub async fn run(env: Env) -> anyhow::Result<()> {
     let listener = probe::listen(env.listen_addr(Role::Saga)?).await?;
-    let log = Arc::new(connect_log(&env).await?);
+    let starting =
+        probe::Starting::serve(listener, "waiting for the saga log (PostgreSQL)")?;
+    let connect = || async {
+        let schema = env.names.log_schema();
+        let log =
+            PgLog::connect(&env.database_url, &schema, Duration::from_secs(15));
+        Ok(log.await?)
+    };
+    let Some(log) = probe::until_connected("the saga log", connect).await else {
+        info!("stopped before the saga log answered");
+        return Ok(());
+    };
+    let log = Arc::new(log);
+    let listener = starting.done().await?;
     let shared =
         Shared { log: Arc::clone(&log), starter: Arc::new(RwLock::new(None)) };
     let pool = orchestration::pool(&env.database_url, 1)?;
@@ -60,8 +76,10 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
     // The scrape's own pool and broker connection: a scrape must not make a probe wait.
     let scrape_pool = orchestration::pool(&env.database_url, 1)?;
     let scrape_amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
+    let lives = Lives::default();
     let exporter = Exporter::new(|registry| {
         let log = metrics::sagas(registry, scrape_pool, env.names.log_schema());
+        let traffic = amqp_traffic(registry, lives.clone());
         let help = "Messages waiting in the shop's dead-letter queue, each for a person to explain";
         let dead = vec![env.names.dead_letters()];
         let dead = metrics::queue_depths(
@@ -71,7 +89,7 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
             scrape_amqp,
             dead,
         );
-        Some(metrics::all(vec![log, dead]))
+        Some(metrics::all(vec![log, dead, traffic]))
     });
     let replies = env.names.replies(ORCHESTRATOR);
     let starter = Arc::clone(&shared.starter);
@@ -107,7 +125,7 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
         }
     }));
     info!("saga service on http://{addr}: POST /checkouts, GET /checkouts/{{id}}");
-    orchestrate_until_terminated(&env, log, &shared.starter).await;
+    orchestrate_until_terminated(&env, log, &shared.starter, &lives).await;
     if stop_http.send(()).is_err() {
         warn!("the saga's HTTP server had already stopped");
     }
@@ -116,32 +134,49 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The log, connected as soon as PostgreSQL answers (it may still be starting).
-async fn connect_log(env: &Env) -> anyhow::Result<PgLog> {
-    let mut backoff = FIRST_BACKOFF;
-    let mut terminated = std::pin::pin!(probe::terminated());
-    loop {
-        let schema = env.names.log_schema();
-        match PgLog::connect(&env.database_url, &schema, Duration::from_secs(15))
-            .await
-        {
-            Ok(log) => return Ok(log),
-            Err(error) => {
-                warn!(%error, "the saga log is unreachable; trying again in {backoff:?}")
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = &mut terminated => anyhow::bail!("stopped before the saga log answered"),
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+/// What every orchestrator this process ran did with RabbitMQ: one [`Traffic`] per life.
+#[derive(Clone, Default)]
+struct Lives(Arc<std::sync::Mutex<Vec<Arc<Traffic>>>>);
+
+impl Lives {
+    fn add(&self, traffic: Arc<Traffic>) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(traffic);
     }
+
+    /// `count` summed over every life.
+    fn total(&self, count: fn(&Traffic) -> &AtomicU64) -> u64 {
+        let lives = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        lives.iter().map(|life| count(life).load(Relaxed)).sum()
+    }
+}
+
+/// The saga's side of RabbitMQ, over all its orchestrators' lives: replies delivered and
+/// redelivered, commands the broker confirmed or did not.
+fn amqp_traffic(registry: &mut Registry, lives: Lives) -> Refresh {
+    let amqp = AmqpCounts::register(registry, "Replies", "Commands");
+    // Two scrapes at once must not both add the same increase: one catches up at a time.
+    let one_at_a_time = std::sync::Mutex::new(());
+    Arc::new(move || {
+        let _turn =
+            one_at_a_time.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        amqp.catch_up(
+            lives.total(|t| &t.replies),
+            lives.total(|t| &t.replies_redelivered),
+            lives.total(|t| &t.commands_confirmed),
+            lives.total(|t| &t.commands_unconfirmed),
+        );
+        Box::pin(async { Ok(()) })
+    })
 }
 
 async fn orchestrate_until_terminated(
     env: &Env,
     log: Arc<PgLog>,
     slot: &RwLock<Option<Starter>>,
+    lives: &Lives,
 ) {
     let config = Config {
         name: ORCHESTRATOR.to_owned(),
@@ -156,6 +191,7 @@ async fn orchestrate_until_terminated(
         let started = Instant::now();
         match Orchestrator::start(config.clone(), Arc::clone(&log)).await {
             Ok(mut orchestrator) => {
+                lives.add(Arc::clone(&orchestrator.traffic));
                 *slot.write().await = Some(orchestrator.starter());
                 info!(
                     "orchestrator {ORCHESTRATOR} running; sagas it owned are resumed"

@@ -13,6 +13,8 @@
 //!   message's offset; the restarted consumer receives the message again.
 //! - `dual_write`: the service has no outbox: it commits, then publishes, and in its first life
 //!   dies in between, on its first effect that emits something.
+//! - `fail_once`: the service's first handling fails before it touches anything (as when its
+//!   database does not answer): the step rewinds, and the message comes again after a pause.
 //!
 //! Tests and examples wait on conditions with a deadline: every commit bumps a counter that
 //! [`Shop::wait_until`] and [`Shop::settle`] wait on, so nothing sleeps to synchronise.
@@ -78,6 +80,9 @@ pub struct Faults {
     pub die_after_effect: BTreeSet<ServiceName>,
     /// Services with no outbox: commit, then publish, dying in between once.
     pub dual_write: BTreeSet<ServiceName>,
+    /// Services whose first handling fails once before it touches anything, as a database
+    /// that did not answer makes it: the step rewinds and the message comes again.
+    pub fail_once: BTreeSet<ServiceName>,
 }
 
 /// A shop to start.
@@ -127,6 +132,8 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     /// Messages copied to the dead-letter topic because they could not be read.
     pub dead_lettered: AtomicU64,
+    /// Steps that failed and rewound: the message's offset was not stored, and it came again.
+    pub rewound: AtomicU64,
     /// Times the process died (consumer and relay together).
     pub crashes: AtomicU64,
     /// Times the relay alone died.

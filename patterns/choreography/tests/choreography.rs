@@ -312,6 +312,21 @@ async fn crash_of_a_consumer_after_its_effect_before_its_offset_is_stored() {
 }
 
 #[tokio::test]
+async fn a_step_that_fails_rewinds_and_its_message_comes_again() {
+    let all = Service::ALL.into_iter().collect();
+    let faults = Faults { fail_once: all, ..Faults::default() };
+    let Some(shop) = shop(faults).await else { return };
+    // Every checkout still ends as its branch says: the failed step's message came again.
+    run_checkouts(&shop, &BRANCHES).await;
+    for service in Service::ALL {
+        let counters = shop.stats().of(service);
+        assert_eq!(counters.rewound.load(Relaxed), 1, "{service:?} rewound once");
+        assert_eq!(counters.crashes.load(Relaxed), 0, "{service:?} did not die");
+    }
+    shop.shut_down().await.unwrap();
+}
+
+#[tokio::test]
 async fn unreadable_and_unknown_events_are_dead_lettered_and_the_checkout_goes_on() {
     let Some(shop) = shop(Faults::default()).await else { return };
     let topic = shop.topics().of(Service::Orders);

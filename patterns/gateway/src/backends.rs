@@ -27,7 +27,7 @@ use http_json::versions::v2::OrderV2;
 use serde::Serialize;
 use tokio::time::Instant;
 use tonic::Code;
-use tonic::metadata::AsciiMetadataValue;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::CALLER_HEADER;
@@ -161,6 +161,20 @@ pub struct Forwarded {
     pub body: Vec<u8>,
 }
 
+/// Writes what a call to a backend carries besides the request itself into its headers:
+/// the capstone's trace context, so that a composed read joins its caller's trace. The chapter's
+/// gateway traces nothing and sets none.
+pub type Propagate = fn(&mut reqwest::header::HeaderMap);
+
+/// The headers `propagate` writes, or none.
+fn propagated(propagate: Option<Propagate>) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(propagate) = propagate {
+        propagate(&mut headers);
+    }
+    headers
+}
+
 /// The orders service (HTTP/JSON), spoken to with reqwest.
 #[derive(Debug)]
 pub struct OrdersBackend {
@@ -168,6 +182,7 @@ pub struct OrdersBackend {
     pub backend: Backend,
     base_url: String,
     http: reqwest::Client,
+    propagate: Option<Propagate>,
 }
 
 impl OrdersBackend {
@@ -185,7 +200,14 @@ impl OrdersBackend {
             backend: Backend::new("orders", breaker),
             base_url,
             http,
+            propagate: None,
         })
+    }
+
+    /// Every call also carries the headers `propagate` writes, at the call.
+    pub fn with_propagation(mut self, propagate: Propagate) -> Self {
+        self.propagate = Some(propagate);
+        self
     }
 
     /// Sends a request on and returns the answer as it is (problems included).
@@ -207,6 +229,7 @@ impl OrdersBackend {
         let mut request = self
             .http
             .request(method, url)
+            .headers(propagated(self.propagate))
             .header(CALLER_HEADER, caller)
             .header(http_json::server::CORRELATION_ID, request_id);
         if let Some(content_type) = content_type {
@@ -290,6 +313,7 @@ impl OrdersBackend {
         let request = self
             .http
             .get(format!("{}{path}", self.base_url))
+            .headers(propagated(self.propagate))
             .header(CALLER_HEADER, caller);
         let call = async move {
             let response = request.send().await.map_err(failed)?;
@@ -363,6 +387,7 @@ pub struct PaymentsBackend {
     /// Its name, breaker and call counter.
     pub backend: Backend,
     channel: Channel,
+    propagate: Option<Propagate>,
 }
 
 impl PaymentsBackend {
@@ -375,7 +400,14 @@ impl PaymentsBackend {
         let channel = Endpoint::from_shared(url)?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
-        Ok(PaymentsBackend { backend: Backend::new("payments", breaker), channel })
+        let backend = Backend::new("payments", breaker);
+        Ok(PaymentsBackend { backend, channel, propagate: None })
+    }
+
+    /// Every call also carries the headers `propagate` writes, at the call, as metadata.
+    pub fn with_propagation(mut self, propagate: Propagate) -> Self {
+        self.propagate = Some(propagate);
+        self
     }
 
     /// `Authorize`, with the caller in metadata and what is left of the deadline
@@ -386,7 +418,7 @@ impl PaymentsBackend {
         caller: &str,
         deadline: Instant,
     ) -> Result<PaymentView, BackendError> {
-        let request = grpc_request(message, caller, deadline);
+        let request = grpc_request(message, caller, deadline, self.propagate);
         let mut client = PaymentsClient::new(self.channel.clone());
         let call = async move { classify(client.authorize(request).await) };
         self.backend.guard(deadline, call).await.map(PaymentView::from)
@@ -400,7 +432,7 @@ impl PaymentsBackend {
         deadline: Instant,
     ) -> Result<Vec<PaymentView>, BackendError> {
         let message = PaymentsForOrdersRequest { order_ids };
-        let request = grpc_request(message, caller, deadline);
+        let request = grpc_request(message, caller, deadline, self.propagate);
         let mut client = PaymentQueriesClient::new(self.channel.clone());
         let call = async move {
             let answer = classify(client.payments_for_orders(request).await)?;
@@ -415,9 +447,21 @@ fn grpc_request<T>(
     message: T,
     caller: &str,
     deadline: Instant,
+    propagate: Option<Propagate>,
 ) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    for (name, value) in &propagated(propagate) {
+        let key = AsciiMetadataKey::from_bytes(name.as_str().as_bytes());
+        match (key, AsciiMetadataValue::try_from(value.as_bytes())) {
+            (Ok(key), Ok(value)) => {
+                request.metadata_mut().insert(key, value);
+            }
+            _ => {
+                tracing::warn!(header = %name, "not valid as gRPC metadata: not sent")
+            }
+        }
+    }
     if let Ok(value) = AsciiMetadataValue::try_from(caller) {
         request.metadata_mut().insert(CALLER_HEADER, value);
     }

@@ -10,6 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -83,10 +85,27 @@ pub enum RunError {
 /// A checkout to start, and where to say that its saga is in the log.
 type Start = (OrderPlaced, FieldTable, oneshot::Sender<()>);
 
+/// What an orchestrator's loop did with RabbitMQ, counted as it went, for a process to export.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Replies delivered to it.
+    pub replies: AtomicU64,
+    /// Of those, the ones RabbitMQ marked redelivered: sent before to a consumer that did not
+    /// acknowledge them (an orchestrator that stopped or lost its connection).
+    pub replies_redelivered: AtomicU64,
+    /// Commands the broker confirmed (publisher confirms).
+    pub commands_confirmed: AtomicU64,
+    /// Commands it did not confirm: the loop ends with the error, and the command is sent
+    /// again when the saga is resumed.
+    pub commands_unconfirmed: AtomicU64,
+}
+
 /// A running orchestrator.
 pub struct Orchestrator {
     starts: mpsc::Sender<Start>,
     stop: Option<oneshot::Sender<()>>,
+    /// What its loop did with RabbitMQ so far.
+    pub traffic: Arc<Traffic>,
     /// Every saga this orchestrator finishes, with how it ended.
     pub finished: mpsc::UnboundedReceiver<(String, Terminal)>,
     /// The loop: ends with an error, or with `Ok` after [`Orchestrator::stop`].
@@ -134,7 +153,9 @@ impl Orchestrator {
         let (finished_tx, finished) = mpsc::unbounded_channel();
         let (timers, timers_rx) = mpsc::unbounded_channel();
         let span = info_span!("orchestrator", name = %config.name);
+        let traffic = Arc::new(Traffic::default());
         let driver = Driver {
+            traffic: Arc::clone(&traffic),
             log,
             saga: checkout(),
             channel,
@@ -163,7 +184,7 @@ impl Orchestrator {
             }
             .instrument(span),
         );
-        Ok(Orchestrator { starts, stop: Some(stop), finished, task })
+        Ok(Orchestrator { starts, stop: Some(stop), traffic, finished, task })
     }
 
     /// Starts the checkout of `order`; see [`Starter::checkout`].
@@ -237,6 +258,7 @@ struct Driver<L> {
     driving: HashSet<String>,
     /// The headers each saga started in this life sends with its commands.
     headers: HashMap<String, FieldTable>,
+    traffic: Arc<Traffic>,
 }
 
 impl<L: SagaLog> Driver<L> {
@@ -264,7 +286,14 @@ impl<L: SagaLog> Driver<L> {
                     None => return Ok(()),
                 },
                 reply = replies.next() => match reply {
-                    Some(delivery) => self.on_reply(delivery?).await?,
+                    Some(delivery) => {
+                        let delivery = delivery?;
+                        self.traffic.replies.fetch_add(1, Relaxed);
+                        if delivery.redelivered {
+                            self.traffic.replies_redelivered.fetch_add(1, Relaxed);
+                        }
+                        self.on_reply(delivery).await?
+                    }
                     None => return Err(RunError::RepliesEnded),
                 },
                 Some((saga_id, input)) = timers.recv() => {
@@ -438,7 +467,14 @@ impl<L: SagaLog> Driver<L> {
         if let Some(headers) = self.headers.get(id) {
             properties = properties.with_headers(headers.clone());
         }
-        publish_confirmed(&self.channel, "", &queue, &body, properties).await?;
+        let published =
+            publish_confirmed(&self.channel, "", &queue, &body, properties).await;
+        let counted = match &published {
+            Ok(()) => &self.traffic.commands_confirmed,
+            Err(_) => &self.traffic.commands_unconfirmed,
+        };
+        counted.fetch_add(1, Relaxed);
+        published?;
         let wait = self.config.timeout * 2u32.pow((attempt - 1).min(4));
         let (timers, id) = (self.timers.clone(), id.to_owned());
         // The timer lives in memory: after a restart, the resume's resend

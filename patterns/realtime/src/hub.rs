@@ -17,6 +17,11 @@
 //! - **A resume the history cannot serve gets a resync**: the current status of
 //!   every order and the sequence number it is current at, instead of a stream with
 //!   a hole in it.
+//!
+//! The hub is generic over what it numbers: the key of the thing that changes (`K`,
+//! an order id) and its new state (`S`). The chapter uses its own numbered orders
+//! and five-step [`Status`] (the defaults); the capstone's notifications service
+//! uses the shop's order ids and its statuses as text, through the same code.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,45 +75,45 @@ impl Status {
 /// One status change, numbered by the hub. `seq` starts at 1 and grows by one per
 /// event, so a client that saw 41 and then sees 43 knows it missed one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
+pub struct Event<K = OrderId, S = Status> {
     /// This event's number in the hub's one stream.
     pub seq: u64,
     /// The order that changed.
-    pub order: OrderId,
+    pub order: K,
     /// Its status from this event on.
-    pub status: Status,
+    pub status: S,
 }
 // ANCHOR_END: Event
 
 /// The current status of every order, current as of event `seq`: what a subscriber
 /// gets when there is no history to resume from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
+pub struct Snapshot<K = OrderId, S = Status> {
     /// The last event the snapshot includes: live events continue from `seq + 1`.
     pub seq: u64,
     /// Every order the hub has seen, each with its latest status, by order id.
-    pub orders: Vec<OrderState>,
+    pub orders: Vec<OrderState<K, S>>,
 }
 
 /// One line of a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderState {
+pub struct OrderState<K = OrderId, S = Status> {
     /// The order.
-    pub order: OrderId,
+    pub order: K,
     /// Its latest status as of the snapshot's `seq`.
-    pub status: Status,
+    pub status: S,
 }
 
 /// How a subscription begins.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Start {
+pub enum Start<K = OrderId, S = Status> {
     /// A new subscriber (no `after`): here is the state now; events follow from `seq
     /// + 1`.
-    Snapshot(Snapshot),
+    Snapshot(Snapshot<K, S>),
     /// The resume point is older than the history (or ahead of it): the events in
     /// between are gone, so here is the state now instead; events follow from `seq +
     /// 1`.
-    Resync(Snapshot),
+    Resync(Snapshot<K, S>),
     /// The history covers the resume point: the events after it come first, then
     /// live ones.
     Resume,
@@ -116,9 +121,9 @@ pub enum Start {
 
 /// What a subscriber reads next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Next {
+pub enum Next<K = OrderId, S = Status> {
     /// The next event, in `seq` order with no gap since the start or the last one.
-    Event(Event),
+    Event(Event<K, S>),
     /// The subscriber fell `buffer` events behind and was cut off.
     /// `Subscription::last_seq` says where it got to, so it can come back with
     /// `after = last_seq`.
@@ -142,42 +147,65 @@ impl Default for HubConfig {
     }
 }
 
-struct Subscriber {
-    tx: mpsc::Sender<Event>,
+struct Subscriber<K, S> {
+    tx: mpsc::Sender<Event<K, S>>,
     /// Set (once) when the hub cuts this subscriber off.
     lagged: watch::Sender<bool>,
 }
 
-struct State {
+struct State<K, S> {
     last_seq: u64,
-    history: VecDeque<Event>,
-    current: BTreeMap<OrderId, Status>,
-    subscribers: Vec<Subscriber>,
+    history: VecDeque<Event<K, S>>,
+    current: BTreeMap<K, S>,
+    subscribers: Vec<Subscriber<K, S>>,
+    /// Set by [`Hub::close`]: no subscriber is kept from then on.
+    closed: bool,
 }
 
 /// The fan-out point. Cheap to clone; every clone is the same hub.
-#[derive(Clone)]
-pub struct Hub {
+pub struct Hub<K = OrderId, S = Status> {
     config: HubConfig,
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<State<K, S>>>,
     /// How many subscribers are attached: tests and the example wait on it.
     count: watch::Sender<usize>,
 }
 
-impl Hub {
+// Written out: a derive would ask `K` and `S` to be `Clone` too, and the hub is not
+// cloned through them.
+impl<K, S> Clone for Hub<K, S> {
+    fn clone(&self) -> Self {
+        Hub {
+            config: self.config,
+            state: Arc::clone(&self.state),
+            count: self.count.clone(),
+        }
+    }
+}
+
+impl<K: Ord + Clone, S: Clone> Hub<K, S> {
     /// An empty hub. A zero `history` or `buffer` is raised to 1: a hub that keeps
     /// nothing could never deliver an event to anyone.
-    pub fn new(config: HubConfig) -> Hub {
+    pub fn new(config: HubConfig) -> Self {
+        Hub::starting_at(config, 1)
+    }
+
+    /// An empty hub whose first event is numbered `first` (at least 1). A server that
+    /// restarts starts its numbers past any of its previous life's (from the clock,
+    /// say), so a client that comes back with a point from that life is always
+    /// behind the history and gets a resync, never a resume into other events that
+    /// happen to carry the same numbers.
+    pub fn starting_at(config: HubConfig, first: u64) -> Self {
         Hub {
             config: HubConfig {
                 history: config.history.max(1),
                 buffer: config.buffer.max(1),
             },
             state: Arc::new(Mutex::new(State {
-                last_seq: 0,
+                last_seq: first.max(1) - 1,
                 history: VecDeque::new(),
                 current: BTreeMap::new(),
                 subscribers: Vec::new(),
+                closed: false,
             })),
             count: watch::Sender::new(0),
         }
@@ -188,7 +216,7 @@ impl Hub {
         self.config
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<K, S>> {
         // A panic while holding the lock leaves the state consistent (every change
         // below is one push or one retain), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -199,16 +227,16 @@ impl Hub {
     /// waiting. A subscriber whose buffer is full is dropped from the list and
     /// flagged as lagged: the publisher (and so every other subscriber) never waits
     /// for the slowest one.
-    pub fn publish(&self, order: OrderId, status: Status) -> Event {
+    pub fn publish(&self, order: K, status: S) -> Event<K, S> {
         let mut state = self.lock();
         state.last_seq += 1;
         let event = Event { seq: state.last_seq, order, status };
         if state.history.len() == self.config.history {
             state.history.pop_front();
         }
-        state.history.push_back(event);
-        state.current.insert(order, status);
-        state.subscribers.retain(|sub| match sub.tx.try_send(event) {
+        state.history.push_back(event.clone());
+        state.current.insert(event.order.clone(), event.status.clone());
+        state.subscribers.retain(|sub| match sub.tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 sub.lagged.send_replace(true);
@@ -225,7 +253,10 @@ impl Hub {
     // ANCHOR: subscribe
     /// Attaches a subscriber. `after` is the last sequence number it saw, if it saw
     /// any.
-    pub fn subscribe(&self, after: Option<u64>) -> (Start, Subscription) {
+    pub fn subscribe(
+        &self,
+        after: Option<u64>,
+    ) -> (Start<K, S>, Subscription<K, S>) {
         let mut state = self.lock();
         let (tx, rx) = mpsc::channel(self.config.buffer);
         let (lagged_tx, lagged) = watch::channel(false);
@@ -233,12 +264,14 @@ impl Hub {
         let oldest = state.history.front().map_or(state.last_seq + 1, |e| e.seq);
         let (start, backlog) = match after {
             // Every event after `after` is still here (none, if it is up to date).
-            Some(after) if after + 1 >= oldest && after <= state.last_seq => {
-                let backlog: VecDeque<Event> = state
+            // `oldest` is at least 1, so this cannot wrap; and no `after`,
+            // however large, overflows (as `after + 1` would).
+            Some(after) if after >= oldest - 1 && after <= state.last_seq => {
+                let backlog: VecDeque<Event<K, S>> = state
                     .history
                     .iter()
                     .filter(|e| e.seq > after)
-                    .copied()
+                    .cloned()
                     .collect();
                 (Start::Resume, backlog)
             }
@@ -249,13 +282,27 @@ impl Hub {
             Start::Resume => after.unwrap_or(0),
             Start::Snapshot(s) | Start::Resync(s) => s.seq,
         };
-        state.subscribers.push(Subscriber { tx, lagged: lagged_tx });
+        // A closed hub keeps no one: the sender goes here, and the
+        // subscription reads its start and then `Closed`.
+        if !state.closed {
+            state.subscribers.push(Subscriber { tx, lagged: lagged_tx });
+        }
         self.count.send_replace(state.subscribers.len());
         drop(state);
         let hub = self.clone();
         (start, Subscription { hub, backlog, rx, lagged, last_seq })
     }
     // ANCHOR_END: subscribe
+
+    /// Lets every subscriber go, now and from now on: each reads what it has
+    /// buffered, then [`Next::Closed`]. A server calls it when it begins to stop,
+    /// so its connections end with a close frame instead of holding the stop up.
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.subscribers.clear();
+        self.count.send_replace(0);
+    }
 
     /// The number of attached subscribers, now.
     pub fn subscribers(&self) -> usize {
@@ -280,31 +327,34 @@ impl Hub {
     }
 }
 
-fn snapshot(state: &State) -> Snapshot {
+fn snapshot<K: Clone, S: Clone>(state: &State<K, S>) -> Snapshot<K, S> {
     Snapshot {
         seq: state.last_seq,
         orders: state
             .current
             .iter()
-            .map(|(&order, &status)| OrderState { order, status })
+            .map(|(order, status)| OrderState {
+                order: order.clone(),
+                status: status.clone(),
+            })
             .collect(),
     }
 }
 
 /// One subscriber's view of the hub: first its backlog, then live events, in `seq`
 /// order.
-pub struct Subscription {
-    hub: Hub,
-    backlog: VecDeque<Event>,
-    rx: mpsc::Receiver<Event>,
+pub struct Subscription<K: Ord + Clone = OrderId, S: Clone = Status> {
+    hub: Hub<K, S>,
+    backlog: VecDeque<Event<K, S>>,
+    rx: mpsc::Receiver<Event<K, S>>,
     lagged: watch::Receiver<bool>,
     last_seq: u64,
 }
 
-impl Subscription {
+impl<K: Ord + Clone, S: Clone> Subscription<K, S> {
     /// The next event for this subscriber. Cancel-safe: nothing is lost if the
     /// future is dropped before it completes (it is used inside `tokio::select!`).
-    pub async fn next(&mut self) -> Next {
+    pub async fn next(&mut self) -> Next<K, S> {
         // A lagged subscriber stops at once: what is still buffered would only be a
         // longer road to the same resume point.
         if *self.lagged.borrow() {
@@ -343,7 +393,7 @@ impl Subscription {
 
 /// Dropping a subscription detaches it at once, so the subscriber count is right
 /// without waiting for the next publish to notice.
-impl Drop for Subscription {
+impl<K: Ord + Clone, S: Clone> Drop for Subscription<K, S> {
     fn drop(&mut self) {
         self.rx.close();
         self.hub.forget_closed();
@@ -425,6 +475,35 @@ mod tests {
         assert_eq!(hub.subscribers(), 1, "the slow one is detached");
         assert_eq!(slow.next().await, Next::Lagged);
         assert_eq!(slow.last_seq(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_hub_started_past_an_old_life_resyncs_that_lifes_clients() {
+        let hub = Hub::starting_at(HubConfig { history: 8, buffer: 16 }, 1000);
+        let (start, _) = hub.subscribe(None);
+        assert!(matches!(start, Start::Snapshot(Snapshot { seq: 999, .. })));
+        hub.publish(1, Status::Placed);
+        // A client of the old life, which numbered from 1, saw 41.
+        assert!(matches!(hub.subscribe(Some(41)).0, Start::Resync(_)));
+        // A point no hub could have reached is a resync too, not an overflow.
+        assert!(matches!(hub.subscribe(Some(u64::MAX)).0, Start::Resync(_)));
+        assert_eq!(hub.subscribe(Some(999)).0, Start::Resume);
+    }
+
+    #[tokio::test]
+    async fn a_closed_hub_ends_every_subscription_after_what_it_buffered() {
+        let hub = hub(8, 16);
+        let (_, mut early) = hub.subscribe(None);
+        hub.publish(1, Status::Placed);
+        hub.close();
+        assert_eq!(hub.subscribers(), 0);
+        assert_eq!(take(&mut early, 1).await, [1]);
+        assert_eq!(early.next().await, Next::Closed);
+        // One who comes after the close gets its start, then the end.
+        let (start, mut late) = hub.subscribe(None);
+        assert!(matches!(start, Start::Snapshot(Snapshot { seq: 1, .. })));
+        assert_eq!(late.next().await, Next::Closed);
+        assert_eq!(hub.subscribers(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -30,5 +30,5 @@ pub mod server;
 pub mod shop;
 
 pub use hub::{Event, Hub, HubConfig, OrderId, Status};
-pub use server::{AppState, ChannelConfig, Push, app, close};
+pub use server::{AppState, Channel, ChannelConfig, Closer, Push, app, close, page};
 pub use shop::Shop;

@@ -1,13 +1,16 @@
 //! The WebSocket endpoint and the page, served by one axum router.
 //!
 //! `GET /` is the page, `GET /ws?after=N` the channel, `POST /orders` places an
-//! order (which the [`Shop`] then moves through its statuses). Each WebSocket
+//! order (which the [`Shop`] then moves through its statuses). The channel alone is
+//! [`Channel::routes`], for any hub: the capstone's notifications service serves it
+//! over the shop's own order ids and statuses. Each WebSocket
 //! connection is one task that reads its hub [`Subscription`] and the socket in one
 //! `select!` loop: it pushes events, sends a ping every `ping_interval`, and ends
 //! the connection with a close frame that says why.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{
@@ -18,16 +21,29 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::SinkExt as _;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 use tokio_tungstenite::tungstenite;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::hub::{Event, Hub, Next, Snapshot, Start, Subscription};
+use crate::hub::{Event, Hub, Next, OrderId, Snapshot, Start, Status, Subscription};
 use crate::shop::Shop;
 
 /// The page, plain HTML and JavaScript compiled into the binary: no front-end build.
 const PAGE: &str = include_str!("page.html");
+
+/// The page, with its "Place an order" button when `placing`: the chapter's server
+/// takes orders itself, while a page that only watches (the capstone's, whose
+/// checkouts come through the gateway with a token) has no button to press.
+pub fn page(placing: bool) -> String {
+    let button = match placing {
+        true => r#"<button id="place">Place an order</button>"#,
+        false => "",
+    };
+    PAGE.replace("<!-- place -->", button)
+}
 
 // ANCHOR: close_codes
 /// Close codes this server sends. RFC 6455 registers 1000-1015; 4000-4999 are for
@@ -48,6 +64,14 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Nothing heard from the client, not even a pong, for `idle_timeout`.
     pub const HEARTBEAT_TIMEOUT: u16 = 4000;
+    /// Never sent in a frame (RFC 6455 reserves it for that): what
+    /// [`Channel::closes`](super::Channel::closes) counts a client under that
+    /// closed with a frame carrying no code.
+    pub const NO_STATUS: u16 = 1005;
+    /// Never sent in a frame either: what
+    /// [`Channel::closes`](super::Channel::closes) counts a client under that left
+    /// with no close frame at all, or stalled.
+    pub const ABNORMAL: u16 = 1006;
 }
 // ANCHOR_END: close_codes
 
@@ -84,41 +108,131 @@ impl Default for ChannelConfig {
 /// What the server sends, as JSON text messages tagged by `type`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Push {
+pub enum Push<K = OrderId, S = Status> {
     /// First message to a new client: the state now.
-    Snapshot(Snapshot),
+    Snapshot(Snapshot<K, S>),
     /// First message to a client whose resume point is no longer in the history.
-    Resync(Snapshot),
+    Resync(Snapshot<K, S>),
     /// One status change.
-    Event(Event),
+    Event(Event<K, S>),
 }
 
-/// What the handlers share.
+/// Which side decided that a connection ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Closer {
+    /// This server: a slow, silent or misbehaving client, or the server stopping.
+    Server,
+    /// The client: it closed, or it left without a word.
+    Client,
+}
+
+impl Closer {
+    /// `server` or `client`, for a metric's label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Closer::Server => "server",
+            Closer::Client => "client",
+        }
+    }
+}
+
+/// The WebSocket channel over one hub: what `GET /ws` serves, and what it has done.
+pub struct Channel<K = OrderId, S = Status> {
+    hub: Hub<K, S>,
+    config: ChannelConfig,
+    next_client: Arc<AtomicU64>,
+    closes: Arc<Mutex<BTreeMap<(Closer, u16), u64>>>,
+    /// Connections being served now. axum serves each upgraded connection in a task
+    /// of its own, which a server's graceful stop does not wait for.
+    live: Arc<watch::Sender<usize>>,
+}
+
+// Written out: a derive would ask `K` and `S` to be `Clone`.
+impl<K, S> Clone for Channel<K, S> {
+    fn clone(&self) -> Self {
+        Channel {
+            hub: self.hub.clone(),
+            config: self.config,
+            next_client: Arc::clone(&self.next_client),
+            closes: Arc::clone(&self.closes),
+            live: Arc::clone(&self.live),
+        }
+    }
+}
+
+impl<K, S> Channel<K, S>
+where
+    K: Ord + Clone + Serialize + Send + Sync + 'static,
+    S: Clone + Serialize + Send + Sync + 'static,
+{
+    /// A channel pushing `hub`'s events, every connection under `config`.
+    /// Connection ids, used in logs, start at 1.
+    pub fn new(hub: Hub<K, S>, config: ChannelConfig) -> Self {
+        let next_client = Arc::new(AtomicU64::new(1));
+        let live = Arc::new(watch::Sender::new(0));
+        Channel { hub, config, next_client, closes: Arc::default(), live }
+    }
+
+    /// The hub the connections subscribe to.
+    pub fn hub(&self) -> &Hub<K, S> {
+        &self.hub
+    }
+
+    /// How many connections ended, by who ended them and with which code: the code
+    /// this server sent ([`close`]), or the client's ([`close::NO_STATUS`] for a
+    /// close frame without one, [`close::ABNORMAL`] for a client that left with no
+    /// close frame). What an operator graphs next to the connected count.
+    pub fn closes(&self) -> BTreeMap<(Closer, u16), u64> {
+        self.closes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Waits, up to `within`, until no connection is being served; `false` if some
+    /// still are. A server that stops calls [`Hub::close`] first (each connection
+    /// then says goodbye with [`close::GOING_AWAY`]), and this after its HTTP server
+    /// has stopped, so that the goodbyes are sent before the process exits.
+    pub async fn drained(&self, within: Duration) -> bool {
+        let mut live = self.live.subscribe();
+        timeout(within, live.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|seen| seen.is_ok())
+    }
+
+    /// `GET /ws?after=N`, the channel.
+    pub fn routes(self) -> Router {
+        Router::new().route("/ws", get(channel::<K, S>)).with_state(self)
+    }
+
+    fn closed(&self, by: (Closer, u16)) {
+        let mut closes =
+            self.closes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *closes.entry(by).or_default() += 1;
+    }
+}
+
+/// What the chapter's server shares: its channel and the shop that feeds it.
 #[derive(Clone)]
 pub struct AppState {
-    /// The stream every WebSocket connection subscribes to.
-    pub hub: Hub,
+    /// The channel every browser connects to.
+    pub channel: Channel,
     /// Where `POST /orders` places orders; their events reach the hub.
     pub shop: Shop,
-    /// The timeouts and limits every connection runs under.
-    pub config: ChannelConfig,
-    next_client: Arc<AtomicU64>,
 }
 
 impl AppState {
-    /// The state for [`app`]. Connection ids, used in logs, start at 1.
+    /// The state for [`app`].
     pub fn new(hub: Hub, shop: Shop, config: ChannelConfig) -> AppState {
-        AppState { hub, shop, config, next_client: Arc::new(AtomicU64::new(1)) }
+        AppState { channel: Channel::new(hub, config), shop }
     }
 }
 
 /// The router: the page, the channel and the order form's endpoint.
 pub fn app(state: AppState) -> Router {
+    let page = page(true);
     Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
-        .route("/ws", get(channel))
+        .route("/", get(move || async move { Html(page) }))
         .route("/orders", post(place_order))
-        .with_state(state)
+        .with_state(state.shop)
+        .merge(state.channel.routes())
 }
 
 #[derive(Deserialize)]
@@ -133,18 +247,26 @@ struct Placed {
     order: u64,
 }
 
-async fn place_order(State(state): State<AppState>) -> impl IntoResponse {
-    let order = state.shop.place_order();
+async fn place_order(State(shop): State<Shop>) -> impl IntoResponse {
+    let order = shop.place_order();
     (StatusCode::CREATED, Json(Placed { order }))
 }
 
 // ANCHOR: channel
-async fn channel(
+async fn channel<K, S>(
     upgrade: WebSocketUpgrade,
     Query(resume): Query<Resume>,
-    State(state): State<AppState>,
-) -> Response {
+    State(state): State<Channel<K, S>>,
+) -> Response
+where
+    K: Ord + Clone + Serialize + Send + Sync + 'static,
+    S: Clone + Serialize + Send + Sync + 'static,
+{
     let client = state.next_client.fetch_add(1, Ordering::Relaxed);
+    // Counted before the upgrade, which axum completes in a task of its own: a
+    // server that stops in between waits for this connection too. The count goes
+    // when the connection ends, or with the callback if the upgrade fails.
+    let served = Served::count(&state.live);
     let span = info_span!("ws", client);
     // Limits are enforced by the WebSocket codec while it reads, before a byte of an
     // oversized message is buffered past them.
@@ -153,26 +275,55 @@ async fn channel(
         .max_frame_size(state.config.max_message_size)
         .on_upgrade(move |socket| {
             let (start, sub) = state.hub.subscribe(resume.after);
-            connection(socket, start, sub, state.config).instrument(span)
+            async move {
+                let end = connection(socket, start, sub, state.config).await;
+                state.closed(end);
+                drop(served);
+            }
+            .instrument(span)
         })
 }
 // ANCHOR_END: channel
+
+/// One connection being served, counted in [`Channel::drained`]'s number while it lives.
+struct Served(Arc<watch::Sender<usize>>);
+
+impl Served {
+    fn count(live: &Arc<watch::Sender<usize>>) -> Served {
+        live.send_modify(|n| *n += 1);
+        Served(Arc::clone(live))
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
 
 /// Why a connection ends.
 enum End {
     /// Send this close frame, then stop.
     Close(u16, String),
+    /// The client closed with this code: send the codec's answer, then stop.
+    ClosedByClient(u16),
     /// The peer is gone or stalled; there is no one to tell.
     Gone(String),
 }
 
 // ANCHOR: connection
-async fn connection(
+/// Serves one client until the connection ends; returns who ended it and the
+/// code it ended with.
+async fn connection<K, S>(
     mut socket: WebSocket,
-    start: Start,
-    mut sub: Subscription,
+    start: Start<K, S>,
+    mut sub: Subscription<K, S>,
     config: ChannelConfig,
-) {
+) -> (Closer, u16)
+where
+    K: Ord + Clone + Serialize,
+    S: Clone + Serialize,
+{
     let first = match start {
         Start::Snapshot(s) => {
             info!("connected: snapshot at seq {}", s.seq);
@@ -233,7 +384,7 @@ async fn connection(
     // Detach from the hub first: a closing connection holds no buffer while it says
     // goodbye.
     drop(sub);
-    finish(socket, end, &config).await;
+    finish(socket, end, &config).await
 }
 // ANCHOR_END: connection
 
@@ -241,7 +392,7 @@ async fn connection(
 /// handed to the socket: if that event's send was abandoned half-way, its bytes
 /// still sit ahead of the close frame in the same stream, so a client that
 /// reads this reason has read that event too.
-fn too_slow(sub: &Subscription) -> End {
+fn too_slow<K: Ord + Clone, S: Clone>(sub: &Subscription<K, S>) -> End {
     let reason = format!("too slow: reconnect with after={}", sub.last_seq());
     End::Close(close::TRY_AGAIN_LATER, reason)
 }
@@ -259,10 +410,13 @@ fn received(incoming: Option<Result<Message, axum::Error>>) -> Option<End> {
                 "this channel only pushes: send no messages".into(),
             ));
         }
-        // The codec has already answered the client's close frame.
-        Some(Ok(Message::Close(_))) | None => {
-            return Some(End::Gone("client closed".into()));
+        // The codec has queued its answer to the client's close frame; `finish`
+        // sends it.
+        Some(Ok(Message::Close(frame))) => {
+            let code = frame.map_or(close::NO_STATUS, |f| f.code);
+            return Some(End::ClosedByClient(code));
         }
+        None => return Some(End::Gone("the connection ended".into())),
         Some(Err(error)) => error,
     };
     let inner = error.into_inner();
@@ -286,9 +440,9 @@ fn received(incoming: Option<Result<Message, axum::Error>>) -> Option<End> {
 }
 // ANCHOR_END: received
 
-async fn send(
+async fn send<K: Serialize, S: Serialize>(
     socket: &mut WebSocket,
-    push: &Push,
+    push: &Push<K, S>,
     config: &ChannelConfig,
 ) -> Result<(), End> {
     let text = match serde_json::to_string(push) {
@@ -316,7 +470,12 @@ async fn send_message(
 }
 
 // ANCHOR: finish
-async fn finish(mut socket: WebSocket, end: Option<End>, config: &ChannelConfig) {
+/// Says goodbye as `end` says; returns who ended the connection and its code.
+async fn finish(
+    mut socket: WebSocket,
+    end: Option<End>,
+    config: &ChannelConfig,
+) -> (Closer, u16) {
     match end {
         Some(End::Close(code, reason)) => {
             warn!(code, %reason, "closing");
@@ -329,7 +488,7 @@ async fn finish(mut socket: WebSocket, end: Option<End>, config: &ChannelConfig)
                 send_message(&mut socket, close, config.close_timeout).await
             {
                 info!("disconnected without a close frame: {why}");
-                return;
+                return (Closer::Server, code);
             }
             // The closing handshake: wait (bounded) for the client's close frame
             // before dropping the socket. Dropping at once can make the client's
@@ -345,9 +504,28 @@ async fn finish(mut socket: WebSocket, end: Option<End>, config: &ChannelConfig)
             if answered.await.is_err() {
                 info!("no close frame back in time: dropped");
             }
+            (Closer::Server, code)
         }
-        Some(End::Gone(why)) => info!("disconnected: {why}"),
-        None => {}
+        Some(End::ClosedByClient(code)) => {
+            // The codec queued its answer when it read the client's close frame;
+            // closing the sink flushes it, so the client's handshake completes too
+            // (a `send` of another close is refused once the peer has closed).
+            let answered = timeout(config.close_timeout, socket.close()).await;
+            match answered {
+                Ok(Ok(())) => info!(code, "the client closed"),
+                Ok(Err(error)) => {
+                    info!(code, "the client closed; no answer: {error}")
+                }
+                Err(_) => info!(code, "the client closed; no answer in time"),
+            }
+            (Closer::Client, code)
+        }
+        Some(End::Gone(why)) => {
+            info!("disconnected: {why}");
+            (Closer::Client, close::ABNORMAL)
+        }
+        // The loop ends only with an `End`.
+        None => (Closer::Client, close::ABNORMAL),
     }
 }
 // ANCHOR_END: finish

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use realtime::{ChannelConfig, HubConfig, Push, Status, close};
+use realtime::{ChannelConfig, Closer, HubConfig, Push, Status, close};
 use support::{Seen, Server, quiet, within};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -272,4 +272,27 @@ async fn bad_frames_close_that_connection_with_a_reason_and_nothing_else() {
         server.hub.publish(order, Status::Placed);
         assert_eq!(within("the good client's event", good.next_seq()).await, order);
     }
+    // Each close is counted under its code once its closing handshake is over (the
+    // dropped bad client ends it): what the capstone exports as a metric.
+    let mut expected: std::collections::BTreeMap<(Closer, u16), u64> =
+        [close::TOO_BIG, close::INVALID_DATA, close::UNSUPPORTED, close::PROTOCOL]
+            .into_iter()
+            .map(|code| ((Closer::Server, code), 1))
+            .collect();
+    within("every close counted", async {
+        while server.channel.closes() != expected {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // A client that closes gets the server's answer, so its closing handshake ends
+    // cleanly, and the close is counted as the client's, under its code.
+    good.close_normally().await;
+    expected.insert((Closer::Client, 1000), 1);
+    within("the client's close counted", async {
+        while server.channel.closes() != expected {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 }

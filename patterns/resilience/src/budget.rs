@@ -40,6 +40,13 @@ impl RetryBudget {
         *tokens = (*tokens + self.deposit_milli).min(self.max_milli);
     }
 
+    /// The tokens saved now, in retries (a fraction while deposits fill one):
+    /// what an operator graphs to see a budget running dry.
+    pub fn tokens(&self) -> f64 {
+        let tokens = *self.milli_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens as f64 / ONE_RETRY as f64
+    }
+
     /// Called before each retry: `true` if the budget allows it.
     pub fn try_withdraw(&self) -> bool {
         let mut tokens = self.milli_tokens.lock().unwrap_or_else(|p| p.into_inner());

@@ -86,6 +86,7 @@ async fn run_process<S: Store + 'static>(
     };
     // Without an outbox in every life; it dies between commit and publish once.
     let dual_write = faults.dual_write.contains(&me);
+    let fail_once = std::sync::atomic::AtomicBool::new(fault(&faults.fail_once));
     let publisher = DiesBeforePublishing::new(
         shared.producer.clone(),
         fault(&faults.dual_write),
@@ -125,6 +126,11 @@ async fn run_process<S: Store + 'static>(
         // The Kafka chapter's step: decode (or dead-letter), apply once, and
         // only then store the offset; rewind when anything fails.
         let step = handle_with(&consumer, &dead_letters, decode, |incoming| async {
+            if fail_once.swap(false, Relaxed) {
+                return Err(Error::Shop(
+                    "the fault plan fails this step once".into(),
+                ));
+            }
             let delivery = match dual_write {
                 false => service.handle(incoming).await?,
                 true => service.handle_without_outbox(incoming, &publisher).await?,
@@ -167,10 +173,15 @@ async fn run_process<S: Store + 'static>(
             Err(StepError::Handler { error: Error::Died(span), .. }) => {
                 return Ok(Exit::Crashed(span));
             }
-            Err(StepError::Handler { error, .. }) => error,
+            Err(StepError::Handler { error, .. }) => {
+                // The handler failed on a message: it comes again, from the same offset.
+                shared.stats.of(me).rewound.fetch_add(1, Relaxed);
+                error
+            }
             Err(StepError::Kafka(error)) => Error::Kafka(error),
         };
-        // The step rewound: the message comes again, after a pause.
+        // The step rewound (or the receive failed): after a pause, the consumer goes on from
+        // the offset it last stored.
         failures += 1;
         if failures >= 5 {
             return Err(error);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::serve::Listener;
 use futures::{SinkExt, StreamExt};
-use realtime::{AppState, ChannelConfig, Hub, HubConfig, Push, Shop, app};
+use realtime::{AppState, Channel, ChannelConfig, Hub, HubConfig, Push, Shop, app};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -49,6 +49,8 @@ enum Transport {
 
 pub struct Server {
     pub hub: Hub,
+    /// The server's channel, for what it counted.
+    pub channel: Channel,
     transport: Transport,
 }
 
@@ -74,15 +76,17 @@ impl Server {
         let (hub, state) = state(hub, config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let channel = state.channel.clone();
         tokio::spawn(async move { axum::serve(listener, app(state)).await });
-        Server { hub, transport: Transport::Tcp(addr) }
+        Server { hub, channel, transport: Transport::Tcp(addr) }
     }
 
     pub fn memory(hub: HubConfig, config: ChannelConfig, pipe: usize) -> Server {
         let (hub, state) = state(hub, config);
         let (tx, rx) = mpsc::unbounded_channel();
+        let channel = state.channel.clone();
         tokio::spawn(axum::serve(MemoryListener(rx), app(state)).into_future());
-        Server { hub, transport: Transport::Memory(tx, pipe) }
+        Server { hub, channel, transport: Transport::Memory(tx, pipe) }
     }
 
     /// Opens a WebSocket to `/ws` (with `?after=` when given) and waits until the
@@ -176,6 +180,28 @@ impl Client {
         match self {
             Client::Tcp(ws) => ws.send(message).await.unwrap(),
             Client::Memory(ws) => ws.send(message).await.unwrap(),
+        }
+    }
+
+    /// Closes with 1000 and reads until the server's answer: panics if the server
+    /// drops the connection instead of answering the close.
+    pub async fn close_normally(&mut self) {
+        let frame = CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        self.send(Message::Close(Some(frame))).await;
+        loop {
+            let message = match self {
+                Client::Tcp(ws) => ws.next().await,
+                Client::Memory(ws) => ws.next().await,
+            };
+            match message {
+                // The answer to our close: the handshake is complete.
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+                other => panic!("the server did not answer the close: {other:?}"),
+            }
         }
     }
 
