@@ -45,5 +45,5 @@ COPY --from=builder /src/target/release/shop /usr/local/bin/shop
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 # The roles' documented ports: gateway 8080, saga 8090, inventory to orders 8091 to 8094.
-EXPOSE 8080 8090 8091 8092 8093 8094
+EXPOSE 8080 8090 8091 8092 8093 8094 8095
 ENTRYPOINT ["/usr/local/bin/shop"]

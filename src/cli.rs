@@ -33,7 +33,7 @@ pub struct Options {
 
 /// The roles, as `shop role ROLE` and `--kill ROLE` take them.
 pub const ROLES: &str = "roles: inventory, payments, shipping, orders, saga (orchestration), \
-                         notifications (choreography), gateway";
+                         notifications, gateway";
 const USAGE: &str = "usage: shop [--style orchestration|choreography] \
                      [--serve | --kill ROLE | --chaos [SEED]] [--metrics ROLE] | shop role ROLE | \
                      shop setup";
@@ -229,6 +229,7 @@ pub async fn setup() -> anyhow::Result<()> {
 pub async fn teardown(env: &Env) -> anyhow::Result<()> {
     match env.style {
         Style::Orchestration => {
+            crate::roles::endings::delete(&env.amqp, &env.names).await?;
             let orchestrators = [crate::roles::saga::ORCHESTRATOR];
             participant::teardown(
                 &env.database_url,
@@ -241,11 +242,10 @@ pub async fn teardown(env: &Env) -> anyhow::Result<()> {
         Style::Choreography => {
             let config = crate::roles::choreographed::shop_config(env);
             choreography::shop::Shop::tear_down(&config).await?;
-            let pool = orchestration::pool(&env.database_url, 1)?;
-            crate::roles::notifications::drop_schema(&*pool.get().await?, env)
-                .await?;
         }
     }
+    let pool = orchestration::pool(&env.database_url, 1)?;
+    crate::roles::notifications::drop_schema(&*pool.get().await?, env).await?;
     Ok(())
 }
 
@@ -299,12 +299,14 @@ async fn serve_until_stopped(env: &Env, client: &Client) -> anyhow::Result<()> {
     for role in env.style.roles() {
         println!("  curl -s {}/readyz     # {role}", env.url(role));
     }
-    if env.style.roles().contains(&Role::Notifications) {
-        println!(
-            "Watch every order move, live (WebSocket): open {}/ in a browser",
-            env.url(Role::Notifications)
-        );
-    }
+    let watched = match env.style {
+        Style::Orchestration => "every checkout end",
+        Style::Choreography => "every order move",
+    };
+    println!(
+        "Watch {watched}, live (WebSocket): open {}/ in a browser",
+        env.url(Role::Notifications)
+    );
     if let Ok(endpoint) = std::env::var(crate::config::OTLP_VAR) {
         println!(
             "Traces go to {endpoint}: with the compose file's Jaeger, open http://localhost:16686"
@@ -399,13 +401,10 @@ async fn run_batch(
         bail!("{} promise(s) broken", findings.broken.len());
     }
     let confirmed = placed.iter().filter(|(_, v)| v.status == "confirmed").count();
-    let told = match env.style {
-        Style::Orchestration => "",
-        Style::Choreography => "; the notifications service told each customer once",
-    };
     println!(
         "every checkout ended ({confirmed} confirmed, {} cancelled with a reason); stock and money \
-         add up in each service's own records; nothing dead-lettered{told}",
+         add up in each service's own records; nothing dead-lettered; the notifications service \
+         told each customer once",
         placed.len() - confirmed
     );
     if let Some(role) = options.metrics {

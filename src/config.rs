@@ -21,8 +21,9 @@ pub enum Role {
     Saga,
     /// The public edge: verifies tokens, limits each client, forwards to the saga.
     Gateway,
-    /// Reads every event of the choreographed shop, tells each customer how their checkout
-    /// ended, and serves the live page (WebSocket).
+    /// Tells each customer how their checkout ended and serves the live page (WebSocket): from
+    /// every event of the choreographed shop, from the saga's announced endings in the
+    /// orchestrated one.
     Notifications,
 }
 
@@ -110,13 +111,14 @@ impl Style {
     }
 
     /// The roles a shop of this style runs, in the order they start: the saga only where it
-    /// orchestrates, the notifications only where every step is an event on Kafka for it to read.
+    /// orchestrates.
     pub fn roles(self) -> Vec<Role> {
-        let left_out = match self {
-            Style::Orchestration => Role::Notifications,
-            Style::Choreography => Role::Saga,
-        };
-        Role::ALL.into_iter().filter(|r| *r != left_out).collect()
+        match self {
+            Style::Orchestration => Role::ALL.to_vec(),
+            Style::Choreography => {
+                Role::ALL.into_iter().filter(|r| *r != Role::Saga).collect()
+            }
+        }
     }
 
     /// The role that takes checkouts behind the gateway: the saga service, or the orders

@@ -466,9 +466,17 @@ pub fn sagas(registry: &mut Registry, pool: Pool, schema: String) -> Refresh {
         "How long the oldest unfinished saga (running or compensating) has run (0 when none)",
         oldest.clone(),
     );
+    let unannounced = Gauge::<i64>::default();
+    registry.register(
+        "shop_saga_endings_unannounced",
+        "Sagas that completed or were compensated and whose ending the relay has not yet sent \
+         to the notifications service",
+        unannounced.clone(),
+    );
     Arc::new(move || {
         let (pool, schema) = (pool.clone(), schema.clone());
         let (by_status, oldest) = (by_status.clone(), oldest.clone());
+        let unannounced = unannounced.clone();
         Box::pin(async move {
             let client = pool.get().await.map_err(|e| format!("PostgreSQL: {e}"))?;
             // A running saga that has sent a compensation is compensating: turning back.
@@ -505,6 +513,16 @@ pub fn sagas(registry: &mut Registry, pool: Pool, schema: String) -> Refresh {
                 .await
                 .map_err(|e| format!("PostgreSQL: {e}"))?;
             oldest.set(age.try_get(0).map_err(|e| format!("PostgreSQL: {e}"))?);
+            let owed = format!(
+                "SELECT count(*) FROM {schema}.sagas
+                 WHERE status IN ('completed', 'compensated') AND announced_at IS NULL"
+            );
+            let owed = client
+                .query_one(&owed, &[])
+                .await
+                .map_err(|e| format!("PostgreSQL: {e}"))?;
+            unannounced
+                .set(owed.try_get(0).map_err(|e| format!("PostgreSQL: {e}"))?);
             Ok(())
         })
     })

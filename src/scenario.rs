@@ -518,10 +518,8 @@ async fn check_records(
     }
     let pool = orchestration::pool(&env.database_url, 1)?;
     let db = pool.get().await?;
-    if env.style == Style::Choreography {
-        for broken_promise in untold(&db, env, placed).await? {
-            broken(broken_promise);
-        }
+    for broken_promise in untold(&db, env, placed).await? {
+        broken(broken_promise);
     }
     for service in Service::ALL {
         findings

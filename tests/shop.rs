@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use shop::config::{Role, Style};
+use shop::roles::intake::CheckoutView;
 use shop::scenario;
 use support::{start, start_styled};
 
@@ -673,16 +674,41 @@ async fn scraped_until(base: &str, series: &str, value: u64) -> String {
     panic!("{series} is not {value} after 10 s:\n{scrape}")
 }
 
-/// The live page of the choreographed shop, served by the notifications service: each
-/// checkout's end reaches a connected browser over the WebSocket; a killed notifications service
-/// comes back with every order's status rebuilt from the topics, resyncs a page of its last
-/// life, and tells no customer twice; closes are counted by who ended them; and SIGTERM tells a
-/// connected page "going away" before the process exits.
+/// The live page, served by the notifications service, in each style: each checkout's end
+/// reaches a connected browser over the WebSocket. With the service hung (SIGSTOP) a second batch
+/// ends unseen, and then it is killed: its next life rebuilds every order's end (from the topics
+/// when choreographed, from its table and the endings still queued when orchestrated), resyncs a
+/// page of its last life, tells the second batch's customers once and the first's never again;
+/// closes are counted by who ended them; and SIGTERM tells a connected page "going away" before
+/// the process exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_live_page_shows_every_end_and_is_rebuilt_from_the_topics_after_a_kill()
-{
+async fn the_live_page_shows_every_end_and_is_rebuilt_after_a_kill() {
+    live_page(Style::Orchestration).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_choreographed_live_page_shows_every_end_and_is_rebuilt_after_a_kill() {
+    live_page(Style::Choreography).await;
+}
+
+/// Each checkout's end as the live page words it, by order id.
+fn ends(placed: &[(scenario::Planned, CheckoutView)]) -> BTreeMap<String, String> {
+    placed
+        .iter()
+        .map(|(_, view)| {
+            let status = match (view.status.as_str(), &view.reason) {
+                ("cancelled", Some(reason)) => format!("cancelled: {reason}"),
+                (status, _) => status.to_owned(),
+            };
+            (view.order_id.clone(), status)
+        })
+        .collect()
+}
+
+async fn live_page(style: Style) {
     use realtime::Push;
-    let Some(mut shop) = start_styled("live", Style::Choreography).await else {
+    let test = format!("live_{}", style.name());
+    let Some(mut shop) = start_styled(&test, style).await else {
         return;
     };
     let notifications = shop.env().addr(Role::Notifications);
@@ -697,23 +723,22 @@ async fn the_live_page_shows_every_end_and_is_rebuilt_from_the_topics_after_a_ki
     };
 
     let placed = shop.run_batch(scenario::batch("w"), async { Ok(()) }).await;
-    let expected: BTreeMap<String, String> = placed
-        .iter()
-        .map(|(_, view)| {
-            let status = match (view.status.as_str(), &view.reason) {
-                ("cancelled", Some(reason)) => format!("cancelled: {reason}"),
-                (status, _) => status.to_owned(),
-            };
-            (view.order_id.clone(), status)
-        })
-        .collect();
+    let mut expected = ends(&placed);
+    let first = expected.len() as u64;
     let mut last = BTreeMap::new();
     let seen = live.read_until(&mut last, start.seq, &expected).await;
     drop(live);
     shop.placed.extend(placed);
 
-    // Killed for real: the new life has an empty hub and reads the topics from their start.
-    shop.supervisor.kill(Role::Notifications).await.unwrap();
+    // Hung while a second batch ends: its endings wait in the topics, or in the endings queue.
+    let hung = shop.supervisor.pause(Role::Notifications).unwrap();
+    let unseen = shop.run_batch(scenario::batch("u"), async { Ok(()) }).await;
+    let second = unseen.len() as u64;
+    expected.extend(ends(&unseen));
+    shop.placed.extend(unseen);
+    // Then killed for real: the new life starts with an empty hub.
+    let life = shop.supervisor.kill(Role::Notifications).await.unwrap();
+    assert_ne!(life.pid, Some(hung), "a new process");
     let ready = Duration::from_secs(60);
     shop.supervisor.wait_ready(Role::Notifications, ready).await.unwrap();
     // A page of the old life comes back with its last number: it is not resumed into the new
@@ -725,12 +750,22 @@ async fn the_live_page_shows_every_end_and_is_rebuilt_from_the_topics_after_a_ki
     let mut last: BTreeMap<String, String> =
         rebuilt.orders.into_iter().map(|o| (o.order, o.status)).collect();
     live.read_until(&mut last, rebuilt.seq, &expected).await;
-    // Every ending was read again, and none was told again.
+    // The second batch's customers were told now, once; the first's were told by the last life.
+    // A choreographed life reads every ending again, and tells none of those twice; an
+    // orchestrated one is given only the endings the last life did not acknowledge.
     let base = shop.env().url(Role::Notifications);
-    let replayed = "shop_notices_total{outcome=\"already_told\"}";
-    let scrape = scraped_until(&base, replayed, expected.len() as u64).await;
     let told = "shop_notices_total{outcome=\"told\"}";
-    assert_eq!(support::sample::<u64>(&scrape, told), Some(0), "{scrape}");
+    let scrape = scraped_until(&base, told, second).await;
+    let replayed = "shop_notices_total{outcome=\"already_told\"}";
+    let again = match style {
+        Style::Choreography => first,
+        Style::Orchestration => 0,
+    };
+    let scrape = match style {
+        Style::Choreography => scraped_until(&base, replayed, again).await,
+        Style::Orchestration => scrape,
+    };
+    assert_eq!(support::sample::<u64>(&scrape, replayed), Some(again), "{scrape}");
     assert_eq!(
         support::sample::<i64>(&scrape, "shop_ws_clients"),
         Some(1),

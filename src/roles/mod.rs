@@ -2,6 +2,7 @@
 
 pub mod choreographed;
 pub mod edge;
+pub mod endings;
 pub mod graph;
 pub mod intake;
 pub mod notifications;
@@ -24,13 +25,7 @@ pub async fn run(role: Role) -> anyhow::Result<()> {
         (Role::Participant(service), Style::Choreography) => {
             choreographed::run(service, env).await
         }
-        (Role::Notifications, Style::Choreography) => notifications::run(env).await,
-        (Role::Notifications, Style::Orchestration) => {
-            anyhow::bail!(
-                "an orchestrated shop has no notifications service: its steps are commands \
-                 between the saga and each participant, not events anyone can read"
-            )
-        }
+        (Role::Notifications, _) => notifications::run(env).await,
         (Role::Saga, Style::Choreography) => {
             anyhow::bail!(
                 "a choreographed shop has no saga service: nobody orchestrates"

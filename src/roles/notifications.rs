@@ -1,9 +1,15 @@
-//! The notifications service of the choreographed shop: it reads every event the other services
-//! publish, tells each customer once how their checkout ended, and pushes every order's progress
-//! to a live page over a WebSocket (the real-time chapter's hub and channel, over the shop's own
-//! order ids and statuses in words).
+//! The notifications service: it tells each customer once how their checkout ended, and pushes
+//! what it knows of every order to a live page over a WebSocket (the real-time chapter's hub and
+//! channel, over the shop's own order ids and statuses in words).
 //!
-//! Two things it does not do, on purpose:
+//! What it knows depends on the style. In the choreographed shop every step is an event on Kafka,
+//! and it reads them all: the page shows each order's progress. In the orchestrated shop the steps
+//! are commands only the saga and each participant see; the saga announces each checkout's end on
+//! a durable RabbitMQ queue ([`crate::roles::endings`]), and the page shows the ends. There a
+//! delivery is acknowledged after the customer's notice is in the table, so a crash before that
+//! gets the ending delivered again, and the page of a new life starts from the table.
+//!
+//! In the choreographed shop, two things it does not do, on purpose:
 //!
 //! - **It joins no consumer group.** A group shares a topic's partitions out among its members
 //!   so that each event is handled by one of them; this service wants every event in the one
@@ -38,6 +44,13 @@ use axum::response::Html;
 use axum::routing::get;
 use choreography::wire::{self, Topics};
 use deadpool_postgres::Pool;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -51,9 +64,10 @@ use shop_domain::{Event, Service};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::{Env, Role};
+use crate::config::{Env, Role, Style};
 use crate::metrics::{Exporter, OutcomeLabels, Refresh, catch_up};
 use crate::probe::{self, Check};
+use crate::roles::endings::{self, Ended};
 use crate::telemetry;
 
 /// The hub of this service: order ids to statuses in words.
@@ -75,8 +89,9 @@ pub fn schema(env: &Env) -> String {
 /// What the consumer has done since the process started, for readiness and metrics.
 #[derive(Default)]
 struct Progress {
-    /// The current life of the consumer holds every partition.
-    assigned: AtomicBool,
+    /// The current life of the consumer holds every partition (choreography) or consumes the
+    /// endings queue (orchestration).
+    consuming: AtomicBool,
     /// Events put on the page.
     shown: AtomicU64,
     /// Events read after a later stage of their order was shown: not shown.
@@ -139,12 +154,9 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
         let (pool, progress) = (probe_pool.clone(), Arc::clone(&watched));
         Box::pin(async move {
             probe::pg_answers(&pool).await?;
-            match progress.assigned.load(Relaxed) {
+            match progress.consuming.load(Relaxed) {
                 true => Ok(()),
-                false => {
-                    Err("the consumer does not hold the topics' partitions"
-                        .to_owned())
-                }
+                false => Err("the consumer is not reading yet".to_owned()),
             }
         })
     });
@@ -156,7 +168,8 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
         Exporter::new(|registry| Some(exported(registry, &channel, progress)));
     let app = telemetry::traced(exporter.measured(app), "notifications");
     let addr = listener.local_addr()?;
-    info!("notifications (choreography): the live page on http://{addr}/");
+    let style = env.style.name();
+    info!("notifications ({style}): the live page on http://{addr}/");
     // On SIGTERM the hub lets its subscribers go: each connection then says goodbye ("going
     // away"). The HTTP server's graceful stop does not wait for WebSocket connections (axum
     // serves each in a task of its own), so the channel is drained below, before the exit.
@@ -204,7 +217,7 @@ async fn migrate(pool: &Pool, schema: &str) -> anyhow::Result<()> {
 
 /// Lives of the consumer, one after another, until the stop: a life that fails (the broker went
 /// away, the database did not answer) is followed, after a pause, by one that reads from the
-/// start again.
+/// start again (choreography) or from what the broker still holds (orchestration).
 async fn consume(
     env: Env,
     pool: Pool,
@@ -217,6 +230,23 @@ async fn consume(
     // orders that have ended.
     let mut seen = Seen::default();
     let mut backoff = FIRST_BACKOFF;
+    // The orchestrated page starts from the endings told in earlier lives of the service: the
+    // broker forgot the ones it delivered.
+    if env.style == Style::Orchestration {
+        let shown = tokio::select! {
+            shown = show_told(&pool, &schema, &hub, &mut seen) => shown,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        match shown {
+            Ok(0) => {}
+            Ok(n) => info!("the page starts with the {n} endings told before"),
+            Err(error) => {
+                warn!(
+                    "the endings told before could not be read ({error:#}); the page shows only new ones"
+                )
+            }
+        }
+    }
     loop {
         let life = Life {
             env: &env,
@@ -234,7 +264,7 @@ async fn consume(
         match lived {
             Ok(()) => return,
             Err(error) => {
-                progress.assigned.store(false, Relaxed);
+                progress.consuming.store(false, Relaxed);
                 progress.restarts.fetch_add(1, Relaxed);
                 warn!(
                     "the consumer stopped ({error:#}); reading from the start again in {backoff:?}"
@@ -267,9 +297,85 @@ struct Life<'a> {
 }
 
 impl Life<'_> {
-    /// One consumer, from the start of every partition, until an error: the caller stops it by
+    /// One life of the consumer of this shop's style, until an error: the caller stops it by
     /// dropping it.
     async fn run(&self, seen: &mut Seen) -> anyhow::Result<()> {
+        match self.env.style {
+            Style::Choreography => self.read_topics(seen).await,
+            Style::Orchestration => self.read_endings(seen).await,
+        }
+    }
+
+    /// The saga's announcements, from the durable queue: each is acknowledged once its customer
+    /// is told and the page shows it.
+    async fn read_endings(&self, seen: &mut Seen) -> anyhow::Result<()> {
+        let names = &self.env.names;
+        let connection =
+            Connection::connect(&self.env.amqp, ConnectionProperties::default())
+                .await?;
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(64, BasicQosOptions::default()).await?;
+        endings::declare(&channel, names).await?;
+        let queue = endings::queue(names);
+        let mut deliveries = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "notifications".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.progress.consuming.store(true, Relaxed);
+        info!("reading checkout endings from {queue}");
+        while let Some(delivery) = deliveries.next().await {
+            let delivery = delivery?;
+            let ended = match serde_json::from_slice::<Ended>(&delivery.data) {
+                Ok(ended)
+                    if ended.outcome == "confirmed" && ended.reason.is_none() =>
+                {
+                    ended
+                }
+                Ok(ended)
+                    if ended.outcome == "cancelled" && ended.reason.is_some() =>
+                {
+                    ended
+                }
+                Ok(ended) => {
+                    self.unreadable(&delivery, format!("no such ending: {ended:?}"))
+                        .await?;
+                    continue;
+                }
+                Err(error) => {
+                    self.unreadable(&delivery, error.to_string()).await?;
+                    continue;
+                }
+            };
+            let order = &ended.order_id;
+            self.tell(order, &ended.outcome, ended.reason.as_deref()).await?;
+            if seen.stages.insert(order.clone(), ENDED) != Some(ENDED) {
+                let words = ended_words(&ended.outcome, ended.reason.as_deref());
+                self.hub.publish(order.clone(), words);
+                self.progress.shown.fetch_add(1, Relaxed);
+            }
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+        anyhow::bail!("the broker ended the consumer of {queue}")
+    }
+
+    /// Sends a message that is no ending to the dead letters, where a person reads why.
+    async fn unreadable(
+        &self,
+        delivery: &Delivery,
+        why: String,
+    ) -> anyhow::Result<()> {
+        self.progress.unreadable.fetch_add(1, Relaxed);
+        warn!(why, "a message on the endings queue is no ending: dead-lettered");
+        delivery.reject(BasicRejectOptions { requeue: false }).await?;
+        Ok(())
+    }
+
+    /// One consumer, from the start of every partition.
+    async fn read_topics(&self, seen: &mut Seen) -> anyhow::Result<()> {
         let topics = Topics::new(&self.env.names.prefix.replace('_', "-"));
         let names: Vec<String> =
             Service::ALL.into_iter().map(|s| topics.of(s)).collect();
@@ -279,7 +385,7 @@ impl Life<'_> {
         let consumer = kafka_events::client::consumer(&self.env.kafka, &group)?;
         let (consumer, partitions) = every_partition(consumer, names).await?;
         consumer.assign(&partitions)?;
-        self.progress.assigned.store(true, Relaxed);
+        self.progress.consuming.store(true, Relaxed);
         info!("reading {} partitions from their start", partitions.count());
         loop {
             let message = consumer.recv().await?;
@@ -350,6 +456,28 @@ impl Life<'_> {
     }
 }
 
+/// Puts every ending in the notices table on the page, oldest first, and marks its order ended;
+/// returns how many.
+async fn show_told(
+    pool: &Pool,
+    schema: &str,
+    hub: &StatusHub,
+    seen: &mut Seen,
+) -> anyhow::Result<usize> {
+    let sql = format!(
+        "SELECT order_id, outcome, reason FROM {schema}.notices ORDER BY told_at"
+    );
+    let rows = pool.get().await?.query(&sql, &[]).await?;
+    for row in &rows {
+        let (order, outcome): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        let reason: Option<String> = row.try_get(2)?;
+        let words = ended_words(&outcome, reason.as_deref());
+        seen.stages.insert(order.clone(), ENDED);
+        hub.publish(order, words);
+    }
+    Ok(rows.len())
+}
+
 /// Every partition of `topics`, each from its start; fails when a topic is missing.
 async fn every_partition(
     consumer: StreamConsumer,
@@ -408,6 +536,14 @@ fn ending(event: &Event) -> Option<(&'static str, Option<&str>)> {
     }
 }
 
+/// An order's end in the words the page shows: the outcome, then the reason if there is one.
+fn ended_words(outcome: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(reason) => format!("{outcome}: {reason}"),
+        None => outcome.to_owned(),
+    }
+}
+
 /// The order's status after `event`, in the words the page shows.
 pub fn status(event: &Event) -> String {
     match event {
@@ -422,7 +558,9 @@ pub fn status(event: &Event) -> String {
         Event::ShipmentFailed { .. } => "shipment failed".to_owned(),
         Event::ShipmentCancelled { .. } => "shipment cancelled".to_owned(),
         Event::OrderConfirmed { .. } => "confirmed".to_owned(),
-        Event::OrderCancelled { reason, .. } => format!("cancelled: {reason}"),
+        Event::OrderCancelled { reason, .. } => {
+            ended_words("cancelled", Some(reason))
+        }
     }
 }
 

@@ -23,15 +23,17 @@ use orchestration::orchestrator::{
     Config, Orchestrator, Starter, Traffic, saga_id, saga_id_of,
 };
 use orchestration::saga::{Kind, Outcome, Record, State as SagaState, Terminal};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use shop_domain::OrderPlaced;
-use tokio::sync::RwLock;
+use tokio::sync::{Notify, RwLock, watch};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{Env, Role};
-use crate::metrics::{self, AmqpCounts, Exporter, Refresh};
+use crate::metrics::{self, AmqpCounts, Exporter, Refresh, catch_up};
 use crate::probe::{self, AmqpProbe, Check};
+use crate::roles::endings::{self, Announced};
 use crate::roles::intake::{
     CheckoutRequest, CheckoutView, accepted, checkout_of, invalid_id, key_reused,
     not_found, problem, shown_to, try_again,
@@ -77,9 +79,10 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
     let scrape_pool = orchestration::pool(&env.database_url, 1)?;
     let scrape_amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
     let lives = Lives::default();
+    let announced = Arc::new(Announced::default());
     let exporter = Exporter::new(|registry| {
         let log = metrics::sagas(registry, scrape_pool, env.names.log_schema());
-        let traffic = amqp_traffic(registry, lives.clone());
+        let traffic = amqp_traffic(registry, lives.clone(), Arc::clone(&announced));
         let help = "Messages waiting in the shop's dead-letter queue, each for a person to explain";
         let dead = vec![env.names.dead_letters()];
         let dead = metrics::queue_depths(
@@ -125,7 +128,21 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
         }
     }));
     info!("saga service on http://{addr}: POST /checkouts, GET /checkouts/{{id}}");
-    orchestrate_until_terminated(&env, log, &shared.starter, &lives).await;
+    let wake = Arc::new(Notify::new());
+    let (stop_relay, relay_stopped) = watch::channel(false);
+    let relay = tokio::spawn(endings::relay(
+        env.amqp.clone(),
+        env.names.clone(),
+        Arc::clone(&log),
+        Arc::clone(&wake),
+        announced,
+        relay_stopped,
+    ));
+    orchestrate_until_terminated(&env, log, &shared.starter, &lives, &wake).await;
+    stop_relay.send_replace(true);
+    if let Err(error) = relay.await {
+        warn!(%error, "the endings relay's task ended abnormally");
+    }
     if stop_http.send(()).is_err() {
         warn!("the saga's HTTP server had already stopped");
     }
@@ -154,9 +171,25 @@ impl Lives {
 }
 
 /// The saga's side of RabbitMQ, over all its orchestrators' lives: replies delivered and
-/// redelivered, commands the broker confirmed or did not.
-fn amqp_traffic(registry: &mut Registry, lives: Lives) -> Refresh {
+/// redelivered, commands the broker confirmed or did not; and the endings its relay announced.
+fn amqp_traffic(
+    registry: &mut Registry,
+    lives: Lives,
+    relay: Arc<Announced>,
+) -> Refresh {
     let amqp = AmqpCounts::register(registry, "Replies", "Commands");
+    let announced = Counter::<u64>::default();
+    registry.register(
+        "shop_saga_endings_announced",
+        "Checkout endings the relay sent to the notifications service and the broker confirmed",
+        announced.clone(),
+    );
+    let restarts = Counter::<u64>::default();
+    registry.register(
+        "shop_saga_relay_restarts",
+        "Times the endings relay was started again after its broker or log went away",
+        restarts.clone(),
+    );
     // Two scrapes at once must not both add the same increase: one catches up at a time.
     let one_at_a_time = std::sync::Mutex::new(());
     Arc::new(move || {
@@ -168,6 +201,8 @@ fn amqp_traffic(registry: &mut Registry, lives: Lives) -> Refresh {
             lives.total(|t| &t.commands_confirmed),
             lives.total(|t| &t.commands_unconfirmed),
         );
+        catch_up(&announced, relay.sent.load(Relaxed));
+        catch_up(&restarts, relay.restarts.load(Relaxed));
         Box::pin(async { Ok(()) })
     })
 }
@@ -177,6 +212,7 @@ async fn orchestrate_until_terminated(
     log: Arc<PgLog>,
     slot: &RwLock<Option<Starter>>,
     lives: &Lives,
+    ended: &Notify,
 ) {
     let config = Config {
         name: ORCHESTRATOR.to_owned(),
@@ -199,7 +235,10 @@ async fn orchestrate_until_terminated(
                 let ended = loop {
                     tokio::select! {
                         ended = &mut orchestrator.task => break ended,
-                        Some((id, end)) = orchestrator.finished.recv() => narrate(&id, &end),
+                        Some((id, end)) = orchestrator.finished.recv() => {
+                            narrate(&id, &end);
+                            ended.notify_one();
+                        }
                         () = &mut terminated => {
                             *slot.write().await = None;
                             if let Err(error) = orchestrator.stop().await {

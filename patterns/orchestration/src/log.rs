@@ -48,6 +48,10 @@ pub enum LogError {
     /// bug or a hand-edited row, which a retry will not fix.
     #[error("unreadable log entry: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// A saga whose row says it ended has no ending as its last record: a bug or a hand-edited
+    /// row.
+    #[error("saga {0} is marked ended, but its log does not end")]
+    Unfinished(String),
     /// A planned crash ([`crate::faults::CrashingLog`]): the orchestrator using
     /// this log dies here on purpose. At `AfterIntent` the intent is committed.
     #[error("crashed on purpose at {0:?}")]
@@ -138,7 +142,9 @@ impl PgLog {
                      seq int NOT NULL,
                      record text NOT NULL,
                      writer text NOT NULL,
-                     PRIMARY KEY (saga_id, seq));"
+                     PRIMARY KEY (saga_id, seq));
+                 ALTER TABLE {schema}.sagas
+                     ADD COLUMN IF NOT EXISTS announced_at timestamptz;"
             ))
             .await?;
         drop(client);
@@ -163,6 +169,58 @@ impl PgLog {
             self.schema
         );
         self.pool.get().await?.execute(&sql, &[&saga_id]).await?;
+        Ok(())
+    }
+}
+
+/// A saga that ended and has not been announced yet: see [`PgLog::unannounced`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ending {
+    /// The saga.
+    pub saga_id: String,
+    /// The order it checked out.
+    pub order: OrderPlaced,
+    /// How it ended: completed or compensated (a stuck saga is not announced).
+    pub terminal: Terminal,
+}
+
+impl PgLog {
+    /// Up to `limit` sagas that completed or were compensated and are not marked announced,
+    /// oldest ending first. The `sagas` row takes its status in the transaction that appends the
+    /// ending, so this is an outbox over the log: nothing that ended is missed, and an ending
+    /// is offered again until [`PgLog::announced`] marks it. A stuck saga waits for a person,
+    /// and is not offered.
+    pub async fn unannounced(&self, limit: i64) -> Result<Vec<Ending>, LogError> {
+        let s = &self.schema;
+        let sql = format!(
+            "SELECT s.id, s.order_json, last.record
+             FROM {s}.sagas s,
+                  LATERAL (SELECT record FROM {s}.saga_log l WHERE l.saga_id = s.id
+                           ORDER BY seq DESC LIMIT 1) last
+             WHERE s.status IN ('completed', 'compensated') AND s.announced_at IS NULL
+             ORDER BY s.finished_at LIMIT $1"
+        );
+        let client = self.pool.get().await?;
+        let mut endings = vec![];
+        for row in client.query(&sql, &[&limit]).await? {
+            let saga_id: String = row.try_get(0)?;
+            let record = serde_json::from_str::<Record>(row.try_get(2)?)?;
+            let Record::Finished(terminal) = record else {
+                return Err(LogError::Unfinished(saga_id));
+            };
+            let order = serde_json::from_str(row.try_get(1)?)?;
+            endings.push(Ending { saga_id, order, terminal });
+        }
+        Ok(endings)
+    }
+
+    /// Marks the endings of `saga_ids` announced: [`PgLog::unannounced`] no longer offers them.
+    pub async fn announced(&self, saga_ids: &[String]) -> Result<(), LogError> {
+        let sql = format!(
+            "UPDATE {}.sagas SET announced_at = clock_timestamp() WHERE id = ANY($1)",
+            self.schema
+        );
+        self.pool.get().await?.execute(&sql, &[&saga_ids]).await?;
         Ok(())
     }
 }
