@@ -78,6 +78,9 @@ fn print_requests(base: &str) {
     println!("  curl -s {base}/v2/orders/<id from the Location header>");
     println!("  curl -s '{base}/v1/orders?customer_id=c-42'");
     println!(
+        "  curl -si {base}/v1/orders | grep -iE '^(deprecation|sunset|link)'   # v1 is retiring"
+    );
+    println!(
         "  curl -i -X POST {base}/v1/orders -H 'content-type: application/json' \
          -H 'idempotency-key: order-0002' -d '{{\"customer_id\": \"c-42\"}}'"
     );
@@ -103,6 +106,20 @@ async fn self_check(base: &str) -> anyhow::Result<()> {
     let listed = client.list(Some("c-42")).await?;
     ensure!(listed.len() == 1, "expected one order, listed {}", listed.len());
     info!("listed c-42's orders: {}", listed.len());
+    let answer =
+        reqwest::get(format!("{base}/v1/orders")).await?.error_for_status()?;
+    let header = |name: &str| {
+        let value = answer.headers().get(name).and_then(|v| v.to_str().ok());
+        value
+            .map(str::to_owned)
+            .with_context(|| format!("/v1 answered without {name}"))
+    };
+    info!(
+        "/v1 is retiring: deprecation {}, sunset {}, link {}",
+        header("deprecation")?,
+        header("sunset")?,
+        header("link")?
+    );
     let problem = client
         .post_raw(
             "/v1/orders",

@@ -4,6 +4,8 @@
 //!
 //! - [`server`]: a service built as `fn app(state) -> Router`, so tests drive it without a socket
 //!   and the example serves it on `127.0.0.1:0`. Two API versions (`/v1`, `/v2`) served side by side.
+//! - [`deprecation`]: `/v1` announces its retirement in `Deprecation` and `Sunset` headers, and
+//!   its calls are counted.
 //! - [`problem`]: every error is an RFC 9457 `application/problem+json` body that names what went
 //!   wrong (malformed JSON, a missing field, a wrong content type, a body too large, an unknown order).
 //! - [`idempotency`]: `POST /orders` requires an `Idempotency-Key`; a retry with the same key
@@ -19,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod deprecation;
 pub mod idempotency;
 pub mod orders;
 pub mod problem;

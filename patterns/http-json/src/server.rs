@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
 
+use crate::deprecation::{StillCalled, announce_v1};
 use crate::idempotency::{
     self, Begin, IDEMPOTENT_REPLAYED, IdempotencyStore, StoredResponse,
 };
@@ -58,6 +59,8 @@ pub struct AppState {
     pub idempotency: IdempotencyStore,
     /// The limits and injected faults this service runs with.
     pub config: ServiceConfig,
+    /// Calls to the deprecated `/v1` so far.
+    pub v1_calls: StillCalled,
 }
 
 impl AppState {
@@ -70,12 +73,18 @@ impl AppState {
 // ANCHOR: app
 /// The whole HTTP API, ready to serve or to test with `oneshot`.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let v1 = Router::new()
         .route(
             "/v1/orders",
             post(create_order::<OrderV1>).get(list_orders::<OrderV1>),
         )
         .route("/v1/orders/{id}", get(get_order::<OrderV1>))
+        .route_layer(middleware::from_fn_with_state(
+            state.v1_calls.clone(),
+            announce_v1,
+        ));
+    Router::new()
+        .merge(v1)
         .route(
             "/v2/orders",
             post(create_order::<OrderV2>).get(list_orders::<OrderV2>),

@@ -404,3 +404,39 @@ async fn v2_takes_the_v1_request_body_not_its_own_response_shape() {
     assert_eq!(created.status, StatusCode::CREATED);
     assert_eq!(created.body["items"][0]["unit_price"]["amount"], "12.50");
 }
+
+/// `/v1` says it is deprecated and when it goes, on every answer (a refusal too), points to v2,
+/// and is counted; `/v2` says nothing of the kind.
+#[tokio::test]
+async fn v1_announces_its_sunset_on_every_answer_and_is_counted() {
+    use http_json::deprecation::{V1_DEPRECATED_AT, V1_SUNSET};
+    use std::time::{Duration, UNIX_EPOCH};
+    let (router, state) = router();
+    let headers = |request: Request<Body>| {
+        let router = router.clone();
+        async move { router.oneshot(request).await.unwrap().headers().clone() }
+    };
+    let created = headers(post_json("/v1/orders", "k1", &mug_order())).await;
+    let missing =
+        headers(get("/v1/orders/00000000-0000-0000-0000-000000000000")).await;
+    let listed = headers(get("/v1/orders")).await;
+    for answer in [&created, &missing, &listed] {
+        let deprecation = answer["deprecation"].to_str().unwrap();
+        let seconds: u64 = deprecation.strip_prefix('@').unwrap().parse().unwrap();
+        assert_eq!(seconds, V1_DEPRECATED_AT as u64);
+        let sunset = httpdate::parse_http_date(answer["sunset"].to_str().unwrap())
+            .expect("an HTTP date, as RFC 8594 asks");
+        assert_eq!(httpdate::fmt_http_date(sunset), V1_SUNSET);
+        // The policy: at least six months between the announcement and the end.
+        let deprecated = UNIX_EPOCH + Duration::from_secs(seconds);
+        let notice = sunset.duration_since(deprecated).unwrap();
+        assert!(notice >= Duration::from_secs(182 * 24 * 3600), "{notice:?}");
+        let links: Vec<&str> =
+            answer.get_all("link").iter().map(|l| l.to_str().unwrap()).collect();
+        assert_eq!(links, ["</v2/orders>; rel=\"successor-version\""]);
+    }
+    let v2 = headers(get("/v2/orders")).await;
+    assert!(v2.get("deprecation").is_none() && v2.get("sunset").is_none());
+    assert!(v2.get("link").is_none());
+    assert_eq!(state.v1_calls.get(), 3, "every /v1 call, and only those");
+}
