@@ -1,0 +1,166 @@
+//! One client, several replicas of a service: why a single channel to one address sends every
+//! call to one replica, and a client that spreads calls by how fast each replica answers.
+//!
+//! gRPC runs over HTTP/2, which carries every call of a channel as a stream of one long-lived TCP
+//! connection. A balancer that works on connections (an L4 one: a Kubernetes `ClusterIP`
+//! Service, a TCP load balancer, [`L4Proxy`] here) picks a replica when the connection opens, and
+//! never again: the channel's calls all go where its one connection went. Balancing gRPC means
+//! choosing per call, in the client, over one connection per replica:
+//!
+//! - [`peak_ewma`]: power of two choices over latency. For each call, two replicas are drawn at
+//!   random and the call goes to the one whose cost is lower: its peak-sensitive moving average
+//!   of response times (a slow answer raises it at once, fast ones lower it gradually), times the
+//!   calls it has in flight, plus one. Replicas join and leave at run time through a channel of
+//!   [`Change`]s, as a discovery source (DNS, the Kubernetes API) would send them.
+//! - [`RoundRobin`]: each replica in turn, whatever it costs: the baseline.
+//!
+//! tonic's own `Channel::balance_list` also draws two replicas per call, but it compares a load
+//! that its connections always report as zero (`impl Load for Connection` in tonic 0.14), so the
+//! pick is uniform at random: a slow replica gets its full share.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::transport::Channel;
+use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
+use tower::discover::Change;
+use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
+use tower::util::BoxService;
+use tower::{BoxError, Service, ServiceExt};
+use tracing::warn;
+
+type Request = http::Request<Body>;
+type Response = http::Response<Body>;
+type Answer = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
+
+/// A channel over many replicas, for a generated client (`PaymentsClient::new(balanced)`):
+/// cheap to clone, and every clone shares one balancer.
+pub type Balanced = Buffer<Request, Answer>;
+
+/// Replicas joining (`Change::Insert(addr, channel)`) and leaving (`Change::Remove(addr)`).
+pub type Changes = mpsc::Sender<Change<SocketAddr, Channel>>;
+
+/// How much the first answers of a new replica are assumed to cost, before it has any.
+const FIRST_RTT: Duration = Duration::from_millis(5);
+/// How fast a replica's cost forgets a slow answer: after about this long, mostly.
+const DECAY: Duration = Duration::from_secs(5);
+/// Calls waiting for the balancer before a caller waits for a place.
+const QUEUE: usize = 1024;
+
+// ANCHOR: peak_ewma
+/// A balanced channel over the replicas sent on the returned [`Changes`]: power of two
+/// choices over each replica's peak-EWMA cost. Until the first replica arrives, calls wait.
+pub fn peak_ewma() -> (Balanced, Changes) {
+    let (changes, joined) = mpsc::channel(64);
+    let discovered =
+        ReceiverStream::new(joined).map(Ok::<_, std::convert::Infallible>);
+    let measured = PeakEwmaDiscover::new::<Request>(
+        discovered,
+        FIRST_RTT,
+        DECAY,
+        CompleteOnResponse::default(),
+    );
+    let balance = Balance::new(measured);
+    // One task owns the balancer; the clients share it through the buffer.
+    let balanced = Buffer::new(BoxService::new(balance), QUEUE);
+    (balanced, changes)
+}
+// ANCHOR_END: peak_ewma
+
+/// Each replica in turn, over a fixed list: the baseline [`peak_ewma`] is compared with.
+#[derive(Clone, Debug)]
+pub struct RoundRobin {
+    replicas: Arc<[Channel]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl RoundRobin {
+    /// Over `replicas`, which must not be empty.
+    pub fn new(replicas: Vec<Channel>) -> Self {
+        assert!(!replicas.is_empty(), "round robin over no replica");
+        RoundRobin { replicas: replicas.into(), next: Arc::default() }
+    }
+}
+
+impl Service<Request> for RoundRobin {
+    type Response = Response;
+    type Error = BoxError;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness is the chosen replica's, awaited in the call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Answer {
+        let turn = self.next.fetch_add(1, Relaxed) % self.replicas.len();
+        let replica = self.replicas[turn].clone();
+        Box::pin(async move {
+            let answer = replica.oneshot(request).await?;
+            Ok(answer)
+        })
+    }
+}
+
+/// A TCP proxy that spreads connections, not calls, over its backends, in turn: what an L4 load
+/// balancer does. Dropping it stops accepting; connections already open go on.
+pub struct L4Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    accepting: JoinHandle<()>,
+}
+
+impl L4Proxy {
+    /// Listens on `127.0.0.1:0` and forwards each connection to the next of `backends`.
+    pub async fn spawn(backends: Vec<SocketAddr>) -> std::io::Result<L4Proxy> {
+        assert!(!backends.is_empty(), "a proxy to no backend");
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let accepting = tokio::spawn(async move {
+            for turn in 0.. {
+                let client = match listener.accept().await {
+                    Ok((client, _)) => client,
+                    Err(error) => {
+                        warn!(%error, "the L4 proxy stopped accepting");
+                        return;
+                    }
+                };
+                let backend = backends[turn % backends.len()];
+                tokio::spawn(forward(client, backend));
+            }
+        });
+        Ok(L4Proxy { addr, accepting })
+    }
+}
+
+impl Drop for L4Proxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+async fn forward(mut client: TcpStream, backend: SocketAddr) {
+    let copied = async {
+        let mut server = TcpStream::connect(backend).await?;
+        client.set_nodelay(true)?;
+        server.set_nodelay(true)?;
+        tokio::io::copy_bidirectional(&mut client, &mut server).await
+    };
+    if let Err(error) = copied.await {
+        warn!(%error, %backend, "a proxied connection ended with an error");
+    }
+}

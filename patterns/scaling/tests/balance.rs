@@ -1,0 +1,191 @@
+//! One client, three replicas of the payments service, on loopback. Each replica keeps its own
+//! ledger, so the share of calls each one served is the count of payments in it.
+//!
+//! - Through an L4 balancer, one channel is one connection, and every call lands on one replica;
+//!   three channels are three connections, one per replica.
+//! - Balanced per call (power of two choices over peak-EWMA), the calls spread over the three;
+//!   a replica removed from discovery gets no more, none fails, and one added takes its share.
+//! - With one replica ten times slower, round robin (and tonic's own `balance_list`, which
+//!   compares loads its connections report as zero) still gives it a third of the calls;
+//!   peak-EWMA gives it few.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
+
+mod support;
+
+use std::time::Duration;
+
+use grpc::proto::v2::payments_client::PaymentsClient;
+use grpc::server::{RunningPayments, spawn};
+use grpc::service::ServiceConfig;
+use scaling::balance::{L4Proxy, RoundRobin, peak_ewma};
+use tokio::task::JoinSet;
+use tonic::body::Body;
+use tonic::client::GrpcService;
+use tonic::codegen::{Bytes, StdError};
+use tonic::transport::{Channel, Endpoint};
+use tower::discover::Change;
+
+/// A replica whose every authorization takes `latency` (its card network's answer).
+async fn replica(latency: Duration) -> RunningPayments {
+    let config =
+        ServiceConfig { card_network_latency: latency, ..ServiceConfig::default() };
+    spawn(config).await.unwrap()
+}
+
+async fn channel(replica: &RunningPayments) -> Channel {
+    let endpoint =
+        Endpoint::from_shared(format!("http://{}", replica.addr)).unwrap();
+    endpoint.connect().await.unwrap()
+}
+
+/// `calls` authorizations of distinct orders through `client`, `in_flight` at a time; every
+/// one must succeed.
+async fn authorize_many<T>(
+    client: PaymentsClient<T>,
+    tag: &str,
+    calls: usize,
+    in_flight: usize,
+) where
+    T: GrpcService<Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::Error: Into<StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<StdError> + Send,
+{
+    let mut workers = JoinSet::new();
+    for worker in 0..in_flight {
+        let mut client = client.clone();
+        let tag = tag.to_owned();
+        workers.spawn(async move {
+            for call in (worker..calls).step_by(in_flight) {
+                let order = support::order(&format!("{tag}-{call}"));
+                let answer = client.authorize(order).await;
+                answer
+                    .unwrap_or_else(|status| panic!("call {call} failed: {status}"));
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// How many payments each replica holds.
+fn served(replicas: &[&RunningPayments]) -> Vec<usize> {
+    replicas.iter().map(|r| r.ledger.len()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_channel_through_an_l4_balancer_pins_every_call_to_one_replica() {
+    let (a, b, c) = (
+        replica(Duration::ZERO).await,
+        replica(Duration::ZERO).await,
+        replica(Duration::ZERO).await,
+    );
+    let proxy = L4Proxy::spawn(vec![a.addr, b.addr, c.addr]).await.unwrap();
+    let endpoint = Endpoint::from_shared(format!("http://{}", proxy.addr)).unwrap();
+    let one = endpoint.connect().await.unwrap();
+    authorize_many(PaymentsClient::new(one), "pinned", 90, 8).await;
+    let mut shares = served(&[&a, &b, &c]);
+    shares.sort_unstable();
+    assert_eq!(shares, [0, 0, 90], "one connection, one replica");
+
+    // The proxy does balance: connections. Three channels, three connections, one each.
+    for (n, _) in shares.iter().enumerate() {
+        let own = endpoint.connect().await.unwrap();
+        authorize_many(PaymentsClient::new(own), &format!("conn{n}"), 30, 4).await;
+    }
+    let mut shares = served(&[&a, &b, &c]);
+    shares.sort_unstable();
+    assert_eq!(
+        shares,
+        [30, 30, 120],
+        "each new connection went to the next replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_spreads_calls_and_follows_replicas_as_they_come_and_go() {
+    let work = Duration::from_millis(5);
+    let (a, b, c) = (replica(work).await, replica(work).await, replica(work).await);
+    let (balanced, changes) = peak_ewma();
+    for r in [&a, &b, &c] {
+        changes.send(Change::Insert(r.addr, channel(r).await)).await.unwrap();
+    }
+    let client = PaymentsClient::new(balanced);
+    authorize_many(client.clone(), "spread", 150, 12).await;
+    let shares = served(&[&a, &b, &c]);
+    println!("peak-EWMA over three equal replicas: {shares:?}");
+    assert_eq!(shares.iter().sum::<usize>(), 150);
+    assert!(
+        shares.iter().all(|&n| n >= 30),
+        "each replica at least a fifth: {shares:?}"
+    );
+
+    // a leaves: discovery says so first, then it stops. No call fails, none reaches it.
+    changes.send(Change::Remove(a.addr)).await.unwrap();
+    let before = a.ledger.len();
+    a.shutdown().await.unwrap();
+    authorize_many(client.clone(), "without-a", 60, 12).await;
+    let after = served(&[&b, &c]);
+    assert_eq!(
+        after.iter().sum::<usize>() - (shares[1] + shares[2]),
+        60,
+        "{after:?}"
+    );
+    assert_eq!(before, shares[0]);
+
+    // d joins and takes its share.
+    let d = replica(work).await;
+    changes.send(Change::Insert(d.addr, channel(&d).await)).await.unwrap();
+    authorize_many(client, "with-d", 150, 12).await;
+    assert!(d.ledger.len() >= 30, "the new replica got {} of 150", d.ledger.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replica_keeps_its_third_under_round_robin_and_few_calls_under_peak_ewma()
+ {
+    let (fast, slow) = (Duration::from_millis(5), Duration::from_millis(50));
+    let calls = 210;
+
+    let replicas = [replica(fast).await, replica(fast).await, replica(slow).await];
+    let mut channels = vec![];
+    for r in &replicas {
+        channels.push(channel(r).await);
+    }
+    authorize_many(PaymentsClient::new(RoundRobin::new(channels)), "rr", calls, 12)
+        .await;
+    assert_eq!(
+        replicas[2].ledger.len(),
+        calls / 3,
+        "round robin: the slow one's third"
+    );
+
+    let replicas = [replica(fast).await, replica(fast).await, replica(slow).await];
+    let endpoints = replicas
+        .iter()
+        .map(|r| Endpoint::from_shared(format!("http://{}", r.addr)).unwrap());
+    let tonic_balanced = Channel::balance_list(endpoints);
+    authorize_many(PaymentsClient::new(tonic_balanced), "tonic", calls, 12).await;
+    let slow_share = replicas[2].ledger.len();
+    println!(
+        "tonic's balance_list: the slow replica served {slow_share} of {calls}"
+    );
+    assert!(
+        slow_share >= calls / 5,
+        "tonic's balance_list picks at random: the slow one got {slow_share} of {calls}"
+    );
+
+    let replicas = [replica(fast).await, replica(fast).await, replica(slow).await];
+    let (balanced, changes) = peak_ewma();
+    for r in &replicas {
+        changes.send(Change::Insert(r.addr, channel(r).await)).await.unwrap();
+    }
+    authorize_many(PaymentsClient::new(balanced), "ewma", calls, 12).await;
+    let slow_share = replicas[2].ledger.len();
+    println!("peak-EWMA: the slow replica served {slow_share} of {calls}");
+    assert!(
+        slow_share <= calls / 10,
+        "peak-EWMA sends the slow replica few calls: it got {slow_share} of {calls}"
+    );
+}

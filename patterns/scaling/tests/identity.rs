@@ -1,0 +1,186 @@
+//! Mutual TLS around the payments service, which serves the gateway and no one else: each way a
+//! caller can be wrong is refused, with an error that says which; and a caller whose certificate
+//! is replaced by one from a new CA, while it calls, loses no call.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use grpc::proto::v2::payments_client::PaymentsClient;
+use scaling::identity::{Allow, Authority, connect, name_of, serve};
+use tokio::net::TcpListener;
+use tokio::sync::{RwLock, oneshot};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+mod support;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Payments over mutual TLS with its certificate from `ca`, trusting `trusted`, serving the
+/// gateway only. Stops when the returned sender is dropped.
+async fn payments(
+    ca: &Authority,
+    trusted: Certificate,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let identity = ca.issue("payments", HOUR).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let stopped = async {
+            let _stop_or_dropped = stopped.await;
+        };
+        serve(listener, identity, trusted, Allow::only(&["gateway"]), stopped)
+            .await
+            .unwrap();
+    });
+    (addr, stop)
+}
+
+async fn authorize(channel: Channel, order_id: &str) -> Result<(), tonic::Status> {
+    PaymentsClient::new(channel)
+        .authorize(support::order(order_id))
+        .await
+        .map(|_| ())
+}
+
+/// A caller refused in the handshake: the connection or the first call fails, and the error's
+/// chain names what rustls objected to.
+async fn refused_in_the_handshake(
+    addr: SocketAddr,
+    identity: Identity,
+    trusted: Certificate,
+) -> String {
+    let answer = match connect(addr, "payments", identity, trusted).await {
+        Err(error) => return format!("{error:?}"),
+        Ok(channel) => authorize(channel, "o-refused").await,
+    };
+    let status =
+        answer.expect_err("a caller the server does not trust got an answer");
+    format!("{status:?}")
+}
+
+#[tokio::test]
+async fn payments_serves_the_gateway_and_refuses_every_other_caller_with_a_reason() {
+    let ca = Authority::new("shop CA").unwrap();
+    let (addr, _stop) = payments(&ca, ca.certificate()).await;
+
+    let gateway = ca.issue("gateway", HOUR).unwrap();
+    let channel =
+        connect(addr, "payments", gateway, ca.certificate()).await.unwrap();
+    authorize(channel, "o-1").await.expect("the gateway is served");
+
+    // No certificate at all: the server asks for one, and ends the handshake without it.
+    let tls = ClientTlsConfig::new()
+        .domain_name(name_of("payments"))
+        .ca_certificate(ca.certificate());
+    let endpoint = Endpoint::from_shared(format!("https://{addr}")).unwrap();
+    let without = match endpoint.tls_config(tls).unwrap().connect().await {
+        Err(error) => format!("{error:?}"),
+        Ok(channel) => format!("{:?}", authorize(channel, "o-0").await.unwrap_err()),
+    };
+    println!("no certificate: {without}");
+    assert!(without.contains("CertificateRequired"), "{without}");
+
+    // A certificate for the gateway, from a CA payments does not trust.
+    let rogue = Authority::new("someone else's CA").unwrap();
+    let forged = rogue.issue("gateway", HOUR).unwrap();
+    let other_ca = refused_in_the_handshake(addr, forged, ca.certificate()).await;
+    println!("another CA: {other_ca}");
+    assert!(other_ca.contains("UnknownCA"), "{other_ca}");
+
+    // The right CA, out of date.
+    let now = time::OffsetDateTime::now_utc();
+    let day = Duration::from_secs(24 * 3600);
+    let expired = ca.issue_between("gateway", now - 2 * day, now - day).unwrap();
+    let out_of_date =
+        refused_in_the_handshake(addr, expired, ca.certificate()).await;
+    println!("expired: {out_of_date}");
+    assert!(out_of_date.contains("CertificateExpired"), "{out_of_date}");
+
+    // A real service, and not one payments serves: through the handshake, refused by name.
+    let shipping = ca.issue("shipping", HOUR).unwrap();
+    let channel =
+        connect(addr, "payments", shipping, ca.certificate()).await.unwrap();
+    let status = authorize(channel, "o-2").await.expect_err("shipping is refused");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("shipping.shop.internal"), "{status:?}");
+
+    // And the caller checks the callee: a server that is not payments is not talked to.
+    let gateway = ca.issue("gateway", HOUR).unwrap();
+    let wrong_callee = match connect(addr, "orders", gateway, ca.certificate()).await
+    {
+        Err(error) => format!("{error:?}"),
+        Ok(channel) => format!("{:?}", authorize(channel, "o-3").await.unwrap_err()),
+    };
+    println!("a callee with another name: {wrong_callee}");
+    assert!(wrong_callee.contains("NotValidForName"), "{wrong_callee}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_moved_to_a_new_ca_while_it_calls_loses_no_call() {
+    let (old, new) =
+        (Authority::new("CA 2026").unwrap(), Authority::new("CA 2027").unwrap());
+    // During the rotation payments trusts both; its own certificate is still the old CA's.
+    let both = Certificate::from_pem(format!(
+        "{}{}",
+        old.certificate_pem(),
+        new.certificate_pem()
+    ));
+    let (addr, _stop) = payments(&old, both).await;
+
+    let first = old.issue("gateway", HOUR).unwrap();
+    let channel = connect(addr, "payments", first, old.certificate()).await.unwrap();
+    let current = Arc::new(RwLock::new(channel));
+    let (served, failed) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut callers = tokio::task::JoinSet::new();
+    for worker in 0..4 {
+        let (current, served, failed) =
+            (Arc::clone(&current), Arc::clone(&served), Arc::clone(&failed));
+        callers.spawn(async move {
+            for call in 0..60 {
+                let channel = current.read().await.clone();
+                match authorize(channel, &format!("o-{worker}-{call}")).await {
+                    Ok(()) => served.fetch_add(1, Relaxed),
+                    Err(status) => {
+                        eprintln!("call {worker}-{call} failed: {status:?}");
+                        failed.fetch_add(1, Relaxed)
+                    }
+                };
+            }
+        });
+    }
+    // Mid-traffic, once some calls went through, the gateway gets its new certificate: new calls
+    // take a new connection, and calls already on the old one finish there.
+    let some_served = async {
+        while served.load(Relaxed) < 40 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), some_served)
+        .await
+        .expect("40 calls served within 30 s");
+    let renewed = new.issue("gateway", HOUR).unwrap();
+    let channel =
+        connect(addr, "payments", renewed, old.certificate()).await.unwrap();
+    *current.write().await = channel;
+    while let Some(done) = callers.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(failed.load(Relaxed), 0, "calls failed during the rotation");
+    assert_eq!(served.load(Relaxed), 240);
+
+    // The rotation ends when payments trusts only the new CA: the old certificate is refused.
+    let (addr, _stop) = payments(&old, new.certificate()).await;
+    let stale = old.issue("gateway", HOUR).unwrap();
+    let refused = refused_in_the_handshake(addr, stale, old.certificate()).await;
+    assert!(refused.contains("UnknownCA"), "{refused}");
+    let fresh = new.issue("gateway", HOUR).unwrap();
+    let channel = connect(addr, "payments", fresh, old.certificate()).await.unwrap();
+    authorize(channel, "o-after").await.expect("the new certificate is served");
+}
