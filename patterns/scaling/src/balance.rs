@@ -12,6 +12,10 @@
 //!   of response times (a slow answer raises it at once, fast ones lower it gradually), times the
 //!   calls it has in flight, plus one. Replicas join and leave at run time through a channel of
 //!   [`Change`]s, as a discovery source (DNS, the Kubernetes API) would send them.
+//! - [`Eject`]: outlier ejection. A replica that is gone fails every call at once, which to a
+//!   balancer that measures latency looks like the fastest replica there is: of three, it got
+//!   about two calls in three in the tests, every one failing. So after a few failures in a row a
+//!   replica is left out for a while, then given one call to prove itself.
 //! - [`RoundRobin`]: each replica in turn, whatever it costs: the baseline.
 //!
 //! tonic's own `Channel::balance_list` also draws two replicas per call, but it compares a load
@@ -21,15 +25,16 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
@@ -41,7 +46,7 @@ use tower::discover::Change;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower::util::BoxService;
 use tower::{BoxError, Service, ServiceExt};
-use tracing::warn;
+use tracing::{info, warn};
 
 type Request = http::Request<Body>;
 type Response = http::Response<Body>;
@@ -63,11 +68,18 @@ const QUEUE: usize = 1024;
 
 // ANCHOR: peak_ewma
 /// A balanced channel over the replicas sent on the returned [`Changes`]: power of two
-/// choices over each replica's peak-EWMA cost. Until the first replica arrives, calls wait.
-pub fn peak_ewma() -> (Balanced, Changes) {
+/// choices over each replica's peak-EWMA cost, each replica behind an [`Eject`] with `ejection`.
+/// Until the first replica arrives, calls wait.
+pub fn peak_ewma(ejection: Ejection) -> (Balanced, Changes) {
     let (changes, joined) = mpsc::channel(64);
-    let discovered =
-        ReceiverStream::new(joined).map(Ok::<_, std::convert::Infallible>);
+    let discovered = ReceiverStream::new(joined).map(move |change| {
+        Ok::<_, std::convert::Infallible>(match change {
+            Change::Insert(addr, channel) => {
+                Change::Insert(addr, Eject::new(addr, channel, ejection))
+            }
+            Change::Remove(addr) => Change::Remove(addr),
+        })
+    });
     let measured = PeakEwmaDiscover::new::<Request>(
         discovered,
         FIRST_RTT,
@@ -80,6 +92,112 @@ pub fn peak_ewma() -> (Balanced, Changes) {
     (balanced, changes)
 }
 // ANCHOR_END: peak_ewma
+
+/// When a replica is left out: after `after` failed calls in a row, for `for_how_long`.
+#[derive(Clone, Copy, Debug)]
+pub struct Ejection {
+    /// Failures in a row that eject a replica.
+    pub after: u32,
+    /// How long it stays out before it gets one call on probation.
+    pub for_how_long: Duration,
+}
+
+impl Default for Ejection {
+    /// Three failures in a row, for a second: a replica that died costs its callers a few calls,
+    /// and one that is back gets traffic within about a second.
+    fn default() -> Self {
+        Ejection { after: 3, for_how_long: Duration::from_secs(1) }
+    }
+}
+
+// ANCHOR: eject
+/// A replica's calls, watched: a failure is a call the channel could not complete (the replica
+/// refused the connection or dropped it); an answer, even a gRPC error status, is a success, as
+/// the replica did answer. After [`Ejection::after`] failures in a row the replica says it is not
+/// ready, so the balancer picks others, until [`Ejection::for_how_long`] has passed.
+pub struct Eject<S> {
+    replica: SocketAddr,
+    inner: S,
+    policy: Ejection,
+    health: Arc<Mutex<Health>>,
+    back_at: Option<Pin<Box<Sleep>>>,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    failures_in_a_row: u32,
+    out_until: Option<Instant>,
+}
+
+impl<S> Eject<S> {
+    /// `inner`, the channel to `replica`, watched with `policy`.
+    pub fn new(replica: SocketAddr, inner: S, policy: Ejection) -> Self {
+        let health = Arc::default();
+        Eject { replica, inner, policy, health, back_at: None }
+    }
+}
+
+fn record(health: &Mutex<Health>, policy: Ejection, replica: SocketAddr, ok: bool) {
+    let mut health = health.lock().unwrap_or_else(PoisonError::into_inner);
+    if ok {
+        health.failures_in_a_row = 0;
+        return;
+    }
+    health.failures_in_a_row += 1;
+    if health.failures_in_a_row >= policy.after && health.out_until.is_none() {
+        health.out_until = Some(Instant::now() + policy.for_how_long);
+        warn!(
+            %replica,
+            "{} calls in a row failed: left out for {:?}",
+            health.failures_in_a_row, policy.for_how_long
+        );
+    }
+}
+
+impl<S> Service<Request> for Eject<S>
+where
+    S: Service<Request, Response = Response>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let out_until = {
+            let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            health.out_until
+        };
+        if let Some(until) = out_until {
+            let back =
+                self.back_at.get_or_insert_with(|| Box::pin(sleep_until(until)));
+            if back.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.back_at = None;
+            let mut health =
+                self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            // On probation: one more failure and it is out again.
+            health.out_until = None;
+            health.failures_in_a_row = self.policy.after.saturating_sub(1);
+            info!(replica = %self.replica, "back in, on probation");
+        }
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request) -> Answer {
+        let (health, policy) = (Arc::clone(&self.health), self.policy);
+        let replica = self.replica;
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await.map_err(Into::into);
+            record(&health, policy, replica, answer.is_ok());
+            answer
+        })
+    }
+}
+// ANCHOR_END: eject
 
 /// Each replica in turn, over a fixed list: the baseline [`peak_ewma`] is compared with.
 #[derive(Clone, Debug)]

@@ -17,11 +17,7 @@ use std::time::Duration;
 use grpc::proto::v2::payments_client::PaymentsClient;
 use grpc::server::{RunningPayments, spawn};
 use grpc::service::ServiceConfig;
-use scaling::balance::{L4Proxy, RoundRobin, peak_ewma};
-use tokio::task::JoinSet;
-use tonic::body::Body;
-use tonic::client::GrpcService;
-use tonic::codegen::{Bytes, StdError};
+use scaling::balance::{Ejection, L4Proxy, RoundRobin, peak_ewma};
 use tonic::transport::{Channel, Endpoint};
 use tower::discover::Change;
 
@@ -36,38 +32,6 @@ async fn channel(replica: &RunningPayments) -> Channel {
     let endpoint =
         Endpoint::from_shared(format!("http://{}", replica.addr)).unwrap();
     endpoint.connect().await.unwrap()
-}
-
-/// `calls` authorizations of distinct orders through `client`, `in_flight` at a time; every
-/// one must succeed.
-async fn authorize_many<T>(
-    client: PaymentsClient<T>,
-    tag: &str,
-    calls: usize,
-    in_flight: usize,
-) where
-    T: GrpcService<Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::Error: Into<StdError>,
-    T::ResponseBody: tonic::codegen::Body<Data = Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::codegen::Body>::Error: Into<StdError> + Send,
-{
-    let mut workers = JoinSet::new();
-    for worker in 0..in_flight {
-        let mut client = client.clone();
-        let tag = tag.to_owned();
-        workers.spawn(async move {
-            for call in (worker..calls).step_by(in_flight) {
-                let order = support::order(&format!("{tag}-{call}"));
-                let answer = client.authorize(order).await;
-                answer
-                    .unwrap_or_else(|status| panic!("call {call} failed: {status}"));
-            }
-        });
-    }
-    while let Some(done) = workers.join_next().await {
-        done.unwrap();
-    }
 }
 
 /// How many payments each replica holds.
@@ -85,7 +49,7 @@ async fn one_channel_through_an_l4_balancer_pins_every_call_to_one_replica() {
     let proxy = L4Proxy::spawn(vec![a.addr, b.addr, c.addr]).await.unwrap();
     let endpoint = Endpoint::from_shared(format!("http://{}", proxy.addr)).unwrap();
     let one = endpoint.connect().await.unwrap();
-    authorize_many(PaymentsClient::new(one), "pinned", 90, 8).await;
+    support::authorize_many(PaymentsClient::new(one), "pinned", 90, 8).await;
     let mut shares = served(&[&a, &b, &c]);
     shares.sort_unstable();
     assert_eq!(shares, [0, 0, 90], "one connection, one replica");
@@ -93,7 +57,13 @@ async fn one_channel_through_an_l4_balancer_pins_every_call_to_one_replica() {
     // The proxy does balance: connections. Three channels, three connections, one each.
     for (n, _) in shares.iter().enumerate() {
         let own = endpoint.connect().await.unwrap();
-        authorize_many(PaymentsClient::new(own), &format!("conn{n}"), 30, 4).await;
+        support::authorize_many(
+            PaymentsClient::new(own),
+            &format!("conn{n}"),
+            30,
+            4,
+        )
+        .await;
     }
     let mut shares = served(&[&a, &b, &c]);
     shares.sort_unstable();
@@ -108,12 +78,12 @@ async fn one_channel_through_an_l4_balancer_pins_every_call_to_one_replica() {
 async fn peak_ewma_spreads_calls_and_follows_replicas_as_they_come_and_go() {
     let work = Duration::from_millis(5);
     let (a, b, c) = (replica(work).await, replica(work).await, replica(work).await);
-    let (balanced, changes) = peak_ewma();
+    let (balanced, changes) = peak_ewma(Ejection::default());
     for r in [&a, &b, &c] {
         changes.send(Change::Insert(r.addr, channel(r).await)).await.unwrap();
     }
     let client = PaymentsClient::new(balanced);
-    authorize_many(client.clone(), "spread", 150, 12).await;
+    support::authorize_many(client.clone(), "spread", 150, 12).await;
     let shares = served(&[&a, &b, &c]);
     println!("peak-EWMA over three equal replicas: {shares:?}");
     assert_eq!(shares.iter().sum::<usize>(), 150);
@@ -126,7 +96,7 @@ async fn peak_ewma_spreads_calls_and_follows_replicas_as_they_come_and_go() {
     changes.send(Change::Remove(a.addr)).await.unwrap();
     let before = a.ledger.len();
     a.shutdown().await.unwrap();
-    authorize_many(client.clone(), "without-a", 60, 12).await;
+    support::authorize_many(client.clone(), "without-a", 60, 12).await;
     let after = served(&[&b, &c]);
     assert_eq!(
         after.iter().sum::<usize>() - (shares[1] + shares[2]),
@@ -138,23 +108,28 @@ async fn peak_ewma_spreads_calls_and_follows_replicas_as_they_come_and_go() {
     // d joins and takes its share.
     let d = replica(work).await;
     changes.send(Change::Insert(d.addr, channel(&d).await)).await.unwrap();
-    authorize_many(client, "with-d", 150, 12).await;
+    support::authorize_many(client, "with-d", 150, 12).await;
     assert!(d.ledger.len() >= 30, "the new replica got {} of 150", d.ledger.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_replica_keeps_its_third_under_round_robin_and_few_calls_under_peak_ewma()
  {
-    let (fast, slow) = (Duration::from_millis(5), Duration::from_millis(50));
-    let calls = 210;
+    let (fast, slow) = (Duration::from_millis(5), Duration::from_millis(100));
+    let (calls, in_flight) = (210, 6);
 
     let replicas = [replica(fast).await, replica(fast).await, replica(slow).await];
     let mut channels = vec![];
     for r in &replicas {
         channels.push(channel(r).await);
     }
-    authorize_many(PaymentsClient::new(RoundRobin::new(channels)), "rr", calls, 12)
-        .await;
+    support::authorize_many(
+        PaymentsClient::new(RoundRobin::new(channels)),
+        "rr",
+        calls,
+        in_flight,
+    )
+    .await;
     assert_eq!(
         replicas[2].ledger.len(),
         calls / 3,
@@ -166,7 +141,13 @@ async fn a_slow_replica_keeps_its_third_under_round_robin_and_few_calls_under_pe
         .iter()
         .map(|r| Endpoint::from_shared(format!("http://{}", r.addr)).unwrap());
     let tonic_balanced = Channel::balance_list(endpoints);
-    authorize_many(PaymentsClient::new(tonic_balanced), "tonic", calls, 12).await;
+    support::authorize_many(
+        PaymentsClient::new(tonic_balanced),
+        "tonic",
+        calls,
+        in_flight,
+    )
+    .await;
     let slow_share = replicas[2].ledger.len();
     println!(
         "tonic's balance_list: the slow replica served {slow_share} of {calls}"
@@ -177,15 +158,61 @@ async fn a_slow_replica_keeps_its_third_under_round_robin_and_few_calls_under_pe
     );
 
     let replicas = [replica(fast).await, replica(fast).await, replica(slow).await];
-    let (balanced, changes) = peak_ewma();
+    let (balanced, changes) = peak_ewma(Ejection::default());
     for r in &replicas {
         changes.send(Change::Insert(r.addr, channel(r).await)).await.unwrap();
     }
-    authorize_many(PaymentsClient::new(balanced), "ewma", calls, 12).await;
+    support::authorize_many(PaymentsClient::new(balanced), "ewma", calls, in_flight)
+        .await;
     let slow_share = replicas[2].ledger.len();
     println!("peak-EWMA: the slow replica served {slow_share} of {calls}");
     assert!(
         slow_share <= calls / 10,
         "peak-EWMA sends the slow replica few calls: it got {slow_share} of {calls}"
     );
+}
+
+/// Discovery lists a replica that is gone (nothing listens at its address any more). Its calls
+/// fail at once, which to a balancer that measures latency looks like the fastest replica there
+/// is: without ejection it gets more than its share of the calls, every one of them failing; with
+/// ejection, it costs a few calls and is then left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_is_gone_costs_a_few_calls_once_ejection_is_on() {
+    let calls = 60;
+    let never = Ejection { after: u32::MAX, for_how_long: Duration::from_secs(1) };
+    let mut failed = vec![];
+    for policy in [never, Ejection::default()] {
+        let work = Duration::from_millis(5);
+        let (a, b) = (replica(work).await, replica(work).await);
+        let gone = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let (balanced, changes) = peak_ewma(policy);
+        for r in [&a, &b] {
+            changes.send(Change::Insert(r.addr, channel(r).await)).await.unwrap();
+        }
+        // Lazy: the channel connects on its first call, and each call that cannot connect fails.
+        let endpoint = Endpoint::from_shared(format!("http://{gone}")).unwrap();
+        changes.send(Change::Insert(gone, endpoint.connect_lazy())).await.unwrap();
+        let client = PaymentsClient::new(balanced);
+        let mut failures = 0;
+        for call in 0..calls {
+            let order = support::order(&format!("call-{call}"));
+            if let Err(status) = client.clone().authorize(order).await {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                failures += 1;
+            }
+        }
+        let served: usize = served(&[&a, &b]).iter().sum();
+        assert_eq!(served + failures, calls, "every call was served or failed");
+        failed.push(failures);
+    }
+    println!(
+        "calls failed with a replica gone, without and with ejection: {failed:?}"
+    );
+    // A third would be its share; failing at once, it gets more.
+    assert!(failed[0] > calls / 3, "without ejection: {failed:?}");
+    let after = Ejection::default().after as usize;
+    assert!(failed[1] <= after, "with ejection, at most {after}: {failed:?}");
 }
