@@ -10,10 +10,16 @@ use tracing_subscriber::EnvFilter;
 /// Logs to stdout at `info` (or as `RUST_LOG` says), with the time since start on every line and
 /// colours only when stdout is a terminal.
 pub fn init_logging() {
+    init_logging_with("info");
+}
+
+/// Like [`init_logging`], with `filter` (an `EnvFilter` directive such as `info,grpc=warn`) where
+/// `RUST_LOG` is unset.
+pub fn init_logging_with(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info")),
+                .unwrap_or_else(|_| EnvFilter::new(filter)),
         )
         .with_ansi(std::io::stdout().is_terminal())
         .with_target(false)
