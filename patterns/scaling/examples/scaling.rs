@@ -164,7 +164,7 @@ async fn pinned_then_balanced() -> anyhow::Result<()> {
         "calls failed after d joined"
     );
     info!("90 calls, the new replica served {}", d.ledger.len());
-    ensure!(d.ledger.len() > 0, "the new replica got no call");
+    ensure!(!d.ledger.is_empty(), "the new replica got no call");
     Ok(())
 }
 
