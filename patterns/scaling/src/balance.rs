@@ -67,9 +67,9 @@ const DECAY: Duration = Duration::from_secs(5);
 const QUEUE: usize = 1024;
 
 // ANCHOR: peak_ewma
-/// A balanced channel over the replicas sent on the returned [`Changes`]: power of two
-/// choices over each replica's peak-EWMA cost, each replica behind an [`Eject`] with `ejection`.
-/// Until the first replica arrives, calls wait.
+/// A balanced channel over the replicas sent on the returned [`Changes`]: power of
+/// two choices over each replica's peak-EWMA cost, each replica behind an [`Eject`]
+/// with `ejection`. Until the first replica arrives, calls wait.
 pub fn peak_ewma(ejection: Ejection) -> (Balanced, Changes) {
     let (changes, joined) = mpsc::channel(64);
     let discovered = ReceiverStream::new(joined).map(move |change| {
@@ -111,10 +111,11 @@ impl Default for Ejection {
 }
 
 // ANCHOR: eject
-/// A replica's calls, watched: a failure is a call the channel could not complete (the replica
-/// refused the connection or dropped it); an answer, even a gRPC error status, is a success, as
-/// the replica did answer. After [`Ejection::after`] failures in a row the replica says it is not
-/// ready, so the balancer picks others, until [`Ejection::for_how_long`] has passed.
+/// A replica's calls, watched: a failure is a call the channel could not complete
+/// (the replica refused the connection or dropped it); an answer, even a gRPC error
+/// status, is a success, as the replica did answer. After [`Ejection::after`]
+/// failures in a row the replica says it is not ready, so the balancer picks others,
+/// until [`Ejection::for_how_long`] has passed.
 pub struct Eject<S> {
     replica: SocketAddr,
     inner: S,

@@ -123,28 +123,31 @@ impl Authority {
 }
 
 // ANCHOR: allow
-/// The callers a service serves, by name: an interceptor that checks the name against the
-/// certificate the caller presented in the handshake.
+/// The callers a service serves, by name: an interceptor that checks the name
+/// against the certificate the caller presented in the handshake.
 #[derive(Clone, Debug)]
 pub struct Allow {
     callers: Arc<[String]>,
 }
 
-/// The name a caller's certificate was checked against, for the handler to log or use.
+/// The name a caller's certificate was checked against, for the handler to log or
+/// use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller(pub String);
 
 impl Allow {
-    /// Lets through the services named in `services` (`["gateway"]`), and no one else.
+    /// Lets through the services named in `services` (`["gateway"]`), and no one
+    /// else.
     pub fn only(services: &[&str]) -> Allow {
         Allow { callers: services.iter().map(|s| name_of(s)).collect() }
     }
 
-    /// Checks `request`'s peer certificate; on success the request carries its [`Caller`].
+    /// Checks `request`'s peer certificate; on success the request carries its
+    /// [`Caller`].
     pub fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let Some(chain) = request.peer_certs() else {
             return Err(Status::unauthenticated(
-                "no client certificate: this service takes calls over mutual TLS only",
+                "no client certificate: this service takes mutual TLS calls only",
             ));
         };
         let Some(leaf) = chain.first() else {
@@ -175,8 +178,9 @@ impl Allow {
 // ANCHOR_END: allow
 
 // ANCHOR: serve
-/// The payments service on `listener`, over TLS with `identity` as its certificate, taking only
-/// callers whose certificate one of `trusted` signed (a PEM bundle) and whom `allow` names.
+/// The payments service on `listener`, over TLS with `identity` as its certificate,
+/// taking only callers whose certificate one of `trusted` signed (a PEM bundle) and
+/// whom `allow` names.
 pub async fn serve(
     listener: TcpListener,
     identity: Identity,
@@ -198,8 +202,8 @@ pub async fn serve(
 // ANCHOR_END: serve
 
 // ANCHOR: connect
-/// A channel to `service` at `addr` that presents `identity` and accepts only a server whose
-/// certificate names `service` and one of `trusted` signed.
+/// A channel to `service` at `addr` that presents `identity` and accepts only a
+/// server whose certificate names `service` and one of `trusted` signed.
 pub async fn connect(
     addr: std::net::SocketAddr,
     service: &str,
