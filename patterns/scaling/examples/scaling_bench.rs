@@ -60,21 +60,12 @@ fn line(name: &str, took: &mut [Duration], wall: Duration) -> String {
     )
 }
 
-async fn phase<T>(
+async fn phase<T: support::Transport>(
     name: &str,
     client: PaymentsClient<T>,
     calls: usize,
     in_flight: usize,
-) -> f64
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::Error: Into<tonic::codegen::StdError>,
-    T::ResponseBody:
-        tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::codegen::Body>::Error:
-        Into<tonic::codegen::StdError> + Send,
-{
+) -> f64 {
     let began = Instant::now();
     let mut took = support::authorize_many(client, name, calls, in_flight).await;
     let wall = began.elapsed();

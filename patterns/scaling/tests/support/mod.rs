@@ -21,21 +21,47 @@ pub fn order(order_id: &str) -> AuthorizeRequest {
     }
 }
 
+/// What a payments client can run over: a channel, a balancer, round robin.
+pub trait Transport:
+    GrpcService<
+        Body,
+        Future: Send,
+        Error: Into<StdError>,
+        ResponseBody: tonic::codegen::Body<
+            Data = Bytes,
+            Error: Into<StdError> + Send,
+        > + Send
+                          + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> Transport for T where
+    T: GrpcService<
+            Body,
+            Future: Send,
+            Error: Into<StdError>,
+            ResponseBody: tonic::codegen::Body<
+                Data = Bytes,
+                Error: Into<StdError> + Send,
+            > + Send
+                              + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// `calls` authorizations of distinct orders through `client`, `in_flight` at a time; every
 /// one must succeed. Returns each call's latency, in no particular order.
-pub async fn authorize_many<T>(
+pub async fn authorize_many<T: Transport>(
     client: PaymentsClient<T>,
     tag: &str,
     calls: usize,
     in_flight: usize,
-) -> Vec<Duration>
-where
-    T: GrpcService<Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::Error: Into<StdError>,
-    T::ResponseBody: tonic::codegen::Body<Data = Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::codegen::Body>::Error: Into<StdError> + Send,
-{
+) -> Vec<Duration> {
     let mut workers = JoinSet::new();
     for worker in 0..in_flight {
         let mut client = client.clone();
