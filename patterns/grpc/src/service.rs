@@ -268,13 +268,22 @@ impl Payments for PaymentsService {
             // A refused item is recorded and the batch goes on: one bad line
             // loses nothing else.
             while let Some(capture) = captures.message().await? {
-                match self.capture(&capture) {
+                // The total must hold what it counts: a capture that would carry it
+                // past u64::MAX is refused before it is made (tests/fuzz.rs found the
+                // overflow), and can go in another batch.
+                let total = summary.captured_cents.checked_add(capture.amount_cents);
+                let captured = match total {
+                    Some(_) => self.capture(&capture).map_err(Status::from),
+                    None => Err(Status::out_of_range(
+                        "the batch's total would overflow: capture this in another batch",
+                    )),
+                };
+                match captured {
                     Ok(cents) => {
                         summary.captured += 1;
                         summary.captured_cents += cents;
                     }
-                    Err(error) => {
-                        let status = Status::from(error);
+                    Err(status) => {
                         summary.rejections.push(Rejection {
                             payment_id: capture.payment_id,
                             reason: status.message().to_owned(),

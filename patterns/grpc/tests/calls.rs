@@ -296,3 +296,37 @@ async fn an_unreachable_server_is_unavailable() {
     let err = client::connect(([127, 0, 0, 1], port).into(), "c").await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
 }
+
+/// What `tests/fuzz.rs` found, kept as a case of its own: two payments of `u64::MAX` cents
+/// captured in one batch would carry the summary's total past what a `u64` holds. The capture
+/// that would overflow it is refused before it is made, and can go in another batch.
+#[tokio::test]
+async fn a_batch_refuses_the_capture_that_would_overflow_its_total() {
+    let (server, mut client) = start(ServiceConfig::default()).await;
+    let huge = |id: &str| {
+        let mut request = order(id);
+        request.amount_cents = u64::MAX;
+        request
+    };
+    let a = client.authorize(huge("o-big-1")).await.unwrap().into_inner();
+    let b = client.authorize(huge("o-big-2")).await.unwrap().into_inner();
+    let batch = [&a, &b].map(|p| CaptureRequest {
+        payment_id: p.payment_id.clone(),
+        amount_cents: u64::MAX,
+    });
+    let summary =
+        client.capture_batch(tokio_stream::iter(batch.clone())).await.unwrap();
+    let summary = summary.into_inner();
+    assert_eq!((summary.captured, summary.captured_cents), (1, u64::MAX));
+    let refused: Vec<(&str, &str)> = summary
+        .rejections
+        .iter()
+        .map(|r| (r.payment_id.as_str(), r.code.as_str()))
+        .collect();
+    assert_eq!(refused, [(b.payment_id.as_str(), "OUT_OF_RANGE")]);
+    // Nothing was captured of b: alone in a batch, it goes through.
+    let alone = tokio_stream::iter([batch[1].clone()]);
+    let summary = client.capture_batch(alone).await.unwrap().into_inner();
+    assert_eq!((summary.captured, summary.captured_cents), (1, u64::MAX));
+    server.shutdown().await.unwrap();
+}
