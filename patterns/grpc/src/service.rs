@@ -268,14 +268,14 @@ impl Payments for PaymentsService {
             // A refused item is recorded and the batch goes on: one bad line
             // loses nothing else.
             while let Some(capture) = captures.message().await? {
-                // The total must hold what it counts: a capture that would carry it
-                // past u64::MAX is refused before it is made (tests/fuzz.rs found the
-                // overflow), and can go in another batch.
+                // The total must hold what it counts: a capture that would
+                // carry it past u64::MAX is refused before it is made, and can
+                // go in another batch (tests/fuzz.rs found the overflow).
                 let total = summary.captured_cents.checked_add(capture.amount_cents);
                 let captured = match total {
                     Some(_) => self.capture(&capture).map_err(Status::from),
                     None => Err(Status::out_of_range(
-                        "the batch's total would overflow: capture this in another batch",
+                        "the batch's total would overflow: use another batch",
                     )),
                 };
                 match captured {

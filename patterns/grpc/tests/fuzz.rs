@@ -75,14 +75,27 @@ proptest! {
     #![proptest_config(config(3_000))]
 
     #[test]
-    fn arbitrary_bytes_are_decoded_or_refused_never_a_panic(
+    fn arbitrary_bytes_are_decoded_or_refused_and_what_decodes_round_trips(
         bytes in proptest::collection::vec(any::<u8>(), 0..256)
     ) {
-        // Each decoder returns a message or an error; a panic fails the test.
-        let _ = AuthorizeRequest::decode(bytes.as_slice());
-        let _ = CaptureRequest::decode(bytes.as_slice());
-        let _ = WatchPaymentRequest::decode(bytes.as_slice());
-        let _ = v1::AuthorizeRequest::decode(bytes.as_slice());
+        // Each decoder returns a message or an error (a panic fails the test), and what
+        // decodes encodes to bytes that decode to the same message.
+        if let Ok(message) = AuthorizeRequest::decode(bytes.as_slice()) {
+            let again = AuthorizeRequest::decode(message.encode_to_vec().as_slice());
+            prop_assert_eq!(again, Ok(message));
+        }
+        if let Ok(message) = CaptureRequest::decode(bytes.as_slice()) {
+            let again = CaptureRequest::decode(message.encode_to_vec().as_slice());
+            prop_assert_eq!(again, Ok(message));
+        }
+        if let Ok(message) = WatchPaymentRequest::decode(bytes.as_slice()) {
+            let again = WatchPaymentRequest::decode(message.encode_to_vec().as_slice());
+            prop_assert_eq!(again, Ok(message));
+        }
+        if let Ok(message) = v1::AuthorizeRequest::decode(bytes.as_slice()) {
+            let again = v1::AuthorizeRequest::decode(message.encode_to_vec().as_slice());
+            prop_assert_eq!(again, Ok(message));
+        }
     }
 }
 
