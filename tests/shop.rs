@@ -775,6 +775,15 @@ async fn live_page(style: Style) {
     drop(Page::open(&url).await);
     let vanished = "shop_ws_closes_total{by=\"client\",code=\"1006\"}";
     scraped_until(&base, vanished, 1).await;
+    // The saga's side of the orchestrated endings: every checkout's end sent and confirmed,
+    // none owed.
+    if style == Style::Orchestration {
+        let saga = shop.env().url(Role::Saga);
+        let announced = "shop_saga_endings_announced_total";
+        let scrape = scraped_until(&saga, announced, first + second).await;
+        let owed = support::sample::<i64>(&scrape, "shop_saga_endings_unannounced");
+        assert_eq!(owed, Some(0), "{scrape}");
+    }
 
     // SIGTERM with the page connected: it is told the server is going away, and the process
     // exits cleanly.

@@ -230,23 +230,10 @@ async fn consume(
     // orders that have ended.
     let mut seen = Seen::default();
     let mut backoff = FIRST_BACKOFF;
-    // The orchestrated page starts from the endings told in earlier lives of the service: the
-    // broker forgot the ones it delivered.
-    if env.style == Style::Orchestration {
-        let shown = tokio::select! {
-            shown = show_told(&pool, &schema, &hub, &mut seen) => shown,
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        };
-        match shown {
-            Ok(0) => {}
-            Ok(n) => info!("the page starts with the {n} endings told before"),
-            Err(error) => {
-                warn!(
-                    "the endings told before could not be read ({error:#}); the page shows only new ones"
-                )
-            }
-        }
-    }
+    let again = match env.style {
+        Style::Choreography => "reading the topics from their start",
+        Style::Orchestration => "taking what the endings queue holds",
+    };
     loop {
         let life = Life {
             env: &env,
@@ -266,9 +253,7 @@ async fn consume(
             Err(error) => {
                 progress.consuming.store(false, Relaxed);
                 progress.restarts.fetch_add(1, Relaxed);
-                warn!(
-                    "the consumer stopped ({error:#}); reading from the start again in {backoff:?}"
-                );
+                warn!("the consumer stopped ({error:#}); {again} in {backoff:?}");
             }
         }
         tokio::select! {
@@ -286,6 +271,8 @@ struct Seen {
     events: HashSet<uuid::Uuid>,
     /// The stage each order's shown status is at.
     stages: HashMap<String, u8>,
+    /// The endings in the notices table are on the page (orchestration).
+    told_shown: bool,
 }
 
 struct Life<'a> {
@@ -309,6 +296,16 @@ impl Life<'_> {
     /// The saga's announcements, from the durable queue: each is acknowledged once its customer
     /// is told and the page shows it.
     async fn read_endings(&self, seen: &mut Seen) -> anyhow::Result<()> {
+        // The page starts from the endings told in earlier lives of the service: the broker
+        // forgot the ones it delivered. A table that cannot be read ends this life, like a
+        // broker that cannot be reached, so the page is never ready without them.
+        if !seen.told_shown {
+            let shown = show_told(self.pool, self.schema, self.hub, seen).await?;
+            seen.told_shown = true;
+            if shown > 0 {
+                info!("the page starts with the {shown} endings told before");
+            }
+        }
         let names = &self.env.names;
         let connection =
             Connection::connect(&self.env.amqp, ConnectionProperties::default())

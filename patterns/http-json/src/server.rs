@@ -79,6 +79,8 @@ pub fn app(state: AppState) -> Router {
             post(create_order::<OrderV1>).get(list_orders::<OrderV1>),
         )
         .route("/v1/orders/{id}", get(get_order::<OrderV1>))
+        // Before the layer, so that a 405 on a /v1 path is marked and counted too.
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(
             state.v1_calls.clone(),
             announce_v1,
@@ -95,17 +97,19 @@ pub fn app(state: AppState) -> Router {
                 "no such route: the API lives under /v1/orders and /v2/orders",
             )
         })
-        .method_not_allowed_fallback(|| async {
-            Problem::method_not_allowed(
-                "see the API's routes for the methods each path accepts",
-            )
-        })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), inject_latency))
         .layer(middleware::from_fn(correlate_and_log))
         .with_state(state)
 }
 // ANCHOR_END: app
+
+async fn method_not_allowed() -> Problem {
+    Problem::method_not_allowed(
+        "see the API's routes for the methods each path accepts",
+    )
+}
 
 /// A representation of an order that a version of the API answers with.
 pub trait Representation:

@@ -412,18 +412,38 @@ async fn v1_announces_its_sunset_on_every_answer_and_is_counted() {
     use http_json::deprecation::{V1_DEPRECATED_AT, V1_SUNSET};
     use std::time::{Duration, UNIX_EPOCH};
     let (router, state) = router();
-    let headers = |request: Request<Body>| {
+    let answer = |request: Request<Body>| {
         let router = router.clone();
-        async move { router.oneshot(request).await.unwrap().headers().clone() }
+        async move {
+            let response = router.oneshot(request).await.unwrap();
+            (response.status(), response.headers().clone())
+        }
     };
-    let created = headers(post_json("/v1/orders", "k1", &mug_order())).await;
-    let missing =
-        headers(get("/v1/orders/00000000-0000-0000-0000-000000000000")).await;
-    let listed = headers(get("/v1/orders")).await;
-    for answer in [&created, &missing, &listed] {
+    let unknown = "/v1/orders/00000000-0000-0000-0000-000000000000";
+    let delete = Request::delete("/v1/orders").body(Body::empty()).unwrap();
+    let answers = [
+        answer(post_json("/v1/orders", "k1", &mug_order())).await,
+        answer(get(unknown)).await,
+        answer(get("/v1/orders")).await,
+        answer(post("/v1/orders", Some("k2"), "application/json", "{}")).await,
+        answer(delete).await,
+    ];
+    let statuses: Vec<StatusCode> =
+        answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::CREATED,
+            StatusCode::NOT_FOUND,
+            StatusCode::OK,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::METHOD_NOT_ALLOWED
+        ]
+    );
+    for (status, answer) in &answers {
         let deprecation = answer["deprecation"].to_str().unwrap();
         let seconds: u64 = deprecation.strip_prefix('@').unwrap().parse().unwrap();
-        assert_eq!(seconds, V1_DEPRECATED_AT as u64);
+        assert_eq!(seconds, V1_DEPRECATED_AT as u64, "{status}");
         let sunset = httpdate::parse_http_date(answer["sunset"].to_str().unwrap())
             .expect("an HTTP date, as RFC 8594 asks");
         assert_eq!(httpdate::fmt_http_date(sunset), V1_SUNSET);
@@ -433,10 +453,14 @@ async fn v1_announces_its_sunset_on_every_answer_and_is_counted() {
         assert!(notice >= Duration::from_secs(182 * 24 * 3600), "{notice:?}");
         let links: Vec<&str> =
             answer.get_all("link").iter().map(|l| l.to_str().unwrap()).collect();
-        assert_eq!(links, ["</v2/orders>; rel=\"successor-version\""]);
+        assert_eq!(links, ["</v2/orders>; rel=\"successor-version\""], "{status}");
     }
+    let headers = |request: Request<Body>| {
+        let answer = answer(request);
+        async move { answer.await.1 }
+    };
     let v2 = headers(get("/v2/orders")).await;
     assert!(v2.get("deprecation").is_none() && v2.get("sunset").is_none());
     assert!(v2.get("link").is_none());
-    assert_eq!(state.v1_calls.get(), 3, "every /v1 call, and only those");
+    assert_eq!(state.v1_calls.get(), 5, "every /v1 call, and only those");
 }

@@ -3,7 +3,8 @@
 //! Run it: `cargo run --release --example scaling_bench`
 //!
 //! 1. Replicas: each replica of payments takes at most 4 calls at a time on a connection and
-//!    spends 2 ms on each (its card network), so one replica does about 2,000 calls/s. 16 calls
+//!    spends 2 ms on each (its card network), so one replica does at most 2,000 calls/s (fewer:
+//!    a 2 ms sleep on tokio's millisecond timer takes longer). 16 calls
 //!    in flight go to one replica, to three through an L4 proxy (one channel), and to three
 //!    balanced per call.
 //! 2. One slow replica of three (20 ms where the others take 2): round robin, tonic's

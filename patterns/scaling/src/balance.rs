@@ -15,7 +15,8 @@
 //! - [`Eject`]: outlier ejection. A replica that is gone fails every call at once, which to a
 //!   balancer that measures latency looks like the fastest replica there is: of three, it got
 //!   about two calls in three in the tests, every one failing. So after a few failures in a row a
-//!   replica is left out for a while, then given one call to prove itself.
+//!   replica is left out for a while, then let back on probation: one more failure, and it is out
+//!   again.
 //! - [`RoundRobin`]: each replica in turn, whatever it costs: the baseline.
 //!
 //! tonic's own `Channel::balance_list` also draws two replicas per call, but it compares a load
@@ -98,7 +99,7 @@ pub fn peak_ewma(ejection: Ejection) -> (Balanced, Changes) {
 pub struct Ejection {
     /// Failures in a row that eject a replica.
     pub after: u32,
-    /// How long it stays out before it gets one call on probation.
+    /// How long it stays out before it is back, on probation (one failure puts it out again).
     pub for_how_long: Duration,
 }
 
@@ -281,5 +282,73 @@ async fn forward(mut client: TcpStream, backend: SocketAddr) {
     };
     if let Err(error) = copied.await {
         warn!(%error, %backend, "a proxied connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    /// A replica that fails while `failing` is set, and answers otherwise.
+    fn replica(
+        failing: Arc<AtomicBool>,
+    ) -> impl Service<
+        Request,
+        Response = Response,
+        Error = BoxError,
+        Future: Send + 'static,
+    > {
+        tower::service_fn(move |_: Request| {
+            let fails = failing.load(Relaxed);
+            async move {
+                match fails {
+                    true => Err::<Response, BoxError>("connection refused".into()),
+                    false => Ok(Response::new(Body::empty())),
+                }
+            }
+        })
+    }
+
+    fn request() -> Request {
+        http::Request::new(Body::empty())
+    }
+
+    /// Ready within the next 999 ms of (paused) time, or not.
+    async fn ready_soon<S: Service<Request, Error = BoxError>>(
+        service: &mut S,
+    ) -> bool {
+        let soon = Duration::from_millis(999);
+        tokio::time::timeout(soon, service.ready()).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn three_failures_in_a_row_leave_a_replica_out_and_one_more_after_the_pause()
+     {
+        let failing = Arc::new(AtomicBool::new(true));
+        let policy = Ejection { after: 3, for_how_long: Duration::from_secs(1) };
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let mut eject = Eject::new(addr, replica(Arc::clone(&failing)), policy);
+        for _ in 0..2 {
+            assert!(eject.ready().await.unwrap().call(request()).await.is_err());
+        }
+        assert!(ready_soon(&mut eject).await, "two failures do not eject");
+        assert!(eject.ready().await.unwrap().call(request()).await.is_err());
+        assert!(!ready_soon(&mut eject).await, "the third does, for a second");
+        // The second passes (paused time moves on while nothing else can run).
+        assert!(ready_soon(&mut eject).await, "back after the pause");
+        // On probation: the first failure puts it out again.
+        assert!(eject.ready().await.unwrap().call(request()).await.is_err());
+        assert!(!ready_soon(&mut eject).await, "out again after one failure");
+        // Recovered: a success clears the count, and two failures leave it in.
+        failing.store(false, Relaxed);
+        assert!(ready_soon(&mut eject).await);
+        assert!(eject.ready().await.unwrap().call(request()).await.is_ok());
+        failing.store(true, Relaxed);
+        for _ in 0..2 {
+            assert!(eject.ready().await.unwrap().call(request()).await.is_err());
+        }
+        assert!(ready_soon(&mut eject).await, "a success started the count again");
     }
 }

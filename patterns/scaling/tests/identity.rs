@@ -159,30 +159,48 @@ async fn a_caller_moved_to_a_new_ca_while_it_calls_loses_no_call() {
 
     let first = old.issue("gateway", HOUR).unwrap();
     let channel = connect(addr, "payments", first, old.certificate()).await.unwrap();
-    let current = Arc::new(RwLock::new(channel));
-    let (served, failed) =
-        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // The channel callers take for their next call, and which certificate it presents.
+    let current = Arc::new(RwLock::new((1, channel)));
+    let (on_old, on_new, failed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
     let mut callers = tokio::task::JoinSet::new();
     for worker in 0..4 {
-        let (current, served, failed) =
-            (Arc::clone(&current), Arc::clone(&served), Arc::clone(&failed));
+        let (current, on_old, on_new, failed) = (
+            Arc::clone(&current),
+            Arc::clone(&on_old),
+            Arc::clone(&on_new),
+            Arc::clone(&failed),
+        );
+        // Each caller goes on until it has made ten calls with the new certificate.
         callers.spawn(async move {
-            for call in 0..60 {
-                let channel = current.read().await.clone();
+            let mut mine_on_new = 0;
+            for call in 0..10_000 {
+                if mine_on_new == 10 {
+                    return;
+                }
+                let (generation, channel) = current.read().await.clone();
                 match authorize(channel, &format!("o-{worker}-{call}")).await {
-                    Ok(()) => served.fetch_add(1, Relaxed),
+                    Ok(()) if generation == 1 => on_old.fetch_add(1, Relaxed),
+                    Ok(()) => {
+                        mine_on_new += 1;
+                        on_new.fetch_add(1, Relaxed)
+                    }
                     Err(status) => {
                         eprintln!("call {worker}-{call} failed: {status:?}");
                         failed.fetch_add(1, Relaxed)
                     }
                 };
             }
+            panic!("caller {worker}: ten calls with the new certificate never went through");
         });
     }
     // Mid-traffic, once some calls went through, the gateway gets its new certificate: new calls
     // take a new connection, and calls already on the old one finish there.
     let some_served = async {
-        while served.load(Relaxed) < 40 {
+        while on_old.load(Relaxed) < 40 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
@@ -192,12 +210,13 @@ async fn a_caller_moved_to_a_new_ca_while_it_calls_loses_no_call() {
     let renewed = new.issue("gateway", HOUR).unwrap();
     let channel =
         connect(addr, "payments", renewed, old.certificate()).await.unwrap();
-    *current.write().await = channel;
+    *current.write().await = (2, channel);
     while let Some(done) = callers.join_next().await {
         done.unwrap();
     }
     assert_eq!(failed.load(Relaxed), 0, "calls failed during the rotation");
-    assert_eq!(served.load(Relaxed), 240);
+    assert!(on_old.load(Relaxed) >= 40);
+    assert_eq!(on_new.load(Relaxed), 40, "ten calls each with the new certificate");
 
     // The rotation ends when payments trusts only the new CA: the old certificate is refused.
     let (addr, _stop) = payments(&old, new.certificate()).await;
