@@ -212,7 +212,7 @@ async fn orchestrate_until_terminated(
     log: Arc<PgLog>,
     slot: &RwLock<Option<Starter>>,
     lives: &Lives,
-    ended: &Notify,
+    saga_ended: &Notify,
 ) {
     let config = Config {
         name: ORCHESTRATOR.to_owned(),
@@ -237,7 +237,7 @@ async fn orchestrate_until_terminated(
                         ended = &mut orchestrator.task => break ended,
                         Some((id, end)) = orchestrator.finished.recv() => {
                             narrate(&id, &end);
-                            ended.notify_one();
+                            saga_ended.notify_one();
                         }
                         () = &mut terminated => {
                             *slot.write().await = None;
