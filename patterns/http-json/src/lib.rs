@@ -10,6 +10,8 @@
 //!   wrong (malformed JSON, a missing field, a wrong content type, a body too large, an unknown order).
 //! - [`idempotency`]: `POST /orders` requires an `Idempotency-Key`; a retry with the same key
 //!   replays the first response instead of creating a second order.
+//! - [`openapi`]: the API's OpenAPI 3.1 document, built from the types and the routes' versions,
+//!   served at `/openapi.json`.
 //! - [`client`]: a typed client with a total-request timeout, whose errors tell a timeout (the
 //!   order may or may not exist: retry with the same key) from a refusal (do not retry).
 //!
@@ -23,6 +25,7 @@
 pub mod client;
 pub mod deprecation;
 pub mod idempotency;
+pub mod openapi;
 pub mod orders;
 pub mod problem;
 pub mod server;

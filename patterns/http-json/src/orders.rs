@@ -16,28 +16,33 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::problem::FieldError;
 
 // ANCHOR: NewOrder
 /// The body of `POST /v1/orders` and `POST /v2/orders`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
     /// Who is ordering; required, and the key orders are listed by.
+    #[schema(min_length = 1)]
     pub customer_id: String,
     /// What is ordered: 1 to `MAX_LINES` lines.
+    #[schema(min_items = 1, max_items = 100)]
     pub lines: Vec<OrderLine>,
 }
 
 /// One line of an order: a product, how many, and at what price.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     /// The product's stock-keeping unit; required.
+    #[schema(min_length = 1)]
     pub sku: String,
     /// How many, 1 to `MAX_QUANTITY`.
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: u32,
     /// Minor units (cents). Integers, never floats, for money.
     pub unit_price_cents: u64,
@@ -97,7 +102,7 @@ impl NewOrder {
 }
 
 /// Where an order is in its life; the service only places orders so far.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Accepted and stored.

@@ -15,13 +15,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 // ANCHOR: Problem
 /// An RFC 9457 problem details object.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     /// The kind of problem; clients branch on this, never on `title` or `detail`.
     #[serde(rename = "type")]
@@ -38,7 +39,7 @@ pub struct Problem {
 }
 
 /// One invalid field: a JSON Pointer into the request body, and what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FieldError {
     /// Where in the body, as a JSON Pointer (`/lines/0/quantity`).
     pub pointer: String,

@@ -27,6 +27,7 @@ use crate::deprecation::{StillCalled, announce_v1};
 use crate::idempotency::{
     self, Begin, IDEMPOTENT_REPLAYED, IdempotencyStore, StoredResponse,
 };
+use crate::openapi::{self, OPENAPI_PATH};
 use crate::orders::{NewOrder, Order, OrderStore};
 use crate::problem::{FieldError, JsonBody, Problem};
 use crate::versions::{v1::OrderV1, v2::OrderV2};
@@ -92,6 +93,7 @@ pub fn app(state: AppState) -> Router {
             post(create_order::<OrderV2>).get(list_orders::<OrderV2>),
         )
         .route("/v2/orders/{id}", get(get_order::<OrderV2>))
+        .route(OPENAPI_PATH, get(|| async { Json(openapi::document()) }))
         .fallback(|| async {
             Problem::not_found(
                 "no such route: the API lives under /v1/orders and /v2/orders",

@@ -6,6 +6,7 @@
 //! body ([`crate::orders::NewOrder`]); only what they answer differs.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::orders::Order;
@@ -20,9 +21,10 @@ pub mod v1 {
 
     // ANCHOR: v1
     /// An order as `/v1` answers it.
-    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
     pub struct OrderV1 {
         /// The order's id.
+        #[schema(value_type = String, format = "uuid")]
         pub id: Uuid,
         /// Who ordered.
         pub customer_id: String,
@@ -55,9 +57,10 @@ pub mod v2 {
 
     // ANCHOR: v2
     /// An order as `/v2` answers it.
-    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
     pub struct OrderV2 {
         /// The order's id, as in v1.
+        #[schema(value_type = String, format = "uuid")]
         pub id: Uuid,
         /// An object, so customer details can grow without another version.
         pub customer: Customer,
@@ -70,14 +73,14 @@ pub mod v2 {
     }
 
     /// Who ordered.
-    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
     pub struct Customer {
         /// The customer's id.
         pub id: String,
     }
 
     /// One line of the order.
-    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
     pub struct Item {
         /// The product's stock-keeping unit.
         pub sku: String,
@@ -88,7 +91,7 @@ pub mod v2 {
     }
 
     /// A decimal string and an ISO 4217 code: exact, and clear about the currency.
-    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
     pub struct Money {
         /// Decimal, as a string: no float ever holds money (`"28.99"`).
         pub amount: String,
