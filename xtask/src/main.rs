@@ -193,6 +193,8 @@ fn test() -> Result<(), Fail> {
     println!(
         "\n== 3/6 cargo test --workspace (REQUIRE_BROKERS=1: an unreachable broker fails)"
     );
+    // The orders service's contract is fuzzed by schemathesis, a Python tool, from a pinned venv.
+    let schemathesis = lint::schemathesis_venv()?;
     // --all-targets also runs each benchmark once, in criterion's test mode, so benches cannot rot;
     // it leaves out doctests, which get their own run.
     for targets in ["--all-targets", "--doc"] {
@@ -200,7 +202,8 @@ fn test() -> Result<(), Fail> {
         cargo_test
             .args(["test", "--workspace", targets])
             .current_dir(workspace_root())
-            .env("REQUIRE_BROKERS", "1");
+            .env("REQUIRE_BROKERS", "1")
+            .env("SCHEMATHESIS_VENV", &schemathesis);
         tally.cargo_test(&mut cargo_test)?;
     }
 

@@ -45,15 +45,10 @@ pub fn document() -> OpenApi {
     with_parts::<Problem>(&mut schemas);
     let components = ComponentsBuilder::new().schemas_from_iter(schemas).build();
     OpenApiBuilder::new()
-        .info(
-            InfoBuilder::new()
-                .title("orders")
-                .version("2")
-                .description(Some(
-                    "The shop's orders service. /v1 is deprecated (see its \
+        .info(InfoBuilder::new().title("orders").version("2").description(Some(
+            "The shop's orders service. /v1 is deprecated (see its \
                      Deprecation and Sunset headers); /v2 is current.",
-                )),
-        )
+        )))
         .paths(paths)
         .components(Some(components))
         .build()
@@ -112,13 +107,22 @@ fn version<R: Representation + ToSchema>(
             )
             .build(),
         )
-        .response("400", problem("malformed JSON, or no usable Idempotency-Key", retired))
-        .response("409", problem("a request with this key is still running", retired))
+        .response(
+            "400",
+            problem("malformed JSON, or no usable Idempotency-Key", retired),
+        )
+        .response(
+            "409",
+            problem("a request with this key is still running", retired),
+        )
         .response("413", problem("the body is over the limit", retired))
         .response("415", problem("the body is not application/json", retired))
         .response(
             "422",
-            problem("a field breaks the order rules, or the key was reused", retired),
+            problem(
+                "a field breaks the order rules, or the key was reused",
+                retired,
+            ),
         );
     let list = operation("list_orders", "List orders, oldest first")
         .parameter(
@@ -145,7 +149,10 @@ fn version<R: Representation + ToSchema>(
                 .required(Required::True)
                 .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
         )
-        .response("200", ok("the order", ContentBuilder::new().schema(Some(one()))).build())
+        .response(
+            "200",
+            ok("the order", ContentBuilder::new().schema(Some(one()))).build(),
+        )
         .response("404", problem("there is no order with this id", retired));
 
     let collection = PathItem::builder()
@@ -163,14 +170,19 @@ fn version<R: Representation + ToSchema>(
 struct Retired;
 
 /// Adds the retirement headers of [`crate::deprecation`] to a retired version's answer.
-fn announced(response: ResponseBuilder, retired: Option<Retired>) -> ResponseBuilder {
+fn announced(
+    response: ResponseBuilder,
+    retired: Option<Retired>,
+) -> ResponseBuilder {
     if retired.is_none() {
         return response;
     }
     response
         .header(
             "deprecation",
-            text_header(&format!("`@{V1_DEPRECATED_AT}`: deprecated since (RFC 9745)")),
+            text_header(&format!(
+                "`@{V1_DEPRECATED_AT}`: deprecated since (RFC 9745)"
+            )),
         )
         .header("sunset", text_header(&format!("`{V1_SUNSET}` (RFC 8594)")))
         .header("link", text_header(&format!("`{V1_SUCCESSOR}`")))
@@ -212,7 +224,7 @@ fn idempotency_key() -> ParameterBuilder {
 mod tests {
     use serde_json::Value;
 
-    use crate::orders::{MAX_LINES, MAX_QUANTITY};
+    use crate::orders::{MAX_LINES, MAX_QUANTITY, MAX_UNIT_PRICE_CENTS};
 
     /// The bounds written in the schema attributes are the ones `validate` enforces.
     #[test]
@@ -225,6 +237,8 @@ mod tests {
         let quantity = &schemas["OrderLine"]["properties"]["quantity"];
         assert_eq!(quantity["maximum"], Value::from(MAX_QUANTITY));
         assert_eq!(quantity["minimum"], Value::from(1));
+        let price = &schemas["OrderLine"]["properties"]["unit_price_cents"];
+        assert_eq!(price["maximum"], Value::from(MAX_UNIT_PRICE_CENTS));
         assert_eq!(schemas["NewOrder"]["additionalProperties"], Value::Bool(false));
     }
 

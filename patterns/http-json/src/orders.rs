@@ -44,7 +44,8 @@ pub struct OrderLine {
     /// How many, 1 to `MAX_QUANTITY`.
     #[schema(minimum = 1, maximum = 1000)]
     pub quantity: u32,
-    /// Minor units (cents). Integers, never floats, for money.
+    /// Minor units (cents), up to `MAX_UNIT_PRICE_CENTS`. Integers, never floats, for money.
+    #[schema(maximum = 1_000_000_000)]
     pub unit_price_cents: u64,
 }
 // ANCHOR_END: NewOrder
@@ -54,6 +55,11 @@ pub struct OrderLine {
 pub const MAX_LINES: usize = 100;
 /// The most of one product in one line: beyond it, a typo more likely than an order.
 pub const MAX_QUANTITY: u32 = 1_000;
+/// The highest price of one product, ten million euros. With the two bounds above, every total
+/// stays below 2^53, the largest integer a JavaScript client reads exactly: without it, a price
+/// of 2^63 was accepted, and answered with a total that a browser would round (schemathesis found
+/// it, by sending a value the document's `int64` allowed and the service did not).
+pub const MAX_UNIT_PRICE_CENTS: u64 = 1_000_000_000;
 
 impl NewOrder {
     // ANCHOR: validate
@@ -84,6 +90,12 @@ impl NewOrder {
                 errors.push(FieldError::new(
                     format!("/lines/{i}/quantity"),
                     format!("must be between 1 and {MAX_QUANTITY}"),
+                ));
+            }
+            if line.unit_price_cents > MAX_UNIT_PRICE_CENTS {
+                errors.push(FieldError::new(
+                    format!("/lines/{i}/unit_price_cents"),
+                    format!("at most {MAX_UNIT_PRICE_CENTS}"),
                 ));
             }
         }
@@ -294,6 +306,24 @@ mod tests {
             lines: vec![line(1000, u64::MAX / 10)],
         };
         assert_eq!(huge.total_cents(), None);
+    }
+
+    #[test]
+    fn a_price_beyond_the_bound_is_refused_and_no_valid_total_loses_a_cent_in_javascript()
+     {
+        let dear = NewOrder {
+            customer_id: "c".into(),
+            lines: vec![line(1, MAX_UNIT_PRICE_CENTS + 1)],
+        };
+        let errors = dear.validate().unwrap_err();
+        assert_eq!(errors[0].pointer, "/lines/0/unit_price_cents");
+        let most = NewOrder {
+            customer_id: "c".into(),
+            lines: vec![line(MAX_QUANTITY, MAX_UNIT_PRICE_CENTS); MAX_LINES],
+        };
+        assert_eq!(most.validate(), Ok(()));
+        let total = most.total_cents().unwrap();
+        assert!(total < 1 << 53, "{total} is beyond 2^53");
     }
 
     #[test]

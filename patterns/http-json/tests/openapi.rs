@@ -1,5 +1,6 @@
 //! The committed contract is the one the code generates: a change to the API changes
 //! `openapi.json` in the same commit, where a reviewer sees it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 use std::path::PathBuf;
 
