@@ -6,6 +6,7 @@
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Header names. Kafka header keys are strings; values are bytes (UTF-8 here).
@@ -37,7 +38,7 @@ pub const ORDER_PLACED: &str = "OrderPlaced";
 /// Version 2 of `OrderPlaced`, the one producers write today. Version 1 had no
 /// `currency`; a v2 reader fills it in with the default, and a v1 reader ignores it
 /// (see the tests).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderPlaced {
     /// Also the message key, so one order's events keep their order.
     pub order_id: String,
@@ -56,7 +57,7 @@ fn euro() -> String {
 
 /// The first version, as an old consumer still has it. Unknown fields (v2's
 /// currency) are skipped.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderPlacedV1 {
     /// As in v2.
     pub order_id: String,

@@ -1,0 +1,124 @@
+//! Event schemas and the compatibility they promise.
+//!
+//! Each version of a payload has a JSON Schema, generated from the Rust type that writes or reads
+//! it (the same `utoipa` derive as the orders API's OpenAPI document; an OpenAPI 3.1 schema object
+//! is JSON Schema 2020-12), and committed as `schemas/<event>.v<N>.json`. A committed version is a
+//! promise to the consumers already deployed: `tests/schemas.rs` fails when the type of the newest
+//! version no longer generates its file, and when a pair of versions breaks the compatibility the
+//! topic promises.
+//!
+//! The check reads the parts of a schema that decide whether a reader can decode a writer's
+//! payload: the properties, their JSON types, which are required, and whether unknown properties
+//! are refused (`additionalProperties: false`, serde's `deny_unknown_fields`).
+
+use serde_json::Value;
+use utoipa::PartialSchema;
+
+use crate::envelope::{OrderPlaced, OrderPlacedV1};
+
+/// What a topic promises about the versions of its payloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compatibility {
+    /// A new reader reads every older payload: consumers upgrade first.
+    Backward,
+    /// An old reader reads every newer payload: producers upgrade first.
+    Forward,
+    /// Both: either side may upgrade first, which the orders topic promises.
+    Full,
+}
+
+/// Every released version of `OrderPlaced`, oldest first, as its type generates it today.
+pub fn order_placed_versions() -> serde_json::Result<Vec<(u32, Value)>> {
+    Ok(vec![(1, generated::<OrderPlacedV1>()?), (2, generated::<OrderPlaced>()?)])
+}
+
+/// The JSON Schema `T` derives, as JSON.
+pub fn generated<T: PartialSchema>() -> serde_json::Result<Value> {
+    serde_json::to_value(T::schema())
+}
+
+// ANCHOR: breaks
+/// Why `new` breaks the promise `old` made, one line per reason; empty if it keeps it.
+pub fn breaks(old: &Value, new: &Value, promise: Compatibility) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if matches!(promise, Compatibility::Backward | Compatibility::Full) {
+        reasons.extend(
+            unreadable(new, old)
+                .into_iter()
+                .map(|r| format!("new reader, old data: {r}")),
+        );
+    }
+    if matches!(promise, Compatibility::Forward | Compatibility::Full) {
+        reasons.extend(
+            unreadable(old, new)
+                .into_iter()
+                .map(|r| format!("old reader, new data: {r}")),
+        );
+    }
+    reasons
+}
+
+/// What stops a reader with schema `reader` from decoding a payload written with `writer`.
+fn unreadable(reader: &Value, writer: &Value) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let (read, written) = (properties(reader), properties(writer));
+    for name in required(reader) {
+        if !required(writer).contains(&name) {
+            reasons.push(format!("`{name}` is required, and a payload may lack it"));
+        }
+    }
+    for (name, wants) in &read {
+        let Some((_, has)) = written.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        if json_type(wants) != json_type(has) {
+            reasons.push(format!(
+                "`{name}` is read as {} and written as {}",
+                json_type(wants),
+                json_type(has)
+            ));
+        }
+    }
+    if reader.get("additionalProperties") == Some(&Value::Bool(false)) {
+        for (name, _) in &written {
+            if !read.iter().any(|(n, _)| n == name) {
+                reasons.push(format!(
+                    "`{name}` is written, and unknown fields are refused"
+                ));
+            }
+        }
+    }
+    reasons
+}
+// ANCHOR_END: breaks
+
+fn properties(schema: &Value) -> Vec<(String, Value)> {
+    schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|map| map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+fn required(schema: &Value) -> Vec<String> {
+    schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|names| {
+            names.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A property's JSON type with its format (`integer/int64`), as the wire sees it.
+fn json_type(property: &Value) -> String {
+    let kind = match property.get("type") {
+        Some(Value::String(kind)) => kind.clone(),
+        Some(other) => other.to_string(),
+        None => "any".to_owned(),
+    };
+    match property.get("format").and_then(Value::as_str) {
+        Some(format) => format!("{kind}/{format}"),
+        None => kind,
+    }
+}

@@ -1,0 +1,164 @@
+//! The event schemas: the committed files are what the types generate, every pair of released
+//! versions keeps the topic's promise (full compatibility), and each kind of breaking change is
+//! caught, shown with a real derived type rather than an edited file.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
+
+use std::path::PathBuf;
+
+use kafka_events::schema::{
+    Compatibility, breaks, generated, order_placed_versions,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// Set to rewrite the committed files from the types (never in CI).
+const BLESS: &str = "SCHEMAS_BLESS";
+
+fn file(version: u32) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(format!("order_placed.v{version}.json"))
+}
+
+#[test]
+fn each_committed_schema_is_what_its_type_generates() {
+    for (version, schema) in order_placed_versions().unwrap() {
+        let path = file(version);
+        let mut fresh = serde_json::to_string_pretty(&schema).unwrap();
+        fresh.push('\n');
+        if std::env::var_os(BLESS).is_some() && std::env::var_os("CI").is_none() {
+            std::fs::write(&path, &fresh).unwrap();
+        }
+        let kept = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            kept == fresh,
+            "{} is not what OrderPlaced v{version}'s type generates. A released version's \
+             fields must not change: a changed field is a new version (a new type and file). \
+             If only descriptions changed, write the files from the types: \
+             {BLESS}=1 cargo test -p kafka-events --test schemas",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn every_released_pair_keeps_full_compatibility() {
+    let versions = order_placed_versions().unwrap();
+    assert!(versions.len() >= 2, "two versions at least");
+    for pair in versions.windows(2) {
+        let ((a, old), (b, new)) = (&pair[0], &pair[1]);
+        let found = breaks(old, new, Compatibility::Full);
+        assert!(found.is_empty(), "v{a} -> v{b}: {found:?}");
+    }
+}
+
+fn today() -> Value {
+    order_placed_versions().unwrap().pop().unwrap().1
+}
+
+/// v3 requires the currency that v2 made optional: a v3 reader cannot read v1 payloads.
+#[derive(Serialize, Deserialize, ToSchema)]
+struct CurrencyRequired {
+    order_id: String,
+    customer_id: String,
+    total_cents: u64,
+    currency: String,
+}
+
+#[test]
+fn a_field_made_required_breaks_backward() {
+    let v1 = order_placed_versions().unwrap().remove(0).1;
+    let found = breaks(
+        &v1,
+        &generated::<CurrencyRequired>().unwrap(),
+        Compatibility::Backward,
+    );
+    assert_eq!(
+        found,
+        ["new reader, old data: `currency` is required, and a payload may lack it"]
+    );
+    // The reverse direction is fine: an old reader skips the field.
+    assert!(
+        breaks(
+            &v1,
+            &generated::<CurrencyRequired>().unwrap(),
+            Compatibility::Forward
+        )
+        .is_empty()
+    );
+}
+
+/// v3 stops writing `customer_id`, which v2 readers require.
+#[derive(Serialize, Deserialize, ToSchema)]
+struct CustomerDropped {
+    order_id: String,
+    total_cents: u64,
+    #[serde(default)]
+    currency: String,
+}
+
+#[test]
+fn a_required_field_removed_breaks_forward() {
+    let found = breaks(
+        &today(),
+        &generated::<CustomerDropped>().unwrap(),
+        Compatibility::Forward,
+    );
+    assert_eq!(
+        found,
+        [
+            "old reader, new data: `customer_id` is required, and a payload may lack it"
+        ]
+    );
+    assert!(
+        breaks(
+            &today(),
+            &generated::<CustomerDropped>().unwrap(),
+            Compatibility::Backward
+        )
+        .is_empty()
+    );
+}
+
+/// v3 sends the total as a decimal string.
+#[derive(Serialize, Deserialize, ToSchema)]
+struct TotalAsText {
+    order_id: String,
+    customer_id: String,
+    total_cents: String,
+    #[serde(default)]
+    currency: String,
+}
+
+#[test]
+fn a_field_retyped_breaks_both_ways() {
+    let found =
+        breaks(&today(), &generated::<TotalAsText>().unwrap(), Compatibility::Full);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found.iter().all(|r| r.contains("`total_cents` is read as")),
+        "{found:?}"
+    );
+}
+
+/// A v1 reader that refuses unknown fields: then even an added optional field breaks it.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct StrictV1 {
+    order_id: String,
+    customer_id: String,
+    total_cents: u64,
+}
+
+#[test]
+fn a_strict_reader_makes_an_added_field_break_forward() {
+    let strict = generated::<StrictV1>().unwrap();
+    let found = breaks(&strict, &today(), Compatibility::Forward);
+    assert_eq!(
+        found,
+        [
+            "old reader, new data: `currency` is written, and unknown fields are refused"
+        ]
+    );
+}
