@@ -18,6 +18,7 @@ use std::fmt::Display;
 
 #[cfg(feature = "examples")]
 pub mod example;
+pub mod schemathesis;
 
 /// Kafka bootstrap servers: `KAFKA_BROKERS`, default `127.0.0.1:9092`.
 pub fn kafka_brokers() -> String {

@@ -352,7 +352,9 @@ fn failed(error: reqwest::Error) -> Fault {
 }
 
 /// A payment as the gateway shows it in JSON.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct PaymentView {
     /// The id payments gave the authorization.
     pub payment_id: String,

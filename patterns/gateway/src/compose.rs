@@ -16,7 +16,9 @@ use crate::backends::{BackendError, PaymentView};
 use http_json::versions::v2::OrderV2;
 
 /// A part of the view the gateway could not fetch, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct Missing {
     /// `order` or `payment`: the field of the view that is empty for this reason.
     pub part: String,
@@ -26,7 +28,9 @@ pub struct Missing {
 
 /// The composed checkout view, of an order of type `O` (the orders service's v2 order here; the
 /// whole shop's services answer with their own).
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct CheckoutView<O = OrderV2> {
     /// The order asked for, present even when the order itself could not be fetched.
     pub order_id: String,

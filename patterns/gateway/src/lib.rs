@@ -12,6 +12,8 @@
 //!   one deadline and answers with what it has, naming what is missing.
 //! - [`graphql`]: the same composition as GraphQL, where the client picks the fields, with a data
 //!   loader against the N+1 problem.
+//! - [`openapi`]: the gateway's own OpenAPI 3.1 document, served at `/openapi.json`; it reuses
+//!   the orders service's schemas, since the gateway relays v2 orders as they are.
 //! - [`backends`]: each backend behind its own circuit breaker (the resilience chapter's).
 //!
 //! Request ids, timeouts and body limits come from tower-http, not from code written here.
@@ -27,6 +29,7 @@ pub mod backends;
 pub mod compose;
 pub mod graphql;
 pub mod limit;
+pub mod openapi;
 pub mod problem;
 pub mod routes;
 

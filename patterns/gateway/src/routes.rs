@@ -32,6 +32,7 @@ use crate::backends::{BackendError, Forwarded};
 use crate::compose;
 use crate::graphql::{self, PaymentFetch};
 use crate::limit::rate_limit;
+use crate::openapi::{self, OPENAPI_PATH};
 use crate::problem::{problem_bodies, respond};
 
 /// The header that carries the request id, in and out.
@@ -49,11 +50,13 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/graphql", post(graphql_query))
         // route_layer: only matched routes; the last added runs first.
         .route_layer(from_fn_with_state(gateway.limiter.clone(), rate_limit))
-        .route_layer(from_fn_with_state(gateway.verifier(), authenticate));
+        .route_layer(from_fn_with_state(gateway.verifier(), authenticate))
+        // Added after the layers, so it needs no token: the contract is public.
+        .route(OPENAPI_PATH, get(|| async { Json(openapi::document()) }));
     routes
         .fallback(|| async {
-            let detail =
-                "routes: /orders, /payments, /checkout/{order_id}, /graphql";
+            let detail = "routes: /orders, /payments, /checkout/{order_id}, \
+                          /graphql, /openapi.json";
             respond(Problem::new(
                 StatusCode::NOT_FOUND,
                 "not-found",
@@ -189,16 +192,20 @@ async fn get_order(
 }
 
 /// `POST /payments`: the JSON face of the gRPC `Authorize`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeJson {
     /// The order to pay for.
+    #[schema(min_length = 1)]
     pub order_id: String,
     /// The amount, in the currency's minor unit (cents).
+    #[schema(minimum = 1)]
     pub amount_cents: u64,
-    /// ISO 4217 code, e.g. `EUR`, passed to payments unchecked here.
+    /// ISO 4217 code, passed to payments unchecked here (payments takes `EUR` only).
+    #[schema(min_length = 1)]
     pub currency: String,
     /// The payment provider's token for the card, never the card number.
+    #[schema(min_length = 1)]
     pub card_token: String,
     /// Optional: an absent one reaches payments as the empty string, as proto3
     /// has no absent string.

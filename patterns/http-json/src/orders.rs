@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::problem::FieldError;
+use crate::problem::{FieldError, objects};
 
 // ANCHOR: NewOrder
 /// The body of `POST /v1/orders` and `POST /v2/orders`.
@@ -31,6 +31,7 @@ pub struct NewOrder {
     pub customer_id: String,
     /// What is ordered: 1 to `MAX_LINES` lines.
     #[schema(min_items = 1, max_items = 100)]
+    #[serde(deserialize_with = "objects")]
     pub lines: Vec<OrderLine>,
 }
 
@@ -44,7 +45,7 @@ pub struct OrderLine {
     /// How many, 1 to `MAX_QUANTITY`.
     #[schema(minimum = 1, maximum = 1000)]
     pub quantity: u32,
-    /// Minor units (cents), up to `MAX_UNIT_PRICE_CENTS`. Integers, never floats, for money.
+    /// Minor units (cents), at most `MAX_UNIT_PRICE_CENTS`. Integers, never floats.
     #[schema(maximum = 1_000_000_000)]
     pub unit_price_cents: u64,
 }

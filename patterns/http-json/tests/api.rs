@@ -464,3 +464,23 @@ async fn v1_announces_its_sunset_on_every_answer_and_is_counted() {
     assert!(v2.get("link").is_none());
     assert_eq!(state.v1_calls.get(), 5, "every /v1 call, and only those");
 }
+
+/// serde's derive reads a struct from an array by position; the service refuses that form, at
+/// the top and in the lines, as the document says: objects only.
+#[tokio::test]
+async fn an_order_written_as_arrays_is_refused() {
+    for body in [
+        json!(["c-42", [{"sku": "mug", "quantity": 2, "unit_price_cents": 1250}]]),
+        json!({"customer_id": "c-42", "lines": [["mug", 2, 1250]]}),
+    ] {
+        let (router, state) = router();
+        let reply = call(&router, post_json("/v2/orders", "arrays", &body)).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let detail = reply.body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("invalid type: sequence, expected struct"),
+            "{detail}"
+        );
+        assert!(state.orders.list(None).is_empty(), "nothing was placed");
+    }
+}
