@@ -2,9 +2,8 @@
 //! consumers react to them without the checkout waiting for any of them.
 //!
 //! - [`envelope`]: what travels: a JSON payload keyed by order id, and headers with the event id,
-//!   type, schema version, time and correlation id. Two schema versions, read by both readers.
-//! - [`schema`]: each payload version's JSON Schema, generated from its Rust type and committed
-//!   under `schemas/`, and the compatibility check every pair of versions must pass.
+//!   type, schema version, time and correlation id. Two schema versions, read by both readers;
+//!   each derives its JSON Schema (`patterns/contracts` keeps them and checks their compatibility).
 //! - [`client`]: producer and consumer settings for at-least-once delivery, and explicit topic
 //!   creation (most production clusters, and `docker-compose.yml`, do not auto-create topics).
 //! - [`consume`]: the consumer's loop step: decode, handle, and only then commit the offset; an
@@ -26,4 +25,3 @@ pub mod consume;
 pub mod envelope;
 pub mod idempotent;
 pub mod produce;
-pub mod schema;
