@@ -19,7 +19,7 @@ pub enum Compatibility {
 }
 
 // ANCHOR: breaks
-/// Why `new` breaks the promise `old` made, one line per reason; empty if it keeps it.
+/// Why `new` breaks the promise `old` made, a line per reason; empty if kept.
 pub fn breaks(old: &Value, new: &Value, promise: Compatibility) -> Vec<String> {
     let mut reasons = Vec::new();
     if matches!(promise, Compatibility::Backward | Compatibility::Full) {
@@ -39,7 +39,8 @@ pub fn breaks(old: &Value, new: &Value, promise: Compatibility) -> Vec<String> {
     reasons
 }
 
-/// What stops a reader with schema `reader` from decoding a payload written with `writer`.
+/// What stops a reader with schema `reader` from decoding a payload written
+/// with `writer`.
 fn unreadable(reader: &Value, writer: &Value) -> Vec<String> {
     let mut reasons = Vec::new();
     let (read, written) = (properties(reader), properties(writer));

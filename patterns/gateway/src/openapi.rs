@@ -33,7 +33,6 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
 
 const BEARER: &str = "bearer";
 
-// ANCHOR: document
 /// The gateway's public API as an OpenAPI 3.1 document.
 pub fn document() -> OpenApi {
     let order = || Ref::from_schema_name(OrderV2::name());
@@ -131,7 +130,6 @@ pub fn document() -> OpenApi {
         .components(Some(components))
         .build()
 }
-// ANCHOR_END: document
 
 /// An operation that needs a token with `scope`.
 fn operation(id: &str, summary: &str, scope: &str) -> OperationBuilder {

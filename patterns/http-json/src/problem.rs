@@ -234,10 +234,10 @@ fn problem_from(rejection: JsonRejection) -> Problem {
 // ANCHOR_END: JsonBody
 
 // ANCHOR: Object
-/// A struct read from a JSON object only. serde's derive also reads a struct from an array, by
-/// position (`["c-42", [["mug", 2, 1250]]]` was an order), which no contract of ours
-/// describes; schemathesis found it. Reading the struct as a map refuses the array:
-/// `invalid type: sequence, expected struct NewOrder`.
+/// A struct read from a JSON object only. serde's derive also reads a struct
+/// from an array, by position (`["c-42", [["mug", 2, 1250]]]` was an order),
+/// which no contract of ours describes; schemathesis found it. Reading the
+/// struct as a map refuses the array: `invalid type: sequence, expected struct`.
 pub struct Object<T>(pub T);
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
@@ -246,7 +246,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
     }
 }
 
-/// Hands a struct's visitor the map form only; every other request goes through unchanged.
+/// Hands a struct's visitor the map form only; any other request passes through.
 struct AsMap<D>(D);
 
 impl<'de, D: Deserializer<'de>> Deserializer<'de> for AsMap<D> {
@@ -269,13 +269,14 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for AsMap<D> {
     }
 
     forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
-        identifier ignored_any
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
     }
 }
 
-/// For a list of structs (`#[serde(deserialize_with = "objects")]`): each one from an object.
+/// For a list of structs (`#[serde(deserialize_with = "objects")]`): each one
+/// from an object.
 pub fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,

@@ -484,3 +484,18 @@ async fn an_order_written_as_arrays_is_refused() {
         assert!(state.orders.list(None).is_empty(), "nothing was placed");
     }
 }
+
+/// JSON Schema counts `2.0` as an integer; serde's `u32` does not, so the contract's `integer`
+/// is a little wider than what the service reads (schemathesis met it as `34658.0`).
+#[tokio::test]
+async fn a_whole_number_written_with_a_fraction_is_refused() {
+    let body = json!({"customer_id": "c-42", "lines": [
+        {"sku": "mug", "quantity": 2.0, "unit_price_cents": 1250}
+    ]});
+    let (router, state) = router();
+    let reply = call(&router, post_json("/v2/orders", "fraction", &body)).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let detail = reply.body["detail"].as_str().unwrap();
+    assert!(detail.contains("invalid type: floating point `2.0`"), "{detail}");
+    assert!(state.orders.list(None).is_empty(), "nothing was placed");
+}
