@@ -154,3 +154,56 @@ fn a_strict_reader_makes_an_added_field_break_forward() {
         ]
     );
 }
+
+/// Each payload that breaks one rule of a version's schema, made from the schema itself: a
+/// required field left out, a field of the wrong JSON type, a number below its minimum.
+fn violations(schema: &Value, valid: &Value) -> Vec<(String, Value)> {
+    let mut cases = Vec::new();
+    for name in schema["required"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        let mut payload = valid.clone();
+        payload.as_object_mut().unwrap().remove(name);
+        cases.push((format!("without {name}"), payload));
+    }
+    for (name, rules) in schema["properties"].as_object().unwrap() {
+        let wrong = match rules["type"].as_str().unwrap() {
+            "string" => serde_json::json!(42),
+            _ => serde_json::json!("forty-two"),
+        };
+        let mut payload = valid.clone();
+        payload[name] = wrong;
+        cases.push((format!("{name} of the wrong type"), payload));
+        if let Some(minimum) = rules["minimum"].as_i64() {
+            let mut payload = valid.clone();
+            payload[name] = serde_json::json!(minimum - 1);
+            cases.push((format!("{name} below {minimum}"), payload));
+        }
+    }
+    cases
+}
+
+/// Consumers check a payload by decoding it into the type its schema is generated from: every
+/// payload the schema refuses, that decoder refuses too, and goes to the dead-letter topic with
+/// serde's message (kafka-events' `BadPayload`).
+#[test]
+fn each_version_decoder_refuses_what_its_schema_refuses() {
+    use kafka_events::envelope::{OrderPlaced, OrderPlacedV1};
+    let valid = serde_json::json!({
+        "order_id": "o-1", "customer_id": "c-42", "total_cents": 2899, "currency": "EUR"
+    });
+    let decoders: [(u32, fn(Value) -> bool); 2] = [
+        (1, |p| serde_json::from_value::<OrderPlacedV1>(p).is_ok()),
+        (2, |p| serde_json::from_value::<OrderPlaced>(p).is_ok()),
+    ];
+    for ((version, schema), (same, decodes)) in
+        order_placed_versions().unwrap().into_iter().zip(decoders)
+    {
+        assert_eq!(version, same);
+        assert!(decodes(valid.clone()), "v{version} reads the valid payload");
+        let cases = violations(&schema, &valid);
+        assert!(cases.len() >= 6, "v{version}: {} cases", cases.len());
+        for (what, payload) in cases {
+            assert!(!decodes(payload), "v{version} decoded a payload {what}");
+        }
+    }
+}
