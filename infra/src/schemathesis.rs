@@ -29,7 +29,8 @@ pub fn venv() -> Option<PathBuf> {
         ),
         _ => {
             println!(
-                "skipped: set {VENV} to a virtualenv with schemathesis installed"
+                "skipped: {VENV} is not set; `cargo xtask schemathesis` installs the tool \
+                 and prints the line to export"
             );
             None
         }
@@ -45,19 +46,44 @@ pub struct Report {
     pub output: String,
 }
 
-/// Runs `schemathesis --config-file <config> run <schema_url> <args>` with the fixed seed, and
+/// The files a run reads beside the document: `schemathesis.toml` (which refusals are allowed
+/// where) and, if any, a Python file of hooks.
+pub struct Setup<'a> {
+    /// The path of the `schemathesis.toml` to use.
+    pub config: &'a str,
+    /// The path of a hooks file (`SCHEMATHESIS_HOOKS`), or none.
+    pub hooks: Option<&'a str>,
+}
+
+/// Runs `schemathesis --config-file <config> run <schema_url> <args>` with the fixed seed and
+/// `env` added to its environment (values its config names as `${VAR}`), and
 /// returns its report if it found nothing; `Err` holds its output (or why it could not run).
 /// Blocking: call it from `spawn_blocking` when the service runs on the same runtime.
 pub fn run(
     venv: &std::path::Path,
-    config: &str,
+    setup: Setup<'_>,
+    env: &[(&str, &str)],
     schema_url: &str,
     args: &[&str],
     limit: Duration,
 ) -> Result<Report, String> {
     let launcher = "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())";
-    let child = Command::new(venv.join("bin").join("python"))
-        .args(["-c", launcher, "--config-file", config, "run", schema_url])
+    let mut command = Command::new(venv.join("bin").join("python"));
+    if let Some(hooks) = setup.hooks {
+        command.env("SCHEMATHESIS_HOOKS", hooks);
+    }
+    command.envs(env.iter().copied());
+    // -I: nothing from PYTHONPATH or the working directory is imported by accident.
+    let child = command
+        .args([
+            "-I",
+            "-c",
+            launcher,
+            "--config-file",
+            setup.config,
+            "run",
+            schema_url,
+        ])
         .args(["--seed", SEED, "--workers", "1", "--request-timeout", "10"])
         .args(args)
         .env("NO_COLOR", "1")

@@ -17,7 +17,8 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
-    /// What to buy.
+    /// What to buy: each line an object (`JsonBody` reads the request itself as one).
+    #[serde(deserialize_with = "http_json::problem::objects")]
     pub lines: Vec<Line>,
     /// Where to send it: a country code the carrier knows (`NL`).
     pub ship_to: String,

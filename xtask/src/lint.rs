@@ -56,7 +56,7 @@ rpds-py==2026.9.1
 typing_extensions==4.16.0
 ";
 
-/// Schemathesis, for `patterns/http-json/tests/schemathesis.rs`, pinned the same way. It runs
+/// Schemathesis, for the orders service's and the gateway's contract tests, pinned the same way. It runs
 /// from its own virtualenv: its `jsonschema_rs` and the lint's `jsonschema` are unrelated, and
 /// neither set of pins should move when the other does.
 const SCHEMATHESIS: &str = "\
@@ -517,12 +517,17 @@ fn ensure_python_tools(name: &str, pins: &str, what: &str) -> Result<PathBuf, Fa
     let _one_at_a_time =
         INSTALL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
 
-    let hash = fnv1a(pins.as_bytes());
+    python_with_venv(what)?;
+    // The interpreter is part of the name: a venv made by another Python keeps its packages
+    // under that version's lib/pythonX.Y, and this one would not find them.
+    let mut version = Command::new("python3");
+    version.args(["-c", "import sys; print(sys.version)"]);
+    let python = run_quiet(&mut version, CHECK_LIMIT)?;
+    let hash = fnv1a(format!("{pins}\n{python}").as_bytes());
     let dir = tools_root().join(format!("{name}-{hash:016x}"));
     if dir.is_dir() {
         return Ok(dir);
     }
-    python_with_venv(what)?;
     let scratch =
         tools_root().join(format!("{name}-{hash:016x}.{}.tmp", std::process::id()));
     let io = |step: &str, e: std::io::Error| {

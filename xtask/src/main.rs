@@ -47,7 +47,7 @@ impl std::fmt::Display for Fail {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <brokers up|brokers down|brokers status|test|book [--serve]|examples|excerpts|lint [FILE...]|browser|doctor|quiz <chapter>>";
+const USAGE: &str = "usage: cargo xtask <brokers up|brokers down|brokers status|test|book [--serve]|examples|excerpts|lint [FILE...]|browser|doctor|quiz <chapter>|schemathesis>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,6 +68,9 @@ fn main() -> ExitCode {
         ["browser"] => browser::run(),
         ["quiz"] => quiz::list(),
         ["quiz", chapter] => quiz::run(chapter),
+        // Installs schemathesis (once) and prints the variable its tests read, last.
+        ["schemathesis"] => lint::schemathesis_venv()
+            .map(|venv| println!("SCHEMATHESIS_VENV={}", venv.display())),
         _ => Err(Fail::msg(USAGE)),
     };
     match result {
@@ -193,7 +196,8 @@ fn test() -> Result<(), Fail> {
     println!(
         "\n== 3/6 cargo test --workspace (REQUIRE_BROKERS=1: an unreachable broker fails)"
     );
-    // The orders service's contract is fuzzed by schemathesis, a Python tool, from a pinned venv.
+    // The orders service's and the gateway's contracts are fuzzed by schemathesis, a Python tool,
+    // from a pinned venv.
     let schemathesis = lint::schemathesis_venv()?;
     // --all-targets also runs each benchmark once, in criterion's test mode, so benches cannot rot;
     // it leaves out doctests, which get their own run.

@@ -22,7 +22,8 @@ fn each_committed_schema_is_what_its_type_generates() {
         if std::env::var_os(BLESS).is_some() && std::env::var_os("CI").is_none() {
             std::fs::write(&path, &fresh).unwrap();
         }
-        let kept = std::fs::read_to_string(&path).unwrap_or_default();
+        let kept = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(
             kept == fresh,
             "{} is not what OrderPlaced v{version}'s type generates. A released version's \
@@ -206,4 +207,21 @@ fn each_version_decoder_refuses_what_its_schema_refuses() {
             assert!(!decodes(payload), "v{version} decoded a payload {what}");
         }
     }
+}
+
+/// A nested part the check cannot compare is reported, never passed in silence.
+#[derive(Serialize, Deserialize, ToSchema)]
+struct WithAddress {
+    order_id: String,
+    customer_id: String,
+    total_cents: u64,
+    #[serde(default)]
+    ship_to: Vec<String>,
+}
+
+#[test]
+fn a_nested_field_is_reported_as_not_compared() {
+    let found =
+        breaks(&today(), &generated::<WithAddress>().unwrap(), Compatibility::Full);
+    assert!(found.iter().any(|r| r.contains("`ship_to` is nested")), "{found:?}");
 }

@@ -200,6 +200,7 @@ pub struct AuthorizeJson {
     pub order_id: String,
     /// The amount, in the currency's minor unit (cents).
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "http_json::problem::whole")]
     pub amount_cents: u64,
     /// ISO 4217 code, passed to payments unchecked here (payments takes `EUR` only).
     #[schema(min_length = 1)]

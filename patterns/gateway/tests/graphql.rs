@@ -101,3 +101,30 @@ async fn a_data_loader_turns_n_plus_one_calls_into_two() {
     assert_eq!(cost, [(1, 5), (1, 1)]);
 }
 // ANCHOR_END: n_plus_one_test
+
+/// What schemathesis found about the GraphQL endpoint, kept: a body that is not an object is
+/// refused before GraphQL sees it, and what async-graphql reads loosely (no query, null
+/// variables and operation name) is answered 200 with the error in `errors`, as documented.
+#[tokio::test]
+async fn a_graphql_body_must_be_an_object_and_the_rest_is_graphql_s_to_judge() {
+    let shop = support::shop().await;
+    let post = |body: serde_json::Value| {
+        shop.http
+            .post(shop.url("/graphql"))
+            .bearer_auth(shop.token("web-shop"))
+            .json(&body)
+            .send()
+    };
+    let refused = post(serde_json::json!([])).await.unwrap();
+    assert_eq!(refused.status(), 422);
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("invalid type: sequence"), "{detail}");
+
+    let loose = serde_json::json!({"variables": null, "operationName": null});
+    let answered = post(loose).await.unwrap();
+    assert_eq!(answered.status(), 200);
+    let answer: serde_json::Value = answered.json().await.unwrap();
+    assert!(answer["data"].is_null(), "{answer}");
+    assert!(!answer["errors"].as_array().unwrap().is_empty(), "{answer}");
+}

@@ -255,7 +255,7 @@ pub fn dangling_refs(document: &serde_json::Value) -> Vec<String> {
 mod tests {
     use serde_json::Value;
 
-    use crate::orders::{MAX_LINES, MAX_QUANTITY, MAX_UNIT_PRICE_CENTS};
+    use crate::orders::{MAX_ID_LEN, MAX_LINES, MAX_QUANTITY, MAX_UNIT_PRICE_CENTS};
 
     /// The bounds written in the schema attributes are the ones `validate` enforces.
     #[test]
@@ -268,6 +268,9 @@ mod tests {
         let quantity = &schemas["OrderLine"]["properties"]["quantity"];
         assert_eq!(quantity["maximum"], Value::from(MAX_QUANTITY));
         assert_eq!(quantity["minimum"], Value::from(1));
+        let id = format!("^[!-~]{{1,{MAX_ID_LEN}}}$");
+        assert_eq!(schemas["NewOrder"]["properties"]["customer_id"]["pattern"], id);
+        assert_eq!(schemas["OrderLine"]["properties"]["sku"]["pattern"], id);
         let price = &schemas["OrderLine"]["properties"]["unit_price_cents"];
         assert_eq!(price["maximum"], Value::from(MAX_UNIT_PRICE_CENTS));
         assert_eq!(schemas["NewOrder"]["additionalProperties"], Value::Bool(false));

@@ -19,15 +19,15 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::problem::{FieldError, objects};
+use crate::problem::{FieldError, objects, whole};
 
 // ANCHOR: NewOrder
 /// The body of `POST /v1/orders` and `POST /v2/orders`.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
-    /// Who is ordering; required, and the key orders are listed by.
-    #[schema(min_length = 1)]
+    /// Who is ordering, and the key orders are listed by: an `ID`.
+    #[schema(pattern = "^[!-~]{1,64}$")]
     pub customer_id: String,
     /// What is ordered: 1 to `MAX_LINES` lines.
     #[schema(min_items = 1, max_items = 100)]
@@ -39,14 +39,16 @@ pub struct NewOrder {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
-    /// The product's stock-keeping unit; required.
-    #[schema(min_length = 1)]
+    /// The product's stock-keeping unit: an `ID`.
+    #[schema(pattern = "^[!-~]{1,64}$")]
     pub sku: String,
     /// How many, 1 to `MAX_QUANTITY`.
     #[schema(minimum = 1, maximum = 1000)]
+    #[serde(deserialize_with = "whole")]
     pub quantity: u32,
     /// Minor units (cents), at most `MAX_UNIT_PRICE_CENTS`. Integers, never floats.
     #[schema(maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "whole")]
     pub unit_price_cents: u64,
 }
 // ANCHOR_END: NewOrder
@@ -56,19 +58,29 @@ pub struct OrderLine {
 pub const MAX_LINES: usize = 100;
 /// The most of one product in one line: beyond it, a typo more likely than an order.
 pub const MAX_QUANTITY: u32 = 1_000;
+/// The longest id (`customer_id`, `sku`): 1 to 64 visible ASCII characters, a rule
+/// every regex engine reads the same way, so the document can state it exactly (a
+/// rule like "not blank" depends on what an engine calls a space).
+pub const MAX_ID_LEN: usize = 64;
 /// The highest price of one product, ten million euros. With the two bounds above, every total
-/// stays below 2^53, the largest integer a JavaScript client reads exactly: without it, a price
-/// of 2^63 was accepted, and answered with a total that a browser would round (schemathesis found
-/// it, by sending a value the document's `int64` allowed and the service did not).
+/// stays below 2^53, the largest integer a JavaScript client reads exactly. Without it, a price
+/// of 2^63 was accepted and answered with a total that a browser would round: schemathesis found
+/// it by sending a value past the document's `int64`, which the service should have refused.
 pub const MAX_UNIT_PRICE_CENTS: u64 = 1_000_000_000;
+
+const ID_RULE: &str = "1 to 64 visible ASCII characters";
+
+fn is_id(id: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
 
 impl NewOrder {
     // ANCHOR: validate
     /// Checks the rules a well-formed request can still break: every violation.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
-        if self.customer_id.trim().is_empty() {
-            errors.push(FieldError::new("/customer_id", "must not be empty"));
+        if !is_id(&self.customer_id) {
+            errors.push(FieldError::new("/customer_id", ID_RULE));
         }
         if self.lines.is_empty() {
             errors
@@ -81,11 +93,8 @@ impl NewOrder {
             ));
         }
         for (i, line) in self.lines.iter().enumerate() {
-            if line.sku.trim().is_empty() {
-                errors.push(FieldError::new(
-                    format!("/lines/{i}/sku"),
-                    "must not be empty",
-                ));
+            if !is_id(&line.sku) {
+                errors.push(FieldError::new(format!("/lines/{i}/sku"), ID_RULE));
             }
             if !(1..=MAX_QUANTITY).contains(&line.quantity) {
                 errors.push(FieldError::new(
@@ -307,6 +316,19 @@ mod tests {
             lines: vec![line(1000, u64::MAX / 10)],
         };
         assert_eq!(huge.total_cents(), None);
+    }
+
+    #[test]
+    fn ids_are_1_to_64_visible_ascii_characters() {
+        let order = |customer: &str| NewOrder {
+            customer_id: customer.into(),
+            lines: vec![line(1, 1)],
+        };
+        assert_eq!(order(&"c".repeat(MAX_ID_LEN)).validate(), Ok(()));
+        for bad in ["", " ", "c 42", "kund-ü", &"c".repeat(MAX_ID_LEN + 1)] {
+            let errors = order(bad).validate().unwrap_err();
+            assert_eq!(errors[0].pointer, "/customer_id", "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,8 +13,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::de::{DeserializeOwned, Deserializer, Visitor};
-use serde::{Deserialize, Serialize, forward_to_deserialize_any};
+use serde::de::{self, DeserializeOwned, Deserializer, Unexpected, Visitor};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// The media type of every error body.
@@ -246,18 +246,25 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
     }
 }
 
-/// Hands a struct's visitor the map form only; any other request passes through.
+/// Hands a struct's visitor the map form only; every other request goes to the
+/// same method of the wrapped deserializer.
 struct AsMap<D>(D);
+
+/// `deserialize_<kind>(self, <args>, visitor)`, forwarded unchanged.
+macro_rules! forward {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        fn $method<V: Visitor<'de>>(
+            self,
+            $($arg: $ty,)*
+            visitor: V,
+        ) -> Result<V::Value, D::Error> {
+            self.0.$method($($arg,)* visitor)
+        }
+    )*};
+}
 
 impl<'de, D: Deserializer<'de>> Deserializer<'de> for AsMap<D> {
     type Error = D::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(
-        self,
-        visitor: V,
-    ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_any(visitor)
-    }
 
     fn deserialize_struct<V: Visitor<'de>>(
         self,
@@ -268,10 +275,23 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for AsMap<D> {
         self.0.deserialize_map(visitor)
     }
 
-    forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf option unit unit_struct newtype_struct seq tuple
-        tuple_struct map enum identifier ignored_any
+    forward! {
+        deserialize_any(); deserialize_bool(); deserialize_i8(); deserialize_i16();
+        deserialize_i32(); deserialize_i64(); deserialize_i128(); deserialize_u8();
+        deserialize_u16(); deserialize_u32(); deserialize_u64(); deserialize_u128();
+        deserialize_f32(); deserialize_f64(); deserialize_char(); deserialize_str();
+        deserialize_string(); deserialize_bytes(); deserialize_byte_buf();
+        deserialize_option(); deserialize_unit(); deserialize_seq(); deserialize_map();
+        deserialize_identifier(); deserialize_ignored_any();
+        deserialize_unit_struct(name: &'static str);
+        deserialize_newtype_struct(name: &'static str);
+        deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize);
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]);
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.0.is_human_readable()
     }
 }
 
@@ -286,3 +306,123 @@ where
     Ok(items.into_iter().map(|Object(item)| item).collect())
 }
 // ANCHOR_END: Object
+
+// ANCHOR: whole
+/// A whole number as JSON Schema's `integer` reads one: `234`, and `234.0` too (a
+/// number whose fraction is zero), which serde's `u32` would refuse. The document
+/// says `integer`, so the service reads what the document allows: `2.5`, `-1` and
+/// numbers past the target type are refused. (`#[serde(deserialize_with = "whole")]`)
+pub fn whole<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    let n = deserializer.deserialize_any(Whole)?;
+    T::try_from(n).map_err(|_| {
+        de::Error::invalid_value(Unexpected::Unsigned(n), &"a smaller number")
+    })
+}
+
+struct Whole;
+
+/// 2^53: past it, not every whole number has a float of its own.
+const EXACT: f64 = 9_007_199_254_740_992.0;
+
+impl Visitor<'_> for Whole {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a whole number, 0 or more")
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
+        Ok(n)
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
+        u64::try_from(n).map_err(|_| E::invalid_value(Unexpected::Signed(n), &self))
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<u64, E> {
+        if n.fract() == 0.0 && (0.0..=EXACT).contains(&n) {
+            // Whole, not negative and at most 2^53: the cast is exact.
+            Ok(n as u64)
+        } else {
+            Err(E::invalid_value(Unexpected::Float(n), &self))
+        }
+    }
+}
+// ANCHOR_END: whole
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::Object;
+
+    fn read<T: for<'de> Deserialize<'de>>(json: &str) -> Result<T, String> {
+        serde_json::from_str::<Object<T>>(json)
+            .map(|Object(v)| v)
+            .map_err(|e| e.to_string())
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Line {
+        sku: String,
+        quantity: u32,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    enum Size {
+        Small,
+        Large,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Sku(String);
+
+    #[test]
+    fn a_struct_is_read_from_an_object_only() {
+        let line = Line { sku: "mug".into(), quantity: 2 };
+        assert_eq!(read::<Line>(r#"{"sku": "mug", "quantity": 2}"#), Ok(line));
+        let refused = read::<Line>(r#"["mug", 2]"#).unwrap_err();
+        assert!(
+            refused.contains("invalid type: sequence, expected struct Line"),
+            "{refused}"
+        );
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Count {
+        #[serde(deserialize_with = "super::whole")]
+        n: u32,
+    }
+
+    #[test]
+    fn a_whole_number_is_read_with_or_without_a_zero_fraction() {
+        let n = |json: &str| read::<Count>(json).map(|c| c.n);
+        assert_eq!(n(r#"{"n": 234}"#), Ok(234));
+        assert_eq!(n(r#"{"n": 234.0}"#), Ok(234));
+        assert_eq!(n(r#"{"n": 2.34e2}"#), Ok(234));
+        for bad in ["2.5", "-1", "-1.0", "4294967296", "1e300"] {
+            let got = n(&format!(r#"{{"n": {bad}}}"#));
+            assert!(got.is_err(), "{bad} read as {got:?}");
+        }
+    }
+
+    #[test]
+    fn every_other_shape_reads_as_serde_reads_it() {
+        assert_eq!(read::<Option<Line>>("null"), Ok(None));
+        let some = read::<Option<u32>>("7");
+        assert_eq!(some, Ok(Some(7)));
+        assert_eq!(read::<Size>(r#""Large""#), Ok(Size::Large));
+        assert_eq!(read::<Sku>(r#""mug""#), Ok(Sku("mug".into())));
+        assert_eq!(read::<Vec<u8>>("[1, 2]"), Ok(vec![1, 2]));
+        assert_eq!(
+            read::<u128>("340282366920938463463374607431768211455"),
+            Ok(u128::MAX)
+        );
+        assert_eq!(read::<Size>(r#""Small""#), Ok(Size::Small));
+        assert!(read::<Size>(r#""Medium""#).is_err());
+    }
+}

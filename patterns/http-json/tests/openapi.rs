@@ -31,7 +31,8 @@ fn the_committed_document_is_the_generated_one() {
     if std::env::var_os(BLESS).is_some() && std::env::var_os("CI").is_none() {
         std::fs::write(&path, &fresh).expect("writes openapi.json");
     }
-    let kept = std::fs::read_to_string(&path).unwrap_or_default();
+    let kept = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     if kept != fresh {
         let first = kept
             .lines()
