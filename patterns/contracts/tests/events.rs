@@ -192,7 +192,9 @@ fn each_version_decoder_refuses_what_its_schema_refuses() {
     let valid = serde_json::json!({
         "order_id": "o-1", "customer_id": "c-42", "total_cents": 2899, "currency": "EUR"
     });
-    let decoders: [(u32, fn(Value) -> bool); 2] = [
+    /// Whether a version's decoder reads a payload.
+    type Decodes = fn(Value) -> bool;
+    let decoders: [(u32, Decodes); 2] = [
         (1, |p| serde_json::from_value::<OrderPlacedV1>(p).is_ok()),
         (2, |p| serde_json::from_value::<OrderPlaced>(p).is_ok()),
     ];
