@@ -325,6 +325,8 @@ mod tests {
             lines: vec![line(1, 1)],
         };
         assert_eq!(order(&"c".repeat(MAX_ID_LEN)).validate(), Ok(()));
+        // Why not "not blank": Rust's trim keeps U+001C, which Python's `\s` calls a space.
+        assert!(!'\x1c'.is_whitespace());
         for bad in ["", " ", "c 42", "kund-ü", &"c".repeat(MAX_ID_LEN + 1)] {
             let errors = order(bad).validate().unwrap_err();
             assert_eq!(errors[0].pointer, "/customer_id", "{bad:?}");

@@ -276,13 +276,14 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for AsMap<D> {
     }
 
     forward! {
-        deserialize_any(); deserialize_bool(); deserialize_i8(); deserialize_i16();
-        deserialize_i32(); deserialize_i64(); deserialize_i128(); deserialize_u8();
-        deserialize_u16(); deserialize_u32(); deserialize_u64(); deserialize_u128();
-        deserialize_f32(); deserialize_f64(); deserialize_char(); deserialize_str();
-        deserialize_string(); deserialize_bytes(); deserialize_byte_buf();
-        deserialize_option(); deserialize_unit(); deserialize_seq(); deserialize_map();
-        deserialize_identifier(); deserialize_ignored_any();
+        deserialize_any(); deserialize_bool(); deserialize_char();
+        deserialize_i8(); deserialize_i16(); deserialize_i32(); deserialize_i64();
+        deserialize_i128(); deserialize_u8(); deserialize_u16(); deserialize_u32();
+        deserialize_u64(); deserialize_u128(); deserialize_f32(); deserialize_f64();
+        deserialize_str(); deserialize_string(); deserialize_bytes();
+        deserialize_byte_buf(); deserialize_option(); deserialize_unit();
+        deserialize_seq(); deserialize_map(); deserialize_identifier();
+        deserialize_ignored_any();
         deserialize_unit_struct(name: &'static str);
         deserialize_newtype_struct(name: &'static str);
         deserialize_tuple(len: usize);
@@ -311,7 +312,8 @@ where
 /// A whole number as JSON Schema's `integer` reads one: `234`, and `234.0` too (a
 /// number whose fraction is zero), which serde's `u32` would refuse. The document
 /// says `integer`, so the service reads what the document allows: `2.5`, `-1` and
-/// numbers past the target type are refused. (`#[serde(deserialize_with = "whole")]`)
+/// numbers past the target type are refused.
+/// Use: `#[serde(deserialize_with = "whole")]`.
 pub fn whole<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
