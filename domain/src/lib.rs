@@ -90,7 +90,16 @@ pub struct Seed {
 
 /// One line of an order: how many of which article.
 #[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 pub struct Line {
     /// The article, as inventory keys its stock.
@@ -104,7 +113,16 @@ pub struct Line {
 /// shipping), so none of them has to ask the orders service: they keep their own
 /// copy of what concerns them.
 #[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 pub struct OrderPlaced {
     /// The order's key everywhere: message key, store key, correlation.
@@ -123,7 +141,16 @@ pub struct OrderPlaced {
 /// a message; the envelope (ids, type, correlation and causation) is the
 /// transport's business.
 #[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(tag = "type", content = "data")]
 pub enum Event {

@@ -44,7 +44,7 @@ fn step(
 
 /// What travels to a participant. `command_id` is the same on every resend of
 /// one step's action (or compensation), which is what the inbox recognises.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Command {
     /// The inbox's key: applied once, however often it arrives.
     pub command_id: String,

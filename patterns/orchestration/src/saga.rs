@@ -50,7 +50,9 @@ pub struct Step {
 }
 
 /// Whether a command does a step or undoes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub enum Kind {
     /// Do the step.
     Action,
@@ -148,7 +150,7 @@ pub enum Input {
 }
 
 /// A participant's answer, as it travels back.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Reply {
     /// The participant did it. A resent command is answered with the same reply
     /// again, from the participant's inbox.
