@@ -16,6 +16,7 @@
 use std::env;
 use std::fmt::Display;
 
+pub mod committed;
 #[cfg(feature = "examples")]
 pub mod example;
 pub mod schemathesis;

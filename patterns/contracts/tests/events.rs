@@ -13,25 +13,23 @@ use utoipa::ToSchema;
 
 /// Set to rewrite the committed files from the types (never in CI).
 const BLESS: &str = "SCHEMAS_BLESS";
+/// What to do when a committed schema and its type differ.
+const ADVICE: &str = "A released version's fields must not change: a changed field is a new \
+                      version (a new type and file). If only descriptions changed, write the \
+                      files from the types: SCHEMAS_BLESS=1 cargo test -p contracts --test events";
 
 #[test]
 fn each_committed_schema_is_what_its_type_generates() {
     for (version, schema) in order_placed_versions().unwrap() {
-        let path = order_placed_file(version);
         let fresh = committed_form(&schema).unwrap();
-        if std::env::var_os(BLESS).is_some() && std::env::var_os("CI").is_none() {
-            std::fs::write(&path, &fresh).unwrap();
-        }
-        let kept = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(
-            kept == fresh,
-            "{} is not what OrderPlaced v{version}'s type generates. A released version's \
-             fields must not change: a changed field is a new version (a new type and file). \
-             If only descriptions changed, write the files from the types: \
-             {BLESS}=1 cargo test -p contracts --test events",
-            path.display()
-        );
+        let advice = format!("(OrderPlaced v{version}) {ADVICE}");
+        infra::committed::matches(
+            &order_placed_file(version),
+            &fresh,
+            BLESS,
+            &advice,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -237,19 +235,9 @@ fn every_message_schema_is_committed_and_self_contained() {
     for message in messages {
         let path = contracts::events::schema_file(message.file);
         let fresh = committed_form(&message.schema).unwrap();
-        if std::env::var_os(BLESS).is_some() && std::env::var_os("CI").is_none() {
-            std::fs::write(&path, &fresh).unwrap();
-        }
-        let kept = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!("{} ({}): {e}", path.display(), message.travels)
-        });
-        assert!(
-            kept == fresh,
-            "{} ({}) is not what its type generates: a changed field is a new version; \
-             if only descriptions changed: {BLESS}=1 cargo test -p contracts --test events",
-            path.display(),
-            message.travels
-        );
+        let advice = format!("({}) {ADVICE}", message.travels);
+        infra::committed::matches(&path, &fresh, BLESS, &advice)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut refs = Vec::new();
         collect_refs(&message.schema, &mut refs);
         for target in refs {

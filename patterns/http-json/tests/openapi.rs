@@ -26,27 +26,12 @@ fn generated() -> String {
 
 #[test]
 fn the_committed_document_is_the_generated_one() {
-    let path = committed();
-    let fresh = generated();
-    if std::env::var_os(BLESS).is_some() && std::env::var_os("CI").is_none() {
-        std::fs::write(&path, &fresh).expect("writes openapi.json");
-    }
-    let kept = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    if kept != fresh {
-        let first = kept
-            .lines()
-            .zip(fresh.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(kept.lines().count().min(fresh.lines().count()));
-        panic!(
-            "{} is not what the code generates (first difference at line {}).\n\
-             If the API change is meant, rewrite it and commit it with the change:\n  \
-             {BLESS}=1 cargo test -p http-json --test openapi",
-            path.display(),
-            first + 1
-        );
-    }
+    let advice = format!(
+        "If the API change is meant, rewrite it and commit it with the change: \
+         {BLESS}=1 cargo test -p http-json --test openapi"
+    );
+    infra::committed::matches(&committed(), &generated(), BLESS, &advice)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test]
