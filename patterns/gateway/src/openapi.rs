@@ -6,13 +6,13 @@
 //! types. Each operation names the scope its token must carry, and every operation can answer
 //! what the edge adds: 401, 403, 429, and 502, 503 or 504 when a backend fails.
 
-use http_json::openapi::{idempotency_key, problem_answer, text_header, with_parts};
+use http_json::openapi::{
+    idempotency_key, problem_answer, text_header, text_parameter, with_parts,
+};
 use http_json::orders::NewOrder;
 use http_json::versions::v2::OrderV2;
 use utoipa::ToSchema;
-use utoipa::openapi::path::{
-    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
-};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterIn, PathItem};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
@@ -186,18 +186,6 @@ fn body(schema: RefOr<Schema>) -> utoipa::openapi::request_body::RequestBody {
             ContentBuilder::new().schema(Some(schema)).build(),
         )
         .build()
-}
-
-fn text_parameter(
-    name: &str,
-    place: ParameterIn,
-    required: Required,
-) -> ParameterBuilder {
-    ParameterBuilder::new()
-        .name(name)
-        .parameter_in(place)
-        .required(required)
-        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
 }
 
 fn payment() -> RefOr<Schema> {

@@ -126,12 +126,8 @@ fn version<R: Representation + ToSchema>(
         );
     let list = operation("list_orders", "List orders, oldest first")
         .parameter(
-            ParameterBuilder::new()
-                .name("customer_id")
-                .parameter_in(ParameterIn::Query)
-                .required(Required::False)
-                .description(Some("only this customer's orders"))
-                .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+            text_parameter("customer_id", ParameterIn::Query, Required::False)
+                .description(Some("only this customer's orders")),
         )
         .response(
             "200",
@@ -142,13 +138,7 @@ fn version<R: Representation + ToSchema>(
         )
         .response("400", problem("the query string cannot be read", retired));
     let get = operation("get_order", "Read one order")
-        .parameter(
-            ParameterBuilder::new()
-                .name("id")
-                .parameter_in(ParameterIn::Path)
-                .required(Required::True)
-                .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
-        )
+        .parameter(text_parameter("id", ParameterIn::Path, Required::True))
         .response(
             "200",
             ok("the order", ContentBuilder::new().schema(Some(one()))).build(),
@@ -206,6 +196,19 @@ pub fn text_header(description: &str) -> Header {
     let mut header = Header::new(ObjectBuilder::new().schema_type(Type::String));
     header.description = Some(description.to_owned());
     header
+}
+
+/// A text parameter of the path, the query or the headers.
+pub fn text_parameter(
+    name: &str,
+    place: ParameterIn,
+    required: Required,
+) -> ParameterBuilder {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(place)
+        .required(required)
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
 }
 
 /// `Idempotency-Key`: required on every create, 1 to 255 visible ASCII characters.
