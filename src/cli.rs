@@ -230,12 +230,14 @@ pub async fn teardown(env: &Env) -> anyhow::Result<()> {
     match env.style {
         Style::Orchestration => {
             crate::roles::endings::delete(&env.amqp, &env.names).await?;
-            let orchestrators = [crate::roles::saga::ORCHESTRATOR];
+            let replicas = 1..=env.replicas(Role::Saga).len();
+            let orchestrators: Vec<String> =
+                replicas.map(crate::roles::saga::orchestrator).collect();
             participant::teardown(
                 &env.database_url,
                 &env.amqp,
                 &env.names,
-                &orchestrators,
+                &orchestrators.iter().map(String::as_str).collect::<Vec<_>>(),
             )
             .await?;
         }

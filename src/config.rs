@@ -159,8 +159,16 @@ pub const JWT_KEY_VAR: &str = "SHOP_JWT_KEY";
 /// The variable with the run's name prefix (queues and schemas): `SHOP_PREFIX`, default `shop`.
 pub const PREFIX_VAR: &str = "SHOP_PREFIX";
 
-/// Where a process binds when its own `SHOP_<ROLE>_ADDR` is a name, not an IP address.
+/// Where a process binds when its own `SHOP_<ROLE>_ADDR` is a name, not an IP address, or lists
+/// several replicas.
 pub const LISTEN_VAR: &str = "SHOP_LISTEN_ADDR";
+
+/// Which of its role's replicas this process is, from 1 (the default): the saga's replicas name
+/// their orchestrators by it, so a replica that restarts takes back its own sagas.
+pub const REPLICA_VAR: &str = "SHOP_REPLICA";
+
+/// The most replicas one role may list.
+pub const MAX_REPLICAS: usize = 16;
 
 /// The Kafka-API brokers, `host:port[,host:port...]` (the choreographed services).
 pub const KAFKA_VAR: &str = "KAFKA_BROKERS";
@@ -182,13 +190,14 @@ pub const OTLP_VAR: &str = trace_context::setup::OTLP_ENDPOINT;
 /// for, and the logging setup's. The deployment files set nothing else (`tests/manifests.rs`
 /// holds them to it), so a typo or a leftover cannot hide there. The OpenTelemetry SDK reads more
 /// of its own `OTEL_*` variables (service name, headers, sampling); they are not listed here.
-pub const VARS: [&str; 18] = [
+pub const VARS: [&str; 19] = [
     OTLP_VAR,
     crate::probe::SUPERVISED_VAR,
     LOG_FORMAT_VAR,
     STYLE_VAR,
     PREFIX_VAR,
     LISTEN_VAR,
+    REPLICA_VAR,
     JWT_KEY_VAR,
     KAFKA_VAR,
     DATABASE_VAR,
@@ -215,6 +224,15 @@ fn is_host_port(value: &str) -> bool {
         && host.chars().all(name)
 }
 
+/// One address, or several separated by commas (no more than [`MAX_REPLICAS`], none twice).
+fn is_replica_list(value: &str) -> bool {
+    let listed: Vec<&str> = value.split(',').map(str::trim).collect();
+    let distinct: std::collections::BTreeSet<&&str> = listed.iter().collect();
+    listed.len() <= MAX_REPLICAS
+        && distinct.len() == listed.len()
+        && listed.iter().all(|a| is_host_port(a))
+}
+
 /// Everything a process of the shop reads from its environment.
 #[derive(Clone, Debug)]
 pub struct Env {
@@ -229,11 +247,16 @@ pub struct Env {
     /// `AMQP_ADDR`: RabbitMQ.
     pub amqp: String,
     /// Where every role is reached (`SHOP_<ROLE>_ADDR`, `host:port`), so each can find the
-    /// others: `127.0.0.1:8090` on one machine, `saga:8090` between containers or pods.
+    /// others: `127.0.0.1:8090` on one machine, `saga:8090` between containers or pods. A
+    /// role that runs as several replicas lists each one's, separated by commas
+    /// (`127.0.0.1:8090,127.0.0.1:8190`): the list is the shop's discovery.
     pub addrs: BTreeMap<Role, String>,
     /// `SHOP_LISTEN_ADDR`: where this process binds, when its own address is a name other
-    /// processes resolve (`saga:8090`) rather than an IP it can bind (`0.0.0.0:8090` then).
+    /// processes resolve (`saga:8090`) rather than an IP it can bind (`0.0.0.0:8090` then), or
+    /// when its role lists several replicas.
     pub listen: Option<SocketAddr>,
+    /// `SHOP_REPLICA`: which of its role's replicas this process is, from 1.
+    pub replica: usize,
     /// `LOG_FORMAT`: log lines for people (the default) or JSON with trace ids.
     pub log_format: LogFormat,
 }
@@ -273,9 +296,10 @@ impl Env {
         for role in Role::ALL {
             let var = role.addr_var();
             let addr = match read(&var) {
-                Some(value) if is_host_port(&value) => value,
+                Some(value) if is_replica_list(&value) => value,
                 Some(value) => {
-                    let expected = "host:port, like 127.0.0.1:8090 or saga:8090";
+                    let expected = "host:port, like 127.0.0.1:8090 or saga:8090, or \
+                                    several of them separated by commas (one per replica)";
                     return Err(invalid(&var, &value, expected));
                 }
                 None => format!("127.0.0.1:{}", role.default_port()),
@@ -297,6 +321,16 @@ impl Env {
                 )
             })?),
         };
+        let replica = match read(REPLICA_VAR) {
+            None => 1,
+            Some(value) => value
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_REPLICAS).contains(n))
+                .ok_or_else(|| {
+                    invalid(REPLICA_VAR, &value, "a number from 1 to 16")
+                })?,
+        };
         Ok(Env {
             style,
             kafka: broker(KAFKA_VAR).unwrap_or_else(infra::kafka_brokers),
@@ -305,35 +339,55 @@ impl Env {
             amqp: broker(AMQP_VAR).unwrap_or_else(infra::amqp_addr),
             addrs,
             listen,
+            replica,
             log_format,
         })
     }
 
-    /// Where `role` is reached, `host:port`.
-    pub fn addr(&self, role: Role) -> String {
+    /// Where each replica of `role` is reached, `host:port`, in the order its variable lists
+    /// them: one address for a role that runs once.
+    pub fn replicas(&self, role: Role) -> Vec<String> {
         // Every role is in the map: `from_env` and `Env::vars` fill all of them.
-        self.addrs
+        let listed = self
+            .addrs
             .get(&role)
             .cloned()
-            .unwrap_or_else(|| format!("127.0.0.1:{}", role.default_port()))
+            .unwrap_or_else(|| format!("127.0.0.1:{}", role.default_port()));
+        listed.split(',').map(|a| a.trim().to_owned()).collect()
+    }
+
+    /// Where `role` is reached, `host:port`: its first replica's address.
+    pub fn addr(&self, role: Role) -> String {
+        let mut replicas = self.replicas(role);
+        replicas.swap_remove(0)
     }
 
     /// Where this process, playing `role`, binds: `SHOP_LISTEN_ADDR` if set, else its own
-    /// address, which must then be an IP address.
+    /// address, which must then be one IP address.
     pub fn listen_addr(&self, role: Role) -> Result<SocketAddr, ConfigError> {
         if let Some(listen) = self.listen {
             return Ok(listen);
         }
-        let own = self.addr(role);
+        let own = self.addrs.get(&role).cloned().unwrap_or_else(|| self.addr(role));
+        if self.replicas(role).len() > 1 {
+            let expected = "one address: with several replicas listed, set \
+                            SHOP_LISTEN_ADDR to this one's (and SHOP_REPLICA to its number)";
+            return Err(invalid(&role.addr_var(), &own, expected));
+        }
         own.parse().map_err(|_| {
             let expected = "an IP address to listen on; or set SHOP_LISTEN_ADDR, e.g. 0.0.0.0:8090";
             invalid(&role.addr_var(), &own, expected)
         })
     }
 
-    /// `http://` and the role's address.
+    /// `http://` and the role's address (its first replica's).
     pub fn url(&self, role: Role) -> String {
         format!("http://{}", self.addr(role))
+    }
+
+    /// `http://` and each replica's address.
+    pub fn urls(&self, role: Role) -> Vec<String> {
+        self.replicas(role).into_iter().map(|a| format!("http://{a}")).collect()
     }
 
     /// The variables a child process gets, so that its `from_env` reads this configuration.
@@ -448,6 +502,7 @@ mod tests {
             amqp: String::new(),
             addrs: BTreeMap::from([(Role::Saga, "saga:8090".to_owned())]),
             listen: None,
+            replica: 1,
             log_format: LogFormat::Human,
         };
         let error = env.listen_addr(Role::Saga).unwrap_err().to_string();
@@ -458,6 +513,39 @@ mod tests {
         env.listen = Some("0.0.0.0:8090".parse().unwrap());
         assert_eq!(env.listen_addr(Role::Saga).unwrap().port(), 8090);
         assert_eq!(env.url(Role::Saga), "http://saga:8090");
+    }
+
+    #[test]
+    fn a_role_may_list_its_replicas_and_each_binds_its_own() {
+        let listed = "127.0.0.1:8090, 127.0.0.1:8190";
+        let lookup = |var: &str| match var {
+            "SHOP_SAGA_ADDR" => Some(listed.to_owned()),
+            _ => None,
+        };
+        let mut env = Env::from_lookup(lookup).unwrap();
+        assert_eq!(env.replicas(Role::Saga), ["127.0.0.1:8090", "127.0.0.1:8190"]);
+        assert_eq!(env.urls(Role::Saga)[1], "http://127.0.0.1:8190");
+        assert_eq!(env.addr(Role::Saga), "127.0.0.1:8090");
+        assert_eq!(env.replicas(Role::Gateway), ["127.0.0.1:8080"]);
+        assert_eq!(env.replica, 1);
+        // Which one is this process? Only SHOP_LISTEN_ADDR can say.
+        let error = env.listen_addr(Role::Saga).unwrap_err().to_string();
+        assert!(error.contains("SHOP_LISTEN_ADDR"), "{error}");
+        env.listen = Some("127.0.0.1:8190".parse().unwrap());
+        assert_eq!(env.listen_addr(Role::Saga).unwrap().port(), 8190);
+        for bad in ["127.0.0.1:8090,127.0.0.1:8090", "127.0.0.1:8090,", "a:1,b"] {
+            let lookup =
+                |var: &str| (var == "SHOP_SAGA_ADDR").then(|| bad.to_owned());
+            let error = Env::from_lookup(lookup).unwrap_err().to_string();
+            assert!(error.contains("one per replica"), "{bad}: {error}");
+        }
+        let second = |var: &str| (var == REPLICA_VAR).then(|| "2".to_owned());
+        assert_eq!(Env::from_lookup(second).unwrap().replica, 2);
+        for bad in ["0", "17", "two"] {
+            let lookup = |var: &str| (var == REPLICA_VAR).then(|| bad.to_owned());
+            let error = Env::from_lookup(lookup).unwrap_err().to_string();
+            assert!(error.contains("SHOP_REPLICA"), "{bad}: {error}");
+        }
     }
 
     #[test]

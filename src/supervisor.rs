@@ -1,6 +1,6 @@
-//! A small supervisor: it starts every role of the shop as a child process of one executable,
-//! restarts a child that dies, kills one on request (SIGKILL, as `kill -9` does), and stops them
-//! all with SIGTERM and a grace period.
+//! A small supervisor: it starts every role of the shop as a child process of one executable
+//! (one per replica where a role's address lists several), restarts a child that dies, kills one
+//! on request (SIGKILL, as `kill -9` does), and stops them all with SIGTERM and a grace period.
 //!
 //! Each child gets its whole configuration in its environment ([`Env::vars`] and the token key),
 //! the same surface a container gets. Its output is prefixed with its role, like `docker compose`
@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::config::{Env, JWT_KEY_VAR, Role};
+use crate::config::{Env, JWT_KEY_VAR, LISTEN_VAR, REPLICA_VAR, Role};
 
 /// How long a child has, after SIGTERM, before it is killed.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -35,6 +35,40 @@ pub enum Output {
     Files(PathBuf),
 }
 
+/// One process of the shop: a role, and which of its replicas (from 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instance {
+    /// What it does.
+    pub role: Role,
+    /// Which of the role's replicas it is, from 1, in the order the role's address lists them.
+    pub replica: usize,
+}
+
+impl Instance {
+    /// The `replica`th of `role`.
+    pub fn of(role: Role, replica: usize) -> Instance {
+        Instance { role, replica }
+    }
+}
+
+impl From<Role> for Instance {
+    /// A role's first replica: the only one of a role that runs once.
+    fn from(role: Role) -> Instance {
+        Instance { role, replica: 1 }
+    }
+}
+
+impl std::fmt::Display for Instance {
+    /// `saga` for a first replica (every role's only one, unless it is replicated), `saga-2` for
+    /// the second: in log prefixes, log files and the supervisor's own lines.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.replica {
+            1 => write!(f, "{}", self.role),
+            n => write!(f, "{}-{n}", self.role),
+        }
+    }
+}
+
 /// What the supervisor knows about one role's current process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Life {
@@ -49,8 +83,8 @@ pub struct Life {
 /// How a role's last process ended, once the supervisor has stopped.
 #[derive(Debug)]
 pub struct Ended {
-    /// The role.
-    pub role: Role,
+    /// The role and replica.
+    pub role: Instance,
     /// Its exit status; a process that needed SIGKILL after the grace period says so.
     pub status: ExitStatus,
     /// Whether it overran its grace period and was killed.
@@ -65,14 +99,14 @@ struct Child1 {
 
 /// Every role of one shop, as child processes.
 pub struct Supervisor {
-    children: BTreeMap<Role, Child1>,
+    children: BTreeMap<Instance, Child1>,
     env: Env,
     http: reqwest::Client,
 }
 
 impl Supervisor {
-    /// Starts every role of the shop's style, in order; returns once each one is spawned (not ready:
-    /// see [`Supervisor::wait_ready`]).
+    /// Starts every role of the shop's style, in order, each replica its address lists; returns
+    /// once each one is spawned (not ready: see [`Supervisor::wait_ready`]).
     pub fn start(
         exe: &Path,
         env: &Env,
@@ -84,18 +118,26 @@ impl Supervisor {
         }
         let vars = env.vars();
         let mut children = BTreeMap::new();
-        for role in env.style.roles() {
+        for instance in instances(env) {
             let (life_tx, life) = watch::channel(Life::default());
             let (stop, stopped) = watch::channel(false);
             let mut vars = vars.clone();
+            let role = instance.role;
             if role == Role::Gateway {
                 // Only the process that verifies tokens holds the key.
                 vars.push((JWT_KEY_VAR.to_owned(), jwt_key_hex.to_owned()));
             }
+            let replicas = env.replicas(role);
+            if replicas.len() > 1 {
+                // Its own address among those its role lists, and its number.
+                let own = replicas[instance.replica - 1].clone();
+                vars.push((LISTEN_VAR.to_owned(), own));
+                vars.push((REPLICA_VAR.to_owned(), instance.replica.to_string()));
+            }
             let spec =
-                Spec { exe: exe.to_owned(), role, vars, output: output.clone() };
+                Spec { exe: exe.to_owned(), instance, vars, output: output.clone() };
             let task = tokio::spawn(keep_running(spec, life_tx, stopped));
-            children.insert(role, Child1 { life, stop, task });
+            children.insert(instance, Child1 { life, stop, task });
         }
         let http =
             reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
@@ -107,18 +149,26 @@ impl Supervisor {
         &self.env
     }
 
-    /// The current life of `role`.
-    pub fn life(&self, role: Role) -> Life {
-        self.children.get(&role).map(|c| *c.life.borrow()).unwrap_or_default()
+    /// Every process the supervisor runs, in the order they started.
+    pub fn instances(&self) -> Vec<Instance> {
+        instances(&self.env)
     }
 
-    /// Waits until `role` answers `200` on `/readyz`, or fails after `within` with its last answer.
+    /// The current life of a role (its first replica) or of one replica.
+    pub fn life(&self, who: impl Into<Instance>) -> Life {
+        let who = who.into();
+        self.children.get(&who).map(|c| *c.life.borrow()).unwrap_or_default()
+    }
+
+    /// Waits until a role (its first replica) or one replica answers `200` on `/readyz`, or fails
+    /// after `within` with its last answer.
     pub async fn wait_ready(
         &self,
-        role: Role,
+        who: impl Into<Instance>,
         within: Duration,
     ) -> anyhow::Result<()> {
-        let url = format!("{}/readyz", self.env.url(role));
+        let role = who.into();
+        let url = format!("{}/readyz", self.env.urls(role.role)[role.replica - 1]);
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let last = match self.http.get(&url).send().await {
@@ -136,46 +186,50 @@ impl Supervisor {
         }
     }
 
-    /// Waits for every role to be ready.
+    /// Waits for every process to be ready.
     pub async fn wait_all_ready(&self, within: Duration) -> anyhow::Result<()> {
-        for role in self.env.style.roles() {
-            self.wait_ready(role, within).await?;
+        for instance in self.instances() {
+            self.wait_ready(instance, within).await?;
         }
         Ok(())
     }
 
-    /// Sends SIGKILL to `role`'s process and returns once its next life has started: no chance to
-    /// finish anything, exactly as `kill -9` or a lost machine.
-    pub async fn kill(&self, role: Role) -> anyhow::Result<Life> {
-        self.end_life(role, libc::SIGKILL).await
+    /// Sends SIGKILL to a role's (first replica's) or a replica's process and returns once its
+    /// next life has started: no chance to finish anything, exactly as `kill -9` or a lost
+    /// machine.
+    pub async fn kill(&self, who: impl Into<Instance>) -> anyhow::Result<Life> {
+        self.end_life(who.into(), libc::SIGKILL).await
     }
 
-    /// Sends SIGTERM to `role`'s process, as a rolling restart does, and returns
-    /// once its next life has started; that life's [`Life::last_exit`] says how
-    /// the old one ended.
-    pub async fn terminate(&self, role: Role) -> anyhow::Result<Life> {
-        self.end_life(role, libc::SIGTERM).await
+    /// Sends SIGTERM to a role's (first replica's) or a replica's process, as a rolling restart
+    /// does, and returns once its next life has started; that life's [`Life::last_exit`] says
+    /// how the old one ended.
+    pub async fn terminate(&self, who: impl Into<Instance>) -> anyhow::Result<Life> {
+        self.end_life(who.into(), libc::SIGTERM).await
     }
 
-    /// Sends SIGSTOP to `role`'s process: it keeps its port and its connections and answers
-    /// nothing, as a process stuck in a long pause or a deadlock does. Nothing restarts it: to the
-    /// supervisor it is still alive. [`Supervisor::resume`] lets it go on.
-    pub fn pause(&self, role: Role) -> anyhow::Result<u32> {
+    /// Sends SIGSTOP to a role's (first replica's) or a replica's process: it keeps its port and
+    /// its connections and answers nothing, as a process stuck in a long pause or a deadlock
+    /// does. Nothing restarts it: to the supervisor it is still alive. [`Supervisor::resume`]
+    /// lets it go on.
+    pub fn pause(&self, who: impl Into<Instance>) -> anyhow::Result<u32> {
+        let role = who.into();
         let pid = self.pid(role)?;
         signal(pid, libc::SIGSTOP)?;
         warn!("sent SIGSTOP to {role} (pid {pid}): it hangs");
         Ok(pid)
     }
 
-    /// Sends SIGCONT to `role`'s process, paused by [`Supervisor::pause`].
-    pub fn resume(&self, role: Role) -> anyhow::Result<u32> {
+    /// Sends SIGCONT to a process paused by [`Supervisor::pause`].
+    pub fn resume(&self, who: impl Into<Instance>) -> anyhow::Result<u32> {
+        let role = who.into();
         let pid = self.pid(role)?;
         signal(pid, libc::SIGCONT)?;
         info!("sent SIGCONT to {role} (pid {pid}): it goes on");
         Ok(pid)
     }
 
-    fn pid(&self, role: Role) -> anyhow::Result<u32> {
+    fn pid(&self, role: Instance) -> anyhow::Result<u32> {
         let child = self
             .children
             .get(&role)
@@ -184,7 +238,11 @@ impl Supervisor {
         life.pid.ok_or_else(|| anyhow::anyhow!("{role} is not running"))
     }
 
-    async fn end_life(&self, role: Role, how: libc::c_int) -> anyhow::Result<Life> {
+    async fn end_life(
+        &self,
+        role: Instance,
+        how: libc::c_int,
+    ) -> anyhow::Result<Life> {
         let child = self
             .children
             .get(&role)
@@ -209,7 +267,7 @@ impl Supervisor {
     /// flight can finish downstream), each within [`GRACE`] or killed.
     pub async fn stop(mut self) -> anyhow::Result<Vec<Ended>> {
         let mut ended = vec![];
-        for role in self.env.style.roles().into_iter().rev() {
+        for role in self.instances().into_iter().rev() {
             let Some(child) = self.children.remove(&role) else { continue };
             if child.stop.send(true).is_err() {
                 warn!("{role}'s keeper had already ended");
@@ -239,6 +297,15 @@ impl Drop for Supervisor {
     }
 }
 
+/// Every process a shop runs: each role of its style, as many times as its address lists
+/// replicas, in the order they start.
+fn instances(env: &Env) -> Vec<Instance> {
+    let each = |role: Role| {
+        (1..=env.replicas(role).len()).map(move |n| Instance::of(role, n))
+    };
+    env.style.roles().into_iter().flat_map(each).collect()
+}
+
 /// Sends `signal` to the process `pid`, one of this process's own children.
 pub fn signal(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
     let pid = libc::pid_t::try_from(pid)?;
@@ -253,7 +320,7 @@ pub fn signal(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
 
 struct Spec {
     exe: PathBuf,
-    role: Role,
+    instance: Instance,
     vars: Vec<(String, String)>,
     output: Output,
 }
@@ -262,10 +329,11 @@ impl Spec {
     fn spawn(&self) -> anyhow::Result<Child> {
         let mut command = Command::new(&self.exe);
         command
-            .args(["role", self.role.name()])
+            .args(["role", self.instance.role.name()])
             // Each child binds its own address: a SHOP_LISTEN_ADDR this process inherited
-            // would make all of them bind the same one.
-            .env_remove(crate::config::LISTEN_VAR)
+            // would make all of them bind the same one (a replica's own is in `vars`).
+            .env_remove(LISTEN_VAR)
+            .env_remove(REPLICA_VAR)
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             // Its end of this pipe closes when the supervisor ends, however it ends: the
             // child stops then (`probe::stop_with_supervisor`).
@@ -282,10 +350,10 @@ impl Spec {
             .kill_on_drop(true);
         let mut child = command.spawn()?;
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(pipe(stdout, self.role, self.output.clone()));
+            tokio::spawn(pipe(stdout, self.instance, self.output.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(pipe(stderr, self.role, self.output.clone()));
+            tokio::spawn(pipe(stderr, self.instance, self.output.clone()));
         }
         Ok(child)
     }
@@ -299,7 +367,7 @@ async fn keep_running(
     life: watch::Sender<Life>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(ExitStatus, bool)> {
-    let role = spec.role;
+    let role = spec.instance;
     let mut generation = 0;
     loop {
         let mut child = spec.spawn()?;
@@ -335,7 +403,7 @@ async fn told_to_stop(stop: &mut watch::Receiver<bool>) {
 }
 
 async fn terminate(
-    role: Role,
+    role: Instance,
     mut child: Child,
 ) -> anyhow::Result<(ExitStatus, bool)> {
     let Some(pid) = child.id() else {
@@ -357,7 +425,7 @@ async fn terminate(
 }
 
 /// Copies a child's output, line by line, to where [`Output`] says.
-async fn pipe(from: impl AsyncRead + Unpin, role: Role, output: Output) {
+async fn pipe(from: impl AsyncRead + Unpin, role: Instance, output: Output) {
     let mut lines = BufReader::new(from).lines();
     let mut file = match &output {
         Output::Prefixed => None,
@@ -394,7 +462,7 @@ async fn pipe(from: impl AsyncRead + Unpin, role: Role, output: Output) {
                     warn!(%error, "writing {role}'s log failed");
                 }
             }
-            None => println!("{:>9} | {line}", role.name()),
+            None => println!("{:>9} | {line}", role.to_string()),
         }
     }
 }

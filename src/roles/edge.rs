@@ -9,6 +9,13 @@
 //! Its calls to the service behind it pass a circuit breaker (the circuit-breaker chapter's):
 //! when most recent calls failed, the gateway answers `503` at once for a while instead of making
 //! every client wait for a timeout, and exports the breaker's state on `/metrics`.
+//!
+//! Each service behind it may run as several replicas (`SHOP_<ROLE>_ADDR` lists them). The
+//! gateway takes them in turns, with a breaker per replica ([`crate::roles::replicas`]), and
+//! sends a call that failed on one replica to the next: a read, because reading twice changes
+//! nothing; a checkout too, because the intake's replicas share one log in PostgreSQL and the
+//! Idempotency-Key makes a second attempt find the first one's checkout instead of placing
+//! another.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +56,8 @@ use crate::probe::{self, Check};
 use crate::roles::graph;
 use crate::roles::intake::{IDEMPOTENCY_KEY, invalid_id};
 use crate::roles::reads::OrderView;
-use crate::roles::retries::ReadRetries;
+use crate::roles::replicas::{Endpoint, Guarded, Replicas};
+use crate::roles::retries::{MIN_LEFT, ReadRetries};
 use crate::telemetry;
 
 /// The issuer a token must name: the identity provider the shop trusts.
@@ -65,21 +73,36 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 
 #[derive(Clone)]
 struct Edge {
-    /// The intake: the saga service, or orders when choreographed.
-    saga_url: String,
+    /// The intake's replicas (the saga service, or orders when choreographed), each behind a
+    /// breaker of its own.
+    intake: Arc<Replicas<Endpoint>>,
     http: reqwest::Client,
-    /// The breaker in front of the intake.
-    saga: Arc<CircuitBreaker>,
-    /// Orders' HTTP reads, behind a breaker of their own.
-    orders: Arc<OrdersBackend>,
-    /// Payments' gRPC reads, behind a breaker of their own.
-    payments: Arc<PaymentsBackend>,
+    /// Orders' HTTP reads, a breaker per replica.
+    orders: Arc<Replicas<OrdersBackend>>,
+    /// Payments' gRPC reads, a breaker per replica.
+    payments: Arc<Replicas<PaymentsBackend>>,
     /// A second attempt at a read of either that failed, within each one's budget.
     retries: Arc<ReadRetries>,
     bulkhead: Bulkhead,
     /// Calls the bulkhead turned away, by backend.
     rejected: Counter,
+    /// Calls to the intake sent on to another replica, by why.
+    moved: Family<MovedLabels, Counter>,
 }
+
+/// Why a call to the intake went on to another replica.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MovedLabels {
+    reason: &'static str,
+}
+
+/// How long a call to the intake may take, every replica it tries together: inside the 5 s the
+/// gateway gives a request, so a second replica's answer still reaches the client.
+pub const INTAKE_BUDGET: Duration = Duration::from_millis(4_500);
+/// The longest one attempt may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Replicas one call to the intake tries at most.
+pub const INTAKE_ATTEMPTS: usize = 2;
 
 /// Calls to the service behind the gateway that may be in flight at once. A checkout's calls
 /// take milliseconds; a backend that hangs holds each place for the 3-second call timeout, and
@@ -101,16 +124,24 @@ pub fn breaker_config() -> anyhow::Result<circuit_breaker::Config> {
 }
 // ANCHOR_END: breaker_config
 
-/// The labels of a breaker's gauge: which service it guards.
+/// The labels of the bulkhead's series: which service it guards.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     backend: String,
+}
+
+/// The labels of a breaker's gauge: which service it guards, and which replica of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerLabels {
+    backend: String,
+    endpoint: String,
 }
 
 /// The labels of a breaker's transitions.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransitionLabels {
     backend: String,
+    endpoint: String,
     to: String,
 }
 
@@ -134,35 +165,45 @@ fn breaker_name(state: Breaker) -> &'static str {
 /// The breakers' metric families, registered once for every backend.
 #[derive(Clone)]
 struct BreakerMetrics {
-    state: Family<BackendLabels, Gauge>,
+    state: Family<BreakerLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
 }
 
 fn breaker_metrics(registry: &mut Registry) -> BreakerMetrics {
-    let state = Family::<BackendLabels, Gauge>::default();
+    let state = Family::<BreakerLabels, Gauge>::default();
     registry.register(
         "shop_circuit_breaker_state",
-        "The breaker in front of a backend: 0 closed, 1 half-open, 2 open",
+        "The breaker in front of a backend's replica: 0 closed, 1 half-open, 2 open",
         state.clone(),
     );
     let transitions = Family::<TransitionLabels, Counter>::default();
     registry.register(
         "shop_circuit_breaker_transitions",
-        "State changes of the breaker in front of a backend, by the state entered",
+        "State changes of the breaker in front of a backend's replica, by the state entered",
         transitions.clone(),
     );
     BreakerMetrics { state, transitions }
 }
 
 impl BreakerMetrics {
-    /// A breaker for calls to `backend` whose transitions are counted and logged as they happen.
-    fn breaker(&self, backend: &str) -> anyhow::Result<CircuitBreaker> {
-        let (named, transitions) = (backend.to_owned(), self.transitions.clone());
+    /// A breaker for calls to `backend`'s replica at `endpoint`, whose transitions are counted
+    /// and logged as they happen.
+    fn breaker(
+        &self,
+        backend: &str,
+        endpoint: &str,
+    ) -> anyhow::Result<CircuitBreaker> {
+        let (named, at) = (backend.to_owned(), endpoint.to_owned());
+        let transitions = self.transitions.clone();
         Ok(CircuitBreaker::builder(breaker_config()?)
             .on_transition(move |change| {
                 let to = breaker_name(change.to);
-                warn!(backend = %named, to, reason = %change.reason, "circuit breaker");
-                let entered = TransitionLabels { backend: named.clone(), to: to.to_owned() };
+                warn!(backend = %named, endpoint = %at, to, reason = %change.reason, "circuit breaker");
+                let entered = TransitionLabels {
+                    backend: named.clone(),
+                    endpoint: at.clone(),
+                    to: to.to_owned(),
+                };
                 transitions.get_or_create(&entered).inc();
             })
             .build())
@@ -171,12 +212,11 @@ impl BreakerMetrics {
     /// Reads each breaker's state at each scrape: listeners run outside the breaker's lock, so
     /// two transitions close together could reach a gauge set by the listener in the wrong
     /// order.
-    fn refresh(&self, breakers: Vec<(&'static str, StateOf)>) -> Refresh {
+    fn refresh(&self, breakers: Vec<(BreakerLabels, StateOf)>) -> Refresh {
         let state = self.state.clone();
         Arc::new(move || {
-            for (backend, state_of) in &breakers {
-                let labels = BackendLabels { backend: (*backend).to_owned() };
-                state.get_or_create(&labels).set(breaker_level(state_of()));
+            for (labels, state_of) in &breakers {
+                state.get_or_create(labels).set(breaker_level(state_of()));
             }
             Box::pin(async { Ok(()) })
         })
@@ -235,25 +275,27 @@ pub fn app(
             watched_bulkhead(registry, backend.name(), bulkhead.clone());
         let (retries, budgets) =
             ReadRetries::registered(registry, ORDERS_READS, PAYMENTS_READS);
-        let parts = backends(env, &breakers).map(|(saga, orders, payments)| {
-            let (s, o, p) =
-                (Arc::clone(&saga), Arc::clone(&orders), Arc::clone(&payments));
-            let states: Vec<(&'static str, StateOf)> = vec![
-                (backend.name(), Box::new(move || s.state())),
-                (ORDERS_READS, Box::new(move || o.backend.breaker.state())),
-                (PAYMENTS_READS, Box::new(move || p.backend.breaker.state())),
-            ];
+        let moved = Family::<MovedLabels, Counter>::default();
+        registry.register(
+            "shop_intake_moved",
+            "Calls to the intake sent on to another replica after the one tried failed, by why",
+            moved.clone(),
+        );
+        let parts = backends(env, &breakers).map(|(intake, orders, payments)| {
+            let mut states = watched(backend.name(), &intake);
+            states.extend(watched(ORDERS_READS, &orders));
+            states.extend(watched(PAYMENTS_READS, &payments));
             let refresh = breakers.refresh(states);
             (
                 Edge {
-                    saga_url: env.url(backend),
+                    intake,
                     http,
-                    saga,
                     orders,
                     payments,
                     retries,
                     bulkhead,
                     rejected,
+                    moved,
                 },
                 refresh,
             )
@@ -315,9 +357,22 @@ pub fn app(
     Ok((app, exporter))
 }
 
-/// Whether `backend`'s breaker is closed now: a retry is worth making only then.
-pub fn closed(backend: &gateway::backends::Backend) -> bool {
-    backend.breaker.state() == Breaker::Closed
+/// Each replica's breaker as the gauge labels it, and how to read its state.
+fn watched<T: Guarded + Send + Sync + 'static>(
+    backend: &str,
+    replicas: &Arc<Replicas<T>>,
+) -> Vec<(BreakerLabels, StateOf)> {
+    let each = |(i, (endpoint, _)): (usize, &(String, Arc<T>))| {
+        let labels = BreakerLabels {
+            backend: backend.to_owned(),
+            endpoint: endpoint.clone(),
+        };
+        let replicas = Arc::clone(replicas);
+        let state: StateOf =
+            Box::new(move || replicas.members()[i].1.breaker().state());
+        (labels, state)
+    };
+    replicas.members().iter().enumerate().map(each).collect()
 }
 
 /// The breaker before orders' reads, as its metrics name it: apart from the intake's, which is
@@ -329,22 +384,49 @@ pub const PAYMENTS_READS: &str = "payments-reads";
 /// How long `GET /orders/{id}` may take, both of its calls together.
 pub const COMPOSE_DEADLINE: Duration = Duration::from_secs(1);
 
-/// The breaker in front of the intake, and the clients of the orders and payments services.
-type Backends = (Arc<CircuitBreaker>, Arc<OrdersBackend>, Arc<PaymentsBackend>);
+/// The intake's replicas, and the clients of the orders and payments services' replicas.
+type Backends = (
+    Arc<Replicas<Endpoint>>,
+    Arc<Replicas<OrdersBackend>>,
+    Arc<Replicas<PaymentsBackend>>,
+);
 
-/// Each backend behind a breaker of its own: a payments service that fails does not stop
-/// checkouts, nor the orders part of a view.
+/// Each replica of each backend behind a breaker of its own: a payments service that fails does
+/// not stop checkouts, nor the orders part of a view; one replica that fails does not stop the
+/// others.
 fn backends(env: &Env, breakers: &BreakerMetrics) -> anyhow::Result<Backends> {
-    let saga = Arc::new(breakers.breaker(env.style.intake().name())?);
-    let orders_url = env.url(Role::Participant(Service::Orders));
-    // The composed reads carry the caller's trace on, as the calls to the intake do.
-    let orders = OrdersBackend::new(orders_url, breakers.breaker(ORDERS_READS)?)?
-        .with_propagation(telemetry::propagate);
-    let payments_url = env.url(Role::Participant(Service::Payments));
-    let payments =
-        PaymentsBackend::new(payments_url, breakers.breaker(PAYMENTS_READS)?)?
+    let intake = env.style.intake();
+    let mut endpoints = vec![];
+    for (addr, url) in env.replicas(intake).into_iter().zip(env.urls(intake)) {
+        let breaker = Arc::new(breakers.breaker(intake.name(), &addr)?);
+        endpoints.push((addr, Arc::new(Endpoint { url, breaker })));
+    }
+    let (orders_role, payments_role) =
+        (Role::Participant(Service::Orders), Role::Participant(Service::Payments));
+    let mut orders = vec![];
+    for (addr, url) in
+        env.replicas(orders_role).into_iter().zip(env.urls(orders_role))
+    {
+        // The composed reads carry the caller's trace on, as the calls to the intake do.
+        let breaker = breakers.breaker(ORDERS_READS, &addr)?;
+        let backend =
+            OrdersBackend::new(url, breaker)?.with_propagation(telemetry::propagate);
+        orders.push((addr, Arc::new(backend)));
+    }
+    let mut payments = vec![];
+    let listed =
+        env.replicas(payments_role).into_iter().zip(env.urls(payments_role));
+    for (addr, url) in listed {
+        let breaker = breakers.breaker(PAYMENTS_READS, &addr)?;
+        let backend = PaymentsBackend::new(url, breaker)?
             .with_propagation(telemetry::propagate);
-    Ok((saga, Arc::new(orders), Arc::new(payments)))
+        payments.push((addr, Arc::new(backend)));
+    }
+    Ok((
+        Arc::new(Replicas::new(endpoints)?),
+        Arc::new(Replicas::new(orders)?),
+        Arc::new(Replicas::new(payments)?),
+    ))
 }
 
 // ANCHOR: order_view
@@ -366,18 +448,24 @@ async fn order(
     let deadline = Instant::now() + COMPOSE_DEADLINE;
     let (who, path) = (&caller.client, format!("/orders/{order_id}"));
     let ids = vec![order_id.clone()];
-    // Each read tried once more if it failed and its budget allows
-    // (`roles/retries.rs`).
+    // Each read tried once more, on the next replica, if it failed
+    // and its budget allows (`roles/retries.rs`).
     let (order, payments) = tokio::join!(
         edge.retries.orders.call(
             deadline,
-            || closed(&edge.orders.backend),
-            || edge.orders.get_json::<OrderView>(&path, who, deadline)
+            || edge.orders.any_closed(),
+            || async {
+                let replica = edge.orders.pick();
+                replica.get_json::<OrderView>(&path, who, deadline).await
+            }
         ),
         edge.retries.payments.call(
             deadline,
-            || closed(&edge.payments.backend),
-            || edge.payments.for_orders(ids.clone(), who, deadline)
+            || edge.payments.any_closed(),
+            || async {
+                let replica = edge.payments.pick();
+                replica.for_orders(ids.clone(), who, deadline).await
+            }
         ),
     );
     match compose::assemble(&order_id, order, payments) {
@@ -412,8 +500,11 @@ async fn place(
     if let Err(forbidden) = caller.require(WRITE) {
         return forbidden.into_response();
     }
-    let url = format!("{}/checkouts", edge.saga_url);
-    let route = Route { method: Method::POST, template: "/checkouts", url };
+    let route = Route {
+        method: Method::POST,
+        template: "/checkouts",
+        path: "/checkouts".into(),
+    };
     forward(&edge, route, &caller, &headers, body).await
 }
 
@@ -426,18 +517,18 @@ async fn view(
     if let Err(forbidden) = caller.require(READ) {
         return forbidden.into_response();
     }
-    let url = format!("{}/checkouts/{order_id}", edge.saga_url);
+    let path = format!("/checkouts/{order_id}");
     let route =
-        Route { method: Method::GET, template: "/checkouts/{order_id}", url };
+        Route { method: Method::GET, template: "/checkouts/{order_id}", path };
     forward(&edge, route, &caller, &headers, Bytes::new()).await
 }
 
 /// A call to the service behind the gateway: its method, its route's template (which names the
-/// call's span) and its URL.
+/// call's span) and its path on whichever replica answers it.
 struct Route {
     method: Method,
     template: &'static str,
-    url: String,
+    path: String,
 }
 
 /// Sends the request on, if the bulkhead has room for it.
@@ -473,8 +564,13 @@ async fn forward(
     }
 }
 
-/// Sends the request on with the verified caller and the trace context, through the breaker, and
-/// the answer back as it came.
+// ANCHOR: call_intake
+/// Sends the request on with the verified caller and the trace context to the intake's
+/// replicas in turn, each through its own breaker, and the answer back as it came. A replica
+/// that did not answer, or answered `503`, passes the call to the next one: at most
+/// [`INTAKE_ATTEMPTS`] replicas, within [`INTAKE_BUDGET`]. A checkout may go to a second
+/// replica even after the first timed out, because the Idempotency-Key dedupes it in the log
+/// every replica shares: the second finds the first one's checkout.
 async fn call_backend(
     edge: &Edge,
     route: Route,
@@ -482,14 +578,64 @@ async fn call_backend(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    let permit = match edge.saga.try_acquire() {
-        Ok(permit) => permit,
-        Err(rejected) => return breaker_open(rejected.state),
-    };
-    let mut request = edge
-        .http
-        .request(route.method.clone(), &route.url)
-        .header(CALLER_HEADER, &caller.client);
+    let deadline = Instant::now() + INTAKE_BUDGET;
+    let (mut sent, mut failed) = (0, None::<(&'static str, Response)>);
+    for replica in edge.intake.turn() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if sent == INTAKE_ATTEMPTS || (sent > 0 && left < MIN_LEFT) {
+            break;
+        }
+        let Ok(permit) = replica.breaker.try_acquire() else { continue };
+        if let Some((reason, _)) = &failed {
+            edge.moved.get_or_create(&MovedLabels { reason }).inc();
+            warn!(reason, next = %replica.url, "the checkout service's replica failed; trying the next");
+        }
+        sent += 1;
+        let timeout = left.min(ATTEMPT_TIMEOUT);
+        let request = edge
+            .http
+            .request(route.method.clone(), format!("{}{}", replica.url, route.path));
+        match send(request, &route, caller, headers, body.clone(), timeout).await {
+            Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                permit.record(Outcome::Failure);
+                failed = Some(("unavailable", response));
+            }
+            Ok(response) => {
+                permit.record(circuit_breaker::classify::http_status(
+                    response.status().as_u16(),
+                ));
+                return response;
+            }
+            Err(error) => {
+                permit.record(Outcome::Failure);
+                let reason = match () {
+                    () if error.is_connect() => "unreachable",
+                    () if error.is_timeout() => "timeout",
+                    () => "broken",
+                };
+                failed = Some((reason, unreachable(&error)));
+            }
+        }
+    }
+    match failed {
+        Some((_, response)) => response,
+        // Every replica's breaker refused: nothing was sent.
+        None => breaker_open(edge.intake.turn()[0].breaker.state()),
+    }
+}
+// ANCHOR_END: call_intake
+
+/// One attempt: the request with the verified caller, the client's content type, key and request
+/// id, and the trace context; the answer's status, body and the headers a client needs.
+async fn send(
+    request: reqwest::RequestBuilder,
+    route: &Route,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Response, reqwest::Error> {
+    let mut request = request.timeout(timeout).header(CALLER_HEADER, &caller.client);
     for name in [header::CONTENT_TYPE.as_str(), IDEMPOTENCY_KEY, "x-request-id"] {
         if let Some(value) = headers.get(name) {
             request = request.header(name, value);
@@ -501,34 +647,20 @@ async fn call_backend(
         route.template,
         request.body(body),
     );
-    let answer = match request.send().instrument(span).await {
-        Ok(answer) => answer,
-        Err(error) => {
-            permit.record(Outcome::Failure);
-            return unreachable(&error);
-        }
-    };
+    let answer = request.send().instrument(span).await?;
     let status = answer.status();
     let pass = [header::CONTENT_TYPE, header::LOCATION, header::RETRY_AFTER];
     let kept: Vec<(header::HeaderName, HeaderValue)> = pass
         .into_iter()
         .filter_map(|name| answer.headers().get(&name).cloned().map(|v| (name, v)))
         .collect();
-    match answer.bytes().await {
-        Ok(bytes) => {
-            permit.record(circuit_breaker::classify::http_status(status.as_u16()));
-            let mut response = (status, bytes).into_response();
-            // insert, not extend: extend would add to the body's own content type.
-            for (name, value) in kept {
-                response.headers_mut().insert(name, value);
-            }
-            response
-        }
-        Err(error) => {
-            permit.record(Outcome::Failure);
-            unreachable(&error)
-        }
+    let bytes = answer.bytes().await?;
+    let mut response = (status, bytes).into_response();
+    // insert, not extend: extend would add to the body's own content type.
+    for (name, value) in kept {
+        response.headers_mut().insert(name, value);
     }
+    Ok(response)
 }
 
 /// The answer while the breaker keeps the gateway from calling: at once, and when to come back.

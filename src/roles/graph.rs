@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use crate::roles::edge::{COMPOSE_DEADLINE, READ};
 use crate::roles::intake::valid_key;
 use crate::roles::reads::OrderView;
+use crate::roles::replicas::Replicas;
 use crate::roles::retries::ReadRetries;
 
 /// How deep a query may nest: `order { payment { status } }` is 3.
@@ -39,10 +40,10 @@ pub type ShopSchema = Schema<Query, EmptyMutation, EmptySubscription>;
 /// The services a query may need.
 #[derive(Clone)]
 pub struct Backends {
-    /// Orders' HTTP reads.
-    pub orders: Arc<OrdersBackend>,
-    /// Payments' gRPC reads.
-    pub payments: Arc<PaymentsBackend>,
+    /// Orders' HTTP reads, one client per replica.
+    pub orders: Arc<Replicas<OrdersBackend>>,
+    /// Payments' gRPC reads, one client per replica.
+    pub payments: Arc<Replicas<PaymentsBackend>>,
     /// A second attempt at a read that failed, within each backend's budget.
     pub retries: Arc<ReadRetries>,
 }
@@ -139,9 +140,11 @@ impl Query {
         let call = ctx.data::<Call>()?;
         let path = format!("/orders/{id}");
         let (orders, retries) = (&call.backends.orders, &call.backends.retries);
-        let read =
-            || orders.get_json::<OrderView>(&path, &call.caller, call.deadline);
-        let closed = || crate::roles::edge::closed(&orders.backend);
+        let read = || async {
+            let replica = orders.pick();
+            replica.get_json::<OrderView>(&path, &call.caller, call.deadline).await
+        };
+        let closed = || orders.any_closed();
         match retries.orders.call(call.deadline, closed, read).await {
             Ok(order) => Ok(Some(Order(order))),
             Err(error) if error.is_not_found() => Ok(None),
@@ -195,8 +198,11 @@ impl Order {
         let call = ctx.data::<Call>()?;
         let ids = vec![self.0.order_id.clone()];
         let (payments, retries) = (&call.backends.payments, &call.backends.retries);
-        let read = || payments.for_orders(ids.clone(), &call.caller, call.deadline);
-        let closed = || crate::roles::edge::closed(&payments.backend);
+        let read = || async {
+            let replica = payments.pick();
+            replica.for_orders(ids.clone(), &call.caller, call.deadline).await
+        };
+        let closed = || payments.any_closed();
         let found = retries.payments.call(call.deadline, closed, read).await;
         match found {
             Ok(found) => Ok(found.into_iter().next().map(Payment)),

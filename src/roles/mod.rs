@@ -8,6 +8,7 @@ pub mod intake;
 pub mod notifications;
 pub mod participant;
 pub mod reads;
+pub mod replicas;
 pub mod retries;
 pub mod saga;
 

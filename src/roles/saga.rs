@@ -40,9 +40,12 @@ use crate::roles::intake::{
 };
 use crate::telemetry;
 
-/// The orchestrator's name: its leases carry it, so a restart under the same name takes its sagas
-/// back at once.
-pub const ORCHESTRATOR: &str = "saga-1";
+/// The orchestrator's name in the saga's `replica`th process (`saga-1`, `saga-2`): its leases
+/// carry it, so a restart under the same name takes its sagas back at once, and each replica
+/// drives the sagas it started.
+pub fn orchestrator(replica: usize) -> String {
+    format!("saga-{replica}")
+}
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const HEALTHY: Duration = Duration::from_secs(10);
@@ -94,7 +97,7 @@ pub async fn run(env: Env) -> anyhow::Result<()> {
         );
         Some(metrics::all(vec![log, dead, traffic]))
     });
-    let replies = env.names.replies(ORCHESTRATOR);
+    let replies = env.names.replies(&orchestrator(env.replica));
     let starter = Arc::clone(&shared.starter);
     let ready: Check = Arc::new(move || {
         let (pool, amqp, replies) =
@@ -215,7 +218,7 @@ async fn orchestrate_until_terminated(
     saga_ended: &Notify,
 ) {
     let config = Config {
-        name: ORCHESTRATOR.to_owned(),
+        name: orchestrator(env.replica),
         amqp: env.amqp.clone(),
         names: env.names.clone(),
         timeout: Duration::from_secs(5),
@@ -230,7 +233,8 @@ async fn orchestrate_until_terminated(
                 lives.add(Arc::clone(&orchestrator.traffic));
                 *slot.write().await = Some(orchestrator.starter());
                 info!(
-                    "orchestrator {ORCHESTRATOR} running; sagas it owned are resumed"
+                    "orchestrator {} running; sagas it owned are resumed",
+                    config.name
                 );
                 let ended = loop {
                     tokio::select! {

@@ -142,6 +142,7 @@ async fn start_logging(
         amqp: brokers.amqp,
         addrs: free_addrs(),
         listen: None,
+        replica: 1,
         log_format,
     };
     let seed = shop::shop::seed();
