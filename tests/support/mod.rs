@@ -75,12 +75,16 @@ pub fn free_port() -> u16 {
     panic!("no free port on 127.0.0.1 between {low} and {}", low + span)
 }
 
-/// A free port for each role; see [`free_port`].
-fn free_addrs() -> BTreeMap<Role, String> {
-    Role::ALL
-        .into_iter()
-        .map(|role| (role, format!("127.0.0.1:{}", free_port())))
-        .collect()
+/// A free port for each role, `replicas` of them for a role `replicated` names (one for the
+/// others), listed as `SHOP_<ROLE>_ADDR` lists them; see [`free_port`].
+fn free_addrs(replicated: &[Role], replicas: usize) -> BTreeMap<Role, String> {
+    let addrs = |role: &Role| {
+        let n = if replicated.contains(role) { replicas } else { 1 };
+        let each: Vec<String> =
+            (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        each.join(",")
+    };
+    Role::ALL.into_iter().map(|role| (role, addrs(&role))).collect()
 }
 
 /// Where a shop's services reach their brokers.
@@ -119,12 +123,21 @@ pub async fn start_styled(test: &str, style: Style) -> Option<Shop> {
 /// [`start`], with the services reaching their brokers at these addresses (a proxy in front
 /// of one, say).
 pub async fn start_with(test: &str, style: Style, brokers: Brokers) -> Option<Shop> {
-    start_logging(test, style, brokers, LogFormat::Human).await
+    start_logging(test, style, brokers, LogFormat::Human, &[]).await
 }
 
 /// [`start`], every service logging one JSON object per line.
 pub async fn start_json(test: &str, style: Style) -> Option<Shop> {
-    start_logging(test, style, Brokers::shared(), LogFormat::Json).await
+    start_logging(test, style, Brokers::shared(), LogFormat::Json, &[]).await
+}
+
+/// [`start`], with two replicas of each role in `replicated`.
+pub async fn start_replicated(
+    test: &str,
+    style: Style,
+    replicated: &[Role],
+) -> Option<Shop> {
+    start_logging(test, style, Brokers::shared(), LogFormat::Human, replicated).await
 }
 
 async fn start_logging(
@@ -132,6 +145,7 @@ async fn start_logging(
     style: Style,
     brokers: Brokers,
     log_format: LogFormat,
+    replicated: &[Role],
 ) -> Option<Shop> {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let env = Env {
@@ -140,7 +154,7 @@ async fn start_logging(
         names: Names::new(&format!("t{}_{}", &tag[..8], test)),
         database_url: brokers.database_url,
         amqp: brokers.amqp,
-        addrs: free_addrs(),
+        addrs: free_addrs(replicated, 2),
         listen: None,
         replica: 1,
         log_format,
