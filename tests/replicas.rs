@@ -1,6 +1,7 @@
 //! The shop with two replicas each of the saga, orders and payments: real processes, one log and
 //! one schema per service in PostgreSQL that every replica of it shares, and the gateway taking
 //! the replicas in turns.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic with a message
 
 mod support;
 
