@@ -565,12 +565,14 @@ async fn forward(
 }
 
 // ANCHOR: call_intake
-/// Sends the request on with the verified caller and the trace context to the intake's
-/// replicas in turn, each through its own breaker, and the answer back as it came. A replica
-/// that did not answer, or answered `503`, passes the call to the next one: at most
-/// [`INTAKE_ATTEMPTS`] replicas, within [`INTAKE_BUDGET`]. A checkout may go to a second
-/// replica even after the first timed out, because the Idempotency-Key dedupes it in the log
-/// every replica shares: the second finds the first one's checkout.
+/// Sends the request on with the verified caller and the trace context to
+/// the intake's replicas in turn, each through its own breaker, and the
+/// answer back as it came. A replica that did not answer, or answered
+/// `503`, passes the call to the next one: at most [`INTAKE_ATTEMPTS`]
+/// replicas, within [`INTAKE_BUDGET`]. A checkout may go to a second
+/// replica even after the first timed out, because the Idempotency-Key
+/// dedupes it in the log every replica shares: the second finds the first
+/// one's checkout.
 async fn call_backend(
     edge: &Edge,
     route: Route,
@@ -580,31 +582,40 @@ async fn call_backend(
 ) -> Response {
     let deadline = Instant::now() + INTAKE_BUDGET;
     let (mut sent, mut failed) = (0, None::<(&'static str, Response)>);
+    let mut refused = None;
     for replica in edge.intake.turn() {
         let left = deadline.saturating_duration_since(Instant::now());
         if sent == INTAKE_ATTEMPTS || (sent > 0 && left < MIN_LEFT) {
             break;
         }
-        let Ok(permit) = replica.breaker.try_acquire() else { continue };
+        let permit = match replica.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(rejected) => {
+                refused.get_or_insert(rejected.state);
+                continue;
+            }
+        };
         if let Some((reason, _)) = &failed {
             edge.moved.get_or_create(&MovedLabels { reason }).inc();
-            warn!(reason, next = %replica.url, "the checkout service's replica failed; trying the next");
+            let next = &replica.url;
+            warn!(reason, %next, "an intake replica failed; trying the next");
         }
         sent += 1;
         let timeout = left.min(ATTEMPT_TIMEOUT);
         let request = edge
             .http
             .request(route.method.clone(), format!("{}{}", replica.url, route.path));
-        match send(request, &route, caller, headers, body.clone(), timeout).await {
-            Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                permit.record(Outcome::Failure);
-                failed = Some(("unavailable", response));
-            }
+        let answer = send(request, &route, caller, headers, body.clone(), timeout);
+        match answer.await {
             Ok(response) => {
-                permit.record(circuit_breaker::classify::http_status(
-                    response.status().as_u16(),
-                ));
-                return response;
+                let status = response.status();
+                let outcome =
+                    circuit_breaker::classify::http_status(status.as_u16());
+                permit.record(outcome);
+                if status != StatusCode::SERVICE_UNAVAILABLE {
+                    return response;
+                }
+                failed = Some(("unavailable", response));
             }
             Err(error) => {
                 permit.record(Outcome::Failure);
@@ -617,10 +628,11 @@ async fn call_backend(
             }
         }
     }
-    match failed {
-        Some((_, response)) => response,
+    match (failed, refused) {
+        (Some((_, response)), _) => response,
         // Every replica's breaker refused: nothing was sent.
-        None => breaker_open(edge.intake.turn()[0].breaker.state()),
+        (None, Some(state)) => breaker_open(state),
+        (None, None) => unreachable!("a service has at least one replica"),
     }
 }
 // ANCHOR_END: call_intake

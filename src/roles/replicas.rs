@@ -50,7 +50,6 @@ pub struct Replicas<T> {
     next: AtomicUsize,
 }
 
-// ANCHOR: replicas_pick
 impl<T: Guarded> Replicas<T> {
     /// The replicas, `(address, client)`; at least one.
     pub fn new(members: Vec<(String, Arc<T>)>) -> anyhow::Result<Self> {
@@ -58,9 +57,11 @@ impl<T: Guarded> Replicas<T> {
         Ok(Replicas { members, next: AtomicUsize::new(0) })
     }
 
-    /// The replicas in the order the next call tries them: starting one further than the last
-    /// call did, those whose breaker is closed first, then the others (whose breakers refuse
-    /// at once, or let a probe through).
+    // ANCHOR: replicas_turn
+    /// The replicas in the order the next call tries them: starting one
+    /// further than the last call did, those whose breaker is closed first,
+    /// then the others (whose breakers refuse at once, or let a probe
+    /// through).
     pub fn turn(&self) -> Vec<&Arc<T>> {
         let n = self.members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
@@ -70,6 +71,7 @@ impl<T: Guarded> Replicas<T> {
         order.extend(open);
         order
     }
+    // ANCHOR_END: replicas_turn
 
     /// The replica a read goes to now: the next one in turn whose breaker is closed.
     pub fn pick(&self) -> Arc<T> {
@@ -80,7 +82,6 @@ impl<T: Guarded> Replicas<T> {
     pub fn any_closed(&self) -> bool {
         self.members.iter().any(|(_, t)| t.breaker().state() == State::Closed)
     }
-    // ANCHOR_END: replicas_pick
 
     /// Each replica's address and client, in the order configured.
     pub fn members(&self) -> &[(String, Arc<T>)] {
