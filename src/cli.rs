@@ -29,14 +29,17 @@ pub struct Options {
     pub style: Option<Style>,
     /// After the batch, print this role's `/metrics` as Prometheus would read it.
     pub metrics: Option<Role>,
+    /// Payments serves its gRPC reads over mutual TLS, to the gateway only, with certificates
+    /// made for this run (unless `SHOP_TLS_DIR` names some already).
+    pub mtls: bool,
 }
 
 /// The roles, as `shop role ROLE` and `--kill ROLE` take them.
 pub const ROLES: &str = "roles: inventory, payments, shipping, orders, saga (orchestration), \
                          notifications, gateway";
-const USAGE: &str = "usage: shop [--style orchestration|choreography] \
+const USAGE: &str = "usage: shop [--style orchestration|choreography] [--mtls] \
                      [--serve | --kill ROLE | --chaos [SEED]] [--metrics ROLE] | shop role ROLE | \
-                     shop setup";
+                     shop setup | shop certs DIR";
 
 /// Reads the options after the program name.
 pub fn options(args: &[String]) -> anyhow::Result<Options> {
@@ -45,6 +48,7 @@ pub fn options(args: &[String]) -> anyhow::Result<Options> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--serve" => options.serve = true,
+            "--mtls" => options.mtls = true,
             "--style" => {
                 let name = args.next().context(USAGE)?;
                 let style = Style::parse(name).with_context(|| {
@@ -91,7 +95,7 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
     let options = options(&args)?;
     let serve = options.serve;
     let (supervisor, client, env) =
-        start_shop_as(serve, options.style, Output::Prefixed).await?;
+        start_shop_as(serve, options.style, options.mtls, Output::Prefixed).await?;
     let outcome = if serve {
         serve_until_stopped(&env, &client).await
     } else {
@@ -109,18 +113,22 @@ pub async fn start_shop(
     style: Option<Style>,
     output: Output,
 ) -> anyhow::Result<(Supervisor, Client, Env)> {
-    start_shop_as(false, style, output).await
+    start_shop_as(false, style, false, output).await
 }
 
 async fn start_shop_as(
     serve: bool,
     style: Option<Style>,
+    mtls: bool,
     output: Output,
 ) -> anyhow::Result<(Supervisor, Client, Env)> {
     let exe = std::env::current_exe()
         .context("cannot find this program to start its roles")?;
     let mut env = Env::from_env()?;
     env.style = style.unwrap_or(env.style);
+    if mtls && env.tls.is_none() {
+        env.tls = Some(certificates_for_this_run(&env)?);
+    }
     if !serve && std::env::var(PREFIX_VAR).is_err() {
         // A run of its own: names nobody else uses, removed at the end.
         let tag = uuid::Uuid::new_v4().simple().to_string();
@@ -223,6 +231,31 @@ pub async fn setup() -> anyhow::Result<()> {
     }
     info!("the {style} shop {prefix:?} is set up");
     Ok(())
+}
+
+/// Mutual TLS with certificates made now, in a directory of their own under the system's
+/// temporary one; payments' TLS address from `SHOP_PAYMENTS_TLS_ADDR`, or `127.0.0.1:8096` for a
+/// single payments replica.
+fn certificates_for_this_run(env: &Env) -> anyhow::Result<crate::config::Tls> {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("shop-tls-{}", &tag[..8]));
+    crate::identity::issue(&dir)?;
+    let payments = Role::Participant(Service::Payments);
+    let addrs = match std::env::var(crate::config::PAYMENTS_TLS_VAR) {
+        Ok(addrs) => addrs,
+        Err(_) if env.replicas(payments).len() == 1 => "127.0.0.1:8096".to_owned(),
+        Err(_) => bail!(
+            "--mtls with several payments replicas: set {} to one address per replica",
+            crate::config::PAYMENTS_TLS_VAR
+        ),
+    };
+    let lookup = |var: &str| match var {
+        crate::config::TLS_DIR_VAR => Some(dir.display().to_string()),
+        crate::config::PAYMENTS_TLS_VAR => Some(addrs.clone()),
+        var => env.vars().into_iter().find(|(k, _)| k == var).map(|(_, v)| v),
+    };
+    // Read back as a process would read it: the same checks (one address per replica).
+    Env::from_lookup(lookup)?.tls.context("mutual TLS is not configured")
 }
 
 /// Removes what `preflight` created (queues and schemas; Kafka topics stay).

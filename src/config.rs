@@ -170,6 +170,25 @@ pub const REPLICA_VAR: &str = "SHOP_REPLICA";
 /// The most replicas one role may list.
 pub const MAX_REPLICAS: usize = 16;
 
+/// The directory with the shop's certificates: `ca.pem`, and `<role>.pem` with `<role>.key`
+/// for each role ([`crate::identity::issue`] writes them). When it is set, payments serves its
+/// gRPC reads over mutual TLS, to the gateway only; unset (the default), over plain HTTP/2 on
+/// its one port, as on a laptop.
+pub const TLS_DIR_VAR: &str = "SHOP_TLS_DIR";
+
+/// Where payments serves gRPC over mutual TLS when [`TLS_DIR_VAR`] is set: one address per
+/// payments replica, default `127.0.0.1:8096` for one.
+pub const PAYMENTS_TLS_VAR: &str = "SHOP_PAYMENTS_TLS_ADDR";
+
+/// Mutual TLS between the gateway and payments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    /// `SHOP_TLS_DIR`.
+    pub dir: std::path::PathBuf,
+    /// `SHOP_PAYMENTS_TLS_ADDR`: one address per payments replica, separated by commas.
+    pub payments: String,
+}
+
 /// The Kafka-API brokers, `host:port[,host:port...]` (the choreographed services).
 pub const KAFKA_VAR: &str = "KAFKA_BROKERS";
 
@@ -190,7 +209,7 @@ pub const OTLP_VAR: &str = trace_context::setup::OTLP_ENDPOINT;
 /// for, and the logging setup's. The deployment files set nothing else (`tests/manifests.rs`
 /// holds them to it), so a typo or a leftover cannot hide there. The OpenTelemetry SDK reads more
 /// of its own `OTEL_*` variables (service name, headers, sampling); they are not listed here.
-pub const VARS: [&str; 19] = [
+pub const VARS: [&str; 21] = [
     OTLP_VAR,
     crate::probe::SUPERVISED_VAR,
     LOG_FORMAT_VAR,
@@ -198,6 +217,8 @@ pub const VARS: [&str; 19] = [
     PREFIX_VAR,
     LISTEN_VAR,
     REPLICA_VAR,
+    TLS_DIR_VAR,
+    PAYMENTS_TLS_VAR,
     JWT_KEY_VAR,
     KAFKA_VAR,
     DATABASE_VAR,
@@ -257,6 +278,9 @@ pub struct Env {
     pub listen: Option<SocketAddr>,
     /// `SHOP_REPLICA`: which of its role's replicas this process is, from 1.
     pub replica: usize,
+    /// `SHOP_TLS_DIR` and `SHOP_PAYMENTS_TLS_ADDR`: mutual TLS between the gateway and
+    /// payments, when the directory is set.
+    pub tls: Option<Tls>,
     /// `LOG_FORMAT`: log lines for people (the default) or JSON with trace ids.
     pub log_format: LogFormat,
 }
@@ -331,6 +355,23 @@ impl Env {
                     invalid(REPLICA_VAR, &value, "a number from 1 to 16")
                 })?,
         };
+        let payments = Role::Participant(Service::Payments);
+        let tls = match read(TLS_DIR_VAR) {
+            None => None,
+            Some(dir) => {
+                let listed = read(PAYMENTS_TLS_VAR)
+                    .unwrap_or_else(|| "127.0.0.1:8096".to_owned());
+                let count = listed.split(',').count();
+                let replicas =
+                    addrs.get(&payments).map_or(1, |a| a.split(',').count());
+                if !is_replica_list(&listed) || count != replicas {
+                    let expected = "one host:port per payments replica, separated by commas, \
+                                    as many as SHOP_PAYMENTS_ADDR lists";
+                    return Err(invalid(PAYMENTS_TLS_VAR, &listed, expected));
+                }
+                Some(Tls { dir: dir.into(), payments: listed })
+            }
+        };
         Ok(Env {
             style,
             kafka: broker(KAFKA_VAR).unwrap_or_else(infra::kafka_brokers),
@@ -340,8 +381,15 @@ impl Env {
             addrs,
             listen,
             replica,
+            tls,
             log_format,
         })
+    }
+
+    /// Where each payments replica serves gRPC over mutual TLS; none without TLS.
+    pub fn payments_tls(&self) -> Vec<String> {
+        let Some(tls) = &self.tls else { return vec![] };
+        tls.payments.split(',').map(|a| a.trim().to_owned()).collect()
     }
 
     /// Where each replica of `role` is reached, `host:port`, in the order its variable lists
@@ -403,6 +451,10 @@ impl Env {
         ];
         for (role, addr) in &self.addrs {
             vars.push((role.addr_var(), addr.clone()));
+        }
+        if let Some(tls) = &self.tls {
+            vars.push((TLS_DIR_VAR.to_owned(), tls.dir.display().to_string()));
+            vars.push((PAYMENTS_TLS_VAR.to_owned(), tls.payments.clone()));
         }
         vars
     }
@@ -503,6 +555,7 @@ mod tests {
             addrs: BTreeMap::from([(Role::Saga, "saga:8090".to_owned())]),
             listen: None,
             replica: 1,
+            tls: None,
             log_format: LogFormat::Human,
         };
         let error = env.listen_addr(Role::Saga).unwrap_err().to_string();
@@ -549,6 +602,27 @@ mod tests {
     }
 
     #[test]
+    fn mutual_tls_is_off_unless_its_directory_is_set() {
+        assert_eq!(Env::from_lookup(|_| None).unwrap().tls, None);
+        let on = |var: &str| (var == TLS_DIR_VAR).then(|| "/run/tls".to_owned());
+        let env = Env::from_lookup(on).unwrap();
+        assert_eq!(env.payments_tls(), ["127.0.0.1:8096"]);
+        let vars = env.vars();
+        let passed = |var: &str| {
+            vars.iter().find(|(name, _)| name == var).map(|(_, v)| v.clone())
+        };
+        assert_eq!(Env::from_lookup(passed).unwrap().tls, env.tls);
+        // Two payments replicas need two TLS addresses.
+        let two = |var: &str| match var {
+            TLS_DIR_VAR => Some("/run/tls".to_owned()),
+            "SHOP_PAYMENTS_ADDR" => Some("127.0.0.1:8092,127.0.0.1:8192".to_owned()),
+            _ => None,
+        };
+        let error = Env::from_lookup(two).unwrap_err().to_string();
+        assert!(error.contains("SHOP_PAYMENTS_TLS_ADDR"), "{error}");
+    }
+
+    #[test]
     fn vars_lists_exactly_what_the_configuration_asks_for() {
         let asked = std::cell::RefCell::new(std::collections::BTreeSet::new());
         let lookup = |var: &str| {
@@ -557,6 +631,7 @@ mod tests {
                 "SHOP_SAGA_ADDR" => Some("saga:8090".to_owned()),
                 "SHOP_LISTEN_ADDR" => Some("0.0.0.0:8090".to_owned()),
                 "DATABASE_URL" => Some("postgres://db/shop".to_owned()),
+                TLS_DIR_VAR => Some("/run/shop/tls".to_owned()),
                 JWT_KEY_VAR => Some(encode_hex(&[7; 32])),
                 _ => None,
             }

@@ -21,6 +21,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod identity;
 pub mod metrics;
 pub mod probe;
 pub mod roles;
@@ -80,6 +81,9 @@ fn run(program: Program) -> std::process::ExitCode {
                 None => Err(anyhow::anyhow!("no role {name:?}; {}", cli::ROLES)),
             },
             [setup] if setup == "setup" => cli::setup().await,
+            [certs, dir] if certs == "certs" => {
+                identity::issue(std::path::Path::new(dir))
+            }
             _ => program(args).await,
         }
     });

@@ -180,7 +180,13 @@ impl Exporter {
     pub fn measured(&self, app: Router) -> Router {
         let scrape =
             Router::new().route("/metrics", get(scrape)).with_state(self.clone());
-        app.merge(scrape).layer(from_fn_with_state(self.clone(), count))
+        self.counted(app.merge(scrape))
+    }
+
+    /// `app` with every request counted and timed, in the same families: for a second
+    /// listener of the same process (payments' gRPC over mutual TLS).
+    pub fn counted(&self, app: Router) -> Router {
+        app.layer(from_fn_with_state(self.clone(), count))
     }
 
     /// The metrics as Prometheus reads them, after a refresh.

@@ -60,6 +60,7 @@ pub fn shop_config(env: &Env) -> Config {
 pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let listener =
         probe::listen(env.listen_addr(Role::Participant(service))?).await?;
+    let tls_listener = crate::identity::listen_for(&env, service).await?;
     let starting =
         probe::Starting::serve(listener, "waiting for Kafka and PostgreSQL")?;
     let what = format!("Kafka and PostgreSQL for {service}");
@@ -111,8 +112,9 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     });
     let schema = shop.schemas().of(service).to_owned();
     let reads = Reads::choreographed(pool_for_reads, schema);
-    let (reads_app, health) = reads::routes(service, reads, Arc::clone(&ready))?;
-    let mut app = probe::routes(ready).merge(reads_app);
+    let mutual_tls = tls_listener.is_some();
+    let read_routes = reads::routes(service, reads, Arc::clone(&ready), mutual_tls)?;
+    let mut app = probe::routes(ready).merge(read_routes.plain);
     if service == Service::Orders {
         let intake = Router::new()
             .route("/checkouts", post(place))
@@ -120,15 +122,20 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
             .with_state(Arc::downgrade(&shop));
         app = app.merge(intake);
     }
-    let app = telemetry::traced(
-        exporter(service, &env, &shop)?.measured(app),
-        service.name(),
-    );
+    let exporter = exporter(service, &env, &shop)?;
+    let app = telemetry::traced(exporter.measured(app), service.name());
+    let tls_app = read_routes
+        .tls
+        .map(|app| telemetry::traced(exporter.counted(app), service.name()));
+    let tls = crate::identity::spawn_payments(&env, tls_listener, tls_app);
     let addr = listener.local_addr()?;
     info!("{service} (choreography) on http://{addr}/readyz");
     let served = probe::serve(listener, app, probe::terminated()).await;
-    reads::stop_health(health).await;
+    reads::stop_health(read_routes.health).await;
     served?;
+    if let Some(tls) = tls {
+        tls.await??;
+    }
     match Arc::try_unwrap(shop) {
         Ok(shop) => shop.stop().await,
         Err(_) => {

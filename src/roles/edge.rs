@@ -414,13 +414,23 @@ fn backends(env: &Env, breakers: &BreakerMetrics) -> anyhow::Result<Backends> {
         orders.push((addr, Arc::new(backend)));
     }
     let mut payments = vec![];
-    let listed =
-        env.replicas(payments_role).into_iter().zip(env.urls(payments_role));
-    for (addr, url) in listed {
-        let breaker = breakers.breaker(PAYMENTS_READS, &addr)?;
-        let backend = PaymentsBackend::new(url, breaker)?
-            .with_propagation(telemetry::propagate);
-        payments.push((addr, Arc::new(backend)));
+    if env.tls.is_some() {
+        // Over mutual TLS, to payments' TLS listeners, with the gateway's certificate.
+        for (addr, channel) in crate::identity::payments_channels(env)? {
+            let breaker = breakers.breaker(PAYMENTS_READS, &addr)?;
+            let backend = PaymentsBackend::over(channel, breaker)
+                .with_propagation(telemetry::propagate);
+            payments.push((addr, Arc::new(backend)));
+        }
+    } else {
+        let listed =
+            env.replicas(payments_role).into_iter().zip(env.urls(payments_role));
+        for (addr, url) in listed {
+            let breaker = breakers.breaker(PAYMENTS_READS, &addr)?;
+            let backend = PaymentsBackend::new(url, breaker)?
+                .with_propagation(telemetry::propagate);
+            payments.push((addr, Arc::new(backend)));
+        }
     }
     Ok((
         Arc::new(Replicas::new(endpoints)?),

@@ -35,6 +35,7 @@ const HEALTHY: Duration = Duration::from_secs(10);
 pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let listener =
         probe::listen(env.listen_addr(Role::Participant(service))?).await?;
+    let tls_listener = crate::identity::listen_for(&env, service).await?;
     let pool = orchestration::pool(&env.database_url, 1)?;
     let amqp = Arc::new(AmqpProbe::new(env.amqp.clone()));
     let queue = env.names.queue(service);
@@ -71,13 +72,18 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = listener.local_addr()?;
-    let (reads_app, health) = reads::routes(service, reads, Arc::clone(&ready))?;
+    let mutual_tls = tls_listener.is_some();
+    let read_routes = reads::routes(service, reads, Arc::clone(&ready), mutual_tls)?;
     // Its reads in a server span that continues the caller's trace (the gateway's composed
     // `GET /orders/{id}`); the probes and the scrape in none.
     let app = crate::telemetry::traced(
-        exporter.measured(probe::routes(ready).merge(reads_app)),
+        exporter.measured(probe::routes(ready).merge(read_routes.plain)),
         service.name(),
     );
+    let tls_app = read_routes
+        .tls
+        .map(|app| crate::telemetry::traced(exporter.counted(app), service.name()));
+    let tls = crate::identity::spawn_payments(&env, tls_listener, tls_app);
     let http = tokio::spawn(probe::serve(listener, app, async {
         if http_stopped.await.is_err() {
             tracing::debug!("probe server's stop handle dropped");
@@ -92,8 +98,11 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
         warn!("the probe server had already stopped");
     }
     let served = http.await;
-    reads::stop_health(health).await;
+    reads::stop_health(read_routes.health).await;
     served??;
+    if let Some(tls) = tls {
+        tls.await??;
+    }
     info!("{service} stopped");
     Ok(())
 }

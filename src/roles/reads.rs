@@ -36,6 +36,8 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+use scaling::identity::Allow;
+
 use crate::probe::Check;
 use crate::roles::intake::{CALLER, called_by, invalid_id, problem, try_again};
 
@@ -285,10 +287,12 @@ impl PaymentQueries for PaymentsApi {
 
 /// The payments service's gRPC side, as routes to merge into its router: `PaymentQueries`,
 /// the health service (which follows `ready`, checked every second, until the returned task is
-/// aborted) and server reflection, so `grpcurl` needs no `.proto` files.
+/// aborted) and server reflection, so `grpcurl` needs no `.proto` files. With `allow`, each
+/// `PaymentQueries` call is checked against the caller's certificate first.
 pub fn payment_routes(
     reads: Reads,
     ready: Check,
+    allow: Option<Allow>,
 ) -> anyhow::Result<(Router, JoinHandle<()>)> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -300,10 +304,16 @@ pub fn payment_routes(
             )
     };
     let (health, health_service) = tonic_health::server::health_reporter();
-    let routes =
-        tonic::service::Routes::new(PaymentQueriesServer::new(PaymentsApi {
-            reads,
-        }))
+    let api = PaymentsApi { reads };
+    let queries = match allow {
+        None => tonic::service::Routes::new(PaymentQueriesServer::new(api)),
+        Some(allow) => {
+            let checked = move |request| allow.check(request);
+            let server = PaymentQueriesServer::with_interceptor(api, checked);
+            tonic::service::Routes::new(server)
+        }
+    };
+    let routes = queries
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
@@ -337,21 +347,43 @@ pub fn payment_routes(
     Ok((router, follow))
 }
 
+/// What a service serves about its records.
+pub struct ReadRoutes {
+    /// Routes for its one port.
+    pub plain: Router,
+    /// Payments' gRPC, when it is served over mutual TLS on a listener of its own.
+    pub tls: Option<Router>,
+    /// The task that keeps gRPC health following readiness.
+    pub health: Option<JoinHandle<()>>,
+}
+
 /// What `service` answers for about its records, in either style: orders its orders over HTTP,
 /// payments its payments over gRPC (and the task that keeps gRPC health following `ready`),
-/// the others nothing yet.
+/// the others nothing yet. With `mutual_tls`, payments' gRPC goes to [`ReadRoutes::tls`],
+/// for the gateway only, instead of its plain port.
 pub fn routes(
     service: Service,
     reads: Reads,
     ready: Check,
-) -> anyhow::Result<(Router, Option<JoinHandle<()>>)> {
+    mutual_tls: bool,
+) -> anyhow::Result<ReadRoutes> {
+    let none = |plain| ReadRoutes { plain, tls: None, health: None };
     Ok(match service {
-        Service::Orders => (order_routes(reads), None),
-        Service::Payments => {
-            let (routes, health) = payment_routes(reads, ready)?;
-            (routes, Some(health))
+        Service::Orders => none(order_routes(reads)),
+        Service::Payments if mutual_tls => {
+            let allow = crate::identity::payments_callers();
+            let (routes, health) = payment_routes(reads, ready, Some(allow))?;
+            ReadRoutes {
+                plain: Router::new(),
+                tls: Some(routes),
+                health: Some(health),
+            }
         }
-        Service::Inventory | Service::Shipping => (Router::new(), None),
+        Service::Payments => {
+            let (routes, health) = payment_routes(reads, ready, None)?;
+            ReadRoutes { plain: routes, tls: None, health: Some(health) }
+        }
+        Service::Inventory | Service::Shipping => none(Router::new()),
     })
 }
 

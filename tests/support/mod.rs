@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use orchestration::participant::Names;
-use shop::config::{Env, Role, Style, encode_hex};
+use shop::config::{Env, Role, Style, Tls, encode_hex};
 use shop::roles::intake::CheckoutView;
 use shop::scenario::{self, Client, Planned};
 use shop::supervisor::{Output, Supervisor};
@@ -123,12 +123,12 @@ pub async fn start_styled(test: &str, style: Style) -> Option<Shop> {
 /// [`start`], with the services reaching their brokers at these addresses (a proxy in front
 /// of one, say).
 pub async fn start_with(test: &str, style: Style, brokers: Brokers) -> Option<Shop> {
-    start_logging(test, style, brokers, LogFormat::Human, &[]).await
+    start_logging(test, style, brokers, LogFormat::Human, &[], false).await
 }
 
 /// [`start`], every service logging one JSON object per line.
 pub async fn start_json(test: &str, style: Style) -> Option<Shop> {
-    start_logging(test, style, Brokers::shared(), LogFormat::Json, &[]).await
+    start_logging(test, style, Brokers::shared(), LogFormat::Json, &[], false).await
 }
 
 /// [`start`], with two replicas of each role in `replicated`.
@@ -137,7 +137,14 @@ pub async fn start_replicated(
     style: Style,
     replicated: &[Role],
 ) -> Option<Shop> {
-    start_logging(test, style, Brokers::shared(), LogFormat::Human, replicated).await
+    let brokers = Brokers::shared();
+    start_logging(test, style, brokers, LogFormat::Human, replicated, false).await
+}
+
+/// [`start`], payments serving its gRPC reads over mutual TLS (certificates made for the test, in
+/// its own directory).
+pub async fn start_secured(test: &str, style: Style) -> Option<Shop> {
+    start_logging(test, style, Brokers::shared(), LogFormat::Human, &[], true).await
 }
 
 async fn start_logging(
@@ -146,17 +153,25 @@ async fn start_logging(
     brokers: Brokers,
     log_format: LogFormat,
     replicated: &[Role],
+    mutual_tls: bool,
 ) -> Option<Shop> {
     let tag = uuid::Uuid::new_v4().simple().to_string();
+    let names = Names::new(&format!("t{}_{}", &tag[..8], test));
+    let tls = mutual_tls.then(|| {
+        let dir = std::env::temp_dir().join(format!("{}-tls", names.prefix));
+        shop::identity::issue(&dir).unwrap();
+        Tls { dir, payments: format!("127.0.0.1:{}", free_port()) }
+    });
     let env = Env {
         style,
         kafka: brokers.kafka,
-        names: Names::new(&format!("t{}_{}", &tag[..8], test)),
+        names,
         database_url: brokers.database_url,
         amqp: brokers.amqp,
         addrs: free_addrs(replicated, 2),
         listen: None,
         replica: 1,
+        tls,
         log_format,
     };
     let seed = shop::shop::seed();

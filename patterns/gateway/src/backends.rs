@@ -402,8 +402,13 @@ impl PaymentsBackend {
         let channel = Endpoint::from_shared(url)?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
+        Ok(PaymentsBackend::over(channel, breaker))
+    }
+
+    /// Calls payments over `channel`, built by the caller: one that speaks TLS, say.
+    pub fn over(channel: Channel, breaker: CircuitBreaker) -> Self {
         let backend = Backend::new("payments", breaker);
-        Ok(PaymentsBackend { backend, channel, propagate: None })
+        PaymentsBackend { backend, channel, propagate: None }
     }
 
     /// Every call also carries the headers `propagate` writes, at the call, as metadata.

@@ -107,6 +107,27 @@ impl Authority {
         not_before: time::OffsetDateTime,
         not_after: time::OffsetDateTime,
     ) -> Result<Identity, IdentityError> {
+        let (certificate, key) = self.pem_between(service, not_before, not_after)?;
+        Ok(Identity::from_pem(certificate, key))
+    }
+
+    /// What [`Authority::issue`] makes, as PEM text (the certificate, then its key): for a
+    /// process that hands certificates to others in files.
+    pub fn issue_pem(
+        &self,
+        service: &str,
+        lasts: Duration,
+    ) -> Result<(String, String), IdentityError> {
+        let now = time::OffsetDateTime::now_utc();
+        self.pem_between(service, now - Duration::from_secs(60), now + lasts)
+    }
+
+    fn pem_between(
+        &self,
+        service: &str,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> Result<(String, String), IdentityError> {
         let mut params = CertificateParams::new(vec![name_of(service)])?;
         params.distinguished_name.push(DnType::CommonName, name_of(service));
         params.not_before = not_before;
@@ -118,7 +139,7 @@ impl Authority {
         ];
         let key = KeyPair::generate()?;
         let certificate = params.signed_by(&key, &self.issuer)?;
-        Ok(Identity::from_pem(certificate.pem(), key.serialize_pem()))
+        Ok((certificate.pem(), key.serialize_pem()))
     }
 }
 
