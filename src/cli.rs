@@ -102,8 +102,18 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
         run_batch(&supervisor, &client, &options).await
     };
     let stopped = stop_shop_as(supervisor, &env, !serve).await;
+    if let Some(tls) = env.tls.as_ref().filter(|_| made_for_this_run(&options)) {
+        if let Err(error) = std::fs::remove_dir_all(&tls.dir) {
+            warn!(%error, "cannot remove this run's certificates in {}", tls.dir.display());
+        }
+    }
     outcome?;
     stopped
+}
+
+/// Whether `--mtls` made the certificates (rather than `SHOP_TLS_DIR` naming them).
+fn made_for_this_run(options: &Options) -> bool {
+    options.mtls && std::env::var(crate::config::TLS_DIR_VAR).is_err()
 }
 
 /// Starts a shop of its own (fresh names, removed by [`stop_shop`]): checks the brokers, creates
@@ -326,11 +336,25 @@ async fn serve_until_stopped(env: &Env, client: &Client) -> anyhow::Result<()> {
          -d '{{\"query\":\"{{ order(id: \\\"my-first\\\") {{ status payment {{ status }} }} }}\"}}'"
     );
     let payments = env.addr(Role::Participant(Service::Payments));
-    println!(
-        "  grpcurl -plaintext -H '{CALLER}: c-ada' -d '{{\"order_ids\":[\"my-first\"]}}' \
-         {payments} {PAYMENT_QUERIES}/PaymentsForOrders"
-    );
-    println!("  grpcurl -plaintext {payments} grpc.health.v1.Health/Check");
+    match &env.tls {
+        None => {
+            println!(
+                "  grpcurl -plaintext -H '{CALLER}: c-ada' -d '{{\"order_ids\":[\"my-first\"]}}' \
+                 {payments} {PAYMENT_QUERIES}/PaymentsForOrders"
+            );
+            println!("  grpcurl -plaintext {payments} grpc.health.v1.Health/Check");
+        }
+        Some(tls) => {
+            // Over mutual TLS payments answers the gateway's certificate only.
+            let dir = tls.dir.display();
+            let at = &env.payments_tls()[0];
+            println!(
+                "  grpcurl -cacert {dir}/ca.pem -cert {dir}/gateway.pem -key {dir}/gateway.key \
+                 -authority payments.shop.internal -H '{CALLER}: c-ada' \
+                 -d '{{\"order_ids\":[\"my-first\"]}}' {at} {PAYMENT_QUERIES}/PaymentsForOrders"
+            );
+        }
+    }
     for role in env.style.roles() {
         println!("  curl -s {}/readyz     # {role}", env.url(role));
     }
