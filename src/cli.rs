@@ -102,10 +102,10 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<()> {
         run_batch(&supervisor, &client, &options).await
     };
     let stopped = stop_shop_as(supervisor, &env, !serve).await;
-    if let Some(tls) = env.tls.as_ref().filter(|_| made_for_this_run(&options)) {
-        if let Err(error) = std::fs::remove_dir_all(&tls.dir) {
-            warn!(%error, "cannot remove this run's certificates in {}", tls.dir.display());
-        }
+    if let Some(tls) = env.tls.as_ref().filter(|_| made_for_this_run(&options))
+        && let Err(error) = std::fs::remove_dir_all(&tls.dir)
+    {
+        warn!(%error, "cannot remove this run's certificates in {}", tls.dir.display());
     }
     outcome?;
     stopped
