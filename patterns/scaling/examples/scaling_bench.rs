@@ -10,8 +10,10 @@
 //! 2. One slow replica of three (20 ms where the others take 2): round robin, tonic's
 //!    `balance_list` and power of two choices over peak-EWMA, 12 calls in flight.
 //! 3. What a hop and mutual TLS cost: one call at a time with no work in the service, straight,
-//!    through a TCP proxy (the floor of what a sidecar adds), and over mutual TLS; and what a new
-//!    connection costs, plain and with the TLS handshake.
+//!    through a TCP proxy (the floor of what one proxy adds), over mutual TLS in the services
+//!    themselves, and through two sidecars with mutual TLS between them (what a mesh adds, less
+//!    its parsing of each request); and what a new connection costs, plain and with the TLS
+//!    handshake.
 //!
 //! Figures are for this machine and this run; compare them with each other.
 
@@ -25,6 +27,7 @@ use grpc::proto::v2::payments_server::PaymentsServer;
 use grpc::service::{PaymentsService, ServiceConfig};
 use scaling::balance::{Ejection, L4Proxy, RoundRobin, peak_ewma};
 use scaling::identity::{Allow, Authority, connect};
+use scaling::sidecar::{Pems, Sidecar};
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint, Server};
 use tower::discover::Change;
@@ -194,10 +197,26 @@ async fn main() -> anyhow::Result<()> {
     let mtls =
         connect(secured, "payments", gateway.clone(), ca.certificate()).await?;
     let tls = phase("over mutual TLS", PaymentsClient::new(mtls), 2_000, 1).await;
+    let pems = |service: &str| -> anyhow::Result<Pems> {
+        let (certificate, key) = ca.issue_pem(service, Duration::from_secs(3600))?;
+        let trusted = ca.certificate_pem().to_owned();
+        Ok(Pems { certificate, key, trusted })
+    };
+    let inbound = Sidecar::inbound(plain, &pems("payments")?).await?;
+    let outbound =
+        Sidecar::outbound(inbound.addr, "payments", &pems("gateway")?).await?;
+    let meshed = phase(
+        "through two sidecars, mutual TLS between",
+        PaymentsClient::new(channel(outbound.addr).await?),
+        2_000,
+        1,
+    )
+    .await;
     println!(
-        "calls/s as a ratio to straight: proxy {:.2}x, mutual TLS {:.2}x",
+        "calls/s as a ratio to straight: proxy {:.2}x, mutual TLS {:.2}x, two sidecars {:.2}x",
         proxied / straight,
-        tls / straight
+        tls / straight,
+        meshed / straight
     );
     let mut plain_connects = Vec::new();
     let mut tls_connects = Vec::new();
