@@ -105,8 +105,9 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const INTAKE_ATTEMPTS: usize = 2;
 
 /// Calls to the service behind the gateway that may be in flight at once. A checkout's calls
-/// take milliseconds; a backend that hangs holds each place for the 3-second call timeout, and
-/// past this many the gateway answers `503` at once instead of holding more connections.
+/// take milliseconds; a backend that hangs holds each place for the 3-second call timeout (4.5 s
+/// when a second replica is tried), and past this many the gateway answers `503` at once instead
+/// of holding more connections.
 pub const IN_FLIGHT: usize = 64;
 
 // ANCHOR: breaker_config
