@@ -124,53 +124,56 @@ fn tls_listen_addr(env: &Env) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::from(([0, 0, 0, 0], port)))
 }
 
-/// The listener for payments' gRPC over mutual TLS, bound at the start like the process's own
-/// port (so a taken port stops it at once): when this process is payments and
-/// `SHOP_TLS_DIR` is set; `None` otherwise.
+/// Payments' listener for gRPC over mutual TLS, and the server set up with its certificate.
+pub struct TlsListener {
+    listener: TcpListener,
+    server: Server,
+}
+
+/// The listener for payments' gRPC over mutual TLS, bound and given its certificate at the
+/// start like the process's own port (so a taken port or a missing certificate stops it at
+/// once): when this process is payments and `SHOP_TLS_DIR` is set; `None` otherwise.
 pub async fn listen_for(
     env: &Env,
     service: Service,
-) -> anyhow::Result<Option<TcpListener>> {
-    if service != Service::Payments || env.tls.is_none() {
+) -> anyhow::Result<Option<TlsListener>> {
+    let Some(tls) = env.tls.as_ref().filter(|_| service == Service::Payments) else {
         return Ok(None);
-    }
-    Ok(Some(crate::probe::listen(tls_listen_addr(env)?).await?))
+    };
+    let own = load(&tls.dir, PAYMENTS)?;
+    let config =
+        ServerTlsConfig::new().identity(own.identity).client_ca_root(own.trusted);
+    let server = Server::builder().tls_config(config)?;
+    let listener = crate::probe::listen(tls_listen_addr(env)?).await?;
+    Ok(Some(TlsListener { listener, server }))
 }
 
 /// Serves `app` on `listener` with [`serve_payments`], in a task of its own, until SIGTERM;
 /// `None` when either is missing (no mutual TLS, or not payments).
 pub fn spawn_payments(
-    env: &Env,
-    listener: Option<TcpListener>,
+    listener: Option<TlsListener>,
     app: Option<Router>,
 ) -> Option<JoinHandle<anyhow::Result<()>>> {
-    let (listener, app, env) = (listener?, app?, env.clone());
+    let (listener, app) = (listener?, app?);
     let stop = crate::probe::terminated();
-    Some(tokio::spawn(
-        async move { serve_payments(&env, listener, app, stop).await },
-    ))
+    Some(tokio::spawn(serve_payments(listener, app, stop)))
 }
 
 // ANCHOR: serve_payments_tls
 /// Serves `app` (payments' gRPC reads, counted and traced) over mutual TLS
-/// on `listener` until `stop`: rustls refuses a caller without a
-/// certificate the shop's CA signed; the reads' interceptor refuses one
-/// signed for any service but the gateway.
+/// until `stop`: rustls refuses a caller without a certificate the shop's CA
+/// signed; the reads' interceptor refuses one signed for any service but the
+/// gateway.
 pub async fn serve_payments(
-    env: &Env,
-    listener: TcpListener,
+    tls: TlsListener,
     app: Router,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let tls = env.tls.as_ref().context("mutual TLS is not configured")?;
-    let own = load(&tls.dir, PAYMENTS)?;
-    let config =
-        ServerTlsConfig::new().identity(own.identity).client_ca_root(own.trusted);
+    let TlsListener { listener, mut server } = tls;
     let addr = listener.local_addr()?;
     info!("payments' gRPC reads over mutual TLS on {addr}, for the gateway only");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
-        .tls_config(config)?
+    server
         .add_routes(Routes::from(app))
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;

@@ -127,7 +127,7 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let tls_app = read_routes
         .tls
         .map(|app| telemetry::traced(exporter.counted(app), service.name()));
-    let tls = crate::identity::spawn_payments(&env, tls_listener, tls_app);
+    let tls = crate::identity::spawn_payments(tls_listener, tls_app);
     let addr = listener.local_addr()?;
     info!("{service} (choreography) on http://{addr}/readyz");
     let served = probe::serve(listener, app, probe::terminated()).await;

@@ -83,7 +83,7 @@ pub async fn run(service: Service, env: Env) -> anyhow::Result<()> {
     let tls_app = read_routes
         .tls
         .map(|app| crate::telemetry::traced(exporter.counted(app), service.name()));
-    let tls = crate::identity::spawn_payments(&env, tls_listener, tls_app);
+    let tls = crate::identity::spawn_payments(tls_listener, tls_app);
     let http = tokio::spawn(probe::serve(listener, app, async {
         if http_stopped.await.is_err() {
             tracing::debug!("probe server's stop handle dropped");
