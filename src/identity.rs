@@ -186,13 +186,14 @@ pub async fn serve_payments(
 /// connect lazily, so the gateway starts while payments is down.
 pub fn payments_channels(env: &Env) -> anyhow::Result<Vec<(String, Channel)>> {
     let tls = env.tls.as_ref().context("mutual TLS is not configured")?;
+    // Read once: every replica's channel presents the same certificate.
+    let own = load(&tls.dir, Role::Gateway)?;
     let mut channels = vec![];
     for addr in env.payments_tls() {
-        let own = load(&tls.dir, Role::Gateway)?;
         let config = ClientTlsConfig::new()
             .domain_name(scaling::identity::name_of(PAYMENTS.name()))
-            .ca_certificate(own.trusted)
-            .identity(own.identity);
+            .ca_certificate(own.trusted.clone())
+            .identity(own.identity.clone());
         let channel = Endpoint::from_shared(format!("https://{addr}"))?
             .tls_config(config)?
             .connect_timeout(Duration::from_secs(2))
