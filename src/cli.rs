@@ -244,28 +244,23 @@ pub async fn setup() -> anyhow::Result<()> {
 }
 
 /// Mutual TLS with certificates made now, in a directory of their own under the system's
-/// temporary one; payments' TLS address from `SHOP_PAYMENTS_TLS_ADDR`, or `127.0.0.1:8096` for a
-/// single payments replica.
+/// temporary one; payments' TLS address as `SHOP_PAYMENTS_TLS_ADDR` says, or the configuration's
+/// default for a single payments replica.
 fn certificates_for_this_run(env: &Env) -> anyhow::Result<crate::config::Tls> {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let dir = std::env::temp_dir().join(format!("shop-tls-{}", &tag[..8]));
-    crate::identity::issue(&dir)?;
-    let payments = Role::Participant(Service::Payments);
-    let addrs = match std::env::var(crate::config::PAYMENTS_TLS_VAR) {
-        Ok(addrs) => addrs,
-        Err(_) if env.replicas(payments).len() == 1 => "127.0.0.1:8096".to_owned(),
-        Err(_) => bail!(
-            "--mtls with several payments replicas: set {} to one address per replica",
-            crate::config::PAYMENTS_TLS_VAR
-        ),
-    };
+    let addrs = std::env::var(crate::config::PAYMENTS_TLS_VAR).ok();
     let lookup = |var: &str| match var {
         crate::config::TLS_DIR_VAR => Some(dir.display().to_string()),
-        crate::config::PAYMENTS_TLS_VAR => Some(addrs.clone()),
+        crate::config::PAYMENTS_TLS_VAR => addrs.clone(),
         var => env.vars().into_iter().find(|(k, _)| k == var).map(|(_, v)| v),
     };
-    // Read back as a process would read it: the same checks (one address per replica).
-    Env::from_lookup(lookup)?.tls.context("mutual TLS is not configured")
+    // Read back as a process would read it, with its default and its checks (one address per
+    // payments replica), before any certificate is made.
+    let tls =
+        Env::from_lookup(lookup)?.tls.context("mutual TLS is not configured")?;
+    crate::identity::issue(&dir)?;
+    Ok(tls)
 }
 
 /// Removes what `preflight` created (queues and schemas; Kafka topics stay).
