@@ -223,6 +223,7 @@ async fn orchestrate_until_terminated(
         names: env.names.clone(),
         timeout: Duration::from_secs(5),
         lease: Duration::from_secs(15),
+        workers: 8,
     };
     let mut terminated = std::pin::pin!(probe::terminated());
     let mut backoff = FIRST_BACKOFF;

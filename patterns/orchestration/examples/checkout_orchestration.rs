@@ -110,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             5000
         }),
         lease: Duration::from_secs(30),
+        workers: 4,
     };
     let order = OrderPlaced {
         order_id: "o-1001".into(),

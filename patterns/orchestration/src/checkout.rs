@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 
+use deadpool_postgres::{Client, Transaction};
 use serde::{Deserialize, Serialize};
 use shop_domain::inventory::{Hold, Inventory};
 use shop_domain::orders::{Order, OrderStatus, Orders};
 use shop_domain::payments::{Payment, PaymentStatus, Payments};
 use shop_domain::shipping::{Shipment, ShipmentStatus, Shipping};
 use shop_domain::{OrderPlaced, Service, euros};
-use tokio_postgres::Transaction;
 
 use crate::saga::{Definition, Kind, Outcome, Reply, State, Step};
 
@@ -97,6 +97,7 @@ async fn get<T: for<'de> Deserialize<'de>>(
 ) -> Result<Option<T>, ApplyError> {
     let sql =
         format!("SELECT value FROM {schema}.records WHERE key = $1 FOR UPDATE");
+    let sql = tx.prepare_cached(&sql).await?;
     let Some(row) = tx.query_opt(&sql, &[&key]).await? else { return Ok(None) };
     let text: String = row.get(0);
     serde_json::from_str(&text)
@@ -117,6 +118,7 @@ pub(crate) async fn put<T: Serialize>(
         "INSERT INTO {schema}.records (key, value) VALUES ($1, $2)
          ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
     );
+    let sql = tx.prepare_cached(&sql).await?;
     tx.execute(&sql, &[&key, &text]).await?;
     Ok(())
 }
@@ -124,8 +126,9 @@ pub(crate) async fn put<T: Serialize>(
 // ANCHOR: apply_once
 /// Applies `command` at most once: the inbox row and the effect commit
 /// together, and a command id already in the inbox gets its stored reply.
+/// Statements are prepared once per connection (`prepare_cached`).
 pub async fn apply_once(
-    client: &mut tokio_postgres::Client,
+    client: &mut Client,
     schema: &str,
     participant: Service,
     command: &Command,
@@ -136,7 +139,7 @@ pub async fn apply_once(
         "INSERT INTO {schema}.inbox (command_id) VALUES ($1)
          ON CONFLICT DO NOTHING"
     );
-    if tx.execute(&sql, &[id]).await? == 0 {
+    if tx.execute(&tx.prepare_cached(&sql).await?, &[id]).await? == 0 {
         let sql = format!("SELECT reply FROM {schema}.inbox WHERE command_id = $1");
         let stored: String = tx.query_one(&sql, &[id]).await?.get(0);
         tx.commit().await?;
@@ -156,7 +159,7 @@ pub async fn apply_once(
         "UPDATE {schema}.inbox SET reply = $2, applied_at = clock_timestamp()
          WHERE command_id = $1"
     );
-    tx.execute(&sql, &[id, &text]).await?;
+    tx.execute(&tx.prepare_cached(&sql).await?, &[id, &text]).await?;
     tx.commit().await?;
     Ok((reply, true))
 }

@@ -114,8 +114,9 @@ pub struct PgLog {
     lease: Duration,
 }
 
-/// Connections per log: the orchestrator's loop needs one at a time.
-const POOL_SIZE: usize = 4;
+/// Connections per log: one for each of an orchestrator's workers (eight in
+/// the shop and the benchmarks), and two for callers outside them.
+const POOL_SIZE: usize = 10;
 
 impl PgLog {
     /// Connects and creates the schema and tables if missing.
@@ -258,9 +259,11 @@ impl SagaLog for PgLog {
         let s = &self.schema;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // Each statement is parsed and planned once per connection, not per call.
         let sql = format!(
             "SELECT order_json, owner FROM {s}.sagas WHERE id = $1 FOR UPDATE"
         );
+        let sql = tx.prepare_cached(&sql).await?;
         let Some(row) = tx.query_opt(&sql, &[&saga_id]).await? else {
             return Err(LogError::UnknownSaga(saga_id.to_owned()));
         };
@@ -272,6 +275,7 @@ impl SagaLog for PgLog {
         let sql = format!(
             "SELECT record FROM {s}.saga_log WHERE saga_id = $1 ORDER BY seq"
         );
+        let sql = tx.prepare_cached(&sql).await?;
         let mut records = vec![];
         for row in tx.query(&sql, &[&saga_id]).await? {
             records.push(serde_json::from_str::<Record>(row.get(0))?);
@@ -281,6 +285,7 @@ impl SagaLog for PgLog {
             "INSERT INTO {s}.saga_log (saga_id, seq, record, writer)
              VALUES ($1, $2, $3, $4)"
         );
+        let sql = tx.prepare_cached(&sql).await?;
         for (i, record) in appended.iter().enumerate() {
             let seq = (records.len() + i) as i32;
             let text = serde_json::to_string(record)?;

@@ -2,13 +2,17 @@
 //! replies and timeouts to the engine through the log, and resumes every saga it owns after a
 //! restart.
 //!
-//! One task, one loop, four sources of work: new sagas, replies (from its own durable reply
-//! queue), timers, and a lease tick that renews its leases and takes over sagas whose owner went
-//! quiet. The order of things for every input is fixed: decide and append in one transaction, then
+//! Four sources of work: new sagas, replies (from its own durable reply queue), timers, and a
+//! lease tick that renews its leases and takes over sagas whose owner went quiet. A router takes
+//! them in and hands each to one of a few workers, chosen by the saga's id: a saga's inputs are
+//! handled one at a time and in the order they came, by the same worker; different sagas' inputs
+//! overlap, so one saga's round trips to the log and the broker do not hold up the others. The
+//! order of things for every input is fixed: decide and append in one transaction, then
 //! acknowledge the reply, then send the new commands. A crash between any two of these is repaired
 //! by replaying the log: a pending intent is sent again, with the same command id.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -25,7 +29,7 @@ use rabbitmq_queues::publish::{PublishError, enable_confirms, publish_confirmed}
 use rabbitmq_queues::topology::{dead_letters, work_queue};
 use shop_domain::OrderPlaced;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::checkout::{Command, checkout, details};
@@ -52,6 +56,10 @@ pub struct Config {
     /// How long a saga stays this orchestrator's without a renewal; renewed
     /// every third of it, so a live orchestrator never loses its sagas.
     pub lease: Duration,
+    /// How many sagas it moves at once (at least 1): each saga belongs to one
+    /// of this many workers, which takes one input at a time. A durable log
+    /// needs a connection per worker.
+    pub workers: usize,
 }
 
 /// Why an orchestrator stopped. Its sagas stay in the log, leased to it: a
@@ -84,6 +92,14 @@ pub enum RunError {
 
 /// A checkout to start, and where to say that its saga is in the log.
 type Start = (OrderPlaced, FieldTable, oneshot::Sender<()>);
+
+/// An input the router hands to the worker its saga belongs to.
+enum Work {
+    Start(Start),
+    Reply(Box<Delivery>),
+    /// The log says this orchestrator owns the saga: resume it unless driven.
+    Owned(String),
+}
 
 /// What an orchestrator's loop did with RabbitMQ, counted as it went, for a process to export.
 #[derive(Debug, Default)]
@@ -151,25 +167,31 @@ impl Orchestrator {
         let (starts, starts_rx) = mpsc::channel(1024);
         let (stop, stop_rx) = oneshot::channel();
         let (finished_tx, finished) = mpsc::unbounded_channel();
-        let (timers, timers_rx) = mpsc::unbounded_channel();
         let span = info_span!("orchestrator", name = %config.name);
         let traffic = Arc::new(Traffic::default());
-        let driver = Driver {
+        let router = Router {
+            log: Arc::clone(&log),
+            config: config.clone(),
             traffic: Arc::clone(&traffic),
-            log,
+            lanes: vec![],
+            workers: JoinSet::new(),
+        };
+        let counted = Arc::clone(&traffic);
+        let driver = move |timers| Driver {
+            traffic: Arc::clone(&counted),
+            log: Arc::clone(&log),
             saga: checkout(),
-            channel,
-            replies,
-            config,
+            channel: channel.clone(),
+            replies: replies.clone(),
+            config: config.clone(),
             timers,
-            finished: finished_tx,
+            finished: finished_tx.clone(),
             driving: HashSet::new(),
             headers: HashMap::new(),
         };
         let task = tokio::spawn(
             async move {
-                let result =
-                    driver.run(starts_rx, stop_rx, timers_rx, consumer).await;
+                let result = router.run(driver, starts_rx, stop_rx, consumer).await;
                 // A crash drops the connection: the broker requeues what
                 // this orchestrator had not acknowledged.
                 if let Err(error) =
@@ -246,6 +268,7 @@ impl Starter {
     }
 }
 
+/// One worker: drives the sagas the router hands it.
 struct Driver<L> {
     log: Arc<L>,
     saga: Definition,
@@ -254,21 +277,39 @@ struct Driver<L> {
     config: Config,
     timers: mpsc::UnboundedSender<(String, Input)>,
     finished: mpsc::UnboundedSender<(String, Terminal)>,
-    /// Sagas this orchestrator has resumed or started in this life.
+    /// Its sagas this orchestrator has resumed or started in this life.
     driving: HashSet<String>,
     /// The headers each saga started in this life sends with its commands.
     headers: HashMap<String, FieldTable>,
     traffic: Arc<Traffic>,
 }
 
-impl<L: SagaLog> Driver<L> {
+/// Takes every input in and hands it to the worker of its saga; renews the
+/// leases. Ends at the first error of any worker, as a process would.
+struct Router<L> {
+    log: Arc<L>,
+    config: Config,
+    traffic: Arc<Traffic>,
+    /// One inbox per worker.
+    lanes: Vec<mpsc::Sender<Work>>,
+    workers: JoinSet<Result<(), RunError>>,
+}
+
+impl<L: SagaLog> Router<L> {
     async fn run(
         mut self,
+        driver: impl Fn(mpsc::UnboundedSender<(String, Input)>) -> Driver<L>,
         mut starts: mpsc::Receiver<Start>,
         mut stop: oneshot::Receiver<()>,
-        mut timers: mpsc::UnboundedReceiver<(String, Input)>,
         mut replies: lapin::Consumer,
     ) -> Result<(), RunError> {
+        for _ in 0..self.config.workers.max(1) {
+            let (lane, inbox) = mpsc::channel(64);
+            let (timers, timers_rx) = mpsc::unbounded_channel();
+            self.workers
+                .spawn(driver(timers).work(inbox, timers_rx).in_current_span());
+            self.lanes.push(lane);
+        }
         // Resume what the log says this orchestrator owns before taking any
         // reply: a requeued reply then finds its intent pending.
         self.claim().await?;
@@ -277,13 +318,14 @@ impl<L: SagaLog> Driver<L> {
         let mut lease_tick = tokio::time::interval_at(first, period);
         loop {
             tokio::select! {
-                _ = &mut stop => return Ok(()),
+                _ = &mut stop => return self.finish().await,
                 start = starts.recv() => match start {
-                    Some((order, headers, logged)) => {
-                        self.begin(order, headers, logged).await?
+                    Some(start) => {
+                        let id = saga_id(&start.0);
+                        self.route(&id, Work::Start(start)).await?
                     }
                     // Only the Orchestrator holds no sender once it is dropped.
-                    None => return Ok(()),
+                    None => return self.finish().await,
                 },
                 reply = replies.next() => match reply {
                     Some(delivery) => {
@@ -292,14 +334,93 @@ impl<L: SagaLog> Driver<L> {
                         if delivery.redelivered {
                             self.traffic.replies_redelivered.fetch_add(1, Relaxed);
                         }
-                        self.on_reply(delivery).await?
+                        // A reply that names no saga goes to any worker, which
+                        // dead-letters it.
+                        let correlation = delivery.properties.correlation_id();
+                        let saga = correlation
+                            .as_ref()
+                            .and_then(|id| parse_command_id(id.as_str()))
+                            .map(|(saga, _, _)| saga)
+                            .unwrap_or_default();
+                        self.route(&saga, Work::Reply(Box::new(delivery))).await?
                     }
                     None => return Err(RunError::RepliesEnded),
+                },
+                Some(ended) = self.workers.join_next() => return Err(failed(ended)),
+                _ = lease_tick.tick() => self.claim().await?,
+            }
+        }
+    }
+
+    /// Hands `work` to the worker of saga `id`; a worker that is gone ended
+    /// with an error, which this returns.
+    async fn route(&mut self, id: &str, work: Work) -> Result<(), RunError> {
+        let mut hasher = DefaultHasher::new();
+        id.hash(&mut hasher);
+        let lane = (hasher.finish() % self.lanes.len() as u64) as usize;
+        if self.lanes[lane].send(work).await.is_ok() {
+            return Ok(());
+        }
+        match self.workers.join_next().await {
+            Some(ended) => Err(failed(ended)),
+            None => Err(RunError::Stopped),
+        }
+    }
+
+    /// Renews leases; hands every saga it owns to its worker, which resumes
+    /// the ones it does not drive yet.
+    async fn claim(&mut self) -> Result<(), RunError> {
+        let owned = self.log.claim(&self.config.name, self.config.lease).await?;
+        for id in owned {
+            self.route(&id, Work::Owned(id.clone())).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops taking inputs; each worker ends after what it was handed.
+    async fn finish(mut self) -> Result<(), RunError> {
+        self.lanes.clear();
+        while let Some(ended) = self.workers.join_next().await {
+            ended??;
+        }
+        Ok(())
+    }
+}
+
+/// Why a worker ended before it was told to: only an error ends one early.
+fn failed(ended: Result<Result<(), RunError>, tokio::task::JoinError>) -> RunError {
+    match ended {
+        Ok(Err(error)) => error,
+        Ok(Ok(())) => RunError::Stopped,
+        Err(error) => RunError::Task(error),
+    }
+}
+
+impl<L: SagaLog> Driver<L> {
+    /// One worker: the inputs of its sagas, one at a time, until the router
+    /// stops handing them out.
+    async fn work(
+        mut self,
+        mut inbox: mpsc::Receiver<Work>,
+        mut timers: mpsc::UnboundedReceiver<(String, Input)>,
+    ) -> Result<(), RunError> {
+        loop {
+            tokio::select! {
+                work = inbox.recv() => match work {
+                    Some(Work::Start((order, headers, logged))) => {
+                        self.begin(order, headers, logged).await?
+                    }
+                    Some(Work::Reply(delivery)) => self.on_reply(*delivery).await?,
+                    Some(Work::Owned(id)) => {
+                        if self.driving.insert(id.clone()) {
+                            self.resume(&id).await?;
+                        }
+                    }
+                    None => return Ok(()),
                 },
                 Some((saga_id, input)) = timers.recv() => {
                     self.drive(&saga_id, input).await?;
                 }
-                _ = lease_tick.tick() => self.claim().await?,
             }
         }
     }
@@ -325,17 +446,6 @@ impl<L: SagaLog> Driver<L> {
             self.headers.insert(id.clone(), headers);
         }
         self.drive(&id, Input::Start).await
-    }
-
-    /// Renews leases; resumes the sagas it owns but does not drive yet.
-    async fn claim(&mut self) -> Result<(), RunError> {
-        let owned = self.log.claim(&self.config.name, self.config.lease).await?;
-        for id in owned {
-            if self.driving.insert(id.clone()) {
-                self.resume(&id).await?;
-            }
-        }
-        Ok(())
     }
 
     // ANCHOR: resume

@@ -84,6 +84,7 @@ fn config(names: &Names, amqp: &str) -> Config {
         names: names.clone(),
         timeout: Duration::from_secs(30),
         lease: Duration::from_secs(60),
+        workers: 8,
     }
 }
 

@@ -122,6 +122,7 @@ impl Shop {
             names: self.names.clone(),
             timeout: Duration::from_secs(10),
             lease: Duration::from_secs(30),
+            workers: 4,
         }
     }
 
