@@ -91,6 +91,11 @@ pub struct ChannelConfig {
     pub close_timeout: Duration,
     /// The largest message (and frame) a client may send.
     pub max_message_size: usize,
+    /// How much the codec reads at a time. It zeroes that much before every
+    /// read (tungstenite 0.29), and a connection reads after each push, so a
+    /// channel whose clients only answer pings keeps this small; a larger frame
+    /// still fits, as the codec makes room for a frame once its header is read.
+    pub read_buffer_size: usize,
 }
 
 impl Default for ChannelConfig {
@@ -101,6 +106,7 @@ impl Default for ChannelConfig {
             send_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
             max_message_size: 4096,
+            read_buffer_size: 4096,
         }
     }
 }
@@ -273,6 +279,7 @@ where
     upgrade
         .max_message_size(state.config.max_message_size)
         .max_frame_size(state.config.max_message_size)
+        .read_buffer_size(state.config.read_buffer_size)
         .on_upgrade(move |socket| {
             let (start, sub) = state.hub.subscribe(resume.after);
             async move {

@@ -178,6 +178,7 @@ async fn heartbeats_close_a_silent_connection_and_keep_a_live_one() {
         send_timeout: Duration::from_secs(10),
         close_timeout: Duration::from_secs(10),
         max_message_size: 4096,
+        read_buffer_size: 4096,
     };
     let server = Server::memory(HubConfig::default(), config, 64 * 1024);
     let mut silent = server.connect(None).await;

@@ -62,6 +62,7 @@ pub fn quiet() -> ChannelConfig {
         send_timeout: Duration::from_secs(3600),
         close_timeout: Duration::from_secs(3600),
         max_message_size: 4096,
+        read_buffer_size: 4096,
     }
 }
 
