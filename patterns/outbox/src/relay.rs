@@ -266,22 +266,27 @@ impl<P: Publisher> Relay<P> {
              ORDER BY seq LIMIT $1
              FOR UPDATE SKIP LOCKED"
         );
+        // Prepared once per connection: a pass parses and plans nothing.
+        let claim = tx.prepare_cached(&claim).await?;
         let rows = tx.query(&claim, &[&self.state.config.batch_size]).await?;
         let mut rows: Vec<ClaimedRow> =
             rows.iter().map(ClaimedRow::from_row).collect();
         // The earliest unsent row of each aggregate that is not ours: locked by
-        // another relay, or failed. Our rows after it must wait.
+        // another relay, or failed. Our rows after it must wait. Only a row
+        // before our last can hold one back; ours are left out through a hash.
         let blockers = format!(
             "SELECT aggregate_id, min(seq) FROM {s}.outbox
-             WHERE aggregate_id = ANY($1) AND status <> 'sent'
-               AND NOT (seq = ANY($2))
+             WHERE aggregate_id = ANY($1) AND status <> 'sent' AND seq < $3
+               AND seq NOT IN (SELECT unnest($2::bigint[]))
              GROUP BY aggregate_id"
         );
         let aggregates: Vec<&str> =
             rows.iter().map(|r| r.aggregate_id.as_str()).collect();
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let last = seqs.last().copied().unwrap_or(0);
+        let blockers = tx.prepare_cached(&blockers).await?;
         let first_unsent: HashMap<String, i64> = tx
-            .query(&blockers, &[&aggregates, &seqs])
+            .query(&blockers, &[&aggregates, &seqs, &last])
             .await?
             .iter()
             .map(|row| (row.get(0), row.get(1)))
@@ -525,7 +530,7 @@ async fn mark<P>(
              attempts = attempts + 1
          WHERE seq = ANY($1)"
     );
-    tx.execute(&mark_sent, &[&sent]).await?;
+    tx.execute(&tx.prepare_cached(&mark_sent).await?, &[&sent]).await?;
     Ok(report)
 }
 // ANCHOR_END: mark
