@@ -2,9 +2,9 @@
 //! one and follows a [`Crash`] plan. The crash-matrix tests and the example's `--crash-after-step`
 //! use it; the orchestrator itself has no crash branch.
 //!
-//! The orchestrator's loop ends at the first error its log returns, as a process ends when it
-//! dies: its connection closes, RabbitMQ requeues the reply it had not acknowledged, and a restart
-//! resumes from what the log holds. So an `apply` that fails on the planned input, before its
+//! The orchestrator ends at the first error its log returns, in any worker, as a process ends
+//! when it dies: its connection closes, RabbitMQ requeues the reply it had not acknowledged, and a
+//! restart resumes from what the log holds. So an `apply` that fails on the planned input, before its
 //! records are committed or just after, is a crash at exactly that boundary.
 
 use std::sync::Arc;

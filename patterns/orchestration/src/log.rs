@@ -106,8 +106,9 @@ pub trait SagaLog: Send + Sync + 'static {
 
 /// The log in a PostgreSQL schema of its own, over a small connection pool: a
 /// connection that breaks is replaced on the next call instead of ending the
-/// log, and a caller outside the orchestrator's loop (a test, a tool reading
-/// the log) does not queue behind the loop's queries.
+/// log, each of the orchestrator's workers has a connection of its own, and a
+/// caller outside them (a test, a tool reading the log) does not queue behind
+/// their queries.
 pub struct PgLog {
     pool: Pool,
     schema: String,

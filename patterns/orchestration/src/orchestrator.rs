@@ -4,7 +4,8 @@
 //!
 //! Four sources of work: new sagas, replies (from its own durable reply queue), timers, and a
 //! lease tick that renews its leases and takes over sagas whose owner went quiet. A router takes
-//! them in and hands each to one of a few workers, chosen by the saga's id: a saga's inputs are
+//! in the sagas, the replies and the tick's findings and hands each to one of a few workers,
+//! chosen by the saga's id; a timer goes back to the worker that armed it. A saga's inputs are
 //! handled one at a time and in the order they came, by the same worker; different sagas' inputs
 //! overlap, so one saga's round trips to the log and the broker do not hold up the others. The
 //! order of things for every input is fixed: decide and append in one transaction, then
@@ -101,7 +102,7 @@ enum Work {
     Owned(String),
 }
 
-/// What an orchestrator's loop did with RabbitMQ, counted as it went, for a process to export.
+/// What an orchestrator did with RabbitMQ, counted as it went, for a process to export.
 #[derive(Debug, Default)]
 pub struct Traffic {
     /// Replies delivered to it.
@@ -352,6 +353,7 @@ impl<L: SagaLog> Router<L> {
         }
     }
 
+    // ANCHOR: route
     /// Hands `work` to the worker of saga `id`; a worker that is gone ended
     /// with an error, which this returns.
     async fn route(&mut self, id: &str, work: Work) -> Result<(), RunError> {
@@ -366,6 +368,7 @@ impl<L: SagaLog> Router<L> {
             None => Err(RunError::Stopped),
         }
     }
+    // ANCHOR_END: route
 
     /// Renews leases; hands every saga it owns to its worker, which resumes
     /// the ones it does not drive yet.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use orchestration::checkout::{Command, apply_once};
 use orchestration::faults::Crash;
 use orchestration::log::{LogError, PgLog, SagaLog};
 use orchestration::orchestrator::{RunError, saga_id};
@@ -389,4 +390,42 @@ async fn a_participant_replaces_a_broken_connection_and_closes_it_when_stopped()
     })
     .await;
     shop.drop().await;
+}
+
+/// `apply_once` prepares its statements on the connection it is given and keeps
+/// them: the first command leaves prepared statements behind (a statement sent
+/// as text is closed after its one use), and a second command on the same
+/// connection prepares nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_prepares_each_statement_once_per_connection() {
+    let Some(shop) = shop().await else { return };
+    let mut db = shop.db().await;
+    let schema = shop.names.schema(Service::Inventory);
+    let count = "SELECT count(*) FROM pg_prepared_statements";
+    let reserve = |order_id: &str| {
+        let saga = saga_id(&order(order_id, "c-rich"));
+        Command {
+            command_id: format!("{saga}/0/do"),
+            saga_id: saga,
+            step: 0,
+            kind: Kind::Action,
+            order: order(order_id, "c-rich"),
+            details: Default::default(),
+        }
+    };
+    let before: i64 = db.query_one(count, &[]).await.unwrap().get(0);
+    let (reply, applied) =
+        apply_once(&mut db, &schema, Service::Inventory, &reserve("p-1"))
+            .await
+            .unwrap();
+    assert!(applied && matches!(reply, Reply::Done { .. }), "{reply:?}");
+    let after_one: i64 = db.query_one(count, &[]).await.unwrap().get(0);
+    assert!(after_one > before, "nothing stayed prepared: {before} -> {after_one}");
+    let (_, applied) =
+        apply_once(&mut db, &schema, Service::Inventory, &reserve("p-2"))
+            .await
+            .unwrap();
+    assert!(applied);
+    let after_two: i64 = db.query_one(count, &[]).await.unwrap().get(0);
+    assert_eq!(after_two, after_one, "the second command prepared again");
 }
