@@ -4,8 +4,8 @@
 //!
 //! The orchestrator ends at the first error its log returns, in any worker, as a process ends
 //! when it dies: its connection closes, RabbitMQ requeues the reply it had not acknowledged, and a
-//! restart resumes from what the log holds. So an `apply` that fails on the planned input, before its
-//! records are committed or just after, is a crash at exactly that boundary.
+//! restart resumes from what the log holds. So an `apply` that fails on the planned input, before
+//! its records are committed or just after, is a crash at exactly that boundary.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

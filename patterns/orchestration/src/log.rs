@@ -260,7 +260,7 @@ impl SagaLog for PgLog {
         let s = &self.schema;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        // Each statement is parsed and planned once per connection, not per call.
+        // Each statement is parsed once per connection, not once per call.
         let sql = format!(
             "SELECT order_json, owner FROM {s}.sagas WHERE id = $1 FOR UPDATE"
         );
@@ -319,19 +319,32 @@ impl SagaLog for PgLog {
         lease: Duration,
     ) -> Result<Vec<String>, LogError> {
         let s = &self.schema;
-        // Rows another orchestrator is claiming right now are skipped, not
-        // waited for: the two never both take the same saga.
-        let sql = format!(
+        let lease = lease_secs(lease);
+        // Its own sagas: renewed, waiting for a row one of its workers holds
+        // in an `apply` (a few milliseconds), so none misses its renewal.
+        let renew = format!(
+            "UPDATE {s}.sagas SET lease_until = now() + $2 * interval '1 s'
+             WHERE status = 'running' AND owner = $1
+             RETURNING id"
+        );
+        // Others' expired sagas: rows another orchestrator is claiming right
+        // now are skipped, not waited for, so two never take the same saga.
+        let take_over = format!(
             "UPDATE {s}.sagas
              SET owner = $1, lease_until = now() + $2 * interval '1 s'
              WHERE id IN (SELECT id FROM {s}.sagas WHERE status = 'running'
-                          AND (owner = $1 OR lease_until < now())
+                          AND owner <> $1 AND lease_until < now()
                           FOR UPDATE SKIP LOCKED)
              RETURNING id"
         );
         let client = self.pool.get().await?;
-        let rows = client.query(&sql, &[&owner, &lease_secs(lease)]).await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        let mut ids = vec![];
+        for sql in [renew, take_over] {
+            for row in client.query(&sql, &[&owner, &lease]).await? {
+                ids.push(row.get(0));
+            }
+        }
+        Ok(ids)
     }
     // ANCHOR_END: pg_claim
 

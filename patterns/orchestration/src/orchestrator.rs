@@ -77,16 +77,16 @@ pub enum RunError {
     /// saga is no longer this orchestrator's.
     #[error("log: {0}")]
     Log(#[from] LogError),
-    /// The broker closed the reply consumer: no reply can reach the loop.
+    /// The broker closed the reply consumer: no reply can reach the workers.
     #[error("the reply queue's consumer ended")]
     RepliesEnded,
     /// A command (its id first) could not be serialized.
     #[error("command {0} could not be encoded: {1}")]
     Encode(String, serde_json::Error),
-    /// The loop's task panicked or was cancelled.
+    /// The orchestrator's task, or one of its workers, panicked or was cancelled.
     #[error("the orchestrator's task panicked or was cancelled: {0}")]
     Task(#[from] tokio::task::JoinError),
-    /// The loop has ended: [`Orchestrator::task`] holds why.
+    /// The orchestrator has ended: [`Orchestrator::task`] holds why.
     #[error("the orchestrator has stopped")]
     Stopped,
 }
@@ -112,7 +112,7 @@ pub struct Traffic {
     pub replies_redelivered: AtomicU64,
     /// Commands the broker confirmed (publisher confirms).
     pub commands_confirmed: AtomicU64,
-    /// Commands it did not confirm: the loop ends with the error, and the command is sent
+    /// Commands it did not confirm: the orchestrator ends with the error, and the command is sent
     /// again when the saga is resumed.
     pub commands_unconfirmed: AtomicU64,
 }
@@ -121,11 +121,12 @@ pub struct Traffic {
 pub struct Orchestrator {
     starts: mpsc::Sender<Start>,
     stop: Option<oneshot::Sender<()>>,
-    /// What its loop did with RabbitMQ so far.
+    /// What it did with RabbitMQ so far.
     pub traffic: Arc<Traffic>,
     /// Every saga this orchestrator finishes, with how it ended.
     pub finished: mpsc::UnboundedReceiver<(String, Terminal)>,
-    /// The loop: ends with an error, or with `Ok` after [`Orchestrator::stop`].
+    /// The router and its workers: ends with an error, or with `Ok` after
+    /// [`Orchestrator::stop`].
     pub task: JoinHandle<Result<(), RunError>>,
 }
 
@@ -140,8 +141,8 @@ pub fn saga_id_of(order_id: &str) -> String {
 }
 
 impl Orchestrator {
-    /// Connects, declares its reply queue and starts its loop, which at once
-    /// resumes every running saga it owns (or may take over).
+    /// Connects, declares its reply queue and starts its router and workers, which at
+    /// once resume every running saga it owns (or may take over).
     pub async fn start<L: SagaLog>(
         config: Config,
         log: Arc<L>,
@@ -225,13 +226,14 @@ impl Orchestrator {
         self.finished.recv().await
     }
 
-    /// Stops taking new sagas and waits for the loop to end. A loop that
-    /// panicked is an error, not a stop.
+    /// Stops taking new inputs and waits for each worker to finish the ones it
+    /// was already handed (up to 64 each; they may send commands). A worker
+    /// that panicked is an error, not a stop.
     pub async fn stop(mut self) -> Result<(), RunError> {
         if let Some(stop) = self.stop.take()
             && stop.send(()).is_err()
         {
-            debug!("the loop had ended before it was told to stop");
+            debug!("the orchestrator had ended before it was told to stop");
         }
         self.task.await?
     }
@@ -261,7 +263,7 @@ impl Starter {
     ) -> Result<String, RunError> {
         let id = saga_id(&order);
         let (logged, is_logged) = oneshot::channel();
-        // Either fails only when the loop has ended; its task holds why.
+        // Either fails only when the orchestrator has ended; its task holds why.
         let start = (order, headers, logged);
         self.starts.send(start).await.map_err(|_| RunError::Stopped)?;
         is_logged.await.map_err(|_| RunError::Stopped)?;

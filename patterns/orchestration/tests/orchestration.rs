@@ -429,3 +429,38 @@ async fn a_participant_prepares_each_statement_once_per_connection() {
     let after_two: i64 = db.query_one(count, &[]).await.unwrap().get(0);
     assert_eq!(after_two, after_one, "the second command prepared again");
 }
+
+/// The lease tick renews a saga even while one of the orchestrator's own workers
+/// holds the saga's row in an `apply`: it waits for that transaction to end
+/// instead of skipping the row and leaving the lease to run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_tick_renews_a_saga_whose_row_a_worker_holds() {
+    let Some(shop) = shop().await else { return };
+    let placed = order("l-1", "c-rich");
+    let id = saga_id(&placed);
+    assert!(shop.log.create(&id, &placed, "o-1").await.unwrap());
+    let schema = shop.names.log_schema();
+    // What a worker's `apply` holds in the middle of its transaction.
+    let mut worker = shop.db().await;
+    let apply = worker.transaction().await.unwrap();
+    let lock = format!("SELECT 1 FROM {schema}.sagas WHERE id = $1 FOR UPDATE");
+    apply.execute(&lock, &[&id]).await.unwrap();
+    let log = std::sync::Arc::clone(&shop.log);
+    let tick =
+        tokio::spawn(async move { log.claim("o-1", Duration::from_secs(30)).await });
+    // A tick that skipped the row would have returned at once, never waiting.
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND query LIKE '%{schema}.sagas%'"
+    );
+    let db = shop.db().await;
+    until("the lease tick to wait for the worker's row", || async {
+        let n: i64 = db.query_one(&waiting, &[]).await.unwrap().get(0);
+        (n > 0).then_some(())
+    })
+    .await;
+    assert!(!tick.is_finished(), "the tick returned while the row was held");
+    apply.commit().await.unwrap();
+    let renewed = tick.await.unwrap().unwrap();
+    assert_eq!(renewed, vec![id]);
+}

@@ -266,7 +266,7 @@ impl<P: Publisher> Relay<P> {
              ORDER BY seq LIMIT $1
              FOR UPDATE SKIP LOCKED"
         );
-        // Prepared once per connection: a pass parses and plans nothing.
+        // Prepared once per connection: a pass sends no statement to be parsed.
         let claim = tx.prepare_cached(&claim).await?;
         let rows = tx.query(&claim, &[&self.state.config.batch_size]).await?;
         let mut rows: Vec<ClaimedRow> =
