@@ -106,7 +106,7 @@ pub trait SagaLog: Send + Sync + 'static {
 
 /// The log in a PostgreSQL schema of its own, over a small connection pool: a
 /// connection that breaks is replaced on the next call instead of ending the
-/// log, each of the orchestrator's workers has a connection of its own, and a
+/// log, the orchestrator's workers each take a connection from it, and a
 /// caller outside them (a test, a tool reading the log) does not queue behind
 /// their queries.
 pub struct PgLog {
