@@ -188,14 +188,14 @@ pub fn payments_channels(env: &Env) -> anyhow::Result<Vec<(String, Channel)>> {
     let tls = env.tls.as_ref().context("mutual TLS is not configured")?;
     // Read once: every replica's channel presents the same certificate.
     let own = load(&tls.dir, Role::Gateway)?;
+    let config = ClientTlsConfig::new()
+        .domain_name(scaling::identity::name_of(PAYMENTS.name()))
+        .ca_certificate(own.trusted)
+        .identity(own.identity);
     let mut channels = vec![];
     for addr in env.payments_tls() {
-        let config = ClientTlsConfig::new()
-            .domain_name(scaling::identity::name_of(PAYMENTS.name()))
-            .ca_certificate(own.trusted.clone())
-            .identity(own.identity.clone());
         let channel = Endpoint::from_shared(format!("https://{addr}"))?
-            .tls_config(config)?
+            .tls_config(config.clone())?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
         channels.push((addr, channel));

@@ -141,7 +141,8 @@ pub async fn apply_once(
     );
     if tx.execute(&tx.prepare_cached(&sql).await?, &[id]).await? == 0 {
         let sql = format!("SELECT reply FROM {schema}.inbox WHERE command_id = $1");
-        let stored: String = tx.query_one(&sql, &[id]).await?.get(0);
+        let stored: String =
+            tx.query_one(&tx.prepare_cached(&sql).await?, &[id]).await?.get(0);
         tx.commit().await?;
         let reply = serde_json::from_str(&stored)
             .map_err(|e| ApplyError::Corrupt(id.clone(), e))?;

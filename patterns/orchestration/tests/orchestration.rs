@@ -428,6 +428,7 @@ async fn a_participant_prepares_each_statement_once_per_connection() {
     assert!(applied);
     let after_two: i64 = db.query_one(count, &[]).await.unwrap().get(0);
     assert_eq!(after_two, after_one, "the second command prepared again");
+    shop.drop().await;
 }
 
 /// The lease tick renews a saga even while one of the orchestrator's own workers
@@ -463,4 +464,5 @@ async fn the_lease_tick_renews_a_saga_whose_row_a_worker_holds() {
     apply.commit().await.unwrap();
     let renewed = tick.await.unwrap().unwrap();
     assert_eq!(renewed, vec![id]);
+    shop.drop().await;
 }
